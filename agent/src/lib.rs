@@ -1,0 +1,7 @@
+//! The Outpost agent: collects events on a host, keeps them in a durable SQLite spool, and ships
+//! them to the aggregator over mutually authenticated QUIC.
+//!
+//! Data flow: [`collectors`] → [`spool`] (events and source checkpoints in one transaction) →
+//! [`ship`] (bounded window of in-flight batches, delete on ack).
+
+pub mod spool;

@@ -1,0 +1,268 @@
+//! The event model: what agents collect and the aggregator stores.
+//!
+//! These are plain serde types that travel inside [`crate::wire::Batch`]. They avoid serde
+//! attributes such as `skip_serializing_if`, `flatten` and `untagged`, which break the
+//! non-self-describing wire codec. All timestamps are `i64` nanoseconds since the Unix epoch (UTC),
+//! in fields named `*_ns`.
+
+use serde::{Deserialize, Serialize};
+
+/// Key/value attributes attached to a metric point or log record, in a stable order.
+pub type Attributes = Vec<(String, String)>;
+
+/// One thing an agent observed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Event {
+    /// A metric sample.
+    Metric(MetricPoint),
+    /// A log line or journal entry.
+    Log(LogRecord),
+    /// A file-integrity change.
+    Fim(FimEvent),
+    /// A snapshot of the agent's own state.
+    Status(AgentStatus),
+}
+
+impl Event {
+    /// When the event happened, as the agent saw it.
+    pub fn time_ns(&self) -> i64 {
+        match self {
+            Event::Metric(m) => m.time_ns,
+            Event::Log(l) => l.time_ns,
+            Event::Fim(f) => f.time_ns,
+            Event::Status(s) => s.time_ns,
+        }
+    }
+
+    /// A short, stable name of the event's kind, for logs and counters.
+    pub fn kind(&self) -> EventKind {
+        match self {
+            Event::Metric(_) => EventKind::Metric,
+            Event::Log(_) => EventKind::Log,
+            Event::Fim(_) => EventKind::Fim,
+            Event::Status(_) => EventKind::Status,
+        }
+    }
+}
+
+/// The kinds of [`Event`], used for retention settings and counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum EventKind {
+    Metric,
+    Log,
+    Fim,
+    Status,
+}
+
+impl EventKind {
+    /// All kinds, in a fixed order.
+    pub const ALL: [EventKind; 4] = [
+        EventKind::Metric,
+        EventKind::Log,
+        EventKind::Fim,
+        EventKind::Status,
+    ];
+
+    /// The lower-case name used in configuration and output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Metric => "metric",
+            EventKind::Log => "log",
+            EventKind::Fim => "fim",
+            EventKind::Status => "status",
+        }
+    }
+}
+
+/// Whether a metric is a point-in-time value or a monotonically growing total.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MetricKind {
+    /// A value at a point in time (memory used, load average).
+    Gauge,
+    /// A cumulative total since some start (bytes received); rates are computed centrally.
+    Counter,
+}
+
+/// One metric sample, named after the OpenTelemetry host-metrics conventions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricPoint {
+    /// For example `system.memory.usage`.
+    pub name: String,
+    /// For example `[("state", "used")]`.
+    pub attributes: Attributes,
+    pub time_ns: i64,
+    pub value: f64,
+    pub kind: MetricKind,
+}
+
+/// Severity of a log record, after the syslog levels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Severity {
+    Emergency,
+    Alert,
+    Critical,
+    Error,
+    Warning,
+    Notice,
+    Info,
+    Debug,
+}
+
+/// One log line or journal entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogRecord {
+    pub time_ns: i64,
+    /// Where it came from: a file path, `journal`, or `synthetic`.
+    pub source: String,
+    pub severity: Option<Severity>,
+    pub body: String,
+    pub attributes: Attributes,
+}
+
+/// What happened to a watched file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FimChange {
+    Created,
+    Modified,
+    /// Only metadata (mode, owner) changed.
+    MetadataChanged,
+    Deleted,
+}
+
+/// The state of a file as the integrity monitor saw it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileState {
+    pub size: u64,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime_ns: i64,
+    /// Hex SHA-256 of the content, when it was hashed.
+    pub sha256: Option<String>,
+}
+
+/// A file-integrity change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FimEvent {
+    pub time_ns: i64,
+    pub path: String,
+    pub change: FimChange,
+    pub before: Option<FileState>,
+    pub after: Option<FileState>,
+}
+
+/// Why the agent dropped events; every drop is counted under one of these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum DropReason {
+    /// The spool was full and the oldest droppable data was evicted to make room.
+    SpoolFullEvicted,
+    /// The spool was full and nothing older could be evicted, so the new data was refused.
+    SpoolFullRejected,
+    /// The aggregator rejected a batch permanently (invalid content).
+    RejectedByAggregator,
+    /// An event was larger than the largest batch the aggregator accepts.
+    Oversized,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 4] = [
+        DropReason::SpoolFullEvicted,
+        DropReason::SpoolFullRejected,
+        DropReason::RejectedByAggregator,
+        DropReason::Oversized,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::SpoolFullEvicted => "spool_full_evicted",
+            DropReason::SpoolFullRejected => "spool_full_rejected",
+            DropReason::RejectedByAggregator => "rejected_by_aggregator",
+            DropReason::Oversized => "oversized",
+        }
+    }
+}
+
+/// Events dropped, by reason, since the spool was created.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DropCounters {
+    pub spool_full_evicted: u64,
+    pub spool_full_rejected: u64,
+    pub rejected_by_aggregator: u64,
+    pub oversized: u64,
+}
+
+impl DropCounters {
+    pub fn total(&self) -> u64 {
+        self.spool_full_evicted
+            + self.spool_full_rejected
+            + self.rejected_by_aggregator
+            + self.oversized
+    }
+
+    pub fn add(&mut self, reason: DropReason, n: u64) {
+        *self.slot(reason) += n;
+    }
+
+    pub fn get(&self, reason: DropReason) -> u64 {
+        match reason {
+            DropReason::SpoolFullEvicted => self.spool_full_evicted,
+            DropReason::SpoolFullRejected => self.spool_full_rejected,
+            DropReason::RejectedByAggregator => self.rejected_by_aggregator,
+            DropReason::Oversized => self.oversized,
+        }
+    }
+
+    fn slot(&mut self, reason: DropReason) -> &mut u64 {
+        match reason {
+            DropReason::SpoolFullEvicted => &mut self.spool_full_evicted,
+            DropReason::SpoolFullRejected => &mut self.spool_full_rejected,
+            DropReason::RejectedByAggregator => &mut self.rejected_by_aggregator,
+            DropReason::Oversized => &mut self.oversized,
+        }
+    }
+}
+
+/// A collector that failed or overran its deadline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CollectorError {
+    /// The collector's name, for example `metrics.filesystem`.
+    pub collector: String,
+    /// What went wrong, in a sentence.
+    pub reason: String,
+    /// When it was last seen failing.
+    pub since_ns: i64,
+}
+
+/// The agent's own state, sent with every heartbeat and spooled periodically.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AgentStatus {
+    pub time_ns: i64,
+    pub agent_version: String,
+    pub started_ns: i64,
+    /// Bytes the spool's database occupies.
+    pub spool_bytes: u64,
+    /// Events in the spool that the aggregator has not acknowledged.
+    pub spool_events: u64,
+    /// Batches in the spool that the aggregator has not acknowledged.
+    pub backlog_batches: u64,
+    /// The spool's byte cap.
+    pub spool_cap_bytes: u64,
+    pub batches_sent: u64,
+    pub batches_acked: u64,
+    pub events_acked: u64,
+    pub drops: DropCounters,
+    /// Collectors currently failing; empty when all is well.
+    pub collector_errors: Vec<CollectorError>,
+}
+
+/// Facts about the host, sent in Hello.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostFacts {
+    pub hostname: String,
+    pub os: String,
+    pub kernel: String,
+    pub arch: String,
+    pub cpus: u32,
+    pub memory_bytes: u64,
+    pub boot_time_ns: i64,
+}

@@ -1,0 +1,27 @@
+//! Outpost's shared library.
+//!
+//! Both programs use it: the agent to produce and send events, the aggregator to receive and
+//! store them.
+//!
+//! - [`event`]: what is collected (metrics, logs, file-integrity changes, agent status).
+//! - [`wire`]: the framed protocol spoken over QUIC, behind [`wire::encode`] and [`wire::decode`].
+//! - [`tls`]: the one place that builds TLS configurations and reads certificate identities.
+//! - [`config`]: TOML loading with file, line and column in errors; URI validation.
+//! - [`time`]: nanosecond timestamps.
+//!
+//! ```
+//! use outpost_common::wire::{self, Ack, Message};
+//!
+//! let frame = wire::encode(&Message::Ack(Ack { seq: 1, duplicate: false })).unwrap();
+//! let back = wire::decode_frame(&frame, wire::DEFAULT_MAX_FRAME_BYTES).unwrap();
+//! assert_eq!(back, Message::Ack(Ack { seq: 1, duplicate: false }));
+//! ```
+
+pub mod config;
+pub mod event;
+pub mod time;
+pub mod tls;
+pub mod wire;
+
+/// This build's version, as reported in Hello/Welcome and `--version`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,563 @@
+//! The wire protocol between agents and the aggregator.
+//!
+//! # Framing
+//!
+//! Every message is one frame: a `u32` big-endian length followed by that many bytes of a
+//! bincode-encoded [`Message`]. The length is checked against a limit *before* anything is
+//! allocated, so a hostile peer cannot make us reserve memory by announcing a huge frame.
+//!
+//! # Conversation
+//!
+//! 1. The agent opens a bidirectional **control stream** and sends [`Message::Hello`]. The
+//!    aggregator answers [`Message::Welcome`] (with its limits) or [`Message::Reject`]. Only after
+//!    Welcome is the connection established: a refused client certificate may surface only here.
+//! 2. The agent then sends [`Message::Heartbeat`] on the control stream periodically.
+//! 3. Each [`Message::Batch`] travels on its own bidirectional stream, which the agent finishes
+//!    after the frame; the aggregator answers exactly one [`Message::Ack`] or [`Message::Reject`].
+//!
+//! # Invariants
+//!
+//! - [`decode`] never panics, whatever the input; it is fuzzed (`fuzz/`).
+//! - Encoding is deterministic; `decode(encode(m)) == m` for every message (property-tested).
+//! - This module is the only place that knows the codec, so it can be versioned or replaced here.
+
+use bincode::config::{self, Config};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::event::{AgentStatus, Event, HostFacts};
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// The ALPN protocol identifier negotiated in the TLS handshake.
+pub const ALPN: &[u8] = b"outpost/1";
+
+/// The default largest frame, in bytes, that either side accepts.
+pub const DEFAULT_MAX_FRAME_BYTES: u32 = 8 * 1024 * 1024;
+
+/// Bytes of the length prefix in front of every frame.
+pub const LENGTH_PREFIX_BYTES: usize = 4;
+
+/// QUIC application error codes used to close a stream or connection.
+pub mod close_code {
+    /// Normal shutdown.
+    pub const NORMAL: u32 = 0;
+    /// A frame could not be decoded.
+    pub const MALFORMED_FRAME: u32 = 1;
+    /// A frame's length prefix exceeded the limit.
+    pub const FRAME_TOO_LARGE: u32 = 2;
+    /// A well-formed message arrived where the protocol does not allow it.
+    pub const UNEXPECTED_MESSAGE: u32 = 3;
+    /// The peer's certificate or identity was refused.
+    pub const UNAUTHORIZED: u32 = 4;
+    /// The protocol versions are incompatible.
+    pub const VERSION_MISMATCH: u32 = 5;
+    /// The peer did not complete the handshake in time.
+    pub const HANDSHAKE_TIMEOUT: u32 = 6;
+    /// The server is shutting down.
+    pub const SHUTDOWN: u32 = 7;
+    /// A newer connection from the same agent replaced this one.
+    pub const REPLACED: u32 = 8;
+}
+
+/// Every message of the protocol.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Message {
+    Hello(Hello),
+    Welcome(Welcome),
+    Batch(Batch),
+    Ack(Ack),
+    Reject(Reject),
+    Heartbeat(Heartbeat),
+}
+
+impl Message {
+    /// The message's name, for errors and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Message::Hello(_) => "Hello",
+            Message::Welcome(_) => "Welcome",
+            Message::Batch(_) => "Batch",
+            Message::Ack(_) => "Ack",
+            Message::Reject(_) => "Reject",
+            Message::Heartbeat(_) => "Heartbeat",
+        }
+    }
+}
+
+/// The agent's first message on the control stream.
+///
+/// There is deliberately no agent id here: the agent's identity is its certificate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    pub protocol_version: u16,
+    pub agent_version: String,
+    /// Random identifier of the agent's spool, chosen when the spool was created. Batch sequence
+    /// numbers are unique within one spool, so deduplication is keyed by `(agent, spool_id, seq)`:
+    /// an agent whose spool was wiped starts a new sequence without being mistaken for a replay.
+    pub spool_id: u64,
+    pub host: HostFacts,
+    pub status: AgentStatus,
+}
+
+/// The aggregator's answer to [`Hello`], with the limits the agent must respect.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Welcome {
+    pub protocol_version: u16,
+    pub server_version: String,
+    pub max_frame_bytes: u32,
+    pub max_batch_events: u32,
+    /// Batch streams the agent may have open at once.
+    pub max_in_flight: u32,
+    /// How often the aggregator expects a heartbeat, in milliseconds.
+    pub heartbeat_interval_ms: u32,
+}
+
+/// A batch of events from the agent's spool.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Batch {
+    /// Strictly increasing per spool; persisted by the agent.
+    pub seq: u64,
+    /// Every batch with a lower `seq` has been acknowledged or dropped: the agent will never send
+    /// one again, so the aggregator may forget their deduplication entries.
+    pub low_water_seq: u64,
+    pub created_ns: i64,
+    pub events: Vec<Event>,
+}
+
+/// The aggregator has durably stored (or had already stored) batch `seq`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack {
+    pub seq: u64,
+    /// True when the batch had been stored before and this is a repeated acknowledgement.
+    pub duplicate: bool,
+}
+
+/// Why a request was refused, in machine-readable form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RejectCode {
+    /// The content is invalid and will never be accepted; the agent drops it and counts the drop.
+    Invalid,
+    /// The aggregator cannot take it now (overloaded, store failing); retry later.
+    Unavailable,
+    /// The agent speaks a protocol version the aggregator does not.
+    VersionMismatch,
+    /// The message was not expected in this state.
+    Protocol,
+}
+
+impl RejectCode {
+    /// Whether resending the same request later can succeed.
+    pub fn is_retryable(self) -> bool {
+        matches!(self, RejectCode::Unavailable)
+    }
+}
+
+/// A refused request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reject {
+    /// The batch refused, or 0 for a refused Hello.
+    pub seq: u64,
+    pub code: RejectCode,
+    pub reason: String,
+}
+
+/// The agent's periodic sign of life, with its current state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub sent_ns: i64,
+    pub status: AgentStatus,
+}
+
+/// A frame or message that could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("frame of {len} bytes exceeds the limit of {limit} bytes")]
+    FrameTooLarge { len: u64, limit: u32 },
+    #[error("frame is truncated: expected {expected} bytes, got {got}")]
+    Truncated { expected: usize, got: usize },
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+    #[error("frame has {0} trailing bytes after the message")]
+    TrailingBytes(usize),
+    #[error("stream ended before a frame")]
+    EndOfStream,
+    #[error("i/o error while reading a frame: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl WireError {
+    /// The QUIC application error code to close with for this error.
+    pub fn close_code(&self) -> u32 {
+        match self {
+            WireError::FrameTooLarge { .. } => close_code::FRAME_TOO_LARGE,
+            _ => close_code::MALFORMED_FRAME,
+        }
+    }
+}
+
+fn codec() -> impl Config {
+    config::standard()
+}
+
+/// Encodes a message as one complete frame (length prefix included).
+///
+/// # Errors
+///
+/// Fails only if the message is larger than `u32::MAX` bytes.
+pub fn encode(msg: &Message) -> Result<Vec<u8>, WireError> {
+    let mut out = vec![0u8; LENGTH_PREFIX_BYTES];
+    bincode::serde::encode_into_std_write(msg, &mut out, codec())
+        .map_err(|e| WireError::Malformed(e.to_string()))?;
+    let body_len = out.len() - LENGTH_PREFIX_BYTES;
+    let len = u32::try_from(body_len).map_err(|_| WireError::FrameTooLarge {
+        len: body_len as u64,
+        limit: u32::MAX,
+    })?;
+    out[..LENGTH_PREFIX_BYTES].copy_from_slice(&len.to_be_bytes());
+    Ok(out)
+}
+
+/// Decodes one message from a frame body (the bytes after the length prefix).
+///
+/// Never panics. Trailing bytes after the message are an error.
+pub fn decode(body: &[u8]) -> Result<Message, WireError> {
+    let (msg, used) = bincode::serde::decode_from_slice::<Message, _>(body, codec())
+        .map_err(|e| WireError::Malformed(e.to_string()))?;
+    if used != body.len() {
+        return Err(WireError::TrailingBytes(body.len() - used));
+    }
+    Ok(msg)
+}
+
+/// Decodes one complete frame (length prefix included) from a byte slice.
+pub fn decode_frame(frame: &[u8], limit: u32) -> Result<Message, WireError> {
+    let Some((prefix, body)) = frame.split_first_chunk::<LENGTH_PREFIX_BYTES>() else {
+        return Err(WireError::Truncated {
+            expected: LENGTH_PREFIX_BYTES,
+            got: frame.len(),
+        });
+    };
+    let len = check_len(u32::from_be_bytes(*prefix), limit)?;
+    if body.len() < len {
+        return Err(WireError::Truncated {
+            expected: len,
+            got: body.len(),
+        });
+    }
+    if body.len() > len {
+        return Err(WireError::TrailingBytes(body.len() - len));
+    }
+    decode(body)
+}
+
+fn check_len(len: u32, limit: u32) -> Result<usize, WireError> {
+    if len > limit {
+        return Err(WireError::FrameTooLarge {
+            len: u64::from(len),
+            limit,
+        });
+    }
+    usize::try_from(len).map_err(|_| WireError::FrameTooLarge {
+        len: u64::from(len),
+        limit,
+    })
+}
+
+/// Reads one frame from a stream, refusing a length above `limit` before allocating.
+///
+/// Returns [`WireError::EndOfStream`] if the stream ends cleanly before the first byte.
+pub async fn read_message<R: AsyncRead + Unpin>(r: &mut R, limit: u32) -> Result<Message, WireError> {
+    let mut prefix = [0u8; LENGTH_PREFIX_BYTES];
+    let mut got = 0;
+    while got < LENGTH_PREFIX_BYTES {
+        let n = r.read(&mut prefix[got..]).await?;
+        if n == 0 {
+            return Err(if got == 0 {
+                WireError::EndOfStream
+            } else {
+                WireError::Truncated {
+                    expected: LENGTH_PREFIX_BYTES,
+                    got,
+                }
+            });
+        }
+        got += n;
+    }
+    let len = check_len(u32::from_be_bytes(prefix), limit)?;
+    let mut body = vec![0u8; len];
+    let mut filled = 0;
+    while filled < len {
+        let n = r.read(&mut body[filled..]).await?;
+        if n == 0 {
+            return Err(WireError::Truncated {
+                expected: len,
+                got: filled,
+            });
+        }
+        filled += n;
+    }
+    decode(&body)
+}
+
+/// Writes one message as a frame.
+pub async fn write_message<W: AsyncWrite + Unpin>(w: &mut W, msg: &Message) -> Result<(), WireError> {
+    let frame = encode(msg)?;
+    w.write_all(&frame).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::event::*;
+
+    fn arb_string() -> impl Strategy<Value = String> {
+        ".{0,24}"
+    }
+
+    fn arb_attrs() -> impl Strategy<Value = Attributes> {
+        prop::collection::vec((arb_string(), arb_string()), 0..4)
+    }
+
+    fn arb_drops() -> impl Strategy<Value = DropCounters> {
+        (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(a, b, c, d)| {
+            DropCounters {
+                spool_full_evicted: a,
+                spool_full_rejected: b,
+                rejected_by_aggregator: c,
+                oversized: d,
+            }
+        })
+    }
+
+    fn arb_status() -> impl Strategy<Value = AgentStatus> {
+        (
+            (any::<i64>(), arb_string(), any::<i64>(), any::<u64>(), any::<u64>()),
+            (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()),
+            arb_drops(),
+            prop::collection::vec(
+                (arb_string(), arb_string(), any::<i64>()).prop_map(|(c, r, s)| CollectorError {
+                    collector: c,
+                    reason: r,
+                    since_ns: s,
+                }),
+                0..3,
+            ),
+        )
+            .prop_map(|((t, v, st, sb, se), (bb, cap, bs, ba, ea), drops, errs)| AgentStatus {
+                time_ns: t,
+                agent_version: v,
+                started_ns: st,
+                spool_bytes: sb,
+                spool_events: se,
+                backlog_batches: bb,
+                spool_cap_bytes: cap,
+                batches_sent: bs,
+                batches_acked: ba,
+                events_acked: ea,
+                drops,
+                collector_errors: errs,
+            })
+    }
+
+    fn arb_file_state() -> impl Strategy<Value = FileState> {
+        (
+            any::<u64>(),
+            any::<u32>(),
+            any::<u32>(),
+            any::<u32>(),
+            any::<i64>(),
+            prop::option::of("[0-9a-f]{64}"),
+        )
+            .prop_map(|(size, mode, uid, gid, mtime_ns, sha256)| FileState {
+                size,
+                mode,
+                uid,
+                gid,
+                mtime_ns,
+                sha256,
+            })
+    }
+
+    fn arb_event() -> impl Strategy<Value = Event> {
+        let severity = prop::sample::select(vec![
+            Severity::Emergency,
+            Severity::Alert,
+            Severity::Critical,
+            Severity::Error,
+            Severity::Warning,
+            Severity::Notice,
+            Severity::Info,
+            Severity::Debug,
+        ]);
+        let change = prop::sample::select(vec![
+            FimChange::Created,
+            FimChange::Modified,
+            FimChange::MetadataChanged,
+            FimChange::Deleted,
+        ]);
+        prop_oneof![
+            (arb_string(), arb_attrs(), any::<i64>(), any::<f64>(), any::<bool>()).prop_map(
+                |(name, attributes, time_ns, value, counter)| Event::Metric(MetricPoint {
+                    name,
+                    attributes,
+                    time_ns,
+                    value,
+                    kind: if counter { MetricKind::Counter } else { MetricKind::Gauge },
+                })
+            ),
+            (any::<i64>(), arb_string(), prop::option::of(severity), arb_string(), arb_attrs())
+                .prop_map(|(time_ns, source, severity, body, attributes)| Event::Log(LogRecord {
+                    time_ns,
+                    source,
+                    severity,
+                    body,
+                    attributes,
+                })),
+            (
+                any::<i64>(),
+                arb_string(),
+                change,
+                prop::option::of(arb_file_state()),
+                prop::option::of(arb_file_state())
+            )
+                .prop_map(|(time_ns, path, change, before, after)| Event::Fim(FimEvent {
+                    time_ns,
+                    path,
+                    change,
+                    before,
+                    after,
+                })),
+            arb_status().prop_map(Event::Status),
+        ]
+    }
+
+    fn arb_host() -> impl Strategy<Value = HostFacts> {
+        (
+            arb_string(),
+            arb_string(),
+            arb_string(),
+            arb_string(),
+            any::<u32>(),
+            any::<u64>(),
+            any::<i64>(),
+        )
+            .prop_map(|(hostname, os, kernel, arch, cpus, memory_bytes, boot_time_ns)| HostFacts {
+                hostname,
+                os,
+                kernel,
+                arch,
+                cpus,
+                memory_bytes,
+                boot_time_ns,
+            })
+    }
+
+    fn arb_message() -> impl Strategy<Value = Message> {
+        let code = prop::sample::select(vec![
+            RejectCode::Invalid,
+            RejectCode::Unavailable,
+            RejectCode::VersionMismatch,
+            RejectCode::Protocol,
+        ]);
+        prop_oneof![
+            (any::<u16>(), arb_string(), any::<u64>(), arb_host(), arb_status()).prop_map(
+                |(protocol_version, agent_version, spool_id, host, status)| {
+                    Message::Hello(Hello {
+                        protocol_version,
+                        agent_version,
+                        spool_id,
+                        host,
+                        status,
+                    })
+                }
+            ),
+            (any::<u16>(), arb_string(), any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>())
+                .prop_map(|(v, s, f, e, w, h)| Message::Welcome(Welcome {
+                    protocol_version: v,
+                    server_version: s,
+                    max_frame_bytes: f,
+                    max_batch_events: e,
+                    max_in_flight: w,
+                    heartbeat_interval_ms: h,
+                })),
+            (any::<u64>(), any::<u64>(), any::<i64>(), prop::collection::vec(arb_event(), 0..8))
+                .prop_map(|(seq, low_water_seq, created_ns, events)| Message::Batch(Batch {
+                    seq,
+                    low_water_seq,
+                    created_ns,
+                    events,
+                })),
+            (any::<u64>(), any::<bool>())
+                .prop_map(|(seq, duplicate)| Message::Ack(Ack { seq, duplicate })),
+            (any::<u64>(), code, arb_string())
+                .prop_map(|(seq, code, reason)| Message::Reject(Reject { seq, code, reason })),
+            (any::<i64>(), arb_status())
+                .prop_map(|(sent_ns, status)| Message::Heartbeat(Heartbeat { sent_ns, status })),
+        ]
+    }
+
+    /// NaN is never equal to itself, so compare encodings rather than values where floats occur.
+    fn same(a: &Message, b: &Message) -> bool {
+        encode(a).ok() == encode(b).ok()
+    }
+
+    proptest! {
+        #[test]
+        fn every_message_round_trips(msg in arb_message()) {
+            let frame = encode(&msg).expect("encodes");
+            let back = decode_frame(&frame, u32::MAX).expect("decodes");
+            prop_assert!(same(&msg, &back), "{msg:?} != {back:?}");
+        }
+
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode(&bytes);
+            let _ = decode_frame(&bytes, 1024);
+        }
+
+        #[test]
+        fn truncated_frames_are_errors(msg in arb_message(), cut in any::<prop::sample::Index>()) {
+            let frame = encode(&msg).expect("encodes");
+            let at = cut.index(frame.len());
+            prop_assert!(decode_frame(&frame[..at], u32::MAX).is_err());
+        }
+    }
+
+    #[test]
+    fn oversized_length_prefix_is_refused_before_allocation() {
+        let mut frame = u32::MAX.to_be_bytes().to_vec();
+        frame.extend_from_slice(&[0; 16]);
+        let err = decode_frame(&frame, DEFAULT_MAX_FRAME_BYTES).unwrap_err();
+        assert!(matches!(err, WireError::FrameTooLarge { .. }), "{err}");
+        assert_eq!(err.close_code(), close_code::FRAME_TOO_LARGE);
+    }
+
+    #[tokio::test]
+    async fn stream_reader_refuses_huge_prefix_and_reads_valid_frames() {
+        let ack = Message::Ack(Ack { seq: 7, duplicate: false });
+        let mut bytes = encode(&ack).unwrap();
+        bytes.extend_from_slice(&(DEFAULT_MAX_FRAME_BYTES + 1).to_be_bytes());
+        let mut r = &bytes[..];
+        assert_eq!(read_message(&mut r, DEFAULT_MAX_FRAME_BYTES).await.unwrap(), ack);
+        let err = read_message(&mut r, DEFAULT_MAX_FRAME_BYTES).await.unwrap_err();
+        assert!(matches!(err, WireError::FrameTooLarge { .. }), "{err}");
+        let mut empty: &[u8] = &[];
+        assert!(matches!(
+            read_message(&mut empty, 1024).await.unwrap_err(),
+            WireError::EndOfStream
+        ));
+    }
+
+    #[test]
+    fn a_huge_vec_length_inside_a_small_frame_does_not_allocate() {
+        // Batch variant (2), seq 1, low water 0, created 0, then a varint claiming 2^60 events.
+        let mut body = vec![2u8, 1, 0, 0, 0xfd];
+        body.extend_from_slice(&(1u64 << 60).to_le_bytes());
+        assert!(decode(&body).is_err());
+    }
+}
