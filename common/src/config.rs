@@ -103,7 +103,8 @@ impl QuicEndpoint {
 
 /// Parses `quic://host:port` (port defaults to 4433), rejecting anything else with a hint.
 pub fn parse_quic_uri(s: &str) -> Result<QuicEndpoint, String> {
-    let uri = Uri::parse(s).map_err(|e| format!("`{s}` is not a valid URI ({e}); expected quic://host:port"))?;
+    let uri = Uri::parse(s)
+        .map_err(|e| format!("`{s}` is not a valid URI ({e}); expected quic://host:port"))?;
     let scheme = uri.scheme().as_str();
     if !scheme.eq_ignore_ascii_case("quic") {
         return Err(format!(
@@ -120,7 +121,9 @@ pub fn parse_quic_uri(s: &str) -> Result<QuicEndpoint, String> {
         || uri.query().is_some()
         || uri.fragment().is_some()
     {
-        return Err(format!("`{s}` must be only quic://host:port, without a path or query"));
+        return Err(format!(
+            "`{s}` must be only quic://host:port, without a path or query"
+        ));
     }
     let (host, host_is_ip) = match auth.host_parsed() {
         Host::Ipv4(a) => (a.to_string(), true),
@@ -129,7 +132,9 @@ pub fn parse_quic_uri(s: &str) -> Result<QuicEndpoint, String> {
         _ => return Err(format!("`{s}` has an unsupported host")),
     };
     if host.is_empty() {
-        return Err(format!("`{s}` has an empty host; expected quic://host:port"));
+        return Err(format!(
+            "`{s}` has an empty host; expected quic://host:port"
+        ));
     }
     let port = auth
         .port_to_u16()
@@ -150,7 +155,9 @@ pub fn parse_http_uri(s: &str) -> Result<String, String> {
     let uri = Uri::parse(s).map_err(|e| format!("`{s}` is not a valid URI ({e})"))?;
     let scheme = uri.scheme().as_str();
     if !(scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https")) {
-        return Err(format!("`{s}` has scheme `{scheme}`; expected http:// or https://"));
+        return Err(format!(
+            "`{s}` has scheme `{scheme}`; expected http:// or https://"
+        ));
     }
     match uri.authority() {
         Some(a) if !a.host().is_empty() => Ok(s.to_owned()),
@@ -186,15 +193,24 @@ mod tests {
         assert!(msg.contains("bogus"), "{msg}");
 
         let err = parse_toml::<Sample>(p, "name = [\n").unwrap_err();
-        assert!(matches!(err, ConfigError::Parse { line: 1 | 2, .. }), "{err}");
+        assert!(
+            matches!(err, ConfigError::Parse { line: 1 | 2, .. }),
+            "{err}"
+        );
     }
 
     #[test]
     fn quic_uris_are_validated() {
         let e = parse_quic_uri("quic://agg.example:4434").unwrap();
-        assert_eq!((e.host.as_str(), e.port, e.host_is_ip), ("agg.example", 4434, false));
+        assert_eq!(
+            (e.host.as_str(), e.port, e.host_is_ip),
+            ("agg.example", 4434, false)
+        );
         let e = parse_quic_uri("quic://127.0.0.1").unwrap();
-        assert_eq!((e.host.as_str(), e.port, e.host_is_ip), ("127.0.0.1", 4433, true));
+        assert_eq!(
+            (e.host.as_str(), e.port, e.host_is_ip),
+            ("127.0.0.1", 4433, true)
+        );
         let e = parse_quic_uri("quic://[::1]:9000").unwrap();
         assert_eq!((e.host.as_str(), e.port), ("::1", 9000));
         assert_eq!(e.to_string(), "quic://[::1]:9000");
@@ -209,7 +225,11 @@ mod tests {
         ] {
             assert!(parse_quic_uri(bad).is_err(), "{bad} accepted");
         }
-        assert!(parse_quic_uri("aggregator:4433").unwrap_err().contains("quic://host:port"));
+        assert!(
+            parse_quic_uri("aggregator:4433")
+                .unwrap_err()
+                .contains("quic://host:port")
+        );
     }
 
     #[test]

@@ -39,7 +39,10 @@ mod tests {
     #[test]
     fn formats_epoch_and_saturates() {
         assert_eq!(format_rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(format_rfc3339(1_700_000_000 * NANOS_PER_SEC), "2023-11-14T22:13:20Z");
+        assert_eq!(
+            format_rfc3339(1_700_000_000 * NANOS_PER_SEC),
+            "2023-11-14T22:13:20Z"
+        );
         assert_eq!(duration_ns(Duration::MAX), i64::MAX);
         assert!(now_ns() > 1_700_000_000 * NANOS_PER_SEC);
     }

@@ -97,7 +97,10 @@ pub fn agent_uri(id: &str) -> String {
 }
 
 fn trim_serial(raw: &[u8]) -> Vec<u8> {
-    let start = raw.iter().position(|&b| b != 0).unwrap_or(raw.len().saturating_sub(1));
+    let start = raw
+        .iter()
+        .position(|&b| b != 0)
+        .unwrap_or(raw.len().saturating_sub(1));
     raw[start..].to_vec()
 }
 
@@ -272,7 +275,8 @@ pub fn server_config(
     settings: &QuicSettings,
 ) -> Result<quinn::ServerConfig, TlsError> {
     let provider = provider();
-    let mut verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca)?), provider.clone());
+    let mut verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca)?), provider.clone());
     if !crls.is_empty() {
         verifier = verifier
             .with_crls(crls)
@@ -375,7 +379,10 @@ mod tests {
             Err(IdentityError::InvalidAgentId("a/b".into()))
         );
         assert_eq!(
-            identity_from_cert(&cert_with_sans(&["urn:outpost:agent:a", "urn:outpost:agent:b"])),
+            identity_from_cert(&cert_with_sans(&[
+                "urn:outpost:agent:a",
+                "urn:outpost:agent:b"
+            ])),
             Err(IdentityError::Ambiguous)
         );
         assert!(matches!(

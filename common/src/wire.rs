@@ -265,10 +265,59 @@ fn check_len(len: u32, limit: u32) -> Result<usize, WireError> {
     })
 }
 
+/// Encodes a list of events exactly as they appear inside a [`Batch`] frame.
+///
+/// The agent's spool stores this form, so shipping a batch never re-encodes its events; see
+/// [`encode_batch_frame`].
+pub fn encode_events(events: &[Event]) -> Result<Vec<u8>, WireError> {
+    bincode::serde::encode_to_vec(events, codec()).map_err(|e| WireError::Malformed(e.to_string()))
+}
+
+/// Decodes a list produced by [`encode_events`]. Never panics.
+pub fn decode_events(bytes: &[u8]) -> Result<Vec<Event>, WireError> {
+    let (events, used) = bincode::serde::decode_from_slice::<Vec<Event>, _>(bytes, codec())
+        .map_err(|e| WireError::Malformed(e.to_string()))?;
+    if used != bytes.len() {
+        return Err(WireError::TrailingBytes(bytes.len() - used));
+    }
+    Ok(events)
+}
+
+/// Builds the frame of `Message::Batch` from events already encoded by [`encode_events`].
+///
+/// The result is byte-for-byte what [`encode`] produces for the same batch.
+pub fn encode_batch_frame(
+    seq: u64,
+    low_water_seq: u64,
+    created_ns: i64,
+    encoded_events: &[u8],
+) -> Result<Vec<u8>, WireError> {
+    // serde encodes a newtype variant as its index followed by the content; Batch is index 2.
+    const BATCH_VARIANT: u32 = 2;
+    let mut out = vec![0u8; LENGTH_PREFIX_BYTES];
+    bincode::serde::encode_into_std_write(
+        (BATCH_VARIANT, seq, low_water_seq, created_ns),
+        &mut out,
+        codec(),
+    )
+    .map_err(|e| WireError::Malformed(e.to_string()))?;
+    out.extend_from_slice(encoded_events);
+    let body_len = out.len() - LENGTH_PREFIX_BYTES;
+    let len = u32::try_from(body_len).map_err(|_| WireError::FrameTooLarge {
+        len: body_len as u64,
+        limit: u32::MAX,
+    })?;
+    out[..LENGTH_PREFIX_BYTES].copy_from_slice(&len.to_be_bytes());
+    Ok(out)
+}
+
 /// Reads one frame from a stream, refusing a length above `limit` before allocating.
 ///
 /// Returns [`WireError::EndOfStream`] if the stream ends cleanly before the first byte.
-pub async fn read_message<R: AsyncRead + Unpin>(r: &mut R, limit: u32) -> Result<Message, WireError> {
+pub async fn read_message<R: AsyncRead + Unpin>(
+    r: &mut R,
+    limit: u32,
+) -> Result<Message, WireError> {
     let mut prefix = [0u8; LENGTH_PREFIX_BYTES];
     let mut got = 0;
     while got < LENGTH_PREFIX_BYTES {
@@ -302,7 +351,10 @@ pub async fn read_message<R: AsyncRead + Unpin>(r: &mut R, limit: u32) -> Result
 }
 
 /// Writes one message as a frame.
-pub async fn write_message<W: AsyncWrite + Unpin>(w: &mut W, msg: &Message) -> Result<(), WireError> {
+pub async fn write_message<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    msg: &Message,
+) -> Result<(), WireError> {
     let frame = encode(msg)?;
     w.write_all(&frame).await?;
     Ok(())
@@ -336,8 +388,20 @@ mod tests {
 
     fn arb_status() -> impl Strategy<Value = AgentStatus> {
         (
-            (any::<i64>(), arb_string(), any::<i64>(), any::<u64>(), any::<u64>()),
-            (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()),
+            (
+                any::<i64>(),
+                arb_string(),
+                any::<i64>(),
+                any::<u64>(),
+                any::<u64>(),
+            ),
+            (
+                any::<u64>(),
+                any::<u64>(),
+                any::<u64>(),
+                any::<u64>(),
+                any::<u64>(),
+            ),
             arb_drops(),
             prop::collection::vec(
                 (arb_string(), arb_string(), any::<i64>()).prop_map(|(c, r, s)| CollectorError {
@@ -348,19 +412,21 @@ mod tests {
                 0..3,
             ),
         )
-            .prop_map(|((t, v, st, sb, se), (bb, cap, bs, ba, ea), drops, errs)| AgentStatus {
-                time_ns: t,
-                agent_version: v,
-                started_ns: st,
-                spool_bytes: sb,
-                spool_events: se,
-                backlog_batches: bb,
-                spool_cap_bytes: cap,
-                batches_sent: bs,
-                batches_acked: ba,
-                events_acked: ea,
-                drops,
-                collector_errors: errs,
+            .prop_map(|((t, v, st, sb, se), (bb, cap, bs, ba, ea), drops, errs)| {
+                AgentStatus {
+                    time_ns: t,
+                    agent_version: v,
+                    started_ns: st,
+                    spool_bytes: sb,
+                    spool_events: se,
+                    backlog_batches: bb,
+                    spool_cap_bytes: cap,
+                    batches_sent: bs,
+                    batches_acked: ba,
+                    events_acked: ea,
+                    drops,
+                    collector_errors: errs,
+                }
             })
     }
 
@@ -401,23 +467,42 @@ mod tests {
             FimChange::Deleted,
         ]);
         prop_oneof![
-            (arb_string(), arb_attrs(), any::<i64>(), any::<f64>(), any::<bool>()).prop_map(
-                |(name, attributes, time_ns, value, counter)| Event::Metric(MetricPoint {
-                    name,
-                    attributes,
-                    time_ns,
-                    value,
-                    kind: if counter { MetricKind::Counter } else { MetricKind::Gauge },
-                })
-            ),
-            (any::<i64>(), arb_string(), prop::option::of(severity), arb_string(), arb_attrs())
-                .prop_map(|(time_ns, source, severity, body, attributes)| Event::Log(LogRecord {
-                    time_ns,
-                    source,
-                    severity,
-                    body,
-                    attributes,
-                })),
+            (
+                arb_string(),
+                arb_attrs(),
+                any::<i64>(),
+                any::<f64>(),
+                any::<bool>()
+            )
+                .prop_map(|(name, attributes, time_ns, value, counter)| Event::Metric(
+                    MetricPoint {
+                        name,
+                        attributes,
+                        time_ns,
+                        value,
+                        kind: if counter {
+                            MetricKind::Counter
+                        } else {
+                            MetricKind::Gauge
+                        },
+                    }
+                )),
+            (
+                any::<i64>(),
+                arb_string(),
+                prop::option::of(severity),
+                arb_string(),
+                arb_attrs()
+            )
+                .prop_map(|(time_ns, source, severity, body, attributes)| Event::Log(
+                    LogRecord {
+                        time_ns,
+                        source,
+                        severity,
+                        body,
+                        attributes,
+                    }
+                )),
             (
                 any::<i64>(),
                 arb_string(),
@@ -425,13 +510,15 @@ mod tests {
                 prop::option::of(arb_file_state()),
                 prop::option::of(arb_file_state())
             )
-                .prop_map(|(time_ns, path, change, before, after)| Event::Fim(FimEvent {
-                    time_ns,
-                    path,
-                    change,
-                    before,
-                    after,
-                })),
+                .prop_map(|(time_ns, path, change, before, after)| Event::Fim(
+                    FimEvent {
+                        time_ns,
+                        path,
+                        change,
+                        before,
+                        after,
+                    }
+                )),
             arb_status().prop_map(Event::Status),
         ]
     }
@@ -446,15 +533,17 @@ mod tests {
             any::<u64>(),
             any::<i64>(),
         )
-            .prop_map(|(hostname, os, kernel, arch, cpus, memory_bytes, boot_time_ns)| HostFacts {
-                hostname,
-                os,
-                kernel,
-                arch,
-                cpus,
-                memory_bytes,
-                boot_time_ns,
-            })
+            .prop_map(
+                |(hostname, os, kernel, arch, cpus, memory_bytes, boot_time_ns)| HostFacts {
+                    hostname,
+                    os,
+                    kernel,
+                    arch,
+                    cpus,
+                    memory_bytes,
+                    boot_time_ns,
+                },
+            )
     }
 
     fn arb_message() -> impl Strategy<Value = Message> {
@@ -465,18 +554,32 @@ mod tests {
             RejectCode::Protocol,
         ]);
         prop_oneof![
-            (any::<u16>(), arb_string(), any::<u64>(), arb_host(), arb_status()).prop_map(
-                |(protocol_version, agent_version, spool_id, host, status)| {
-                    Message::Hello(Hello {
-                        protocol_version,
-                        agent_version,
-                        spool_id,
-                        host,
-                        status,
-                    })
-                }
-            ),
-            (any::<u16>(), arb_string(), any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>())
+            (
+                any::<u16>(),
+                arb_string(),
+                any::<u64>(),
+                arb_host(),
+                arb_status()
+            )
+                .prop_map(
+                    |(protocol_version, agent_version, spool_id, host, status)| {
+                        Message::Hello(Hello {
+                            protocol_version,
+                            agent_version,
+                            spool_id,
+                            host,
+                            status,
+                        })
+                    }
+                ),
+            (
+                any::<u16>(),
+                arb_string(),
+                any::<u32>(),
+                any::<u32>(),
+                any::<u32>(),
+                any::<u32>()
+            )
                 .prop_map(|(v, s, f, e, w, h)| Message::Welcome(Welcome {
                     protocol_version: v,
                     server_version: s,
@@ -485,13 +588,20 @@ mod tests {
                     max_in_flight: w,
                     heartbeat_interval_ms: h,
                 })),
-            (any::<u64>(), any::<u64>(), any::<i64>(), prop::collection::vec(arb_event(), 0..8))
-                .prop_map(|(seq, low_water_seq, created_ns, events)| Message::Batch(Batch {
-                    seq,
-                    low_water_seq,
-                    created_ns,
-                    events,
-                })),
+            (
+                any::<u64>(),
+                any::<u64>(),
+                any::<i64>(),
+                prop::collection::vec(arb_event(), 0..8)
+            )
+                .prop_map(|(seq, low_water_seq, created_ns, events)| Message::Batch(
+                    Batch {
+                        seq,
+                        low_water_seq,
+                        created_ns,
+                        events,
+                    }
+                )),
             (any::<u64>(), any::<bool>())
                 .prop_map(|(seq, duplicate)| Message::Ack(Ack { seq, duplicate })),
             (any::<u64>(), code, arb_string())
@@ -528,6 +638,23 @@ mod tests {
         }
     }
 
+    proptest! {
+        #[test]
+        fn raw_batch_frames_match_the_codec(
+            seq in any::<u64>(),
+            low in any::<u64>(),
+            created in any::<i64>(),
+            events in prop::collection::vec(arb_event(), 0..8),
+        ) {
+            let blob = encode_events(&events).expect("encodes");
+            let raw = encode_batch_frame(seq, low, created, &blob).expect("encodes");
+            let msg = Message::Batch(Batch { seq, low_water_seq: low, created_ns: created, events });
+            prop_assert_eq!(raw, encode(&msg).expect("encodes"));
+            let back = decode_events(&blob).expect("decodes");
+            prop_assert_eq!(encode_events(&back).expect("encodes"), blob);
+        }
+    }
+
     #[test]
     fn oversized_length_prefix_is_refused_before_allocation() {
         let mut frame = u32::MAX.to_be_bytes().to_vec();
@@ -539,12 +666,20 @@ mod tests {
 
     #[tokio::test]
     async fn stream_reader_refuses_huge_prefix_and_reads_valid_frames() {
-        let ack = Message::Ack(Ack { seq: 7, duplicate: false });
+        let ack = Message::Ack(Ack {
+            seq: 7,
+            duplicate: false,
+        });
         let mut bytes = encode(&ack).unwrap();
         bytes.extend_from_slice(&(DEFAULT_MAX_FRAME_BYTES + 1).to_be_bytes());
         let mut r = &bytes[..];
-        assert_eq!(read_message(&mut r, DEFAULT_MAX_FRAME_BYTES).await.unwrap(), ack);
-        let err = read_message(&mut r, DEFAULT_MAX_FRAME_BYTES).await.unwrap_err();
+        assert_eq!(
+            read_message(&mut r, DEFAULT_MAX_FRAME_BYTES).await.unwrap(),
+            ack
+        );
+        let err = read_message(&mut r, DEFAULT_MAX_FRAME_BYTES)
+            .await
+            .unwrap_err();
         assert!(matches!(err, WireError::FrameTooLarge { .. }), "{err}");
         let mut empty: &[u8] = &[];
         assert!(matches!(
