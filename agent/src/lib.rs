@@ -2,6 +2,12 @@
 //! them to the aggregator over mutually authenticated QUIC.
 //!
 //! Data flow: [`collectors`] → [`spool`] (events and source checkpoints in one transaction) →
-//! [`ship`] (bounded window of in-flight batches, delete on ack).
+//! [`ship`] (bounded window of in-flight batches, delete on ack). [`run`] wires them together.
 
+pub mod collectors;
+pub mod config;
+pub mod host;
+pub mod run;
+pub mod ship;
 pub mod spool;
+pub mod telemetry;

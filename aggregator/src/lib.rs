@@ -1,6 +1,14 @@
 //! The Outpost aggregator: accepts batches from agents over mutually authenticated QUIC, stores
 //! each exactly once, and reports the fleet's state.
+//!
+//! Data flow: [`ingest`] (QUIC listener, sessions, validation) → [`store`] (group commit; ack only
+//! after commit) → [`fleet`] status. [`pki`] makes the certificates; [`run`] wires it together.
 
+pub mod config;
 pub mod fleet;
+pub mod ingest;
 pub mod pki;
+pub mod quickstart;
+pub mod run;
+pub mod status;
 pub mod store;

@@ -19,6 +19,7 @@
 
 pub mod config;
 pub mod event;
+pub mod logging;
 pub mod time;
 pub mod tls;
 pub mod wire;

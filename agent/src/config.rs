@@ -1,0 +1,363 @@
+//! The agent's configuration file (`/etc/outpost/agent.toml`).
+//!
+//! Every option has a default; `packaging/agent.toml` lists them all with comments. Loading
+//! validates everything (URIs, sizes, durations, certificate paths), so a bad file fails at start-up
+//! with its path, line and column rather than later at first use.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use outpost_common::config::{ConfigError, QuicEndpoint, load_toml, parse_quic_uri};
+use outpost_common::logging::LogConfig;
+use serde::Deserialize;
+use toml::Spanned;
+
+/// The whole agent configuration, as written in the file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// Where the agent keeps its state (the spool database).
+    pub data_dir: PathBuf,
+    pub aggregator: AggregatorSection,
+    pub spool: SpoolSection,
+    pub ship: ShipSection,
+    pub log: LogConfig,
+    pub synthetic: SyntheticSection,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            data_dir: PathBuf::from("/var/lib/outpost"),
+            aggregator: AggregatorSection::default(),
+            spool: SpoolSection::default(),
+            ship: ShipSection::default(),
+            log: LogConfig::default(),
+            synthetic: SyntheticSection::default(),
+        }
+    }
+}
+
+/// `[aggregator]`: where to send and how to authenticate.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AggregatorSection {
+    /// `quic://host:port` of the aggregator. Required: the agent does not start without it.
+    pub endpoint: Option<Spanned<String>>,
+    /// The name to verify on the aggregator's certificate; defaults to the endpoint's host.
+    pub server_name: Option<String>,
+    /// The CA that issued the aggregator's certificate (and this agent's).
+    pub ca: PathBuf,
+    /// This agent's certificate; its SAN URI `urn:outpost:agent:<id>` is the agent's identity.
+    pub cert: PathBuf,
+    /// This agent's private key.
+    pub key: PathBuf,
+    /// Keep-alive interval; must be well under the idle timeout.
+    #[serde(with = "humantime_serde")]
+    pub keep_alive: Duration,
+    /// Close the connection after this long without any packet.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Give up a connection attempt (handshake and Welcome) after this long.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Probe for a larger path MTU. Turn off on tunnels that drop large packets.
+    pub mtu_discovery: bool,
+}
+
+impl Default for AggregatorSection {
+    fn default() -> Self {
+        AggregatorSection {
+            endpoint: None,
+            server_name: None,
+            ca: PathBuf::from("/etc/outpost/tls/ca.pem"),
+            cert: PathBuf::from("/etc/outpost/tls/agent.pem"),
+            key: PathBuf::from("/etc/outpost/tls/agent.key"),
+            keep_alive: Duration::from_secs(15),
+            idle_timeout: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(10),
+            mtu_discovery: true,
+        }
+    }
+}
+
+/// `[spool]`: the local buffer.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpoolSection {
+    /// Cap on unacknowledged data. When full, log sources pause and metrics drop their oldest
+    /// samples; every drop is counted and reported.
+    pub max_bytes: ByteSize,
+    /// Most events in one batch.
+    pub max_batch_events: usize,
+    /// Most bytes in one batch; also the largest single event accepted.
+    pub max_batch_bytes: ByteSize,
+}
+
+impl Default for SpoolSection {
+    fn default() -> Self {
+        SpoolSection {
+            max_bytes: ByteSize::gib(1),
+            max_batch_events: 1000,
+            max_batch_bytes: ByteSize::mib(1),
+        }
+    }
+}
+
+/// `[ship]`: how batches travel to the aggregator.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShipSection {
+    /// Batches sent but not yet acknowledged, at most (the aggregator may lower it).
+    pub max_in_flight: u32,
+    /// How often to send a heartbeat with the agent's status.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// First delay before reconnecting; doubles (with jitter) up to `reconnect_max`.
+    #[serde(with = "humantime_serde")]
+    pub reconnect_min: Duration,
+    #[serde(with = "humantime_serde")]
+    pub reconnect_max: Duration,
+    /// After a reconnect, ship a backlog at no more than this many events per second (0: no limit),
+    /// so a fleet coming back from an outage does not flatten the aggregator.
+    pub catchup_events_per_sec: u32,
+    /// How often a status snapshot is written to the spool (kept as history centrally).
+    #[serde(with = "humantime_serde")]
+    pub status_interval: Duration,
+}
+
+impl Default for ShipSection {
+    fn default() -> Self {
+        ShipSection {
+            max_in_flight: 8,
+            heartbeat_interval: Duration::from_secs(10),
+            reconnect_min: Duration::from_millis(500),
+            reconnect_max: Duration::from_secs(30),
+            catchup_events_per_sec: 50_000,
+            status_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What a synthetic event looks like.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyntheticKind {
+    /// Log records: the source waits when the spool is full.
+    Log,
+    /// Metric points: the oldest are evicted when the spool is full.
+    Metric,
+}
+
+/// `[synthetic]`: a generator of numbered events for tests and benchmarks. Off by default.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SyntheticSection {
+    pub enabled: bool,
+    /// Events per second (0: as fast as the spool takes them).
+    pub rate: u32,
+    /// Stop after this many events in total across restarts (0: never).
+    pub total: u64,
+    /// Approximate encoded size of each event in bytes.
+    pub size: usize,
+    pub kind: SyntheticKind,
+    /// Events handed to the spool per submission.
+    pub chunk: usize,
+}
+
+impl Default for SyntheticSection {
+    fn default() -> Self {
+        SyntheticSection {
+            enabled: false,
+            rate: 100,
+            total: 0,
+            size: 200,
+            kind: SyntheticKind::Log,
+            chunk: 100,
+        }
+    }
+}
+
+/// A loaded and validated configuration.
+#[derive(Debug, Clone)]
+pub struct Validated {
+    pub config: AgentConfig,
+    pub endpoint: QuicEndpoint,
+    pub server_name: String,
+    pub path: PathBuf,
+}
+
+impl Validated {
+    /// The spool database's path.
+    pub fn spool_path(&self) -> PathBuf {
+        self.config.data_dir.join("spool.db")
+    }
+}
+
+/// Loads and validates `path`.
+pub fn load(path: &Path) -> Result<Validated, ConfigError> {
+    let config: AgentConfig = load_toml(path)?;
+    validate(path, config)
+}
+
+fn located(path: &Path, text: Option<&str>, span: std::ops::Range<usize>, message: String) -> ConfigError {
+    let (line, column) = text.map_or((1, 1), |t| outpost_common::config::line_column(t, span.start));
+    ConfigError::Parse {
+        path: path.to_owned(),
+        line,
+        column,
+        message,
+    }
+}
+
+fn validate(path: &Path, config: AgentConfig) -> Result<Validated, ConfigError> {
+    let invalid = |m: String| ConfigError::invalid(path, m);
+    let Some(endpoint) = &config.aggregator.endpoint else {
+        return Err(invalid(
+            "no aggregator configured: set `endpoint = \"quic://HOST:4433\"` in [aggregator] \
+             (and ca, cert, key); the agent does not start without one"
+                .to_owned(),
+        ));
+    };
+    let text = std::fs::read_to_string(path).ok();
+    let parsed = parse_quic_uri(endpoint.get_ref())
+        .map_err(|m| located(path, text.as_deref(), endpoint.span(), format!("aggregator.endpoint: {m}")))?;
+    let server_name = config
+        .aggregator
+        .server_name
+        .clone()
+        .unwrap_or_else(|| parsed.host.clone());
+    if rustls_pki_types::ServerName::try_from(server_name.as_str()).is_err() {
+        return Err(invalid(format!(
+            "aggregator.server_name `{server_name}` is not a valid DNS name or IP address"
+        )));
+    }
+    let a = &config.aggregator;
+    if a.keep_alive.is_zero() || a.keep_alive >= a.idle_timeout {
+        return Err(invalid(format!(
+            "aggregator.keep_alive ({}) must be above zero and below idle_timeout ({})",
+            humantime::format_duration(a.keep_alive),
+            humantime::format_duration(a.idle_timeout)
+        )));
+    }
+    if a.connect_timeout.is_zero() {
+        return Err(invalid("aggregator.connect_timeout must be above zero".to_owned()));
+    }
+    let s = &config.spool;
+    if s.max_batch_events == 0 || s.max_batch_events > 100_000 {
+        return Err(invalid("spool.max_batch_events must be between 1 and 100000".to_owned()));
+    }
+    if s.max_batch_bytes.as_u64() < 1024 || s.max_batch_bytes.as_u64() > 4 * 1024 * 1024 {
+        return Err(invalid("spool.max_batch_bytes must be between 1 KiB and 4 MiB".to_owned()));
+    }
+    if s.max_bytes < s.max_batch_bytes {
+        return Err(invalid("spool.max_bytes must be at least spool.max_batch_bytes".to_owned()));
+    }
+    let sh = &config.ship;
+    if sh.max_in_flight == 0 || sh.max_in_flight > 1024 {
+        return Err(invalid("ship.max_in_flight must be between 1 and 1024".to_owned()));
+    }
+    if sh.heartbeat_interval.is_zero() || sh.status_interval.is_zero() {
+        return Err(invalid("ship.heartbeat_interval and ship.status_interval must be above zero".to_owned()));
+    }
+    if sh.reconnect_min.is_zero() || sh.reconnect_min > sh.reconnect_max {
+        return Err(invalid("ship.reconnect_min must be above zero and at most ship.reconnect_max".to_owned()));
+    }
+    let syn = &config.synthetic;
+    if syn.enabled && (syn.chunk == 0 || syn.size < 32 || syn.size > 64 * 1024) {
+        return Err(invalid("synthetic.chunk must be at least 1 and synthetic.size between 32 and 65536".to_owned()));
+    }
+    config.log.validate().map_err(invalid)?;
+    Ok(Validated {
+        endpoint: parsed,
+        server_name,
+        path: path.to_owned(),
+        config,
+    })
+}
+
+/// Checks that the TLS files the configuration names can be read and used.
+pub fn check_tls_files(v: &Validated) -> Result<(), ConfigError> {
+    let a = &v.config.aggregator;
+    let fail = |e: outpost_common::tls::TlsError| ConfigError::invalid(&v.path, e);
+    let ca = outpost_common::tls::load_certs(&a.ca).map_err(fail)?;
+    let chain = outpost_common::tls::load_certs(&a.cert).map_err(fail)?;
+    let key = outpost_common::tls::load_key(&a.key).map_err(fail)?;
+    let identity = outpost_common::tls::identity_from_cert(&chain[0])
+        .map_err(|e| ConfigError::invalid(&v.path, format!("{}: {e}", a.cert.display())))?;
+    outpost_common::tls::client_config(&ca, chain, key, &Default::default()).map_err(fail)?;
+    tracing::debug!(agent_id = %identity.agent_id, "certificate names this agent");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    fn write(text: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        f
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let f = write("[aggregator]\nendpoint = \"quic://agg.example:4433\"\n");
+        let v = load(f.path()).unwrap();
+        assert_eq!(v.server_name, "agg.example");
+        assert_eq!(v.config.ship.max_in_flight, 8);
+        assert_eq!(v.config.spool.max_bytes, ByteSize::gib(1));
+    }
+
+    #[test]
+    fn missing_endpoint_says_what_to_do() {
+        let f = write("data_dir = \"/tmp/x\"\n");
+        let e = load(f.path()).unwrap_err().to_string();
+        assert!(e.contains("no aggregator configured"), "{e}");
+    }
+
+    #[test]
+    fn bad_endpoint_is_located() {
+        let f = write("[aggregator]\n\nendpoint = \"aggregator:4433\"\n");
+        let e = load(f.path()).unwrap_err().to_string();
+        assert!(e.contains(":3:12: aggregator.endpoint"), "{e}");
+        assert!(e.contains("quic://host:port"), "{e}");
+    }
+
+    #[test]
+    fn unknown_and_mistyped_fields_are_located() {
+        let f = write("[aggregator]\nendpoint = \"quic://a:1\"\n[ship]\nmax_inflight = 3\n");
+        let e = load(f.path()).unwrap_err().to_string();
+        assert!(e.contains(":4:1: unknown field `max_inflight`"), "{e}");
+        let f = write("[spool]\nmax_bytes = \"lots\"\n");
+        let e = load(f.path()).unwrap_err().to_string();
+        assert!(e.contains(":2:13"), "{e}");
+    }
+
+    #[test]
+    fn inconsistent_values_are_refused() {
+        let f = write("[aggregator]\nendpoint = \"quic://a:1\"\nkeep_alive = \"2m\"\n");
+        assert!(load(f.path()).unwrap_err().to_string().contains("keep_alive"));
+        let f = write("[aggregator]\nendpoint = \"quic://a:1\"\n[log]\nlevel = \"=\"\n");
+        assert!(load(f.path()).unwrap_err().to_string().contains("log.level"));
+    }
+
+    #[test]
+    fn the_example_config_lists_valid_options_with_their_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/agent.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        // As shipped, the agent refuses to start until an aggregator is named.
+        assert!(load(&path).unwrap_err().to_string().contains("no aggregator configured"));
+        let f = write(&text.replace("#endpoint = ", "endpoint = "));
+        let v = load(f.path()).unwrap();
+        let d = AgentConfig::default();
+        assert_eq!(v.config.spool.max_bytes, d.spool.max_bytes);
+        assert_eq!(v.config.ship.heartbeat_interval, d.ship.heartbeat_interval);
+        assert_eq!(v.config.ship.reconnect_min, d.ship.reconnect_min);
+        assert_eq!(v.config.aggregator.idle_timeout, d.aggregator.idle_timeout);
+        assert_eq!(v.config.synthetic.enabled, d.synthetic.enabled);
+    }
+}

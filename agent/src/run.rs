@@ -1,0 +1,122 @@
+//! Wiring of the running agent: spool, collectors and shipper, and a graceful shutdown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use outpost_common::tls;
+use tokio::sync::watch;
+use tracing::info;
+
+use crate::config::Validated;
+use crate::spool::{Spool, SpoolConfig};
+use crate::ship::{ShipConfig, Shipper};
+use crate::telemetry::Telemetry;
+use crate::{collectors, host};
+
+/// How long shutdown waits for outstanding acknowledgements.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Runs the agent until SIGTERM or SIGINT.
+pub fn run(v: Validated) -> anyhow::Result<()> {
+    let c = &v.config;
+    let a = &c.aggregator;
+    let ca = tls::load_certs(&a.ca)?;
+    let chain = tls::load_certs(&a.cert)?;
+    let key = tls::load_key(&a.key)?;
+    let identity = tls::identity_from_cert(&chain[0])
+        .with_context(|| format!("{}: not an Outpost agent certificate", a.cert.display()))?;
+    let settings = tls::QuicSettings {
+        idle_timeout: a.idle_timeout,
+        keep_alive: Some(a.keep_alive),
+        max_concurrent_bidi_streams: 0,
+        mtu_discovery: a.mtu_discovery,
+    };
+    let client = tls::client_config(&ca, chain, key, &settings)?;
+
+    std::fs::create_dir_all(&c.data_dir)
+        .with_context(|| format!("{}: cannot create the data directory", c.data_dir.display()))?;
+    let spool = Spool::open(SpoolConfig {
+        path: v.spool_path(),
+        max_bytes: c.spool.max_bytes.as_u64(),
+        max_batch_events: c.spool.max_batch_events,
+        max_batch_bytes: usize::try_from(c.spool.max_batch_bytes.as_u64()).unwrap_or(usize::MAX),
+    })?;
+    let stats = spool.stats();
+    info!(
+        agent_id = %identity.agent_id,
+        version = outpost_common::VERSION,
+        spool = %v.spool_path().display(),
+        backlog_batches = stats.batches,
+        aggregator = %v.endpoint,
+        "outpost-agent starting"
+    );
+    let (spool, spool_join) = crate::spool::writer::spawn(spool);
+    let telemetry = Arc::new(Telemetry::new());
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("outpost-agent")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let (stop_tx, stop) = watch::channel(false);
+        let mut tasks = tokio::task::JoinSet::new();
+        if c.synthetic.enabled {
+            let source = collectors::synthetic::Synthetic::new(c.synthetic.clone());
+            tasks.spawn(source.run(spool.clone(), stop.clone()));
+        }
+        tasks.spawn(collectors::self_status::run(
+            c.ship.status_interval,
+            spool.clone(),
+            telemetry.clone(),
+            stop.clone(),
+        ));
+        let shipper = Shipper::new(
+            ShipConfig {
+                endpoint: v.endpoint.clone(),
+                server_name: v.server_name.clone(),
+                client,
+                max_in_flight: c.ship.max_in_flight,
+                heartbeat_interval: c.ship.heartbeat_interval,
+                reconnect_min: c.ship.reconnect_min,
+                reconnect_max: c.ship.reconnect_max,
+                connect_timeout: a.connect_timeout,
+                catchup_events_per_sec: c.ship.catchup_events_per_sec,
+                max_batch_events: u32::try_from(c.spool.max_batch_events).unwrap_or(u32::MAX),
+                shutdown_grace: SHUTDOWN_GRACE,
+            },
+            spool.clone(),
+            telemetry.clone(),
+            host::facts(),
+        );
+        tasks.spawn(shipper.run(stop.clone()));
+        drop(spool);
+
+        wait_for_signal().await;
+        info!("shutting down");
+        let _ = stop_tx.send(true);
+        while tasks.join_next().await.is_some() {}
+    });
+    drop(runtime);
+    spool_join.join();
+    info!("outpost-agent stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            // Without signal handlers only Ctrl-C can stop us; keep that working.
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

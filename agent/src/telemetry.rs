@@ -1,0 +1,92 @@
+//! The agent's own counters, and the [`AgentStatus`] built from them for heartbeats.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use outpost_common::event::{AgentStatus, CollectorError};
+use outpost_common::time::now_ns;
+
+use crate::spool::SpoolStats;
+
+/// Counters shared by the shipper and collectors. Cheap to update from any task.
+#[derive(Debug, Default)]
+pub struct Telemetry {
+    pub started_ns: i64,
+    pub batches_sent: AtomicU64,
+    pub batches_acked: AtomicU64,
+    pub events_acked: AtomicU64,
+    pub batches_duplicate: AtomicU64,
+    pub connects: AtomicU64,
+    pub disconnects: AtomicU64,
+    collector_errors: Mutex<Vec<CollectorError>>,
+}
+
+impl Telemetry {
+    pub fn new() -> Self {
+        Telemetry {
+            started_ns: now_ns(),
+            ..Telemetry::default()
+        }
+    }
+
+    /// Records that `collector` is failing, replacing an earlier report of the same collector.
+    pub fn collector_failed(&self, collector: &str, reason: String) {
+        let mut errors = self.errors();
+        match errors.iter_mut().find(|e| e.collector == collector) {
+            Some(e) => e.reason = reason,
+            None => errors.push(CollectorError {
+                collector: collector.to_owned(),
+                reason,
+                since_ns: now_ns(),
+            }),
+        }
+    }
+
+    /// Records that `collector` works again.
+    pub fn collector_recovered(&self, collector: &str) {
+        self.errors().retain(|e| e.collector != collector);
+    }
+
+    fn errors(&self) -> std::sync::MutexGuard<'_, Vec<CollectorError>> {
+        // A panic while holding this lock cannot leave the Vec inconsistent: recover it.
+        self.collector_errors
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The agent's status now, from these counters and the spool's.
+    pub fn status(&self, spool: &SpoolStats) -> AgentStatus {
+        AgentStatus {
+            time_ns: now_ns(),
+            agent_version: outpost_common::VERSION.to_owned(),
+            started_ns: self.started_ns,
+            spool_bytes: spool.file_bytes,
+            spool_events: spool.events,
+            backlog_batches: spool.batches,
+            spool_cap_bytes: spool.cap_bytes,
+            batches_sent: self.batches_sent.load(Ordering::Relaxed),
+            batches_acked: self.batches_acked.load(Ordering::Relaxed),
+            events_acked: self.events_acked.load(Ordering::Relaxed),
+            drops: spool.drops.clone(),
+            collector_errors: self.errors().clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn collector_errors_are_replaced_and_cleared() {
+        let t = Telemetry::new();
+        t.collector_failed("metrics.fs", "timeout".into());
+        t.collector_failed("metrics.fs", "timeout again".into());
+        t.collector_failed("logs", "EACCES".into());
+        let errs = t.errors().clone();
+        assert_eq!(errs.len(), 2);
+        assert_eq!(errs[0].reason, "timeout again");
+        t.collector_recovered("metrics.fs");
+        assert_eq!(t.errors().len(), 1);
+    }
+}

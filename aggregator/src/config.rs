@@ -1,0 +1,304 @@
+//! The aggregator's configuration file (`/etc/outpost/aggregator.toml`).
+//!
+//! Every option has a default; `packaging/aggregator.toml` lists them all with comments.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use outpost_common::config::{ConfigError, line_column, load_toml};
+use outpost_common::logging::LogConfig;
+use serde::Deserialize;
+use toml::Spanned;
+
+/// The whole aggregator configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AggregatorConfig {
+    /// Where the store lives (`aggregator.db` and its WAL files).
+    pub data_dir: PathBuf,
+    /// UDP address for agent ingest. Port 0 picks a free port; the bound address is written to
+    /// `<data_dir>/listen.addr`.
+    pub listen: Spanned<String>,
+    pub tls: TlsSection,
+    pub ingest: IngestSection,
+    pub fleet: FleetSection,
+    pub retention: RetentionSection,
+    pub log: LogConfig,
+}
+
+impl Default for AggregatorConfig {
+    fn default() -> Self {
+        AggregatorConfig {
+            data_dir: PathBuf::from("/var/lib/outpost"),
+            listen: Spanned::new(0..0, "0.0.0.0:4433".to_owned()),
+            tls: TlsSection::default(),
+            ingest: IngestSection::default(),
+            fleet: FleetSection::default(),
+            retention: RetentionSection::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+/// `[tls]`: the PKI directory made by `outpost-aggregator pki init`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSection {
+    /// Holds ca.pem, server.pem, server.key, crl.pem and agents/.
+    pub dir: PathBuf,
+    /// Check the TLS files (CRL, certificates) for changes this often and reload them without a
+    /// restart. SIGHUP reloads at once.
+    #[serde(with = "humantime_serde")]
+    pub reload_interval: Duration,
+}
+
+impl Default for TlsSection {
+    fn default() -> Self {
+        TlsSection {
+            dir: PathBuf::from("/etc/outpost/tls"),
+            reload_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+impl TlsSection {
+    pub fn ca(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+    pub fn cert(&self) -> PathBuf {
+        self.dir.join("server.pem")
+    }
+    pub fn key(&self) -> PathBuf {
+        self.dir.join("server.key")
+    }
+    pub fn crl(&self) -> PathBuf {
+        self.dir.join("crl.pem")
+    }
+}
+
+/// `[ingest]`: limits on what agents may send.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestSection {
+    /// Largest frame accepted; larger length prefixes close the connection before any allocation.
+    pub max_frame_bytes: ByteSize,
+    /// Most events in one batch.
+    pub max_batch_events: u32,
+    /// Batch streams one agent may have open at once.
+    pub max_in_flight: u32,
+    /// An agent must complete Hello within this time after the TLS handshake.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// Close connections silent for this long.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Batches waiting for the store, across all agents; beyond it agents wait (back-pressure).
+    pub queue: usize,
+    /// Most batches and events committed in one store transaction (group commit).
+    pub max_batches_per_txn: usize,
+    pub max_events_per_txn: usize,
+    /// Events stamped further in the future than this (relative to receipt) are invalid.
+    #[serde(with = "humantime_serde")]
+    pub max_future_skew: Duration,
+}
+
+impl Default for IngestSection {
+    fn default() -> Self {
+        IngestSection {
+            max_frame_bytes: ByteSize::mib(8),
+            max_batch_events: 10_000,
+            max_in_flight: 32,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            queue: 4096,
+            max_batches_per_txn: 512,
+            max_events_per_txn: 100_000,
+            max_future_skew: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// `[fleet]`: how host status is judged.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FleetSection {
+    /// Expected heartbeat interval, told to agents.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// An agent not heard from for this long is offline.
+    #[serde(with = "humantime_serde")]
+    pub offline_after: Duration,
+    /// Drops within this window make a host degraded.
+    #[serde(with = "humantime_serde")]
+    pub degraded_window: Duration,
+    /// A backlog rising for longer than this makes a host degraded.
+    #[serde(with = "humantime_serde")]
+    pub backlog_rising_for: Duration,
+}
+
+impl Default for FleetSection {
+    fn default() -> Self {
+        FleetSection {
+            heartbeat_interval: Duration::from_secs(10),
+            offline_after: Duration::from_secs(45),
+            degraded_window: Duration::from_secs(300),
+            backlog_rising_for: Duration::from_secs(60),
+        }
+    }
+}
+
+/// `[retention]`: how long each kind of data is kept.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionSection {
+    #[serde(with = "humantime_serde")]
+    pub metric: Duration,
+    #[serde(with = "humantime_serde")]
+    pub log: Duration,
+    #[serde(with = "humantime_serde")]
+    pub fim: Duration,
+    #[serde(with = "humantime_serde")]
+    pub status: Duration,
+    /// How often retention runs.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+}
+
+impl Default for RetentionSection {
+    fn default() -> Self {
+        const DAY: u64 = 24 * 3600;
+        RetentionSection {
+            metric: Duration::from_secs(30 * DAY),
+            log: Duration::from_secs(14 * DAY),
+            fim: Duration::from_secs(365 * DAY),
+            status: Duration::from_secs(7 * DAY),
+            interval: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A loaded and validated configuration.
+#[derive(Debug, Clone)]
+pub struct Validated {
+    pub config: AggregatorConfig,
+    pub listen: SocketAddr,
+    pub path: PathBuf,
+}
+
+impl Validated {
+    pub fn store_path(&self) -> PathBuf {
+        self.config.data_dir.join("aggregator.db")
+    }
+    pub fn listen_file(&self) -> PathBuf {
+        self.config.data_dir.join("listen.addr")
+    }
+}
+
+/// Loads and validates `path`.
+pub fn load(path: &Path) -> Result<Validated, ConfigError> {
+    let config: AggregatorConfig = load_toml(path)?;
+    let invalid = |m: String| ConfigError::invalid(path, m);
+    let listen = config.listen.get_ref().parse::<SocketAddr>().map_err(|e| {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let (line, column) = line_column(&text, config.listen.span().start);
+        ConfigError::Parse {
+            path: path.to_owned(),
+            line,
+            column,
+            message: format!(
+                "listen: `{}` is not a socket address ({e}); expected e.g. \"0.0.0.0:4433\"",
+                config.listen.get_ref()
+            ),
+        }
+    })?;
+    let i = &config.ingest;
+    if i.max_frame_bytes.as_u64() < 64 * 1024 || i.max_frame_bytes.as_u64() > 256 * 1024 * 1024 {
+        return Err(invalid("ingest.max_frame_bytes must be between 64 KiB and 256 MiB".into()));
+    }
+    if i.max_batch_events == 0 || i.max_in_flight == 0 || i.max_in_flight > 1024 {
+        return Err(invalid("ingest.max_batch_events must be at least 1 and ingest.max_in_flight between 1 and 1024".into()));
+    }
+    if i.queue == 0 || i.max_batches_per_txn == 0 || i.max_events_per_txn == 0 {
+        return Err(invalid("ingest.queue, max_batches_per_txn and max_events_per_txn must be at least 1".into()));
+    }
+    if i.handshake_timeout.is_zero() || i.idle_timeout.is_zero() {
+        return Err(invalid("ingest.handshake_timeout and ingest.idle_timeout must be above zero".into()));
+    }
+    let f = &config.fleet;
+    if f.heartbeat_interval.is_zero() || f.offline_after <= f.heartbeat_interval {
+        return Err(invalid(format!(
+            "fleet.offline_after ({}) must be longer than fleet.heartbeat_interval ({})",
+            humantime::format_duration(f.offline_after),
+            humantime::format_duration(f.heartbeat_interval)
+        )));
+    }
+    if config.retention.interval.is_zero() || config.tls.reload_interval.is_zero() {
+        return Err(invalid("retention.interval and tls.reload_interval must be above zero".into()));
+    }
+    config.log.validate().map_err(invalid)?;
+    Ok(Validated {
+        listen,
+        path: path.to_owned(),
+        config,
+    })
+}
+
+/// Checks that the TLS files exist and build a server configuration.
+pub fn check_tls_files(v: &Validated) -> Result<(), ConfigError> {
+    let t = &v.config.tls;
+    let fail = |e: outpost_common::tls::TlsError| ConfigError::invalid(&v.path, e);
+    let ca = outpost_common::tls::load_certs(&t.ca()).map_err(fail)?;
+    let chain = outpost_common::tls::load_certs(&t.cert()).map_err(fail)?;
+    let key = outpost_common::tls::load_key(&t.key()).map_err(fail)?;
+    let crls = outpost_common::tls::load_crls(&t.crl()).map_err(fail)?;
+    outpost_common::tls::server_config(&ca, chain, key, crls, &Default::default()).map_err(fail)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    fn write(text: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        f
+    }
+
+    #[test]
+    fn empty_file_is_all_defaults() {
+        let v = load(write("").path()).unwrap();
+        assert_eq!(v.listen.port(), 4433);
+        assert_eq!(v.config.fleet.offline_after, Duration::from_secs(45));
+        assert_eq!(v.config.tls.crl(), PathBuf::from("/etc/outpost/tls/crl.pem"));
+    }
+
+    #[test]
+    fn errors_are_located() {
+        let e = load(write("data_dir = \"/x\"\nlisten = \"nope\"\n").path()).unwrap_err().to_string();
+        assert!(e.contains(":2:10: listen: `nope`"), "{e}");
+        let e = load(write("[fleet]\noffline_after = 45\n").path()).unwrap_err().to_string();
+        assert!(e.contains(":2:17"), "{e}");
+        let e = load(write("[ingest]\nmax_frame = 1\n").path()).unwrap_err().to_string();
+        assert!(e.contains(":2:1: unknown field `max_frame`"), "{e}");
+        let e = load(write("[fleet]\noffline_after = \"5s\"\n").path()).unwrap_err().to_string();
+        assert!(e.contains("offline_after"), "{e}");
+    }
+
+    #[test]
+    fn the_example_config_is_valid_and_matches_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/aggregator.toml");
+        let v = load(&path).unwrap();
+        let d = AggregatorConfig::default();
+        assert_eq!(v.listen.to_string(), *d.listen.get_ref());
+        assert_eq!(v.config.ingest.max_frame_bytes, d.ingest.max_frame_bytes);
+        assert_eq!(v.config.ingest.queue, d.ingest.queue);
+        assert_eq!(v.config.fleet.offline_after, d.fleet.offline_after);
+        assert_eq!(v.config.retention.log, d.retention.log);
+        assert_eq!(v.config.ingest.max_future_skew, d.ingest.max_future_skew);
+    }
+}

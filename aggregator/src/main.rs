@@ -1,0 +1,100 @@
+//! `outpost-aggregator`: receives, stores and reports on what the fleet's agents send.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use outpost_aggregator::{config, pki, quickstart, status};
+
+/// Exit status for usage and configuration errors (EX_USAGE).
+const EXIT_CONFIG: u8 = 64;
+
+#[derive(Debug, Parser)]
+#[command(name = "outpost-aggregator", version = outpost_common::VERSION, about = "Outpost aggregator")]
+struct Cli {
+    /// The configuration file.
+    #[arg(long, short, global = true, default_value = "/etc/outpost/aggregator.toml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the aggregator (the default).
+    Run,
+    /// Check the configuration file and the TLS files it names, then exit.
+    CheckConfig,
+    /// Print every agent's status: online, degraded, offline or never seen.
+    Status {
+        /// Print JSON for machines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Manage certificates: the CA, the server certificate, agent certificates, revocations.
+    #[command(subcommand)]
+    Pki(pki::PkiCommand),
+    /// Start an aggregator and one agent on loopback with throwaway certificates.
+    Quickstart {
+        /// Where to keep the quickstart's certificates, data and logs.
+        #[arg(long, default_value_os_t = quickstart::default_dir())]
+        dir: PathBuf,
+    },
+}
+
+fn load(path: &std::path::Path) -> Result<config::Validated, ExitCode> {
+    config::load(path).map_err(|e| {
+        eprintln!("outpost-aggregator: configuration error: {e}");
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command.unwrap_or(Command::Run) {
+        Command::Pki(cmd) => pki::run(cmd),
+        Command::Quickstart { dir } => quickstart::run(&dir),
+        Command::CheckConfig => {
+            let v = match load(&cli.config) {
+                Ok(v) => v,
+                Err(code) => return code,
+            };
+            match config::check_tls_files(&v) {
+                Ok(()) => {
+                    println!("{}: configuration is valid", cli.config.display());
+                    return ExitCode::SUCCESS;
+                }
+                Err(e) => {
+                    eprintln!("outpost-aggregator: configuration error: {e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            }
+        }
+        Command::Status { json } => {
+            let v = match load(&cli.config) {
+                Ok(v) => v,
+                Err(code) => return code,
+            };
+            status::render(&v, json).map(|out| print!("{out}"))
+        }
+        Command::Run => {
+            let v = match load(&cli.config) {
+                Ok(v) => v,
+                Err(code) => return code,
+            };
+            let _log = outpost_common::logging::init(&v.config.log, "outpost-aggregator");
+            let r = outpost_aggregator::run::run(v);
+            if let Err(e) = &r {
+                tracing::error!("{e:#}");
+            }
+            r
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("outpost-aggregator: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
