@@ -110,8 +110,8 @@ impl SpoolHandle {
         rx
     }
 
-    /// How many append transactions the writer has run; with group commit, fewer than the
-    /// submissions it was given.
+    /// How many appends the writer has made, each one transaction at most (none when every
+    /// submission in it was held); with group commit, fewer than the submissions it was given.
     pub fn group_commits(&self) -> u64 {
         self.group_commits.load(Ordering::Relaxed)
     }
