@@ -1,1 +1,793 @@
-//! The durable SQLite spool.
+//! The durable SQLite spool: where collected events wait until the aggregator has stored them.
+//!
+//! The agent's promise rests here: an event the spool accepts reaches the aggregator exactly once,
+//! or its loss is counted by reason. To keep it:
+//!
+//! - A collector's events and its checkpoint commit in **one transaction** ([`Spool::append`]), so
+//!   after a crash the collector resumes exactly where the committed data ends.
+//! - Events are packed into batches with a persisted, strictly increasing `seq` that is never
+//!   reused within a spool id, even after everything was acknowledged and the agent restarted;
+//!   the aggregator deduplicates by `(agent, spool id, seq)`, so reusing a seq would lose data.
+//! - A batch is deleted only when acknowledged ([`Spool::ack`]) or dropped with a counted reason
+//!   ([`Spool::drop_batch`]). Once handed to the shipper ([`Spool::batches_after`]) it may already
+//!   be stored centrally, so it is never evicted: evicting it would count a loss that did not
+//!   happen.
+//! - The payload bytes of unacknowledged batches are capped ([`SpoolConfig::max_bytes`]). When a
+//!   submission does not fit, sources that can wait ([`Class::Wait`]) get [`SubmitOutcome::Full`]
+//!   and nothing is written; sources that cannot ([`Class::Drop`]) evict the oldest evictable
+//!   batches or, failing that, lose the new submission. Every drop is counted in the same
+//!   transaction as the change that caused it.
+//!
+//! The database runs in WAL mode with `synchronous = FULL`: a batch may be shipped as soon as its
+//! transaction commits, so the commit must survive power loss, or a rolled-back seq could be
+//! reused for different events and then discarded by the aggregator as a duplicate.
+//!
+//! One thread owns the [`Spool`]; the rest of the agent talks to it through the [`writer`], which
+//! also group-commits concurrent submissions.
+//!
+//! ```no_run
+//! use outpost_agent::spool::{Class, Spool, SpoolConfig, Submission};
+//!
+//! let mut spool = Spool::open(SpoolConfig::new("/var/lib/outpost/spool.db", 256 << 20))?;
+//! let sub = Submission { events: vec![], checkpoint: None, class: Class::Wait };
+//! let outcomes = spool.append(vec![sub], outpost_common::time::now_ns())?;
+//! for batch in spool.batches_after(0, 16)? {
+//!     // ... ship it, then:
+//!     spool.ack(&[batch.seq])?;
+//! }
+//! # Ok::<(), outpost_agent::spool::SpoolError>(())
+//! ```
+
+mod plan;
+pub mod writer;
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use outpost_common::event::{DropCounters, DropReason, Event};
+use outpost_common::wire::{self, WireError};
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+
+use self::plan::{BatchSize, Decision, Evictable, Holding, SizedSubmission};
+pub use self::writer::{SpoolHandle, SpoolJoin, spawn};
+
+/// The default largest number of events in one batch.
+pub const DEFAULT_MAX_BATCH_EVENTS: usize = 1000;
+
+/// The default largest batch payload, in bytes; also the largest single event accepted.
+pub const DEFAULT_MAX_BATCH_BYTES: usize = 1024 * 1024;
+
+/// The schema this build writes, kept in SQLite's `user_version`.
+const SCHEMA_VERSION: i64 = 1;
+
+/// WAL size SQLite truncates back to after a checkpoint, so a burst does not leave a large file.
+const JOURNAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
+
+const SCHEMA: &str = "
+    CREATE TABLE spool (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        spool_id INTEGER NOT NULL,
+        next_seq INTEGER NOT NULL,
+        spool_full_evicted INTEGER NOT NULL,
+        spool_full_rejected INTEGER NOT NULL,
+        rejected_by_aggregator INTEGER NOT NULL,
+        oversized INTEGER NOT NULL
+    );
+    CREATE TABLE batches (
+        seq INTEGER PRIMARY KEY,
+        created_ns INTEGER NOT NULL,
+        class INTEGER NOT NULL,
+        events INTEGER NOT NULL,
+        payload BLOB NOT NULL
+    );
+    CREATE TABLE checkpoints (
+        source TEXT PRIMARY KEY,
+        value BLOB NOT NULL
+    ) WITHOUT ROWID;
+";
+
+/// Where the spool lives and how large it may grow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpoolConfig {
+    /// The SQLite file; SQLite keeps `-wal` and `-shm` files beside it.
+    pub path: PathBuf,
+    /// Cap on the payload bytes of unacknowledged batches.
+    pub max_bytes: u64,
+    /// Largest number of events in one batch; at most `u32::MAX`.
+    pub max_batch_events: usize,
+    /// Largest batch payload in bytes; an event whose encoding alone exceeds it is dropped as
+    /// [`DropReason::Oversized`].
+    pub max_batch_bytes: usize,
+}
+
+impl SpoolConfig {
+    /// A configuration with the default batch limits.
+    pub fn new(path: impl Into<PathBuf>, max_bytes: u64) -> SpoolConfig {
+        SpoolConfig {
+            path: path.into(),
+            max_bytes,
+            max_batch_events: DEFAULT_MAX_BATCH_EVENTS,
+            max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
+        }
+    }
+}
+
+/// How a source copes with a full spool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Class {
+    /// The source can stop reading and resume later (log files, the journal): back-pressure.
+    Wait,
+    /// The source cannot wait (metric samples): the oldest such data is evicted instead.
+    Drop,
+}
+
+impl Class {
+    fn code(self) -> i64 {
+        match self {
+            Class::Wait => 0,
+            Class::Drop => 1,
+        }
+    }
+}
+
+/// Where a source has got to, committed together with its events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// The source's stable name, for example a log file's configured path.
+    pub source: String,
+    /// Opaque to the spool.
+    pub value: Vec<u8>,
+}
+
+/// Events from one source, committed all together or not at all.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Submission {
+    pub events: Vec<Event>,
+    pub checkpoint: Option<Checkpoint>,
+    pub class: Class,
+}
+
+/// What became of one submission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubmitOutcome {
+    /// The events that fit in a batch were committed with the checkpoint. Events whose encoding
+    /// alone exceeds the batch limit were dropped and counted as [`DropReason::Oversized`]; they
+    /// are the difference between the events submitted and `events`.
+    Committed { events: u64 },
+    /// A Wait-class submission did not fit: nothing was written, not even the checkpoint. Retry
+    /// after acknowledgements free space.
+    Full,
+    /// A Drop-class submission did not fit even after evicting: its `events` were counted as
+    /// [`DropReason::SpoolFullRejected`] (oversized ones as [`DropReason::Oversized`]) and its
+    /// checkpoint was saved, since the data is gone and the source must move on.
+    Rejected { events: u64 },
+}
+
+/// One batch as stored, ready to be framed with [`wire::encode_batch_frame`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredBatch {
+    pub seq: u64,
+    pub created_ns: i64,
+    pub events: u32,
+    /// The events as [`wire::encode_events`] wrote them.
+    pub payload: Vec<u8>,
+}
+
+/// The spool's state, for status reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpoolStats {
+    pub spool_id: u64,
+    /// Payload bytes of unacknowledged batches; what the cap applies to.
+    pub payload_bytes: u64,
+    /// Bytes of the database and its write-ahead log on disk.
+    pub file_bytes: u64,
+    /// Events in unacknowledged batches.
+    pub events: u64,
+    /// Unacknowledged batches.
+    pub batches: u64,
+    pub cap_bytes: u64,
+    /// Events dropped, by reason, since the spool was created.
+    pub drops: DropCounters,
+    /// The smallest unacknowledged seq, or `next_seq` when empty: every seq below it was
+    /// acknowledged or dropped.
+    pub low_water_seq: u64,
+    /// The seq the next batch will get.
+    pub next_seq: u64,
+}
+
+/// A spool operation that failed; the spool is left as it was before the operation.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SpoolError {
+    #[error("{path}: {action}: {source}")]
+    Sqlite {
+        path: PathBuf,
+        action: &'static str,
+        source: Arc<rusqlite::Error>,
+    },
+    #[error("{path}: cannot encode events: {source}")]
+    Encode {
+        path: PathBuf,
+        source: Arc<WireError>,
+    },
+    #[error("{path}: invalid spool configuration: {reason}")]
+    Config { path: PathBuf, reason: String },
+    #[error("{path}: not a usable spool: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("the spool is shutting down")]
+    ShuttingDown,
+    #[error("the spool writer thread panicked")]
+    WriterPanicked,
+}
+
+/// The spool, owned by one thread (see [`writer`]).
+#[derive(Debug)]
+pub struct Spool {
+    conn: Connection,
+    config: SpoolConfig,
+    spool_id: u64,
+    /// Mirrors what is committed; updated only after a commit succeeds.
+    state: State,
+    evictable: Evictable,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct State {
+    next_seq: u64,
+    payload_bytes: u64,
+    events: u64,
+    batches: u64,
+    low_water_seq: u64,
+    drops: DropCounters,
+}
+
+impl State {
+    fn remove(&mut self, size: BatchSize) {
+        self.batches -= 1;
+        self.payload_bytes -= size.bytes;
+        self.events -= size.events;
+    }
+}
+
+/// A planned batch, encoded.
+struct EncodedBatch {
+    class: Class,
+    events: u32,
+    payload: Vec<u8>,
+}
+
+impl Spool {
+    /// Opens the spool at `config.path`, creating it (with a new random spool id) if it does not
+    /// exist.
+    ///
+    /// Every batch present at open counts as possibly delivered: the previous run may have sent
+    /// it, so it is never evicted.
+    pub fn open(config: SpoolConfig) -> Result<Spool, SpoolError> {
+        validate(&config)?;
+        let path = config.path.as_path();
+        let mut conn = Connection::open(path).map_err(sql(path, "cannot open"))?;
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
+            .map_err(sql(path, "cannot switch to WAL mode"))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(corrupt(path, format!("journal mode is {mode}, not wal")));
+        }
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(sql(path, "cannot set synchronous mode"))?;
+        conn.pragma_update(None, "journal_size_limit", JOURNAL_SIZE_LIMIT)
+            .map_err(sql(path, "cannot set the journal size limit"))?;
+        create_schema(&mut conn, path)?;
+        let (spool_id, mut state) = load_state(&conn, path)?;
+        state.low_water_seq = low_water(&conn, path, state.next_seq)?;
+        Ok(Spool {
+            conn,
+            config,
+            spool_id,
+            state,
+            evictable: Evictable::default(),
+        })
+    }
+
+    /// The random id chosen when the spool was created; seqs are unique within it.
+    pub fn spool_id(&self) -> u64 {
+        self.spool_id
+    }
+
+    /// The last committed checkpoint of `source`.
+    pub fn checkpoint(&self, source: &str) -> Result<Option<Vec<u8>>, SpoolError> {
+        self.conn
+            .prepare_cached("SELECT value FROM checkpoints WHERE source = ?1")
+            .and_then(|mut stmt| stmt.query_row([source], |row| row.get(0)).optional())
+            .map_err(sql(&self.config.path, "cannot read a checkpoint"))
+    }
+
+    /// Commits the submissions in ONE SQLite transaction: their events packed into new batches
+    /// (at most `max_batch_events` and `max_batch_bytes` each; a batch never mixes classes) with
+    /// persisted, strictly increasing seqs, and their checkpoints (upserted by source). Each
+    /// submission is all-or-nothing. Returns one outcome per submission, in order.
+    ///
+    /// On error nothing was written.
+    pub fn append(
+        &mut self,
+        subs: Vec<Submission>,
+        now_ns: i64,
+    ) -> Result<Vec<SubmitOutcome>, SpoolError> {
+        let decisions = self.append_keeping_full(subs, now_ns)?;
+        Ok(decisions.into_iter().map(Decision::into_outcome).collect())
+    }
+
+    /// The oldest unacknowledged batches with seq above `after_seq`, at most `limit`.
+    ///
+    /// Every batch returned counts as possibly delivered from then on and is never evicted.
+    pub fn batches_after(
+        &mut self,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredBatch>, SpoolError> {
+        let batches = read_batches(&self.conn, &self.config.path, after_seq, limit)?;
+        for (batch, _) in &batches {
+            self.evictable.remove(batch.seq);
+        }
+        Ok(batches.into_iter().map(|(batch, _)| batch).collect())
+    }
+
+    /// Deletes the acknowledged batches; unknown seqs are ignored.
+    pub fn ack(&mut self, seqs: &[u64]) -> Result<(), SpoolError> {
+        self.delete(seqs, None)
+    }
+
+    /// Deletes batch `seq` and counts its events as dropped for `reason`; an unknown seq is
+    /// ignored.
+    pub fn drop_batch(&mut self, seq: u64, reason: DropReason) -> Result<(), SpoolError> {
+        self.delete(&[seq], Some(reason))
+    }
+
+    /// The spool's current state.
+    pub fn stats(&self) -> SpoolStats {
+        SpoolStats {
+            spool_id: self.spool_id,
+            payload_bytes: self.state.payload_bytes,
+            file_bytes: self.file_bytes(),
+            events: self.state.events,
+            batches: self.state.batches,
+            cap_bytes: self.config.max_bytes,
+            drops: self.state.drops.clone(),
+            low_water_seq: self.state.low_water_seq,
+            next_seq: self.state.next_seq,
+        }
+    }
+
+    /// The seq of the newest batch ever committed, 0 before the first.
+    fn newest_seq(&self) -> u64 {
+        self.state.next_seq - 1
+    }
+
+    /// [`Spool::append`], but a Wait-class submission that does not fit is handed back so the
+    /// writer can hold it without copying its events.
+    fn append_keeping_full(
+        &mut self,
+        subs: Vec<Submission>,
+        now_ns: i64,
+    ) -> Result<Vec<Decision>, SpoolError> {
+        let path = self.config.path.as_path();
+        let sized = subs
+            .into_iter()
+            .map(|sub| sized(sub, path))
+            .collect::<Result<Vec<_>, _>>()?;
+        let holding = Holding {
+            payload_bytes: self.state.payload_bytes,
+            batches: self.state.batches,
+            evictable: &self.evictable,
+        };
+        let mut plan = plan::plan(&self.config, holding, sized);
+        if plan.writes_nothing() {
+            return Ok(plan.decisions);
+        }
+        let mut encoded = Vec::with_capacity(plan.batches.len());
+        for batch in std::mem::take(&mut plan.batches) {
+            encode_batch(
+                batch.class,
+                batch.events,
+                self.config.max_batch_bytes,
+                path,
+                &mut encoded,
+            )?;
+        }
+
+        let mut next = self.state.clone();
+        let mut new_evictable = Vec::new();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql(path, "cannot begin a transaction"))?;
+        for &seq in &plan.evict {
+            if delete_batch(&tx, path, seq)?.is_none() {
+                return Err(corrupt(path, format!("batch {seq} vanished")));
+            }
+        }
+        next.batches -= plan.evicted.batches;
+        next.payload_bytes -= plan.evicted.bytes;
+        next.events -= plan.evicted.events;
+        for batch in &encoded {
+            let seq = next.next_seq;
+            insert_batch(&tx, path, seq, now_ns, batch)?;
+            let size = BatchSize {
+                bytes: batch.payload.len() as u64,
+                events: u64::from(batch.events),
+            };
+            if batch.class == Class::Drop {
+                new_evictable.push((seq, size));
+            }
+            next.next_seq += 1;
+            next.batches += 1;
+            next.payload_bytes += size.bytes;
+            next.events += size.events;
+        }
+        for checkpoint in &plan.checkpoints {
+            tx.prepare_cached(
+                "INSERT INTO checkpoints (source, value) VALUES (?1, ?2)
+                 ON CONFLICT (source) DO UPDATE SET value = excluded.value",
+            )
+            .and_then(|mut stmt| stmt.execute(params![checkpoint.source, checkpoint.value]))
+            .map_err(sql(path, "cannot save a checkpoint"))?;
+        }
+        add_drops(&mut next.drops, &plan.drops);
+        next.low_water_seq = low_water(&tx, path, next.next_seq)?;
+        write_state(&tx, path, &next)?;
+        tx.commit().map_err(sql(path, "cannot commit an append"))?;
+
+        for &seq in &plan.evict {
+            self.evictable.remove(seq);
+        }
+        for (seq, size) in new_evictable {
+            self.evictable.insert(seq, size);
+        }
+        self.state = next;
+        Ok(plan.decisions)
+    }
+
+    /// Deletes batches in one transaction, counting their events under `reason` if given.
+    fn delete(&mut self, seqs: &[u64], reason: Option<DropReason>) -> Result<(), SpoolError> {
+        let path = self.config.path.as_path();
+        let mut next = self.state.clone();
+        let mut removed = Vec::with_capacity(seqs.len());
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql(path, "cannot begin a transaction"))?;
+        for &seq in seqs {
+            if let Some(size) = delete_batch(&tx, path, seq)? {
+                next.remove(size);
+                if let Some(reason) = reason {
+                    next.drops.add(reason, size.events);
+                }
+                removed.push(seq);
+            }
+        }
+        if removed.is_empty() {
+            // Nothing matched; dropping the transaction rolls back an empty change.
+            return Ok(());
+        }
+        next.low_water_seq = low_water(&tx, path, next.next_seq)?;
+        if reason.is_some() {
+            write_state(&tx, path, &next)?;
+        }
+        tx.commit().map_err(sql(path, "cannot commit a deletion"))?;
+        for seq in removed {
+            self.evictable.remove(seq);
+        }
+        self.state = next;
+        Ok(())
+    }
+
+    fn file_bytes(&self) -> u64 {
+        let mut wal = OsString::from(self.config.path.as_os_str());
+        wal.push("-wal");
+        [self.config.path.as_os_str(), wal.as_os_str()]
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum()
+    }
+
+    /// Every stored batch with its class, without marking any as handed out.
+    #[cfg(test)]
+    fn peek(&self) -> Vec<(StoredBatch, Class)> {
+        read_batches(&self.conn, &self.config.path, 0, usize::MAX).expect("peek reads batches")
+    }
+}
+
+fn validate(config: &SpoolConfig) -> Result<(), SpoolError> {
+    let reason = if config.max_batch_events == 0 {
+        "max_batch_events must be at least 1"
+    } else if u32::try_from(config.max_batch_events).is_err() {
+        "max_batch_events must be at most 4294967295"
+    } else if config.max_batch_bytes == 0 {
+        "max_batch_bytes must be at least 1"
+    } else {
+        return Ok(());
+    };
+    Err(SpoolError::Config {
+        path: config.path.clone(),
+        reason: reason.to_owned(),
+    })
+}
+
+/// Maps a SQLite error to a [`SpoolError`] naming the file and what was being done.
+fn sql<'a>(
+    path: &'a Path,
+    action: &'static str,
+) -> impl FnOnce(rusqlite::Error) -> SpoolError + 'a {
+    move |source| SpoolError::Sqlite {
+        path: path.to_path_buf(),
+        action,
+        source: Arc::new(source),
+    }
+}
+
+fn corrupt(path: &Path, reason: String) -> SpoolError {
+    SpoolError::Corrupt {
+        path: path.to_path_buf(),
+        reason,
+    }
+}
+
+/// Creates the tables and the spool row in a fresh file; checks the schema version otherwise.
+fn create_schema(conn: &mut Connection, path: &Path) -> Result<(), SpoolError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(sql(path, "cannot begin a transaction"))?;
+    let version: i64 = tx
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .map_err(sql(path, "cannot read the schema version"))?;
+    match version {
+        SCHEMA_VERSION => return Ok(()),
+        0 => {}
+        other => {
+            return Err(corrupt(
+                path,
+                format!(
+                    "schema version {other} is not {SCHEMA_VERSION} (written by another version of the agent?)"
+                ),
+            ));
+        }
+    }
+    let spool_id: u64 = rand::random_range(1..=u64::MAX);
+    tx.execute_batch(SCHEMA)
+        .map_err(sql(path, "cannot create the schema"))?;
+    tx.execute(
+        "INSERT INTO spool VALUES (1, ?1, 1, 0, 0, 0, 0)",
+        [id_to_sql(spool_id)],
+    )
+    .map_err(sql(path, "cannot create the spool row"))?;
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+        .map_err(sql(path, "cannot set the schema version"))?;
+    tx.commit().map_err(sql(path, "cannot create the schema"))
+}
+
+fn load_state(conn: &Connection, path: &Path) -> Result<(u64, State), SpoolError> {
+    let (spool_id, next_seq, drops) = conn
+        .query_row(
+            "SELECT spool_id, next_seq, spool_full_evicted, spool_full_rejected,
+                    rejected_by_aggregator, oversized FROM spool WHERE id = 1",
+            [],
+            |row| {
+                let drops = DropCounters {
+                    spool_full_evicted: get_u64(row, 2)?,
+                    spool_full_rejected: get_u64(row, 3)?,
+                    rejected_by_aggregator: get_u64(row, 4)?,
+                    oversized: get_u64(row, 5)?,
+                };
+                Ok((id_from_sql(row.get(0)?), get_u64(row, 1)?, drops))
+            },
+        )
+        .optional()
+        .map_err(sql(path, "cannot read the spool state"))?
+        .ok_or_else(|| corrupt(path, "the spool row is missing".to_owned()))?;
+    let (batches, events, payload_bytes, max_seq) = conn
+        .query_row(
+            "SELECT count(*), coalesce(sum(events), 0), coalesce(sum(length(payload)), 0),
+                    coalesce(max(seq), 0) FROM batches",
+            [],
+            |row| {
+                let totals = [0, 1, 2, 3].map(|i| get_u64(row, i));
+                let [batches, events, bytes, max_seq] = totals;
+                Ok((batches?, events?, bytes?, max_seq?))
+            },
+        )
+        .map_err(sql(path, "cannot read the batch totals"))?;
+    if next_seq <= max_seq || next_seq == 0 {
+        return Err(corrupt(
+            path,
+            format!("next seq {next_seq} is not above the newest batch {max_seq}"),
+        ));
+    }
+    let state = State {
+        next_seq,
+        payload_bytes,
+        events,
+        batches,
+        low_water_seq: next_seq,
+        drops,
+    };
+    Ok((spool_id, state))
+}
+
+/// SQLite integers are signed; the spool id keeps its 64 bits by reinterpretation.
+fn id_to_sql(id: u64) -> i64 {
+    i64::from_ne_bytes(id.to_ne_bytes())
+}
+
+fn id_from_sql(value: i64) -> u64 {
+    u64::from_ne_bytes(value.to_ne_bytes())
+}
+
+/// Seqs, sizes and counters are `u64` here and non-negative `i64` in SQLite; they stay far below
+/// `i64::MAX`, and a value that does not fit fails the statement rather than wrapping.
+fn int(value: u64) -> rusqlite::Result<i64> {
+    i64::try_from(value).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
+}
+
+/// Reads a column written by [`int`]; a negative value means the file was tampered with.
+fn get_u64(row: &rusqlite::Row<'_>, idx: usize) -> rusqlite::Result<u64> {
+    let value: i64 = row.get(idx)?;
+    u64::try_from(value).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(idx, value))
+}
+
+fn write_state(tx: &Transaction<'_>, path: &Path, state: &State) -> Result<(), SpoolError> {
+    let d = &state.drops;
+    tx.prepare_cached(
+        "UPDATE spool SET next_seq = ?1, spool_full_evicted = ?2, spool_full_rejected = ?3,
+                          rejected_by_aggregator = ?4, oversized = ?5 WHERE id = 1",
+    )
+    .and_then(|mut stmt| {
+        stmt.execute(params![
+            int(state.next_seq)?,
+            int(d.spool_full_evicted)?,
+            int(d.spool_full_rejected)?,
+            int(d.rejected_by_aggregator)?,
+            int(d.oversized)?
+        ])
+    })
+    .map_err(sql(path, "cannot save the spool state"))
+    .map(drop)
+}
+
+fn low_water(conn: &Connection, path: &Path, next_seq: u64) -> Result<u64, SpoolError> {
+    conn.prepare_cached("SELECT min(seq) FROM batches")
+        .and_then(|mut stmt| {
+            stmt.query_row([], |row| {
+                let min: Option<i64> = row.get(0)?;
+                min.map(|_| get_u64(row, 0)).transpose()
+            })
+        })
+        .map_err(sql(path, "cannot read the oldest batch"))
+        .map(|min| min.unwrap_or(next_seq))
+}
+
+fn insert_batch(
+    tx: &Transaction<'_>,
+    path: &Path,
+    seq: u64,
+    created_ns: i64,
+    batch: &EncodedBatch,
+) -> Result<(), SpoolError> {
+    tx.prepare_cached(
+        "INSERT INTO batches (seq, created_ns, class, events, payload) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )
+    .and_then(|mut stmt| {
+        stmt.execute(params![
+            int(seq)?,
+            created_ns,
+            batch.class.code(),
+            batch.events,
+            batch.payload
+        ])
+    })
+    .map_err(sql(path, "cannot write a batch"))
+    .map(drop)
+}
+
+/// Deletes one batch, returning its size if it existed.
+fn delete_batch(
+    tx: &Transaction<'_>,
+    path: &Path,
+    seq: u64,
+) -> Result<Option<BatchSize>, SpoolError> {
+    tx.prepare_cached("DELETE FROM batches WHERE seq = ?1 RETURNING length(payload), events")
+        .and_then(|mut stmt| {
+            stmt.query_row([int(seq)?], |row| {
+                Ok(BatchSize {
+                    bytes: get_u64(row, 0)?,
+                    events: get_u64(row, 1)?,
+                })
+            })
+            .optional()
+        })
+        .map_err(sql(path, "cannot delete a batch"))
+}
+
+fn read_batches(
+    conn: &Connection,
+    path: &Path,
+    after_seq: u64,
+    limit: usize,
+) -> Result<Vec<(StoredBatch, Class)>, SpoolError> {
+    let after = i64::try_from(after_seq).unwrap_or(i64::MAX);
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT seq, created_ns, events, payload, class FROM batches
+             WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+        )
+        .map_err(sql(path, "cannot read batches"))?;
+    let rows = stmt
+        .query_map([after, limit], |row| {
+            let class = if row.get::<_, i64>(4)? == Class::Drop.code() {
+                Class::Drop
+            } else {
+                Class::Wait
+            };
+            let batch = StoredBatch {
+                seq: get_u64(row, 0)?,
+                created_ns: row.get(1)?,
+                events: row.get(2)?,
+                payload: row.get(3)?,
+            };
+            Ok((batch, class))
+        })
+        .map_err(sql(path, "cannot read batches"))?;
+    rows.collect::<Result<Vec<_>, _>>()
+        .map_err(sql(path, "cannot read batches"))
+}
+
+fn sized(sub: Submission, path: &Path) -> Result<SizedSubmission, SpoolError> {
+    let sizes = sub
+        .events
+        .iter()
+        .map(|event| encode(std::slice::from_ref(event), path).map(|bytes| bytes.len()))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(SizedSubmission { sub, sizes })
+}
+
+fn encode(events: &[Event], path: &Path) -> Result<Vec<u8>, SpoolError> {
+    wire::encode_events(events).map_err(|source| SpoolError::Encode {
+        path: path.to_path_buf(),
+        source: Arc::new(source),
+    })
+}
+
+/// Encodes a planned batch, splitting it should the payload exceed `max_bytes`.
+///
+/// The planner packs by the sum of the events' individual sizes, which bounds the payload for
+/// the current codec, so the split is a guard against a codec change rather than a normal path.
+fn encode_batch(
+    class: Class,
+    mut events: Vec<Event>,
+    max_bytes: usize,
+    path: &Path,
+    out: &mut Vec<EncodedBatch>,
+) -> Result<(), SpoolError> {
+    let payload = encode(&events, path)?;
+    if payload.len() > max_bytes && events.len() > 1 {
+        let tail = events.split_off(events.len() / 2);
+        encode_batch(class, events, max_bytes, path, out)?;
+        return encode_batch(class, tail, max_bytes, path, out);
+    }
+    out.push(EncodedBatch {
+        class,
+        // The planner caps a batch at `max_batch_events`, which `validate` keeps within u32.
+        events: u32::try_from(events.len()).unwrap_or(u32::MAX),
+        payload,
+    });
+    Ok(())
+}
+
+fn add_drops(into: &mut DropCounters, delta: &DropCounters) {
+    for reason in DropReason::ALL {
+        into.add(reason, delta.get(reason));
+    }
+}
+
+#[cfg(test)]
+mod tests;

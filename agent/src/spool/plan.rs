@@ -1,0 +1,298 @@
+//! Deciding what one append does, without touching the database.
+//!
+//! The cap policy lives here as plain logic over the spool's in-memory bookkeeping: which
+//! submissions are accepted, refused or left waiting, which batches are evicted to make room, how
+//! accepted events are packed into batches, and which drops are counted. [`super::Spool::append`]
+//! then carries the [`Plan`] out in one transaction, so a failed write leaves this bookkeeping
+//! untouched.
+
+use std::collections::BTreeMap;
+
+use outpost_common::event::{DropCounters, DropReason, Event};
+
+use super::{Checkpoint, Class, SpoolConfig, Submission, SubmitOutcome};
+
+/// The size of one stored batch, as the spool accounts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct BatchSize {
+    /// Bytes of the batch's payload.
+    pub bytes: u64,
+    pub events: u64,
+}
+
+/// The Drop-class batches that may still be evicted: written since the spool was opened and never
+/// handed out by `batches_after`, so the aggregator cannot have them. Oldest first.
+#[derive(Debug, Default)]
+pub(super) struct Evictable {
+    by_seq: BTreeMap<u64, BatchSize>,
+    bytes: u64,
+}
+
+impl Evictable {
+    pub(super) fn insert(&mut self, seq: u64, size: BatchSize) {
+        if let Some(old) = self.by_seq.insert(seq, size) {
+            self.bytes -= old.bytes;
+        }
+        self.bytes += size.bytes;
+    }
+
+    pub(super) fn remove(&mut self, seq: u64) {
+        if let Some(old) = self.by_seq.remove(&seq) {
+            self.bytes -= old.bytes;
+        }
+    }
+
+    /// Payload bytes that evicting every candidate would free.
+    fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    fn oldest_first(&self) -> impl Iterator<Item = (u64, BatchSize)> + '_ {
+        self.by_seq.iter().map(|(&seq, &size)| (seq, size))
+    }
+
+    #[cfg(test)]
+    pub(super) fn contains(&self, seq: u64) -> bool {
+        self.by_seq.contains_key(&seq)
+    }
+}
+
+/// A submission with the encoded size of each of its events.
+#[derive(Debug)]
+pub(super) struct SizedSubmission {
+    pub sub: Submission,
+    /// `sizes[i]` is the encoded size of `sub.events[i]` on its own, an upper bound of what it
+    /// adds to a batch payload.
+    pub sizes: Vec<usize>,
+}
+
+/// What the spool holds when planning starts.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Holding<'a> {
+    pub payload_bytes: u64,
+    pub batches: u64,
+    pub evictable: &'a Evictable,
+}
+
+/// The fate of one submission.
+#[derive(Debug)]
+pub(super) enum Decision {
+    /// Settled; the outcome holds once the plan is committed.
+    Done(SubmitOutcome),
+    /// A Wait-class submission that does not fit, handed back untouched so it can be retried.
+    Full(Submission),
+}
+
+impl Decision {
+    pub(super) fn into_outcome(self) -> SubmitOutcome {
+        match self {
+            Decision::Done(outcome) => outcome,
+            Decision::Full(_) => SubmitOutcome::Full,
+        }
+    }
+}
+
+/// A batch to be written, in seq order.
+#[derive(Debug)]
+pub(super) struct PlannedBatch {
+    pub class: Class,
+    pub events: Vec<Event>,
+}
+
+/// Everything one append changes.
+#[derive(Debug, Default)]
+pub(super) struct Plan {
+    /// One per submission, in order.
+    pub decisions: Vec<Decision>,
+    /// Seqs of the batches to evict, oldest first.
+    pub evict: Vec<u64>,
+    /// The sum of the evicted batches' sizes.
+    pub evicted: BatchSizeSum,
+    pub batches: Vec<PlannedBatch>,
+    /// Checkpoints to upsert, in submission order (a later one for the same source wins).
+    pub checkpoints: Vec<Checkpoint>,
+    /// Drops this append adds to the counters.
+    pub drops: DropCounters,
+}
+
+/// A running total of batch sizes.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(super) struct BatchSizeSum {
+    pub batches: u64,
+    pub bytes: u64,
+    pub events: u64,
+}
+
+impl BatchSizeSum {
+    fn add(&mut self, size: BatchSize) {
+        self.batches += 1;
+        self.bytes += size.bytes;
+        self.events += size.events;
+    }
+}
+
+impl Plan {
+    /// True when carrying the plan out would change nothing on disk.
+    pub(super) fn writes_nothing(&self) -> bool {
+        self.evict.is_empty()
+            && self.batches.is_empty()
+            && self.checkpoints.is_empty()
+            && self.drops.total() == 0
+    }
+}
+
+/// Decides the fate of `subs`, in order, against the spool's current holding.
+///
+/// The byte cap is checked against the sum of the events' individual encoded sizes, which is never
+/// smaller than the payload they end up in, so a committed plan keeps the payload bytes under
+/// `max_bytes` (except for the progress guarantee: a Wait-class submission into an empty spool).
+/// Batches written by this same plan are not eviction candidates for its later submissions.
+pub(super) fn plan(config: &SpoolConfig, holding: Holding<'_>, subs: Vec<SizedSubmission>) -> Plan {
+    let mut planner = Planner {
+        config,
+        bytes: holding.payload_bytes,
+        batches: holding.batches,
+        planned_events: 0,
+        evictable_bytes: holding.evictable.bytes(),
+        candidates: holding.evictable.oldest_first(),
+        open: Vec::new(),
+        plan: Plan::default(),
+    };
+    for sized in subs {
+        planner.decide(sized);
+    }
+    planner.finish()
+}
+
+struct Planner<'a, I> {
+    config: &'a SpoolConfig,
+    /// Payload bytes held: stored, less evicted, plus the estimates of accepted events.
+    bytes: u64,
+    /// Stored batches, less evicted.
+    batches: u64,
+    planned_events: u64,
+    /// Bytes the remaining candidates would free.
+    evictable_bytes: u64,
+    candidates: I,
+    /// Batches still taking events, in the order they were opened; at most one per class.
+    open: Vec<OpenBatch>,
+    plan: Plan,
+}
+
+struct OpenBatch {
+    class: Class,
+    events: Vec<Event>,
+    /// Sum of the events' individual sizes.
+    bytes: usize,
+}
+
+impl<I: Iterator<Item = (u64, BatchSize)>> Planner<'_, I> {
+    fn decide(&mut self, sized: SizedSubmission) {
+        let max_event = self.config.max_batch_bytes;
+        let kept = sized.sizes.iter().filter(|&&s| s <= max_event).count() as u64;
+        let oversized = sized.sizes.len() as u64 - kept;
+        let needed: u64 = sized
+            .sizes
+            .iter()
+            .filter(|&&s| s <= max_event)
+            .map(|&s| s as u64)
+            .sum();
+        let fits = needed == 0 || self.bytes.saturating_add(needed) <= self.config.max_bytes;
+        let spool_empty = self.batches == 0 && self.planned_events == 0;
+        let accept = match sized.sub.class {
+            _ if fits => true,
+            Class::Wait if spool_empty => true,
+            Class::Wait => {
+                self.plan.decisions.push(Decision::Full(sized.sub));
+                return;
+            }
+            Class::Drop => self.make_room(needed),
+        };
+        self.plan.drops.add(DropReason::Oversized, oversized);
+        let SizedSubmission { sub, sizes } = sized;
+        if let Some(checkpoint) = sub.checkpoint {
+            self.plan.checkpoints.push(checkpoint);
+        }
+        let outcome = if accept {
+            for (event, size) in sub.events.into_iter().zip(sizes) {
+                if size <= max_event {
+                    self.push(sub.class, event, size);
+                }
+            }
+            self.bytes += needed;
+            self.planned_events += kept;
+            SubmitOutcome::Committed { events: kept }
+        } else {
+            self.plan.drops.add(DropReason::SpoolFullRejected, kept);
+            SubmitOutcome::Rejected { events: kept }
+        };
+        self.plan.decisions.push(Decision::Done(outcome));
+    }
+
+    /// Evicts the oldest candidates until `needed` more bytes fit, if evicting can achieve that at
+    /// all; otherwise evicts nothing, since losing old data would not save the new.
+    fn make_room(&mut self, needed: u64) -> bool {
+        let max = self.config.max_bytes;
+        if (self.bytes.saturating_sub(self.evictable_bytes)).saturating_add(needed) > max {
+            return false;
+        }
+        while self.bytes.saturating_add(needed) > max {
+            // The check above guarantees the remaining candidates free enough bytes.
+            let Some((seq, size)) = self.candidates.next() else {
+                return false;
+            };
+            self.plan.evict.push(seq);
+            self.plan.evicted.add(size);
+            self.plan
+                .drops
+                .add(DropReason::SpoolFullEvicted, size.events);
+            self.bytes -= size.bytes;
+            self.evictable_bytes -= size.bytes;
+            self.batches -= 1;
+        }
+        true
+    }
+
+    fn push(&mut self, class: Class, event: Event, size: usize) {
+        let limits = (self.config.max_batch_events, self.config.max_batch_bytes);
+        let at = match self.open.iter().position(|b| b.class == class) {
+            Some(at)
+                if self.open[at].events.len() < limits.0
+                    && self.open[at].bytes + size <= limits.1 =>
+            {
+                Some(at)
+            }
+            Some(at) => {
+                let full = self.open.remove(at);
+                self.seal(full);
+                None
+            }
+            None => None,
+        };
+        let at = at.unwrap_or_else(|| {
+            self.open.push(OpenBatch {
+                class,
+                events: Vec::new(),
+                bytes: 0,
+            });
+            self.open.len() - 1
+        });
+        let batch = &mut self.open[at];
+        batch.events.push(event);
+        batch.bytes += size;
+    }
+
+    fn seal(&mut self, batch: OpenBatch) {
+        self.plan.batches.push(PlannedBatch {
+            class: batch.class,
+            events: batch.events,
+        });
+    }
+
+    fn finish(mut self) -> Plan {
+        for batch in std::mem::take(&mut self.open) {
+            self.seal(batch);
+        }
+        self.plan
+    }
+}

@@ -1,0 +1,908 @@
+//! Tests of the synchronous spool: unit tests of the cap policy and durability, and a model-based
+//! property test of random operation sequences.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use outpost_common::event::{Event, LogRecord};
+use proptest::prelude::*;
+use tempfile::TempDir;
+
+use super::*;
+
+const MAX_BATCH_EVENTS: usize = 4;
+const MAX_BATCH_BYTES: usize = 400;
+const NOW: i64 = 1_700_000_000_000_000_000;
+
+/// A log event whose `time_ns` carries a unique id, with a body of `body` bytes.
+fn event(id: u64, body: usize) -> Event {
+    Event::Log(LogRecord {
+        time_ns: i64::try_from(id).unwrap(),
+        source: "test".to_owned(),
+        severity: None,
+        body: "x".repeat(body),
+        attributes: Vec::new(),
+    })
+}
+
+fn id_of(event: &Event) -> u64 {
+    u64::try_from(event.time_ns()).unwrap()
+}
+
+fn ids(batch: &StoredBatch) -> Vec<u64> {
+    wire::decode_events(&batch.payload)
+        .unwrap()
+        .iter()
+        .map(id_of)
+        .collect()
+}
+
+fn encoded_size(event: &Event) -> usize {
+    wire::encode_events(std::slice::from_ref(event))
+        .unwrap()
+        .len()
+}
+
+fn config(path: &Path, max_bytes: u64) -> SpoolConfig {
+    SpoolConfig {
+        path: path.to_path_buf(),
+        max_bytes,
+        max_batch_events: MAX_BATCH_EVENTS,
+        max_batch_bytes: MAX_BATCH_BYTES,
+    }
+}
+
+fn db(dir: &TempDir) -> PathBuf {
+    dir.path().join("spool.db")
+}
+
+fn sub(class: Class, events: Vec<Event>, checkpoint: Option<(&str, &[u8])>) -> Submission {
+    Submission {
+        events,
+        checkpoint: checkpoint.map(|(source, value)| Checkpoint {
+            source: source.to_owned(),
+            value: value.to_vec(),
+        }),
+        class,
+    }
+}
+
+/// `n` events with ids from `first`, each with a 100-byte body.
+fn events(first: u64, n: u64) -> Vec<Event> {
+    (first..first + n).map(|id| event(id, 100)).collect()
+}
+
+fn append_one(spool: &mut Spool, sub: Submission) -> SubmitOutcome {
+    let outcomes = spool.append(vec![sub], NOW).unwrap();
+    assert_eq!(outcomes.len(), 1);
+    outcomes[0]
+}
+
+/// Copies the database and its write-ahead log as they are on disk now, without closing the
+/// spool: what a power cut would leave behind.
+fn crash_image(from: &Path, to: &Path) {
+    std::fs::copy(from, to).unwrap();
+    let wal = |p: &Path| PathBuf::from(format!("{}-wal", p.display()));
+    if wal(from).exists() {
+        std::fs::copy(wal(from), wal(to)).unwrap();
+    }
+}
+
+#[test]
+fn a_new_spool_starts_at_seq_one_and_keeps_its_id() {
+    let dir = TempDir::new().unwrap();
+    let mut spool = Spool::open(config(&db(&dir), 10_000)).unwrap();
+    let stats = spool.stats();
+    assert_eq!(
+        (stats.next_seq, stats.low_water_seq, stats.batches),
+        (1, 1, 0)
+    );
+    assert_ne!(spool.spool_id(), 0);
+    let id = spool.spool_id();
+    append_one(&mut spool, sub(Class::Wait, events(1, 1), None));
+    drop(spool);
+
+    let spool = Spool::open(config(&db(&dir), 10_000)).unwrap();
+    assert_eq!(spool.spool_id(), id);
+    assert_eq!(spool.stats().next_seq, 2);
+    assert_eq!(spool.stats().low_water_seq, 1);
+    assert!(spool.stats().file_bytes > 0);
+}
+
+#[test]
+fn events_are_packed_within_the_limits_and_classes_never_mix() {
+    let dir = TempDir::new().unwrap();
+    let mut spool = Spool::open(config(&db(&dir), 100_000)).unwrap();
+    let subs = vec![
+        sub(Class::Wait, events(1, 6), Some(("a", b"1"))),
+        sub(Class::Drop, events(100, 3), None),
+        sub(Class::Wait, events(10, 3), Some(("a", b"2"))),
+    ];
+    let outcomes = spool.append(subs, NOW).unwrap();
+    assert_eq!(
+        outcomes,
+        [
+            SubmitOutcome::Committed { events: 6 },
+            SubmitOutcome::Committed { events: 3 },
+            SubmitOutcome::Committed { events: 3 },
+        ]
+    );
+    let batches = spool.peek();
+    let seqs: Vec<u64> = batches.iter().map(|(b, _)| b.seq).collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+    let mut wait_ids = Vec::new();
+    let mut drop_ids = Vec::new();
+    for (batch, class) in &batches {
+        let batch_ids = ids(batch);
+        assert!(batch_ids.len() <= MAX_BATCH_EVENTS, "{batch_ids:?}");
+        assert!(batch.payload.len() <= MAX_BATCH_BYTES);
+        assert_eq!(batch.events as usize, batch_ids.len());
+        assert_eq!(batch.created_ns, NOW);
+        let (mine, theirs) = match class {
+            Class::Wait => (&mut wait_ids, 1..100),
+            Class::Drop => (&mut drop_ids, 100..200),
+        };
+        assert!(
+            batch_ids.iter().all(|id| theirs.contains(id)),
+            "{batch_ids:?}"
+        );
+        mine.extend(batch_ids);
+    }
+    assert_eq!(wait_ids, [1, 2, 3, 4, 5, 6, 10, 11, 12]);
+    assert_eq!(drop_ids, [100, 101, 102]);
+    assert_eq!(spool.checkpoint("a").unwrap(), Some(b"2".to_vec()));
+    assert_eq!(spool.stats().events, 12);
+    let decoded = wire::decode_events(&batches[0].0.payload).unwrap();
+    assert_eq!(
+        decoded,
+        events(1, 3)
+            .into_iter()
+            .take(decoded.len())
+            .collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn an_oversized_event_is_counted_and_the_rest_commits() {
+    let dir = TempDir::new().unwrap();
+    let mut spool = Spool::open(config(&db(&dir), 100_000)).unwrap();
+    let huge = event(2, MAX_BATCH_BYTES);
+    assert!(encoded_size(&huge) > MAX_BATCH_BYTES);
+    let outcome = append_one(
+        &mut spool,
+        sub(
+            Class::Wait,
+            vec![event(1, 10), huge, event(3, 10)],
+            Some(("a", b"x")),
+        ),
+    );
+    assert_eq!(outcome, SubmitOutcome::Committed { events: 2 });
+    assert_eq!(spool.stats().drops.oversized, 1);
+    assert_eq!(ids(&spool.peek()[0].0), [1, 3]);
+    assert_eq!(spool.checkpoint("a").unwrap(), Some(b"x".to_vec()));
+}
+
+#[test]
+fn a_full_wait_submission_writes_nothing_and_commits_after_an_ack() {
+    let dir = TempDir::new().unwrap();
+    let one = encoded_size(&event(1, 100)) as u64;
+    let mut spool = Spool::open(config(&db(&dir), 3 * one)).unwrap();
+    let first = append_one(
+        &mut spool,
+        sub(Class::Wait, events(1, 2), Some(("a", b"1"))),
+    );
+    assert_eq!(first, SubmitOutcome::Committed { events: 2 });
+    let before = spool.stats();
+
+    let late = sub(
+        Class::Wait,
+        vec![event(3, 100), event(4, 100), event(5, MAX_BATCH_BYTES)],
+        Some(("a", b"2")),
+    );
+    assert_eq!(append_one(&mut spool, late.clone()), SubmitOutcome::Full);
+    assert_eq!(spool.stats(), before, "a full submission counts nothing");
+    assert_eq!(spool.checkpoint("a").unwrap(), Some(b"1".to_vec()));
+
+    let seqs: Vec<u64> = spool
+        .batches_after(0, 10)
+        .unwrap()
+        .iter()
+        .map(|b| b.seq)
+        .collect();
+    spool.ack(&seqs).unwrap();
+    assert_eq!(
+        append_one(&mut spool, late),
+        SubmitOutcome::Committed { events: 2 }
+    );
+    assert_eq!(spool.checkpoint("a").unwrap(), Some(b"2".to_vec()));
+    assert_eq!(spool.stats().drops.oversized, 1);
+}
+
+#[test]
+fn a_wait_submission_larger_than_the_cap_enters_an_empty_spool() {
+    let dir = TempDir::new().unwrap();
+    let mut spool = Spool::open(config(&db(&dir), 10)).unwrap();
+    let outcome = append_one(&mut spool, sub(Class::Wait, events(1, 3), None));
+    assert_eq!(outcome, SubmitOutcome::Committed { events: 3 });
+    assert!(spool.stats().payload_bytes > 10);
+    assert_eq!(
+        append_one(&mut spool, sub(Class::Wait, events(4, 1), None)),
+        SubmitOutcome::Full
+    );
+    assert_eq!(
+        append_one(&mut spool, sub(Class::Wait, Vec::new(), Some(("a", b"0")))),
+        SubmitOutcome::Committed { events: 0 },
+        "a submission without events always fits"
+    );
+}
+
+#[test]
+fn a_drop_submission_evicts_the_oldest_batches_never_handed_out() {
+    let dir = TempDir::new().unwrap();
+    let one = encoded_size(&event(1, 100)) as u64;
+    let mut spool = Spool::open(config(&db(&dir), 3 * one)).unwrap();
+    for id in 1..=3 {
+        append_one(&mut spool, sub(Class::Drop, events(id, 1), None));
+    }
+    let handed_out = spool.batches_after(0, 1).unwrap();
+    assert_eq!(handed_out[0].seq, 1);
+
+    let outcome = append_one(
+        &mut spool,
+        sub(Class::Drop, events(4, 1), Some(("m", b"4"))),
+    );
+    assert_eq!(outcome, SubmitOutcome::Committed { events: 1 });
+    let left: Vec<u64> = spool.peek().iter().flat_map(|(b, _)| ids(b)).collect();
+    assert_eq!(left, [1, 3, 4], "batch 2 is the oldest never handed out");
+    assert_eq!(spool.stats().drops.spool_full_evicted, 1);
+    assert_eq!(spool.checkpoint("m").unwrap(), Some(b"4".to_vec()));
+    assert!(spool.stats().payload_bytes <= 3 * one);
+}
+
+#[test]
+fn a_drop_submission_that_cannot_fit_is_refused_without_evicting() {
+    let dir = TempDir::new().unwrap();
+    let one = encoded_size(&event(1, 100)) as u64;
+    let mut spool = Spool::open(config(&db(&dir), 3 * one)).unwrap();
+    append_one(&mut spool, sub(Class::Wait, events(1, 2), None));
+    append_one(&mut spool, sub(Class::Drop, events(3, 1), None));
+
+    let outcome = append_one(
+        &mut spool,
+        sub(Class::Drop, events(4, 2), Some(("m", b"x"))),
+    );
+    assert_eq!(outcome, SubmitOutcome::Rejected { events: 2 });
+    let stats = spool.stats();
+    assert_eq!(stats.drops.spool_full_rejected, 2);
+    assert_eq!(
+        stats.drops.spool_full_evicted, 0,
+        "evicting one would not have made room"
+    );
+    assert_eq!(stats.events, 3);
+    assert_eq!(spool.checkpoint("m").unwrap(), Some(b"x".to_vec()));
+}
+
+#[test]
+fn batches_present_at_open_are_never_evicted() {
+    let dir = TempDir::new().unwrap();
+    let one = encoded_size(&event(1, 100)) as u64;
+    let mut spool = Spool::open(config(&db(&dir), one)).unwrap();
+    append_one(&mut spool, sub(Class::Drop, events(1, 1), None));
+    drop(spool);
+
+    let mut spool = Spool::open(config(&db(&dir), one)).unwrap();
+    let outcome = append_one(&mut spool, sub(Class::Drop, events(2, 1), None));
+    assert_eq!(outcome, SubmitOutcome::Rejected { events: 1 });
+    assert_eq!(ids(&spool.peek()[0].0), [1]);
+}
+
+#[test]
+fn a_seq_is_never_reused_after_everything_was_acked_and_the_spool_reopened() {
+    let dir = TempDir::new().unwrap();
+    let mut spool = Spool::open(config(&db(&dir), 100_000)).unwrap();
+    append_one(&mut spool, sub(Class::Wait, events(1, 6), None));
+    let seqs: Vec<u64> = spool.peek().iter().map(|(b, _)| b.seq).collect();
+    assert_eq!(seqs, [1, 2]);
+    spool.ack(&seqs).unwrap();
+    spool.ack(&[99]).unwrap();
+    assert_eq!(
+        spool.stats().low_water_seq,
+        3,
+        "empty: low water is next_seq"
+    );
+    drop(spool);
+
+    let mut spool = Spool::open(config(&db(&dir), 100_000)).unwrap();
+    assert_eq!(spool.stats().batches, 0);
+    append_one(&mut spool, sub(Class::Wait, events(7, 1), None));
+    assert_eq!(spool.peek()[0].0.seq, 3);
+    assert_eq!(spool.stats().low_water_seq, 3);
+}
+
+#[test]
+fn dropped_batches_are_counted_and_the_count_survives_a_reopen() {
+    let dir = TempDir::new().unwrap();
+    let mut spool = Spool::open(config(&db(&dir), 100_000)).unwrap();
+    append_one(&mut spool, sub(Class::Wait, events(1, 3), None));
+    spool
+        .drop_batch(1, DropReason::RejectedByAggregator)
+        .unwrap();
+    spool
+        .drop_batch(42, DropReason::RejectedByAggregator)
+        .unwrap();
+    assert_eq!(spool.stats().drops.rejected_by_aggregator, 3);
+    assert_eq!(spool.stats().events, 0);
+    drop(spool);
+    let spool = Spool::open(config(&db(&dir), 100_000)).unwrap();
+    assert_eq!(spool.stats().drops.rejected_by_aggregator, 3);
+    assert_eq!(spool.stats().low_water_seq, 2);
+}
+
+#[test]
+fn appends_committed_before_a_crash_are_all_there() {
+    let dir = TempDir::new().unwrap();
+    let mut spool = Spool::open(config(&db(&dir), 100_000)).unwrap();
+    for round in 0..5u64 {
+        let value = round.to_be_bytes();
+        append_one(
+            &mut spool,
+            sub(Class::Wait, events(round * 10, 3), Some(("log", &value))),
+        );
+    }
+    spool
+        .drop_batch(1, DropReason::RejectedByAggregator)
+        .unwrap();
+    let expected = spool.peek();
+    let stats = spool.stats();
+
+    let image = dir.path().join("crashed.db");
+    crash_image(&db(&dir), &image);
+    let mut recovered = Spool::open(config(&image, 100_000)).unwrap();
+    assert_eq!(recovered.peek(), expected);
+    assert_eq!(
+        recovered.checkpoint("log").unwrap(),
+        Some(4u64.to_be_bytes().to_vec())
+    );
+    let after = recovered.stats();
+    assert_eq!(
+        (
+            after.spool_id,
+            after.next_seq,
+            after.events,
+            after.drops,
+            after.low_water_seq
+        ),
+        (
+            stats.spool_id,
+            stats.next_seq,
+            stats.events,
+            stats.drops,
+            stats.low_water_seq
+        )
+    );
+    append_one(&mut recovered, sub(Class::Wait, events(99, 1), None));
+    assert_eq!(recovered.peek().last().unwrap().0.seq, stats.next_seq);
+}
+
+#[test]
+fn a_failed_transaction_leaves_the_spool_as_it_was() {
+    let dir = TempDir::new().unwrap();
+    let path = db(&dir);
+    let one = encoded_size(&event(1, 100)) as u64;
+    let mut spool = Spool::open(config(&path, 110 * one)).unwrap();
+    append_one(
+        &mut spool,
+        sub(Class::Drop, events(1, 20), Some(("m", b"1"))),
+    );
+    let before = spool.stats();
+    let batches = spool.peek();
+
+    // Simulate a full disk: the file may not grow by another page.
+    let pages: i64 = spool
+        .conn
+        .pragma_query_value(None, "page_count", |row| row.get(0))
+        .unwrap();
+    spool
+        .conn
+        .pragma_update(None, "max_page_count", pages)
+        .unwrap();
+    let big = sub(Class::Drop, events(100, 100), Some(("m", b"2")));
+    let err = spool.append(vec![big.clone()], NOW).unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with(&format!("{}: ", path.display())),
+        "{err}"
+    );
+    assert!(matches!(err, SpoolError::Sqlite { .. }), "{err:?}");
+    assert_eq!(spool.stats().next_seq, before.next_seq);
+    assert_eq!(
+        (spool.stats().events, spool.stats().drops.clone()),
+        (before.events, before.drops.clone())
+    );
+    assert_eq!(spool.peek(), batches);
+    assert_eq!(spool.checkpoint("m").unwrap(), Some(b"1".to_vec()));
+    assert!(batches.iter().all(|(b, _)| spool.evictable.contains(b.seq)));
+
+    spool
+        .conn
+        .pragma_update(None, "max_page_count", 1_000_000)
+        .unwrap();
+    assert_eq!(
+        append_one(&mut spool, big),
+        SubmitOutcome::Committed { events: 100 }
+    );
+    let old_left: Vec<(StoredBatch, Class)> = spool
+        .peek()
+        .into_iter()
+        .filter(|(b, _)| b.seq < before.next_seq)
+        .collect();
+    assert!(old_left.len() < batches.len(), "room was made by evicting");
+    assert_eq!(
+        old_left,
+        batches[batches.len() - old_left.len()..],
+        "the oldest went first"
+    );
+    let left_events: u64 = old_left.iter().map(|(b, _)| u64::from(b.events)).sum();
+    assert_eq!(spool.stats().drops.spool_full_evicted, 20 - left_events);
+}
+
+#[test]
+fn errors_name_the_file() {
+    let dir = TempDir::new().unwrap();
+    let path = db(&dir);
+    std::fs::write(&path, vec![0x5a; 8192]).unwrap();
+    let err = Spool::open(config(&path, 1)).unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with(&format!("{}: ", path.display())),
+        "{err}"
+    );
+
+    let mut bad = config(&dir.path().join("other.db"), 1);
+    bad.max_batch_events = 0;
+    let err = Spool::open(bad).unwrap_err();
+    assert!(err.to_string().contains("max_batch_events"), "{err}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Model-based property test.
+
+const MODEL_CAP: u64 = 1500;
+const SOURCES: [&str; 3] = ["a", "b", "c"];
+
+#[derive(Debug, Clone)]
+struct SubSpec {
+    class: Class,
+    bodies: Vec<usize>,
+    checkpoint: Option<usize>,
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Append(Vec<SubSpec>),
+    BatchesAfter {
+        after: prop::sample::Index,
+        limit: usize,
+    },
+    Ack(Vec<prop::sample::Index>),
+    DropBatch(prop::sample::Index),
+    Reopen,
+    Crash,
+}
+
+fn arb_sub() -> impl Strategy<Value = SubSpec> {
+    let class = prop_oneof![Just(Class::Wait), Just(Class::Drop)];
+    let body = prop_oneof![9 => 0usize..150, 1 => Just(MAX_BATCH_BYTES)];
+    (
+        class,
+        prop::collection::vec(body, 0..8),
+        prop::option::of(0..SOURCES.len()),
+    )
+        .prop_map(|(class, bodies, checkpoint)| SubSpec {
+            class,
+            bodies,
+            checkpoint,
+        })
+}
+
+fn arb_op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => prop::collection::vec(arb_sub(), 1..4).prop_map(Op::Append),
+        2 => (any::<prop::sample::Index>(), 1usize..6)
+            .prop_map(|(after, limit)| Op::BatchesAfter { after, limit }),
+        2 => prop::collection::vec(any::<prop::sample::Index>(), 0..4).prop_map(Op::Ack),
+        1 => any::<prop::sample::Index>().prop_map(Op::DropBatch),
+        1 => Just(Op::Reopen),
+        1 => Just(Op::Crash),
+    ]
+}
+
+/// What the spool should hold, kept independently of the spool's own bookkeeping.
+#[derive(Debug, Default)]
+struct Model {
+    next_id: u64,
+    /// The highest seq ever seen; new batches must come above it.
+    max_seq: u64,
+    /// seq -> (class, event ids): the unacknowledged batches.
+    batches: BTreeMap<u64, (Class, Vec<u64>)>,
+    /// Seqs written since the spool was (re)opened.
+    session: BTreeSet<u64>,
+    /// Seqs handed out by `batches_after` since the spool was (re)opened.
+    handed_out: BTreeSet<u64>,
+    checkpoints: BTreeMap<String, Vec<u8>>,
+    drops: DropCounters,
+    accepted: u64,
+    acked: u64,
+    checkpoint_version: u64,
+}
+
+impl Model {
+    fn events(&self) -> u64 {
+        self.batches.values().map(|(_, ids)| ids.len() as u64).sum()
+    }
+
+    /// Drop-class batches that may be evicted, oldest first.
+    fn evictable(&self) -> Vec<u64> {
+        self.batches
+            .iter()
+            .filter(|(seq, (class, _))| {
+                *class == Class::Drop
+                    && self.session.contains(seq)
+                    && !self.handed_out.contains(seq)
+            })
+            .map(|(&seq, _)| seq)
+            .collect()
+    }
+
+    fn pick(&self, index: &prop::sample::Index) -> u64 {
+        let seqs: Vec<u64> = self.batches.keys().copied().collect();
+        if seqs.is_empty() {
+            self.max_seq + 1
+        } else {
+            seqs[index.index(seqs.len())]
+        }
+    }
+
+    fn reopened(&mut self) {
+        self.session.clear();
+        self.handed_out.clear();
+    }
+}
+
+fn model_append(spool: &mut Spool, model: &mut Model, specs: &[SubSpec]) {
+    struct Expect {
+        class: Class,
+        kept: Vec<u64>,
+        oversized: u64,
+        checkpoint: Option<Checkpoint>,
+    }
+    let mut subs = Vec::new();
+    let mut expects = Vec::new();
+    for spec in specs {
+        let mut kept = Vec::new();
+        let mut events = Vec::new();
+        for &body in &spec.bodies {
+            model.next_id += 1;
+            let e = event(model.next_id, body);
+            if encoded_size(&e) <= MAX_BATCH_BYTES {
+                kept.push(model.next_id);
+            }
+            events.push(e);
+        }
+        model.checkpoint_version += 1;
+        let checkpoint = spec.checkpoint.map(|i| Checkpoint {
+            source: SOURCES[i].to_owned(),
+            value: model.checkpoint_version.to_be_bytes().to_vec(),
+        });
+        expects.push(Expect {
+            class: spec.class,
+            oversized: (events.len() - kept.len()) as u64,
+            kept,
+            checkpoint: checkpoint.clone(),
+        });
+        subs.push(Submission {
+            events,
+            checkpoint,
+            class: spec.class,
+        });
+    }
+    let bytes_before = spool.stats().payload_bytes;
+    let was_empty = model.batches.is_empty();
+    let evictable = model.evictable();
+
+    let outcomes = spool.append(subs, NOW).unwrap();
+    assert_eq!(outcomes.len(), specs.len());
+
+    let after: BTreeMap<u64, (Class, Vec<u64>)> = spool
+        .peek()
+        .into_iter()
+        .map(|(batch, class)| {
+            assert!(batch.payload.len() <= MAX_BATCH_BYTES);
+            assert!((batch.events as usize) <= MAX_BATCH_EVENTS);
+            (batch.seq, (class, ids(&batch)))
+        })
+        .collect();
+
+    // Evicted batches: the oldest evictable ones, never one handed out or present at open.
+    let removed: Vec<u64> = model
+        .batches
+        .keys()
+        .filter(|seq| !after.contains_key(seq))
+        .copied()
+        .collect();
+    assert_eq!(removed, evictable[..removed.len()], "eviction order");
+    for seq in &removed {
+        let (_, ids) = model.batches.remove(seq).unwrap();
+        model
+            .drops
+            .add(DropReason::SpoolFullEvicted, ids.len() as u64);
+    }
+
+    let mut expected_ids: BTreeMap<u64, Class> = BTreeMap::new();
+    for (expect, outcome) in expects.into_iter().zip(outcomes) {
+        match outcome {
+            SubmitOutcome::Full => {
+                assert_eq!(
+                    expect.class,
+                    Class::Wait,
+                    "only Wait-class submissions wait"
+                );
+                assert!(
+                    !was_empty || !expected_ids.is_empty(),
+                    "an empty spool takes any Wait-class submission"
+                );
+                continue;
+            }
+            SubmitOutcome::Committed { events } => {
+                assert_eq!(events, expect.kept.len() as u64);
+                model.accepted += events;
+                expected_ids.extend(expect.kept.iter().map(|&id| (id, expect.class)));
+            }
+            SubmitOutcome::Rejected { events } => {
+                assert_eq!(
+                    expect.class,
+                    Class::Drop,
+                    "only Drop-class submissions are refused"
+                );
+                assert_eq!(events, expect.kept.len() as u64);
+                model.drops.add(DropReason::SpoolFullRejected, events);
+            }
+        }
+        model.drops.add(DropReason::Oversized, expect.oversized);
+        if let Some(cp) = expect.checkpoint {
+            model.checkpoints.insert(cp.source, cp.value);
+        }
+    }
+
+    // New batches: above every seq ever seen, holding exactly the accepted events, one class each.
+    let mut got_ids: BTreeMap<u64, Class> = BTreeMap::new();
+    for (&seq, (class, ids)) in after.range(model.max_seq + 1..) {
+        for id in ids {
+            assert_eq!(
+                expected_ids.get(id),
+                Some(class),
+                "event {id} in batch {seq}"
+            );
+            got_ids.insert(*id, *class);
+        }
+        model.batches.insert(seq, (*class, ids.clone()));
+        model.session.insert(seq);
+    }
+    assert_eq!(got_ids, expected_ids);
+    if let Some(&newest) = after.keys().next_back() {
+        model.max_seq = model.max_seq.max(newest);
+    }
+
+    let bytes_after = spool.stats().payload_bytes;
+    assert!(
+        bytes_after <= MODEL_CAP || bytes_after <= bytes_before || was_empty,
+        "cap: {bytes_before} -> {bytes_after}"
+    );
+}
+
+fn check(spool: &Spool, model: &Model) {
+    let held: BTreeMap<u64, (Class, Vec<u64>)> = spool
+        .peek()
+        .into_iter()
+        .map(|(batch, class)| (batch.seq, (class, ids(&batch))))
+        .collect();
+    assert_eq!(held, model.batches);
+    let stats = spool.stats();
+    let payload: u64 = spool
+        .peek()
+        .iter()
+        .map(|(b, _)| b.payload.len() as u64)
+        .sum();
+    assert_eq!(stats.payload_bytes, payload);
+    assert_eq!(stats.events, model.events());
+    assert_eq!(stats.batches, model.batches.len() as u64);
+    assert_eq!(stats.drops, model.drops);
+    assert!(stats.next_seq > model.max_seq);
+    let oldest = model.batches.keys().next().copied();
+    assert_eq!(stats.low_water_seq, oldest.unwrap_or(stats.next_seq));
+    // Every accepted event is acknowledged, still held, or counted as dropped after acceptance.
+    assert_eq!(
+        model.accepted,
+        model.acked
+            + stats.events
+            + stats.drops.spool_full_evicted
+            + stats.drops.rejected_by_aggregator
+    );
+    for source in SOURCES {
+        assert_eq!(
+            spool.checkpoint(source).unwrap().as_ref(),
+            model.checkpoints.get(source),
+            "checkpoint {source}"
+        );
+    }
+}
+
+fn run_model(ops: Vec<Op>) {
+    let dir = TempDir::new().unwrap();
+    let mut path = db(&dir);
+    let mut spool = Spool::open(config(&path, MODEL_CAP)).unwrap();
+    let spool_id = spool.spool_id();
+    let mut model = Model::default();
+    for (step, op) in ops.into_iter().enumerate() {
+        match op {
+            Op::Append(specs) => model_append(&mut spool, &mut model, &specs),
+            Op::BatchesAfter { after, limit } => {
+                let mut candidates: Vec<u64> = vec![0];
+                candidates.extend(model.batches.keys());
+                let after = candidates[after.index(candidates.len())];
+                let got: Vec<u64> = spool
+                    .batches_after(after, limit)
+                    .unwrap()
+                    .iter()
+                    .map(|b| b.seq)
+                    .collect();
+                let want: Vec<u64> = model
+                    .batches
+                    .range(after + 1..)
+                    .map(|(&s, _)| s)
+                    .take(limit)
+                    .collect();
+                assert_eq!(got, want);
+                model.handed_out.extend(got);
+            }
+            Op::Ack(picks) => {
+                let mut seqs: Vec<u64> = picks.iter().map(|p| model.pick(p)).collect();
+                seqs.push(model.max_seq + 7);
+                spool.ack(&seqs).unwrap();
+                for seq in seqs {
+                    if let Some((_, ids)) = model.batches.remove(&seq) {
+                        model.acked += ids.len() as u64;
+                    }
+                }
+            }
+            Op::DropBatch(pick) => {
+                let seq = model.pick(&pick);
+                spool
+                    .drop_batch(seq, DropReason::RejectedByAggregator)
+                    .unwrap();
+                if let Some((_, ids)) = model.batches.remove(&seq) {
+                    model
+                        .drops
+                        .add(DropReason::RejectedByAggregator, ids.len() as u64);
+                }
+            }
+            Op::Reopen | Op::Crash => {
+                let before = spool.stats();
+                if matches!(op, Op::Crash) {
+                    let image = dir.path().join(format!("crash-{step}.db"));
+                    crash_image(&path, &image);
+                    path = image;
+                }
+                drop(spool);
+                spool = Spool::open(config(&path, MODEL_CAP)).unwrap();
+                let after = spool.stats();
+                assert_eq!(after.spool_id, spool_id);
+                assert_eq!(
+                    SpoolStats {
+                        file_bytes: 0,
+                        ..after
+                    },
+                    SpoolStats {
+                        file_bytes: 0,
+                        ..before
+                    }
+                );
+                model.reopened();
+            }
+        }
+        check(&spool, &model);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn the_spool_behaves_like_its_model(ops in prop::collection::vec(arb_op(), 1..40)) {
+        run_model(ops);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Throughput figure.
+
+/// A log event of about 200 encoded bytes.
+fn log_line(id: u64) -> Event {
+    Event::Log(LogRecord {
+        time_ns: NOW + i64::try_from(id).unwrap(),
+        source: "/var/log/syslog".to_owned(),
+        severity: Some(outpost_common::event::Severity::Info),
+        body: format!("{id:>10} {}", "y".repeat(158)),
+        attributes: Vec::new(),
+    })
+}
+
+fn log_submission(round: u64, per: u64) -> Submission {
+    Submission {
+        events: (round * per..(round + 1) * per).map(log_line).collect(),
+        checkpoint: Some(Checkpoint {
+            source: "/var/log/syslog".to_owned(),
+            value: round.to_be_bytes().to_vec(),
+        }),
+        class: Class::Wait,
+    }
+}
+
+#[test]
+#[ignore = "prints a throughput figure: cargo test --release -p outpost-agent --lib -- --ignored --nocapture throughput"]
+fn append_throughput() {
+    const PER: u64 = 500;
+    const ROUNDS: u64 = 200;
+    let dir = TempDir::new().unwrap();
+    let size = encoded_size(&log_line(0));
+    let mut spool = Spool::open(SpoolConfig::new(db(&dir), 1 << 40)).unwrap();
+    let subs: Vec<Submission> = (0..ROUNDS).map(|r| log_submission(r, PER)).collect();
+    let start = std::time::Instant::now();
+    for sub in subs {
+        spool.append(vec![sub], NOW).unwrap();
+    }
+    let direct = start.elapsed();
+    assert_eq!(spool.stats().events, PER * ROUNDS);
+    println!(
+        "direct: {} events of {size} bytes in submissions of {PER}: {:.0} events/s",
+        PER * ROUNDS,
+        (PER * ROUNDS) as f64 / direct.as_secs_f64()
+    );
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    let dir = TempDir::new().unwrap();
+    let (handle, join) = spawn(Spool::open(SpoolConfig::new(db(&dir), 1 << 40)).unwrap());
+    const SUBMITTERS: u64 = 4;
+    let start = std::time::Instant::now();
+    runtime.block_on(async {
+        let tasks: Vec<_> = (0..SUBMITTERS)
+            .map(|s| {
+                let handle = handle.clone();
+                tokio::spawn(async move {
+                    for r in 0..ROUNDS / SUBMITTERS {
+                        handle
+                            .submit(log_submission(s * ROUNDS + r, PER))
+                            .await
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+    });
+    let writer = start.elapsed();
+    let stats = runtime.block_on(handle.stats()).unwrap();
+    assert_eq!(stats.events, PER * ROUNDS);
+    println!(
+        "writer, {SUBMITTERS} submitters: {:.0} events/s in {} group commits",
+        (PER * ROUNDS) as f64 / writer.as_secs_f64(),
+        handle.group_commits()
+    );
+    drop(handle);
+    join.join().unwrap();
+}
