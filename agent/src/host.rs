@@ -16,8 +16,10 @@ pub fn facts() -> HostFacts {
         cpus: std::thread::available_parallelism()
             .map(|n| u32::try_from(n.get()).unwrap_or(u32::MAX))
             .unwrap_or(1),
-        memory_bytes: sys.total_memory(),
-        boot_time_ns: i64::try_from(System::boot_time())
+        memory_bytes: sys.map(|s| s.total_memory()).unwrap_or(0),
+        boot_time_ns: System::boot_time()
+            .ok()
+            .and_then(|t| i64::try_from(t).ok())
             .unwrap_or(0)
             .saturating_mul(1_000_000_000),
     }

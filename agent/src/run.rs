@@ -100,7 +100,9 @@ pub fn run(v: Validated) -> anyhow::Result<()> {
         while tasks.join_next().await.is_some() {}
     });
     drop(runtime);
-    spool_join.join();
+    if let Err(e) = spool_join.join() {
+        tracing::error!(error = %e, "the spool did not close cleanly");
+    }
     info!("outpost-agent stopped");
     Ok(())
 }

@@ -176,10 +176,7 @@ impl Shipper {
             .without_max_times();
         let mut backoff = backoff_builder.build();
         while !*shutdown.borrow() {
-            let result = tokio::select! {
-                r = self.session(&endpoint, &mut shutdown) => r,
-                _ = shutdown.wait_for(|s| *s) => break,
-            };
+            let result = self.session(&endpoint, &mut shutdown).await;
             match result {
                 Ok(()) => break,
                 Err(e) => {
@@ -245,7 +242,10 @@ impl Shipper {
         endpoint: &quinn::Endpoint,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), SessionError> {
-        let conn = self.connect(endpoint).await?;
+        let conn = tokio::select! {
+            r = self.connect(endpoint) => r?,
+            _ = shutdown.wait_for(|s| *s) => return Ok(()),
+        };
         let (mut control_tx, mut control_rx) = conn
             .open_bi()
             .await
@@ -326,7 +326,8 @@ impl Shipper {
         let (ack_tx, mut ack_rx) = mpsc::unbounded_channel::<Vec<u64>>();
         let mut exhausted = false;
         loop {
-            if window.room() > 0 && !exhausted && !*shutdown.borrow() {
+            let stopping = *shutdown.borrow();
+            if window.room() > 0 && !exhausted && !stopping {
                 let batches = self.spool.batches_after(window.cursor(), window.room()).await?;
                 exhausted = batches.is_empty();
                 for batch in batches {
@@ -343,7 +344,8 @@ impl Shipper {
                 }
                 continue;
             }
-            if *shutdown.borrow() && window.in_flight() == 0 {
+            let stopping = *shutdown.borrow();
+            if stopping && window.in_flight() == 0 {
                 return Ok(());
             }
             tokio::select! {
@@ -377,7 +379,7 @@ impl Shipper {
                 reason = conn.closed() => {
                     return Err(SessionError::Lost(reason.to_string()));
                 }
-                _ = shutdown.wait_for(|s| *s), if !*shutdown.borrow() => {
+                () = stopped(shutdown), if !stopping => {
                     info!(in_flight = window.in_flight(), "shutting down: waiting for outstanding acknowledgements");
                     let grace = tokio::time::sleep(self.config.shutdown_grace);
                     tokio::pin!(grace);
@@ -449,6 +451,11 @@ impl Shipper {
             let _ = limiter.until_n_ready(n).await;
         }
     }
+}
+
+/// Resolves once `shutdown` is true (or its sender is gone).
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|s| *s).await;
 }
 
 fn bind_endpoint(target: &QuicEndpoint) -> std::io::Result<quinn::Endpoint> {

@@ -77,18 +77,19 @@ impl Synthetic {
                     SyntheticKind::Metric => Class::Drop,
                 },
             };
-            tokio::select! {
-                r = spool.submit(sub) => match r {
-                    Ok(_) => next += n,
-                    Err(e) => {
-                        warn!(error = %e, "synthetic source cannot write to the spool; retrying");
-                        tokio::select! {
-                            () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                            _ = shutdown.wait_for(|s| *s) => return,
-                        }
-                    }
-                },
+            let result = tokio::select! {
+                r = spool.submit(sub) => r,
                 _ = shutdown.wait_for(|s| *s) => return,
+            };
+            match result {
+                Ok(_) => next += n,
+                Err(e) => {
+                    warn!(error = %e, "synthetic source cannot write to the spool; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = shutdown.wait_for(|s| *s) => return,
+                    }
+                }
             }
         }
     }

@@ -170,6 +170,10 @@ pub struct StoredBatch {
     pub seq: u64,
     pub created_ns: i64,
     pub events: u32,
+    /// The spool's low-water mark when the batch was read: every seq below it was acknowledged
+    /// (and deleted) or dropped, so it is never sent again. Sent along so the aggregator may
+    /// forget older deduplication entries.
+    pub low_water_seq: u64,
     /// The events as [`wire::encode_events`] wrote them.
     pub payload: Vec<u8>,
 }
@@ -328,7 +332,14 @@ impl Spool {
         for (batch, _) in &batches {
             self.evictable.remove(batch.seq);
         }
-        Ok(batches.into_iter().map(|(batch, _)| batch).collect())
+        let low_water_seq = self.state.low_water_seq;
+        Ok(batches
+            .into_iter()
+            .map(|(batch, _)| StoredBatch {
+                low_water_seq,
+                ..batch
+            })
+            .collect())
     }
 
     /// Deletes the acknowledged batches; unknown seqs are ignored.
@@ -732,6 +743,7 @@ fn read_batches(
                 seq: get_u64(row, 0)?,
                 created_ns: row.get(1)?,
                 events: row.get(2)?,
+                low_water_seq: 0,
                 payload: row.get(3)?,
             };
             Ok((batch, class))
