@@ -25,8 +25,10 @@ use outpost_common::wire::Hello;
 use serde::Serialize;
 
 pub mod sqlite;
+pub mod writer;
 
 pub use sqlite::SqliteStore;
+pub use writer::{StoreWriter, WriterConfig, WriterJoin, WriterStats};
 
 /// One batch as received from an authenticated agent.
 #[derive(Debug, Clone, PartialEq)]
