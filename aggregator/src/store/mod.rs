@@ -24,6 +24,7 @@ use outpost_common::event::{AgentStatus, DropCounters, Event, EventKind, HostFac
 use outpost_common::wire::Hello;
 use serde::Serialize;
 
+pub mod retention;
 pub mod sqlite;
 pub mod writer;
 
