@@ -1,0 +1,127 @@
+//! Builders shared by the store's tests.
+
+use outpost_common::event::{
+    AgentStatus, Event, FileState, FimChange, FimEvent, HostFacts, LogRecord, MetricKind,
+    MetricPoint, Severity,
+};
+use outpost_common::time::NANOS_PER_SEC;
+use outpost_common::wire::{Hello, PROTOCOL_VERSION};
+
+use super::IncomingBatch;
+
+/// A fixed "now": 2023-11-14T22:13:20Z.
+pub(crate) const T0: i64 = 1_700_000_000 * NANOS_PER_SEC;
+
+pub(crate) fn secs(n: i64) -> i64 {
+    n * NANOS_PER_SEC
+}
+
+/// A log record whose body is `body_bytes` long.
+pub(crate) fn log(time_ns: i64, body_bytes: usize) -> Event {
+    Event::Log(LogRecord {
+        time_ns,
+        source: "/var/log/syslog".to_owned(),
+        severity: Some(Severity::Info),
+        body: "x".repeat(body_bytes),
+        attributes: vec![("unit".to_owned(), "sshd.service".to_owned())],
+    })
+}
+
+pub(crate) fn metric(time_ns: i64, value: f64) -> Event {
+    Event::Metric(MetricPoint {
+        name: "system.memory.usage".to_owned(),
+        attributes: vec![("state".to_owned(), "used".to_owned())],
+        time_ns,
+        value,
+        kind: MetricKind::Gauge,
+    })
+}
+
+pub(crate) fn fim(time_ns: i64) -> Event {
+    Event::Fim(FimEvent {
+        time_ns,
+        path: "/etc/passwd".to_owned(),
+        change: FimChange::Modified,
+        before: Some(file_state(1)),
+        after: Some(file_state(2)),
+    })
+}
+
+pub(crate) fn status_event(time_ns: i64) -> Event {
+    Event::Status(AgentStatus {
+        time_ns,
+        ..AgentStatus::default()
+    })
+}
+
+fn file_state(size: u64) -> FileState {
+    FileState {
+        size,
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+        mtime_ns: T0,
+        sha256: Some("ab".repeat(32)),
+    }
+}
+
+/// A batch from `agent`, spool `spool`, with the given events.
+pub(crate) fn batch(agent: &str, spool: u64, seq: u64, events: Vec<Event>) -> IncomingBatch {
+    IncomingBatch {
+        agent_id: agent.to_owned(),
+        spool_id: spool,
+        seq,
+        low_water_seq: 0,
+        received_ns: T0,
+        events,
+    }
+}
+
+/// A batch of `n` small log events.
+pub(crate) fn logs(agent: &str, spool: u64, seq: u64, n: usize) -> IncomingBatch {
+    batch(agent, spool, seq, (0..n).map(|_| log(T0, 20)).collect())
+}
+
+pub(crate) fn hello(spool_id: u64, status: AgentStatus) -> Hello {
+    Hello {
+        protocol_version: PROTOCOL_VERSION,
+        agent_version: "1.2.3".to_owned(),
+        spool_id,
+        host: HostFacts {
+            hostname: "web-1.example".to_owned(),
+            os: "Debian GNU/Linux 12".to_owned(),
+            kernel: "6.1.0".to_owned(),
+            arch: "x86_64".to_owned(),
+            cpus: 2,
+            memory_bytes: 4 << 30,
+            boot_time_ns: T0 - secs(3600),
+        },
+        status,
+    }
+}
+
+/// A log event of about 200 bytes on the wire, for benchmarks.
+pub(crate) fn bench_event(i: i64) -> Event {
+    Event::Log(LogRecord {
+        time_ns: T0 + i,
+        source: "/var/log/syslog".into(),
+        severity: Some(Severity::Info),
+        body: format!(
+            "{i:>10} sshd[1234]: Accepted publickey for deploy from 10.0.0.1 port 52144 ssh2 \
+             (session 8812734): RSA SHA256:abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGH"
+        ),
+        attributes: vec![("host".into(), "web-1".into())],
+    })
+}
+
+/// A batch of `n` benchmark events.
+pub(crate) fn bench_batch(agent: &str, seq: u64, n: usize) -> IncomingBatch {
+    let mut b = batch(
+        agent,
+        1,
+        seq,
+        (0..n).map(|i| bench_event(i as i64)).collect(),
+    );
+    b.received_ns = T0 + seq as i64;
+    b
+}
