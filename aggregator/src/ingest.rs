@@ -276,16 +276,24 @@ async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming) {
     }
     bump(&shared.counters.connections_accepted);
     let reason = session(&shared, &conn, &identity, remote).await;
-    {
+    // A connection replaced by a newer one from the same agent must not mark the agent as
+    // disconnected: the newer session is the agent's current state.
+    let current = {
         let mut sessions = shared.sessions.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if sessions.get(&identity.agent_id).is_some_and(|s| s.conn.stable_id() == conn.stable_id()) {
+        let current = sessions
+            .get(&identity.agent_id)
+            .is_none_or(|s| s.conn.stable_id() == conn.stable_id());
+        if current {
             sessions.remove(&identity.agent_id);
         }
-    }
-    let store = shared.store.clone();
-    let agent_id = identity.agent_id.clone();
-    let _ = tokio::task::spawn_blocking(move || store.record_disconnect(&agent_id, &reason, now_ns())).await;
+        current
+    };
     info!(agent_id = %identity.agent_id, %remote, %reason, "agent disconnected");
+    if current {
+        let store = shared.store.clone();
+        let agent_id = identity.agent_id.clone();
+        let _ = tokio::task::spawn_blocking(move || store.record_disconnect(&agent_id, &reason, now_ns())).await;
+    }
 }
 
 /// Runs one agent's connection; returns why it ended.
@@ -293,7 +301,7 @@ async fn session(shared: &Arc<Shared>, conn: &quinn::Connection, identity: &Iden
     let agent_id = identity.agent_id.as_str();
     let cfg = &shared.config;
     let handshake = async {
-        let (mut tx, mut rx) = conn.accept_bi().await.map_err(|e| (close_code::NORMAL, e.to_string()))?;
+        let (tx, mut rx) = conn.accept_bi().await.map_err(|e| (close_code::NORMAL, e.to_string()))?;
         let msg = wire::read_message(&mut rx, cfg.max_frame_bytes)
             .await
             .map_err(|e| (e.close_code(), e.to_string()))?;

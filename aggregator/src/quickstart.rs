@@ -166,8 +166,7 @@ impl Children {
     fn exited(&mut self) -> Option<&'static str> {
         self.list
             .iter_mut()
-            .find(|(_, c)| matches!(c.try_wait(), Ok(Some(_))))
-            .map(|(n, _)| *n)
+            .find_map(|(n, c)| matches!(c.try_wait(), Ok(Some(_))).then_some(*n))
     }
 
     fn stop_all(&mut self, grace: Duration) {

@@ -2,16 +2,15 @@
 //! graceful shutdown.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
-use outpost_common::time::now_ns;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::config::Validated;
 use crate::ingest::{Ingest, IngestConfig, TlsFiles};
 use crate::store::sqlite::SqliteStore;
+use crate::store::retention::spawn_retention;
 use crate::store::{Retention, Store, StoreWriter, WriterConfig};
 
 /// Opens the store named by the configuration.
@@ -51,7 +50,8 @@ pub fn run(v: Validated) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     let (stop_tx, stop) = watch::channel(false);
-    let retention_thread = spawn_retention(store.clone(), retention(&v), c.retention.interval, stop.clone())?;
+    let retention_task = spawn_retention(store.clone(), retention(&v), c.retention.interval)
+        .context("cannot start retention")?;
     let result = runtime.block_on(async {
         let ingest = Ingest::bind(
             v.listen,
@@ -85,8 +85,12 @@ pub fn run(v: Validated) -> anyhow::Result<()> {
     });
     drop(runtime);
     // Every writer handle is gone with the ingest service: the writer drains and stops.
-    writer_join.join();
-    let _ = retention_thread.join();
+    if let Err(e) = writer_join.join() {
+        warn!(error = %e, "the store writer did not stop cleanly");
+    }
+    if let Err(e) = retention_task.stop() {
+        warn!(error = %e, "retention did not stop cleanly");
+    }
     info!("outpost-aggregator stopped");
     result
 }
@@ -97,43 +101,6 @@ fn write_listen_file(v: &Validated, addr: std::net::SocketAddr) -> anyhow::Resul
     std::fs::write(&tmp, format!("{addr}\n")).with_context(|| format!("{}: cannot write", tmp.display()))?;
     std::fs::rename(&tmp, &path).with_context(|| format!("{}: cannot write", path.display()))?;
     Ok(())
-}
-
-/// Enforces retention on its own thread every `interval` (and once at start), so ingest never
-/// waits for it beyond the short chunks the store deletes at a time.
-fn spawn_retention(
-    store: Arc<dyn Store>,
-    retention: Retention,
-    interval: Duration,
-    mut stop: watch::Receiver<bool>,
-) -> anyhow::Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name("outpost-retention".to_owned())
-        .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread().enable_time().build() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    warn!(error = %e, "retention disabled: cannot start its timer");
-                    return;
-                }
-            };
-            loop {
-                match store.enforce_retention(&retention, now_ns()) {
-                    Ok(report) => tracing::debug!(?report, "retention enforced"),
-                    Err(e) => warn!(error = %e, "retention failed; will retry"),
-                }
-                let stopped = rt.block_on(async {
-                    tokio::select! {
-                        () = tokio::time::sleep(interval) => false,
-                        _ = stop.wait_for(|s| *s) => true,
-                    }
-                });
-                if stopped {
-                    return;
-                }
-            }
-        })
-        .context("cannot start the retention thread")
 }
 
 async fn wait_for_signal() {
