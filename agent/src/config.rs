@@ -201,8 +201,15 @@ pub fn load(path: &Path) -> Result<Validated, ConfigError> {
     validate(path, config)
 }
 
-fn located(path: &Path, text: Option<&str>, span: std::ops::Range<usize>, message: String) -> ConfigError {
-    let (line, column) = text.map_or((1, 1), |t| outpost_common::config::line_column(t, span.start));
+fn located(
+    path: &Path,
+    text: Option<&str>,
+    span: std::ops::Range<usize>,
+    message: String,
+) -> ConfigError {
+    let (line, column) = text.map_or((1, 1), |t| {
+        outpost_common::config::line_column(t, span.start)
+    });
     ConfigError::Parse {
         path: path.to_owned(),
         line,
@@ -221,8 +228,14 @@ fn validate(path: &Path, config: AgentConfig) -> Result<Validated, ConfigError> 
         ));
     };
     let text = std::fs::read_to_string(path).ok();
-    let parsed = parse_quic_uri(endpoint.get_ref())
-        .map_err(|m| located(path, text.as_deref(), endpoint.span(), format!("aggregator.endpoint: {m}")))?;
+    let parsed = parse_quic_uri(endpoint.get_ref()).map_err(|m| {
+        located(
+            path,
+            text.as_deref(),
+            endpoint.span(),
+            format!("aggregator.endpoint: {m}"),
+        )
+    })?;
     let server_name = config
         .aggregator
         .server_name
@@ -242,31 +255,47 @@ fn validate(path: &Path, config: AgentConfig) -> Result<Validated, ConfigError> 
         )));
     }
     if a.connect_timeout.is_zero() {
-        return Err(invalid("aggregator.connect_timeout must be above zero".to_owned()));
+        return Err(invalid(
+            "aggregator.connect_timeout must be above zero".to_owned(),
+        ));
     }
     let s = &config.spool;
     if s.max_batch_events == 0 || s.max_batch_events > 100_000 {
-        return Err(invalid("spool.max_batch_events must be between 1 and 100000".to_owned()));
+        return Err(invalid(
+            "spool.max_batch_events must be between 1 and 100000".to_owned(),
+        ));
     }
     if s.max_batch_bytes.as_u64() < 1024 || s.max_batch_bytes.as_u64() > 4 * 1024 * 1024 {
-        return Err(invalid("spool.max_batch_bytes must be between 1 KiB and 4 MiB".to_owned()));
+        return Err(invalid(
+            "spool.max_batch_bytes must be between 1 KiB and 4 MiB".to_owned(),
+        ));
     }
     if s.max_bytes < s.max_batch_bytes {
-        return Err(invalid("spool.max_bytes must be at least spool.max_batch_bytes".to_owned()));
+        return Err(invalid(
+            "spool.max_bytes must be at least spool.max_batch_bytes".to_owned(),
+        ));
     }
     let sh = &config.ship;
     if sh.max_in_flight == 0 || sh.max_in_flight > 1024 {
-        return Err(invalid("ship.max_in_flight must be between 1 and 1024".to_owned()));
+        return Err(invalid(
+            "ship.max_in_flight must be between 1 and 1024".to_owned(),
+        ));
     }
     if sh.heartbeat_interval.is_zero() || sh.status_interval.is_zero() {
-        return Err(invalid("ship.heartbeat_interval and ship.status_interval must be above zero".to_owned()));
+        return Err(invalid(
+            "ship.heartbeat_interval and ship.status_interval must be above zero".to_owned(),
+        ));
     }
     if sh.reconnect_min.is_zero() || sh.reconnect_min > sh.reconnect_max {
-        return Err(invalid("ship.reconnect_min must be above zero and at most ship.reconnect_max".to_owned()));
+        return Err(invalid(
+            "ship.reconnect_min must be above zero and at most ship.reconnect_max".to_owned(),
+        ));
     }
     let syn = &config.synthetic;
     if syn.enabled && (syn.chunk == 0 || syn.size < 32 || syn.size > 64 * 1024) {
-        return Err(invalid("synthetic.chunk must be at least 1 and synthetic.size between 32 and 65536".to_owned()));
+        return Err(invalid(
+            "synthetic.chunk must be at least 1 and synthetic.size between 32 and 65536".to_owned(),
+        ));
     }
     config.log.validate().map_err(invalid)?;
     Ok(Validated {
@@ -340,9 +369,19 @@ mod tests {
     #[test]
     fn inconsistent_values_are_refused() {
         let f = write("[aggregator]\nendpoint = \"quic://a:1\"\nkeep_alive = \"2m\"\n");
-        assert!(load(f.path()).unwrap_err().to_string().contains("keep_alive"));
+        assert!(
+            load(f.path())
+                .unwrap_err()
+                .to_string()
+                .contains("keep_alive")
+        );
         let f = write("[aggregator]\nendpoint = \"quic://a:1\"\n[log]\nlevel = \"=\"\n");
-        assert!(load(f.path()).unwrap_err().to_string().contains("log.level"));
+        assert!(
+            load(f.path())
+                .unwrap_err()
+                .to_string()
+                .contains("log.level")
+        );
     }
 
     #[test]
@@ -350,7 +389,12 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/agent.toml");
         let text = std::fs::read_to_string(&path).unwrap();
         // As shipped, the agent refuses to start until an aggregator is named.
-        assert!(load(&path).unwrap_err().to_string().contains("no aggregator configured"));
+        assert!(
+            load(&path)
+                .unwrap_err()
+                .to_string()
+                .contains("no aggregator configured")
+        );
         let f = write(&text.replace("#endpoint = ", "endpoint = "));
         let v = load(f.path()).unwrap();
         let d = AgentConfig::default();

@@ -9,8 +9,8 @@ use tokio::sync::watch;
 use tracing::info;
 
 use crate::config::Validated;
-use crate::spool::{Spool, SpoolConfig};
 use crate::ship::{ShipConfig, Shipper};
+use crate::spool::{Spool, SpoolConfig};
 use crate::telemetry::Telemetry;
 use crate::{collectors, host};
 
@@ -99,6 +99,22 @@ pub fn run(v: Validated) -> anyhow::Result<()> {
         let _ = stop_tx.send(true);
         while tasks.join_next().await.is_some() {}
     });
+    let latency = telemetry.ack_latency();
+    info!(
+        batches_sent = telemetry
+            .batches_sent
+            .load(std::sync::atomic::Ordering::Relaxed),
+        batches_acked = telemetry
+            .batches_acked
+            .load(std::sync::atomic::Ordering::Relaxed),
+        events_acked = telemetry
+            .events_acked
+            .load(std::sync::atomic::Ordering::Relaxed),
+        ack_latency_p50_us = latency.map_or(0, |l| l.p50_us),
+        ack_latency_p99_us = latency.map_or(0, |l| l.p99_us),
+        ack_latency_max_us = latency.map_or(0, |l| l.max_us),
+        "shipper summary"
+    );
     drop(runtime);
     if let Err(e) = spool_join.join() {
         tracing::error!(error = %e, "the spool did not close cleanly");
@@ -109,7 +125,10 @@ pub fn run(v: Validated) -> anyhow::Result<()> {
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
                 _ = term.recv() => {}

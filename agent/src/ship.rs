@@ -127,9 +127,19 @@ pub enum SessionError {
 
 /// The result of one batch stream.
 enum Outcome {
-    Ack { seq: u64, duplicate: bool },
-    Reject { seq: u64, code: RejectCode, reason: String },
-    Failed { seq: u64, reason: String },
+    Ack {
+        seq: u64,
+        duplicate: bool,
+    },
+    Reject {
+        seq: u64,
+        code: RejectCode,
+        reason: String,
+    },
+    Failed {
+        seq: u64,
+        reason: String,
+    },
 }
 
 /// Ships batches from the spool until shut down.
@@ -143,7 +153,12 @@ pub struct Shipper {
 }
 
 impl Shipper {
-    pub fn new(config: ShipConfig, spool: SpoolHandle, telemetry: Arc<Telemetry>, host: HostFacts) -> Self {
+    pub fn new(
+        config: ShipConfig,
+        spool: SpoolHandle,
+        telemetry: Arc<Telemetry>,
+        host: HostFacts,
+    ) -> Self {
         let limiter = NonZeroU32::new(config.catchup_events_per_sec).map(|rate| {
             let burst = NonZeroU32::new(config.max_batch_events.max(rate.get())).unwrap_or(rate);
             RateLimiter::direct(Quota::per_second(rate).allow_burst(burst))
@@ -180,7 +195,8 @@ impl Shipper {
             match result {
                 Ok(()) => break,
                 Err(e) => {
-                    let established = matches!(e, SessionError::Lost(_) | SessionError::Unavailable(_));
+                    let established =
+                        matches!(e, SessionError::Lost(_) | SessionError::Unavailable(_));
                     if established {
                         // The connection worked; start the next wait from the bottom.
                         backoff = backoff_builder.build();
@@ -273,7 +289,9 @@ impl Shipper {
             }
             Ok(Err(e)) => {
                 // A refused certificate shows up here as a closed connection with a TLS alert.
-                let reason = conn.close_reason().map_or_else(|| e.to_string(), |r| r.to_string());
+                let reason = conn
+                    .close_reason()
+                    .map_or_else(|| e.to_string(), |r| r.to_string());
                 return Err(SessionError::Refused(reason));
             }
             Ok(Ok(Message::Welcome(w))) => w,
@@ -283,7 +301,10 @@ impl Shipper {
             }
             Ok(Ok(other)) => {
                 conn.close(close_code::UNEXPECTED_MESSAGE.into(), b"expected Welcome");
-                return Err(SessionError::Protocol(format!("expected Welcome, got {}", other.name())));
+                return Err(SessionError::Protocol(format!(
+                    "expected Welcome, got {}",
+                    other.name()
+                )));
             }
         };
         self.telemetry.connects.fetch_add(1, Ordering::Relaxed);
@@ -297,12 +318,21 @@ impl Shipper {
         let limit = self.config.max_in_flight.min(welcome.max_in_flight.max(1)) as usize;
         let max_frame = welcome.max_frame_bytes;
         let result = self
-            .deliver(&conn, &mut control_tx, limit, max_frame, welcome.max_batch_events, shutdown)
+            .deliver(
+                &conn,
+                &mut control_tx,
+                limit,
+                max_frame,
+                welcome.max_batch_events,
+                shutdown,
+            )
             .await;
         self.telemetry.disconnects.fetch_add(1, Ordering::Relaxed);
         match &result {
             Ok(()) => conn.close(close_code::NORMAL.into(), b"agent shutting down"),
-            Err(SessionError::Unavailable(_)) => conn.close(close_code::NORMAL.into(), b"backing off"),
+            Err(SessionError::Unavailable(_)) => {
+                conn.close(close_code::NORMAL.into(), b"backing off")
+            }
             Err(_) => {}
         }
         result
@@ -328,14 +358,25 @@ impl Shipper {
         loop {
             let stopping = *shutdown.borrow();
             if window.room() > 0 && !exhausted && !stopping {
-                let batches = self.spool.batches_after(window.cursor(), window.room()).await?;
+                let batches = self
+                    .spool
+                    .batches_after(window.cursor(), window.room())
+                    .await?;
                 exhausted = batches.is_empty();
                 for batch in batches {
                     self.pace(batch.events).await;
-                    if batch.payload.len() + 64 > max_frame as usize || batch.events > max_batch_events {
-                        warn!(seq = batch.seq, events = batch.events, bytes = batch.payload.len(),
-                            "batch exceeds the aggregator's limits; dropping it");
-                        self.spool.drop_batch(batch.seq, DropReason::Oversized).await?;
+                    if batch.payload.len() + 64 > max_frame as usize
+                        || batch.events > max_batch_events
+                    {
+                        warn!(
+                            seq = batch.seq,
+                            events = batch.events,
+                            bytes = batch.payload.len(),
+                            "batch exceeds the aggregator's limits; dropping it"
+                        );
+                        self.spool
+                            .drop_batch(batch.seq, DropReason::Oversized)
+                            .await?;
                         continue;
                     }
                     window.handle_sent(batch.seq, batch.events, Instant::now());
@@ -419,10 +460,15 @@ impl Shipper {
             Outcome::Ack { seq, duplicate } => {
                 if let Some((rtt, events)) = window.handle_ack(seq, Instant::now()) {
                     self.telemetry.batches_acked.fetch_add(1, Ordering::Relaxed);
-                    self.telemetry.events_acked.fetch_add(u64::from(events), Ordering::Relaxed);
+                    self.telemetry
+                        .events_acked
+                        .fetch_add(u64::from(events), Ordering::Relaxed);
                     if duplicate {
-                        self.telemetry.batches_duplicate.fetch_add(1, Ordering::Relaxed);
+                        self.telemetry
+                            .batches_duplicate
+                            .fetch_add(1, Ordering::Relaxed);
                     }
+                    self.telemetry.record_ack_latency(rtt);
                     debug!(seq, ?rtt, duplicate, "batch acknowledged");
                     // The receiver lives as long as this session's loop.
                     let _ = acks.send(vec![seq]);
@@ -435,7 +481,9 @@ impl Shipper {
                     return Err(SessionError::Unavailable(reason));
                 }
                 warn!(seq, ?code, %reason, "aggregator rejected a batch permanently; dropping it");
-                self.spool.drop_batch(seq, DropReason::RejectedByAggregator).await?;
+                self.spool
+                    .drop_batch(seq, DropReason::RejectedByAggregator)
+                    .await?;
                 Ok(())
             }
             Outcome::Failed { seq, reason } => {
@@ -472,7 +520,12 @@ fn bind_endpoint(target: &QuicEndpoint) -> std::io::Result<quinn::Endpoint> {
 async fn send_batch(conn: quinn::Connection, batch: StoredBatch, max_frame: u32) -> Outcome {
     let seq = batch.seq;
     let failed = |reason: String| Outcome::Failed { seq, reason };
-    let frame = match wire::encode_batch_frame(seq, batch.low_water_seq, batch.created_ns, &batch.payload) {
+    let frame = match wire::encode_batch_frame(
+        seq,
+        batch.low_water_seq,
+        batch.created_ns,
+        &batch.payload,
+    ) {
         Ok(f) => f,
         Err(e) => return failed(e.to_string()),
     };
@@ -513,7 +566,11 @@ mod tests {
         assert_eq!((w.room(), w.cursor()), (0, 6));
         let later = t0 + Duration::from_millis(7);
         assert_eq!(w.handle_ack(6, later), Some((Duration::from_millis(7), 20)));
-        assert_eq!(w.handle_ack(6, later), None, "a second ack for the same seq is ignored");
+        assert_eq!(
+            w.handle_ack(6, later),
+            None,
+            "a second ack for the same seq is ignored"
+        );
         assert_eq!(w.room(), 1);
         w.handle_failed(5);
         assert_eq!((w.room(), w.in_flight(), w.cursor()), (2, 0, 6));

@@ -19,6 +19,17 @@ pub struct Telemetry {
     pub connects: AtomicU64,
     pub disconnects: AtomicU64,
     collector_errors: Mutex<Vec<CollectorError>>,
+    /// Time from sending a batch to its acknowledgement, in microseconds.
+    ack_latency_us: Mutex<Option<hdrhistogram::Histogram<u64>>>,
+}
+
+/// Percentiles of the acknowledgement latency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LatencySummary {
+    pub count: u64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub max_us: u64,
 }
 
 impl Telemetry {
@@ -40,6 +51,41 @@ impl Telemetry {
                 since_ns: now_ns(),
             }),
         }
+    }
+
+    /// Records the round-trip time of one acknowledged batch.
+    pub fn record_ack_latency(&self, rtt: std::time::Duration) {
+        let mut h = self
+            .ack_latency_us
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if h.is_none() {
+            // Three significant digits from 1 µs to an hour; these bounds are valid, so this
+            // never stays None in practice.
+            *h = hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 3).ok();
+        }
+        if let Some(h) = h.as_mut() {
+            let us = u64::try_from(rtt.as_micros())
+                .unwrap_or(u64::MAX)
+                .clamp(1, 3_600_000_000);
+            h.saturating_record(us);
+        }
+    }
+
+    /// The acknowledgement latency so far, if any batch was acknowledged.
+    pub fn ack_latency(&self) -> Option<LatencySummary> {
+        let h = self
+            .ack_latency_us
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        h.as_ref()
+            .filter(|h| !h.is_empty())
+            .map(|h| LatencySummary {
+                count: h.len(),
+                p50_us: h.value_at_quantile(0.5),
+                p99_us: h.value_at_quantile(0.99),
+                max_us: h.max(),
+            })
     }
 
     /// Records that `collector` works again.
@@ -88,5 +134,18 @@ mod tests {
         assert_eq!(errs[0].reason, "timeout again");
         t.collector_recovered("metrics.fs");
         assert_eq!(t.errors().len(), 1);
+    }
+
+    #[test]
+    fn ack_latency_percentiles() {
+        let t = Telemetry::new();
+        assert_eq!(t.ack_latency(), None);
+        for ms in 1..=100 {
+            t.record_ack_latency(std::time::Duration::from_millis(ms));
+        }
+        let s = t.ack_latency().unwrap();
+        assert_eq!(s.count, 100);
+        assert!((49_000..=51_000).contains(&s.p50_us), "{s:?}");
+        assert!((98_000..=100_100).contains(&s.p99_us), "{s:?}");
     }
 }

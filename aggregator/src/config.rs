@@ -215,16 +215,22 @@ pub fn load(path: &Path) -> Result<Validated, ConfigError> {
     })?;
     let i = &config.ingest;
     if i.max_frame_bytes.as_u64() < 64 * 1024 || i.max_frame_bytes.as_u64() > 256 * 1024 * 1024 {
-        return Err(invalid("ingest.max_frame_bytes must be between 64 KiB and 256 MiB".into()));
+        return Err(invalid(
+            "ingest.max_frame_bytes must be between 64 KiB and 256 MiB".into(),
+        ));
     }
     if i.max_batch_events == 0 || i.max_in_flight == 0 || i.max_in_flight > 1024 {
         return Err(invalid("ingest.max_batch_events must be at least 1 and ingest.max_in_flight between 1 and 1024".into()));
     }
     if i.queue == 0 || i.max_batches_per_txn == 0 || i.max_events_per_txn == 0 {
-        return Err(invalid("ingest.queue, max_batches_per_txn and max_events_per_txn must be at least 1".into()));
+        return Err(invalid(
+            "ingest.queue, max_batches_per_txn and max_events_per_txn must be at least 1".into(),
+        ));
     }
     if i.handshake_timeout.is_zero() || i.idle_timeout.is_zero() {
-        return Err(invalid("ingest.handshake_timeout and ingest.idle_timeout must be above zero".into()));
+        return Err(invalid(
+            "ingest.handshake_timeout and ingest.idle_timeout must be above zero".into(),
+        ));
     }
     let f = &config.fleet;
     if f.heartbeat_interval.is_zero() || f.offline_after <= f.heartbeat_interval {
@@ -235,7 +241,9 @@ pub fn load(path: &Path) -> Result<Validated, ConfigError> {
         )));
     }
     if config.retention.interval.is_zero() || config.tls.reload_interval.is_zero() {
-        return Err(invalid("retention.interval and tls.reload_interval must be above zero".into()));
+        return Err(invalid(
+            "retention.interval and tls.reload_interval must be above zero".into(),
+        ));
     }
     config.log.validate().map_err(invalid)?;
     Ok(Validated {
@@ -274,18 +282,29 @@ mod tests {
         let v = load(write("").path()).unwrap();
         assert_eq!(v.listen.port(), 4433);
         assert_eq!(v.config.fleet.offline_after, Duration::from_secs(45));
-        assert_eq!(v.config.tls.crl(), PathBuf::from("/etc/outpost/tls/crl.pem"));
+        assert_eq!(
+            v.config.tls.crl(),
+            PathBuf::from("/etc/outpost/tls/crl.pem")
+        );
     }
 
     #[test]
     fn errors_are_located() {
-        let e = load(write("data_dir = \"/x\"\nlisten = \"nope\"\n").path()).unwrap_err().to_string();
+        let e = load(write("data_dir = \"/x\"\nlisten = \"nope\"\n").path())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains(":2:10: listen: `nope`"), "{e}");
-        let e = load(write("[fleet]\noffline_after = 45\n").path()).unwrap_err().to_string();
+        let e = load(write("[fleet]\noffline_after = 45\n").path())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains(":2:17"), "{e}");
-        let e = load(write("[ingest]\nmax_frame = 1\n").path()).unwrap_err().to_string();
+        let e = load(write("[ingest]\nmax_frame = 1\n").path())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains(":2:1: unknown field `max_frame`"), "{e}");
-        let e = load(write("[fleet]\noffline_after = \"5s\"\n").path()).unwrap_err().to_string();
+        let e = load(write("[fleet]\noffline_after = \"5s\"\n").path())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("offline_after"), "{e}");
     }
 

@@ -19,7 +19,9 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use outpost_common::event::Event;
 use outpost_common::time::{duration_ns, now_ns};
 use outpost_common::tls::{self, Identity, QuicSettings};
-use outpost_common::wire::{self, Ack, Batch, Message, Reject, RejectCode, Welcome, WireError, close_code};
+use outpost_common::wire::{
+    self, Ack, Batch, Message, Reject, RejectCode, Welcome, WireError, close_code,
+};
 use serde::Serialize;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
@@ -82,7 +84,10 @@ impl LogLimiter {
 
     /// Whether to log now; if so, how many were suppressed since the last line.
     fn check(&self, key: &'static str) -> Option<u64> {
-        let mut suppressed = self.suppressed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut suppressed = self
+            .suppressed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if self.limiter.check_key(&key).is_ok() {
             Some(suppressed.remove(key).unwrap_or(0))
         } else {
@@ -117,7 +122,9 @@ pub struct Ingest {
 
 impl std::fmt::Debug for Ingest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ingest").field("tls_files", &self.tls_files).finish_non_exhaustive()
+        f.debug_struct("Ingest")
+            .field("tls_files", &self.tls_files)
+            .finish_non_exhaustive()
     }
 }
 
@@ -131,7 +138,10 @@ fn quic_settings(config: &IngestConfig) -> QuicSettings {
     }
 }
 
-fn load_server_config(files: &TlsFiles, config: &IngestConfig) -> anyhow::Result<(quinn::ServerConfig, HashSet<Vec<u8>>)> {
+fn load_server_config(
+    files: &TlsFiles,
+    config: &IngestConfig,
+) -> anyhow::Result<(quinn::ServerConfig, HashSet<Vec<u8>>)> {
     let ca = tls::load_certs(&files.ca)?;
     let chain = tls::load_certs(&files.cert)?;
     let key = tls::load_key(&files.key)?;
@@ -184,13 +194,26 @@ impl Ingest {
         let (server, revoked) = load_server_config(&self.tls_files, &self.shared.config)?;
         self.endpoint.set_server_config(Some(server));
         let count = revoked.len();
-        *self.shared.revoked.write().unwrap_or_else(std::sync::PoisonError::into_inner) = revoked;
-        let sessions = self.shared.sessions.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let guard = self.shared.revoked.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        *self
+            .shared
+            .revoked
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = revoked;
+        let sessions = self
+            .shared
+            .sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let guard = self
+            .shared
+            .revoked
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         for (agent_id, s) in sessions.iter() {
             if guard.contains(&s.serial) {
                 warn!(agent_id = %agent_id, serial = %tls::hex(&s.serial), "certificate revoked; closing the agent's connection");
-                s.conn.close(close_code::UNAUTHORIZED.into(), b"certificate revoked");
+                s.conn
+                    .close(close_code::UNAUTHORIZED.into(), b"certificate revoked");
             }
         }
         info!(revoked = count, "TLS files reloaded");
@@ -227,7 +250,8 @@ impl Ingest {
                 _ = shutdown.wait_for(|s| *s) => break,
             }
         }
-        self.endpoint.close(close_code::SHUTDOWN.into(), b"aggregator shutting down");
+        self.endpoint
+            .close(close_code::SHUTDOWN.into(), b"aggregator shutting down");
         let _ = tokio::time::timeout(Duration::from_secs(3), self.endpoint.wait_idle()).await;
     }
 }
@@ -279,7 +303,10 @@ async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming) {
     // A connection replaced by a newer one from the same agent must not mark the agent as
     // disconnected: the newer session is the agent's current state.
     let current = {
-        let mut sessions = shared.sessions.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut sessions = shared
+            .sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let current = sessions
             .get(&identity.agent_id)
             .is_none_or(|s| s.conn.stable_id() == conn.stable_id());
@@ -292,50 +319,66 @@ async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming) {
     if current {
         let store = shared.store.clone();
         let agent_id = identity.agent_id.clone();
-        let _ = tokio::task::spawn_blocking(move || store.record_disconnect(&agent_id, &reason, now_ns())).await;
+        let _ = tokio::task::spawn_blocking(move || {
+            store.record_disconnect(&agent_id, &reason, now_ns())
+        })
+        .await;
     }
 }
 
 /// Runs one agent's connection; returns why it ended.
-async fn session(shared: &Arc<Shared>, conn: &quinn::Connection, identity: &Identity, remote: std::net::SocketAddr) -> String {
+async fn session(
+    shared: &Arc<Shared>,
+    conn: &quinn::Connection,
+    identity: &Identity,
+    remote: std::net::SocketAddr,
+) -> String {
     let agent_id = identity.agent_id.as_str();
     let cfg = &shared.config;
     let handshake = async {
-        let (tx, mut rx) = conn.accept_bi().await.map_err(|e| (close_code::NORMAL, e.to_string()))?;
+        let (tx, mut rx) = conn
+            .accept_bi()
+            .await
+            .map_err(|e| (close_code::NORMAL, e.to_string()))?;
         let msg = wire::read_message(&mut rx, cfg.max_frame_bytes)
             .await
             .map_err(|e| (e.close_code(), e.to_string()))?;
         Ok::<_, (u32, String)>((tx, rx, msg))
     };
-    let (mut ctl_tx, ctl_rx, hello) = match tokio::time::timeout(cfg.handshake_timeout, handshake).await {
-        Err(_) => {
-            conn.close(close_code::HANDSHAKE_TIMEOUT.into(), b"no Hello in time");
-            return "no Hello within the handshake timeout".to_owned();
-        }
-        Ok(Err((code, reason))) => {
-            if code != close_code::NORMAL {
-                bump(&shared.counters.frames_malformed);
-                violation(shared, agent_id, remote, "malformed Hello", &reason);
+    let (mut ctl_tx, ctl_rx, hello) =
+        match tokio::time::timeout(cfg.handshake_timeout, handshake).await {
+            Err(_) => {
+                conn.close(close_code::HANDSHAKE_TIMEOUT.into(), b"no Hello in time");
+                return "no Hello within the handshake timeout".to_owned();
             }
-            conn.close(code.into(), reason.as_bytes());
-            return format!("handshake failed: {reason}");
-        }
-        Ok(Ok((tx, rx, Message::Hello(h)))) => (tx, rx, h),
-        Ok(Ok((_, _, other))) => {
-            bump(&shared.counters.protocol_violations);
-            let reason = format!("expected Hello, got {}", other.name());
-            violation(shared, agent_id, remote, "protocol violation", &reason);
-            conn.close(close_code::UNEXPECTED_MESSAGE.into(), reason.as_bytes());
-            return reason;
-        }
-    };
+            Ok(Err((code, reason))) => {
+                if code != close_code::NORMAL {
+                    bump(&shared.counters.frames_malformed);
+                    violation(shared, agent_id, remote, "malformed Hello", &reason);
+                }
+                conn.close(code.into(), reason.as_bytes());
+                return format!("handshake failed: {reason}");
+            }
+            Ok(Ok((tx, rx, Message::Hello(h)))) => (tx, rx, h),
+            Ok(Ok((_, _, other))) => {
+                bump(&shared.counters.protocol_violations);
+                let reason = format!("expected Hello, got {}", other.name());
+                violation(shared, agent_id, remote, "protocol violation", &reason);
+                conn.close(close_code::UNEXPECTED_MESSAGE.into(), reason.as_bytes());
+                return reason;
+            }
+        };
     if hello.protocol_version != wire::PROTOCOL_VERSION {
         let reason = format!(
             "protocol version {} is not supported (this aggregator speaks {})",
             hello.protocol_version,
             wire::PROTOCOL_VERSION
         );
-        let reject = Message::Reject(Reject { seq: 0, code: RejectCode::VersionMismatch, reason: reason.clone() });
+        let reject = Message::Reject(Reject {
+            seq: 0,
+            code: RejectCode::VersionMismatch,
+            reason: reason.clone(),
+        });
         let _ = wire::write_message(&mut ctl_tx, &reject).await;
         let _ = ctl_tx.finish();
         conn.close(close_code::VERSION_MISMATCH.into(), reason.as_bytes());
@@ -346,10 +389,15 @@ async fn session(shared: &Arc<Shared>, conn: &quinn::Connection, identity: &Iden
         let store = shared.store.clone();
         let id = agent_id.to_owned();
         let h = hello.clone();
-        let recorded = tokio::task::spawn_blocking(move || store.record_hello(&id, &h, now_ns())).await;
+        let recorded =
+            tokio::task::spawn_blocking(move || store.record_hello(&id, &h, now_ns())).await;
         if !matches!(recorded, Ok(Ok(()))) {
             let reason = "store unavailable; try again later".to_owned();
-            let reject = Message::Reject(Reject { seq: 0, code: RejectCode::Unavailable, reason: reason.clone() });
+            let reject = Message::Reject(Reject {
+                seq: 0,
+                code: RejectCode::Unavailable,
+                reason: reason.clone(),
+            });
             let _ = wire::write_message(&mut ctl_tx, &reject).await;
             conn.close(close_code::NORMAL.into(), reason.as_bytes());
             warn!(agent_id, ?recorded, "cannot record the agent's Hello");
@@ -362,7 +410,8 @@ async fn session(shared: &Arc<Shared>, conn: &quinn::Connection, identity: &Iden
         max_frame_bytes: cfg.max_frame_bytes,
         max_batch_events: cfg.max_batch_events,
         max_in_flight: cfg.max_in_flight,
-        heartbeat_interval_ms: u32::try_from(cfg.heartbeat_interval.as_millis()).unwrap_or(u32::MAX),
+        heartbeat_interval_ms: u32::try_from(cfg.heartbeat_interval.as_millis())
+            .unwrap_or(u32::MAX),
     });
     if let Err(e) = wire::write_message(&mut ctl_tx, &welcome).await {
         return format!("cannot send Welcome: {e}");
@@ -371,10 +420,22 @@ async fn session(shared: &Arc<Shared>, conn: &quinn::Connection, identity: &Iden
         .sessions
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .insert(agent_id.to_owned(), Session { conn: conn.clone(), serial: identity.serial.clone() })
+        .insert(
+            agent_id.to_owned(),
+            Session {
+                conn: conn.clone(),
+                serial: identity.serial.clone(),
+            },
+        )
     {
-        warn!(agent_id, "a new connection replaces an existing one for this agent");
-        old.conn.close(close_code::REPLACED.into(), b"replaced by a newer connection");
+        warn!(
+            agent_id,
+            "a new connection replaces an existing one for this agent"
+        );
+        old.conn.close(
+            close_code::REPLACED.into(),
+            b"replaced by a newer connection",
+        );
     }
     info!(
         agent_id,
@@ -385,12 +446,26 @@ async fn session(shared: &Arc<Shared>, conn: &quinn::Connection, identity: &Iden
         "agent connected"
     );
 
-    let control = control_loop(shared.clone(), conn.clone(), agent_id.to_owned(), remote, ctl_rx);
+    let control = control_loop(
+        shared.clone(),
+        conn.clone(),
+        agent_id.to_owned(),
+        remote,
+        ctl_rx,
+    );
     let control = tokio::spawn(control);
     let reason = loop {
         match conn.accept_bi().await {
             Ok((tx, rx)) => {
-                tokio::spawn(batch_stream(shared.clone(), conn.clone(), agent_id.to_owned(), spool_id, remote, tx, rx));
+                tokio::spawn(batch_stream(
+                    shared.clone(),
+                    conn.clone(),
+                    agent_id.to_owned(),
+                    spool_id,
+                    remote,
+                    tx,
+                    rx,
+                ));
             }
             Err(e) => break e.to_string(),
         }
@@ -400,13 +475,25 @@ async fn session(shared: &Arc<Shared>, conn: &quinn::Connection, identity: &Iden
     reason
 }
 
-fn violation(shared: &Shared, agent_id: &str, remote: std::net::SocketAddr, what: &'static str, reason: &str) {
+fn violation(
+    shared: &Shared,
+    agent_id: &str,
+    remote: std::net::SocketAddr,
+    what: &'static str,
+    reason: &str,
+) {
     if let Some(suppressed) = shared.log_limiter.check(what) {
         warn!(agent_id, %remote, %reason, suppressed, "{what}; closing the connection");
     }
 }
 
-async fn control_loop(shared: Arc<Shared>, conn: quinn::Connection, agent_id: String, remote: std::net::SocketAddr, mut rx: quinn::RecvStream) {
+async fn control_loop(
+    shared: Arc<Shared>,
+    conn: quinn::Connection,
+    agent_id: String,
+    remote: std::net::SocketAddr,
+    mut rx: quinn::RecvStream,
+) {
     loop {
         match wire::read_message(&mut rx, shared.config.max_frame_bytes).await {
             Ok(Message::Heartbeat(hb)) => {
@@ -415,7 +502,10 @@ async fn control_loop(shared: Arc<Shared>, conn: quinn::Connection, agent_id: St
                 let received = now_ns();
                 let skew = hb.sent_ns.saturating_sub(received);
                 debug!(agent_id = %id, skew_ms = skew / 1_000_000, "heartbeat");
-                let result = tokio::task::spawn_blocking(move || store.record_heartbeat(&id, &hb.status, received)).await;
+                let result = tokio::task::spawn_blocking(move || {
+                    store.record_heartbeat(&id, &hb.status, received)
+                })
+                .await;
                 if !matches!(result, Ok(Ok(()))) {
                     warn!(agent_id = %agent_id, ?result, "cannot record a heartbeat");
                 }
@@ -431,7 +521,13 @@ async fn control_loop(shared: Arc<Shared>, conn: quinn::Connection, agent_id: St
             Err(WireError::Io(_)) => return, // the connection went away; the session notices
             Err(e) => {
                 bump(&shared.counters.frames_malformed);
-                violation(&shared, &agent_id, remote, "malformed frame", &e.to_string());
+                violation(
+                    &shared,
+                    &agent_id,
+                    remote,
+                    "malformed frame",
+                    &e.to_string(),
+                );
                 conn.close(e.close_code().into(), e.to_string().as_bytes());
                 return;
             }
@@ -460,7 +556,13 @@ async fn batch_stream(
         Err(WireError::Io(_)) => return,
         Err(e) => {
             bump(&shared.counters.frames_malformed);
-            violation(&shared, &agent_id, remote, "malformed frame", &e.to_string());
+            violation(
+                &shared,
+                &agent_id,
+                remote,
+                "malformed frame",
+                &e.to_string(),
+            );
             conn.close(e.close_code().into(), e.to_string().as_bytes());
             return;
         }
@@ -472,7 +574,11 @@ async fn batch_stream(
         if let Some(suppressed) = shared.log_limiter.check("invalid batch") {
             warn!(agent_id = %agent_id, seq, %reason, suppressed, "rejected an invalid batch");
         }
-        Message::Reject(Reject { seq, code: RejectCode::Invalid, reason })
+        Message::Reject(Reject {
+            seq,
+            code: RejectCode::Invalid,
+            reason,
+        })
     } else {
         let events = batch.events.len() as u64;
         let incoming = IncomingBatch {
@@ -486,18 +592,31 @@ async fn batch_stream(
         match shared.writer.commit(incoming).await {
             Ok(CommitOutcome::Stored) => {
                 bump(&shared.counters.batches_stored);
-                shared.counters.events_stored.fetch_add(events, Ordering::Relaxed);
-                Message::Ack(Ack { seq, duplicate: false })
+                shared
+                    .counters
+                    .events_stored
+                    .fetch_add(events, Ordering::Relaxed);
+                Message::Ack(Ack {
+                    seq,
+                    duplicate: false,
+                })
             }
             Ok(CommitOutcome::Duplicate) => {
                 bump(&shared.counters.batches_duplicate);
-                Message::Ack(Ack { seq, duplicate: true })
+                Message::Ack(Ack {
+                    seq,
+                    duplicate: true,
+                })
             }
             Err(e) => {
                 if let Some(suppressed) = shared.log_limiter.check("store") {
                     warn!(agent_id = %agent_id, seq, error = %e, suppressed, "cannot store a batch; the agent will retry");
                 }
-                Message::Reject(Reject { seq, code: RejectCode::Unavailable, reason: format!("store unavailable: {e}") })
+                Message::Reject(Reject {
+                    seq,
+                    code: RejectCode::Unavailable,
+                    reason: format!("store unavailable: {e}"),
+                })
             }
         }
     };
@@ -517,7 +636,11 @@ const MAX_PATH: usize = 4096;
 const MIN_TIME_NS: i64 = 946_684_800 * 1_000_000_000;
 
 /// Checks every field of a batch; returns the first problem found.
-pub fn validate_batch(batch: &Batch, config: &IngestConfig, received_ns: i64) -> Result<(), String> {
+pub fn validate_batch(
+    batch: &Batch,
+    config: &IngestConfig,
+    received_ns: i64,
+) -> Result<(), String> {
     if batch.seq == 0 {
         return Err("seq 0 is not valid".to_owned());
     }
@@ -525,7 +648,11 @@ pub fn validate_batch(batch: &Batch, config: &IngestConfig, received_ns: i64) ->
         return Err("batch has no events".to_owned());
     }
     if batch.events.len() > config.max_batch_events as usize {
-        return Err(format!("{} events exceed the limit of {}", batch.events.len(), config.max_batch_events));
+        return Err(format!(
+            "{} events exceed the limit of {}",
+            batch.events.len(),
+            config.max_batch_events
+        ));
     }
     let latest = received_ns.saturating_add(duration_ns(config.max_future_skew));
     for (i, event) in batch.events.iter().enumerate() {
@@ -620,16 +747,30 @@ mod tests {
     const NOW: i64 = 1_800_000_000 * 1_000_000_000;
 
     fn log(time_ns: i64, body: &str) -> Event {
-        Event::Log(LogRecord { time_ns, source: "f".into(), severity: None, body: body.into(), attributes: vec![] })
+        Event::Log(LogRecord {
+            time_ns,
+            source: "f".into(),
+            severity: None,
+            body: body.into(),
+            attributes: vec![],
+        })
     }
 
     fn batch(events: Vec<Event>) -> Batch {
-        Batch { seq: 1, low_water_seq: 1, created_ns: NOW, events }
+        Batch {
+            seq: 1,
+            low_water_seq: 1,
+            created_ns: NOW,
+            events,
+        }
     }
 
     #[test]
     fn valid_batches_pass() {
-        assert_eq!(validate_batch(&batch(vec![log(NOW, "x"), log(NOW - 1, "y")]), &cfg(), NOW), Ok(()));
+        assert_eq!(
+            validate_batch(&batch(vec![log(NOW, "x"), log(NOW - 1, "y")]), &cfg(), NOW),
+            Ok(())
+        );
     }
 
     #[test]

@@ -13,7 +13,12 @@ const EXIT_CONFIG: u8 = 64;
 #[command(name = "outpost-aggregator", version = outpost_common::VERSION, about = "Outpost aggregator")]
 struct Cli {
     /// The configuration file.
-    #[arg(long, short, global = true, default_value = "/etc/outpost/aggregator.toml")]
+    #[arg(
+        long,
+        short,
+        global = true,
+        default_value = "/etc/outpost/aggregator.toml"
+    )]
     config: PathBuf,
     #[command(subcommand)]
     command: Option<Command>,

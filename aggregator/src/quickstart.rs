@@ -1,6 +1,7 @@
 //! `outpost-aggregator quickstart`: a throwaway PKI, an aggregator and one agent on loopback,
 //! and the fleet's status as the agent comes online. Ctrl-C stops both cleanly.
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -21,7 +22,9 @@ fn quote(p: &Path) -> String {
 /// Runs the quickstart in `dir` (created if needed; reused if it exists).
 pub fn run(dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
-    let dir = dir.canonicalize().with_context(|| format!("{}: cannot resolve", dir.display()))?;
+    let dir = dir
+        .canonicalize()
+        .with_context(|| format!("{}: cannot resolve", dir.display()))?;
     let exe = std::env::current_exe().context("cannot find this program's path")?;
     let agent_exe = exe.with_file_name("outpost-agent");
     if !agent_exe.exists() {
@@ -34,8 +37,16 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
     if tls.join("ca.pem").exists() {
         println!("Reusing the PKI in {}", tls.display());
     } else {
-        pki::init(&tls, &["localhost".to_owned()], Duration::from_secs(365 * 86400), false)?;
-        println!("Created a throwaway CA and server certificate in {}", tls.display());
+        pki::init(
+            &tls,
+            &["localhost".to_owned()],
+            Duration::from_secs(365 * 86400),
+            false,
+        )?;
+        println!(
+            "Created a throwaway CA and server certificate in {}",
+            tls.display()
+        );
     }
     let agent_cert = tls.join("agents").join(format!("{AGENT_ID}.pem"));
     if !agent_cert.exists() {
@@ -61,8 +72,15 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(validated.listen_file());
 
     let mut children = Children::default();
-    children.spawn("aggregator", Command::new(&exe).arg("--config").arg(&agg_conf).arg("run"))?;
-    let addr = wait_for_file(&validated.listen_file(), Duration::from_secs(30), &mut children)?;
+    children.spawn(
+        "aggregator",
+        Command::new(&exe).arg("--config").arg(&agg_conf).arg("run"),
+    )?;
+    let addr = wait_for_file(
+        &validated.listen_file(),
+        Duration::from_secs(30),
+        &mut children,
+    )?;
     println!("Aggregator listening on {addr} (udp)");
 
     let agent_conf = dir.join("agent.toml");
@@ -82,7 +100,13 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
         ),
     )
     .with_context(|| format!("{}: cannot write", agent_conf.display()))?;
-    children.spawn("agent", Command::new(&agent_exe).arg("--config").arg(&agent_conf).arg("run"))?;
+    children.spawn(
+        "agent",
+        Command::new(&agent_exe)
+            .arg("--config")
+            .arg(&agent_conf)
+            .arg("run"),
+    )?;
     println!(
         "Agent `{AGENT_ID}` started. Logs in {}. Press Ctrl-C to stop.\n\
          In another terminal: {} status --config {}\n",
@@ -94,7 +118,10 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
     let interrupted = watch_status(&validated, &mut children);
     println!("\nStopping the agent and the aggregator...");
     children.stop_all(Duration::from_secs(15));
-    println!("Stopped. Quickstart data stays in {}; run again to reuse it.", dir.display());
+    println!(
+        "Stopped. Quickstart data stays in {}; run again to reuse it.",
+        dir.display()
+    );
     interrupted
 }
 
@@ -121,11 +148,18 @@ fn watch_status(v: &config::Validated, children: &mut Children) -> anyhow::Resul
                 Err(e) => format!("(status unavailable: {e:#})\n"),
             };
             // Only the status column matters for "changed"; "last seen" ticks every second.
-            let key: String = table.lines().map(|l| l.split_whitespace().take(2).collect::<Vec<_>>().join(" ")).collect();
+            let key: String = table
+                .lines()
+                .map(|l| l.split_whitespace().take(2).collect::<Vec<_>>().join(" "))
+                .collect();
             if key != last {
                 last = key;
                 println!("{table}");
-                if !online_said && table.lines().any(|l| l.starts_with(AGENT_ID) && l.contains("online")) {
+                if !online_said
+                    && table
+                        .lines()
+                        .any(|l| l.starts_with(AGENT_ID) && l.contains("online"))
+                {
                     online_said = true;
                     println!("Agent `{AGENT_ID}` is online: events are flowing into the store.\n");
                 }
@@ -134,7 +168,11 @@ fn watch_status(v: &config::Validated, children: &mut Children) -> anyhow::Resul
     })
 }
 
-fn wait_for_file(path: &Path, deadline: Duration, children: &mut Children) -> anyhow::Result<String> {
+fn wait_for_file(
+    path: &Path,
+    deadline: Duration,
+    children: &mut Children,
+) -> anyhow::Result<String> {
     let start = Instant::now();
     while start.elapsed() < deadline {
         if let Ok(s) = std::fs::read_to_string(path)
@@ -158,7 +196,12 @@ struct Children {
 
 impl Children {
     fn spawn(&mut self, name: &'static str, cmd: &mut Command) -> anyhow::Result<()> {
-        let child = cmd.spawn().with_context(|| format!("cannot start the {name}"))?;
+        // A process group of its own: Ctrl-C reaches only the quickstart, which then stops the
+        // agent before the aggregator so the agent's last acknowledgements arrive.
+        let child = cmd
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("cannot start the {name}"))?;
         self.list.push((name, child));
         Ok(())
     }

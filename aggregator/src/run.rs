@@ -9,14 +9,15 @@ use tracing::{info, warn};
 
 use crate::config::Validated;
 use crate::ingest::{Ingest, IngestConfig, TlsFiles};
-use crate::store::sqlite::SqliteStore;
 use crate::store::retention::spawn_retention;
+use crate::store::sqlite::SqliteStore;
 use crate::store::{Retention, Store, StoreWriter, WriterConfig};
 
 /// Opens the store named by the configuration.
 pub fn open_store(v: &Validated) -> anyhow::Result<Arc<dyn Store>> {
     let dir = &v.config.data_dir;
-    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create the data directory", dir.display()))?;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("{}: cannot create the data directory", dir.display()))?;
     let store = SqliteStore::open(&v.store_path())
         .with_context(|| format!("{}: cannot open the store", v.store_path().display()))?;
     Ok(Arc::new(store))
@@ -98,14 +99,18 @@ pub fn run(v: Validated) -> anyhow::Result<()> {
 fn write_listen_file(v: &Validated, addr: std::net::SocketAddr) -> anyhow::Result<()> {
     let path = v.listen_file();
     let tmp = path.with_extension("addr.tmp");
-    std::fs::write(&tmp, format!("{addr}\n")).with_context(|| format!("{}: cannot write", tmp.display()))?;
+    std::fs::write(&tmp, format!("{addr}\n"))
+        .with_context(|| format!("{}: cannot write", tmp.display()))?;
     std::fs::rename(&tmp, &path).with_context(|| format!("{}: cannot write", path.display()))?;
     Ok(())
 }
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
                 _ = term.recv() => {}

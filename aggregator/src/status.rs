@@ -11,7 +11,11 @@ pub fn render(v: &Validated, json: bool) -> anyhow::Result<String> {
     let store = crate::run::open_store(v)?;
     let agents = store.agents()?;
     let issued: Vec<String> = match pki::issued_agents(&v.config.tls.dir) {
-        Ok(certs) => certs.into_iter().filter(|c| !c.revoked).map(|c| c.agent_id).collect(),
+        Ok(certs) => certs
+            .into_iter()
+            .filter(|c| !c.revoked)
+            .map(|c| c.agent_id)
+            .collect(),
         Err(e) => {
             tracing::debug!(error = %e, "cannot list issued certificates; never-seen agents are not shown");
             Vec::new()

@@ -52,7 +52,9 @@ fn rotation(s: &str) -> Result<Rotation, String> {
     match s {
         "daily" => Ok(Rotation::DAILY),
         "hourly" => Ok(Rotation::HOURLY),
-        other => Err(format!("log.rotation `{other}` is not one of daily, hourly")),
+        other => Err(format!(
+            "log.rotation `{other}` is not one of daily, hourly"
+        )),
     }
 }
 

@@ -40,7 +40,12 @@ impl Synthetic {
             }
         };
         let c = &self.config;
-        info!(next, rate = c.rate, total = c.total, "synthetic source starting");
+        info!(
+            next,
+            rate = c.rate,
+            total = c.total,
+            "synthetic source starting"
+        );
         let chunk_time = if c.rate == 0 {
             Duration::ZERO
         } else {
@@ -141,9 +146,13 @@ mod tests {
             ..SyntheticSection::default()
         });
         let e = s.event(42);
-        let len = outpost_common::wire::encode_events(std::slice::from_ref(&e)).unwrap().len();
+        let len = outpost_common::wire::encode_events(std::slice::from_ref(&e))
+            .unwrap()
+            .len();
         assert!((150..=260).contains(&len), "encoded size {len}");
-        let Event::Log(l) = e else { panic!("log expected") };
+        let Event::Log(l) = e else {
+            panic!("log expected")
+        };
         assert!(l.body.contains("000000000042"));
         assert_eq!(l.attributes[0].1, "42");
         assert_eq!(decode_checkpoint(&42u64.to_le_bytes()), 42);
