@@ -384,6 +384,19 @@ async fn session(
         conn.close(close_code::VERSION_MISMATCH.into(), reason.as_bytes());
         return reason;
     }
+    if let Err(reason) = validate_hello(&hello) {
+        bump(&shared.counters.protocol_violations);
+        violation(shared, agent_id, remote, "invalid Hello", &reason);
+        let reject = Message::Reject(Reject {
+            seq: 0,
+            code: RejectCode::Invalid,
+            reason: reason.clone(),
+        });
+        let _ = wire::write_message(&mut ctl_tx, &reject).await;
+        let _ = ctl_tx.finish();
+        conn.close(close_code::UNEXPECTED_MESSAGE.into(), reason.as_bytes());
+        return format!("invalid Hello: {reason}");
+    }
     let spool_id = hello.spool_id;
     {
         let store = shared.store.clone();
@@ -635,6 +648,21 @@ const MAX_PATH: usize = 4096;
 /// 2000-01-01T00:00:00Z: anything earlier is a broken clock.
 const MIN_TIME_NS: i64 = 946_684_800 * 1_000_000_000;
 
+/// Checks the text fields of a Hello (the numbers cannot be out of range in a harmful way).
+pub fn validate_hello(hello: &wire::Hello) -> Result<(), String> {
+    check_len("agent version", &hello.agent_version, MAX_NAME)?;
+    let h = &hello.host;
+    for (what, value) in [
+        ("hostname", &h.hostname),
+        ("os", &h.os),
+        ("kernel", &h.kernel),
+        ("arch", &h.arch),
+    ] {
+        check_len(what, value, MAX_NAME)?;
+    }
+    validate_event(&Event::Status(hello.status.clone()))
+}
+
 /// Checks every field of a batch; returns the first problem found.
 pub fn validate_batch(
     batch: &Batch,
@@ -810,6 +838,20 @@ mod tests {
         let mut b = batch(vec![log(NOW, "")]);
         b.seq = 0;
         assert!(validate_batch(&b, &c, NOW).is_err());
+    }
+
+    #[test]
+    fn hello_fields_are_bounded() {
+        let mut hello = wire::Hello {
+            protocol_version: wire::PROTOCOL_VERSION,
+            agent_version: "1.0".into(),
+            spool_id: 1,
+            host: Default::default(),
+            status: Default::default(),
+        };
+        assert_eq!(validate_hello(&hello), Ok(()));
+        hello.host.hostname = "h".repeat(MAX_NAME + 1);
+        assert!(validate_hello(&hello).unwrap_err().contains("hostname"));
     }
 
     #[test]

@@ -293,7 +293,7 @@ fn print_revoke(out: &mut dyn Write, dir: &Path, r: &RevokeReport) -> anyhow::Re
     )?;
     writeln!(
         out,
-        "hint: the aggregator refuses the certificate once it has loaded the new {} (restart it)",
+        "hint: a running aggregator reloads {} within tls.reload_interval (at once on SIGHUP), then refuses the certificate and disconnects the agent",
         r.crl_path.display()
     )?;
     Ok(())
