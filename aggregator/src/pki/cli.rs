@@ -241,6 +241,7 @@ fn print_agent(out: &mut dyn Write, dir: &Path, a: &IssuedAgent) -> anyhow::Resu
             "revoked the previous certificate of {} (serial {old}) as superseded",
             a.agent_id
         )?;
+        wrote(out, &dir.join("revoked.json"), "revocation records")?;
         wrote(out, &dir.join("crl.pem"), "revocation list")?;
     }
     wrote(

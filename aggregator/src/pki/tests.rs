@@ -565,6 +565,12 @@ fn the_cli_prints_one_line_per_file_written() {
         dir.join("agents/web-01.pem").display()
     )));
     run_cli(&["issue-agent", "web-02", "--dir", d]).unwrap();
+    let out = run_cli(&["issue-agent", "web-02", "--dir", d, "--force"]).unwrap();
+    assert!(
+        out.contains("revoked the previous certificate of web-02"),
+        "{out}"
+    );
+    assert!(out.contains(&format!("wrote {}", dir.join("crl.pem").display())));
 
     let out = run_cli(&["revoke", "web-02", "--dir", d, "--reason", "key-compromise"]).unwrap();
     assert!(out.contains("revoked agent web-02"), "{out}");
