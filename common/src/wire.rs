@@ -201,6 +201,32 @@ fn codec() -> impl Config {
     config::standard()
 }
 
+/// Decodes `T` from `bytes` with an allocation limit no smaller than the input.
+///
+/// bincode reserves a string's claimed length before checking that the bytes are there, so
+/// without a limit a 15-byte frame claiming a 2^60-byte string aborts the process. Nothing valid
+/// can claim more bytes than the input holds, so a limit just above the input's size refuses every
+/// such claim while accepting every valid message. The limit is a type parameter, hence the tiers.
+fn decode_limited<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<(T, usize), WireError> {
+    use bincode::serde::decode_from_slice as dec;
+    const KIB: usize = 1024;
+    const MIB: usize = 1024 * KIB;
+    let std = config::standard();
+    let result = match bytes.len() {
+        n if n <= 64 * KIB => dec(bytes, std.with_limit::<{ 64 * KIB }>()),
+        n if n <= MIB => dec(bytes, std.with_limit::<MIB>()),
+        n if n <= 16 * MIB => dec(bytes, std.with_limit::<{ 16 * MIB }>()),
+        n if n <= 256 * MIB => dec(bytes, std.with_limit::<{ 256 * MIB }>()),
+        n => {
+            return Err(WireError::FrameTooLarge {
+                len: n as u64,
+                limit: 256 * MIB as u32,
+            });
+        }
+    };
+    result.map_err(|e| WireError::Malformed(e.to_string()))
+}
+
 /// Encodes a message as one complete frame (length prefix included).
 ///
 /// # Errors
@@ -223,8 +249,7 @@ pub fn encode(msg: &Message) -> Result<Vec<u8>, WireError> {
 ///
 /// Never panics. Trailing bytes after the message are an error.
 pub fn decode(body: &[u8]) -> Result<Message, WireError> {
-    let (msg, used) = bincode::serde::decode_from_slice::<Message, _>(body, codec())
-        .map_err(|e| WireError::Malformed(e.to_string()))?;
+    let (msg, used) = decode_limited::<Message>(body)?;
     if used != body.len() {
         return Err(WireError::TrailingBytes(body.len() - used));
     }
@@ -275,8 +300,7 @@ pub fn encode_events(events: &[Event]) -> Result<Vec<u8>, WireError> {
 
 /// Decodes a list produced by [`encode_events`]. Never panics.
 pub fn decode_events(bytes: &[u8]) -> Result<Vec<Event>, WireError> {
-    let (events, used) = bincode::serde::decode_from_slice::<Vec<Event>, _>(bytes, codec())
-        .map_err(|e| WireError::Malformed(e.to_string()))?;
+    let (events, used) = decode_limited::<Vec<Event>>(bytes)?;
     if used != bytes.len() {
         return Err(WireError::TrailingBytes(bytes.len() - used));
     }
@@ -686,6 +710,41 @@ mod tests {
             read_message(&mut empty, 1024).await.unwrap_err(),
             WireError::EndOfStream
         ));
+    }
+
+    #[test]
+    fn a_huge_string_length_inside_a_small_frame_does_not_allocate() {
+        // Hello (0), protocol version 1, then an agent_version claiming 2^60 bytes. Before the
+        // allocation limit this aborted the process.
+        let body = [0x00, 0x01, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0x10];
+        assert!(matches!(decode(&body), Err(WireError::Malformed(_))));
+        let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(&body);
+        assert!(decode_frame(&frame, DEFAULT_MAX_FRAME_BYTES).is_err());
+        // The same inside an event list.
+        let events = [0x01, 0x01, 0x00, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0x10];
+        assert!(decode_events(&events).is_err());
+    }
+
+    #[test]
+    fn a_large_valid_batch_decodes_at_every_limit_tier() {
+        for size in [10usize, 70 * 1024, 2 * 1024 * 1024] {
+            let body = "x".repeat(size);
+            let msg = Message::Batch(Batch {
+                seq: 1,
+                low_water_seq: 1,
+                created_ns: 0,
+                events: vec![Event::Log(LogRecord {
+                    time_ns: 1,
+                    source: "s".into(),
+                    severity: None,
+                    body,
+                    attributes: vec![],
+                })],
+            });
+            let frame = encode(&msg).unwrap();
+            assert_eq!(decode_frame(&frame, u32::MAX).unwrap(), msg);
+        }
     }
 
     #[test]
