@@ -94,7 +94,7 @@ pub fn run(v: Validated) -> anyhow::Result<()> {
         tasks.spawn(shipper.run(stop.clone()));
         drop(spool);
 
-        wait_for_signal().await;
+        outpost_common::shutdown::signal().await;
         info!("shutting down");
         let _ = stop_tx.send(true);
         while tasks.join_next().await.is_some() {}
@@ -121,23 +121,4 @@ pub fn run(v: Validated) -> anyhow::Result<()> {
     }
     info!("outpost-agent stopped");
     Ok(())
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        }
-        _ => {
-            // Without signal handlers only Ctrl-C can stop us; keep that working.
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }

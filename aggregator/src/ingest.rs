@@ -524,28 +524,41 @@ async fn control_loop(
                 }
             }
             Ok(other) => {
-                bump(&shared.counters.protocol_violations);
                 let reason = format!("unexpected {} on the control stream", other.name());
-                violation(&shared, &agent_id, remote, "protocol violation", &reason);
-                conn.close(close_code::UNEXPECTED_MESSAGE.into(), reason.as_bytes());
-                return;
+                return close_unexpected(&shared, &conn, &agent_id, remote, &reason);
             }
             Err(WireError::EndOfStream) => return,
             Err(WireError::Io(_)) => return, // the connection went away; the session notices
-            Err(e) => {
-                bump(&shared.counters.frames_malformed);
-                violation(
-                    &shared,
-                    &agent_id,
-                    remote,
-                    "malformed frame",
-                    &e.to_string(),
-                );
-                conn.close(e.close_code().into(), e.to_string().as_bytes());
-                return;
-            }
+            Err(e) => return close_malformed(&shared, &conn, &agent_id, remote, &e),
         }
     }
+}
+
+/// Closes a connection that sent a well-formed message out of protocol; counts and logs it.
+fn close_unexpected(
+    shared: &Shared,
+    conn: &quinn::Connection,
+    agent_id: &str,
+    remote: std::net::SocketAddr,
+    reason: &str,
+) {
+    bump(&shared.counters.protocol_violations);
+    violation(shared, agent_id, remote, "protocol violation", reason);
+    conn.close(close_code::UNEXPECTED_MESSAGE.into(), reason.as_bytes());
+}
+
+/// Closes a connection that sent an undecodable or oversized frame; counts and logs it.
+fn close_malformed(
+    shared: &Shared,
+    conn: &quinn::Connection,
+    agent_id: &str,
+    remote: std::net::SocketAddr,
+    e: &WireError,
+) {
+    bump(&shared.counters.frames_malformed);
+    let reason = e.to_string();
+    violation(shared, agent_id, remote, "malformed frame", &reason);
+    conn.close(e.close_code().into(), reason.as_bytes());
 }
 
 async fn batch_stream(
@@ -560,25 +573,11 @@ async fn batch_stream(
     let batch = match wire::read_message(&mut rx, shared.config.max_frame_bytes).await {
         Ok(Message::Batch(b)) => b,
         Ok(other) => {
-            bump(&shared.counters.protocol_violations);
             let reason = format!("expected Batch, got {}", other.name());
-            violation(&shared, &agent_id, remote, "protocol violation", &reason);
-            conn.close(close_code::UNEXPECTED_MESSAGE.into(), reason.as_bytes());
-            return;
+            return close_unexpected(&shared, &conn, &agent_id, remote, &reason);
         }
         Err(WireError::Io(_)) => return,
-        Err(e) => {
-            bump(&shared.counters.frames_malformed);
-            violation(
-                &shared,
-                &agent_id,
-                remote,
-                "malformed frame",
-                &e.to_string(),
-            );
-            conn.close(e.close_code().into(), e.to_string().as_bytes());
-            return;
-        }
+        Err(e) => return close_malformed(&shared, &conn, &agent_id, remote, &e),
     };
     let seq = batch.seq;
     let received_ns = now_ns();

@@ -78,7 +78,7 @@ pub fn run(v: Validated) -> anyhow::Result<()> {
         write_listen_file(&v, addr)?;
         info!(%addr, store = %v.store_path().display(), version = outpost_common::VERSION, "outpost-aggregator listening");
         let task = tokio::spawn(ingest.run(stop.clone(), c.tls.reload_interval));
-        wait_for_signal().await;
+        outpost_common::shutdown::signal().await;
         info!("shutting down");
         let _ = stop_tx.send(true);
         let _ = task.await;
@@ -103,22 +103,4 @@ fn write_listen_file(v: &Validated, addr: std::net::SocketAddr) -> anyhow::Resul
         .with_context(|| format!("{}: cannot write", tmp.display()))?;
     std::fs::rename(&tmp, &path).with_context(|| format!("{}: cannot write", path.display()))?;
     Ok(())
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }

@@ -20,6 +20,7 @@
 pub mod config;
 pub mod event;
 pub mod logging;
+pub mod shutdown;
 pub mod time;
 pub mod tls;
 pub mod wire;
