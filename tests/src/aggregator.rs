@@ -1,0 +1,165 @@
+//! The aggregator under test.
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::ops::{Deref, DerefMut};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::env::{Env, binary};
+use crate::process::{Process, write_file};
+use crate::{Store, toml_string};
+
+/// What the test wants different from the test defaults.
+#[derive(Debug, Clone)]
+pub struct AggregatorOptions {
+    /// `fleet.offline_after`.
+    pub offline_after: Duration,
+    /// `tls.reload_interval`.
+    pub reload_interval: Duration,
+    /// Extra TOML appended to the file (whole sections).
+    pub extra: String,
+}
+
+impl Default for AggregatorOptions {
+    fn default() -> Self {
+        AggregatorOptions {
+            offline_after: Duration::from_secs(5),
+            reload_interval: Duration::from_millis(200),
+            extra: String::new(),
+        }
+    }
+}
+
+/// A running (or stopped) `outpost-aggregator run`, always on the same UDP port; dereferences
+/// to its [`Process`] (`kill9`, `terminate`, `log`).
+#[derive(Debug)]
+pub struct Aggregator {
+    /// Declared first so it is dropped (killed) before the directory can go with `env`.
+    process: Process,
+    config: PathBuf,
+    data_dir: PathBuf,
+    addr: SocketAddr,
+    env: Env,
+}
+
+impl Aggregator {
+    /// Writes a configuration listening on a free loopback port, starts the aggregator and waits
+    /// for its `listen.addr`; the configuration is then pinned to that port for restarts.
+    pub(crate) fn start(env: &Env, options: AggregatorOptions) -> Aggregator {
+        let data_dir = env.path().join("aggregator");
+        let config = env.path().join("aggregator.toml");
+        let write_config = |listen: &str| {
+            let text = format!(
+                "data_dir = {data}\nlisten = \"{listen}\"\n\n\
+                 [tls]\ndir = {pki}\nreload_interval = \"{reload}ms\"\n\n\
+                 [fleet]\nheartbeat_interval = \"1s\"\noffline_after = \"{offline}ms\"\n\n\
+                 [log]\ndir = {logs}\n\n{extra}\n",
+                data = toml_string(&data_dir),
+                pki = toml_string(&env.pki_dir()),
+                reload = options.reload_interval.as_millis(),
+                offline = options.offline_after.as_millis(),
+                logs = toml_string(&env.path().join("aggregator-logs")),
+                extra = options.extra,
+            );
+            write_file(&config, &text);
+        };
+        write_config("127.0.0.1:0");
+        let args: Vec<OsString> = vec!["--config".into(), config.clone().into(), "run".into()];
+        let process = env.spawn("aggregator", &binary("outpost-aggregator"), &args);
+        let addr = wait_listening(env, &process, &data_dir);
+        write_config(&addr.to_string());
+        Aggregator {
+            process,
+            config,
+            data_dir,
+            addr,
+            env: env.clone(),
+        }
+    }
+
+    /// The bound UDP address; the same across restarts.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn config_path(&self) -> &Path {
+        &self.config
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// Read-only access to the aggregator's store.
+    pub fn store(&self) -> Store {
+        Store::new(self.data_dir.join("aggregator.db"))
+    }
+
+    /// Starts it again on the same port and waits until it listens (unlike
+    /// [`Process::restart`], which it shadows).
+    pub fn restart(&mut self) {
+        let _ = std::fs::remove_file(self.data_dir.join("listen.addr"));
+        self.process.restart();
+        let addr = wait_listening(&self.env, &self.process, &self.data_dir);
+        assert_eq!(
+            addr, self.addr,
+            "the restarted aggregator listens elsewhere"
+        );
+    }
+
+    /// `outpost-aggregator status --json`, parsed.
+    pub fn status_json(&self) -> Vec<serde_json::Value> {
+        let config = self.config.display().to_string();
+        let out = self
+            .env
+            .aggregator_cli(&["--config", &config, "status", "--json"]);
+        assert!(
+            out.status.success(),
+            "status --json failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "status --json printed invalid JSON ({e}):\n{}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
+    /// The `status --json` entry of one agent, if listed.
+    pub fn agent_status(&self, agent_id: &str) -> Option<serde_json::Value> {
+        self.status_json()
+            .into_iter()
+            .find(|e| e["agent_id"].as_str() == Some(agent_id))
+    }
+}
+
+impl Deref for Aggregator {
+    type Target = Process;
+
+    fn deref(&self) -> &Process {
+        &self.process
+    }
+}
+
+impl DerefMut for Aggregator {
+    fn deref_mut(&mut self) -> &mut Process {
+        &mut self.process
+    }
+}
+
+fn wait_listening(env: &Env, process: &Process, data_dir: &Path) -> SocketAddr {
+    let file = data_dir.join("listen.addr");
+    env.wait_for("the aggregator to listen", || {
+        if !process.is_running() {
+            panic!("the aggregator exited during start-up:\n{}", process.log());
+        }
+        let text =
+            std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+        text.trim()
+            .parse()
+            .map_err(|e| format!("{}: `{}`: {e}", file.display(), text.trim()))
+    })
+}

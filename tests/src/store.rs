@@ -1,0 +1,164 @@
+//! Read-only queries on the aggregator's store (SQLite in WAL mode: a read-only connection reads
+//! consistently while the aggregator writes).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
+
+use crate::{Kind, SeqReport};
+
+/// The aggregator's `aggregator.db`. Every query opens a fresh read-only connection, so it
+/// sees the latest commit. Queries return `Err` with a description while the file is not
+/// there yet, so they can be polled by [`crate::Env::wait_for`].
+#[derive(Debug, Clone)]
+pub struct Store {
+    path: PathBuf,
+}
+
+impl Store {
+    pub(crate) fn new(path: PathBuf) -> Self {
+        Store { path }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn open(&self) -> Result<Connection, String> {
+        if !self.path.exists() {
+            return Err(format!("{} does not exist yet", self.path.display()));
+        }
+        let conn = Connection::open_with_flags(&self.path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|e| self.error(e))?;
+        conn.busy_timeout(Duration::from_secs(5))
+            .map_err(|e| self.error(e))?;
+        Ok(conn)
+    }
+
+    fn error(&self, e: rusqlite::Error) -> String {
+        format!("{}: {e}", self.path.display())
+    }
+
+    /// The `synthetic.seq` attribute of every stored synthetic event of `agent_id`, sorted
+    /// (repeats kept), and the seqs of log events whose body does not carry the number.
+    fn seqs(&self, agent_id: &str, kind: Kind) -> Result<(Vec<u64>, Vec<u64>), String> {
+        let conn = self.open()?;
+        let sql = match kind {
+            Kind::Log => {
+                "SELECT s, instr(body, printf('%012d', s)) > 0 FROM (
+                     SELECT CAST(json_extract(attributes, '$.\"synthetic.seq\"') AS INTEGER) AS s, body
+                     FROM logs WHERE source = 'synthetic'
+                       AND agent_key = (SELECT agent_key FROM agents WHERE agent_id = ?1))
+                 ORDER BY s"
+            }
+            Kind::Metric => {
+                "SELECT s, value = s FROM (
+                     SELECT CAST(json_extract(attributes, '$.\"synthetic.seq\"') AS INTEGER) AS s, value
+                     FROM metrics WHERE name = 'synthetic.counter'
+                       AND agent_key = (SELECT agent_key FROM agents WHERE agent_id = ?1))
+                 ORDER BY s"
+            }
+        };
+        let mut stmt = conn.prepare(sql).map_err(|e| self.error(e))?;
+        let rows = stmt
+            .query_map([agent_id], |r| {
+                Ok((r.get::<_, i64>(0)?.cast_unsigned(), r.get::<_, bool>(1)?))
+            })
+            .map_err(|e| self.error(e))?;
+        let mut seqs = Vec::new();
+        let mut mismatched = Vec::new();
+        for row in rows {
+            let (seq, consistent) = row.map_err(|e| self.error(e))?;
+            seqs.push(seq);
+            if !consistent {
+                mismatched.push(seq);
+            }
+        }
+        Ok((seqs, mismatched))
+    }
+
+    /// What the store holds of `agent_id`'s synthetic events, against the expected `0..total`.
+    pub fn seq_report(&self, agent_id: &str, kind: Kind, total: u64) -> Result<SeqReport, String> {
+        let (seqs, mismatched) = self.seqs(agent_id, kind)?;
+        Ok(SeqReport::new(&seqs, total, mismatched))
+    }
+
+    /// How many synthetic events of `agent_id` are stored (repeats included).
+    pub fn synthetic_count(&self, agent_id: &str, kind: Kind) -> Result<u64, String> {
+        let (table, filter) = match kind {
+            Kind::Log => ("logs", "source = 'synthetic'"),
+            Kind::Metric => ("metrics", "name = 'synthetic.counter'"),
+        };
+        self.count(
+            &format!(
+                "SELECT count(*) FROM {table} WHERE {filter}
+               AND agent_key = (SELECT agent_key FROM agents WHERE agent_id = ?1)"
+            ),
+            agent_id,
+        )
+    }
+
+    /// How many status snapshots of `agent_id` are stored.
+    pub fn status_count(&self, agent_id: &str) -> Result<u64, String> {
+        self.count(
+            "SELECT count(*) FROM agent_status
+              WHERE agent_key = (SELECT agent_key FROM agents WHERE agent_id = ?1)",
+            agent_id,
+        )
+    }
+
+    /// Rows of every event table that belong to `agent_id`.
+    pub fn all_events(&self, agent_id: &str) -> Result<u64, String> {
+        let mut total = 0;
+        for table in ["metrics", "logs", "fim_events", "agent_status"] {
+            total += self.count(
+                &format!(
+                    "SELECT count(*) FROM {table}
+                      WHERE agent_key = (SELECT agent_key FROM agents WHERE agent_id = ?1)"
+                ),
+                agent_id,
+            )?;
+        }
+        Ok(total)
+    }
+
+    /// Whether the registry has ever heard of `agent_id`.
+    pub fn knows_agent(&self, agent_id: &str) -> Result<bool, String> {
+        Ok(self.count("SELECT count(*) FROM agents WHERE agent_id = ?1", agent_id)? > 0)
+    }
+
+    /// Dedup entries (stored batches) of `agent_id`.
+    pub fn batches(&self, agent_id: &str) -> Result<u64, String> {
+        self.count(
+            "SELECT count(*) FROM batches
+              WHERE agent_key = (SELECT agent_key FROM agents WHERE agent_id = ?1)",
+            agent_id,
+        )
+    }
+
+    /// The agent's latest status (from its last heartbeat or Hello), as JSON.
+    pub fn latest_status(&self, agent_id: &str) -> Result<Option<serde_json::Value>, String> {
+        let conn = self.open()?;
+        let text: Option<Option<String>> = conn
+            .query_row(
+                "SELECT status FROM agents WHERE agent_id = ?1",
+                [agent_id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.error(e))?;
+        text.flatten()
+            .map(|t| {
+                serde_json::from_str(&t).map_err(|e| format!("agents.status of {agent_id}: {e}"))
+            })
+            .transpose()
+    }
+
+    fn count(&self, sql: &str, agent_id: &str) -> Result<u64, String> {
+        let conn = self.open()?;
+        conn.query_row(sql, [agent_id], |r| r.get::<_, i64>(0))
+            .map(i64::cast_unsigned)
+            .map_err(|e| self.error(e))
+    }
+}
