@@ -1,6 +1,7 @@
 //! The spool overflows while the aggregator is down: metric samples evict the oldest, every
-//! eviction is counted, and the counts reach the aggregator. Stored plus dropped is everything
-//! produced, and exactly the numbers not stored are counted as dropped.
+//! eviction is counted, the counts survive a restart of the agent and reach the aggregator.
+//! Stored plus dropped is everything produced, and exactly the numbers not stored are counted
+//! as dropped.
 
 use outpost_tests::{AgentOptions, Env, Kind, Synthetic};
 
@@ -15,7 +16,7 @@ fn an_overflowing_spool_counts_exactly_what_it_drops() {
     aggregator.terminate();
 
     let cert = env.issue_agent(AGENT);
-    let agent = env.start_agent(
+    let mut agent = env.start_agent(
         &cert,
         &aggregator,
         AgentOptions {
@@ -39,6 +40,9 @@ fn an_overflowing_spool_counts_exactly_what_it_drops() {
         "the spool must have overflowed: {produced:?}"
     );
 
+    // A clean stop with nothing to talk to, and a start with a full spool, lose no count.
+    agent.terminate();
+    agent.restart();
     aggregator.restart();
     let store = aggregator.store();
     // Drained: nothing left in the spool, and the last heartbeat says so.
@@ -74,8 +78,9 @@ fn an_overflowing_spool_counts_exactly_what_it_drops() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(report.is_clean(), "{report}");
     assert!(report.distinct > 0, "some samples must survive: {report}");
-    // The status snapshot spooled at start-up is droppable too; count its fate separately.
-    let snapshots_dropped = 1 - store.status_count(AGENT).unwrap_or_else(|e| panic!("{e}"));
+    // The status snapshot spooled at each start is droppable too; count its fate separately.
+    let snapshots = u64::from(agent.starts());
+    let snapshots_dropped = snapshots - store.status_count(AGENT).unwrap_or_else(|e| panic!("{e}"));
     let dropped_samples = reported.total() - snapshots_dropped;
     assert_eq!(
         report.distinct + dropped_samples,
