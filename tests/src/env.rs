@@ -53,19 +53,15 @@ pub struct AgentCert {
 #[derive(Debug)]
 struct Inner {
     name: String,
-    /// `None` once kept for inspection.
-    dir: Mutex<Option<tempfile::TempDir>>,
+    /// Taken when the world goes: removed, or kept for inspection.
+    dir: Option<tempfile::TempDir>,
     path: PathBuf,
     processes: Mutex<Vec<Weak<Shared>>>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        let dir = self
-            .dir
-            .get_mut()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
+        let dir = self.dir.take();
         let keep = std::env::var_os("OUTPOST_E2E_KEEP").is_some();
         if (std::thread::panicking() || keep)
             && let Some(dir) = dir
@@ -98,7 +94,7 @@ impl Env {
         let env = Env {
             inner: Arc::new(Inner {
                 name: name.to_owned(),
-                dir: Mutex::new(Some(dir)),
+                dir: Some(dir),
                 path,
                 processes: Mutex::new(Vec::new()),
             }),
