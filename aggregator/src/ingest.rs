@@ -155,16 +155,41 @@ fn load_server_config(
 
 impl Ingest {
     /// Binds the listener.
+    ///
+    /// `reset_key` (72 bytes) keys QUIC stateless resets and connection ids. Kept across
+    /// restarts, it lets a restarted aggregator tell agents at once that their old connections
+    /// are gone, instead of leaving them to wait for the idle timeout.
     pub fn bind(
         listen: std::net::SocketAddr,
         tls_files: TlsFiles,
         config: IngestConfig,
         store: Arc<dyn Store>,
         writer: StoreWriter,
+        reset_key: &[u8],
     ) -> anyhow::Result<Ingest> {
         let (server, revoked) = load_server_config(&tls_files, &config)?;
-        let endpoint = quinn::Endpoint::server(server, listen)
+        // The first 64 bytes key the reset tokens; the next 8 key the connection-id generator,
+        // whose ids must also validate after a restart for the reset to be sent at all.
+        let (hmac, cid) = reset_key.split_at(reset_key.len().min(64));
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, hmac);
+        let mut cid_key = [0u8; 8];
+        for (dst, src) in cid_key.iter_mut().zip(cid) {
+            *dst = *src;
+        }
+        let cid_key = u64::from_le_bytes(cid_key);
+        let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(key));
+        endpoint_config.cid_generator(move || {
+            Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+        });
+        let socket = std::net::UdpSocket::bind(listen)
             .map_err(|e| anyhow::anyhow!("cannot listen on {listen} (udp): {e}"))?;
+        let endpoint = quinn::Endpoint::new(
+            endpoint_config,
+            Some(server),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(|e| anyhow::anyhow!("cannot listen on {listen} (udp): {e}"))?;
         Ok(Ingest {
             endpoint,
             shared: Arc::new(Shared {

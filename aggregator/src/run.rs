@@ -45,6 +45,7 @@ pub fn run(v: Validated) -> anyhow::Result<()> {
             max_events_per_txn: c.ingest.max_events_per_txn,
         },
     );
+    let reset_key = load_or_create_secret(&c.data_dir.join("quic-reset.key"))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("outpost-aggregator")
@@ -73,6 +74,7 @@ pub fn run(v: Validated) -> anyhow::Result<()> {
             },
             store.clone(),
             writer,
+            &reset_key,
         )?;
         let addr = ingest.local_addr().context("cannot read the bound address")?;
         write_listen_file(&v, addr)?;
@@ -96,6 +98,39 @@ pub fn run(v: Validated) -> anyhow::Result<()> {
     result
 }
 
+/// Bytes in the stateless-reset secret: 64 for the reset tokens, 8 for connection ids.
+const SECRET_BYTES: usize = 72;
+
+/// Reads a secret kept under the data directory, creating it (mode 0600) on first use.
+pub fn load_or_create_secret(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+
+    use rand::RngCore;
+
+    match std::fs::read(path) {
+        Ok(bytes) if bytes.len() == SECRET_BYTES => return Ok(bytes),
+        Ok(_) => warn!(path = %path.display(), "secret has the wrong length; making a new one"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("{}: cannot read", path.display())),
+    }
+    let mut secret = vec![0u8; SECRET_BYTES];
+    rand::rng().fill_bytes(&mut secret);
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("{}: cannot create", tmp.display()))?;
+    f.write_all(&secret)
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("{}: cannot write", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot write", path.display()))?;
+    Ok(secret)
+}
+
 fn write_listen_file(v: &Validated, addr: std::net::SocketAddr) -> anyhow::Result<()> {
     let path = v.listen_file();
     let tmp = path.with_extension("addr.tmp");
@@ -103,4 +138,26 @@ fn write_listen_file(v: &Validated, addr: std::net::SocketAddr) -> anyhow::Resul
         .with_context(|| format!("{}: cannot write", tmp.display()))?;
     std::fs::rename(&tmp, &path).with_context(|| format!("{}: cannot write", path.display()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn the_reset_secret_is_created_private_and_then_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("quic-reset.key");
+        let first = load_or_create_secret(&path).unwrap();
+        assert_eq!(first.len(), SECRET_BYTES);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(load_or_create_secret(&path).unwrap(), first);
+        std::fs::write(&path, b"short").unwrap();
+        let replaced = load_or_create_secret(&path).unwrap();
+        assert_eq!(replaced.len(), SECRET_BYTES);
+        assert_ne!(replaced, first);
+    }
 }

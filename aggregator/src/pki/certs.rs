@@ -59,10 +59,17 @@ pub(super) fn new_ca(
     let mut params = base_params(not_before, not_after);
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, "Outpost");
-    // The creation date in the name tells an old CA from its replacement.
+    // The creation date tells an old CA from its replacement; part of the random serial makes
+    // every CA's name unique, so a certificate from a foreign CA is reported as an unknown
+    // issuer rather than as a bad signature from ours.
+    let serial = serial_hex(&params);
     dn.push(
         DnType::CommonName,
-        format!("Outpost CA {}", not_before.date()),
+        format!(
+            "Outpost CA {} {}",
+            not_before.date(),
+            serial.get(..12).unwrap_or(&serial)
+        ),
     );
     params.distinguished_name = dn;
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
