@@ -7,6 +7,11 @@
 //! aggregator acknowledges it; on reconnect every unacknowledged batch is sent again and the
 //! aggregator's deduplication makes that harmless.
 //!
+//! Welcome announces the largest batch the aggregator takes ([`ReceiverLimits`]), which an
+//! operator may set below the agent's own batch limits. The spool then packs new batches to fit,
+//! and a batch packed earlier that does not fit is split into batches that do before it is sent,
+//! so both configurations being valid never costs data.
+//!
 //! The bookkeeping of what is in flight is the pure [`Window`]; [`Shipper::run`] only moves bytes
 //! and timers.
 
@@ -21,7 +26,7 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use outpost_common::config::QuicEndpoint;
 use outpost_common::event::{DropReason, HostFacts};
-use outpost_common::wire::{self, Heartbeat, Hello, Message, RejectCode, close_code};
+use outpost_common::wire::{self, Heartbeat, Hello, Message, RejectCode, Welcome, close_code};
 use thiserror::Error;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
@@ -29,6 +34,38 @@ use tracing::{debug, info, warn};
 
 use crate::spool::{SpoolError, SpoolHandle, StoredBatch};
 use crate::telemetry::Telemetry;
+
+/// Bytes a Batch frame adds around its events' payload: the `u32` length prefix (4 bytes), then
+/// the bincode header of `Message::Batch`: the variant index (1 byte) and `seq`, `low_water_seq`
+/// and `created_ns` as varints (at most 9 bytes each), 32 in all. The aggregator measures its
+/// frame limit without the length prefix, so this leaves 4 bytes to spare.
+pub const BATCH_FRAME_OVERHEAD_BYTES: usize = 32;
+
+/// The largest batch the aggregator accepts, from its Welcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReceiverLimits {
+    /// Events in one batch; at least 1.
+    pub max_events: u32,
+    /// Bytes of a batch's encoded events, so that its whole frame fits the frame limit.
+    pub max_payload_bytes: usize,
+}
+
+impl ReceiverLimits {
+    /// The limits a Welcome announces. A limit of 0 events is taken as 1: a batch holds at least
+    /// one event, and splitting to fit 0 would never end.
+    pub fn from_welcome(welcome: &Welcome) -> Self {
+        ReceiverLimits {
+            max_events: welcome.max_batch_events.max(1),
+            max_payload_bytes: (welcome.max_frame_bytes as usize)
+                .saturating_sub(BATCH_FRAME_OVERHEAD_BYTES),
+        }
+    }
+
+    /// Whether the aggregator accepts `batch` as it is.
+    pub fn admit(&self, batch: &StoredBatch) -> bool {
+        batch.events <= self.max_events && batch.payload.len() <= self.max_payload_bytes
+    }
+}
 
 /// What the shipper needs to know.
 #[derive(Debug, Clone)]
@@ -312,20 +349,14 @@ impl Shipper {
             aggregator = %self.config.endpoint,
             server_version = %welcome.server_version,
             max_in_flight = welcome.max_in_flight,
+            max_batch_events = welcome.max_batch_events,
+            max_frame_bytes = welcome.max_frame_bytes,
             backlog_batches = stats.batches,
             "connected to the aggregator"
         );
         let limit = self.config.max_in_flight.min(welcome.max_in_flight.max(1)) as usize;
-        let max_frame = welcome.max_frame_bytes;
         let result = self
-            .deliver(
-                &conn,
-                &mut control_tx,
-                limit,
-                max_frame,
-                welcome.max_batch_events,
-                shutdown,
-            )
+            .deliver(&conn, &mut control_tx, limit, &welcome, shutdown)
             .await;
         self.telemetry.disconnects.fetch_add(1, Ordering::Relaxed);
         match &result {
@@ -343,10 +374,15 @@ impl Shipper {
         conn: &quinn::Connection,
         control: &mut quinn::SendStream,
         limit: usize,
-        max_frame: u32,
-        max_batch_events: u32,
+        welcome: &Welcome,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), SessionError> {
+        let max_frame = welcome.max_frame_bytes;
+        let receiver = ReceiverLimits::from_welcome(welcome);
+        let max_events = receiver.max_events as usize;
+        self.spool
+            .set_batch_limits(max_events, receiver.max_payload_bytes)
+            .await?;
         let mut window = Window::new(limit);
         let mut streams: JoinSet<Outcome> = JoinSet::new();
         let mut new_data = self.spool.subscribe();
@@ -364,21 +400,27 @@ impl Shipper {
                     .await?;
                 exhausted = batches.is_empty();
                 for batch in batches {
-                    self.pace(batch.events).await;
-                    if batch.payload.len() + 64 > max_frame as usize
-                        || batch.events > max_batch_events
-                    {
-                        warn!(
+                    if !receiver.admit(&batch) {
+                        // Its events come back under new seqs above every existing one, so a
+                        // later fetch past the cursor finds them.
+                        let seqs = self
+                            .spool
+                            .split_batch(batch.seq, max_events, receiver.max_payload_bytes)
+                            .await?;
+                        info!(
                             seq = batch.seq,
                             events = batch.events,
                             bytes = batch.payload.len(),
-                            "batch exceeds the aggregator's limits; dropping it"
+                            max_events,
+                            max_bytes = receiver.max_payload_bytes,
+                            batches = seqs.len(),
+                            first_seq = seqs.first().copied().unwrap_or_default(),
+                            last_seq = seqs.last().copied().unwrap_or_default(),
+                            "batch exceeds the aggregator's limits; split it into smaller batches"
                         );
-                        self.spool
-                            .drop_batch(batch.seq, DropReason::Oversized)
-                            .await?;
                         continue;
                     }
+                    self.pace(batch.events).await;
                     window.handle_sent(batch.seq, batch.events, Instant::now());
                     self.telemetry.batches_sent.fetch_add(1, Ordering::Relaxed);
                     streams.spawn(send_batch(conn.clone(), batch, max_frame));
@@ -574,6 +616,58 @@ mod tests {
         assert_eq!(w.room(), 1);
         w.handle_failed(5);
         assert_eq!((w.room(), w.in_flight(), w.cursor()), (2, 0, 6));
+    }
+
+    fn welcome(max_frame_bytes: u32, max_batch_events: u32) -> Welcome {
+        Welcome {
+            protocol_version: wire::PROTOCOL_VERSION,
+            server_version: "test".to_owned(),
+            max_frame_bytes,
+            max_batch_events,
+            max_in_flight: 8,
+            heartbeat_interval_ms: 1000,
+        }
+    }
+
+    fn stored(events: u32, payload_bytes: usize) -> StoredBatch {
+        StoredBatch {
+            seq: 1,
+            created_ns: 0,
+            events,
+            low_water_seq: 1,
+            payload: vec![0; payload_bytes],
+        }
+    }
+
+    #[test]
+    fn the_frame_overhead_covers_the_largest_batch_header() {
+        let payload = [7u8; 10];
+        for (seq, low_water, created_ns) in [
+            (u64::MAX, u64::MAX, i64::MIN),
+            (u64::MAX, u64::MAX, i64::MAX),
+            (1, 1, 0),
+        ] {
+            let frame = wire::encode_batch_frame(seq, low_water, created_ns, &payload).unwrap();
+            assert!(
+                frame.len() - payload.len() <= BATCH_FRAME_OVERHEAD_BYTES,
+                "{} bytes of overhead",
+                frame.len() - payload.len()
+            );
+        }
+    }
+
+    #[test]
+    fn receiver_limits_admit_only_batches_whose_frame_fits() {
+        let limits = ReceiverLimits::from_welcome(&welcome(64 * 1024, 100));
+        let max_payload = 64 * 1024 - BATCH_FRAME_OVERHEAD_BYTES;
+        assert_eq!(limits.max_payload_bytes, max_payload);
+        assert!(limits.admit(&stored(100, max_payload)));
+        assert!(!limits.admit(&stored(101, 10)));
+        assert!(!limits.admit(&stored(1, max_payload + 1)));
+
+        let zero = ReceiverLimits::from_welcome(&welcome(10, 0));
+        assert_eq!((zero.max_events, zero.max_payload_bytes), (1, 0));
+        assert!(!zero.admit(&stored(1, 1)));
     }
 
     #[test]

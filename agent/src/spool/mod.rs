@@ -8,10 +8,14 @@
 //! - Events are packed into batches with a persisted, strictly increasing `seq` that is never
 //!   reused within a spool id, even after everything was acknowledged and the agent restarted;
 //!   the aggregator deduplicates by `(agent, spool id, seq)`, so reusing a seq would lose data.
-//! - A batch is deleted only when acknowledged ([`Spool::ack`]) or dropped with a counted reason
-//!   ([`Spool::drop_batch`]). Once handed to the shipper ([`Spool::batches_after`]) it may already
-//!   be stored centrally, so it is never evicted: evicting it would count a loss that did not
-//!   happen.
+//! - A batch is deleted only when acknowledged ([`Spool::ack`]), dropped with a counted reason
+//!   ([`Spool::drop_batch`]), or split into smaller batches holding exactly its events
+//!   ([`Spool::split_batch`]). Once handed to the shipper ([`Spool::batches_after`]) it may
+//!   already be stored centrally, so it is never evicted: evicting it would count a loss that did
+//!   not happen.
+//! - Batches are packed within the configured limits, lowered to what the aggregator announces
+//!   ([`Spool::set_batch_limits`]); a batch packed before the aggregator's limits were known is
+//!   split to fit them rather than dropped.
 //! - The payload bytes of unacknowledged batches are capped ([`SpoolConfig::max_bytes`]). When a
 //!   submission does not fit, sources that can wait ([`Class::Wait`]) get [`SubmitOutcome::Full`]
 //!   and nothing is written; sources that cannot ([`Class::Drop`]) evict the oldest evictable
@@ -49,7 +53,9 @@ use outpost_common::event::{DropCounters, DropReason, Event};
 use outpost_common::wire::{self, WireError};
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 
-use self::plan::{BatchSize, Decision, Evictable, Holding, SizedSubmission};
+use self::plan::{
+    BatchLimits, BatchSize, Decision, Evictable, Holding, PlannedBatch, SizedSubmission,
+};
 pub use self::writer::{SpoolHandle, SpoolJoin, spawn};
 
 /// The default largest number of events in one batch.
@@ -96,8 +102,8 @@ pub struct SpoolConfig {
     pub max_bytes: u64,
     /// Largest number of events in one batch; at most `u32::MAX`.
     pub max_batch_events: usize,
-    /// Largest batch payload in bytes; an event whose encoding alone exceeds it is dropped as
-    /// [`DropReason::Oversized`].
+    /// Largest batch payload in bytes; an event whose encoding alone exceeds it (or the lower
+    /// limit set by [`Spool::set_batch_limits`]) is dropped as [`DropReason::Oversized`].
     pub max_batch_bytes: usize,
 }
 
@@ -233,6 +239,9 @@ pub struct Spool {
     /// Mirrors what is committed; updated only after a commit succeeds.
     state: State,
     evictable: Evictable,
+    /// The batch limits appends pack to: the configured ones, lowered by
+    /// [`Spool::set_batch_limits`].
+    limits: BatchLimits,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -283,12 +292,17 @@ impl Spool {
         create_schema(&mut conn, path)?;
         let (spool_id, mut state) = load_state(&conn, path)?;
         state.low_water_seq = low_water(&conn, path, state.next_seq)?;
+        let limits = BatchLimits {
+            events: config.max_batch_events,
+            bytes: config.max_batch_bytes,
+        };
         Ok(Spool {
             conn,
             config,
             spool_id,
             state,
             evictable: Evictable::default(),
+            limits,
         })
     }
 
@@ -306,7 +320,8 @@ impl Spool {
     }
 
     /// Commits the submissions in ONE SQLite transaction: their events packed into new batches
-    /// (at most `max_batch_events` and `max_batch_bytes` each; a batch never mixes classes) with
+    /// (at most `max_batch_events` and `max_batch_bytes` each, or the lower limits set by
+    /// [`Spool::set_batch_limits`]; a batch never mixes classes) with
     /// persisted, strictly increasing seqs, and their checkpoints (upserted by source). Each
     /// submission is all-or-nothing. Returns one outcome per submission, in order.
     ///
@@ -353,6 +368,109 @@ impl Spool {
         self.delete(&[seq], Some(reason))
     }
 
+    /// Lowers the limits future appends pack batches to, to what the receiver accepts: each limit
+    /// becomes the smaller of the given and the configured one (never above the configured one,
+    /// never below 1), so calling again with larger values restores up to the configured limits.
+    /// An event whose encoding alone exceeds the byte limit is dropped at append as
+    /// [`DropReason::Oversized`]: the receiver could never take it.
+    ///
+    /// Not persisted: the limits hold until the spool is reopened or this is called again.
+    pub fn set_batch_limits(&mut self, max_events: usize, max_bytes: usize) {
+        self.limits = BatchLimits {
+            events: max_events.clamp(1, self.config.max_batch_events),
+            bytes: max_bytes.clamp(1, self.config.max_batch_bytes),
+        };
+    }
+
+    /// Replaces batch `seq` with new batches holding exactly its events, in order, each within
+    /// `max_events` and `max_bytes` (payload bytes, measured as [`Spool::append`] does), all in
+    /// ONE transaction. Returns the new seqs, in order; an unknown seq returns none.
+    ///
+    /// This is for a batch too large for the receiver: it was never delivered, so its events may
+    /// travel again under new seqs, fresh from `next_seq` and so above every seq there is; the new
+    /// batches keep its class and `created_ns`, and are evictable only if it was. An event whose
+    /// encoding alone exceeds `max_bytes` is dropped as [`DropReason::Oversized`]. The payload
+    /// total may grow by a few bytes (each batch carries its own event count), never evicting or
+    /// refusing anything for the cap.
+    ///
+    /// A payload that cannot be decoded is dropped with all its events counted as
+    /// [`DropReason::Oversized`], and logged as an error: the spool wrote it, so this means
+    /// corruption and should never happen. Oversized is the honest reason: the batch is lost
+    /// because it exceeds what the receiver accepts and cannot be re-packed; the aggregator never
+    /// saw it, so "rejected by the aggregator" would misplace the loss.
+    ///
+    /// On error nothing was changed.
+    pub fn split_batch(
+        &mut self,
+        seq: u64,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<u64>, SpoolError> {
+        let limits = BatchLimits {
+            // Keeps each batch's count within the u32 the table and the wire carry.
+            events: max_events.clamp(1, u32::MAX as usize),
+            bytes: max_bytes,
+        };
+        let path = self.config.path.as_path();
+        let mut next = self.state.clone();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql(path, "cannot begin a transaction"))?;
+        let found = read_batches(&tx, path, seq.saturating_sub(1), 1)?
+            .into_iter()
+            .find(|(batch, _)| batch.seq == seq);
+        let Some((batch, class)) = found else {
+            // Nothing matched; dropping the transaction rolls back an empty change.
+            return Ok(Vec::new());
+        };
+        let size = delete_batch(&tx, path, seq)?
+            .ok_or_else(|| corrupt(path, format!("batch {seq} vanished")))?;
+        next.remove(size);
+        let mut oversized = 0;
+        let written = match wire::decode_events(&batch.payload) {
+            Ok(events) => {
+                let sizes = event_sizes(&events, path)?;
+                let repacked = plan::repack(class, events, &sizes, limits);
+                oversized = repacked.oversized;
+                next.drops.add(DropReason::Oversized, oversized);
+                let encoded = encode_all(repacked.batches, limits.bytes, path)?;
+                insert_batches(&tx, path, &mut next, batch.created_ns, &encoded)?
+            }
+            Err(error) => {
+                tracing::error!(
+                    spool = %path.display(),
+                    seq,
+                    events = size.events,
+                    %error,
+                    "a spooled batch cannot be decoded, so it cannot be split; dropping it as oversized (this means the spool file is corrupt)"
+                );
+                next.drops.add(DropReason::Oversized, size.events);
+                Vec::new()
+            }
+        };
+        next.low_water_seq = low_water(&tx, path, next.next_seq)?;
+        write_state(&tx, path, &next)?;
+        tx.commit().map_err(sql(path, "cannot commit a split"))?;
+        if oversized > 0 {
+            tracing::warn!(
+                seq,
+                events = oversized,
+                max_bytes,
+                "events larger than the receiver's batch limit on their own were dropped as oversized"
+            );
+        }
+
+        if self.evictable.contains(seq) {
+            self.evictable.remove(seq);
+            for &(new_seq, size, _) in &written {
+                self.evictable.insert(new_seq, size);
+            }
+        }
+        self.state = next;
+        Ok(written.into_iter().map(|(seq, _, _)| seq).collect())
+    }
+
     /// The spool's current state.
     pub fn stats(&self) -> SpoolStats {
         SpoolStats {
@@ -390,23 +508,13 @@ impl Spool {
             batches: self.state.batches,
             evictable: &self.evictable,
         };
-        let mut plan = plan::plan(&self.config, holding, sized);
+        let mut plan = plan::plan(self.config.max_bytes, self.limits, holding, sized);
         if plan.writes_nothing() {
             return Ok(plan.decisions);
         }
-        let mut encoded = Vec::with_capacity(plan.batches.len());
-        for batch in std::mem::take(&mut plan.batches) {
-            encode_batch(
-                batch.class,
-                batch.events,
-                self.config.max_batch_bytes,
-                path,
-                &mut encoded,
-            )?;
-        }
+        let encoded = encode_all(std::mem::take(&mut plan.batches), self.limits.bytes, path)?;
 
         let mut next = self.state.clone();
-        let mut new_evictable = Vec::new();
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -419,21 +527,7 @@ impl Spool {
         next.batches -= plan.evicted.batches;
         next.payload_bytes -= plan.evicted.bytes;
         next.events -= plan.evicted.events;
-        for batch in &encoded {
-            let seq = next.next_seq;
-            insert_batch(&tx, path, seq, now_ns, batch)?;
-            let size = BatchSize {
-                bytes: batch.payload.len() as u64,
-                events: u64::from(batch.events),
-            };
-            if batch.class == Class::Drop {
-                new_evictable.push((seq, size));
-            }
-            next.next_seq += 1;
-            next.batches += 1;
-            next.payload_bytes += size.bytes;
-            next.events += size.events;
-        }
+        let written = insert_batches(&tx, path, &mut next, now_ns, &encoded)?;
         for checkpoint in &plan.checkpoints {
             tx.prepare_cached(
                 "INSERT INTO checkpoints (source, value) VALUES (?1, ?2)
@@ -450,8 +544,10 @@ impl Spool {
         for &seq in &plan.evict {
             self.evictable.remove(seq);
         }
-        for (seq, size) in new_evictable {
-            self.evictable.insert(seq, size);
+        for (seq, size, class) in written {
+            if class == Class::Drop {
+                self.evictable.insert(seq, size);
+            }
         }
         self.state = next;
         Ok(plan.decisions)
@@ -676,6 +772,32 @@ fn low_water(conn: &Connection, path: &Path, next_seq: u64) -> Result<u64, Spool
         .map(|min| min.unwrap_or(next_seq))
 }
 
+/// Writes `batches` with fresh seqs from `next.next_seq`, counting them into `next`; returns each
+/// one's seq, size and class, in order.
+fn insert_batches(
+    tx: &Transaction<'_>,
+    path: &Path,
+    next: &mut State,
+    created_ns: i64,
+    batches: &[EncodedBatch],
+) -> Result<Vec<(u64, BatchSize, Class)>, SpoolError> {
+    let mut written = Vec::with_capacity(batches.len());
+    for batch in batches {
+        let seq = next.next_seq;
+        insert_batch(tx, path, seq, created_ns, batch)?;
+        let size = BatchSize {
+            bytes: batch.payload.len() as u64,
+            events: u64::from(batch.events),
+        };
+        next.next_seq += 1;
+        next.batches += 1;
+        next.payload_bytes += size.bytes;
+        next.events += size.events;
+        written.push((seq, size, batch.class));
+    }
+    Ok(written)
+}
+
 fn insert_batch(
     tx: &Transaction<'_>,
     path: &Path,
@@ -754,12 +876,16 @@ fn read_batches(
 }
 
 fn sized(sub: Submission, path: &Path) -> Result<SizedSubmission, SpoolError> {
-    let sizes = sub
-        .events
+    let sizes = event_sizes(&sub.events, path)?;
+    Ok(SizedSubmission { sub, sizes })
+}
+
+/// The encoded size of each event on its own, which is what batches are packed by.
+fn event_sizes(events: &[Event], path: &Path) -> Result<Vec<usize>, SpoolError> {
+    events
         .iter()
         .map(|event| encode(std::slice::from_ref(event), path).map(|bytes| bytes.len()))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(SizedSubmission { sub, sizes })
+        .collect()
 }
 
 fn encode(events: &[Event], path: &Path) -> Result<Vec<u8>, SpoolError> {
@@ -767,6 +893,19 @@ fn encode(events: &[Event], path: &Path) -> Result<Vec<u8>, SpoolError> {
         path: path.to_path_buf(),
         source: Arc::new(source),
     })
+}
+
+/// Encodes planned batches, in order, splitting any whose payload exceeds `max_bytes`.
+fn encode_all(
+    batches: Vec<PlannedBatch>,
+    max_bytes: usize,
+    path: &Path,
+) -> Result<Vec<EncodedBatch>, SpoolError> {
+    let mut encoded = Vec::with_capacity(batches.len());
+    for batch in batches {
+        encode_batch(batch.class, batch.events, max_bytes, path, &mut encoded)?;
+    }
+    Ok(encoded)
 }
 
 /// Encodes a planned batch, splitting it should the payload exceed `max_bytes`.
@@ -788,7 +927,8 @@ fn encode_batch(
     }
     out.push(EncodedBatch {
         class,
-        // The planner caps a batch at `max_batch_events`, which `validate` keeps within u32.
+        // The planner caps a batch at `max_batch_events`, which `validate` keeps within u32 (and
+        // `split_batch` clamps its limit to).
         events: u32::try_from(events.len()).unwrap_or(u32::MAX),
         payload,
     });

@@ -4,13 +4,23 @@
 //! submissions are accepted, refused or left waiting, which batches are evicted to make room, how
 //! accepted events are packed into batches, and which drops are counted. [`super::Spool::append`]
 //! then carries the [`Plan`] out in one transaction, so a failed write leaves this bookkeeping
-//! untouched.
+//! untouched. [`repack`] is the same packing for one stored batch that [`super::Spool::split_batch`]
+//! cuts to smaller limits.
 
 use std::collections::BTreeMap;
 
 use outpost_common::event::{DropCounters, DropReason, Event};
 
-use super::{Checkpoint, Class, SpoolConfig, Submission, SubmitOutcome};
+use super::{Checkpoint, Class, Submission, SubmitOutcome};
+
+/// The largest batch to pack: both limits hold for every batch, and an event whose encoding alone
+/// exceeds `bytes` cannot go in any batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct BatchLimits {
+    /// At least 1, at most `u32::MAX`.
+    pub events: usize,
+    pub bytes: usize,
+}
 
 /// The size of one stored batch, as the spool accounts it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,7 +61,6 @@ impl Evictable {
         self.by_seq.iter().map(|(&seq, &size)| (seq, size))
     }
 
-    #[cfg(test)]
     pub(super) fn contains(&self, seq: u64) -> bool {
         self.by_seq.contains_key(&seq)
     }
@@ -141,15 +150,22 @@ impl Plan {
     }
 }
 
-/// Decides the fate of `subs`, in order, against the spool's current holding.
+/// Decides the fate of `subs`, in order, against the spool's current holding, packing batches
+/// within `limits` and keeping the payload bytes under `cap`.
 ///
 /// The byte cap is checked against the sum of the events' individual encoded sizes, which is never
 /// smaller than the payload they end up in, so a committed plan keeps the payload bytes under
-/// `max_bytes` (except for the progress guarantee: a Wait-class submission into an empty spool).
+/// `cap` (except for the progress guarantee: a Wait-class submission into an empty spool).
 /// Batches written by this same plan are not eviction candidates for its later submissions.
-pub(super) fn plan(config: &SpoolConfig, holding: Holding<'_>, subs: Vec<SizedSubmission>) -> Plan {
+pub(super) fn plan(
+    cap: u64,
+    limits: BatchLimits,
+    holding: Holding<'_>,
+    subs: Vec<SizedSubmission>,
+) -> Plan {
     let mut planner = Planner {
-        config,
+        cap,
+        limits,
         bytes: holding.payload_bytes,
         batches: holding.batches,
         planned_events: 0,
@@ -164,8 +180,45 @@ pub(super) fn plan(config: &SpoolConfig, holding: Holding<'_>, subs: Vec<SizedSu
     planner.finish()
 }
 
-struct Planner<'a, I> {
-    config: &'a SpoolConfig,
+/// The events of one stored batch, packed again.
+#[derive(Debug)]
+pub(super) struct Repacked {
+    /// In the order of the events they hold; never empty.
+    pub batches: Vec<PlannedBatch>,
+    /// Events left out because their encoding alone exceeds the byte limit.
+    pub oversized: u64,
+}
+
+/// Packs `events` (of one `class`, with their individual encoded `sizes`) into batches within
+/// `limits`, keeping their order, exactly as an append would have packed them under those limits.
+pub(super) fn repack(
+    class: Class,
+    events: Vec<Event>,
+    sizes: &[usize],
+    limits: BatchLimits,
+) -> Repacked {
+    let mut batches = Vec::new();
+    let mut open = OpenBatch::new(class);
+    let mut oversized = 0;
+    for (event, &size) in events.into_iter().zip(sizes) {
+        if size > limits.bytes {
+            oversized += 1;
+            continue;
+        }
+        if !open.takes(size, limits) {
+            batches.push(std::mem::replace(&mut open, OpenBatch::new(class)).seal());
+        }
+        open.push(event, size);
+    }
+    if !open.events.is_empty() {
+        batches.push(open.seal());
+    }
+    Repacked { batches, oversized }
+}
+
+struct Planner<I> {
+    cap: u64,
+    limits: BatchLimits,
     /// Payload bytes held: stored, less evicted, plus the estimates of accepted events.
     bytes: u64,
     /// Stored batches, less evicted.
@@ -186,9 +239,37 @@ struct OpenBatch {
     bytes: usize,
 }
 
-impl<I: Iterator<Item = (u64, BatchSize)>> Planner<'_, I> {
+impl OpenBatch {
+    fn new(class: Class) -> OpenBatch {
+        OpenBatch {
+            class,
+            events: Vec::new(),
+            bytes: 0,
+        }
+    }
+
+    /// Whether an event of `size` encoded bytes still fits; an empty batch takes any event within
+    /// the byte limit.
+    fn takes(&self, size: usize, limits: BatchLimits) -> bool {
+        self.events.len() < limits.events && self.bytes + size <= limits.bytes
+    }
+
+    fn push(&mut self, event: Event, size: usize) {
+        self.events.push(event);
+        self.bytes += size;
+    }
+
+    fn seal(self) -> PlannedBatch {
+        PlannedBatch {
+            class: self.class,
+            events: self.events,
+        }
+    }
+}
+
+impl<I: Iterator<Item = (u64, BatchSize)>> Planner<I> {
     fn decide(&mut self, sized: SizedSubmission) {
-        let max_event = self.config.max_batch_bytes;
+        let max_event = self.limits.bytes;
         let kept = sized.sizes.iter().filter(|&&s| s <= max_event).count() as u64;
         let oversized = sized.sizes.len() as u64 - kept;
         let needed: u64 = sized
@@ -197,7 +278,7 @@ impl<I: Iterator<Item = (u64, BatchSize)>> Planner<'_, I> {
             .filter(|&&s| s <= max_event)
             .map(|&s| s as u64)
             .sum();
-        let fits = needed == 0 || self.bytes.saturating_add(needed) <= self.config.max_bytes;
+        let fits = needed == 0 || self.bytes.saturating_add(needed) <= self.cap;
         let spool_empty = self.batches == 0 && self.planned_events == 0;
         let accept = match sized.sub.class {
             _ if fits => true,
@@ -232,7 +313,7 @@ impl<I: Iterator<Item = (u64, BatchSize)>> Planner<'_, I> {
     /// Evicts the oldest candidates until `needed` more bytes fit, if evicting can achieve that at
     /// all; otherwise evicts nothing, since losing old data would not save the new.
     fn make_room(&mut self, needed: u64) -> bool {
-        let max = self.config.max_bytes;
+        let max = self.cap;
         if (self.bytes.saturating_sub(self.evictable_bytes)).saturating_add(needed) > max {
             return false;
         }
@@ -254,44 +335,23 @@ impl<I: Iterator<Item = (u64, BatchSize)>> Planner<'_, I> {
     }
 
     fn push(&mut self, class: Class, event: Event, size: usize) {
-        let limits = (self.config.max_batch_events, self.config.max_batch_bytes);
         let at = match self.open.iter().position(|b| b.class == class) {
-            Some(at)
-                if self.open[at].events.len() < limits.0
-                    && self.open[at].bytes + size <= limits.1 =>
-            {
-                Some(at)
+            Some(at) if self.open[at].takes(size, self.limits) => at,
+            found => {
+                if let Some(at) = found {
+                    let full = self.open.remove(at);
+                    self.plan.batches.push(full.seal());
+                }
+                self.open.push(OpenBatch::new(class));
+                self.open.len() - 1
             }
-            Some(at) => {
-                let full = self.open.remove(at);
-                self.seal(full);
-                None
-            }
-            None => None,
         };
-        let at = at.unwrap_or_else(|| {
-            self.open.push(OpenBatch {
-                class,
-                events: Vec::new(),
-                bytes: 0,
-            });
-            self.open.len() - 1
-        });
-        let batch = &mut self.open[at];
-        batch.events.push(event);
-        batch.bytes += size;
-    }
-
-    fn seal(&mut self, batch: OpenBatch) {
-        self.plan.batches.push(PlannedBatch {
-            class: batch.class,
-            events: batch.events,
-        });
+        self.open[at].push(event, size);
     }
 
     fn finish(mut self) -> Plan {
         for batch in std::mem::take(&mut self.open) {
-            self.seal(batch);
+            self.plan.batches.push(batch.seal());
         }
         self.plan
     }

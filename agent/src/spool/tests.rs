@@ -464,6 +464,238 @@ fn errors_name_the_file() {
     assert!(err.to_string().contains("max_batch_events"), "{err}");
 }
 
+/// The seqs, classes, event ids and creation times of every stored batch, checking each batch's
+/// count and payload against the spool's accounting.
+fn contents(spool: &Spool) -> Vec<(u64, Class, Vec<u64>, i64)> {
+    let batches = spool.peek();
+    let stats = spool.stats();
+    let payload: u64 = batches.iter().map(|(b, _)| b.payload.len() as u64).sum();
+    let events: u64 = batches.iter().map(|(b, _)| u64::from(b.events)).sum();
+    assert_eq!(
+        (stats.payload_bytes, stats.events, stats.batches),
+        (payload, events, batches.len() as u64),
+        "accounting"
+    );
+    let oldest = batches.first().map(|(b, _)| b.seq);
+    assert_eq!(stats.low_water_seq, oldest.unwrap_or(stats.next_seq));
+    batches
+        .iter()
+        .map(|(b, class)| {
+            assert_eq!(b.events as usize, ids(b).len());
+            (b.seq, *class, ids(b), b.created_ns)
+        })
+        .collect()
+}
+
+#[test]
+fn a_split_batch_keeps_its_events_in_order_within_the_new_limits() {
+    let dir = TempDir::new().unwrap();
+    let mut spool = Spool::open(config(&db(&dir), 100_000)).unwrap();
+    let small: Vec<Event> = (1..=8).map(|id| event(id, 50)).collect();
+    let size = encoded_size(&small[0]);
+    assert!(4 * size <= MAX_BATCH_BYTES);
+    spool
+        .append(vec![sub(Class::Wait, small, None)], NOW + 5)
+        .unwrap();
+    assert_eq!(
+        contents(&spool),
+        [
+            (1, Class::Wait, vec![1, 2, 3, 4], NOW + 5),
+            (2, Class::Wait, vec![5, 6, 7, 8], NOW + 5),
+        ]
+    );
+    let payload_before = spool.stats().payload_bytes;
+
+    assert_eq!(spool.split_batch(1, 3, usize::MAX).unwrap(), [3, 4]);
+    assert_eq!(
+        contents(&spool),
+        [
+            (2, Class::Wait, vec![5, 6, 7, 8], NOW + 5),
+            (3, Class::Wait, vec![1, 2, 3], NOW + 5),
+            (4, Class::Wait, vec![4], NOW + 5),
+        ]
+    );
+    let stats = spool.stats();
+    assert_eq!((stats.next_seq, stats.low_water_seq), (5, 2));
+    assert!(
+        stats.payload_bytes > payload_before,
+        "each new batch carries its own count"
+    );
+
+    // The byte limit: two events fit, a third does not.
+    let seqs = spool.split_batch(2, 100, 2 * size + 1).unwrap();
+    assert_eq!(seqs, [5, 6]);
+    let after = contents(&spool);
+    assert_eq!(
+        after
+            .iter()
+            .map(|(seq, _, ids, _)| (*seq, ids.clone()))
+            .collect::<Vec<_>>(),
+        [
+            (3, vec![1, 2, 3]),
+            (4, vec![4]),
+            (5, vec![5, 6]),
+            (6, vec![7, 8])
+        ]
+    );
+    assert!(
+        spool
+            .peek()
+            .iter()
+            .filter(|(b, _)| b.seq >= 5)
+            .all(|(b, _)| b.payload.len() <= 2 * size + 1)
+    );
+    let stats = spool.stats();
+    assert_eq!((stats.next_seq, stats.low_water_seq), (7, 3));
+    assert_eq!(stats.drops.total(), 0);
+
+    // Unknown seqs change nothing.
+    assert_eq!(spool.split_batch(2, 1, 1).unwrap(), Vec::<u64>::new());
+    assert_eq!(spool.split_batch(0, 1, 1).unwrap(), Vec::<u64>::new());
+    assert_eq!(spool.stats(), stats);
+
+    // All of it is on disk, and seqs keep counting from there.
+    drop(spool);
+    let mut spool = Spool::open(config(&db(&dir), 100_000)).unwrap();
+    assert_eq!(contents(&spool), after);
+    assert_eq!(
+        SpoolStats {
+            file_bytes: 0,
+            ..spool.stats()
+        },
+        SpoolStats {
+            file_bytes: 0,
+            ..stats
+        }
+    );
+    append_one(&mut spool, sub(Class::Wait, events(9, 1), None));
+    assert_eq!(spool.peek().last().unwrap().0.seq, 7);
+}
+
+#[test]
+fn a_split_drops_an_event_too_large_on_its_own_and_counts_it() {
+    let dir = TempDir::new().unwrap();
+    let mut spool = Spool::open(config(&db(&dir), 100_000)).unwrap();
+    let batch = vec![event(1, 10), event(2, 200), event(3, 10)];
+    let limit = encoded_size(&batch[1]) - 1;
+    assert!(2 * encoded_size(&batch[0]) <= limit);
+    append_one(&mut spool, sub(Class::Drop, batch, None));
+
+    assert_eq!(spool.split_batch(1, 4, limit).unwrap(), [2]);
+    assert_eq!(contents(&spool), [(2, Class::Drop, vec![1, 3], NOW)]);
+    assert_eq!(spool.stats().drops.oversized, 1);
+    assert_eq!(spool.stats().events, 2);
+    drop(spool);
+    let spool = Spool::open(config(&db(&dir), 100_000)).unwrap();
+    assert_eq!(spool.stats().drops.oversized, 1);
+    assert_eq!(contents(&spool), [(2, Class::Drop, vec![1, 3], NOW)]);
+}
+
+#[test]
+fn a_split_of_only_oversized_events_leaves_no_batch() {
+    let dir = TempDir::new().unwrap();
+    let mut spool = Spool::open(config(&db(&dir), 100_000)).unwrap();
+    append_one(&mut spool, sub(Class::Wait, events(1, 3), None));
+    append_one(&mut spool, sub(Class::Wait, events(4, 1), None));
+    assert_eq!(spool.split_batch(1, 4, 10).unwrap(), Vec::<u64>::new());
+    assert_eq!(contents(&spool), [(2, Class::Wait, vec![4], NOW)]);
+    let stats = spool.stats();
+    assert_eq!((stats.drops.oversized, stats.low_water_seq), (3, 2));
+    assert_eq!(stats.next_seq, 3, "no seq was taken");
+}
+
+#[test]
+fn split_batches_are_evictable_only_if_the_original_was() {
+    let dir = TempDir::new().unwrap();
+    let mut spool = Spool::open(config(&db(&dir), 100_000)).unwrap();
+    append_one(&mut spool, sub(Class::Drop, events(1, 2), None));
+    append_one(&mut spool, sub(Class::Wait, events(3, 2), None));
+    assert!(spool.evictable.contains(1));
+
+    // Never handed out: its parts may go as it could have.
+    assert_eq!(spool.split_batch(1, 1, usize::MAX).unwrap(), [3, 4]);
+    assert!(!spool.evictable.contains(1));
+    assert!(spool.evictable.contains(3) && spool.evictable.contains(4));
+
+    // Handed out: possibly delivered, so neither it nor its parts are ever evicted.
+    let handed: Vec<u64> = spool
+        .batches_after(2, 1)
+        .unwrap()
+        .iter()
+        .map(|b| b.seq)
+        .collect();
+    assert_eq!(handed, [3]);
+    assert_eq!(spool.split_batch(3, 1, usize::MAX).unwrap(), [5]);
+    assert!(!spool.evictable.contains(5));
+    assert!(spool.evictable.contains(4));
+
+    // Wait-class data is never evictable.
+    assert_eq!(spool.split_batch(2, 1, usize::MAX).unwrap(), [6, 7]);
+    assert!(!spool.evictable.contains(6) && !spool.evictable.contains(7));
+}
+
+#[test]
+fn an_undecodable_batch_is_dropped_as_oversized_when_split() {
+    let dir = TempDir::new().unwrap();
+    let mut spool = Spool::open(config(&db(&dir), 100_000)).unwrap();
+    append_one(&mut spool, sub(Class::Wait, events(1, 3), None));
+    append_one(&mut spool, sub(Class::Wait, events(4, 1), None));
+    // Same length, so the spool's byte count stays true; 0xff starts no valid length.
+    let garbage = vec![0xff_u8; spool.peek()[0].0.payload.len()];
+    spool
+        .conn
+        .execute("UPDATE batches SET payload = ?1 WHERE seq = 1", [garbage])
+        .unwrap();
+    assert!(wire::decode_events(&spool.peek()[0].0.payload).is_err());
+
+    assert_eq!(
+        spool.split_batch(1, 1, usize::MAX).unwrap(),
+        Vec::<u64>::new()
+    );
+    assert_eq!(contents(&spool), [(2, Class::Wait, vec![4], NOW)]);
+    assert_eq!(spool.stats().drops.oversized, 3);
+    drop(spool);
+    let spool = Spool::open(config(&db(&dir), 100_000)).unwrap();
+    assert_eq!(spool.stats().drops.oversized, 3);
+}
+
+#[test]
+fn batch_limits_lower_packing_and_can_be_restored() {
+    let dir = TempDir::new().unwrap();
+    let mut spool = Spool::open(config(&db(&dir), 100_000)).unwrap();
+    let counts = |spool: &Spool, from: u64| -> Vec<usize> {
+        spool
+            .peek()
+            .iter()
+            .filter(|(b, _)| b.seq >= from)
+            .map(|(b, _)| ids(b).len())
+            .collect()
+    };
+    spool.set_batch_limits(2, usize::MAX);
+    append_one(&mut spool, sub(Class::Wait, events(1, 5), None));
+    assert_eq!(counts(&spool, 1), [2, 2, 1]);
+
+    // Never above the configured limits.
+    spool.set_batch_limits(usize::MAX, usize::MAX);
+    let small: Vec<Event> = (10..16).map(|id| event(id, 10)).collect();
+    append_one(&mut spool, sub(Class::Wait, small, None));
+    assert_eq!(counts(&spool, 4), [MAX_BATCH_EVENTS, 2]);
+
+    // A lower byte limit packs fewer events, and an event over it is oversized.
+    let size = encoded_size(&event(1, 50));
+    spool.set_batch_limits(MAX_BATCH_EVENTS, size);
+    let mixed = vec![event(20, 50), event(21, 50), event(22, 100)];
+    let outcome = append_one(&mut spool, sub(Class::Wait, mixed, None));
+    assert_eq!(outcome, SubmitOutcome::Committed { events: 2 });
+    assert_eq!(counts(&spool, 6), [1, 1]);
+    assert_eq!(spool.stats().drops.oversized, 1);
+
+    // Zero is taken as one.
+    spool.set_batch_limits(0, usize::MAX);
+    append_one(&mut spool, sub(Class::Wait, events(30, 2), None));
+    assert_eq!(counts(&spool, 8), [1, 1]);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Model-based property test.
 
@@ -486,6 +718,12 @@ enum Op {
     },
     Ack(Vec<prop::sample::Index>),
     DropBatch(prop::sample::Index),
+    /// Splits a batch to these limits, as the shipper does when the aggregator's are lower.
+    Split {
+        pick: prop::sample::Index,
+        max_events: usize,
+        max_bytes: usize,
+    },
     Reopen,
     Crash,
 }
@@ -512,6 +750,16 @@ fn arb_op() -> impl Strategy<Value = Op> {
             .prop_map(|(after, limit)| Op::BatchesAfter { after, limit }),
         2 => prop::collection::vec(any::<prop::sample::Index>(), 0..4).prop_map(Op::Ack),
         1 => any::<prop::sample::Index>().prop_map(Op::DropBatch),
+        2 => (
+            any::<prop::sample::Index>(),
+            1usize..6,
+            prop_oneof![1 => 0usize..80, 3 => 80usize..MAX_BATCH_BYTES + 50],
+        )
+            .prop_map(|(pick, max_events, max_bytes)| Op::Split {
+                pick,
+                max_events,
+                max_bytes,
+            }),
         1 => Just(Op::Reopen),
         1 => Just(Op::Crash),
     ]
@@ -525,6 +773,8 @@ struct Model {
     max_seq: u64,
     /// seq -> (class, event ids): the unacknowledged batches.
     batches: BTreeMap<u64, (Class, Vec<u64>)>,
+    /// Event id -> its encoded size on its own.
+    sizes: BTreeMap<u64, usize>,
     /// Seqs written since the spool was (re)opened.
     session: BTreeSet<u64>,
     /// Seqs handed out by `batches_after` since the spool was (re)opened.
@@ -533,6 +783,8 @@ struct Model {
     drops: DropCounters,
     accepted: u64,
     acked: u64,
+    /// Accepted events a split dropped as oversized.
+    split_dropped: u64,
     checkpoint_version: u64,
 }
 
@@ -584,9 +836,11 @@ fn model_append(spool: &mut Spool, model: &mut Model, specs: &[SubSpec]) {
         for &body in &spec.bodies {
             model.next_id += 1;
             let e = event(model.next_id, body);
-            if encoded_size(&e) <= MAX_BATCH_BYTES {
+            let size = encoded_size(&e);
+            if size <= MAX_BATCH_BYTES {
                 kept.push(model.next_id);
             }
+            model.sizes.insert(model.next_id, size);
             events.push(e);
         }
         model.checkpoint_version += 1;
@@ -610,7 +864,9 @@ fn model_append(spool: &mut Spool, model: &mut Model, specs: &[SubSpec]) {
     let was_empty = model.batches.is_empty();
     let evictable = model.evictable();
 
-    let outcomes = spool.append(subs, NOW).unwrap();
+    // A distinct creation time per append, so a split can be seen to keep it.
+    let now = NOW + i64::try_from(model.next_id).unwrap();
+    let outcomes = spool.append(subs, now).unwrap();
     assert_eq!(outcomes.len(), specs.len());
 
     let after: BTreeMap<u64, (Class, Vec<u64>)> = spool
@@ -700,6 +956,57 @@ fn model_append(spool: &mut Spool, model: &mut Model, specs: &[SubSpec]) {
     );
 }
 
+fn model_split(
+    spool: &mut Spool,
+    model: &mut Model,
+    pick: &prop::sample::Index,
+    max_events: usize,
+    max_bytes: usize,
+) {
+    let seq = model.pick(pick);
+    let original = spool.peek().into_iter().find(|(b, _)| b.seq == seq);
+    let new = spool.split_batch(seq, max_events, max_bytes).unwrap();
+    let Some((original, class)) = original else {
+        assert!(new.is_empty(), "unknown seq {seq} split into {new:?}");
+        return;
+    };
+    let (_, ids_before) = model.batches.remove(&seq).unwrap();
+    let (kept, dropped): (Vec<u64>, Vec<u64>) = ids_before
+        .iter()
+        .partition(|id| model.sizes[id] <= max_bytes);
+    model.drops.add(DropReason::Oversized, dropped.len() as u64);
+    model.split_dropped += dropped.len() as u64;
+
+    // New batches: fresh seqs above every seq ever seen, holding the kept events in order.
+    let after: BTreeMap<u64, (StoredBatch, Class)> = spool
+        .peek()
+        .into_iter()
+        .map(|(batch, class)| (batch.seq, (batch, class)))
+        .collect();
+    let fresh: Vec<u64> = after.range(model.max_seq + 1..).map(|(&s, _)| s).collect();
+    assert_eq!(new, fresh, "split {seq}");
+    let mut got = Vec::new();
+    for new_seq in &new {
+        let (batch, new_class) = &after[new_seq];
+        assert_eq!(*new_class, class);
+        assert_eq!(batch.created_ns, original.created_ns);
+        assert!(batch.events >= 1);
+        assert!(batch.events as usize <= max_events);
+        assert!(batch.payload.len() <= max_bytes);
+        got.extend(ids(batch));
+        model.batches.insert(*new_seq, (class, ids(batch)));
+        // Evictable exactly when the original was.
+        if model.session.contains(&seq) {
+            model.session.insert(*new_seq);
+        }
+        if model.handed_out.contains(&seq) {
+            model.handed_out.insert(*new_seq);
+        }
+        model.max_seq = *new_seq;
+    }
+    assert_eq!(got, kept, "split {seq}");
+}
+
 fn check(spool: &Spool, model: &Model) {
     let held: BTreeMap<u64, (Class, Vec<u64>)> = spool
         .peek()
@@ -727,6 +1034,7 @@ fn check(spool: &Spool, model: &Model) {
             + stats.events
             + stats.drops.spool_full_evicted
             + stats.drops.rejected_by_aggregator
+            + model.split_dropped
     );
     for source in SOURCES {
         assert_eq!(
@@ -786,6 +1094,11 @@ fn run_model(ops: Vec<Op>) {
                         .add(DropReason::RejectedByAggregator, ids.len() as u64);
                 }
             }
+            Op::Split {
+                pick,
+                max_events,
+                max_bytes,
+            } => model_split(&mut spool, &mut model, &pick, max_events, max_bytes),
             Op::Reopen | Op::Crash => {
                 let before = spool.stats();
                 if matches!(op, Op::Crash) {

@@ -7,7 +7,7 @@
 //!   other submission already queued (up to [`GROUP_MAX_EVENTS`] events) and appends them all in
 //!   one transaction, so many collectors share one fsync.
 //! - **Back-pressure.** A Wait-class submission that finds the spool full is *held* by the thread
-//!   and retried after an acknowledgement or a dropped batch frees space, so
+//!   and retried after an acknowledgement, a dropped batch or a split frees space, so
 //!   [`SpoolHandle::submit`] simply takes longer and never returns [`SubmitOutcome::Full`]. While
 //!   some are held, new Wait-class submissions queue behind them, so a large one is not starved
 //!   by small ones. A held submission whose caller went away is forgotten without being written.
@@ -97,6 +97,37 @@ impl SpoolHandle {
             .await
     }
 
+    /// See [`Spool::split_batch`]. [`SpoolHandle::subscribe`] sees the new seqs before this
+    /// returns; held submissions are retried afterwards, as a split may drop events.
+    pub async fn split_batch(
+        &self,
+        seq: u64,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<u64>, SpoolError> {
+        self.request(|reply| Command::SplitBatch {
+            seq,
+            max_events,
+            max_bytes,
+            reply,
+        })
+        .await
+    }
+
+    /// See [`Spool::set_batch_limits`]; appends queued after this call pack to the new limits.
+    pub async fn set_batch_limits(
+        &self,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Result<(), SpoolError> {
+        self.request(|reply| Command::SetBatchLimits {
+            max_events,
+            max_bytes,
+            reply,
+        })
+        .await
+    }
+
     /// See [`Spool::stats`].
     pub async fn stats(&self) -> Result<SpoolStats, SpoolError> {
         self.request(|reply| Command::Stats { reply }).await
@@ -161,6 +192,17 @@ enum Command {
     DropBatch {
         seq: u64,
         reason: DropReason,
+        reply: Reply<()>,
+    },
+    SplitBatch {
+        seq: u64,
+        max_events: usize,
+        max_bytes: usize,
+        reply: Reply<Vec<u64>>,
+    },
+    SetBatchLimits {
+        max_events: usize,
+        max_bytes: usize,
         reply: Reply<()>,
     },
     Stats {
@@ -235,6 +277,24 @@ impl Writer {
                     let result = self.spool.drop_batch(seq, reason);
                     self.answer_and_retry(reply, result);
                 }
+                Command::SplitBatch {
+                    seq,
+                    max_events,
+                    max_bytes,
+                    reply,
+                } => {
+                    let result = self.spool.split_batch(seq, max_events, max_bytes);
+                    self.publish_newest();
+                    self.answer_and_retry(reply, result);
+                }
+                Command::SetBatchLimits {
+                    max_events,
+                    max_bytes,
+                    reply,
+                } => {
+                    self.spool.set_batch_limits(max_events, max_bytes);
+                    let _ = reply.send(Ok(()));
+                }
                 Command::Stats { reply } => {
                     let _ = reply.send(Ok(self.spool.stats()));
                 }
@@ -284,7 +344,7 @@ impl Writer {
         self.append(group);
     }
 
-    fn answer_and_retry(&mut self, reply: Reply<()>, result: Result<(), SpoolError>) {
+    fn answer_and_retry<T>(&mut self, reply: Reply<T>, result: Result<T, SpoolError>) {
         let freed = result.is_ok();
         let _ = reply.send(result);
         if freed && !self.held.is_empty() {
@@ -318,6 +378,11 @@ impl Writer {
                 }
             }
         }
+        self.publish_newest();
+    }
+
+    /// Tells subscribers the newest committed seq, if it changed.
+    fn publish_newest(&self) {
         let newest = self.spool.newest_seq();
         self.committed.send_if_modified(|seen| {
             let changed = *seen != newest;
@@ -484,6 +549,64 @@ mod tests {
             answer.try_recv(),
             Ok(Err(SpoolError::ShuttingDown))
         ));
+    }
+
+    fn event_counts(batches: &[StoredBatch]) -> Vec<u32> {
+        batches.iter().map(|b| b.events).collect()
+    }
+
+    #[tokio::test]
+    async fn splits_and_batch_limits_go_through_the_writer() {
+        let dir = TempDir::new().unwrap();
+        let (handle, join) = spawn(open(&dir, 1 << 30));
+        let mut committed = handle.subscribe();
+        let outcome = handle.submit(wait_sub(1, 10, "a")).await.unwrap();
+        assert_eq!(outcome, SubmitOutcome::Committed { events: 10 });
+        let sent = handle.batches_after(0, 10).await.unwrap();
+        assert_eq!(event_counts(&sent), [10]);
+
+        let seqs = handle.split_batch(1, 3, usize::MAX).await.unwrap();
+        assert_eq!(seqs, [2, 3, 4, 5]);
+        assert!(
+            committed.has_changed().unwrap(),
+            "the new seqs are announced"
+        );
+        assert_eq!(*committed.borrow_and_update(), 5);
+        let parts = handle.batches_after(1, 10).await.unwrap();
+        assert_eq!(event_counts(&parts), [3, 3, 3, 1]);
+        assert!(handle.split_batch(99, 3, 100).await.unwrap().is_empty());
+
+        handle.set_batch_limits(4, usize::MAX).await.unwrap();
+        handle.submit(wait_sub(20, 10, "a")).await.unwrap();
+        let lowered = handle.batches_after(5, 10).await.unwrap();
+        assert_eq!(event_counts(&lowered), [4, 4, 2]);
+
+        handle
+            .set_batch_limits(usize::MAX, usize::MAX)
+            .await
+            .unwrap();
+        handle.submit(wait_sub(40, 10, "a")).await.unwrap();
+        let restored = handle.batches_after(8, 10).await.unwrap();
+        assert_eq!(event_counts(&restored), [10]);
+        drop(handle);
+        join.join().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_split_that_drops_oversized_events_lets_a_held_submission_in() {
+        let dir = TempDir::new().unwrap();
+        let (handle, join) = spawn(open(&dir, 1000));
+        let blocked = held_submission(&handle).await;
+        // Every event of the first submission is larger than 50 bytes on its own.
+        assert!(handle.split_batch(1, 100, 50).await.unwrap().is_empty());
+        assert_eq!(
+            blocked.await.unwrap(),
+            SubmitOutcome::Committed { events: 8 }
+        );
+        let stats = handle.stats().await.unwrap();
+        assert_eq!((stats.events, stats.drops.oversized), (8, 8));
+        drop(handle);
+        join.join().unwrap();
     }
 
     #[tokio::test]
