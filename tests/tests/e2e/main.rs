@@ -10,6 +10,7 @@ mod auth;
 mod check_config;
 mod delivery;
 mod garbage;
+mod limits;
 mod quickstart;
 mod spool_cap;
 mod status;
