@@ -36,6 +36,7 @@ pub fn run(v: Validated) -> anyhow::Result<()> {
 
     std::fs::create_dir_all(&c.data_dir)
         .with_context(|| format!("{}: cannot create the data directory", c.data_dir.display()))?;
+    let _lock = lock_data_dir(&c.data_dir)?;
     let spool = Spool::open(SpoolConfig {
         path: v.spool_path(),
         max_bytes: c.spool.max_bytes.as_u64(),
@@ -121,4 +122,39 @@ pub fn run(v: Validated) -> anyhow::Result<()> {
     }
     info!("outpost-agent stopped");
     Ok(())
+}
+
+/// Holds an exclusive lock on the data directory for the life of the process, so two agents can
+/// never share one spool. The kernel releases it when the process exits, however it exits.
+fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    let path = dir.join("agent.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("{}: cannot open the lock file", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "{}: another outpost-agent is running with this data directory",
+            dir.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("{}: cannot lock", path.display()))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_second_agent_cannot_take_the_same_data_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = super::lock_data_dir(dir.path()).unwrap();
+        let err = super::lock_data_dir(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("another outpost-agent is running"), "{err}");
+        drop(first);
+        super::lock_data_dir(dir.path()).unwrap();
+    }
 }
