@@ -13,6 +13,7 @@
 //! target/release/outpost-bench --agents 1,10,100 --runs 3 --bin-dir target/release
 //! ```
 
+mod agent_log;
 mod procs;
 mod report;
 mod run;

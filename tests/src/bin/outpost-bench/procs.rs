@@ -206,6 +206,43 @@ impl MachineTicks {
     }
 }
 
+/// Datagrams the kernel dropped on the UDP socket bound to `port` because its receive buffer
+/// was full (the `drops` column of `/proc/net/udp`); `None` if no such socket is listed.
+pub fn udp_socket_drops(port: u16) -> anyhow::Result<Option<u64>> {
+    let table = std::fs::read_to_string("/proc/net/udp").context("/proc/net/udp: cannot read")?;
+    Ok(socket_drops(&table, port))
+}
+
+/// Reads the `drops` column of the row whose local address has `port` in `/proc/net/udp` text
+/// (addresses are `HEXIP:HEXPORT`, `drops` is the last column).
+fn socket_drops(table: &str, port: u16) -> Option<u64> {
+    let wanted = format!(":{port:04X}");
+    table.lines().skip(1).find_map(|line| {
+        let mut cols = line.split_whitespace();
+        let local = cols.nth(1)?;
+        if !local.ends_with(&wanted) {
+            return None;
+        }
+        line.split_whitespace().last()?.parse().ok()
+    })
+}
+
+/// UDP datagrams the machine received (`InDatagrams` in `/proc/net/snmp`), all sockets.
+pub fn udp_datagrams_in() -> anyhow::Result<u64> {
+    let snmp = std::fs::read_to_string("/proc/net/snmp").context("/proc/net/snmp: cannot read")?;
+    snmp_field(&snmp, "Udp", "InDatagrams").context("/proc/net/snmp: no Udp InDatagrams")
+}
+
+/// A field of `/proc/net/snmp`, where each protocol has a line of names then a line of values.
+fn snmp_field(snmp: &str, protocol: &str, field: &str) -> Option<u64> {
+    let prefix = format!("{protocol}:");
+    let mut rows = snmp.lines().filter(|l| l.starts_with(&prefix));
+    let names = rows.next()?;
+    let values = rows.next()?;
+    let i = names.split_whitespace().position(|n| n == field)?;
+    values.split_whitespace().nth(i)?.parse().ok()
+}
+
 /// Clock ticks as a percentage of one core over `window`.
 pub fn ticks_pct(ticks: u64, window: Duration) -> f64 {
     let per_sec = procfs::ticks_per_second() as f64;
@@ -245,6 +282,28 @@ mod tests {
         assert_eq!(d.len(), 2, "{d:?}");
         assert!((d["writer"] - 50.0).abs() < 1e-9);
         assert!((d["new"] - 25.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn udp_drops_are_read_from_the_socket_row() {
+        let table = "   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops\n\
+                     \x20 12: 0100007F:A9C7 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 1234 2 0000000000000000 317\n\
+                     \x20 40: 00000000:0044 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 99 2 0000000000000000 0\n";
+        assert_eq!(socket_drops(table, 0xA9C7), Some(317));
+        assert_eq!(socket_drops(table, 68), Some(0));
+        assert_eq!(socket_drops(table, 4433), None);
+    }
+
+    #[test]
+    fn snmp_fields_are_found_by_name() {
+        let snmp = "Ip: Forwarding DefaultTTL\nIp: 1 64\n\
+                    Udp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors\n\
+                    Udp: 144225 153 8217 152614 8216\n";
+        assert_eq!(snmp_field(snmp, "Udp", "InDatagrams"), Some(144225));
+        assert_eq!(snmp_field(snmp, "Udp", "RcvbufErrors"), Some(8216));
+        assert_eq!(snmp_field(snmp, "Udp", "Nope"), None);
+        assert_eq!(snmp_field(snmp, "Tcp", "InDatagrams"), None);
+        assert!(udp_datagrams_in().is_ok());
     }
 
     #[test]

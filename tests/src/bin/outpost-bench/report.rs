@@ -1,4 +1,4 @@
-//! What one run measured, the agents' `shipper summary` lines, and the tables printed at the end.
+//! What one run measured, and the tables printed at the end.
 //!
 //! Everything here is pure (text in, text out), so the arithmetic that ends up in
 //! `BENCHMARKS.md` — medians, MiB, percentages, the ack-latency aggregation — is unit-tested.
@@ -6,6 +6,8 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;
+
+use crate::agent_log::ShipperSummary;
 
 /// The figures of one run of one configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -22,8 +24,14 @@ pub struct RunResult {
     pub elapsed: Duration,
     /// From spawning the first agent to seeing the first event committed: the start-up share.
     pub first_commit: Duration,
+    /// The highest commit rate over any [`PEAK_WINDOW`] of the run, events per second: what the
+    /// pipeline does while everything flows, next to the average over the whole run.
+    pub peak_events_per_sec: f64,
     /// Acknowledgement latency over all agents, see [`AckLatency::over_agents`].
     pub ack: AckLatency,
+    /// The agents' connection times (handshake until Welcome): the median and the slowest.
+    pub connect_p50: Duration,
+    pub connect_max: Duration,
     /// Aggregator CPU over [t0, t1], percent of one core (200 % is both cores of this machine).
     pub aggregator_cpu_pct: f64,
     /// The same, split by thread name (tokio workers share one name).
@@ -42,6 +50,11 @@ pub struct RunResult {
     pub machine_busy_pct: f64,
     /// Time the machine's cores spent idle waiting for I/O, percent of one core.
     pub machine_iowait_pct: f64,
+    /// Datagrams the kernel dropped at the aggregator's UDP socket for want of receive buffer.
+    pub udp_drops: u64,
+    /// Datagrams the machine received over [t0, t1], all sockets (with GSO/GRO on loopback, one
+    /// counted datagram may carry several QUIC packets).
+    pub udp_datagrams_in: u64,
 }
 
 impl RunResult {
@@ -60,6 +73,16 @@ impl RunResult {
         self.events as f64 / secs(self.elapsed.saturating_sub(self.first_commit))
     }
 
+    /// Dropped datagrams as a percentage of those that reached the machine's sockets or were
+    /// dropped at the aggregator's.
+    pub fn udp_drop_pct(&self) -> f64 {
+        let total = self.udp_datagrams_in + self.udp_drops;
+        if total == 0 {
+            return 0.0;
+        }
+        self.udp_drops as f64 * 100.0 / total as f64
+    }
+
     /// CPU of everything but the aggregator, the agents and this benchmark: other processes,
     /// and kernel work not charged to any process (such as some loopback packet processing).
     pub fn other_cpu_pct(&self) -> f64 {
@@ -73,34 +96,6 @@ const MIB: f64 = 1024.0 * 1024.0;
 /// Seconds, never zero, so a rate is always finite.
 fn secs(d: Duration) -> f64 {
     d.as_secs_f64().max(1e-9)
-}
-
-/// The fields of one agent's `shipper summary` log line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ShipperSummary {
-    pub events_acked: u64,
-    pub p50_us: u64,
-    pub p99_us: u64,
-    pub max_us: u64,
-}
-
-/// Finds the last `shipper summary` line in an agent's log and reads its fields.
-///
-/// The agent logs it once, on SIGTERM, as `... shipper summary key=value ...`; `None` if there is
-/// no such line or it lacks a field (the agent did not shut down cleanly, or the format changed).
-pub fn parse_shipper_summary(log: &str) -> Option<ShipperSummary> {
-    let line = log.lines().rev().find(|l| l.contains("shipper summary"))?;
-    let fields: BTreeMap<&str, u64> = line
-        .split_whitespace()
-        .filter_map(|token| token.split_once('='))
-        .filter_map(|(k, v)| Some((k, v.parse().ok()?)))
-        .collect();
-    Some(ShipperSummary {
-        events_acked: *fields.get("events_acked")?,
-        p50_us: *fields.get("ack_latency_p50_us")?,
-        p99_us: *fields.get("ack_latency_p99_us")?,
-        max_us: *fields.get("ack_latency_max_us")?,
-    })
 }
 
 /// Acknowledgement latency of a run, aggregated over its agents' summaries.
@@ -127,6 +122,34 @@ impl AckLatency {
             max_us: max_of(|s| s.max_us),
         }
     }
+}
+
+/// The span over which [`peak_rate`] measures.
+pub const PEAK_WINDOW: Duration = Duration::from_millis(250);
+
+/// The highest rate between two samples at least `window` apart, given `(time, count)` samples
+/// of a growing count in time order; 0 if the samples never span `window`.
+pub fn peak_rate(samples: &[(Duration, u64)], window: Duration) -> f64 {
+    let mut best = 0.0f64;
+    let mut j = 0;
+    for &(t, count) in samples {
+        // Advance to the latest sample still at least `window` before this one.
+        while j + 1 < samples.len() && t.saturating_sub(samples[j + 1].0) >= window {
+            j += 1;
+        }
+        let (tj, cj) = samples[j];
+        let span = t.saturating_sub(tj);
+        if span >= window {
+            best = best.max(count.saturating_sub(cj) as f64 / span.as_secs_f64());
+        }
+    }
+    best
+}
+
+/// The median duration of a set; zero for none.
+pub fn median_duration(values: &[Duration]) -> Duration {
+    let secs: Vec<f64> = values.iter().map(Duration::as_secs_f64).collect();
+    Duration::from_secs_f64(median(&secs))
 }
 
 /// The median (the mean of the middle two for an even count); 0 for no values.
@@ -177,48 +200,70 @@ pub fn medians_table(results: &[RunResult]) -> String {
     out
 }
 
+/// One column of the table of every run: heading, right-aligned, and the cell of a run.
+type RawColumn = (&'static str, bool, fn(&RunResult) -> String);
+
+const RAW_COLUMNS: &[RawColumn] = &[
+    ("agents", true, |r| r.agents.to_string()),
+    ("run", true, |r| r.run.to_string()),
+    ("events", true, |r| r.events.to_string()),
+    ("seconds", true, |r| number(r.elapsed.as_secs_f64(), 2)),
+    ("first commit s", true, |r| {
+        number(r.first_commit.as_secs_f64(), 2)
+    }),
+    ("events/s", true, |r| number(r.events_per_sec(), 0)),
+    ("steady events/s", true, |r| {
+        number(r.steady_events_per_sec(), 0)
+    }),
+    ("peak events/s", true, |r| number(r.peak_events_per_sec, 0)),
+    ("MiB/s", true, |r| number(r.mib_per_sec(), 1)),
+    ("ack p50 ms", true, |r| number(r.ack.p50_us / 1000.0, 1)),
+    ("ack p99 ms", true, |r| number(r.ack.p99_us / 1000.0, 1)),
+    ("ack max ms", true, |r| number(r.ack.max_us / 1000.0, 1)),
+    ("connect p50 ms", true, |r| millis(r.connect_p50)),
+    ("connect max ms", true, |r| millis(r.connect_max)),
+    ("aggregator CPU %", true, |r| {
+        number(r.aggregator_cpu_pct, 0)
+    }),
+    ("of which threads %", false, |r| {
+        let threads: Vec<String> = r
+            .aggregator_threads_pct
+            .iter()
+            .map(|(name, pct)| format!("{name} {pct:.0}"))
+            .collect();
+        threads.join(", ")
+    }),
+    ("peak RSS MiB", true, |r| number(r.aggregator_rss_mib, 0)),
+    ("agents CPU %", true, |r| number(r.agents_cpu_pct, 0)),
+    ("bench CPU %", true, |r| number(r.bench_cpu_pct, 0)),
+    ("other CPU %", true, |r| number(r.other_cpu_pct(), 0)),
+    ("machine busy %", true, |r| number(r.machine_busy_pct, 0)),
+    ("iowait %", true, |r| number(r.machine_iowait_pct, 0)),
+    ("busy before %", true, |r| number(r.background_pct, 0)),
+    ("UDP drops", true, |r| r.udp_drops.to_string()),
+    ("UDP drop %", true, |r| number(r.udp_drop_pct(), 1)),
+];
+
 /// Every run's figures, including those the medians table leaves out: start-up time, the rate
-/// after the first commit, the aggregator's threads and where the rest of the CPU went.
+/// after the first commit, the aggregator's threads, where the rest of the CPU went, and the
+/// datagrams dropped at the aggregator's socket.
 pub fn raw_table(results: &[RunResult]) -> String {
-    let mut out = String::from(
-        "| agents | run | events | seconds | first commit s | events/s | steady events/s | MiB/s \
-         | ack p50 ms | ack p99 ms | ack max ms | aggregator CPU % | of which threads % \
-         | peak RSS MiB | agents CPU % | bench CPU % | other CPU % | machine busy % | iowait % \
-         | busy before % |\n\
-         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|\n",
-    );
+    let mut out = String::from("|");
+    let mut rule = String::from("|");
+    for (name, right, _) in RAW_COLUMNS {
+        let _ = write!(out, " {name} |");
+        rule.push_str(if *right { "---:|" } else { "---|" });
+    }
+    out.push('\n');
+    out.push_str(&rule);
+    out.push('\n');
     for agents in agent_counts(results) {
         for r in results.iter().filter(|r| r.agents == agents) {
-            let threads: Vec<String> = r
-                .aggregator_threads_pct
-                .iter()
-                .map(|(name, pct)| format!("{name} {pct:.0}"))
-                .collect();
-            let _ = writeln!(
-                out,
-                "| {} | {} | {} | {:.2} | {:.2} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} \
-                 | {:.0} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
-                r.agents,
-                r.run,
-                r.events,
-                r.elapsed.as_secs_f64(),
-                r.first_commit.as_secs_f64(),
-                r.events_per_sec(),
-                r.steady_events_per_sec(),
-                r.mib_per_sec(),
-                r.ack.p50_us / 1000.0,
-                r.ack.p99_us / 1000.0,
-                r.ack.max_us / 1000.0,
-                r.aggregator_cpu_pct,
-                threads.join(", "),
-                r.aggregator_rss_mib,
-                r.agents_cpu_pct,
-                r.bench_cpu_pct,
-                r.other_cpu_pct(),
-                r.machine_busy_pct,
-                r.machine_iowait_pct,
-                r.background_pct,
-            );
+            out.push('|');
+            for (_, _, cell) in RAW_COLUMNS {
+                let _ = write!(out, " {} |", cell(r));
+            }
+            out.push('\n');
         }
     }
     out
@@ -235,6 +280,10 @@ fn agent_counts(results: &[RunResult]) -> Vec<usize> {
     counts
 }
 
+fn millis(d: Duration) -> String {
+    number(d.as_secs_f64() * 1000.0, 0)
+}
+
 fn number(v: f64, decimals: usize) -> String {
     format!("{v:.decimals$}")
 }
@@ -242,10 +291,6 @@ fn number(v: f64, decimals: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const LINE: &str = "2025-06-01T10:00:00.000001Z  INFO shipper summary batches_sent=12 \
-                        batches_acked=12 events_acked=10001 ack_latency_p50_us=1500 \
-                        ack_latency_p99_us=9000 ack_latency_max_us=12000";
 
     fn result(agents: usize, run: usize, secs: f64, rss: f64) -> RunResult {
         RunResult {
@@ -255,6 +300,9 @@ mod tests {
             payload_bytes: 200 * 1_000_000,
             elapsed: Duration::from_secs_f64(secs),
             first_commit: Duration::from_secs_f64(secs / 4.0),
+            peak_events_per_sec: 600_000.0,
+            connect_p50: Duration::from_millis(20),
+            connect_max: Duration::from_millis(3020),
             ack: AckLatency {
                 p50_us: 2000.0,
                 p99_us: 8000.0,
@@ -268,37 +316,27 @@ mod tests {
             background_pct: 10.0,
             machine_busy_pct: 190.0,
             machine_iowait_pct: 3.0,
+            udp_drops: 50,
+            udp_datagrams_in: 950,
         }
     }
 
     #[test]
-    fn the_last_summary_line_is_read() {
-        let log = format!(
-            "x INFO outpost-agent starting\n{}\n{LINE}\nx INFO stopped\n",
-            { LINE.replace("=1500", "=1") }
-        );
-        let s = parse_shipper_summary(&log).unwrap();
-        assert_eq!(
-            s,
-            ShipperSummary {
-                events_acked: 10001,
-                p50_us: 1500,
-                p99_us: 9000,
-                max_us: 12000
-            }
-        );
-    }
-
-    #[test]
-    fn a_missing_line_or_field_is_none() {
-        assert_eq!(
-            parse_shipper_summary("x INFO outpost-agent stopped\n"),
-            None
-        );
-        let cut = LINE.replace(" ack_latency_max_us=12000", "");
-        assert_eq!(parse_shipper_summary(&cut), None);
-        let garbled = LINE.replace("=9000", "=nine");
-        assert_eq!(parse_shipper_summary(&garbled), None);
+    fn peak_rate_is_the_steepest_stretch_of_at_least_the_window() {
+        let ms = Duration::from_millis;
+        let samples = [
+            (ms(0), 0),
+            (ms(100), 0),
+            (ms(200), 1000),
+            (ms(300), 5000),
+            (ms(400), 9000),
+            (ms(500), 10_000),
+        ];
+        // Steepest 250 ms or more: 100 ms -> 400 ms, 9000 events in 0.3 s.
+        assert!((peak_rate(&samples, ms(250)) - 30_000.0).abs() < 1e-6);
+        assert!((peak_rate(&samples, ms(500)) - 20_000.0).abs() < 1e-6);
+        assert_eq!(peak_rate(&samples, ms(600)), 0.0);
+        assert_eq!(peak_rate(&[], ms(250)), 0.0);
     }
 
     #[test]
@@ -306,6 +344,8 @@ mod tests {
         assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
         assert_eq!(median(&[]), 0.0);
+        let ms = Duration::from_millis;
+        assert_eq!(median_duration(&[ms(30), ms(10), ms(20)]), ms(20));
     }
 
     #[test]
@@ -334,6 +374,7 @@ mod tests {
         assert!((r.mib_per_sec() - 200e6 / MIB / 4.0).abs() < 1e-9);
         assert_eq!(r.steady_events_per_sec(), 1_000_000.0 / 3.0);
         assert_eq!(r.other_cpu_pct(), 35.0);
+        assert_eq!(r.udp_drop_pct(), 5.0);
     }
 
     #[test]
@@ -367,10 +408,14 @@ mod tests {
         let table = raw_table(&results);
         let rows: Vec<&str> = table.lines().skip(2).collect();
         assert_eq!(rows.len(), 3);
-        assert!(rows[0].starts_with("| 1 | 1 | 1000000 | 5.00 | 1.25 | 200000 | 266667 |"));
+        assert!(rows[0].starts_with(
+            "| 1 | 1 | 1000000 | 5.00 | 1.25 | 200000 | 266667 | 600000 | 38.1 | 2.0 | 8.0 | 9.0 \
+             | 20 | 3020 |"
+        ), "{table}");
         assert!(rows[1].starts_with("| 1 | 2 |"));
         assert!(rows[2].starts_with("| 10 | 1 |"));
         assert!(rows[0].contains("| store-writer 60 |"), "{table}");
+        assert!(rows[0].ends_with("| 50 | 5.0 |"), "{table}");
         let header_cells = table.lines().next().unwrap().matches('|').count();
         assert_eq!(rows[0].matches('|').count(), header_cells);
     }

@@ -2,14 +2,16 @@
 //! last pre-filled event is committed at t1, read the CPU and memory figures for [t0, t1], then
 //! stop everything and collect the agents' acknowledgement latencies.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use rusqlite::{Connection, OpenFlags};
 
+use crate::agent_log;
 use crate::procs::{self, MachineTicks, POLL, Proc};
-use crate::report::{AckLatency, RunResult, ShipperSummary, parse_shipper_summary};
+use crate::report::{self, AckLatency, PEAK_WINDOW, RunResult};
 use crate::setup::World;
 
 /// What every run shares.
@@ -55,6 +57,7 @@ pub fn run_once(plan: &Plan, agents: usize, run: usize) -> anyhow::Result<RunRes
 
 fn measure(plan: &Plan, world: &World, run: usize) -> anyhow::Result<RunResult> {
     let n = world.agents.len();
+    let label = format!("[{n} agents, run {run}]");
     let expected = world.events();
     let agg_config = world.aggregator.load()?;
     let mut aggregator = vec![Proc::spawn(
@@ -68,45 +71,127 @@ fn measure(plan: &Plan, world: &World, run: usize) -> anyhow::Result<RunResult> 
         &mut aggregator[0],
         START_DEADLINE,
     )?;
-    world.write_agent_configs(&addr)?;
+    let port: u16 = addr
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse().ok())
+        .with_context(|| format!("`{addr}` in listen.addr is not a socket address"))?;
+    world.write_agent_configs(port)?;
     let probe = StoreProbe::open(&agg_config.store_path())?;
     ensure!(
         probe.committed()? == 0,
         "the store is not empty before the agents start"
     );
-    let agg_pid = aggregator[0].pid();
-    let agent_bin = plan.bin_dir.join("outpost-agent");
+    let background = wait_for_quiet(plan, &label)?;
 
-    let background = wait_for_quiet(plan, &format!("[{n} agents, run {run}]"))?;
-    eprintln!("[{n} agents, run {run}] aggregator on {addr}; starting agents");
-    let own_pid = i32::try_from(std::process::id()).context("pid out of range")?;
-    let own_ticks0 = procs::process_ticks(own_pid)?;
-    let agg_ticks0 = procs::process_ticks(agg_pid)?;
-    let agg_threads0 = procs::thread_ticks(agg_pid)?;
-    let machine0 = MachineTicks::now()?;
-    let t0 = Instant::now();
+    eprintln!("{label} aggregator on {addr}; starting agents");
+    let agg_pid = aggregator[0].pid();
+    let before = Snapshot::take(agg_pid)?;
     let mut agents = Vec::with_capacity(n);
     for a in &world.agents {
+        let name = format!("agent {}", a.id);
         agents.push(Proc::spawn(
-            format!("agent {}", a.id),
-            &agent_bin,
+            name,
+            &plan.bin_dir.join("outpost-agent"),
             &a.config(),
             a.stderr(),
         )?);
     }
+    let samples = wait_until_committed(
+        plan,
+        &probe,
+        expected,
+        before.at,
+        &mut aggregator,
+        &mut agents,
+    )?;
+    let after = Snapshot::take(agg_pid)?;
+    // The agents started at or after t0, so everything they used so far lies in the window.
+    let mut agent_ticks = 0;
+    for p in &agents {
+        agent_ticks += procs::process_ticks(p.pid())?;
+    }
+    // The socket is new and nothing reached it before t0, so its whole count lies in the window.
+    let udp_drops = procs::udp_socket_drops(port)?
+        .with_context(|| format!("no UDP socket on port {port} in /proc/net/udp"))?;
+    let peak_rss = procs::peak_rss_bytes(agg_pid)?;
+    // t1 is the poll that saw the last event; the CPU window ends with the counters read just
+    // after it, a fraction of a millisecond later.
+    let window = after.at - before.at;
+    let elapsed = samples.last().map_or(window, |&(t, _)| t);
+    eprintln!(
+        "{label} {expected} events committed in {:.2} s; stopping",
+        elapsed.as_secs_f64()
+    );
 
-    let mut first_commit = None;
+    let killed = procs::terminate(&mut agents, STOP_GRACE);
+    ensure!(
+        killed.is_empty(),
+        "did not stop on SIGTERM: {}",
+        killed.join(", ")
+    );
+    let logs = world
+        .agents
+        .iter()
+        .map(|a| agent_log::read(&a.log_dir()).with_context(|| format!("agent {}", a.id)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let summaries: Vec<_> = logs.iter().map(|l| l.summary).collect();
+    let connects: Vec<_> = logs.iter().map(|l| l.connect).collect();
+    let (stored, unique) = (probe.count()?, probe.unique()?);
+    drop(probe);
+    let killed = procs::terminate(&mut aggregator, STOP_GRACE);
+    ensure!(killed.is_empty(), "the aggregator did not stop on SIGTERM");
+    ensure!(
+        stored == expected && unique == expected,
+        "the store holds {stored} log rows ({unique} distinct events); {expected} were sent"
+    );
+
+    let pct = |ticks: u64| procs::ticks_pct(ticks, window);
+    Ok(RunResult {
+        agents: n,
+        run,
+        events: expected,
+        payload_bytes: world.payload_bytes(),
+        elapsed,
+        first_commit: samples
+            .iter()
+            .find(|&&(_, count)| count > 0)
+            .map_or(elapsed, |&(t, _)| t),
+        peak_events_per_sec: report::peak_rate(&samples, PEAK_WINDOW),
+        ack: AckLatency::over_agents(&summaries),
+        connect_p50: report::median_duration(&connects),
+        connect_max: connects.iter().max().copied().unwrap_or_default(),
+        aggregator_cpu_pct: pct(after.aggregator.saturating_sub(before.aggregator)),
+        aggregator_threads_pct: procs::thread_delta_pct(&before.threads, &after.threads, window),
+        aggregator_rss_mib: peak_rss as f64 / (1024.0 * 1024.0),
+        agents_cpu_pct: pct(agent_ticks),
+        bench_cpu_pct: pct(after.own.saturating_sub(before.own)),
+        background_pct: background,
+        machine_busy_pct: pct(after.machine.busy.saturating_sub(before.machine.busy)),
+        machine_iowait_pct: pct(after.machine.iowait.saturating_sub(before.machine.iowait)),
+        udp_drops,
+        udp_datagrams_in: after.udp_in.saturating_sub(before.udp_in),
+    })
+}
+
+/// Polls the store until it holds `expected` events, failing if a child dies or the plan's
+/// timeout passes. Returns every poll's time since `t0` and the count it saw.
+fn wait_until_committed(
+    plan: &Plan,
+    probe: &StoreProbe,
+    expected: u64,
+    t0: Instant,
+    aggregator: &mut [Proc],
+    agents: &mut [Proc],
+) -> anyhow::Result<Vec<(Duration, u64)>> {
+    let mut samples = Vec::new();
     let mut polls = 0u32;
-    let t1 = loop {
+    loop {
         let committed = probe.committed()?;
-        let now = Instant::now();
-        if committed > 0 && first_commit.is_none() {
-            first_commit = Some(now - t0);
-        }
+        samples.push((t0.elapsed(), committed));
         if committed >= expected {
-            break now;
+            return Ok(samples);
         }
-        if now - t0 > plan.timeout {
+        if t0.elapsed() > plan.timeout {
             bail!(
                 "only {committed} of {expected} events committed {:?} after the agents started; \
                  see the logs under the run's directory",
@@ -120,64 +205,35 @@ fn measure(plan: &Plan, world: &World, run: usize) -> anyhow::Result<RunResult> 
             }
         }
         std::thread::sleep(POLL);
-    };
-    let window = t1 - t0;
-    let agg_ticks1 = procs::process_ticks(agg_pid)?;
-    let agg_threads1 = procs::thread_ticks(agg_pid)?;
-    let machine1 = MachineTicks::now()?;
-    let own_ticks1 = procs::process_ticks(own_pid)?;
-    // The agents started at or after t0, so everything they used so far lies in the window.
-    let mut agent_ticks = 0;
-    for p in &agents {
-        agent_ticks += procs::process_ticks(p.pid())?;
     }
-    let peak_rss = procs::peak_rss_bytes(agg_pid)?;
+}
 
-    eprintln!(
-        "[{n} agents, run {run}] {expected} events committed in {:.2} s; stopping",
-        window.as_secs_f64()
-    );
-    let killed = procs::terminate(&mut agents, STOP_GRACE);
-    ensure!(
-        killed.is_empty(),
-        "did not stop on SIGTERM: {}",
-        killed.join(", ")
-    );
-    let summaries = world
-        .agents
-        .iter()
-        .map(|a| read_summary(&a.log_dir()).with_context(|| format!("agent {}", a.id)))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let stored = probe.count()?;
-    let unique = probe.unique()?;
-    drop(probe);
-    let killed = procs::terminate(&mut aggregator, STOP_GRACE);
-    ensure!(killed.is_empty(), "the aggregator did not stop on SIGTERM");
-    ensure!(
-        stored == expected && unique == expected,
-        "the store holds {stored} log rows ({unique} distinct events); {expected} were sent"
-    );
+/// Counters read at t0 and again at t1; the figures of a run are their differences. They only
+/// grow, except the kernel's iowait, which may step back on tickless kernels: differences
+/// saturate at zero.
+#[derive(Debug)]
+struct Snapshot {
+    at: Instant,
+    /// This benchmark's own CPU ticks.
+    own: u64,
+    aggregator: u64,
+    threads: BTreeMap<String, u64>,
+    machine: MachineTicks,
+    udp_in: u64,
+}
 
-    Ok(RunResult {
-        agents: n,
-        run,
-        events: expected,
-        payload_bytes: world.payload_bytes(),
-        elapsed: window,
-        first_commit: first_commit.unwrap_or(window),
-        ack: AckLatency::over_agents(&summaries),
-        aggregator_cpu_pct: procs::ticks_pct(agg_ticks1.saturating_sub(agg_ticks0), window),
-        aggregator_threads_pct: procs::thread_delta_pct(&agg_threads0, &agg_threads1, window),
-        aggregator_rss_mib: peak_rss as f64 / (1024.0 * 1024.0),
-        agents_cpu_pct: procs::ticks_pct(agent_ticks, window),
-        bench_cpu_pct: procs::ticks_pct(own_ticks1.saturating_sub(own_ticks0), window),
-        background_pct: background,
-        machine_busy_pct: procs::ticks_pct(machine1.busy.saturating_sub(machine0.busy), window),
-        machine_iowait_pct: procs::ticks_pct(
-            machine1.iowait.saturating_sub(machine0.iowait),
-            window,
-        ),
-    })
+impl Snapshot {
+    fn take(aggregator_pid: i32) -> anyhow::Result<Snapshot> {
+        let own_pid = i32::try_from(std::process::id()).context("pid out of range")?;
+        Ok(Snapshot {
+            own: procs::process_ticks(own_pid)?,
+            aggregator: procs::process_ticks(aggregator_pid)?,
+            threads: procs::thread_ticks(aggregator_pid)?,
+            machine: MachineTicks::now()?,
+            udp_in: procs::udp_datagrams_in()?,
+            at: Instant::now(),
+        })
+    }
 }
 
 /// Waits until the machine is quiet (see [`Plan::quiet_below_pct`]) and returns its busy
@@ -211,34 +267,6 @@ fn wait_for_quiet(plan: &Plan, label: &str) -> anyhow::Result<f64> {
             said = true;
         }
     }
-}
-
-/// Reads the `shipper summary` line from an agent's log files (`outpost-agent.log.<date>`).
-fn read_summary(log_dir: &Path) -> anyhow::Result<ShipperSummary> {
-    let entries = std::fs::read_dir(log_dir)
-        .with_context(|| format!("{}: cannot list", log_dir.display()))?;
-    let mut paths: Vec<PathBuf> = entries
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("outpost-agent"))
-        })
-        .collect();
-    // Date-stamped names sort in time order, so the last summary is in the last file read.
-    paths.sort();
-    let mut text = String::new();
-    for p in &paths {
-        text.push_str(
-            &std::fs::read_to_string(p).with_context(|| format!("{}: cannot read", p.display()))?,
-        );
-    }
-    parse_shipper_summary(&text).with_context(|| {
-        format!(
-            "{}: no complete `shipper summary` line in the agent's log",
-            log_dir.display()
-        )
-    })
 }
 
 /// A read-only connection to the aggregator's store, which runs in WAL mode, so reading never
