@@ -68,9 +68,14 @@ impl RunResult {
         self.payload_bytes as f64 / MIB / secs(self.elapsed)
     }
 
-    /// Events per second from the first commit on, leaving out process start and handshakes.
+    /// Events per second from the first commit on, leaving out process start and handshakes;
+    /// 0 when everything was committed at once and there is no span to divide by.
     pub fn steady_events_per_sec(&self) -> f64 {
-        self.events as f64 / secs(self.elapsed.saturating_sub(self.first_commit))
+        let span = self.elapsed.saturating_sub(self.first_commit);
+        if span.is_zero() {
+            return 0.0;
+        }
+        self.events as f64 / span.as_secs_f64()
     }
 
     /// Dropped datagrams as a percentage of those that reached the machine's sockets or were
@@ -373,6 +378,11 @@ mod tests {
         assert_eq!(r.events_per_sec(), 250_000.0);
         assert!((r.mib_per_sec() - 200e6 / MIB / 4.0).abs() < 1e-9);
         assert_eq!(r.steady_events_per_sec(), 1_000_000.0 / 3.0);
+        let at_once = RunResult {
+            first_commit: r.elapsed,
+            ..r.clone()
+        };
+        assert_eq!(at_once.steady_events_per_sec(), 0.0);
         assert_eq!(r.other_cpu_pct(), 35.0);
         assert_eq!(r.udp_drop_pct(), 5.0);
     }
