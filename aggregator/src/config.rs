@@ -102,6 +102,9 @@ pub struct IngestSection {
     /// Events stamped further in the future than this (relative to receipt) are invalid.
     #[serde(with = "humantime_serde")]
     pub max_future_skew: Duration,
+    /// Receive buffer asked for the UDP socket, so bursts (a fleet reconnecting) are not
+    /// dropped. The kernel caps it at `net.core.rmem_max`; a warning says when it did.
+    pub udp_receive_buffer: ByteSize,
 }
 
 impl Default for IngestSection {
@@ -116,6 +119,7 @@ impl Default for IngestSection {
             max_batches_per_txn: 512,
             max_events_per_txn: 100_000,
             max_future_skew: Duration::from_secs(24 * 3600),
+            udp_receive_buffer: ByteSize::mib(4),
         }
     }
 }
@@ -319,5 +323,9 @@ mod tests {
         assert_eq!(v.config.fleet.offline_after, d.fleet.offline_after);
         assert_eq!(v.config.retention.log, d.retention.log);
         assert_eq!(v.config.ingest.max_future_skew, d.ingest.max_future_skew);
+        assert_eq!(
+            v.config.ingest.udp_receive_buffer,
+            d.ingest.udp_receive_buffer
+        );
     }
 }

@@ -38,6 +38,8 @@ pub struct IngestConfig {
     pub idle_timeout: Duration,
     pub heartbeat_interval: Duration,
     pub max_future_skew: Duration,
+    /// Bytes asked for the UDP socket's receive buffer.
+    pub udp_receive_buffer: usize,
 }
 
 /// Where the TLS material lives, so it can be reloaded.
@@ -183,6 +185,7 @@ impl Ingest {
         });
         let socket = std::net::UdpSocket::bind(listen)
             .map_err(|e| anyhow::anyhow!("cannot listen on {listen} (udp): {e}"))?;
+        set_receive_buffer(&socket, config.udp_receive_buffer);
         let endpoint = quinn::Endpoint::new(
             endpoint_config,
             Some(server),
@@ -278,6 +281,35 @@ impl Ingest {
         self.endpoint
             .close(close_code::SHUTDOWN.into(), b"aggregator shutting down");
         let _ = tokio::time::timeout(Duration::from_secs(3), self.endpoint.wait_idle()).await;
+    }
+}
+
+/// Asks for a large socket receive buffer: a fleet reconnecting at once sends a burst of
+/// handshakes and batches, and the kernel's default (about 200 KiB) drops datagrams, which QUIC
+/// then resends only after timeouts. The kernel caps the size at `net.core.rmem_max`.
+fn set_receive_buffer(socket: &std::net::UdpSocket, wanted: usize) {
+    let state = match quinn::udp::UdpSocketState::new(socket.into()) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "cannot inspect the UDP socket; keeping its receive buffer");
+            return;
+        }
+    };
+    if let Err(e) = state.set_recv_buffer_size(socket.into(), wanted) {
+        warn!(error = %e, wanted, "cannot enlarge the UDP receive buffer");
+        return;
+    }
+    // Linux reports twice the size it grants (it counts its own bookkeeping).
+    let granted = state.recv_buffer_size(socket.into()).unwrap_or(0) / 2;
+    if granted < wanted {
+        warn!(
+            wanted,
+            granted,
+            "the UDP receive buffer is smaller than configured; raise net.core.rmem_max \
+             (sysctl) to avoid dropped datagrams when many agents connect at once"
+        );
+    } else {
+        debug!(granted, "UDP receive buffer set");
     }
 }
 
@@ -793,6 +825,7 @@ mod tests {
             idle_timeout: Duration::from_secs(10),
             heartbeat_interval: Duration::from_secs(10),
             max_future_skew: Duration::from_secs(60),
+            udp_receive_buffer: 1 << 20,
         }
     }
 

@@ -71,6 +71,8 @@ pub fn run(v: Validated) -> anyhow::Result<()> {
                 idle_timeout: c.ingest.idle_timeout,
                 heartbeat_interval: c.fleet.heartbeat_interval,
                 max_future_skew: c.ingest.max_future_skew,
+                udp_receive_buffer: usize::try_from(c.ingest.udp_receive_buffer.as_u64())
+                    .unwrap_or(usize::MAX),
             },
             store.clone(),
             writer,
