@@ -19,7 +19,7 @@ use outpost_aggregator::pki;
 use outpost_common::time::now_ns;
 use tempfile::TempDir;
 
-/// Approximate encoded size of each event: a log-like record, as the issue asks.
+/// Approximate encoded size of each event: a log-like record.
 pub const EVENT_BYTES: usize = 200;
 
 /// Events per spool submission, so each becomes one batch of the agent's default size.
