@@ -67,6 +67,20 @@ pub struct FleetEntry {
     pub clock_skew_ns: Option<i64>,
     /// Whether the agent's certificate is among the issued ones.
     pub certificate_issued: bool,
+    /// The latest busy share of all CPUs, 0..100.
+    pub cpu_percent: Option<f64>,
+    /// The latest used share of memory, 0..100.
+    pub memory_percent: Option<f64>,
+    /// The fullest filesystem of the latest collection.
+    pub fullest_filesystem: Option<FilesystemUsage>,
+}
+
+/// How full one filesystem is.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FilesystemUsage {
+    pub mountpoint: String,
+    /// Used share, 0..100.
+    pub percent: f64,
 }
 
 /// The thresholds of the rules.
@@ -118,20 +132,23 @@ pub fn fleet_status(
     entries.into_values().collect()
 }
 
-/// A table for people: AGENT STATUS LAST SEEN VERSION BACKLOG REASON.
+/// A table for people: AGENT STATUS LAST SEEN VERSION BACKLOG CPU MEM FULLEST FS REASON.
 ///
 /// Control characters in agent-supplied text (collector errors, disconnect reasons) are shown as
 /// spaces, so a hostile agent cannot drive the operator's terminal.
 pub fn render_table(entries: &[FleetEntry], now_ns: i64) -> String {
-    const HEADER: [&str; 6] = [
+    const HEADER: [&str; 9] = [
         "AGENT",
         "STATUS",
         "LAST SEEN",
         "VERSION",
         "BACKLOG",
+        "CPU",
+        "MEM",
+        "FULLEST FS",
         "REASON",
     ];
-    let rows: Vec<[String; 6]> = entries
+    let rows: Vec<[String; 9]> = entries
         .iter()
         .map(|e| {
             [
@@ -143,6 +160,12 @@ pub fn render_table(entries: &[FleetEntry], now_ns: i64) -> String {
                 ),
                 e.version.clone().unwrap_or_else(|| "-".to_owned()),
                 e.backlog_batches.map_or_else(|| "-".to_owned(), thousands),
+                e.cpu_percent.map_or_else(|| "-".to_owned(), percent),
+                e.memory_percent.map_or_else(|| "-".to_owned(), percent),
+                e.fullest_filesystem.as_ref().map_or_else(
+                    || "-".to_owned(),
+                    |f| format!("{} {}", f.mountpoint, percent(f.percent)),
+                ),
                 e.reason.clone(),
             ]
             .map(|cell| printable(&cell))
@@ -187,6 +210,7 @@ fn entry(
 ) -> FleetEntry {
     let (status, reason) = judge(a, policy, now_ns);
     let s = a.status.as_ref();
+    let summary = a.host_summary.as_ref();
     FleetEntry {
         agent_id: a.agent_id.clone(),
         status,
@@ -211,6 +235,14 @@ fn entry(
             .unwrap_or_default(),
         clock_skew_ns: a.clock_skew_ns,
         certificate_issued,
+        cpu_percent: summary.and_then(|h| h.cpu_busy).map(|(f, _)| f * 100.0),
+        memory_percent: summary.and_then(|h| h.memory_used).map(|(f, _)| f * 100.0),
+        fullest_filesystem: summary.and_then(|h| h.fullest_fs.as_ref()).map(
+            |(mountpoint, f, _)| FilesystemUsage {
+                mountpoint: mountpoint.clone(),
+                percent: f * 100.0,
+            },
+        ),
     }
 }
 
@@ -229,6 +261,9 @@ fn never_seen(agent_id: &str) -> FleetEntry {
         failing_collectors: Vec::new(),
         clock_skew_ns: None,
         certificate_issued: true,
+        cpu_percent: None,
+        memory_percent: None,
+        fullest_filesystem: None,
     }
 }
 
@@ -328,6 +363,11 @@ fn human_duration(ns: i64) -> String {
     }
 }
 
+/// 12.4 as "12%", rounded to whole percent.
+fn percent(p: f64) -> String {
+    format!("{p:.0}%")
+}
+
 /// 3200 as "3,200".
 fn thousands(n: u64) -> String {
     let digits = n.to_string();
@@ -352,6 +392,7 @@ mod tests {
     use outpost_common::event::{AgentStatus, CollectorError, HostFacts};
 
     use super::*;
+    use crate::store::HostSummary;
 
     const NOW: i64 = 1_700_000_000 * NANOS_PER_SEC;
 
@@ -384,6 +425,16 @@ mod tests {
             drops_last_increase: DropCounters::default(),
             backlog_rising_since_ns: None,
             clock_skew_ns: Some(0),
+            host_summary: None,
+        }
+    }
+
+    /// A host 12.4% busy, 43% of memory used, /var 87% full.
+    fn loaded() -> HostSummary {
+        HostSummary {
+            cpu_busy: Some((0.124, NOW - secs(10))),
+            memory_used: Some((0.43, NOW - secs(10))),
+            fullest_fs: Some(("/var".to_owned(), 0.875, NOW - secs(10))),
         }
     }
 
@@ -553,18 +604,28 @@ mod tests {
     fn the_table_lines_up_and_escapes_control_characters() {
         let mut odd = agent("web-1", 3);
         status_mut(&mut odd).collector_errors = vec![failing("logs", "bad\u{1b}[2Jthing\nhere")];
+        odd.host_summary = Some(HostSummary {
+            fullest_fs: Some(("/srv/\u{1b}[2J".to_owned(), 1.0, NOW)),
+            ..loaded()
+        });
+        let mut db = agent("db-1", 600);
+        // Memory not reported yet.
+        db.host_summary = Some(HostSummary {
+            memory_used: None,
+            ..loaded()
+        });
         let entries = fleet_status(
-            &[odd, agent("db-1", 600)],
+            &[odd, db],
             &["new-1".to_owned()],
             &FleetPolicy::default(),
             NOW,
         );
         let table = render_table(&entries, NOW);
         let expected = "\
-AGENT  STATUS      LAST SEEN  VERSION  BACKLOG  REASON
-db-1   offline     10m ago    1.2.3    2        no heartbeat for 10m
-new-1  never seen  never      -        -        certificate issued, never connected
-web-1  degraded    3s ago     1.2.3    2        collector logs failing: bad [2Jthing here
+AGENT  STATUS      LAST SEEN  VERSION  BACKLOG  CPU  MEM  FULLEST FS      REASON
+db-1   offline     10m ago    1.2.3    2        12%  -    /var 88%        no heartbeat for 10m
+new-1  never seen  never      -        -        -    -    -               certificate issued, never connected
+web-1  degraded    3s ago     1.2.3    2        12%  43%  /srv/ [2J 100%  collector logs failing: bad [2Jthing here
 ";
         assert_eq!(table, expected);
     }
@@ -586,12 +647,53 @@ web-1  degraded    3s ago     1.2.3    2        collector logs failing: bad [2Jt
     "drops_total": null,
     "failing_collectors": [],
     "clock_skew_ns": null,
-    "certificate_issued": true
+    "certificate_issued": true,
+    "cpu_percent": null,
+    "memory_percent": null,
+    "fullest_filesystem": null
   }
 ]"#;
         assert_eq!(render_json(&entries), expected);
         let online = fleet_status(&[agent("a", 1)], &[], &FleetPolicy::default(), NOW);
         assert!(render_json(&online).contains(r#""status": "online""#));
+    }
+
+    #[test]
+    fn the_host_summary_is_shown_in_percent() {
+        let mut a = agent("web-1", 3);
+        a.host_summary = Some(HostSummary {
+            cpu_busy: Some((0.25, NOW)),
+            memory_used: Some((0.5, NOW)),
+            fullest_fs: Some(("/var".to_owned(), 0.875, NOW)),
+        });
+        let e = judge_one(a);
+        assert_eq!(e.cpu_percent, Some(25.0));
+        assert_eq!(e.memory_percent, Some(50.0));
+        assert_eq!(
+            e.fullest_filesystem,
+            Some(FilesystemUsage {
+                mountpoint: "/var".to_owned(),
+                percent: 87.5
+            })
+        );
+        let json = render_json(&[e]);
+        assert!(json.contains(r#""cpu_percent": 25.0,"#), "{json}");
+        assert!(json.contains(r#""memory_percent": 50.0,"#), "{json}");
+        assert!(
+            json.contains(
+                r#""fullest_filesystem": {
+      "mountpoint": "/var",
+      "percent": 87.5
+    }"#
+            ),
+            "{json}"
+        );
+
+        let e = judge_one(agent("web-2", 3));
+        assert_eq!(
+            (e.cpu_percent, e.memory_percent, e.fullest_filesystem),
+            (None, None, None)
+        );
     }
 
     #[test]

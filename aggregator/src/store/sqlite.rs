@@ -3,7 +3,9 @@
 //! # Layout
 //!
 //! - `agents`: the registry, one row per agent, keyed by a small integer (`agent_key`) that the
-//!   data tables use instead of repeating the agent's text id on every row.
+//!   data tables use instead of repeating the agent's text id on every row. It also holds each
+//!   host's latest CPU, memory and fullest filesystem ([`HostSummary`]), kept up to date by
+//!   `commit_batches` so fleet status never scans the metrics table.
 //! - `spools`: per `(agent, spool)`, the highest low-water mark seen and when the last batch came.
 //! - `batches`: the deduplication keys `(agent_key, spool_id, seq)`, `WITHOUT ROWID` so the key
 //!   *is* the table.
@@ -51,7 +53,8 @@ use serde::Serialize;
 use serde::ser::SerializeMap;
 
 use super::{
-    AgentRecord, CommitOutcome, IncomingBatch, Retention, RetentionReport, Store, StoreError,
+    AgentRecord, CommitOutcome, HostSummary, IncomingBatch, Retention, RetentionReport, Store,
+    StoreError,
 };
 
 /// Rows one retention transaction deletes at most; small enough that a waiting commit is held
@@ -63,7 +66,7 @@ const RETENTION_CHUNK_ROWS: i64 = 5_000;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Schema migrations; `PRAGMA user_version` counts how many have been applied.
-const MIGRATIONS: &[&str] = &[SCHEMA_V1];
+const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2_HOST_SUMMARY];
 
 const SCHEMA_V1: &str = "
 CREATE TABLE agents (
@@ -144,6 +147,19 @@ CREATE TABLE agent_status (
 );
 ";
 
+/// Each host's latest CPU busy and memory used fractions and fullest filesystem, with the
+/// agent's time of each ([`HostSummary`]). Columns on `agents` rather than a table of their own:
+/// fleet status reads them with the registry row it reads anyway.
+const SCHEMA_V2_HOST_SUMMARY: &str = "
+ALTER TABLE agents ADD COLUMN cpu_busy REAL;
+ALTER TABLE agents ADD COLUMN cpu_busy_ns INTEGER;
+ALTER TABLE agents ADD COLUMN memory_used REAL;
+ALTER TABLE agents ADD COLUMN memory_used_ns INTEGER;
+ALTER TABLE agents ADD COLUMN fullest_fs_mountpoint TEXT;
+ALTER TABLE agents ADD COLUMN fullest_fs REAL;
+ALTER TABLE agents ADD COLUMN fullest_fs_ns INTEGER;
+";
+
 /// The embedded SQLite store.
 #[derive(Debug)]
 pub struct SqliteStore {
@@ -166,6 +182,9 @@ struct WriteState {
     low_water: HashMap<(i64, i64), u64>,
     /// The highest `received_ns` stored; later rows are clamped up to it.
     last_received_ns: i64,
+    /// The stored host summary per agent key, read once per agent and then kept, so a commit
+    /// writes each summary with one UPDATE and reads nothing.
+    summaries: HashMap<i64, HostSummary>,
 }
 
 /// Cache changes of a transaction not yet committed.
@@ -173,6 +192,9 @@ struct WriteState {
 struct Pending {
     agent_keys: HashMap<String, i64>,
     low_water: HashMap<(i64, i64), u64>,
+    /// Per agent key, the summary of the metric points this transaction stored; after
+    /// [`WriteState::write_summaries`], the summary as written.
+    summaries: HashMap<i64, HostSummary>,
 }
 
 impl SqliteStore {
@@ -201,6 +223,7 @@ impl SqliteStore {
                 agent_keys: HashMap::new(),
                 low_water: HashMap::new(),
                 last_received_ns,
+                summaries: HashMap::new(),
             }),
             read: Mutex::new(read),
             writers_waiting: AtomicUsize::new(0),
@@ -440,7 +463,9 @@ impl Store for SqliteStore {
                 "SELECT agent_id, spool_id, first_seen_ns, last_seen_ns, agent_version,
                     hostname, os, kernel, arch, cpus, memory_bytes, boot_time_ns, connected,
                     last_disconnect_ns, last_disconnect_reason, status, status_received_ns,
-                    drops_changed_ns, drops_last_increase, backlog_rising_since_ns, clock_skew_ns
+                    drops_changed_ns, drops_last_increase, backlog_rising_since_ns, clock_skew_ns,
+                    cpu_busy, cpu_busy_ns, memory_used, memory_used_ns,
+                    fullest_fs_mountpoint, fullest_fs, fullest_fs_ns
                  FROM agents ORDER BY agent_id",
             )?;
             let rows = stmt.query_map([], agent_from_row)?;
@@ -492,6 +517,7 @@ impl WriteState {
             agent_keys,
             low_water,
             last_received_ns,
+            summaries,
         } = self;
         let mut pending = Pending::default();
         let mut received = *last_received_ns;
@@ -544,8 +570,15 @@ impl WriteState {
                     outcomes.push(CommitOutcome::Duplicate);
                     continue;
                 }
+                let mut summary = HostSummary::default();
                 for event in &batch.events {
                     rows.insert(key, received, event)?;
+                    if let Event::Metric(m) = event {
+                        summary.observe(m);
+                    }
+                }
+                if !summary.is_empty() {
+                    pending.summaries.entry(key).or_default().merge(&summary);
                 }
                 let lw = floor.unwrap_or(0).max(batch.low_water_seq);
                 advance.execute(params![spool.0, spool.1, lw.cast_signed(), received])?;
@@ -553,12 +586,83 @@ impl WriteState {
                 outcomes.push(CommitOutcome::Stored);
             }
         }
+        write_summaries(&tx, summaries, &mut pending.summaries)?;
         tx.commit()?;
         agent_keys.extend(pending.agent_keys);
         low_water.extend(pending.low_water);
+        summaries.extend(pending.summaries);
         *last_received_ns = received;
         Ok(outcomes)
     }
+}
+
+/// Merges the summaries of this transaction's metric points into the stored ones, with one
+/// UPDATE per agent; `fresh` then holds what was written.
+fn write_summaries(
+    tx: &Transaction<'_>,
+    committed: &HashMap<i64, HostSummary>,
+    fresh: &mut HashMap<i64, HostSummary>,
+) -> rusqlite::Result<()> {
+    if fresh.is_empty() {
+        return Ok(());
+    }
+    let mut update = tx.prepare_cached(
+        "UPDATE agents SET cpu_busy = ?2, cpu_busy_ns = ?3, memory_used = ?4, memory_used_ns = ?5,
+            fullest_fs_mountpoint = ?6, fullest_fs = ?7, fullest_fs_ns = ?8
+         WHERE agent_key = ?1",
+    )?;
+    for (&key, summary) in fresh.iter_mut() {
+        let mut merged = match committed.get(&key) {
+            Some(held) => held.clone(),
+            None => stored_summary(tx, key)?,
+        };
+        merged.merge(summary);
+        let fs = merged.fullest_fs.as_ref();
+        update.execute(params![
+            key,
+            merged.cpu_busy.map(|c| c.0),
+            merged.cpu_busy.map(|c| c.1),
+            merged.memory_used.map(|m| m.0),
+            merged.memory_used.map(|m| m.1),
+            fs.map(|f| f.0.as_str()),
+            fs.map(|f| f.1),
+            fs.map(|f| f.2),
+        ])?;
+        *summary = merged;
+    }
+    Ok(())
+}
+
+/// The summary stored for an agent, read when the write connection has not cached it yet.
+fn stored_summary(tx: &Transaction<'_>, key: i64) -> rusqlite::Result<HostSummary> {
+    tx.prepare_cached(
+        "SELECT cpu_busy, cpu_busy_ns, memory_used, memory_used_ns,
+            fullest_fs_mountpoint, fullest_fs, fullest_fs_ns
+         FROM agents WHERE agent_key = ?1",
+    )?
+    .query_row([key], |r| summary_from_row(r, 0))
+}
+
+/// The host summary in the seven columns from `first` on (see [`SCHEMA_V2_HOST_SUMMARY`]).
+/// A value without its time (or a time without its value) counts as unknown.
+fn summary_from_row(r: &Row<'_>, first: usize) -> rusqlite::Result<HostSummary> {
+    let pair = |i: usize| -> rusqlite::Result<Option<(f64, i64)>> {
+        Ok(r.get::<_, Option<f64>>(first + i)?
+            .zip(r.get::<_, Option<i64>>(first + i + 1)?))
+    };
+    let fullest_fs = match (
+        r.get::<_, Option<String>>(first + 4)?,
+        r.get::<_, Option<f64>>(first + 5)?,
+        r.get::<_, Option<i64>>(first + 6)?,
+    ) {
+        (Some(mountpoint), Some(value), Some(time_ns)) => Some((mountpoint, value, time_ns)),
+        _ => None,
+    };
+    Ok(HostSummary {
+        cpu_busy: pair(0)?,
+        memory_used: pair(2)?,
+        fullest_fs,
+    })
 }
 
 /// The prepared inserts of one transaction, one per event kind.
@@ -962,6 +1066,7 @@ fn agent_from_row(r: &Row<'_>) -> rusqlite::Result<AgentRecord> {
         drops_last_increase: from_json_column(r, 18)?.unwrap_or_default(),
         backlog_rising_since_ns: r.get(19)?,
         clock_skew_ns: r.get(20)?,
+        host_summary: Some(summary_from_row(r, 21)?).filter(|s| !s.is_empty()),
     })
 }
 
@@ -1069,6 +1174,9 @@ mod tests {
     use super::*;
     use crate::store::CommitOutcome::{Duplicate, Stored};
     use crate::store::testutil::*;
+    use crate::store::{
+        CPU_UTILIZATION as CPU, FILESYSTEM_UTILIZATION as FILESYSTEM, MEMORY_UTILIZATION as MEMORY,
+    };
 
     fn open() -> (TempDir, SqliteStore) {
         let dir = tempfile::tempdir().unwrap();
@@ -1635,6 +1743,168 @@ mod tests {
         assert_eq!(m.backlog_rising_since_ns, Some(600));
         let m = m.advance(Some(&at(25, 0)), &at(0, 0), 700);
         assert_eq!(m.backlog_rising_since_ns, None);
+    }
+
+    fn gauge(name: &str, attributes: &[(&str, &str)], time_ns: i64, value: f64) -> Event {
+        Event::Metric(crate::store::tests::point(name, attributes, time_ns, value))
+    }
+
+    /// One collection of the three summarised gauges at `time_ns`, with per-core and other-state
+    /// points beside them, and one filesystem point per `(mountpoint, fraction)`.
+    fn collection(time_ns: i64, idle: f64, used: f64, filesystems: &[(&str, f64)]) -> Vec<Event> {
+        let mut events = vec![
+            gauge(CPU, &[("cpu", "cpu0"), ("state", "idle")], time_ns, 0.01),
+            gauge(CPU, &[("state", "user")], time_ns, 1.0 - idle),
+            gauge(CPU, &[("state", "idle")], time_ns, idle),
+            gauge(MEMORY, &[("state", "used")], time_ns, used),
+            gauge(MEMORY, &[("state", "free")], time_ns, 1.0 - used),
+            log(time_ns, 10),
+        ];
+        for &(mountpoint, fraction) in filesystems {
+            let attributes = [
+                ("device", "/dev/sda1"),
+                ("type", "ext4"),
+                ("mountpoint", mountpoint),
+            ];
+            events.push(gauge(FILESYSTEM, &attributes, time_ns, fraction));
+        }
+        events
+    }
+
+    fn summary(store: &SqliteStore, agent: &str) -> Option<HostSummary> {
+        let agents = store.agents().unwrap();
+        let a = agents.iter().find(|a| a.agent_id == agent).unwrap();
+        a.host_summary.clone()
+    }
+
+    #[test]
+    fn commits_keep_each_hosts_latest_cpu_memory_and_fullest_filesystem() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.db");
+        let store = SqliteStore::open(&path).unwrap();
+        let (t1, t2) = (T0 + secs(10), T0 + secs(20));
+        store
+            .commit_batches(&[logs("a", 1, 1, 1), logs("b", 1, 1, 1)])
+            .unwrap();
+        assert_eq!(summary(&store, "a"), None);
+
+        // Two collections in one transaction, the newer one first; and another agent.
+        let newer = batch(
+            "a",
+            1,
+            2,
+            collection(t2, 0.75, 0.5, &[("/", 0.6), ("/var", 0.3)]),
+        );
+        let older = batch(
+            "a",
+            1,
+            3,
+            collection(t1, 0.1, 0.9, &[("/", 0.5), ("/var", 0.87)]),
+        );
+        let other = batch("b", 1, 2, collection(t1, 0.5, 0.2, &[("/data", 0.99)]));
+        store.commit_batches(&[newer, older, other]).unwrap();
+        let latest = HostSummary {
+            cpu_busy: Some((0.25, t2)),
+            memory_used: Some((0.5, t2)),
+            fullest_fs: Some(("/".to_owned(), 0.6, t2)),
+        };
+        assert_eq!(summary(&store, "a"), Some(latest.clone()));
+        assert_eq!(
+            summary(&store, "b").unwrap().fullest_fs,
+            Some(("/data".to_owned(), 0.99, t1))
+        );
+
+        // In a later transaction: late points of the latest collection join it, older ones
+        // and a resent batch change nothing.
+        let late = batch(
+            "a",
+            1,
+            4,
+            vec![gauge(FILESYSTEM, &[("mountpoint", "/srv")], t2, 0.7)],
+        );
+        let stale = batch("a", 1, 5, collection(t1, 0.0, 1.0, &[("/home", 1.0)]));
+        let resent = batch("a", 1, 2, collection(T0 + secs(99), 0.0, 1.0, &[]));
+        assert_eq!(
+            store.commit_batches(&[late, stale, resent]).unwrap(),
+            vec![Stored, Stored, Duplicate]
+        );
+        let latest = HostSummary {
+            fullest_fs: Some(("/srv".to_owned(), 0.7, t2)),
+            ..latest
+        };
+        assert_eq!(summary(&store, "a"), Some(latest.clone()));
+
+        // After a restart the stored summary is the base for the next commit.
+        drop(store);
+        let store = SqliteStore::open(&path).unwrap();
+        assert_eq!(summary(&store, "a"), Some(latest.clone()));
+        let t3 = T0 + secs(30);
+        store
+            .commit_batches(&[batch(
+                "a",
+                1,
+                6,
+                vec![gauge(CPU, &[("state", "idle")], t3, 0.6)],
+            )])
+            .unwrap();
+        store
+            .commit_batches(&[batch("a", 1, 7, collection(t1, 0.0, 1.0, &[("/x", 1.0)]))])
+            .unwrap();
+        let cpu = summary(&store, "a").unwrap().cpu_busy.unwrap();
+        assert_eq!(cpu.1, t3);
+        assert!((cpu.0 - 0.4).abs() < 1e-9, "{cpu:?}");
+        assert_eq!(
+            summary(&store, "a").map(|s| (s.memory_used, s.fullest_fs)),
+            Some((latest.memory_used, latest.fullest_fs))
+        );
+        // Registry updates leave the summary alone.
+        store
+            .record_hello("a", &hello(1, AgentStatus::default()), t3)
+            .unwrap();
+        store.record_disconnect("a", "bye", t3).unwrap();
+        assert_eq!(summary(&store, "a").unwrap().cpu_busy.unwrap().1, t3);
+    }
+
+    #[test]
+    fn a_store_of_the_first_schema_gains_the_host_summary() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(SCHEMA_V1).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+            conn.execute(
+                "INSERT INTO agents (agent_id, first_seen_ns, last_seen_ns, hostname)
+                 VALUES ('old', ?1, ?1, 'old.example')",
+                [T0],
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        let version: i64 = Connection::open(&path)
+            .unwrap()
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, MIGRATIONS.len() as i64);
+        assert_eq!(version, 2);
+        let agents = store.agents().unwrap();
+        assert_eq!(agents[0].agent_id, "old");
+        assert_eq!(agents[0].host_summary, None);
+
+        let t = T0 + secs(5);
+        store
+            .commit_batches(&[batch("old", 1, 1, collection(t, 0.5, 0.25, &[("/", 0.5)]))])
+            .unwrap();
+        let expected = HostSummary {
+            cpu_busy: Some((0.5, t)),
+            memory_used: Some((0.25, t)),
+            fullest_fs: Some(("/".to_owned(), 0.5, t)),
+        };
+        assert_eq!(summary(&store, "old"), Some(expected.clone()));
+        // A reopen of the migrated store migrates nothing and keeps the data.
+        drop(store);
+        let store = SqliteStore::open(&path).unwrap();
+        assert_eq!(summary(&store, "old"), Some(expected));
     }
 
     #[test]
