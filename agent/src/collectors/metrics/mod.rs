@@ -24,12 +24,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
-use outpost_common::event::{MetricKind, MetricPoint};
+use outpost_common::event::{Event, MetricKind, MetricPoint};
 use outpost_common::time::now_ns;
 use serde::Deserialize;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use crate::spool::{Class, SpoolHandle, Submission};
 use crate::telemetry::Telemetry;
 
 /// Defaults of every metrics option, in one place.
@@ -445,6 +446,38 @@ pub async fn run(
         ));
     }
     while tasks.join_next().await.is_some() {}
+}
+
+/// Hands each collection to the spool as droppable samples, until `points` closes (when
+/// [`run`] returns).
+pub async fn submit(mut points: mpsc::Receiver<Vec<MetricPoint>>, spool: SpoolHandle) {
+    while let Some(batch) = points.recv().await {
+        let sub = Submission {
+            events: batch.into_iter().map(Event::Metric).collect(),
+            checkpoint: None,
+            class: Class::Drop,
+        };
+        if let Err(e) = spool.submit(sub).await {
+            tracing::warn!(error = %e, "cannot spool metric samples; they are lost");
+        }
+    }
+}
+
+/// The agent family's sources in a running agent: telemetry and the spool's statistics, read
+/// from the family's blocking thread through the runtime `handle`.
+pub fn agent_sources(
+    telemetry: Arc<Telemetry>,
+    spool: SpoolHandle,
+    handle: tokio::runtime::Handle,
+) -> agent::Sources {
+    agent::Sources {
+        telemetry: Some(telemetry),
+        spool: Some(Box::new(move || {
+            handle
+                .block_on(spool.stats())
+                .map_err(|e| format!("spool statistics: {e}"))
+        })),
+    }
 }
 
 type Shared = Arc<Mutex<Box<dyn Family>>>;
