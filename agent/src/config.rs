@@ -425,6 +425,20 @@ mod tests {
                 .collect::<Vec<_>>()
         };
         assert_eq!(families(m), families(dm));
+        // The commented list of pseudo filesystems is the default list.
+        let f = write(
+            &text
+                .replace("#endpoint = ", "endpoint = ")
+                .replace("#exclude_types = ", "exclude_types = "),
+        );
+        let listed = load(f.path())
+            .unwrap()
+            .config
+            .metrics
+            .filesystem
+            .exclude_types;
+        let defaults = crate::collectors::metrics::defaults::FILESYSTEM_EXCLUDE_TYPES;
+        assert_eq!(listed.unwrap(), defaults);
     }
 
     #[test]

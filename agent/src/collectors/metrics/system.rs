@@ -59,31 +59,66 @@ pub fn status(state: char) -> &'static str {
     }
 }
 
-/// PSI averages in percent, as the kernel reports them; absent before Linux 4.20 or when
-/// disabled (`psi=0`), in which case nothing is emitted.
+/// PSI averages in percent, as the kernel reports them, read directly rather than through
+/// procfs, which drops the `full` line of `/proc/pressure/cpu` (Linux 5.13 and later). Absent
+/// before Linux 4.20 or with `psi=0`, in which case nothing is emitted.
 fn pressure(p: &mut Points) {
-    let mut emit = |resource: &str, kind: &str, r: &procfs::PressureRecord| {
+    for resource in ["cpu", "memory", "io"] {
+        let Ok(text) = std::fs::read_to_string(format!("/proc/pressure/{resource}")) else {
+            continue;
+        };
         let name = format!("system.pressure.{resource}");
-        p.gauge(
-            &name,
-            f64::from(r.avg10),
-            &[("type", kind), ("window", "10s")],
-        );
-        p.gauge(
-            &name,
-            f64::from(r.avg60),
-            &[("type", kind), ("window", "60s")],
-        );
-    };
-    if let Ok(c) = procfs::CpuPressure::current() {
-        emit("cpu", "some", &c.some);
+        for (kind, window, value) in parse_pressure(&text) {
+            p.gauge(&name, value, &[("type", kind), ("window", window)]);
+        }
     }
-    if let Ok(m) = procfs::MemoryPressure::current() {
-        emit("memory", "some", &m.some);
-        emit("memory", "full", &m.full);
+}
+
+/// `(type, window, percent)` from lines like `some avg10=1.00 avg60=0.50 avg300=0.10 total=42`.
+fn parse_pressure(text: &str) -> Vec<(&str, &'static str, f64)> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let mut fields = line.split_whitespace();
+        let Some(kind @ ("some" | "full")) = fields.next() else {
+            continue;
+        };
+        for field in fields {
+            let window = match field.split_once('=') {
+                Some(("avg10", v)) => ("10s", v),
+                Some(("avg60", v)) => ("60s", v),
+                _ => continue,
+            };
+            if let Ok(v) = window.1.parse() {
+                out.push((kind, window.0, v));
+            }
+        }
     }
-    if let Ok(io) = procfs::IoPressure::current() {
-        emit("io", "some", &io.some);
-        emit("io", "full", &io.full);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn pressure_lines_are_parsed() {
+        let text = "some avg10=1.50 avg60=0.25 avg300=0.10 total=42\n\
+                    full avg10=0.00 avg60=2.00 avg300=0.00 total=7\n";
+        assert_eq!(
+            super::parse_pressure(text),
+            [
+                ("some", "10s", 1.5),
+                ("some", "60s", 0.25),
+                ("full", "10s", 0.0),
+                ("full", "60s", 2.0)
+            ]
+        );
+        assert!(super::parse_pressure("nonsense avg10=1\n").is_empty());
+    }
+
+    #[test]
+    fn kernel_states_map_to_statuses() {
+        assert_eq!(super::status('R'), "running");
+        assert_eq!(super::status('D'), "blocked");
+        assert_eq!(super::status('t'), "stopped");
+        assert_eq!(super::status('?'), "unknown");
     }
 }
