@@ -13,6 +13,8 @@ use outpost_common::logging::LogConfig;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::collectors::metrics::MetricsConfig;
+
 /// The whole agent configuration, as written in the file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -24,6 +26,8 @@ pub struct AgentConfig {
     pub ship: ShipSection,
     pub log: LogConfig,
     pub synthetic: SyntheticSection,
+    /// Host metrics and the agent's own telemetry.
+    pub metrics: MetricsConfig,
 }
 
 impl Default for AgentConfig {
@@ -35,6 +39,7 @@ impl Default for AgentConfig {
             ship: ShipSection::default(),
             log: LogConfig::default(),
             synthetic: SyntheticSection::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -298,6 +303,10 @@ fn validate(path: &Path, config: AgentConfig) -> Result<Validated, ConfigError> 
         ));
     }
     config.log.validate().map_err(invalid)?;
+    config
+        .metrics
+        .validate()
+        .map_err(|e| invalid(e.to_string()))?;
     Ok(Validated {
         endpoint: parsed,
         server_name,
@@ -403,5 +412,40 @@ mod tests {
         assert_eq!(v.config.ship.reconnect_min, d.ship.reconnect_min);
         assert_eq!(v.config.aggregator.idle_timeout, d.aggregator.idle_timeout);
         assert_eq!(v.config.synthetic.enabled, d.synthetic.enabled);
+        let (m, dm) = (&v.config.metrics, &d.metrics);
+        assert_eq!(
+            (m.enabled, m.interval, m.deadline),
+            (dm.enabled, dm.interval, dm.deadline)
+        );
+        let families = |c: &crate::collectors::metrics::MetricsConfig| {
+            c.families(crate::collectors::metrics::agent::Sources::none())
+                .unwrap()
+                .iter()
+                .map(|s| (s.family.name(), s.interval))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(families(m), families(dm));
+        // The commented list of pseudo filesystems is the default list.
+        let f = write(
+            &text
+                .replace("#endpoint = ", "endpoint = ")
+                .replace("#exclude_types = ", "exclude_types = "),
+        );
+        let listed = load(f.path())
+            .unwrap()
+            .config
+            .metrics
+            .filesystem
+            .exclude_types;
+        let defaults = crate::collectors::metrics::defaults::FILESYSTEM_EXCLUDE_TYPES;
+        assert_eq!(listed.unwrap(), defaults);
+    }
+
+    #[test]
+    fn bad_metrics_options_are_refused() {
+        let f =
+            write("[aggregator]\nendpoint = \"quic://a:1\"\n[metrics.disk]\ninclude = [\"[\"]\n");
+        let e = load(f.path()).unwrap_err().to_string();
+        assert!(e.contains("metrics.disk.include: glob `[`"), "{e}");
     }
 }

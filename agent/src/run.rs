@@ -68,6 +68,24 @@ pub fn run(v: Validated) -> anyhow::Result<()> {
             let source = collectors::synthetic::Synthetic::new(c.synthetic.clone());
             tasks.spawn(source.run(spool.clone(), stop.clone()));
         }
+        if c.metrics.enabled {
+            use collectors::metrics;
+            let sources = metrics::agent_sources(
+                telemetry.clone(),
+                spool.clone(),
+                tokio::runtime::Handle::current(),
+            );
+            let families = c.metrics.families(sources)?;
+            let (points_tx, points) = tokio::sync::mpsc::channel(64);
+            tasks.spawn(metrics::run(
+                families,
+                c.metrics.deadline,
+                points_tx,
+                telemetry.clone(),
+                stop.clone(),
+            ));
+            tasks.spawn(metrics::submit(points, spool.clone()));
+        }
         tasks.spawn(collectors::self_status::run(
             c.ship.status_interval,
             spool.clone(),
@@ -99,7 +117,8 @@ pub fn run(v: Validated) -> anyhow::Result<()> {
         info!("shutting down");
         let _ = stop_tx.send(true);
         while tasks.join_next().await.is_some() {}
-    });
+        anyhow::Ok(())
+    })?;
     let latency = telemetry.ack_latency();
     info!(
         batches_sent = telemetry

@@ -1,5 +1,6 @@
 //! The agent's own counters, and the [`AgentStatus`] built from them for heartbeats.
 
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -19,6 +20,8 @@ pub struct Telemetry {
     pub connects: AtomicU64,
     pub disconnects: AtomicU64,
     collector_errors: Mutex<Vec<CollectorError>>,
+    /// How long each collector's last successful collection took, in seconds.
+    collector_durations: Mutex<BTreeMap<String, f64>>,
     /// Time from sending a batch to its acknowledgement, in microseconds.
     ack_latency_us: Mutex<Option<hdrhistogram::Histogram<u64>>>,
 }
@@ -93,6 +96,30 @@ impl Telemetry {
         self.errors().retain(|e| e.collector != collector);
     }
 
+    /// The collectors failing now.
+    pub fn collector_errors(&self) -> Vec<CollectorError> {
+        self.errors().clone()
+    }
+
+    /// Records how long a successful collection of `collector` took.
+    pub fn record_collector_duration(&self, collector: &str, took: std::time::Duration) {
+        // A panic while holding this lock cannot leave the map inconsistent: recover it.
+        self.collector_durations
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(collector.to_owned(), took.as_secs_f64());
+    }
+
+    /// The last collection time of every collector that succeeded at least once, in seconds.
+    pub fn collector_durations(&self) -> Vec<(String, f64)> {
+        self.collector_durations
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
+    }
+
     fn errors(&self) -> std::sync::MutexGuard<'_, Vec<CollectorError>> {
         // A panic while holding this lock cannot leave the Vec inconsistent: recover it.
         self.collector_errors
@@ -133,7 +160,19 @@ mod tests {
         assert_eq!(errs.len(), 2);
         assert_eq!(errs[0].reason, "timeout again");
         t.collector_recovered("metrics.fs");
-        assert_eq!(t.errors().len(), 1);
+        assert_eq!(t.collector_errors().len(), 1);
+    }
+
+    #[test]
+    fn collector_durations_keep_the_last_value() {
+        let t = Telemetry::new();
+        assert!(t.collector_durations().is_empty());
+        t.record_collector_duration("metrics.cpu", std::time::Duration::from_millis(3));
+        t.record_collector_duration("metrics.cpu", std::time::Duration::from_millis(5));
+        assert_eq!(
+            t.collector_durations(),
+            vec![("metrics.cpu".to_owned(), 0.005)]
+        );
     }
 
     #[test]

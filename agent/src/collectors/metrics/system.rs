@@ -1,0 +1,124 @@
+//! `system.processes.count`, `system.uptime` and `system.pressure.*` (PSI).
+
+use std::collections::BTreeMap;
+
+use outpost_common::event::MetricPoint;
+use procfs::Current;
+
+use super::{Family, Points};
+
+/// The system family.
+#[derive(Debug, Default)]
+pub struct System;
+
+impl Family for System {
+    fn name(&self) -> &'static str {
+        "system"
+    }
+
+    fn collect(&mut self, now_ns: i64) -> Result<Vec<MetricPoint>, String> {
+        let mut p = Points::new(now_ns);
+        let uptime = procfs::Uptime::current().map_err(|e| format!("/proc/uptime: {e}"))?;
+        p.gauge("system.uptime", uptime.uptime, &[]);
+        for (status, n) in process_counts()? {
+            p.gauge("system.processes.count", n as f64, &[("status", status)]);
+        }
+        pressure(&mut p);
+        Ok(p.points)
+    }
+}
+
+/// Processes (not threads) by state, from each `/proc/<pid>/stat`.
+fn process_counts() -> Result<BTreeMap<&'static str, u64>, String> {
+    let mut counts = BTreeMap::new();
+    for s in [
+        "running", "sleeping", "blocked", "stopped", "zombie", "idle",
+    ] {
+        counts.insert(s, 0);
+    }
+    let all = procfs::process::all_processes().map_err(|e| format!("/proc: {e}"))?;
+    // A process can exit between listing and reading: it is simply not counted.
+    for stat in all.flatten().filter_map(|p| p.stat().ok()) {
+        *counts.entry(status(stat.state)).or_insert(0) += 1;
+    }
+    Ok(counts)
+}
+
+/// The OpenTelemetry status of a kernel process state letter.
+pub fn status(state: char) -> &'static str {
+    match state {
+        'R' => "running",
+        'S' => "sleeping",
+        'D' => "blocked",
+        'T' | 't' => "stopped",
+        'Z' => "zombie",
+        'I' => "idle",
+        'X' | 'x' => "dead",
+        'W' => "paging",
+        _ => "unknown",
+    }
+}
+
+/// PSI averages in percent, as the kernel reports them, read directly rather than through
+/// procfs, which drops the `full` line of `/proc/pressure/cpu` (Linux 5.13 and later). Absent
+/// before Linux 4.20 or with `psi=0`, in which case nothing is emitted.
+fn pressure(p: &mut Points) {
+    for resource in ["cpu", "memory", "io"] {
+        let Ok(text) = std::fs::read_to_string(format!("/proc/pressure/{resource}")) else {
+            continue;
+        };
+        let name = format!("system.pressure.{resource}");
+        for (kind, window, value) in parse_pressure(&text) {
+            p.gauge(&name, value, &[("type", kind), ("window", window)]);
+        }
+    }
+}
+
+/// `(type, window, percent)` from lines like `some avg10=1.00 avg60=0.50 avg300=0.10 total=42`.
+fn parse_pressure(text: &str) -> Vec<(&str, &'static str, f64)> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let mut fields = line.split_whitespace();
+        let Some(kind @ ("some" | "full")) = fields.next() else {
+            continue;
+        };
+        for field in fields {
+            let window = match field.split_once('=') {
+                Some(("avg10", v)) => ("10s", v),
+                Some(("avg60", v)) => ("60s", v),
+                _ => continue,
+            };
+            if let Ok(v) = window.1.parse() {
+                out.push((kind, window.0, v));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn pressure_lines_are_parsed() {
+        let text = "some avg10=1.50 avg60=0.25 avg300=0.10 total=42\n\
+                    full avg10=0.00 avg60=2.00 avg300=0.00 total=7\n";
+        assert_eq!(
+            super::parse_pressure(text),
+            [
+                ("some", "10s", 1.5),
+                ("some", "60s", 0.25),
+                ("full", "10s", 0.0),
+                ("full", "60s", 2.0)
+            ]
+        );
+        assert!(super::parse_pressure("nonsense avg10=1\n").is_empty());
+    }
+
+    #[test]
+    fn kernel_states_map_to_statuses() {
+        assert_eq!(super::status('R'), "running");
+        assert_eq!(super::status('D'), "blocked");
+        assert_eq!(super::status('t'), "stopped");
+        assert_eq!(super::status('?'), "unknown");
+    }
+}
