@@ -73,6 +73,9 @@ pub struct AgentOptions {
     pub spool_max_bytes: Option<String>,
     /// `spool.max_batch_bytes`, e.g. "64KiB".
     pub max_batch_bytes: Option<String>,
+    /// Host metrics every this many seconds; `None` turns them off so that tests which count
+    /// events or drops exactly see only the synthetic source.
+    pub host_metrics_every_secs: Option<u32>,
 }
 
 impl AgentOptions {
@@ -118,6 +121,10 @@ impl Agent {
         // A status snapshot is spooled only at start-up (an interval's first tick), so tests can
         // count them exactly; heartbeats carry the live status every second. A short idle
         // timeout lets the agent notice an aggregator killed with SIGKILL within seconds.
+        let metrics = match options.host_metrics_every_secs {
+            Some(secs) => format!("[metrics]\ninterval = \"{secs}s\"\n\n"),
+            None => "[metrics]\nenabled = false\n\n".to_owned(),
+        };
         let text = format!(
             "data_dir = {data}\n\n\
              [aggregator]\nendpoint = \"quic://127.0.0.1:{port}\"\nserver_name = \"localhost\"\n\
@@ -126,7 +133,7 @@ impl Agent {
              [spool]\n{spool}\n\
              [ship]\nheartbeat_interval = \"1s\"\nreconnect_min = \"50ms\"\nreconnect_max = \"1s\"\n\
              catchup_events_per_sec = 0\nstatus_interval = \"1h\"\n\n\
-             [log]\ndir = {logs}\n\n{synthetic}",
+             [log]\ndir = {logs}\n\n{metrics}{synthetic}",
             data = toml_string(&data_dir),
             ca = toml_string(&cert.ca),
             cert = toml_string(&cert.cert),

@@ -123,6 +123,11 @@ impl Store {
         Ok(total)
     }
 
+    /// How many metric points named `name` are stored, from any agent.
+    pub fn metric_count(&self, name: &str) -> Result<u64, String> {
+        self.count("SELECT count(*) FROM metrics WHERE name = ?1", name)
+    }
+
     /// Whether the registry has ever heard of `agent_id`.
     pub fn knows_agent(&self, agent_id: &str) -> Result<bool, String> {
         Ok(self.count("SELECT count(*) FROM agents WHERE agent_id = ?1", agent_id)? > 0)

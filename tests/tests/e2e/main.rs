@@ -10,6 +10,7 @@ mod auth;
 mod check_config;
 mod delivery;
 mod garbage;
+mod host_metrics;
 mod limits;
 mod quickstart;
 mod spool_cap;

@@ -162,6 +162,7 @@ impl World {
                  ca = {ca}\ncert = {cert}\nkey = {key}\n\n\
                  [ship]\ncatchup_events_per_sec = 0\n\n\
                  [synthetic]\nenabled = false\n\n\
+                 [metrics]\nenabled = false\n\n\
                  [log]\nlevel = \"info\"\ndir = {log}\n",
                 data = quote(&agent.data_dir),
                 ca = quote(&self.tls.join("ca.pem")),
