@@ -448,17 +448,36 @@ pub async fn run(
     while tasks.join_next().await.is_some() {}
 }
 
-/// Hands each collection to the spool as droppable samples, until `points` closes (when
-/// [`run`] returns).
+/// How long the submitter waits for other families' collections to join one spool submission.
+/// Families of one interval tick together, so one transaction (one fsync) and one batch carry
+/// them all instead of one per family.
+const SUBMIT_LINGER: Duration = Duration::from_millis(250);
+
+/// Hands collections to the spool as droppable samples, those finishing within
+/// [`SUBMIT_LINGER`] of each other in one submission, until `points` closes (when [`run`]
+/// returns).
 pub async fn submit(mut points: mpsc::Receiver<Vec<MetricPoint>>, spool: SpoolHandle) {
-    while let Some(batch) = points.recv().await {
+    while let Some(first) = points.recv().await {
+        let mut events: Vec<Event> = first.into_iter().map(Event::Metric).collect();
+        let linger = tokio::time::sleep(SUBMIT_LINGER);
+        tokio::pin!(linger);
+        loop {
+            tokio::select! {
+                more = points.recv() => match more {
+                    Some(more) => events.extend(more.into_iter().map(Event::Metric)),
+                    None => break,
+                },
+                () = &mut linger => break,
+            }
+        }
+        let n = events.len();
         let sub = Submission {
-            events: batch.into_iter().map(Event::Metric).collect(),
+            events,
             checkpoint: None,
             class: Class::Drop,
         };
         if let Err(e) = spool.submit(sub).await {
-            tracing::warn!(error = %e, "cannot spool metric samples; they are lost");
+            tracing::warn!(error = %e, points = n, "cannot spool metric samples; they are lost");
         }
     }
 }

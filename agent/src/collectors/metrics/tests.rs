@@ -638,3 +638,30 @@ fn every_metric_has_its_name_kind_and_attributes() {
         assert!(states.contains(s), "{s} missing from {states:?}");
     }
 }
+
+#[tokio::test]
+async fn collections_finishing_together_share_one_spool_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = crate::spool::Spool::open(crate::spool::SpoolConfig::new(
+        dir.path().join("spool.db"),
+        1 << 20,
+    ))
+    .unwrap();
+    let (handle, join) = crate::spool::spawn(spool);
+    let (tx, rx) = mpsc::channel(8);
+    let point = |name: &str| MetricPoint {
+        name: name.to_owned(),
+        attributes: vec![],
+        time_ns: 1,
+        value: 1.0,
+        kind: MetricKind::Gauge,
+    };
+    tx.send(vec![point("a"), point("b")]).await.unwrap();
+    tx.send(vec![point("c")]).await.unwrap();
+    drop(tx);
+    submit(rx, handle.clone()).await;
+    let stats = handle.stats().await.unwrap();
+    assert_eq!((stats.events, stats.batches), (3, 1), "{stats:?}");
+    drop(handle);
+    join.join().unwrap();
+}
