@@ -236,6 +236,11 @@ pub fn encode(msg: &Message) -> Result<Vec<u8>, WireError> {
     let mut out = vec![0u8; LENGTH_PREFIX_BYTES];
     bincode::serde::encode_into_std_write(msg, &mut out, codec())
         .map_err(|e| WireError::Malformed(e.to_string()))?;
+    finish_frame(out)
+}
+
+/// Writes the length prefix in front of a frame whose body follows the reserved prefix bytes.
+fn finish_frame(mut out: Vec<u8>) -> Result<Vec<u8>, WireError> {
     let body_len = out.len() - LENGTH_PREFIX_BYTES;
     let len = u32::try_from(body_len).map_err(|_| WireError::FrameTooLarge {
         len: body_len as u64,
@@ -326,13 +331,7 @@ pub fn encode_batch_frame(
     )
     .map_err(|e| WireError::Malformed(e.to_string()))?;
     out.extend_from_slice(encoded_events);
-    let body_len = out.len() - LENGTH_PREFIX_BYTES;
-    let len = u32::try_from(body_len).map_err(|_| WireError::FrameTooLarge {
-        len: body_len as u64,
-        limit: u32::MAX,
-    })?;
-    out[..LENGTH_PREFIX_BYTES].copy_from_slice(&len.to_be_bytes());
-    Ok(out)
+    finish_frame(out)
 }
 
 /// Reads one frame from a stream, refusing a length above `limit` before allocating.
