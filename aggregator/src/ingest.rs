@@ -696,6 +696,7 @@ async fn batch_stream(
 
 /// Field limits for stored events.
 const MAX_NAME: usize = 256;
+const MAX_UNIT: usize = 64;
 const MAX_ATTRS: usize = 64;
 const MAX_ATTR_KEY: usize = 256;
 const MAX_ATTR_VALUE: usize = 4096;
@@ -780,6 +781,7 @@ fn validate_event(event: &Event) -> Result<(), String> {
                 return Err("empty metric name".to_owned());
             }
             check_len("metric name", &m.name, MAX_NAME)?;
+            check_len("metric unit", &m.unit, MAX_UNIT)?;
             check_attrs(&m.attributes)?;
             if !m.value.is_finite() {
                 return Err(format!("metric {} has a non-finite value", m.name));
@@ -870,6 +872,7 @@ mod tests {
             (
                 batch(vec![Event::Metric(MetricPoint {
                     name: "m".into(),
+                    unit: "1".into(),
                     attributes: vec![],
                     time_ns: NOW,
                     value: f64::NAN,
@@ -880,6 +883,18 @@ mod tests {
             (
                 batch(vec![Event::Metric(MetricPoint {
                     name: "m".into(),
+                    unit: "x".repeat(MAX_UNIT + 1),
+                    attributes: vec![],
+                    time_ns: NOW,
+                    value: 1.0,
+                    kind: MetricKind::Gauge,
+                })]),
+                "metric unit",
+            ),
+            (
+                batch(vec![Event::Metric(MetricPoint {
+                    name: "m".into(),
+                    unit: "1".into(),
                     attributes: vec![(String::new(), "v".into())],
                     time_ns: NOW,
                     value: 1.0,

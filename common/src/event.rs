@@ -88,6 +88,9 @@ pub enum MetricKind {
 pub struct MetricPoint {
     /// For example `system.memory.usage`.
     pub name: String,
+    /// The unit in UCUM notation, as OpenTelemetry writes it: `By` (bytes), `s`, `1` (a ratio
+    /// or a plain number), `%`, or a curly-brace annotation such as `{packet}` for counts.
+    pub unit: String,
     /// For example `[("state", "used")]`.
     pub attributes: Attributes,
     pub time_ns: i64,

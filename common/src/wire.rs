@@ -27,8 +27,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::event::{AgentStatus, Event, HostFacts};
 
-/// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The protocol version this build speaks. Version 2 added [`MetricPoint::unit`].
+///
+/// [`MetricPoint::unit`]: crate::event::MetricPoint::unit
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// The ALPN protocol identifier negotiated in the TLS handshake.
 pub const ALPN: &[u8] = b"outpost/1";
@@ -492,14 +494,16 @@ mod tests {
         prop_oneof![
             (
                 arb_string(),
+                arb_string(),
                 arb_attrs(),
                 any::<i64>(),
                 any::<f64>(),
                 any::<bool>()
             )
-                .prop_map(|(name, attributes, time_ns, value, counter)| Event::Metric(
-                    MetricPoint {
+                .prop_map(|(name, unit, attributes, time_ns, value, counter)| {
+                    Event::Metric(MetricPoint {
                         name,
+                        unit,
                         attributes,
                         time_ns,
                         value,
@@ -508,8 +512,8 @@ mod tests {
                         } else {
                             MetricKind::Gauge
                         },
-                    }
-                )),
+                    })
+                }),
             (
                 any::<i64>(),
                 arb_string(),

@@ -138,6 +138,7 @@ fn sample_events() -> Vec<Event> {
     vec![
         Event::Metric(MetricPoint {
             name: "system.cpu.utilization".into(),
+            unit: "1".into(),
             attributes: vec![("cpu".into(), "0".into()), ("state".into(), "user".into())],
             time_ns: 1_700_000_000_000_000_000,
             value: 0.25,

@@ -119,6 +119,7 @@ impl Synthetic {
             }
             SyntheticKind::Metric => Event::Metric(MetricPoint {
                 name: "synthetic.counter".to_owned(),
+                unit: "{event}".to_owned(),
                 attributes: vec![("synthetic.seq".to_owned(), seq)],
                 time_ns,
                 value: n as f64,

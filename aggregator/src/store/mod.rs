@@ -385,6 +385,7 @@ mod tests {
     ) -> MetricPoint {
         MetricPoint {
             name: name.to_owned(),
+            unit: "1".to_owned(),
             attributes: attributes
                 .iter()
                 .map(|&(k, v)| (k.to_owned(), v.to_owned()))

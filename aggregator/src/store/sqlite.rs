@@ -66,7 +66,7 @@ const RETENTION_CHUNK_ROWS: i64 = 5_000;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Schema migrations; `PRAGMA user_version` counts how many have been applied.
-const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2_HOST_SUMMARY];
+const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2_HOST_SUMMARY, SCHEMA_V3_METRIC_UNIT];
 
 const SCHEMA_V1: &str = "
 CREATE TABLE agents (
@@ -158,6 +158,11 @@ ALTER TABLE agents ADD COLUMN memory_used_ns INTEGER;
 ALTER TABLE agents ADD COLUMN fullest_fs_mountpoint TEXT;
 ALTER TABLE agents ADD COLUMN fullest_fs REAL;
 ALTER TABLE agents ADD COLUMN fullest_fs_ns INTEGER;
+";
+
+/// Rows stored before units travelled keep an empty unit.
+const SCHEMA_V3_METRIC_UNIT: &str = "
+ALTER TABLE metrics ADD COLUMN unit TEXT NOT NULL DEFAULT '';
 ";
 
 /// The embedded SQLite store.
@@ -679,8 +684,8 @@ impl<'c> RowInserter<'c> {
     fn prepare(tx: &'c Transaction<'_>) -> rusqlite::Result<Self> {
         Ok(RowInserter {
             metric: tx.prepare_cached(
-                "INSERT INTO metrics (agent_key, time_ns, received_ns, name, kind, value, attributes)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO metrics (agent_key, time_ns, received_ns, name, unit, kind, value, attributes)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?,
             log: tx.prepare_cached(
                 "INSERT INTO logs (agent_key, time_ns, received_ns, source, severity, body, attributes)
@@ -707,6 +712,7 @@ impl<'c> RowInserter<'c> {
                     m.time_ns,
                     received_ns,
                     m.name,
+                    m.unit,
                     metric_kind_name(m.kind),
                     m.value,
                     attributes,
@@ -1282,14 +1288,14 @@ mod tests {
             .unwrap();
         assert_eq!(attrs, r#"{"unit":"sshd.service"}"#);
         assert_eq!(severity, 6);
-        let unit: String = conn
+        let (state, unit): (String, String) = conn
             .query_row(
-                "SELECT json_extract(attributes, '$.state') FROM metrics LIMIT 1",
+                "SELECT json_extract(attributes, '$.state'), unit FROM metrics LIMIT 1",
                 [],
-                |r| r.get(0),
+                |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .unwrap();
-        assert_eq!(unit, "used");
+        assert_eq!((state.as_str(), unit.as_str()), ("used", "By"));
     }
 
     /// Run as a child process by `committed_batches_survive_a_crash`: commits, then aborts
@@ -1426,6 +1432,7 @@ mod tests {
             }),
             Event::Metric(MetricPoint {
                 name: String::new(),
+                unit: "{\0}".into(),
                 attributes: vec![],
                 time_ns: 0,
                 value: -0.0,
@@ -1866,7 +1873,7 @@ mod tests {
     }
 
     #[test]
-    fn a_store_of_the_first_schema_gains_the_host_summary() {
+    fn a_store_of_the_first_schema_gains_the_host_summary_and_units() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("store.db");
         {
@@ -1879,6 +1886,12 @@ mod tests {
                 [T0],
             )
             .unwrap();
+            conn.execute(
+                "INSERT INTO metrics (agent_key, time_ns, received_ns, name, kind, value)
+                 VALUES (1, ?1, ?1, 'old.metric', 'gauge', 1.0)",
+                [T0],
+            )
+            .unwrap();
         }
         let store = SqliteStore::open(&path).unwrap();
         let version: i64 = Connection::open(&path)
@@ -1886,7 +1899,18 @@ mod tests {
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
         assert_eq!(version, MIGRATIONS.len() as i64);
-        assert_eq!(version, 2);
+        assert_eq!(version, 3);
+        let units = |store: &SqliteStore| -> Vec<(String, String)> {
+            let conn = Connection::open(store.path()).unwrap();
+            let mut q = conn
+                .prepare("SELECT DISTINCT name, unit FROM metrics ORDER BY name")
+                .unwrap();
+            q.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect()
+        };
+        assert_eq!(units(&store), [("old.metric".to_owned(), String::new())]);
         let agents = store.agents().unwrap();
         assert_eq!(agents[0].agent_id, "old");
         assert_eq!(agents[0].host_summary, None);
@@ -1895,6 +1919,12 @@ mod tests {
         store
             .commit_batches(&[batch("old", 1, 1, collection(t, 0.5, 0.25, &[("/", 0.5)]))])
             .unwrap();
+        let after = units(&store);
+        assert!(after.contains(&("old.metric".to_owned(), String::new())));
+        assert!(
+            after.contains(&(CPU.to_owned(), "1".to_owned())),
+            "{after:?}"
+        );
         let expected = HostSummary {
             cpu_busy: Some((0.5, t)),
             memory_used: Some((0.25, t)),

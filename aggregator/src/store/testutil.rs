@@ -30,6 +30,7 @@ pub(crate) fn log(time_ns: i64, body_bytes: usize) -> Event {
 pub(crate) fn metric(time_ns: i64, value: f64) -> Event {
     Event::Metric(MetricPoint {
         name: "system.memory.usage".to_owned(),
+        unit: "By".to_owned(),
         attributes: vec![("state".to_owned(), "used".to_owned())],
         time_ns,
         value,

@@ -59,13 +59,18 @@ impl Family for Agent {
             .and_then(|me| me.stat())
             .map_err(|e| format!("/proc/self/stat: {e}"))?;
         let cpu_seconds = (stat.utime + stat.stime) as f64 / procfs::ticks_per_second() as f64;
-        p.counter("outpost.agent.cpu.time", cpu_seconds, &[]);
+        p.counter("outpost.agent.cpu.time", "s", cpu_seconds, &[]);
         let rss = stat.rss * procfs::page_size();
-        p.gauge("outpost.agent.memory.rss", rss as f64, &[]);
+        p.gauge("outpost.agent.memory.rss", "By", rss as f64, &[]);
         if let Some(spool) = &self.sources.spool {
             let s = spool()?;
-            p.gauge("outpost.agent.spool.bytes", s.file_bytes as f64, &[]);
-            p.gauge("outpost.agent.spool.events", s.events as f64, &[]);
+            p.gauge("outpost.agent.spool.bytes", "By", s.file_bytes as f64, &[]);
+            p.gauge(
+                "outpost.agent.spool.events",
+                "{event}",
+                s.events as f64,
+                &[],
+            );
             let d = &s.drops;
             for (reason, n) in [
                 ("spool_full_evicted", d.spool_full_evicted),
@@ -73,7 +78,12 @@ impl Family for Agent {
                 ("rejected_by_aggregator", d.rejected_by_aggregator),
                 ("oversized", d.oversized),
             ] {
-                p.counter("outpost.agent.drops", n as f64, &[("reason", reason)]);
+                p.counter(
+                    "outpost.agent.drops",
+                    "{event}",
+                    n as f64,
+                    &[("reason", reason)],
+                );
             }
         }
         if let Some(t) = &self.sources.telemetry {
@@ -85,20 +95,21 @@ impl Family for Agent {
 
 fn telemetry(p: &mut Points, t: &Telemetry) {
     let sent = t.batches_sent.load(Ordering::Relaxed) as f64;
-    p.counter("outpost.agent.batches.sent", sent, &[]);
+    p.counter("outpost.agent.batches.sent", "{batch}", sent, &[]);
     let acked = t.batches_acked.load(Ordering::Relaxed) as f64;
-    p.counter("outpost.agent.batches.acked", acked, &[]);
+    p.counter("outpost.agent.batches.acked", "{batch}", acked, &[]);
     if let Some(l) = t.ack_latency() {
         let seconds = |us: u64| us as f64 / 1e6;
         let latency = "outpost.agent.send.latency";
-        p.gauge(latency, seconds(l.p50_us), &[("quantile", "0.5")]);
-        p.gauge(latency, seconds(l.p99_us), &[("quantile", "0.99")]);
+        p.gauge(latency, "s", seconds(l.p50_us), &[("quantile", "0.5")]);
+        p.gauge(latency, "s", seconds(l.p99_us), &[("quantile", "0.99")]);
     }
     // Every collector seen is reported, 0 when healthy, so a recovery shows as a drop to 0.
     let mut errors: BTreeMap<String, f64> = BTreeMap::new();
     for (collector, seconds) in t.collector_durations() {
         p.gauge(
             "outpost.agent.collector.duration",
+            "s",
             seconds,
             &[("collector", &collector)],
         );
@@ -110,6 +121,7 @@ fn telemetry(p: &mut Points, t: &Telemetry) {
     for (collector, n) in errors {
         p.gauge(
             "outpost.agent.collector.errors",
+            "{error}",
             n,
             &[("collector", &collector)],
         );

@@ -31,10 +31,30 @@ impl Family for Cpu {
                 utilization(&mut p, a, b, Some(&format!("cpu{i}")));
             }
         }
-        p.gauge("system.cpu.load_average.1m", f64::from(load.one), &[]);
-        p.gauge("system.cpu.load_average.5m", f64::from(load.five), &[]);
-        p.gauge("system.cpu.load_average.15m", f64::from(load.fifteen), &[]);
-        p.gauge("system.cpu.logical.count", stats.cpu_time.len() as f64, &[]);
+        p.gauge(
+            "system.cpu.load_average.1m",
+            "{thread}",
+            f64::from(load.one),
+            &[],
+        );
+        p.gauge(
+            "system.cpu.load_average.5m",
+            "{thread}",
+            f64::from(load.five),
+            &[],
+        );
+        p.gauge(
+            "system.cpu.load_average.15m",
+            "{thread}",
+            f64::from(load.fifteen),
+            &[],
+        );
+        p.gauge(
+            "system.cpu.logical.count",
+            "{cpu}",
+            stats.cpu_time.len() as f64,
+            &[],
+        );
         self.previous = Some(stats);
         Ok(p.points)
     }
@@ -74,10 +94,11 @@ fn utilization(p: &mut Points, before: &CpuTime, after: &CpuTime, cpu: Option<&s
         match cpu {
             Some(cpu) => p.gauge(
                 "system.cpu.utilization",
+                "1",
                 value,
                 &[("cpu", cpu), ("state", state)],
             ),
-            None => p.gauge("system.cpu.utilization", value, &[("state", state)]),
+            None => p.gauge("system.cpu.utilization", "1", value, &[("state", state)]),
         }
     }
 }

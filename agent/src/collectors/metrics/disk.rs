@@ -34,18 +34,31 @@ impl Family for Disk {
             let write = [("device", dev), ("direction", "write")];
             p.counter(
                 "system.disk.io",
+                "By",
                 d.sectors_read as f64 * SECTOR_BYTES,
                 &read,
             );
             p.counter(
                 "system.disk.io",
+                "By",
                 d.sectors_written as f64 * SECTOR_BYTES,
                 &write,
             );
-            p.counter("system.disk.operations", d.reads as f64, &read);
-            p.counter("system.disk.operations", d.writes as f64, &write);
+            p.counter(
+                "system.disk.operations",
+                "{operation}",
+                d.reads as f64,
+                &read,
+            );
+            p.counter(
+                "system.disk.operations",
+                "{operation}",
+                d.writes as f64,
+                &write,
+            );
             p.counter(
                 "system.disk.io_time",
+                "s",
                 d.time_in_progress as f64 / 1000.0,
                 &[("device", dev)],
             );

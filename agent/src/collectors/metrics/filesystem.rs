@@ -97,22 +97,44 @@ impl Family for Filesystem {
                     ("state", state),
                 ]
             };
-            p.gauge("system.filesystem.usage", u.used as f64, &attrs("used"));
-            p.gauge("system.filesystem.usage", u.free as f64, &attrs("free"));
             p.gauge(
                 "system.filesystem.usage",
+                "By",
+                u.used as f64,
+                &attrs("used"),
+            );
+            p.gauge(
+                "system.filesystem.usage",
+                "By",
+                u.free as f64,
+                &attrs("free"),
+            );
+            p.gauge(
+                "system.filesystem.usage",
+                "By",
                 u.reserved as f64,
                 &attrs("reserved"),
             );
             p.gauge(
                 "system.filesystem.utilization",
+                "1",
                 u.utilization(),
                 &attrs("")[..3],
             );
             let used = u.inodes_used as f64;
-            p.gauge("system.filesystem.inodes.usage", used, &attrs("used"));
+            p.gauge(
+                "system.filesystem.inodes.usage",
+                "{inode}",
+                used,
+                &attrs("used"),
+            );
             let free = u.inodes_free as f64;
-            p.gauge("system.filesystem.inodes.usage", free, &attrs("free"));
+            p.gauge(
+                "system.filesystem.inodes.usage",
+                "{inode}",
+                free,
+                &attrs("free"),
+            );
         }
         Ok(p.points)
     }

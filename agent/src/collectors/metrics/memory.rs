@@ -37,10 +37,16 @@ impl Family for Memory {
             states.push(("available", a));
         }
         for (state, bytes) in states {
-            p.gauge("system.memory.usage", bytes as f64, &[("state", state)]);
+            p.gauge(
+                "system.memory.usage",
+                "By",
+                bytes as f64,
+                &[("state", state)],
+            );
             if m.mem_total > 0 {
                 p.gauge(
                     "system.memory.utilization",
+                    "1",
                     bytes as f64 / m.mem_total as f64,
                     &[("state", state)],
                 );
@@ -49,11 +55,13 @@ impl Family for Memory {
         let swap_used = m.swap_total.saturating_sub(m.swap_free);
         p.gauge(
             "system.paging.usage",
+            "By",
             swap_used as f64,
             &[("state", "used")],
         );
         p.gauge(
             "system.paging.usage",
+            "By",
             m.swap_free as f64,
             &[("state", "free")],
         );

@@ -404,17 +404,28 @@ impl Points {
         }
     }
 
-    pub fn gauge(&mut self, name: &str, value: f64, attributes: &[(&str, &str)]) {
-        self.push(name, value, attributes, MetricKind::Gauge);
+    /// A point-in-time value; `unit` in UCUM notation as OpenTelemetry writes it (`By`, `s`,
+    /// `1`, `{packet}`).
+    pub fn gauge(&mut self, name: &str, unit: &str, value: f64, attributes: &[(&str, &str)]) {
+        self.push(name, unit, value, attributes, MetricKind::Gauge);
     }
 
-    pub fn counter(&mut self, name: &str, value: f64, attributes: &[(&str, &str)]) {
-        self.push(name, value, attributes, MetricKind::Counter);
+    /// A cumulative total; `unit` as for [`Points::gauge`].
+    pub fn counter(&mut self, name: &str, unit: &str, value: f64, attributes: &[(&str, &str)]) {
+        self.push(name, unit, value, attributes, MetricKind::Counter);
     }
 
-    fn push(&mut self, name: &str, value: f64, attributes: &[(&str, &str)], kind: MetricKind) {
+    fn push(
+        &mut self,
+        name: &str,
+        unit: &str,
+        value: f64,
+        attributes: &[(&str, &str)],
+        kind: MetricKind,
+    ) {
         self.points.push(MetricPoint {
             name: name.to_owned(),
+            unit: unit.to_owned(),
             attributes: attributes
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))

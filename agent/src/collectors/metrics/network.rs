@@ -33,14 +33,24 @@ impl Family for Network {
             let rx = [("device", name.as_str()), ("direction", "receive")];
             let tx = [("device", name.as_str()), ("direction", "transmit")];
             let pairs = [
-                ("system.network.io", d.recv_bytes, d.sent_bytes),
-                ("system.network.packets", d.recv_packets, d.sent_packets),
-                ("system.network.errors", d.recv_errs, d.sent_errs),
-                ("system.network.dropped", d.recv_drop, d.sent_drop),
+                ("system.network.io", "By", d.recv_bytes, d.sent_bytes),
+                (
+                    "system.network.packets",
+                    "{packet}",
+                    d.recv_packets,
+                    d.sent_packets,
+                ),
+                ("system.network.errors", "{error}", d.recv_errs, d.sent_errs),
+                (
+                    "system.network.dropped",
+                    "{packet}",
+                    d.recv_drop,
+                    d.sent_drop,
+                ),
             ];
-            for (metric, r, t) in pairs {
-                p.counter(metric, r as f64, &rx);
-                p.counter(metric, t as f64, &tx);
+            for (metric, unit, r, t) in pairs {
+                p.counter(metric, unit, r as f64, &rx);
+                p.counter(metric, unit, t as f64, &tx);
             }
         }
         Ok(p.points)

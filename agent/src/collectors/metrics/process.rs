@@ -55,15 +55,30 @@ impl Family for Processes {
                 let elapsed = (now_ns - at) as f64 / 1e9;
                 if elapsed > 0.0 {
                     let used = cpu.saturating_sub(*before) as f64 / ticks;
-                    p.gauge("process.cpu.utilization", used / elapsed / cpus, &attrs);
+                    p.gauge(
+                        "process.cpu.utilization",
+                        "1",
+                        used / elapsed / cpus,
+                        &attrs,
+                    );
                 }
             }
             seen.insert(key, (cpu, now_ns));
-            p.gauge("process.memory.rss", (stat.rss * page) as f64, &attrs);
-            p.gauge("process.threads", stat.num_threads as f64, &attrs);
+            p.gauge("process.memory.rss", "By", (stat.rss * page) as f64, &attrs);
+            p.gauge(
+                "process.threads",
+                "{thread}",
+                stat.num_threads as f64,
+                &attrs,
+            );
             // Another user's descriptors need privileges the agent may not have.
             if let Ok(n) = proc.fd_count() {
-                p.gauge("process.open_file_descriptors", n as f64, &attrs);
+                p.gauge(
+                    "process.open_file_descriptors",
+                    "{file_descriptor}",
+                    n as f64,
+                    &attrs,
+                );
             }
         }
         self.previous = seen;

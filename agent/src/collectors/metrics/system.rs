@@ -19,9 +19,14 @@ impl Family for System {
     fn collect(&mut self, now_ns: i64) -> Result<Vec<MetricPoint>, String> {
         let mut p = Points::new(now_ns);
         let uptime = procfs::Uptime::current().map_err(|e| format!("/proc/uptime: {e}"))?;
-        p.gauge("system.uptime", uptime.uptime, &[]);
+        p.gauge("system.uptime", "s", uptime.uptime, &[]);
         for (status, n) in process_counts()? {
-            p.gauge("system.processes.count", n as f64, &[("status", status)]);
+            p.gauge(
+                "system.processes.count",
+                "{process}",
+                n as f64,
+                &[("status", status)],
+            );
         }
         pressure(&mut p);
         Ok(p.points)
@@ -69,7 +74,7 @@ fn pressure(p: &mut Points) {
         };
         let name = format!("system.pressure.{resource}");
         for (kind, window, value) in parse_pressure(&text) {
-            p.gauge(&name, value, &[("type", kind), ("window", window)]);
+            p.gauge(&name, "%", value, &[("type", kind), ("window", window)]);
         }
     }
 }

@@ -16,7 +16,7 @@ impl Family for Ticking {
     fn collect(&mut self, now_ns: i64) -> Result<Vec<MetricPoint>, String> {
         self.0.fetch_add(1, Ordering::SeqCst);
         let mut p = Points::new(now_ns);
-        p.gauge("test.tick", 1.0, &[]);
+        p.gauge("test.tick", "1", 1.0, &[]);
         Ok(p.points)
     }
 }
@@ -52,7 +52,7 @@ impl Family for FailsOnce {
             return Err("first read failed".to_owned());
         }
         let mut p = Points::new(now_ns);
-        p.counter("test.flaky", 1.0, &[]);
+        p.counter("test.flaky", "1", 1.0, &[]);
         Ok(p.points)
     }
 }
@@ -500,98 +500,125 @@ fn everything() -> Vec<MetricPoint> {
 }
 
 #[test]
-fn every_metric_has_its_name_kind_and_attributes() {
+fn every_metric_has_its_name_unit_kind_and_attributes() {
     use MetricKind::{Counter, Gauge};
     let points = everything();
-    let mut seen: BTreeMap<&str, (MetricKind, BTreeSet<Vec<&str>>)> = BTreeMap::new();
+    // Name -> (unit, kind, attribute key sets).
+    let mut seen: BTreeMap<&str, (&str, MetricKind, BTreeSet<Vec<&str>>)> = BTreeMap::new();
     for p in &points {
         let keys: Vec<&str> = p.attributes.iter().map(|(k, _)| k.as_str()).collect();
         let e = seen
             .entry(p.name.as_str())
-            .or_insert((p.kind, BTreeSet::new()));
-        assert_eq!(e.0, p.kind, "{} has two kinds", p.name);
-        e.1.insert(keys);
+            .or_insert((p.unit.as_str(), p.kind, BTreeSet::new()));
+        assert_eq!(e.0, p.unit, "{} has two units", p.name);
+        assert_eq!(e.1, p.kind, "{} has two kinds", p.name);
+        e.2.insert(keys);
         assert!(p.value.is_finite(), "{p:?}");
     }
     let fs = ["device", "type", "mountpoint", "state"];
-    let expected: &[(&str, MetricKind, &[&[&str]])] = &[
+    let expected: &[(&str, &str, MetricKind, &[&[&str]])] = &[
         (
             "system.cpu.utilization",
+            "1",
             Gauge,
             &[&["state"], &["cpu", "state"]],
         ),
-        ("system.cpu.load_average.1m", Gauge, &[&[]]),
-        ("system.cpu.load_average.5m", Gauge, &[&[]]),
-        ("system.cpu.load_average.15m", Gauge, &[&[]]),
-        ("system.cpu.logical.count", Gauge, &[&[]]),
-        ("system.memory.usage", Gauge, &[&["state"]]),
-        ("system.memory.utilization", Gauge, &[&["state"]]),
-        ("system.paging.usage", Gauge, &[&["state"]]),
-        ("system.filesystem.usage", Gauge, &[&fs]),
-        ("system.filesystem.utilization", Gauge, &[&fs[..3]]),
-        ("system.filesystem.inodes.usage", Gauge, &[&fs]),
-        ("system.disk.io", Counter, &[&["device", "direction"]]),
+        ("system.cpu.load_average.1m", "{thread}", Gauge, &[&[]]),
+        ("system.cpu.load_average.5m", "{thread}", Gauge, &[&[]]),
+        ("system.cpu.load_average.15m", "{thread}", Gauge, &[&[]]),
+        ("system.cpu.logical.count", "{cpu}", Gauge, &[&[]]),
+        ("system.memory.usage", "By", Gauge, &[&["state"]]),
+        ("system.memory.utilization", "1", Gauge, &[&["state"]]),
+        ("system.paging.usage", "By", Gauge, &[&["state"]]),
+        ("system.filesystem.usage", "By", Gauge, &[&fs]),
+        ("system.filesystem.utilization", "1", Gauge, &[&fs[..3]]),
+        ("system.filesystem.inodes.usage", "{inode}", Gauge, &[&fs]),
+        ("system.disk.io", "By", Counter, &[&["device", "direction"]]),
         (
             "system.disk.operations",
+            "{operation}",
             Counter,
             &[&["device", "direction"]],
         ),
-        ("system.disk.io_time", Counter, &[&["device"]]),
-        ("system.network.io", Counter, &[&["device", "direction"]]),
+        ("system.disk.io_time", "s", Counter, &[&["device"]]),
+        (
+            "system.network.io",
+            "By",
+            Counter,
+            &[&["device", "direction"]],
+        ),
         (
             "system.network.packets",
+            "{packet}",
             Counter,
             &[&["device", "direction"]],
         ),
         (
             "system.network.errors",
+            "{error}",
             Counter,
             &[&["device", "direction"]],
         ),
         (
             "system.network.dropped",
+            "{packet}",
             Counter,
             &[&["device", "direction"]],
         ),
-        ("system.processes.count", Gauge, &[&["status"]]),
-        ("system.uptime", Gauge, &[&[]]),
+        ("system.processes.count", "{process}", Gauge, &[&["status"]]),
+        ("system.uptime", "s", Gauge, &[&[]]),
         (
             "process.cpu.utilization",
+            "1",
             Gauge,
             &[&["process.name", "process.pid"]],
         ),
         (
             "process.memory.rss",
+            "By",
             Gauge,
             &[&["process.name", "process.pid"]],
         ),
         (
             "process.threads",
+            "{thread}",
             Gauge,
             &[&["process.name", "process.pid"]],
         ),
         (
             "process.open_file_descriptors",
+            "{file_descriptor}",
             Gauge,
             &[&["process.name", "process.pid"]],
         ),
-        ("outpost.agent.cpu.time", Counter, &[&[]]),
-        ("outpost.agent.memory.rss", Gauge, &[&[]]),
-        ("outpost.agent.spool.bytes", Gauge, &[&[]]),
-        ("outpost.agent.spool.events", Gauge, &[&[]]),
-        ("outpost.agent.batches.sent", Counter, &[&[]]),
-        ("outpost.agent.batches.acked", Counter, &[&[]]),
-        ("outpost.agent.send.latency", Gauge, &[&["quantile"]]),
-        ("outpost.agent.drops", Counter, &[&["reason"]]),
-        ("outpost.agent.collector.errors", Gauge, &[&["collector"]]),
-        ("outpost.agent.collector.duration", Gauge, &[&["collector"]]),
+        ("outpost.agent.cpu.time", "s", Counter, &[&[]]),
+        ("outpost.agent.memory.rss", "By", Gauge, &[&[]]),
+        ("outpost.agent.spool.bytes", "By", Gauge, &[&[]]),
+        ("outpost.agent.spool.events", "{event}", Gauge, &[&[]]),
+        ("outpost.agent.batches.sent", "{batch}", Counter, &[&[]]),
+        ("outpost.agent.batches.acked", "{batch}", Counter, &[&[]]),
+        ("outpost.agent.send.latency", "s", Gauge, &[&["quantile"]]),
+        ("outpost.agent.drops", "{event}", Counter, &[&["reason"]]),
+        (
+            "outpost.agent.collector.errors",
+            "{error}",
+            Gauge,
+            &[&["collector"]],
+        ),
+        (
+            "outpost.agent.collector.duration",
+            "s",
+            Gauge,
+            &[&["collector"]],
+        ),
     ];
     let mut expected_names: BTreeSet<&str> = BTreeSet::new();
-    for (name, kind, attrs) in expected {
+    for (name, unit, kind, attrs) in expected {
         expected_names.insert(name);
-        let Some((k, got)) = seen.get(name) else {
+        let Some((u, k, got)) = seen.get(name) else {
             panic!("{name} missing; seen {:?}", seen.keys())
         };
+        assert_eq!(u, unit, "{name}");
         assert_eq!(k, kind, "{name}");
         let want: BTreeSet<Vec<&str>> = attrs.iter().map(|a| a.to_vec()).collect();
         assert_eq!(got, &want, "{name}");
@@ -599,8 +626,8 @@ fn every_metric_has_its_name_kind_and_attributes() {
     if std::path::Path::new("/proc/pressure").exists() {
         for r in ["cpu", "memory", "io"] {
             let name = format!("system.pressure.{r}");
-            let (k, attrs) = seen.get(name.as_str()).unwrap();
-            assert_eq!(*k, Gauge);
+            let (u, k, attrs) = seen.get(name.as_str()).unwrap();
+            assert_eq!((*u, *k), ("%", Gauge));
             assert_eq!(attrs, &BTreeSet::from([vec!["type", "window"]]));
         }
     }
@@ -651,6 +678,7 @@ async fn collections_finishing_together_share_one_spool_batch() {
     let (tx, rx) = mpsc::channel(8);
     let point = |name: &str| MetricPoint {
         name: name.to_owned(),
+        unit: "1".to_owned(),
         attributes: vec![],
         time_ns: 1,
         value: 1.0,
