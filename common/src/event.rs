@@ -165,14 +165,18 @@ pub enum DropReason {
     RejectedByAggregator,
     /// An event was larger than the largest batch the aggregator accepts.
     Oversized,
+    /// Droppable data (metric samples, status snapshots) could not be written to the spool
+    /// (disk full, I/O error) and was given up.
+    SpoolWriteFailed,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 4] = [
+    pub const ALL: [DropReason; 5] = [
         DropReason::SpoolFullEvicted,
         DropReason::SpoolFullRejected,
         DropReason::RejectedByAggregator,
         DropReason::Oversized,
+        DropReason::SpoolWriteFailed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -181,6 +185,7 @@ impl DropReason {
             DropReason::SpoolFullRejected => "spool_full_rejected",
             DropReason::RejectedByAggregator => "rejected_by_aggregator",
             DropReason::Oversized => "oversized",
+            DropReason::SpoolWriteFailed => "spool_write_failed",
         }
     }
 }
@@ -192,14 +197,15 @@ pub struct DropCounters {
     pub spool_full_rejected: u64,
     pub rejected_by_aggregator: u64,
     pub oversized: u64,
+    pub spool_write_failed: u64,
 }
 
 impl DropCounters {
+    /// The sum over every reason, saturating: the counters arrive from agents.
     pub fn total(&self) -> u64 {
-        self.spool_full_evicted
-            + self.spool_full_rejected
-            + self.rejected_by_aggregator
-            + self.oversized
+        DropReason::ALL
+            .iter()
+            .fold(0u64, |sum, &r| sum.saturating_add(self.get(r)))
     }
 
     pub fn add(&mut self, reason: DropReason, n: u64) {
@@ -212,6 +218,7 @@ impl DropCounters {
             DropReason::SpoolFullRejected => self.spool_full_rejected,
             DropReason::RejectedByAggregator => self.rejected_by_aggregator,
             DropReason::Oversized => self.oversized,
+            DropReason::SpoolWriteFailed => self.spool_write_failed,
         }
     }
 
@@ -221,6 +228,7 @@ impl DropCounters {
             DropReason::SpoolFullRejected => &mut self.spool_full_rejected,
             DropReason::RejectedByAggregator => &mut self.rejected_by_aggregator,
             DropReason::Oversized => &mut self.oversized,
+            DropReason::SpoolWriteFailed => &mut self.spool_write_failed,
         }
     }
 }

@@ -27,7 +27,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::event::{AgentStatus, Event, HostFacts};
 
-/// The protocol version this build speaks. Version 2 added [`MetricPoint::unit`].
+/// The protocol version this build speaks. Version 2 added [`MetricPoint::unit`] and the
+/// `spool_write_failed` drop counter.
 ///
 /// [`MetricPoint::unit`]: crate::event::MetricPoint::unit
 pub const PROTOCOL_VERSION: u16 = 2;
@@ -401,14 +402,20 @@ mod tests {
     }
 
     fn arb_drops() -> impl Strategy<Value = DropCounters> {
-        (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(a, b, c, d)| {
-            DropCounters {
+        (
+            any::<u64>(),
+            any::<u64>(),
+            any::<u64>(),
+            any::<u64>(),
+            any::<u64>(),
+        )
+            .prop_map(|(a, b, c, d, e)| DropCounters {
                 spool_full_evicted: a,
                 spool_full_rejected: b,
                 rejected_by_aggregator: c,
                 oversized: d,
-            }
-        })
+                spool_write_failed: e,
+            })
     }
 
     fn arb_status() -> impl Strategy<Value = AgentStatus> {

@@ -211,7 +211,7 @@ impl SpoolView {
         let (next_seq, drops) = conn
             .query_row(
                 "SELECT next_seq, spool_full_evicted, spool_full_rejected, rejected_by_aggregator,
-                        oversized FROM spool WHERE id = 1",
+                        oversized, spool_write_failed FROM spool WHERE id = 1",
                 [],
                 |r| {
                     let n = |i| r.get::<_, i64>(i).map(i64::cast_unsigned);
@@ -222,6 +222,7 @@ impl SpoolView {
                             spool_full_rejected: n(2)?,
                             rejected_by_aggregator: n(3)?,
                             oversized: n(4)?,
+                            spool_write_failed: n(5)?,
                         },
                     ))
                 },

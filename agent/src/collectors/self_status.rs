@@ -40,7 +40,7 @@ pub async fn run(
             class: Class::Drop,
         };
         if let Err(e) = spool.submit(sub).await {
-            warn!(error = %e, "cannot spool a status snapshot");
+            warn!(error = %e, "cannot spool a status snapshot; it is lost and counted as spool_write_failed");
         }
     }
 }

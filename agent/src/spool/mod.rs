@@ -65,7 +65,11 @@ pub const DEFAULT_MAX_BATCH_EVENTS: usize = 1000;
 pub const DEFAULT_MAX_BATCH_BYTES: usize = 1024 * 1024;
 
 /// The schema this build writes, kept in SQLite's `user_version`.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
+
+/// Brings a spool of version 1 (before the `spool_write_failed` counter) to version 2.
+const MIGRATE_V1: &str =
+    "ALTER TABLE spool ADD COLUMN spool_write_failed INTEGER NOT NULL DEFAULT 0;";
 
 /// WAL size SQLite truncates back to after a checkpoint, so a burst does not leave a large file.
 const JOURNAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
@@ -78,7 +82,8 @@ const SCHEMA: &str = "
         spool_full_evicted INTEGER NOT NULL,
         spool_full_rejected INTEGER NOT NULL,
         rejected_by_aggregator INTEGER NOT NULL,
-        oversized INTEGER NOT NULL
+        oversized INTEGER NOT NULL,
+        spool_write_failed INTEGER NOT NULL DEFAULT 0
     );
     CREATE TABLE batches (
         seq INTEGER PRIMARY KEY,
@@ -493,7 +498,30 @@ impl Spool {
 
     /// [`Spool::append`], but a Wait-class submission that does not fit is handed back so the
     /// writer can hold it without copying its events.
+    ///
+    /// When it fails, the events of Drop-class submissions are given up (their sources do not
+    /// retry) and counted as [`DropReason::SpoolWriteFailed`]: in memory at once, on disk with
+    /// the next transaction that saves the counters.
     fn append_keeping_full(
+        &mut self,
+        subs: Vec<Submission>,
+        now_ns: i64,
+    ) -> Result<Vec<Decision>, SpoolError> {
+        let droppable: u64 = subs
+            .iter()
+            .filter(|s| s.class == Class::Drop)
+            .map(|s| s.events.len() as u64)
+            .sum();
+        let result = self.try_append(subs, now_ns);
+        if result.is_err() {
+            self.state
+                .drops
+                .add(DropReason::SpoolWriteFailed, droppable);
+        }
+        result
+    }
+
+    fn try_append(
         &mut self,
         subs: Vec<Submission>,
         now_ns: i64,
@@ -650,6 +678,15 @@ fn create_schema(conn: &mut Connection, path: &Path) -> Result<(), SpoolError> {
     match version {
         SCHEMA_VERSION => return Ok(()),
         0 => {}
+        1 => {
+            tx.execute_batch(MIGRATE_V1)
+                .map_err(sql(path, "cannot migrate the schema from version 1"))?;
+            tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+                .map_err(sql(path, "cannot set the schema version"))?;
+            return tx
+                .commit()
+                .map_err(sql(path, "cannot migrate the schema from version 1"));
+        }
         other => {
             return Err(corrupt(
                 path,
@@ -663,7 +700,7 @@ fn create_schema(conn: &mut Connection, path: &Path) -> Result<(), SpoolError> {
     tx.execute_batch(SCHEMA)
         .map_err(sql(path, "cannot create the schema"))?;
     tx.execute(
-        "INSERT INTO spool VALUES (1, ?1, 1, 0, 0, 0, 0)",
+        "INSERT INTO spool VALUES (1, ?1, 1, 0, 0, 0, 0, 0)",
         [id_to_sql(spool_id)],
     )
     .map_err(sql(path, "cannot create the spool row"))?;
@@ -676,7 +713,7 @@ fn load_state(conn: &Connection, path: &Path) -> Result<(u64, State), SpoolError
     let (spool_id, next_seq, drops) = conn
         .query_row(
             "SELECT spool_id, next_seq, spool_full_evicted, spool_full_rejected,
-                    rejected_by_aggregator, oversized FROM spool WHERE id = 1",
+                    rejected_by_aggregator, oversized, spool_write_failed FROM spool WHERE id = 1",
             [],
             |row| {
                 let drops = DropCounters {
@@ -684,6 +721,7 @@ fn load_state(conn: &Connection, path: &Path) -> Result<(u64, State), SpoolError
                     spool_full_rejected: get_u64(row, 3)?,
                     rejected_by_aggregator: get_u64(row, 4)?,
                     oversized: get_u64(row, 5)?,
+                    spool_write_failed: get_u64(row, 6)?,
                 };
                 Ok((id_from_sql(row.get(0)?), get_u64(row, 1)?, drops))
             },
@@ -745,7 +783,8 @@ fn write_state(tx: &Transaction<'_>, path: &Path, state: &State) -> Result<(), S
     let d = &state.drops;
     tx.prepare_cached(
         "UPDATE spool SET next_seq = ?1, spool_full_evicted = ?2, spool_full_rejected = ?3,
-                          rejected_by_aggregator = ?4, oversized = ?5 WHERE id = 1",
+                          rejected_by_aggregator = ?4, oversized = ?5, spool_write_failed = ?6
+         WHERE id = 1",
     )
     .and_then(|mut stmt| {
         stmt.execute(params![
@@ -753,7 +792,8 @@ fn write_state(tx: &Transaction<'_>, path: &Path, state: &State) -> Result<(), S
             int(d.spool_full_evicted)?,
             int(d.spool_full_rejected)?,
             int(d.rejected_by_aggregator)?,
-            int(d.oversized)?
+            int(d.oversized)?,
+            int(d.spool_write_failed)?
         ])
     })
     .map_err(sql(path, "cannot save the spool state"))

@@ -414,10 +414,16 @@ fn a_failed_transaction_leaves_the_spool_as_it_was() {
         "{err}"
     );
     assert!(matches!(err, SpoolError::Sqlite { .. }), "{err:?}");
+    // A Wait-class source keeps its events and retries: nothing is counted as lost.
+    let wait = sub(Class::Wait, events(300, 50), Some(("w", b"1")));
+    spool.append(vec![wait], NOW).unwrap_err();
     assert_eq!(spool.stats().next_seq, before.next_seq);
+    // The droppable samples are given up, and counted.
+    let mut lost = before.drops.clone();
+    lost.add(DropReason::SpoolWriteFailed, 100);
     assert_eq!(
         (spool.stats().events, spool.stats().drops.clone()),
-        (before.events, before.drops.clone())
+        (before.events, lost)
     );
     assert_eq!(spool.peek(), batches);
     assert_eq!(spool.checkpoint("m").unwrap(), Some(b"1".to_vec()));
@@ -444,6 +450,55 @@ fn a_failed_transaction_leaves_the_spool_as_it_was() {
     );
     let left_events: u64 = old_left.iter().map(|(b, _)| u64::from(b.events)).sum();
     assert_eq!(spool.stats().drops.spool_full_evicted, 20 - left_events);
+    // The count of the failed write was saved with the next transaction.
+    let drops = spool.stats().drops.clone();
+    drop(spool);
+    let spool = Spool::open(config(&path, 110 * one)).unwrap();
+    assert_eq!(spool.stats().drops, drops);
+    assert_eq!(drops.spool_write_failed, 100);
+}
+
+#[test]
+fn a_spool_of_the_first_schema_is_migrated_and_keeps_its_data() {
+    let dir = TempDir::new().unwrap();
+    let path = db(&dir);
+    {
+        let mut spool = Spool::open(config(&path, 100_000)).unwrap();
+        append_one(
+            &mut spool,
+            sub(Class::Wait, events(1, 3), Some(("a", b"7"))),
+        );
+    }
+    // Take the file back to version 1: the table without the newest counter.
+    {
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE old AS SELECT id, spool_id, next_seq, spool_full_evicted,
+                 spool_full_rejected, rejected_by_aggregator, oversized FROM spool;
+             DROP TABLE spool;
+             ALTER TABLE old RENAME TO spool;
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+    }
+    let mut spool = Spool::open(config(&path, 100_000)).unwrap();
+    assert_eq!(spool.stats().events, 3);
+    assert_eq!(spool.stats().drops, DropCounters::default());
+    assert_eq!(spool.checkpoint("a").unwrap(), Some(b"7".to_vec()));
+    assert_eq!(
+        append_one(&mut spool, sub(Class::Wait, events(4, 1), None)),
+        SubmitOutcome::Committed { events: 1 }
+    );
+    drop(spool);
+    let version: i64 = Connection::open(&path)
+        .unwrap()
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .unwrap();
+    assert_eq!(version, SCHEMA_VERSION);
+    assert_eq!(
+        Spool::open(config(&path, 100_000)).unwrap().stats().events,
+        4
+    );
 }
 
 #[test]

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use outpost_common::event::MetricPoint;
+use outpost_common::event::{DropReason, MetricPoint};
 
 use super::{Family, Points};
 use crate::spool::SpoolStats;
@@ -71,18 +71,12 @@ impl Family for Agent {
                 s.events as f64,
                 &[],
             );
-            let d = &s.drops;
-            for (reason, n) in [
-                ("spool_full_evicted", d.spool_full_evicted),
-                ("spool_full_rejected", d.spool_full_rejected),
-                ("rejected_by_aggregator", d.rejected_by_aggregator),
-                ("oversized", d.oversized),
-            ] {
+            for reason in DropReason::ALL {
                 p.counter(
                     "outpost.agent.drops",
                     "{event}",
-                    n as f64,
-                    &[("reason", reason)],
+                    s.drops.get(reason) as f64,
+                    &[("reason", reason.as_str())],
                 );
             }
         }

@@ -488,7 +488,7 @@ pub async fn submit(mut points: mpsc::Receiver<Vec<MetricPoint>>, spool: SpoolHa
             class: Class::Drop,
         };
         if let Err(e) = spool.submit(sub).await {
-            tracing::warn!(error = %e, points = n, "cannot spool metric samples; they are lost");
+            tracing::warn!(error = %e, points = n, "cannot spool metric samples; they are lost and counted as spool_write_failed");
         }
     }
 }
