@@ -10,7 +10,7 @@ use outpost_agent::config;
 const EXIT_CONFIG: u8 = 64;
 
 #[derive(Debug, Parser)]
-#[command(name = "outpost-agent", version = outpost_common::VERSION, about = "Outpost host agent")]
+#[command(name = "outpost-agent", version = outpost_common::LONG_VERSION, about = "Outpost host agent")]
 struct Cli {
     /// The configuration file.
     #[arg(long, short, global = true, default_value = "/etc/outpost/agent.toml")]

@@ -46,7 +46,7 @@ pub fn run(v: Validated) -> anyhow::Result<()> {
     let stats = spool.stats();
     info!(
         agent_id = %identity.agent_id,
-        version = outpost_common::VERSION,
+        version = outpost_common::LONG_VERSION,
         spool = %v.spool_path().display(),
         backlog_batches = stats.batches,
         aggregator = %v.endpoint,
@@ -62,6 +62,8 @@ pub fn run(v: Validated) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
+        let mut signals = outpost_common::shutdown::Signals::install()
+            .context("cannot install the SIGTERM and SIGINT handlers")?;
         let (stop_tx, stop) = watch::channel(false);
         let mut tasks = tokio::task::JoinSet::new();
         if c.synthetic.enabled {
@@ -112,9 +114,13 @@ pub fn run(v: Validated) -> anyhow::Result<()> {
         );
         tasks.spawn(shipper.run(stop.clone()));
         drop(spool);
+        // Ready once collecting and spooling: the aggregator may be unreachable for long, and
+        // the agent is doing its job meanwhile.
+        outpost_common::service::ready();
 
-        outpost_common::shutdown::signal().await;
+        signals.recv().await;
         info!("shutting down");
+        outpost_common::service::stopping("waiting for outstanding acknowledgements");
         let _ = stop_tx.send(true);
         while tasks.join_next().await.is_some() {}
         anyhow::Ok(())

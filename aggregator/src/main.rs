@@ -10,7 +10,7 @@ use outpost_aggregator::{config, pki, quickstart, status};
 const EXIT_CONFIG: u8 = 64;
 
 #[derive(Debug, Parser)]
-#[command(name = "outpost-aggregator", version = outpost_common::VERSION, about = "Outpost aggregator")]
+#[command(name = "outpost-aggregator", version = outpost_common::LONG_VERSION, about = "Outpost aggregator")]
 struct Cli {
     /// The configuration file.
     #[arg(

@@ -55,6 +55,8 @@ pub fn run(v: Validated) -> anyhow::Result<()> {
     let retention_task = spawn_retention(store.clone(), retention(&v), c.retention.interval)
         .context("cannot start retention")?;
     let result = runtime.block_on(async {
+        let mut signals = outpost_common::shutdown::Signals::install()
+            .context("cannot install the SIGTERM and SIGINT handlers")?;
         let ingest = Ingest::bind(
             v.listen,
             TlsFiles {
@@ -80,10 +82,12 @@ pub fn run(v: Validated) -> anyhow::Result<()> {
         )?;
         let addr = ingest.local_addr().context("cannot read the bound address")?;
         write_listen_file(&v, addr)?;
-        info!(%addr, store = %v.store_path().display(), version = outpost_common::VERSION, "outpost-aggregator listening");
+        info!(%addr, store = %v.store_path().display(), version = outpost_common::LONG_VERSION, "outpost-aggregator listening");
         let task = tokio::spawn(ingest.run(stop.clone(), c.tls.reload_interval));
-        outpost_common::shutdown::signal().await;
+        outpost_common::service::ready();
+        signals.recv().await;
         info!("shutting down");
+        outpost_common::service::stopping("draining the store writer");
         let _ = stop_tx.send(true);
         let _ = task.await;
         anyhow::Ok(())

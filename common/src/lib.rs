@@ -20,10 +20,22 @@
 pub mod config;
 pub mod event;
 pub mod logging;
+pub mod service;
 pub mod shutdown;
 pub mod time;
 pub mod tls;
 pub mod wire;
 
-/// This build's version, as reported in Hello/Welcome and `--version`.
+/// This build's version, as reported in Hello/Welcome.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The git revision this build was made from (12 hex digits), or `unknown`.
+pub const GIT_REVISION: &str = env!("OUTPOST_GIT_REVISION");
+
+/// What `--version` prints after the program's name: `0.1.0 (git 0123456789ab)`.
+pub const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (git ",
+    env!("OUTPOST_GIT_REVISION"),
+    ")"
+);

@@ -1,21 +1,31 @@
 //! Waiting for the operator's request to stop.
 
-/// Resolves on SIGTERM (systemd's stop) or SIGINT (Ctrl-C).
-pub async fn signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        }
-        _ => {
-            // Without signal handlers only Ctrl-C can stop the process; keep that working.
-            let _ = tokio::signal::ctrl_c().await;
+use tokio::signal::unix::{Signal, SignalKind, signal};
+
+/// Handlers for SIGTERM (systemd's stop) and SIGINT (Ctrl-C).
+///
+/// Install them before the process says it is ready: a signal that arrives earlier would
+/// otherwise kill the process with the default action, skipping the graceful drain.
+#[derive(Debug)]
+pub struct Signals {
+    term: Signal,
+    int: Signal,
+}
+
+impl Signals {
+    /// Installs the handlers; must run inside a tokio runtime.
+    pub fn install() -> std::io::Result<Signals> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// Resolves on the next SIGTERM or SIGINT.
+    pub async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
         }
     }
 }

@@ -13,6 +13,7 @@ mod garbage;
 mod host_metrics;
 mod limits;
 mod quickstart;
+mod service;
 mod spool_cap;
 mod status;
 
