@@ -32,8 +32,9 @@ impl Family for System {
 /// Processes (not threads) by state, from each `/proc/<pid>/stat`.
 ///
 /// This is the family's main cost, a read per process, so each read is one `open`, one `read`
-/// and one `close` into a reused buffer, rather than the directory handle and `stat` call that
-/// `procfs` makes per process to learn its owner, which is not needed here.
+/// of the line's start and one `close`, rather than the directory handle and `stat` call that
+/// `procfs` makes per process to learn its owner, and the `stat` and `lseek` calls of reading a
+/// whole file, none of which is needed here.
 fn process_counts() -> Result<BTreeMap<&'static str, u64>, String> {
     let mut counts = BTreeMap::new();
     for s in [
@@ -43,7 +44,8 @@ fn process_counts() -> Result<BTreeMap<&'static str, u64>, String> {
     }
     let dir = std::fs::read_dir("/proc").map_err(|e| format!("/proc: {e}"))?;
     let mut path = std::path::PathBuf::from("/proc");
-    let mut buf = Vec::with_capacity(512);
+    // The state comes after the pid and the command name, which the kernel caps at 64 bytes.
+    let mut buf = [0u8; 256];
     for entry in dir {
         let entry = entry.map_err(|e| format!("/proc: {e}"))?;
         let name = entry.file_name();
@@ -52,12 +54,11 @@ fn process_counts() -> Result<BTreeMap<&'static str, u64>, String> {
         }
         path.push(&name);
         path.push("stat");
-        buf.clear();
         // A process can exit between listing and reading: it is simply not counted.
-        let read = std::fs::File::open(&path).and_then(|mut f| f.read_to_end(&mut buf));
+        let read = std::fs::File::open(&path).and_then(|mut f| f.read(&mut buf));
         path.pop();
         path.pop();
-        if let (Ok(_), Some(state)) = (read, stat_state(&buf)) {
+        if let Some(state) = read.ok().and_then(|n| stat_state(&buf[..n])) {
             *counts.entry(status(state)).or_insert(0) += 1;
         }
     }
