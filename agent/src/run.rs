@@ -55,12 +55,7 @@ pub fn run(v: Validated) -> anyhow::Result<()> {
     let (spool, spool_join) = crate::spool::writer::spawn(spool);
     let telemetry = Arc::new(Telemetry::new());
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .thread_name("outpost-agent")
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = runtime()?;
     runtime.block_on(async {
         let mut signals = outpost_common::shutdown::Signals::install()
             .context("cannot install the SIGTERM and SIGINT handlers")?;
@@ -149,6 +144,20 @@ pub fn run(v: Validated) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The async runtime: one thread, the one that runs [`run`].
+///
+/// The async side of the agent only moves bytes (QUIC, timers, channels): SQLite runs on the
+/// spool's own thread and metric collections on blocking threads. One thread keeps up with
+/// shipping at full speed, and an idle agent then wakes one thread per event instead of also
+/// waking spare workers to look for work to steal.
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_name("outpost-agent")
+        .build()
+        .context("cannot start the async runtime")
+}
+
 /// Holds an exclusive lock on the data directory for the life of the process, so two agents can
 /// never share one spool. The kernel releases it when the process exits, however it exits.
 fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
@@ -173,6 +182,37 @@ fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use crate::collectors::metrics::{Family, agent_sources};
+    use crate::spool::{Spool, SpoolConfig};
+    use crate::telemetry::Telemetry;
+
+    #[test]
+    fn the_agent_family_reads_spool_statistics_on_the_agent_runtime() {
+        // The runtime has one thread, which the agent family's blocking thread never drives: its
+        // spool statistics must still arrive, through the spool's own thread.
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(SpoolConfig::new(dir.path().join("spool.db"), 1 << 20)).unwrap();
+        let (handle, join) = crate::spool::writer::spawn(spool);
+        let runtime = super::runtime().unwrap();
+        let sources = agent_sources(Arc::new(Telemetry::new()), handle, runtime.handle().clone());
+        let mut family = crate::collectors::metrics::agent::Agent::new(sources);
+        let points = runtime
+            .block_on(async { tokio::task::spawn_blocking(move || family.collect(1)).await })
+            .unwrap()
+            .unwrap();
+        assert!(
+            points
+                .iter()
+                .any(|p| p.name.starts_with("outpost.agent.spool")),
+            "{:?}",
+            points.iter().map(|p| &p.name).collect::<Vec<_>>()
+        );
+        drop(runtime);
+        join.join().unwrap();
+    }
+
     #[test]
     fn a_second_agent_cannot_take_the_same_data_directory() {
         let dir = tempfile::tempdir().unwrap();

@@ -24,7 +24,11 @@
 //!
 //! The database runs in WAL mode with `synchronous = FULL`: a batch may be shipped as soon as its
 //! transaction commits, so the commit must survive power loss, or a rolled-back seq could be
-//! reused for different events and then discarded by the aggregator as a duplicate.
+//! reused for different events and then discarded by the aggregator as a duplicate. The one
+//! exception is the deletion of acknowledged batches ([`Spool::ack`]), committed without an
+//! fsync: power loss can only roll it back, together with everything committed after it, which
+//! brings back batches the aggregator already holds; they are sent again and it recognises them
+//! as duplicates. The next commit with an fsync, or a WAL checkpoint, makes it durable.
 //!
 //! One thread owns the [`Spool`]; the rest of the agent talks to it through the [`writer`], which
 //! also group-commits concurrent submissions.
@@ -247,6 +251,43 @@ pub struct Spool {
     /// The batch limits appends pack to: the configured ones, lowered by
     /// [`Spool::set_batch_limits`].
     limits: BatchLimits,
+    /// The connection's `synchronous` setting now.
+    sync: Sync,
+}
+
+/// Whether a commit waits for the disk: SQLite's `synchronous` setting in WAL mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sync {
+    /// `FULL`: the commit fsyncs the WAL, so it survives power loss.
+    Full,
+    /// `NORMAL`: no fsync at commit; power loss may roll back the newest commits, in order.
+    Normal,
+}
+
+impl Sync {
+    fn pragma(self) -> &'static str {
+        match self {
+            Sync::Full => "FULL",
+            Sync::Normal => "NORMAL",
+        }
+    }
+}
+
+/// Sets `conn`'s `synchronous` to `want`, if `current` says it is not already, then begins an
+/// immediate transaction.
+fn begin<'c>(
+    conn: &'c mut Connection,
+    current: &mut Sync,
+    want: Sync,
+    path: &Path,
+) -> Result<Transaction<'c>, SpoolError> {
+    if *current != want {
+        conn.pragma_update(None, "synchronous", want.pragma())
+            .map_err(sql(path, "cannot set synchronous mode"))?;
+        *current = want;
+    }
+    conn.transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(sql(path, "cannot begin a transaction"))
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -290,7 +331,7 @@ impl Spool {
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(corrupt(path, format!("journal mode is {mode}, not wal")));
         }
-        conn.pragma_update(None, "synchronous", "FULL")
+        conn.pragma_update(None, "synchronous", Sync::Full.pragma())
             .map_err(sql(path, "cannot set synchronous mode"))?;
         conn.pragma_update(None, "journal_size_limit", JOURNAL_SIZE_LIMIT)
             .map_err(sql(path, "cannot set the journal size limit"))?;
@@ -308,6 +349,7 @@ impl Spool {
             state,
             evictable: Evictable::default(),
             limits,
+            sync: Sync::Full,
         })
     }
 
@@ -363,14 +405,18 @@ impl Spool {
     }
 
     /// Deletes the acknowledged batches; unknown seqs are ignored.
+    ///
+    /// The deletion commits without an fsync (see the module documentation): undoing it can only
+    /// make the shipper send batches again that the aggregator already stored, which it
+    /// recognises as duplicates.
     pub fn ack(&mut self, seqs: &[u64]) -> Result<(), SpoolError> {
-        self.delete(seqs, None)
+        self.delete(seqs, None, Sync::Normal)
     }
 
     /// Deletes batch `seq` and counts its events as dropped for `reason`; an unknown seq is
     /// ignored.
     pub fn drop_batch(&mut self, seq: u64, reason: DropReason) -> Result<(), SpoolError> {
-        self.delete(&[seq], Some(reason))
+        self.delete(&[seq], Some(reason), Sync::Full)
     }
 
     /// Lowers the limits future appends pack batches to, to what the receiver accepts: each limit
@@ -418,10 +464,7 @@ impl Spool {
         };
         let path = self.config.path.as_path();
         let mut next = self.state.clone();
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(sql(path, "cannot begin a transaction"))?;
+        let tx = begin(&mut self.conn, &mut self.sync, Sync::Full, path)?;
         let found = read_batches(&tx, path, seq.saturating_sub(1), 1)?
             .into_iter()
             .find(|(batch, _)| batch.seq == seq);
@@ -543,10 +586,7 @@ impl Spool {
         let encoded = encode_all(std::mem::take(&mut plan.batches), self.limits.bytes, path)?;
 
         let mut next = self.state.clone();
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(sql(path, "cannot begin a transaction"))?;
+        let tx = begin(&mut self.conn, &mut self.sync, Sync::Full, path)?;
         for &seq in &plan.evict {
             if delete_batch(&tx, path, seq)?.is_none() {
                 return Err(corrupt(path, format!("batch {seq} vanished")));
@@ -582,14 +622,17 @@ impl Spool {
     }
 
     /// Deletes batches in one transaction, counting their events under `reason` if given.
-    fn delete(&mut self, seqs: &[u64], reason: Option<DropReason>) -> Result<(), SpoolError> {
+    /// `sync` says whether the commit waits for the disk.
+    fn delete(
+        &mut self,
+        seqs: &[u64],
+        reason: Option<DropReason>,
+        sync: Sync,
+    ) -> Result<(), SpoolError> {
         let path = self.config.path.as_path();
         let mut next = self.state.clone();
         let mut removed = Vec::with_capacity(seqs.len());
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(sql(path, "cannot begin a transaction"))?;
+        let tx = begin(&mut self.conn, &mut self.sync, sync, path)?;
         for &seq in seqs {
             if let Some(size) = delete_batch(&tx, path, seq)? {
                 next.remove(size);

@@ -1274,3 +1274,57 @@ fn append_throughput() {
     drop(handle);
     join.join().unwrap();
 }
+
+fn synchronous(spool: &Spool) -> i64 {
+    spool
+        .conn
+        .pragma_query_value(None, "synchronous", |row| row.get(0))
+        .unwrap()
+}
+
+#[test]
+fn only_acknowledgements_commit_without_an_fsync() {
+    const FULL: i64 = 2;
+    const NORMAL: i64 = 1;
+    let dir = TempDir::new().unwrap();
+    let mut spool = Spool::open(config(&db(&dir), 10_000)).unwrap();
+    assert_eq!(synchronous(&spool), FULL);
+    append_one(&mut spool, sub(Class::Drop, events(1, 2), None));
+    append_one(&mut spool, sub(Class::Drop, events(3, 2), None));
+    let seqs: Vec<u64> = spool
+        .batches_after(0, 10)
+        .unwrap()
+        .iter()
+        .map(|b| b.seq)
+        .collect();
+    assert_eq!(seqs, [1, 2]);
+
+    spool.ack(&[1]).unwrap();
+    assert_eq!(synchronous(&spool), NORMAL);
+    assert_eq!(
+        spool.stats().batches,
+        1,
+        "the acknowledged batch is deleted"
+    );
+
+    // Every other change waits for the disk again, and takes the deletion with it.
+    append_one(
+        &mut spool,
+        sub(Class::Wait, events(5, 1), Some(("log", b"5"))),
+    );
+    assert_eq!(synchronous(&spool), FULL);
+    spool.ack(&[3]).unwrap();
+    spool
+        .drop_batch(2, DropReason::RejectedByAggregator)
+        .unwrap();
+    assert_eq!(synchronous(&spool), FULL);
+    spool.ack(&[]).unwrap();
+    let split = spool.split_batch(99, 1, MAX_BATCH_BYTES).unwrap();
+    assert!(split.is_empty());
+    assert_eq!(synchronous(&spool), FULL);
+
+    drop(spool);
+    let reopened = Spool::open(config(&db(&dir), 10_000)).unwrap();
+    assert_eq!(reopened.stats().batches, 0);
+    assert_eq!(synchronous(&reopened), FULL);
+}

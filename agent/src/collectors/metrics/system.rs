@@ -1,6 +1,7 @@
 //! `system.processes.count`, `system.uptime` and `system.pressure.*` (PSI).
 
 use std::collections::BTreeMap;
+use std::io::Read;
 
 use outpost_common::event::MetricPoint;
 use procfs::Current;
@@ -34,6 +35,11 @@ impl Family for System {
 }
 
 /// Processes (not threads) by state, from each `/proc/<pid>/stat`.
+///
+/// This is the family's main cost, a read per process, so each read is one `open`, one `read`
+/// of the line's start and one `close`, rather than the directory handle and `stat` call that
+/// `procfs` makes per process to learn its owner, and the `stat` and `lseek` calls of reading a
+/// whole file, none of which is needed here.
 fn process_counts() -> Result<BTreeMap<&'static str, u64>, String> {
     let mut counts = BTreeMap::new();
     for s in [
@@ -41,12 +47,37 @@ fn process_counts() -> Result<BTreeMap<&'static str, u64>, String> {
     ] {
         counts.insert(s, 0);
     }
-    let all = procfs::process::all_processes().map_err(|e| format!("/proc: {e}"))?;
-    // A process can exit between listing and reading: it is simply not counted.
-    for stat in all.flatten().filter_map(|p| p.stat().ok()) {
-        *counts.entry(status(stat.state)).or_insert(0) += 1;
+    let dir = std::fs::read_dir("/proc").map_err(|e| format!("/proc: {e}"))?;
+    let mut path = std::path::PathBuf::from("/proc");
+    // The state comes after the pid and the command name, which the kernel caps at 64 bytes.
+    let mut buf = [0u8; 256];
+    for entry in dir {
+        let entry = entry.map_err(|e| format!("/proc: {e}"))?;
+        let name = entry.file_name();
+        if !name.as_encoded_bytes().iter().all(u8::is_ascii_digit) {
+            continue;
+        }
+        path.push(&name);
+        path.push("stat");
+        // A process can exit between listing and reading: it is simply not counted.
+        let read = std::fs::File::open(&path).and_then(|mut f| f.read(&mut buf));
+        path.pop();
+        path.pop();
+        if let Some(state) = read.ok().and_then(|n| stat_state(&buf[..n])) {
+            *counts.entry(status(state)).or_insert(0) += 1;
+        }
     }
     Ok(counts)
+}
+
+/// The state letter of a `/proc/<pid>/stat` line: the first field after the command name, which
+/// is in parentheses and may itself contain spaces and parentheses.
+fn stat_state(stat: &[u8]) -> Option<char> {
+    let close = stat.iter().rposition(|&b| b == b')')?;
+    match stat.get(close + 1..close + 3)? {
+        [b' ', state] => Some(char::from(*state)),
+        _ => None,
+    }
 }
 
 /// The OpenTelemetry status of a kernel process state letter.
@@ -117,6 +148,27 @@ mod tests {
             ]
         );
         assert!(super::parse_pressure("nonsense avg10=1\n").is_empty());
+    }
+
+    #[test]
+    fn the_state_follows_the_last_parenthesis() {
+        assert_eq!(super::stat_state(b"1 (init) S 0 1 1"), Some('S'));
+        assert_eq!(super::stat_state(b"42 (a) b) (c) R 1 42"), Some('R'));
+        assert_eq!(super::stat_state(b"7 (x y) D 1\n"), Some('D'));
+        assert_eq!(super::stat_state(b"7 (truncated)"), None);
+        assert_eq!(super::stat_state(b""), None);
+    }
+
+    #[test]
+    fn this_process_is_counted() {
+        let counts = super::process_counts().unwrap();
+        let own = std::fs::read(format!("/proc/{}/stat", std::process::id())).unwrap();
+        let state = super::status(super::stat_state(&own).unwrap());
+        // The state of a process is its main thread's, which waits for the tests throughout.
+        assert!(
+            counts.get(state) >= Some(&1),
+            "{state} missing from {counts:?}"
+        );
     }
 
     #[test]
