@@ -4,7 +4,8 @@ use std::collections::BTreeMap;
 use std::io::Read;
 
 use outpost_common::event::MetricPoint;
-use procfs::Current;
+use procfs::process::Stat;
+use procfs::{Current, FromRead};
 
 use super::{Family, Points};
 
@@ -37,9 +38,9 @@ impl Family for System {
 /// Processes (not threads) by state, from each `/proc/<pid>/stat`.
 ///
 /// This is the family's main cost, a read per process, so each read is one `open`, one `read`
-/// of the line's start and one `close`, rather than the directory handle and `stat` call that
-/// `procfs` makes per process to learn its owner, and the `stat` and `lseek` calls of reading a
-/// whole file, none of which is needed here.
+/// into a reused buffer and one `close`, parsed by `procfs`, rather than the directory handle
+/// and `stat` call that `procfs::process::Process` makes per process to learn its owner, and the
+/// `stat` and `lseek` calls of reading a whole file, none of which is needed here.
 fn process_counts() -> Result<BTreeMap<&'static str, u64>, String> {
     let mut counts = BTreeMap::new();
     for s in [
@@ -49,8 +50,8 @@ fn process_counts() -> Result<BTreeMap<&'static str, u64>, String> {
     }
     let dir = std::fs::read_dir("/proc").map_err(|e| format!("/proc: {e}"))?;
     let mut path = std::path::PathBuf::from("/proc");
-    // The state comes after the pid and the command name, which the kernel caps at 64 bytes.
-    let mut buf = [0u8; 256];
+    // The line is at most ~1.2 KB: a 64-byte command name and 51 numbers.
+    let mut buf = vec![0u8; 4096];
     for entry in dir {
         let entry = entry.map_err(|e| format!("/proc: {e}"))?;
         let name = entry.file_name();
@@ -63,21 +64,12 @@ fn process_counts() -> Result<BTreeMap<&'static str, u64>, String> {
         let read = std::fs::File::open(&path).and_then(|mut f| f.read(&mut buf));
         path.pop();
         path.pop();
-        if let Some(state) = read.ok().and_then(|n| stat_state(&buf[..n])) {
-            *counts.entry(status(state)).or_insert(0) += 1;
+        let stat = read.ok().and_then(|n| Stat::from_read(&buf[..n]).ok());
+        if let Some(stat) = stat {
+            *counts.entry(status(stat.state)).or_insert(0) += 1;
         }
     }
     Ok(counts)
-}
-
-/// The state letter of a `/proc/<pid>/stat` line: the first field after the command name, which
-/// is in parentheses and may itself contain spaces and parentheses.
-fn stat_state(stat: &[u8]) -> Option<char> {
-    let close = stat.iter().rposition(|&b| b == b')')?;
-    match stat.get(close + 1..close + 3)? {
-        [b' ', state] => Some(char::from(*state)),
-        _ => None,
-    }
 }
 
 /// The OpenTelemetry status of a kernel process state letter.
@@ -151,19 +143,10 @@ mod tests {
     }
 
     #[test]
-    fn the_state_follows_the_last_parenthesis() {
-        assert_eq!(super::stat_state(b"1 (init) S 0 1 1"), Some('S'));
-        assert_eq!(super::stat_state(b"42 (a) b) (c) R 1 42"), Some('R'));
-        assert_eq!(super::stat_state(b"7 (x y) D 1\n"), Some('D'));
-        assert_eq!(super::stat_state(b"7 (truncated)"), None);
-        assert_eq!(super::stat_state(b""), None);
-    }
-
-    #[test]
     fn this_process_is_counted() {
         let counts = super::process_counts().unwrap();
-        let own = std::fs::read(format!("/proc/{}/stat", std::process::id())).unwrap();
-        let state = super::status(super::stat_state(&own).unwrap());
+        let own = procfs::process::Process::myself().unwrap().stat().unwrap();
+        let state = super::status(own.state);
         // The state of a process is its main thread's, which waits for the tests throughout.
         assert!(
             counts.get(state) >= Some(&1),
