@@ -128,6 +128,17 @@ impl Store {
         self.count("SELECT count(*) FROM metrics WHERE name = ?1", name)
     }
 
+    /// The distinct units stored with metric points named `name`.
+    pub fn metric_units(&self, name: &str) -> Result<Vec<String>, String> {
+        let conn = self.open()?;
+        let mut q = conn
+            .prepare("SELECT DISTINCT unit FROM metrics WHERE name = ?1 ORDER BY unit")
+            .map_err(|e| self.error(e))?;
+        q.query_map([name], |r| r.get(0))
+            .and_then(Iterator::collect)
+            .map_err(|e| self.error(e))
+    }
+
     /// Whether the registry has ever heard of `agent_id`.
     pub fn knows_agent(&self, agent_id: &str) -> Result<bool, String> {
         Ok(self.count("SELECT count(*) FROM agents WHERE agent_id = ?1", agent_id)? > 0)

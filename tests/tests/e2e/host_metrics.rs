@@ -41,25 +41,25 @@ fn host_metrics_reach_the_store_and_status_shows_cpu_memory_and_the_fullest_file
     }
     assert!(memory > 0.0, "a running host uses some memory: {entry}");
 
-    // Every metric family the issue names arrives under its OpenTelemetry name.
+    // Every metric family the issue names arrives under its OpenTelemetry name and unit.
     let names = [
-        "system.cpu.utilization",
-        "system.cpu.load_average.1m",
-        "system.memory.usage",
-        "system.paging.usage",
-        "system.filesystem.usage",
-        "system.filesystem.inodes.usage",
-        "system.disk.io",
-        "system.network.io",
-        "system.processes.count",
-        "system.uptime",
-        "outpost.agent.memory.rss",
-        "outpost.agent.spool.events",
+        ("system.cpu.utilization", "1"),
+        ("system.cpu.load_average.1m", "{thread}"),
+        ("system.memory.usage", "By"),
+        ("system.paging.usage", "By"),
+        ("system.filesystem.usage", "By"),
+        ("system.filesystem.inodes.usage", "{inode}"),
+        ("system.disk.io", "By"),
+        ("system.network.io", "By"),
+        ("system.processes.count", "{process}"),
+        ("system.uptime", "s"),
+        ("outpost.agent.memory.rss", "By"),
+        ("outpost.agent.spool.events", "{event}"),
     ];
     env.wait_for("every metric family to be stored", || {
         let missing: Vec<&str> = names
             .iter()
-            .copied()
+            .map(|&(n, _)| n)
             .filter(|n| aggregator.store().metric_count(n).unwrap_or(0) == 0)
             .collect();
         if missing.is_empty() {
@@ -68,4 +68,11 @@ fn host_metrics_reach_the_store_and_status_shows_cpu_memory_and_the_fullest_file
             Err(format!("missing {missing:?}"))
         }
     });
+    for (name, unit) in names {
+        assert_eq!(
+            aggregator.store().metric_units(name).unwrap(),
+            [unit],
+            "{name}"
+        );
+    }
 }
