@@ -124,11 +124,13 @@ agent_configured() {
 }
 
 agent_instructions() {
-    cat <<'TEXT'
+    id=$(hostname 2>/dev/null || true)
+    [ -n "$id" ] || id="<ID>"
+    cat <<TEXT
 outpost-agent: installed and enabled, but not started: it needs an aggregator and a certificate.
-  1. On the aggregator: outpost-aggregator pki issue-agent "$(hostname)" --dir /etc/outpost/tls
-  2. Copy its agents/<ID>.pem, agents/<ID>.key and ca.pem here as /etc/outpost/tls/agent.pem,
-     /etc/outpost/tls/agent.key and /etc/outpost/tls/ca.pem, then
+  1. On the aggregator: outpost-aggregator pki issue-agent $id --dir /etc/outpost/tls
+  2. Copy its ca.pem, agents/$id.pem and agents/$id.key here as /etc/outpost/tls/ca.pem,
+     /etc/outpost/tls/agent.pem and /etc/outpost/tls/agent.key, then
      chown root:outpost /etc/outpost/tls/agent.key && chmod 0640 /etc/outpost/tls/agent.key
   3. Set endpoint = "quic://AGGREGATOR:4433" in [aggregator] of /etc/outpost/agent.toml and check:
      outpost-agent check-config

@@ -1,6 +1,7 @@
 //! The .deb and .rpm packages, with the real tools: `scripts/package` builds them, `lintian` and
-//! `rpm` inspect them, `dpkg` installs, upgrades, removes and purges them on this machine, and
-//! the installed binaries run as the `outpost` user with the command lines of the units. systemd
+//! `rpm` inspect them, `dpkg` installs, upgrades, removes and purges them on this machine, the
+//! installed binaries run as the `outpost` user with the command lines of the units, and `rpm`
+//! installs, upgrades and erases the .rpm packages to run their scriptlets. systemd
 //! is not PID 1 here: the unit files are checked with `systemd-analyze verify` and scored with
 //! `systemd-analyze security --offline=true`.
 //!
@@ -118,12 +119,33 @@ fn user_exists(db: &str, name: &str) -> bool {
     output(&mut cmd("getent", &[db, name])).status.success()
 }
 
-/// Purges both packages and whatever an interrupted run left behind.
-fn purge_everything() {
+/// Purges both packages (deb and rpm) and whatever an interrupted run left behind; never panics.
+fn cleanup() {
     let _ = output(&mut cmd(
         "dpkg",
         &["--purge", "outpost-agent", "outpost-aggregator"],
     ));
+    for p in PACKAGES {
+        if output(&mut cmd("rpm", &["-q", "--quiet", p]))
+            .status
+            .success()
+        {
+            let _ = output(&mut cmd("rpm", &["-e", "--nodeps", p]));
+        }
+    }
+    for dir in ["/etc/outpost", "/var/lib/outpost", "/var/log/outpost"] {
+        let _ = fs::remove_dir_all(dir);
+    }
+    if user_exists("passwd", "outpost") {
+        let _ = output(&mut cmd("userdel", &["outpost"]));
+    }
+    if user_exists("group", "outpost") {
+        let _ = output(&mut cmd("groupdel", &["outpost"]));
+    }
+}
+
+fn purge_everything() {
+    cleanup();
     for p in PACKAGES {
         assert_eq!(
             dpkg_status(p),
@@ -131,15 +153,10 @@ fn purge_everything() {
             "{p} is still known to dpkg after a purge"
         );
     }
-    for dir in ["/etc/outpost", "/var/lib/outpost", "/var/log/outpost"] {
-        let _ = fs::remove_dir_all(dir);
-    }
-    if user_exists("passwd", "outpost") {
-        run(&mut cmd("userdel", &["outpost"]));
-    }
-    if user_exists("group", "outpost") {
-        run(&mut cmd("groupdel", &["outpost"]));
-    }
+    assert!(
+        !user_exists("passwd", "outpost"),
+        "cannot remove the user outpost"
+    );
 }
 
 /// Purges at the end of the test, also when it fails.
@@ -147,16 +164,7 @@ struct PurgeOnDrop;
 
 impl Drop for PurgeOnDrop {
     fn drop(&mut self) {
-        let _ = output(&mut cmd(
-            "dpkg",
-            &["--purge", "outpost-agent", "outpost-aggregator"],
-        ));
-        if std::thread::panicking() {
-            // Leave nothing behind for the next run; it purges leftovers too.
-            for dir in ["/etc/outpost", "/var/lib/outpost", "/var/log/outpost"] {
-                let _ = fs::remove_dir_all(dir);
-            }
-        }
+        cleanup();
     }
 }
 
@@ -698,6 +706,69 @@ fn packages_build_lint_install_run_upgrade_remove_and_purge() {
     assert!(
         !user_exists("group", "outpost"),
         "group outpost after purge"
+    );
+
+    // The rpm scriptlets, run by rpm itself (the dependencies name RHEL packages, hence --nodeps).
+    rpm_install_upgrade_erase(&r1, &r2);
+}
+
+fn rpm_install_upgrade_erase(r1: &BTreeMap<String, PathBuf>, r2: &BTreeMap<String, PathBuf>) {
+    let rpm = |args: &[&str], packages: &BTreeMap<String, PathBuf>| {
+        let mut c = cmd("rpm", args);
+        c.arg(&packages["outpost-aggregator.rpm"])
+            .arg(&packages["outpost-agent.rpm"]);
+        run(&mut c)
+    };
+    let installed = rpm(&["-i", "--nodeps"], r1);
+    assert!(
+        installed.contains("systemctl start outpost-agent"),
+        "the agent's %post says what to do next:\n{installed}"
+    );
+    assert!(user_exists("passwd", "outpost"), "%pre creates the user");
+    assert_owner_mode("/etc/outpost/tls", "750 root outpost");
+    assert_owner_mode("/etc/outpost/agent.toml", "640 root outpost");
+    assert_owner_mode("/etc/outpost/aggregator.toml", "640 root outpost");
+    assert_owner_mode("/etc/outpost/tls/ca.key", "600 root root");
+    assert_owner_mode("/etc/outpost/tls/server.key", "640 root outpost");
+    assert_owner_mode("/var/lib/outpost/agent", "750 outpost outpost");
+    assert_owner_mode("/var/lib/outpost/aggregator", "750 outpost outpost");
+    assert_owner_mode("/var/log/outpost", "750 outpost outpost");
+
+    let mut agent_toml = fs::read_to_string("/etc/outpost/agent.toml").expect("agent.toml");
+    agent_toml.push_str("# a local change\n");
+    fs::write("/etc/outpost/agent.toml", &agent_toml).expect("agent.toml");
+    let before = digests("/etc/outpost");
+    rpm(&["-U", "--nodeps"], r2);
+    for p in PACKAGES {
+        assert_eq!(
+            run(&mut cmd("rpm", &["-q", "--qf", "%{VERSION}-%{RELEASE}", p])),
+            "0.1.0-2",
+            "{p} after rpm -U"
+        );
+    }
+    assert_eq!(
+        digests("/etc/outpost"),
+        before,
+        "configuration and CA after rpm -U"
+    );
+
+    run(&mut cmd(
+        "rpm",
+        &["-e", "--nodeps", "outpost-agent", "outpost-aggregator"],
+    ));
+    for p in PACKAGES {
+        assert!(
+            !Path::new(&format!("/usr/bin/{p}")).exists(),
+            "{p} binary after rpm -e"
+        );
+    }
+    // rpm keeps a modified configuration file as .rpmsave.
+    assert_eq!(
+        fs::read_to_string("/etc/outpost/agent.toml.rpmsave")
+            .ok()
+            .as_deref(),
+        Some(agent_toml.as_str()),
+        "the modified agent.toml after rpm -e"
     );
 }
 
