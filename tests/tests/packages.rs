@@ -339,7 +339,7 @@ fn check_rpm(package: &str, rpm: &Path) {
 fn check_lintian(deb: &Path) {
     let out = output(&mut cmd(
         "lintian",
-        &["--no-tag-display-limit", path_str(deb)],
+        &["--tag-display-limit", "0", path_str(deb)],
     ));
     let text = String::from_utf8_lossy(&out.stdout);
     let errors: Vec<&str> = text.lines().filter(|l| l.starts_with("E:")).collect();
