@@ -4,7 +4,9 @@
 //! Every file is written to a temporary name in the same directory, fsynced, renamed over the
 //! target and the directory fsynced, so a crash leaves either the old or the new content, never a
 //! torn one. Private keys are created with mode 0600 by `open(2)` itself: there is no moment at
-//! which a key is readable by others.
+//! which a key is readable by others. A key that replaces another keeps the group and group-read
+//! access of the one it replaces (a service reading it as a group member keeps working); it is
+//! never readable by others.
 
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Write};
@@ -27,6 +29,31 @@ pub(super) const ARCHIVE_MODE: u32 = 0o700;
 
 /// Writes `contents` to `path` atomically, the file having `mode` from its creation on.
 pub(super) fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), PkiError> {
+    write_atomic_as(path, contents, mode, None)
+}
+
+/// Writes a private key atomically with [`KEY_MODE`]; if it replaces a key, the new one takes
+/// the old one's group and, if the old one was group-readable, mode 0640.
+pub(super) fn write_key_atomic(path: &Path, contents: &[u8]) -> Result<(), PkiError> {
+    use std::os::unix::fs::MetadataExt;
+    let access = match fs::metadata(path) {
+        Ok(m) => Some((m.gid(), KEY_MODE | (m.mode() & 0o040))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(PkiError::io(path, "read the metadata of")(e)),
+    };
+    match access {
+        Some((gid, mode)) => write_atomic_as(path, contents, mode, Some(gid)),
+        None => write_atomic_as(path, contents, KEY_MODE, None),
+    }
+}
+
+/// [`write_atomic`], the temporary file given `group` (while still 0600) before `mode` is set.
+fn write_atomic_as(
+    path: &Path,
+    contents: &[u8],
+    mode: u32,
+    group: Option<u32>,
+) -> Result<(), PkiError> {
     let dir = parent(path);
     let tmp = temp_path(path);
     let io_err = |action| PkiError::io(&tmp, action);
@@ -38,11 +65,14 @@ pub(super) fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<()
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(mode)
+        .mode(mode & KEY_MODE)
         .open(&tmp)
         .map_err(io_err("create"))?;
-    // The umask may have narrowed `mode`; restore it exactly (it can only narrow, so a key
-    // is never wider than 0600 at any point).
+    if let Some(gid) = group {
+        std::os::unix::fs::fchown(&file, None, Some(gid)).map_err(io_err("set the group of"))?;
+    }
+    // The umask may have narrowed the mode; set it exactly. A key is 0600 until its group is
+    // set, and never readable by others.
     file.set_permissions(fs::Permissions::from_mode(mode))
         .map_err(io_err("set the mode of"))?;
     file.write_all(contents).map_err(io_err("write"))?;
@@ -170,6 +200,30 @@ mod tests {
         let cert = dir.path().join("x.pem");
         write_atomic(&cert, b"c", PUBLIC_MODE).unwrap();
         assert_eq!(mode(&cert), 0o644);
+    }
+
+    #[test]
+    fn a_replaced_key_keeps_the_group_access_of_the_old_one() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("server.key");
+        write_key_atomic(&path, b"one").unwrap();
+        assert_eq!(mode(&path), 0o600);
+        // As an operator (or the package's install script) grants a service group read access:
+        // as root to another group, otherwise to our own.
+        let created = fs::metadata(&path).unwrap();
+        let group = if created.uid() == 0 { 1 } else { created.gid() };
+        std::os::unix::fs::chown(&path, None, Some(group)).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        write_key_atomic(&path, b"two").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"two");
+        assert_eq!(fs::metadata(&path).unwrap().gid(), group);
+        // Group read is kept, others' read never is.
+        assert_eq!(mode(&path), 0o640);
+        // A key without group access stays 0600.
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        write_key_atomic(&path, b"three").unwrap();
+        assert_eq!(mode(&path), 0o600);
     }
 
     #[test]

@@ -52,6 +52,7 @@ use serde::Serialize;
 use self::certs::Ca;
 use self::files::{
     DIR_MODE, DirLock, KEY_MODE, PUBLIC_MODE, create_dir, read_optional, write_atomic,
+    write_key_atomic,
 };
 use self::revocations::{Revocation, Revocations};
 
@@ -507,7 +508,7 @@ fn issue_agent_inner(
         });
         list.commit(&layout, &ca, now)?;
     }
-    write_atomic(&key_path, minted.key_pem.as_bytes(), KEY_MODE)?;
+    write_key_atomic(&key_path, minted.key_pem.as_bytes())?;
     write_atomic(&cert_path, minted.cert_pem.as_bytes(), PUBLIC_MODE)?;
     Ok(IssuedAgent {
         agent_id: agent_id.to_owned(),
@@ -529,7 +530,7 @@ fn write_server(
     let until = after(now, validity)?.min(SystemTime::from(ca.not_after));
     let common_name = names.first().map_or("localhost", String::as_str);
     let minted = certs::new_server(ca, sans, common_name, backdated(now), until)?;
-    write_atomic(&layout.server_key(), minted.key_pem.as_bytes(), KEY_MODE)?;
+    write_key_atomic(&layout.server_key(), minted.key_pem.as_bytes())?;
     write_atomic(
         &layout.server_cert(),
         minted.cert_pem.as_bytes(),
