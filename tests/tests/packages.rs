@@ -510,6 +510,19 @@ fn packages_build_lint_install_run_upgrade_remove_and_purge() {
     // CA key.
     assert_owner_mode("/etc/outpost/tls/ca.key", "600 root root");
     assert_owner_mode("/etc/outpost/tls/server.key", "640 root outpost");
+    // An operator renewing the server certificate as root: the new key stays readable by the
+    // service, and by no one else.
+    run(&mut cmd(
+        "outpost-aggregator",
+        &[
+            "pki",
+            "issue-server",
+            "--dir",
+            "/etc/outpost/tls",
+            "--force",
+        ],
+    ));
+    assert_owner_mode("/etc/outpost/tls/server.key", "640 root outpost");
     for f in ["ca.pem", "server.pem", "crl.pem"] {
         assert!(Path::new("/etc/outpost/tls").join(f).is_file(), "{f}");
     }
