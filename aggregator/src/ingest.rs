@@ -26,7 +26,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::store::{CommitOutcome, IncomingBatch, Store, StoreWriter};
+use crate::store::{CommitOutcome, IncomingBatch, RegistryUpdate, StoreWriter};
 
 /// Limits and timings of ingest.
 #[derive(Debug, Clone)]
@@ -107,7 +107,6 @@ struct Session {
 /// Shared state of the ingest service.
 struct Shared {
     config: IngestConfig,
-    store: Arc<dyn Store>,
     writer: StoreWriter,
     counters: Arc<IngestCounters>,
     log_limiter: LogLimiter,
@@ -165,7 +164,6 @@ impl Ingest {
         listen: std::net::SocketAddr,
         tls_files: TlsFiles,
         config: IngestConfig,
-        store: Arc<dyn Store>,
         writer: StoreWriter,
         reset_key: &[u8],
     ) -> anyhow::Result<Ingest> {
@@ -197,7 +195,6 @@ impl Ingest {
             endpoint,
             shared: Arc::new(Shared {
                 config,
-                store,
                 writer,
                 counters: Arc::new(IngestCounters::default()),
                 log_limiter: LogLimiter::new(),
@@ -374,12 +371,14 @@ async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming) {
     };
     info!(agent_id = %identity.agent_id, %remote, %reason, "agent disconnected");
     if current {
-        let store = shared.store.clone();
-        let agent_id = identity.agent_id.clone();
-        let _ = tokio::task::spawn_blocking(move || {
-            store.record_disconnect(&agent_id, &reason, now_ns())
-        })
-        .await;
+        let update = RegistryUpdate::Disconnect {
+            agent_id: identity.agent_id.clone(),
+            reason,
+            now_ns: now_ns(),
+        };
+        if let Err(e) = shared.writer.record(update).await {
+            warn!(agent_id = %identity.agent_id, error = %e, "cannot record the disconnect");
+        }
     }
 }
 
@@ -456,12 +455,13 @@ async fn session(
     }
     let spool_id = hello.spool_id;
     {
-        let store = shared.store.clone();
-        let id = agent_id.to_owned();
-        let h = hello.clone();
-        let recorded =
-            tokio::task::spawn_blocking(move || store.record_hello(&id, &h, now_ns())).await;
-        if !matches!(recorded, Ok(Ok(()))) {
+        let update = RegistryUpdate::Hello {
+            agent_id: agent_id.to_owned(),
+            hello: hello.clone(),
+            now_ns: now_ns(),
+        };
+        let recorded = shared.writer.record(update).await;
+        if recorded.is_err() {
             let reason = "store unavailable; try again later".to_owned();
             let reject = Message::Reject(Reject {
                 seq: 0,
@@ -567,17 +567,16 @@ async fn control_loop(
     loop {
         match wire::read_message(&mut rx, shared.config.max_frame_bytes).await {
             Ok(Message::Heartbeat(hb)) => {
-                let store = shared.store.clone();
-                let id = agent_id.clone();
                 let received = now_ns();
                 let skew = hb.sent_ns.saturating_sub(received);
-                debug!(agent_id = %id, skew_ms = skew / 1_000_000, "heartbeat");
-                let result = tokio::task::spawn_blocking(move || {
-                    store.record_heartbeat(&id, &hb.status, received)
-                })
-                .await;
-                if !matches!(result, Ok(Ok(()))) {
-                    warn!(agent_id = %agent_id, ?result, "cannot record a heartbeat");
+                debug!(agent_id = %agent_id, skew_ms = skew / 1_000_000, "heartbeat");
+                let update = RegistryUpdate::Heartbeat {
+                    agent_id: agent_id.clone(),
+                    status: hb.status,
+                    now_ns: received,
+                };
+                if let Err(e) = shared.writer.record(update).await {
+                    warn!(agent_id = %agent_id, error = %e, "cannot record a heartbeat");
                 }
             }
             Ok(other) => {

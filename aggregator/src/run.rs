@@ -76,7 +76,6 @@ pub fn run(v: Validated) -> anyhow::Result<()> {
                 udp_receive_buffer: usize::try_from(c.ingest.udp_receive_buffer.as_u64())
                     .unwrap_or(usize::MAX),
             },
-            store.clone(),
             writer,
             &reset_key,
         )?;

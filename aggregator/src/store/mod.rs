@@ -46,6 +46,41 @@ pub struct IncomingBatch {
     pub events: Vec<Event>,
 }
 
+/// A change to the agent registry. Sessions hand these to [`StoreWriter::record`], which applies
+/// them with the next group commit instead of one transaction (and one fsync) each.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RegistryUpdate {
+    /// The agent connected and said Hello.
+    Hello {
+        agent_id: String,
+        hello: Hello,
+        now_ns: i64,
+    },
+    /// The agent's periodic status.
+    Heartbeat {
+        agent_id: String,
+        status: AgentStatus,
+        now_ns: i64,
+    },
+    /// The agent's current connection closed.
+    Disconnect {
+        agent_id: String,
+        reason: String,
+        now_ns: i64,
+    },
+}
+
+impl RegistryUpdate {
+    /// The agent the update is about.
+    pub fn agent_id(&self) -> &str {
+        match self {
+            RegistryUpdate::Hello { agent_id, .. }
+            | RegistryUpdate::Heartbeat { agent_id, .. }
+            | RegistryUpdate::Disconnect { agent_id, .. } => agent_id,
+        }
+    }
+}
+
 /// What [`Store::commit_batches`] did with one batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CommitOutcome {

@@ -1,5 +1,8 @@
-//! Group commit: one OS thread owns every batch commit and puts the batches of many agents that
-//! arrive together into one transaction.
+//! Group commit: one OS thread owns every write to the store and puts the batches of many agents
+//! that arrive together into one transaction.
+//!
+//! Registry updates ([`StoreWriter::record`]: Hello, heartbeat, disconnect) travel the same
+//! queue and are applied with the group they arrive in, before its batches.
 //!
 //! A durable commit costs an fsync, whatever it holds. Sessions hand their batches to
 //! [`StoreWriter::commit`] and wait; the writer thread takes the first waiting batch, adds whatever
@@ -14,7 +17,7 @@ use std::thread::JoinHandle;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{CommitOutcome, IncomingBatch, Store, StoreError};
+use super::{CommitOutcome, IncomingBatch, RegistryUpdate, Store, StoreError};
 
 /// Limits of the writer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,9 +69,25 @@ pub struct WriterJoin {
 }
 
 #[derive(Debug)]
-struct Job {
-    batch: IncomingBatch,
-    reply: oneshot::Sender<Result<CommitOutcome, StoreError>>,
+enum Job {
+    Batch {
+        batch: IncomingBatch,
+        reply: oneshot::Sender<Result<CommitOutcome, StoreError>>,
+    },
+    Registry {
+        update: Box<RegistryUpdate>,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+}
+
+impl Job {
+    /// Events the job adds to a group.
+    fn events(&self) -> usize {
+        match self {
+            Job::Batch { batch, .. } => batch.events.len(),
+            Job::Registry { .. } => 0,
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -107,7 +126,20 @@ impl StoreWriter {
     pub async fn commit(&self, batch: IncomingBatch) -> Result<CommitOutcome, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.tx
-            .send(Job { batch, reply })
+            .send(Job::Batch { batch, reply })
+            .await
+            .map_err(|_| StoreError::WriterStopped)?;
+        answer.await.map_err(|_| StoreError::WriterStopped)?
+    }
+
+    /// Queue a registry update; resolves once it is applied, with the group it joined.
+    pub async fn record(&self, update: RegistryUpdate) -> Result<(), StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Job::Registry {
+                update: Box::new(update),
+                reply,
+            })
             .await
             .map_err(|_| StoreError::WriterStopped)?;
         answer.await.map_err(|_| StoreError::WriterStopped)?
@@ -154,11 +186,11 @@ fn run(store: &dyn Store, mut rx: mpsc::Receiver<Job>, config: WriterConfig, sta
         let Some(first) = held.take().or_else(|| rx.blocking_recv()) else {
             return;
         };
-        let mut events = first.batch.events.len();
+        let mut events = first.events();
         let mut group = vec![first];
         while group.len() < max_batches {
             let Ok(job) = rx.try_recv() else { break };
-            let n = job.batch.events.len();
+            let n = job.events();
             if events.saturating_add(n) > max_events {
                 held = Some(job);
                 break;
@@ -171,8 +203,22 @@ fn run(store: &dyn Store, mut rx: mpsc::Receiver<Job>, config: WriterConfig, sta
 }
 
 fn commit_group(store: &dyn Store, group: Vec<Job>, events: usize, stats: &Counters) {
-    let (batches, replies): (Vec<_>, Vec<_>) =
-        group.into_iter().map(|j| (j.batch, j.reply)).unzip();
+    let mut batches = Vec::with_capacity(group.len());
+    let mut replies = Vec::with_capacity(group.len());
+    for job in group {
+        match job {
+            Job::Batch { batch, reply } => {
+                batches.push(batch);
+                replies.push(reply);
+            }
+            Job::Registry { update, reply } => {
+                let _ = reply.send(apply_registry(store, &update));
+            }
+        }
+    }
+    if batches.is_empty() {
+        return;
+    }
     let result = store.commit_batches(&batches).and_then(|outcomes| {
         if outcomes.len() == replies.len() {
             Ok(outcomes)
@@ -205,6 +251,26 @@ fn commit_group(store: &dyn Store, group: Vec<Job>, events: usize, stats: &Count
                 let _ = reply.send(Err(e.clone()));
             }
         }
+    }
+}
+
+fn apply_registry(store: &dyn Store, update: &RegistryUpdate) -> Result<(), StoreError> {
+    match update {
+        RegistryUpdate::Hello {
+            agent_id,
+            hello,
+            now_ns,
+        } => store.record_hello(agent_id, hello, *now_ns),
+        RegistryUpdate::Heartbeat {
+            agent_id,
+            status,
+            now_ns,
+        } => store.record_heartbeat(agent_id, status, *now_ns),
+        RegistryUpdate::Disconnect {
+            agent_id,
+            reason,
+            now_ns,
+        } => store.record_disconnect(agent_id, reason, *now_ns),
     }
 }
 
@@ -529,6 +595,44 @@ mod tests {
         assert_eq!(store.count_events(EventKind::Log, None).unwrap(), 300);
         let stats = writer.stats();
         assert_eq!((stats.batches, stats.events), (200, 600));
+        drop(writer);
+        tokio::task::spawn_blocking(move || join.join())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn registry_updates_go_through_the_writer_in_order_with_batches() {
+        use crate::store::testutil::{T0, hello};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(&dir.path().join("store.db")).unwrap());
+        let (writer, join) = StoreWriter::spawn(store.clone(), WriterConfig::default());
+        let update = |u| {
+            let w = writer.clone();
+            async move { w.record(u).await }
+        };
+        update(RegistryUpdate::Hello {
+            agent_id: "a".to_owned(),
+            hello: hello(7, AgentStatus::default()),
+            now_ns: T0,
+        })
+        .await
+        .unwrap();
+        writer.commit(logs("a", 7, 1, 2)).await.unwrap();
+        update(RegistryUpdate::Disconnect {
+            agent_id: "a".to_owned(),
+            reason: "bye".to_owned(),
+            now_ns: T0 + 5,
+        })
+        .await
+        .unwrap();
+        let agents = store.agents().unwrap();
+        assert_eq!(agents.len(), 1);
+        let a = &agents[0];
+        assert_eq!((a.spool_id, a.connected), (Some(7), false));
+        assert_eq!(a.last_disconnect_reason.as_deref(), Some("bye"));
+        assert_eq!(store.count_events(EventKind::Log, Some("a")).unwrap(), 2);
         drop(writer);
         tokio::task::spawn_blocking(move || join.join())
             .await
