@@ -7,6 +7,7 @@
 pub mod collectors;
 pub mod config;
 pub mod host;
+pub mod internal_events;
 pub mod run;
 pub mod ship;
 pub mod spool;

@@ -67,11 +67,7 @@ pub fn run(v: Validated) -> anyhow::Result<()> {
         }
         if c.metrics.enabled {
             use collectors::metrics;
-            let sources = metrics::agent_sources(
-                telemetry.clone(),
-                spool.clone(),
-                tokio::runtime::Handle::current(),
-            );
+            let sources = metrics::agent_sources(telemetry.clone(), spool.clone());
             let families = c.metrics.families(sources)?;
             let (points_tx, points) = tokio::sync::mpsc::channel(64);
             tasks.spawn(metrics::run(
@@ -81,7 +77,7 @@ pub fn run(v: Validated) -> anyhow::Result<()> {
                 telemetry.clone(),
                 stop.clone(),
             ));
-            tasks.spawn(metrics::submit(points, spool.clone()));
+            tasks.spawn(metrics::submit(points, spool.clone(), telemetry.clone()));
         }
         tasks.spawn(collectors::self_status::run(
             c.ship.status_interval,
@@ -121,16 +117,11 @@ pub fn run(v: Validated) -> anyhow::Result<()> {
         anyhow::Ok(())
     })?;
     let latency = telemetry.ack_latency();
+    let counters = telemetry.counters();
     info!(
-        batches_sent = telemetry
-            .batches_sent
-            .load(std::sync::atomic::Ordering::Relaxed),
-        batches_acked = telemetry
-            .batches_acked
-            .load(std::sync::atomic::Ordering::Relaxed),
-        events_acked = telemetry
-            .events_acked
-            .load(std::sync::atomic::Ordering::Relaxed),
+        batches_sent = counters.batches_sent,
+        batches_acked = counters.batches_acked,
+        events_acked = counters.events_acked,
         ack_latency_p50_us = latency.map_or(0, |l| l.p50_us),
         ack_latency_p99_us = latency.map_or(0, |l| l.p99_us),
         ack_latency_max_us = latency.map_or(0, |l| l.max_us),
@@ -191,12 +182,12 @@ mod tests {
     #[test]
     fn the_agent_family_reads_spool_statistics_on_the_agent_runtime() {
         // The runtime has one thread, which the agent family's blocking thread never drives: its
-        // spool statistics must still arrive, through the spool's own thread.
+        // spool statistics must still arrive, as the spool's thread published them.
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(SpoolConfig::new(dir.path().join("spool.db"), 1 << 20)).unwrap();
         let (handle, join) = crate::spool::writer::spawn(spool);
         let runtime = super::runtime().unwrap();
-        let sources = agent_sources(Arc::new(Telemetry::new()), handle, runtime.handle().clone());
+        let sources = agent_sources(Arc::new(Telemetry::new()), handle);
         let mut family = crate::collectors::metrics::agent::Agent::new(sources);
         let points = runtime
             .block_on(async { tokio::task::spawn_blocking(move || family.collect(1)).await })

@@ -19,7 +19,6 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
@@ -30,8 +29,11 @@ use outpost_common::wire::{self, Heartbeat, Hello, Message, RejectCode, Welcome,
 use thiserror::Error;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
+use crate::internal_events::{
+    BatchAcked, BatchRejected, BatchSent, BatchSplit, Connected, Disconnected, NotConnected,
+};
 use crate::spool::{SpoolError, SpoolHandle, StoredBatch};
 use crate::telemetry::Telemetry;
 
@@ -239,7 +241,10 @@ impl Shipper {
                         backoff = backoff_builder.build();
                     }
                     let delay = backoff.next().unwrap_or(self.config.reconnect_max);
-                    warn!(error = %e, retry_in = ?delay, "not connected to the aggregator");
+                    self.telemetry.emit(NotConnected {
+                        error: &e.to_string(),
+                        retry_in: delay,
+                    });
                     tokio::select! {
                         () = tokio::time::sleep(delay) => {}
                         _ = shutdown.wait_for(|s| *s) => break,
@@ -303,7 +308,7 @@ impl Shipper {
             .open_bi()
             .await
             .map_err(|e| SessionError::Refused(e.to_string()))?;
-        let stats = self.spool.stats().await?;
+        let stats = self.spool.stats();
         let hello = Message::Hello(Hello {
             protocol_version: wire::PROTOCOL_VERSION,
             agent_version: outpost_common::VERSION.to_owned(),
@@ -344,21 +349,23 @@ impl Shipper {
                 )));
             }
         };
-        self.telemetry.connects.fetch_add(1, Ordering::Relaxed);
-        info!(
-            aggregator = %self.config.endpoint,
-            server_version = %welcome.server_version,
-            max_in_flight = welcome.max_in_flight,
-            max_batch_events = welcome.max_batch_events,
-            max_frame_bytes = welcome.max_frame_bytes,
-            backlog_batches = stats.batches,
-            "connected to the aggregator"
-        );
+        self.telemetry.emit(Connected {
+            aggregator: &self.config.endpoint.to_string(),
+            server_version: &welcome.server_version,
+            max_in_flight: welcome.max_in_flight,
+            max_batch_events: welcome.max_batch_events,
+            max_frame_bytes: welcome.max_frame_bytes,
+            backlog_batches: stats.batches,
+        });
         let limit = self.config.max_in_flight.min(welcome.max_in_flight.max(1)) as usize;
         let result = self
             .deliver(&conn, &mut control_tx, limit, &welcome, shutdown)
             .await;
-        self.telemetry.disconnects.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = &result {
+            self.telemetry.emit(Disconnected {
+                reason: &e.to_string(),
+            });
+        }
         match &result {
             Ok(()) => conn.close(close_code::NORMAL.into(), b"agent shutting down"),
             Err(SessionError::Unavailable(_)) => {
@@ -407,22 +414,22 @@ impl Shipper {
                             .spool
                             .split_batch(batch.seq, max_events, receiver.max_payload_bytes)
                             .await?;
-                        info!(
-                            seq = batch.seq,
-                            events = batch.events,
-                            bytes = batch.payload.len(),
+                        self.telemetry.emit(BatchSplit {
+                            seq: batch.seq,
+                            events: batch.events,
+                            bytes: batch.payload.len(),
                             max_events,
-                            max_bytes = receiver.max_payload_bytes,
-                            batches = seqs.len(),
-                            first_seq = seqs.first().copied().unwrap_or_default(),
-                            last_seq = seqs.last().copied().unwrap_or_default(),
-                            "batch exceeds the aggregator's limits; split it into smaller batches"
-                        );
+                            max_bytes: receiver.max_payload_bytes,
+                            new_seqs: &seqs,
+                        });
                         continue;
                     }
                     self.pace(batch.events).await;
                     window.handle_sent(batch.seq, batch.events, Instant::now());
-                    self.telemetry.batches_sent.fetch_add(1, Ordering::Relaxed);
+                    self.telemetry.emit(BatchSent {
+                        seq: batch.seq,
+                        events: batch.events,
+                    });
                     streams.spawn(send_batch(conn.clone(), batch, max_frame));
                 }
                 continue;
@@ -452,7 +459,7 @@ impl Shipper {
                     exhausted = false;
                 }
                 _ = heartbeat.tick() => {
-                    let stats = self.spool.stats().await?;
+                    let stats = self.spool.stats();
                     let msg = Message::Heartbeat(Heartbeat {
                         sent_ns: outpost_common::time::now_ns(),
                         status: self.telemetry.status(&stats),
@@ -501,17 +508,12 @@ impl Shipper {
         match outcome {
             Outcome::Ack { seq, duplicate } => {
                 if let Some((rtt, events)) = window.handle_ack(seq, Instant::now()) {
-                    self.telemetry.batches_acked.fetch_add(1, Ordering::Relaxed);
-                    self.telemetry
-                        .events_acked
-                        .fetch_add(u64::from(events), Ordering::Relaxed);
-                    if duplicate {
-                        self.telemetry
-                            .batches_duplicate
-                            .fetch_add(1, Ordering::Relaxed);
-                    }
-                    self.telemetry.record_ack_latency(rtt);
-                    debug!(seq, ?rtt, duplicate, "batch acknowledged");
+                    self.telemetry.emit(BatchAcked {
+                        seq,
+                        events,
+                        rtt,
+                        duplicate,
+                    });
                     // The receiver lives as long as this session's loop.
                     let _ = acks.send(vec![seq]);
                 }
@@ -522,7 +524,11 @@ impl Shipper {
                 if code.is_retryable() {
                     return Err(SessionError::Unavailable(reason));
                 }
-                warn!(seq, ?code, %reason, "aggregator rejected a batch permanently; dropping it");
+                self.telemetry.emit(BatchRejected {
+                    seq,
+                    code,
+                    reason: &reason,
+                });
                 self.spool
                     .drop_batch(seq, DropReason::RejectedByAggregator)
                     .await?;

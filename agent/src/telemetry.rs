@@ -1,29 +1,78 @@
 //! The agent's own counters, and the [`AgentStatus`] built from them for heartbeats.
+//!
+//! Counters change only through internal events ([`crate::internal_events`]): each event's
+//! `emit` writes its log line and updates the counters it concerns, and [`Telemetry::emit`]
+//! records its name when the telemetry was made with [`Telemetry::recording`], so tests can
+//! assert on what happened.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use outpost_common::event::{AgentStatus, CollectorError};
+use outpost_common::telemetry::Recorder;
 use outpost_common::time::now_ns;
 
+use crate::internal_events::InternalEvent;
 use crate::spool::SpoolStats;
 
 /// Counters shared by the shipper and collectors. Cheap to update from any task.
 #[derive(Debug, Default)]
 pub struct Telemetry {
     pub started_ns: i64,
-    pub batches_sent: AtomicU64,
-    pub batches_acked: AtomicU64,
-    pub events_acked: AtomicU64,
-    pub batches_duplicate: AtomicU64,
-    pub connects: AtomicU64,
-    pub disconnects: AtomicU64,
+    counters: AtomicCounters,
     collector_errors: Mutex<Vec<CollectorError>>,
     /// How long each collector's last successful collection took, in seconds.
     collector_durations: Mutex<BTreeMap<String, f64>>,
     /// Time from sending a batch to its acknowledgement, in microseconds.
     ack_latency_us: Mutex<Option<hdrhistogram::Histogram<u64>>>,
+    recorder: Recorder,
+}
+
+/// The agent's counters at one moment; each counts since the agent started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Batches handed to the network.
+    pub batches_sent: u64,
+    /// Batches the aggregator acknowledged (stored, or held already).
+    pub batches_acked: u64,
+    /// Events in the acknowledged batches.
+    pub events_acked: u64,
+    /// Acknowledgements of batches the aggregator already held (resent after a lost ack).
+    pub batches_duplicate: u64,
+    /// Batches the aggregator refused for good; their events are counted as dropped.
+    pub batches_rejected: u64,
+    /// Batches split to fit the aggregator's limits.
+    pub batches_split: u64,
+    /// Connections established (Welcome received).
+    pub connects: u64,
+    /// Established connections that ended.
+    pub disconnects: u64,
+}
+
+#[derive(Debug, Default)]
+struct AtomicCounters {
+    batches_sent: AtomicU64,
+    batches_acked: AtomicU64,
+    events_acked: AtomicU64,
+    batches_duplicate: AtomicU64,
+    batches_rejected: AtomicU64,
+    batches_split: AtomicU64,
+    connects: AtomicU64,
+    disconnects: AtomicU64,
+}
+
+/// One of the agent's counters, for [`Telemetry::add`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counter {
+    BatchesSent,
+    BatchesAcked,
+    EventsAcked,
+    BatchesDuplicate,
+    BatchesRejected,
+    BatchesSplit,
+    Connects,
+    Disconnects,
 }
 
 /// Percentiles of the acknowledgement latency.
@@ -43,8 +92,59 @@ impl Telemetry {
         }
     }
 
+    /// Telemetry that also records the name of every event emitted, for tests.
+    pub fn recording() -> Self {
+        Telemetry {
+            recorder: Recorder::recording(),
+            ..Telemetry::new()
+        }
+    }
+
+    /// Emits an internal event: its log line and counters, and its name when recording.
+    pub fn emit<E: InternalEvent>(&self, event: E) {
+        self.recorder.record(E::NAME);
+        event.emit(self);
+    }
+
+    /// The names of the events emitted so far (empty unless made with [`Telemetry::recording`]).
+    pub fn recorded(&self) -> Vec<&'static str> {
+        self.recorder.names()
+    }
+
+    /// Adds `n` to a counter. Only internal events call this.
+    pub(crate) fn add(&self, counter: Counter, n: u64) {
+        let c = &self.counters;
+        let slot = match counter {
+            Counter::BatchesSent => &c.batches_sent,
+            Counter::BatchesAcked => &c.batches_acked,
+            Counter::EventsAcked => &c.events_acked,
+            Counter::BatchesDuplicate => &c.batches_duplicate,
+            Counter::BatchesRejected => &c.batches_rejected,
+            Counter::BatchesSplit => &c.batches_split,
+            Counter::Connects => &c.connects,
+            Counter::Disconnects => &c.disconnects,
+        };
+        slot.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Every counter now.
+    pub fn counters(&self) -> Counters {
+        let c = &self.counters;
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Counters {
+            batches_sent: load(&c.batches_sent),
+            batches_acked: load(&c.batches_acked),
+            events_acked: load(&c.events_acked),
+            batches_duplicate: load(&c.batches_duplicate),
+            batches_rejected: load(&c.batches_rejected),
+            batches_split: load(&c.batches_split),
+            connects: load(&c.connects),
+            disconnects: load(&c.disconnects),
+        }
+    }
+
     /// Records that `collector` is failing, replacing an earlier report of the same collector.
-    pub fn collector_failed(&self, collector: &str, reason: String) {
+    pub(crate) fn collector_failed(&self, collector: &str, reason: String) {
         let mut errors = self.errors();
         match errors.iter_mut().find(|e| e.collector == collector) {
             Some(e) => e.reason = reason,
@@ -56,8 +156,16 @@ impl Telemetry {
         }
     }
 
+    /// Records that `collector` works again; returns whether it was failing.
+    pub(crate) fn collector_recovered(&self, collector: &str) -> bool {
+        let mut errors = self.errors();
+        let before = errors.len();
+        errors.retain(|e| e.collector != collector);
+        errors.len() != before
+    }
+
     /// Records the round-trip time of one acknowledged batch.
-    pub fn record_ack_latency(&self, rtt: std::time::Duration) {
+    pub(crate) fn record_ack_latency(&self, rtt: std::time::Duration) {
         let mut h = self
             .ack_latency_us
             .lock()
@@ -91,18 +199,13 @@ impl Telemetry {
             })
     }
 
-    /// Records that `collector` works again.
-    pub fn collector_recovered(&self, collector: &str) {
-        self.errors().retain(|e| e.collector != collector);
-    }
-
     /// The collectors failing now.
     pub fn collector_errors(&self) -> Vec<CollectorError> {
         self.errors().clone()
     }
 
     /// Records how long a successful collection of `collector` took.
-    pub fn record_collector_duration(&self, collector: &str, took: std::time::Duration) {
+    pub(crate) fn record_collector_duration(&self, collector: &str, took: std::time::Duration) {
         // A panic while holding this lock cannot leave the map inconsistent: recover it.
         self.collector_durations
             .lock()
@@ -129,6 +232,7 @@ impl Telemetry {
 
     /// The agent's status now, from these counters and the spool's.
     pub fn status(&self, spool: &SpoolStats) -> AgentStatus {
+        let c = self.counters();
         AgentStatus {
             time_ns: now_ns(),
             agent_version: outpost_common::VERSION.to_owned(),
@@ -137,9 +241,9 @@ impl Telemetry {
             spool_events: spool.events,
             backlog_batches: spool.batches,
             spool_cap_bytes: spool.cap_bytes,
-            batches_sent: self.batches_sent.load(Ordering::Relaxed),
-            batches_acked: self.batches_acked.load(Ordering::Relaxed),
-            events_acked: self.events_acked.load(Ordering::Relaxed),
+            batches_sent: c.batches_sent,
+            batches_acked: c.batches_acked,
+            events_acked: c.events_acked,
             drops: spool.drops.clone(),
             collector_errors: self.errors().clone(),
         }
@@ -148,27 +252,45 @@ impl Telemetry {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+    use crate::internal_events::{BatchAcked, CollectorFailed, CollectorRecovered};
 
     #[test]
     fn collector_errors_are_replaced_and_cleared() {
-        let t = Telemetry::new();
-        t.collector_failed("metrics.fs", "timeout".into());
-        t.collector_failed("metrics.fs", "timeout again".into());
-        t.collector_failed("logs", "EACCES".into());
-        let errs = t.errors().clone();
+        let t = Telemetry::recording();
+        let failed = |collector: &'static str, reason: &str| CollectorFailed {
+            collector,
+            reason: reason.to_owned(),
+        };
+        t.emit(failed("metrics.fs", "timeout"));
+        t.emit(failed("metrics.fs", "timeout again"));
+        t.emit(failed("logs", "EACCES"));
+        let errs = t.collector_errors();
         assert_eq!(errs.len(), 2);
         assert_eq!(errs[0].reason, "timeout again");
-        t.collector_recovered("metrics.fs");
+        t.emit(CollectorRecovered {
+            collector: "metrics.fs",
+        });
         assert_eq!(t.collector_errors().len(), 1);
+        assert_eq!(
+            t.recorded(),
+            [
+                "collector_failed",
+                "collector_failed",
+                "collector_failed",
+                "collector_recovered"
+            ]
+        );
     }
 
     #[test]
     fn collector_durations_keep_the_last_value() {
         let t = Telemetry::new();
         assert!(t.collector_durations().is_empty());
-        t.record_collector_duration("metrics.cpu", std::time::Duration::from_millis(3));
-        t.record_collector_duration("metrics.cpu", std::time::Duration::from_millis(5));
+        t.record_collector_duration("metrics.cpu", Duration::from_millis(3));
+        t.record_collector_duration("metrics.cpu", Duration::from_millis(5));
         assert_eq!(
             t.collector_durations(),
             vec![("metrics.cpu".to_owned(), 0.005)]
@@ -176,15 +298,25 @@ mod tests {
     }
 
     #[test]
-    fn ack_latency_percentiles() {
+    fn acknowledgements_count_and_time_batches() {
         let t = Telemetry::new();
         assert_eq!(t.ack_latency(), None);
         for ms in 1..=100 {
-            t.record_ack_latency(std::time::Duration::from_millis(ms));
+            t.emit(BatchAcked {
+                seq: ms,
+                events: 10,
+                rtt: Duration::from_millis(ms),
+                duplicate: ms % 10 == 0,
+            });
         }
         let s = t.ack_latency().unwrap();
         assert_eq!(s.count, 100);
         assert!((49_000..=51_000).contains(&s.p50_us), "{s:?}");
         assert!((98_000..=100_100).contains(&s.p99_us), "{s:?}");
+        let c = t.counters();
+        assert_eq!(
+            (c.batches_acked, c.events_acked, c.batches_duplicate),
+            (100, 1000, 10)
+        );
     }
 }

@@ -8,6 +8,7 @@
 //! - [`tls`]: the one place that builds TLS configurations and reads certificate identities.
 //! - [`config`]: TOML loading with file, line and column in errors; URI validation.
 //! - [`time`]: nanosecond timestamps.
+//! - [`telemetry`]: what both programs' typed internal events share.
 //!
 //! ```
 //! use outpost_common::wire::{self, Ack, Message};
@@ -22,6 +23,7 @@ pub mod event;
 pub mod logging;
 pub mod service;
 pub mod shutdown;
+pub mod telemetry;
 pub mod time;
 pub mod tls;
 pub mod wire;

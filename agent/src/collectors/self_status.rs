@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use outpost_common::event::Event;
 use tokio::sync::watch;
-use tracing::warn;
 
+use crate::internal_events::SamplesLost;
 use crate::spool::{Class, SpoolHandle, Submission};
 use crate::telemetry::Telemetry;
 
@@ -27,20 +27,14 @@ pub async fn run(
             _ = ticker.tick() => {}
             _ = shutdown.wait_for(|s| *s) => return,
         }
-        let stats = match spool.stats().await {
-            Ok(s) => s,
-            Err(e) => {
-                warn!(error = %e, "cannot read spool statistics");
-                continue;
-            }
-        };
-        let sub = Submission {
-            events: vec![Event::Status(telemetry.status(&stats))],
-            checkpoint: None,
-            class: Class::Drop,
-        };
+        let stats = spool.stats();
+        let sub = Submission::new(Class::Drop, vec![Event::Status(telemetry.status(&stats))]);
         if let Err(e) = spool.submit(sub).await {
-            warn!(error = %e, "cannot spool a status snapshot; it is lost and counted as spool_write_failed");
+            telemetry.emit(SamplesLost {
+                what: "a status snapshot",
+                events: 1,
+                error: &e.to_string(),
+            });
         }
     }
 }

@@ -71,17 +71,12 @@ impl Synthetic {
                 n = n.min(c.total - next);
             }
             let events: Vec<Event> = (next..next + n).map(|i| self.event(i)).collect();
-            let sub = Submission {
-                events,
-                checkpoint: Some(Checkpoint {
-                    source: SOURCE.to_owned(),
-                    value: (next + n).to_le_bytes().to_vec(),
-                }),
-                class: match c.kind {
-                    SyntheticKind::Log => Class::Wait,
-                    SyntheticKind::Metric => Class::Drop,
-                },
+            let class = match c.kind {
+                SyntheticKind::Log => Class::Wait,
+                SyntheticKind::Metric => Class::Drop,
             };
+            let sub = Submission::new(class, events)
+                .with_checkpoint(Checkpoint::new(SOURCE, (next + n).to_le_bytes()));
             let result = tokio::select! {
                 r = spool.submit(sub) => r,
                 _ = shutdown.wait_for(|s| *s) => return,

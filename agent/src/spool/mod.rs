@@ -34,10 +34,10 @@
 //! also group-commits concurrent submissions.
 //!
 //! ```no_run
-//! use outpost_agent::spool::{Class, Spool, SpoolConfig, Submission};
+//! use outpost_agent::spool::{Checkpoint, Class, Spool, SpoolConfig, Submission};
 //!
 //! let mut spool = Spool::open(SpoolConfig::new("/var/lib/outpost/spool.db", 256 << 20))?;
-//! let sub = Submission { events: vec![], checkpoint: None, class: Class::Wait };
+//! let sub = Submission::new(Class::Wait, vec![]).with_checkpoint(Checkpoint::new("app.log", *b"42"));
 //! let outcomes = spool.append(vec![sub], outpost_common::time::now_ns())?;
 //! for batch in spool.batches_after(0, 16)? {
 //!     // ... ship it, then:
@@ -69,11 +69,25 @@ pub const DEFAULT_MAX_BATCH_EVENTS: usize = 1000;
 pub const DEFAULT_MAX_BATCH_BYTES: usize = 1024 * 1024;
 
 /// The schema this build writes, kept in SQLite's `user_version`.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
-/// Brings a spool of version 1 (before the `spool_write_failed` counter) to version 2.
-const MIGRATE_V1: &str =
-    "ALTER TABLE spool ADD COLUMN spool_write_failed INTEGER NOT NULL DEFAULT 0;";
+/// Migrations, by the version they start from: version 2 added the `spool_write_failed` counter,
+/// version 3 the sources' keyed state.
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        "ALTER TABLE spool ADD COLUMN spool_write_failed INTEGER NOT NULL DEFAULT 0;",
+    ),
+    (
+        2,
+        "CREATE TABLE source_state (
+            source TEXT NOT NULL,
+            key BLOB NOT NULL,
+            value BLOB NOT NULL,
+            PRIMARY KEY (source, key)
+        ) WITHOUT ROWID;",
+    ),
+];
 
 /// WAL size SQLite truncates back to after a checkpoint, so a burst does not leave a large file.
 const JOURNAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
@@ -99,6 +113,12 @@ const SCHEMA: &str = "
     CREATE TABLE checkpoints (
         source TEXT PRIMARY KEY,
         value BLOB NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE source_state (
+        source TEXT NOT NULL,
+        key BLOB NOT NULL,
+        value BLOB NOT NULL,
+        PRIMARY KEY (source, key)
     ) WITHOUT ROWID;
 ";
 
@@ -129,9 +149,10 @@ impl SpoolConfig {
 }
 
 /// How a source copes with a full spool.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Class {
     /// The source can stop reading and resume later (log files, the journal): back-pressure.
+    #[default]
     Wait,
     /// The source cannot wait (metric samples): the oldest such data is evicted instead.
     Drop,
@@ -155,12 +176,65 @@ pub struct Checkpoint {
     pub value: Vec<u8>,
 }
 
-/// Events from one source, committed all together or not at all.
-#[derive(Debug, Clone, PartialEq)]
+impl Checkpoint {
+    pub fn new(source: impl Into<String>, value: impl Into<Vec<u8>>) -> Checkpoint {
+        Checkpoint {
+            source: source.into(),
+            value: value.into(),
+        }
+    }
+}
+
+/// One row of a source's keyed state: key and value.
+pub type StateRow = (Vec<u8>, Vec<u8>);
+
+/// A change to one row of a source's keyed state (a file-integrity baseline, say), committed
+/// together with the events it explains. Keys and values are opaque to the spool; each source
+/// has its own key space.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StateChange {
+    /// Inserts or replaces the row `key` of `source`.
+    Put {
+        source: String,
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    /// Removes the row `key` of `source`; removing a missing row is not an error.
+    Delete { source: String, key: Vec<u8> },
+}
+
+/// Events from one source with the checkpoints and state changes that go with them, committed
+/// all together or not at all.
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Submission {
     pub events: Vec<Event>,
-    pub checkpoint: Option<Checkpoint>,
+    /// Upserted by source, in order: a later one for the same source wins.
+    pub checkpoints: Vec<Checkpoint>,
+    /// Applied in order.
+    pub state: Vec<StateChange>,
     pub class: Class,
+}
+
+impl Submission {
+    /// Events of `class`, with no checkpoint or state change yet.
+    pub fn new(class: Class, events: Vec<Event>) -> Submission {
+        Submission {
+            events,
+            class,
+            ..Submission::default()
+        }
+    }
+
+    /// Adds a checkpoint.
+    pub fn with_checkpoint(mut self, checkpoint: Checkpoint) -> Submission {
+        self.checkpoints.push(checkpoint);
+        self
+    }
+
+    /// Whether committing it writes nothing at all.
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty() && self.checkpoints.is_empty() && self.state.is_empty()
+    }
 }
 
 /// What became of one submission.
@@ -366,11 +440,47 @@ impl Spool {
             .map_err(sql(&self.config.path, "cannot read a checkpoint"))
     }
 
+    /// The row `key` of `source`'s keyed state, as last committed.
+    pub fn state(&self, source: &str, key: &[u8]) -> Result<Option<Vec<u8>>, SpoolError> {
+        self.conn
+            .prepare_cached("SELECT value FROM source_state WHERE source = ?1 AND key = ?2")
+            .and_then(|mut stmt| {
+                stmt.query_row(params![source, key], |row| row.get(0))
+                    .optional()
+            })
+            .map_err(sql(&self.config.path, "cannot read a source's state"))
+    }
+
+    /// Up to `limit` rows of `source`'s keyed state with keys above `after` (from the first
+    /// when `None`), in key order (bytewise): a source walks its whole state a page at a time.
+    pub fn state_page(
+        &self,
+        source: &str,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<StateRow>, SpoolError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT key, value FROM source_state
+                 WHERE source = ?1 AND (?2 IS NULL OR key > ?2) ORDER BY key LIMIT ?3",
+            )
+            .map_err(sql(&self.config.path, "cannot read a source's state"))?;
+        let rows = stmt
+            .query_map(params![source, after, limit], |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })
+            .map_err(sql(&self.config.path, "cannot read a source's state"))?;
+        rows.collect::<Result<Vec<_>, _>>()
+            .map_err(sql(&self.config.path, "cannot read a source's state"))
+    }
+
     /// Commits the submissions in ONE SQLite transaction: their events packed into new batches
     /// (at most `max_batch_events` and `max_batch_bytes` each, or the lower limits set by
     /// [`Spool::set_batch_limits`]; a batch never mixes classes) with
-    /// persisted, strictly increasing seqs, and their checkpoints (upserted by source). Each
-    /// submission is all-or-nothing. Returns one outcome per submission, in order.
+    /// persisted, strictly increasing seqs, their checkpoints (upserted by source) and their state
+    /// changes. Each submission is all-or-nothing. Returns one outcome per submission, in order.
     ///
     /// On error nothing was written.
     pub fn append(
@@ -604,6 +714,9 @@ impl Spool {
             .and_then(|mut stmt| stmt.execute(params![checkpoint.source, checkpoint.value]))
             .map_err(sql(path, "cannot save a checkpoint"))?;
         }
+        for change in &plan.state {
+            apply_state_change(&tx, path, change)?;
+        }
         add_drops(&mut next.drops, &plan.drops);
         next.low_water_seq = low_water(&tx, path, next.next_seq)?;
         write_state(&tx, path, &next)?;
@@ -721,14 +834,14 @@ fn create_schema(conn: &mut Connection, path: &Path) -> Result<(), SpoolError> {
     match version {
         SCHEMA_VERSION => return Ok(()),
         0 => {}
-        1 => {
-            tx.execute_batch(MIGRATE_V1)
-                .map_err(sql(path, "cannot migrate the schema from version 1"))?;
+        1..SCHEMA_VERSION => {
+            for (_, migration) in MIGRATIONS.iter().filter(|(from, _)| *from >= version) {
+                tx.execute_batch(migration)
+                    .map_err(sql(path, "cannot migrate the schema"))?;
+            }
             tx.pragma_update(None, "user_version", SCHEMA_VERSION)
                 .map_err(sql(path, "cannot set the schema version"))?;
-            return tx
-                .commit()
-                .map_err(sql(path, "cannot migrate the schema from version 1"));
+            return tx.commit().map_err(sql(path, "cannot migrate the schema"));
         }
         other => {
             return Err(corrupt(
@@ -853,6 +966,27 @@ fn low_water(conn: &Connection, path: &Path, next_seq: u64) -> Result<u64, Spool
         })
         .map_err(sql(path, "cannot read the oldest batch"))
         .map(|min| min.unwrap_or(next_seq))
+}
+
+fn apply_state_change(
+    tx: &Transaction<'_>,
+    path: &Path,
+    change: &StateChange,
+) -> Result<(), SpoolError> {
+    let result = match change {
+        StateChange::Put { source, key, value } => tx
+            .prepare_cached(
+                "INSERT INTO source_state (source, key, value) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (source, key) DO UPDATE SET value = excluded.value",
+            )
+            .and_then(|mut stmt| stmt.execute(params![source, key, value])),
+        StateChange::Delete { source, key } => tx
+            .prepare_cached("DELETE FROM source_state WHERE source = ?1 AND key = ?2")
+            .and_then(|mut stmt| stmt.execute(params![source, key])),
+    };
+    result
+        .map(drop)
+        .map_err(sql(path, "cannot save a source's state"))
 }
 
 /// Writes `batches` with fresh seqs from `next.next_seq`, counting them into `next`; returns each

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use outpost_common::event::{DropCounters, DropReason, Event};
 
-use super::{Checkpoint, Class, Submission, SubmitOutcome};
+use super::{Checkpoint, Class, StateChange, Submission, SubmitOutcome};
 
 /// The largest batch to pack: both limits hold for every batch, and an event whose encoding alone
 /// exceeds `bytes` cannot go in any batch.
@@ -120,6 +120,8 @@ pub(super) struct Plan {
     pub batches: Vec<PlannedBatch>,
     /// Checkpoints to upsert, in submission order (a later one for the same source wins).
     pub checkpoints: Vec<Checkpoint>,
+    /// State changes to apply, in submission order.
+    pub state: Vec<StateChange>,
     /// Drops this append adds to the counters.
     pub drops: DropCounters,
 }
@@ -146,6 +148,7 @@ impl Plan {
         self.evict.is_empty()
             && self.batches.is_empty()
             && self.checkpoints.is_empty()
+            && self.state.is_empty()
             && self.drops.total() == 0
     }
 }
@@ -291,9 +294,8 @@ impl<I: Iterator<Item = (u64, BatchSize)>> Planner<I> {
         };
         self.plan.drops.add(DropReason::Oversized, oversized);
         let SizedSubmission { sub, sizes } = sized;
-        if let Some(checkpoint) = sub.checkpoint {
-            self.plan.checkpoints.push(checkpoint);
-        }
+        self.plan.checkpoints.extend(sub.checkpoints);
+        self.plan.state.extend(sub.state);
         let outcome = if accept {
             for (event, size) in sub.events.into_iter().zip(sizes) {
                 if size <= max_event {

@@ -59,10 +59,11 @@ fn db(dir: &TempDir) -> PathBuf {
 fn sub(class: Class, events: Vec<Event>, checkpoint: Option<(&str, &[u8])>) -> Submission {
     Submission {
         events,
-        checkpoint: checkpoint.map(|(source, value)| Checkpoint {
-            source: source.to_owned(),
-            value: value.to_vec(),
-        }),
+        checkpoints: checkpoint
+            .map(|(source, value)| Checkpoint::new(source, value))
+            .into_iter()
+            .collect(),
+        state: Vec::new(),
         class,
     }
 }
@@ -477,6 +478,7 @@ fn a_spool_of_the_first_schema_is_migrated_and_keeps_its_data() {
                  spool_full_rejected, rejected_by_aggregator, oversized FROM spool;
              DROP TABLE spool;
              ALTER TABLE old RENAME TO spool;
+             DROP TABLE source_state;
              PRAGMA user_version = 1;",
         )
         .unwrap();
@@ -499,6 +501,79 @@ fn a_spool_of_the_first_schema_is_migrated_and_keeps_its_data() {
         Spool::open(config(&path, 100_000)).unwrap().stats().events,
         4
     );
+}
+
+#[test]
+fn one_submission_commits_many_checkpoints_and_state_changes_with_its_events() {
+    let dir = TempDir::new().unwrap();
+    let mut spool = Spool::open(config(&db(&dir), 100_000)).unwrap();
+    let put = |key: &[u8], value: &[u8]| StateChange::Put {
+        source: "fim".to_owned(),
+        key: key.to_vec(),
+        value: value.to_vec(),
+    };
+    let first = Submission {
+        events: events(1, 2),
+        checkpoints: vec![Checkpoint::new("x", *b"1"), Checkpoint::new("y", *b"1")],
+        state: vec![
+            put(b"/etc/a", b"A1"),
+            put(b"/etc/b", b"B1"),
+            put(b"/etc/c", b"C1"),
+        ],
+        class: Class::Wait,
+    };
+    assert_eq!(
+        append_one(&mut spool, first),
+        SubmitOutcome::Committed { events: 2 }
+    );
+    let second = Submission {
+        events: events(3, 1),
+        checkpoints: vec![Checkpoint::new("x", *b"2"), Checkpoint::new("x", *b"3")],
+        state: vec![
+            put(b"/etc/a", b"A2"),
+            StateChange::Delete {
+                source: "fim".to_owned(),
+                key: b"/etc/b".to_vec(),
+            },
+            StateChange::Delete {
+                source: "fim".to_owned(),
+                key: b"/etc/missing".to_vec(),
+            },
+        ],
+        class: Class::Wait,
+    };
+    append_one(&mut spool, second);
+    drop(spool);
+
+    let spool = Spool::open(config(&db(&dir), 100_000)).unwrap();
+    assert_eq!(spool.checkpoint("x").unwrap(), Some(b"3".to_vec()));
+    assert_eq!(spool.checkpoint("y").unwrap(), Some(b"1".to_vec()));
+    assert_eq!(spool.state("fim", b"/etc/a").unwrap(), Some(b"A2".to_vec()));
+    assert_eq!(spool.state("fim", b"/etc/b").unwrap(), None);
+    assert_eq!(spool.state("other", b"/etc/a").unwrap(), None);
+    let page = spool.state_page("fim", None, 1).unwrap();
+    assert_eq!(page, [(b"/etc/a".to_vec(), b"A2".to_vec())]);
+    let rest = spool.state_page("fim", Some(b"/etc/a"), 10).unwrap();
+    assert_eq!(rest, [(b"/etc/c".to_vec(), b"C1".to_vec())]);
+}
+
+#[test]
+fn a_full_wait_submission_leaves_its_state_changes_unwritten() {
+    let dir = TempDir::new().unwrap();
+    let one = encoded_size(&event(1, 100)) as u64;
+    let mut spool = Spool::open(config(&db(&dir), 2 * one)).unwrap();
+    append_one(&mut spool, sub(Class::Wait, events(1, 2), None));
+    let late = Submission {
+        events: events(3, 1),
+        state: vec![StateChange::Put {
+            source: "fim".to_owned(),
+            key: b"k".to_vec(),
+            value: b"v".to_vec(),
+        }],
+        ..Submission::default()
+    };
+    assert_eq!(append_one(&mut spool, late), SubmitOutcome::Full);
+    assert_eq!(spool.state("fim", b"k").unwrap(), None);
 }
 
 #[test]
@@ -762,6 +837,8 @@ struct SubSpec {
     class: Class,
     bodies: Vec<usize>,
     checkpoint: Option<usize>,
+    /// A row of source `a`'s keyed state to put (true) or delete (false).
+    state: Option<(u8, bool)>,
 }
 
 #[derive(Debug, Clone)]
@@ -790,11 +867,13 @@ fn arb_sub() -> impl Strategy<Value = SubSpec> {
         class,
         prop::collection::vec(body, 0..8),
         prop::option::of(0..SOURCES.len()),
+        prop::option::of((0u8..4, any::<bool>())),
     )
-        .prop_map(|(class, bodies, checkpoint)| SubSpec {
+        .prop_map(|(class, bodies, checkpoint, state)| SubSpec {
             class,
             bodies,
             checkpoint,
+            state,
         })
 }
 
@@ -835,6 +914,8 @@ struct Model {
     /// Seqs handed out by `batches_after` since the spool was (re)opened.
     handed_out: BTreeSet<u64>,
     checkpoints: BTreeMap<String, Vec<u8>>,
+    /// Source `a`'s keyed state.
+    state: BTreeMap<Vec<u8>, Vec<u8>>,
     drops: DropCounters,
     accepted: u64,
     acked: u64,
@@ -882,6 +963,7 @@ fn model_append(spool: &mut Spool, model: &mut Model, specs: &[SubSpec]) {
         kept: Vec<u64>,
         oversized: u64,
         checkpoint: Option<Checkpoint>,
+        state: Vec<StateChange>,
     }
     let mut subs = Vec::new();
     let mut expects = Vec::new();
@@ -903,15 +985,30 @@ fn model_append(spool: &mut Spool, model: &mut Model, specs: &[SubSpec]) {
             source: SOURCES[i].to_owned(),
             value: model.checkpoint_version.to_be_bytes().to_vec(),
         });
+        let state: Vec<StateChange> = spec
+            .state
+            .map(|(key, put)| {
+                let (source, key) = ("a".to_owned(), vec![key]);
+                if put {
+                    let value = model.checkpoint_version.to_be_bytes().to_vec();
+                    StateChange::Put { source, key, value }
+                } else {
+                    StateChange::Delete { source, key }
+                }
+            })
+            .into_iter()
+            .collect();
         expects.push(Expect {
             class: spec.class,
             oversized: (events.len() - kept.len()) as u64,
             kept,
             checkpoint: checkpoint.clone(),
+            state: state.clone(),
         });
         subs.push(Submission {
             events,
-            checkpoint,
+            checkpoints: checkpoint.into_iter().collect(),
+            state,
             class: spec.class,
         });
     }
@@ -982,6 +1079,12 @@ fn model_append(spool: &mut Spool, model: &mut Model, specs: &[SubSpec]) {
         model.drops.add(DropReason::Oversized, expect.oversized);
         if let Some(cp) = expect.checkpoint {
             model.checkpoints.insert(cp.source, cp.value);
+        }
+        for change in expect.state {
+            match change {
+                StateChange::Put { key, value, .. } => model.state.insert(key, value),
+                StateChange::Delete { key, .. } => model.state.remove(&key),
+            };
         }
     }
 
@@ -1098,6 +1201,13 @@ fn check(spool: &Spool, model: &Model) {
             "checkpoint {source}"
         );
     }
+    let state: BTreeMap<_, _> = spool
+        .state_page("a", None, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .collect();
+    assert_eq!(state, model.state, "keyed state of source a");
+    assert!(spool.state_page("b", None, 10).unwrap().is_empty());
 }
 
 fn run_model(ops: Vec<Op>) {
@@ -1206,14 +1316,9 @@ fn log_line(id: u64) -> Event {
 }
 
 fn log_submission(round: u64, per: u64) -> Submission {
-    Submission {
-        events: (round * per..(round + 1) * per).map(log_line).collect(),
-        checkpoint: Some(Checkpoint {
-            source: "/var/log/syslog".to_owned(),
-            value: round.to_be_bytes().to_vec(),
-        }),
-        class: Class::Wait,
-    }
+    let events = (round * per..(round + 1) * per).map(log_line).collect();
+    Submission::new(Class::Wait, events)
+        .with_checkpoint(Checkpoint::new("/var/log/syslog", round.to_be_bytes()))
 }
 
 #[test]
@@ -1264,7 +1369,7 @@ fn append_throughput() {
         }
     });
     let writer = start.elapsed();
-    let stats = runtime.block_on(handle.stats()).unwrap();
+    let stats = handle.stats();
     assert_eq!(stats.events, PER * ROUNDS);
     println!(
         "writer, {SUBMITTERS} submitters: {:.0} events/s in {} group commits",

@@ -12,6 +12,9 @@
 //!   some are held, new Wait-class submissions queue behind them, so a large one is not starved
 //!   by small ones. A held submission whose caller went away is forgotten without being written.
 //!
+//! The spool's statistics are published on a watch channel after every change, so readers
+//! ([`SpoolHandle::stats`], the agent's status and metrics) never wait for the thread.
+//!
 //! When every handle is dropped the thread finishes the queued commands, answers any still-held
 //! submission with [`SpoolError::ShuttingDown`], closes the spool and exits; [`SpoolJoin::join`]
 //! waits for that.
@@ -26,7 +29,9 @@ use outpost_common::time::now_ns;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::plan::Decision;
-use super::{Class, Spool, SpoolError, SpoolStats, StoredBatch, Submission, SubmitOutcome};
+use super::{
+    Class, Spool, SpoolError, SpoolStats, StateRow, StoredBatch, Submission, SubmitOutcome,
+};
 
 /// How many events one group commit gathers at most, besides the submission that started it.
 pub const GROUP_MAX_EVENTS: usize = 4096;
@@ -51,6 +56,7 @@ pub fn spawn(spool: Spool) -> (SpoolHandle, SpoolJoin) {
 pub struct SpoolHandle {
     commands: mpsc::Sender<Command>,
     committed: watch::Receiver<u64>,
+    stats: watch::Receiver<SpoolStats>,
     group_commits: Arc<AtomicU64>,
 }
 
@@ -70,6 +76,30 @@ impl SpoolHandle {
         let source = source.to_owned();
         self.request(|reply| Command::Checkpoint { source, reply })
             .await
+    }
+
+    /// The row `key` of `source`'s keyed state, as last committed.
+    pub async fn state(&self, source: &str, key: &[u8]) -> Result<Option<Vec<u8>>, SpoolError> {
+        let (source, key) = (source.to_owned(), key.to_vec());
+        self.request(|reply| Command::State { source, key, reply })
+            .await
+    }
+
+    /// See [`Spool::state_page`].
+    pub async fn state_page(
+        &self,
+        source: &str,
+        after: Option<Vec<u8>>,
+        limit: usize,
+    ) -> Result<Vec<StateRow>, SpoolError> {
+        let source = source.to_owned();
+        self.request(|reply| Command::StatePage {
+            source,
+            after,
+            limit,
+            reply,
+        })
+        .await
     }
 
     /// See [`Spool::batches_after`].
@@ -128,9 +158,14 @@ impl SpoolHandle {
         .await
     }
 
-    /// See [`Spool::stats`].
-    pub async fn stats(&self) -> Result<SpoolStats, SpoolError> {
-        self.request(|reply| Command::Stats { reply }).await
+    /// The spool's statistics as of the last change; never waits for the writer.
+    pub fn stats(&self) -> SpoolStats {
+        self.stats.borrow().clone()
+    }
+
+    /// The spool's statistics, updated after every change.
+    pub fn watch_stats(&self) -> watch::Receiver<SpoolStats> {
+        self.stats.clone()
     }
 
     /// The highest seq committed so far (0 before the first batch); the shipper waits on it for
@@ -180,6 +215,17 @@ enum Command {
         source: String,
         reply: Reply<Option<Vec<u8>>>,
     },
+    State {
+        source: String,
+        key: Vec<u8>,
+        reply: Reply<Option<Vec<u8>>>,
+    },
+    StatePage {
+        source: String,
+        after: Option<Vec<u8>>,
+        limit: usize,
+        reply: Reply<Vec<StateRow>>,
+    },
     BatchesAfter {
         after_seq: u64,
         limit: usize,
@@ -205,9 +251,6 @@ enum Command {
         max_bytes: usize,
         reply: Reply<()>,
     },
-    Stats {
-        reply: Reply<SpoolStats>,
-    },
 }
 
 #[derive(Debug)]
@@ -222,6 +265,7 @@ struct Writer {
     spool: Spool,
     commands: mpsc::Receiver<Command>,
     committed: watch::Sender<u64>,
+    stats: watch::Sender<SpoolStats>,
     group_commits: Arc<AtomicU64>,
     /// Wait-class submissions that found the spool full, oldest first.
     held: VecDeque<Pending>,
@@ -233,16 +277,19 @@ struct Writer {
 fn channel(spool: Spool) -> (SpoolHandle, Writer) {
     let (commands_tx, commands) = mpsc::channel(QUEUE_CAPACITY);
     let (committed, committed_rx) = watch::channel(spool.newest_seq());
+    let (stats, stats_rx) = watch::channel(spool.stats());
     let group_commits = Arc::new(AtomicU64::new(0));
     let handle = SpoolHandle {
         commands: commands_tx,
         committed: committed_rx,
+        stats: stats_rx,
         group_commits: Arc::clone(&group_commits),
     };
     let writer = Writer {
         spool,
         commands,
         committed,
+        stats,
         group_commits,
         held: VecDeque::new(),
         stashed: None,
@@ -261,6 +308,17 @@ impl Writer {
                 }
                 Command::Checkpoint { source, reply } => {
                     let _ = reply.send(self.spool.checkpoint(&source));
+                }
+                Command::State { source, key, reply } => {
+                    let _ = reply.send(self.spool.state(&source, &key));
+                }
+                Command::StatePage {
+                    source,
+                    after,
+                    limit,
+                    reply,
+                } => {
+                    let _ = reply.send(self.spool.state_page(&source, after.as_deref(), limit));
                 }
                 Command::BatchesAfter {
                     after_seq,
@@ -284,7 +342,6 @@ impl Writer {
                     reply,
                 } => {
                     let result = self.spool.split_batch(seq, max_events, max_bytes);
-                    self.publish_newest();
                     self.answer_and_retry(reply, result);
                 }
                 Command::SetBatchLimits {
@@ -295,10 +352,8 @@ impl Writer {
                     self.spool.set_batch_limits(max_events, max_bytes);
                     let _ = reply.send(Ok(()));
                 }
-                Command::Stats { reply } => {
-                    let _ = reply.send(Ok(self.spool.stats()));
-                }
             }
+            self.publish();
         }
         for pending in self.held.drain(..) {
             let _ = pending.reply.send(Err(SpoolError::ShuttingDown));
@@ -344,8 +399,10 @@ impl Writer {
         self.append(group);
     }
 
+    /// Publishes the change, answers, then retries the held submissions if space may be free.
     fn answer_and_retry<T>(&mut self, reply: Reply<T>, result: Result<T, SpoolError>) {
         let freed = result.is_ok();
+        self.publish();
         let _ = reply.send(result);
         if freed && !self.held.is_empty() {
             let held = self.held.drain(..).collect();
@@ -361,7 +418,10 @@ impl Writer {
         }
         let (subs, replies): (Vec<_>, Vec<_>) = group.into_iter().map(|p| (p.sub, p.reply)).unzip();
         self.group_commits.fetch_add(1, Ordering::Relaxed);
-        match self.spool.append_keeping_full(subs, now_ns()) {
+        let result = self.spool.append_keeping_full(subs, now_ns());
+        // Whoever hears back sees statistics that include their submission.
+        self.publish();
+        match result {
             Ok(decisions) => {
                 for (decision, reply) in decisions.into_iter().zip(replies) {
                     match decision {
@@ -378,15 +438,22 @@ impl Writer {
                 }
             }
         }
-        self.publish_newest();
     }
 
-    /// Tells subscribers the newest committed seq, if it changed.
-    fn publish_newest(&self) {
+    /// Tells subscribers the newest committed seq and the statistics, where they changed.
+    fn publish(&self) {
         let newest = self.spool.newest_seq();
         self.committed.send_if_modified(|seen| {
             let changed = *seen != newest;
             *seen = newest;
+            changed
+        });
+        let stats = self.spool.stats();
+        self.stats.send_if_modified(|seen| {
+            let changed = *seen != stats;
+            if changed {
+                *seen = stats;
+            }
             changed
         });
     }
@@ -414,14 +481,9 @@ mod tests {
     }
 
     fn wait_sub(first: i64, n: i64, source: &str) -> Submission {
-        Submission {
-            events: (first..first + n).map(|id| log(id, 100)).collect(),
-            checkpoint: Some(Checkpoint {
-                source: source.to_owned(),
-                value: first.to_be_bytes().to_vec(),
-            }),
-            class: Class::Wait,
-        }
+        let events = (first..first + n).map(|id| log(id, 100)).collect();
+        Submission::new(Class::Wait, events)
+            .with_checkpoint(Checkpoint::new(source, first.to_be_bytes()))
     }
 
     fn open(dir: &TempDir, max_bytes: u64) -> Spool {
@@ -462,7 +524,7 @@ mod tests {
             );
         }
         assert_eq!(handle.group_commits(), 1);
-        let stats = handle.stats().await.unwrap();
+        let stats = handle.stats();
         assert_eq!(stats.events, 5 * submitters as u64);
         assert_eq!(
             handle.checkpoint("s7").await.unwrap(),
@@ -480,8 +542,12 @@ mod tests {
         assert_eq!(first, SubmitOutcome::Committed { events: 8 });
         let mut blocked = Box::pin(handle.submit(wait_sub(100, 8, "a")));
         assert!(still_pending(&mut blocked).await);
-        // Commands run in order, so once stats answers, the writer has seen and held it.
-        assert_eq!(handle.stats().await.unwrap().events, 8);
+        // Commands run in order, so once this answers, the writer has seen and held it.
+        assert_eq!(
+            handle.checkpoint("a").await.unwrap(),
+            Some(1i64.to_be_bytes().to_vec())
+        );
+        assert_eq!(handle.stats().events, 8);
         assert!(still_pending(&mut blocked).await);
         blocked
     }
@@ -514,7 +580,7 @@ mod tests {
         assert_eq!(*committed.borrow(), 2);
         let checkpoint = handle.checkpoint("a").await.unwrap();
         assert_eq!(checkpoint, Some(100i64.to_be_bytes().to_vec()));
-        assert_eq!(handle.stats().await.unwrap().events, 8);
+        assert_eq!(handle.stats().events, 8);
         drop(handle);
         join.join().unwrap();
     }
@@ -526,7 +592,7 @@ mod tests {
         drop(held_submission(&handle).await);
 
         ack_everything(&handle).await;
-        let stats = handle.stats().await.unwrap();
+        let stats = handle.stats();
         assert_eq!((stats.events, stats.batches), (0, 0));
         let checkpoint = handle.checkpoint("a").await.unwrap();
         assert_eq!(checkpoint, Some(1i64.to_be_bytes().to_vec()));
@@ -603,7 +669,7 @@ mod tests {
             blocked.await.unwrap(),
             SubmitOutcome::Committed { events: 8 }
         );
-        let stats = handle.stats().await.unwrap();
+        let stats = handle.stats();
         assert_eq!((stats.events, stats.drops.oversized), (8, 8));
         drop(handle);
         join.join().unwrap();
@@ -614,14 +680,10 @@ mod tests {
         let dir = TempDir::new().unwrap();
         let (handle, join) = spawn(open(&dir, 1000));
         let mut blocked = held_submission(&handle).await;
-        let metrics = Submission {
-            events: vec![log(200, 10)],
-            checkpoint: None,
-            class: Class::Drop,
-        };
+        let metrics = Submission::new(Class::Drop, vec![log(200, 10)]);
         let outcome = handle.submit(metrics).await.unwrap();
         assert_eq!(outcome, SubmitOutcome::Committed { events: 1 });
-        assert_eq!(handle.stats().await.unwrap().events, 9);
+        assert_eq!(handle.stats().events, 9);
         assert!(still_pending(&mut blocked).await);
         drop(blocked);
         drop(handle);

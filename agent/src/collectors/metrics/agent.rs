@@ -2,7 +2,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use outpost_common::event::{DropReason, MetricPoint};
 
@@ -88,9 +87,10 @@ impl Family for Agent {
 }
 
 fn telemetry(p: &mut Points, t: &Telemetry) {
-    let sent = t.batches_sent.load(Ordering::Relaxed) as f64;
+    let counters = t.counters();
+    let sent = counters.batches_sent as f64;
     p.counter("outpost.agent.batches.sent", "{batch}", sent, &[]);
-    let acked = t.batches_acked.load(Ordering::Relaxed) as f64;
+    let acked = counters.batches_acked as f64;
     p.counter("outpost.agent.batches.acked", "{batch}", acked, &[]);
     if let Some(l) = t.ack_latency() {
         let seconds = |us: u64| us as f64 / 1e6;

@@ -30,6 +30,7 @@ use serde::Deserialize;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use crate::internal_events::{CollectionFinished, CollectorFailed, SamplesLost};
 use crate::spool::{Class, SpoolHandle, Submission};
 use crate::telemetry::Telemetry;
 
@@ -467,7 +468,11 @@ const SUBMIT_LINGER: Duration = Duration::from_millis(250);
 /// Hands collections to the spool as droppable samples, those finishing within
 /// [`SUBMIT_LINGER`] of each other in one submission, until `points` closes (when [`run`]
 /// returns).
-pub async fn submit(mut points: mpsc::Receiver<Vec<MetricPoint>>, spool: SpoolHandle) {
+pub async fn submit(
+    mut points: mpsc::Receiver<Vec<MetricPoint>>,
+    spool: SpoolHandle,
+    telemetry: Arc<Telemetry>,
+) {
     while let Some(first) = points.recv().await {
         let mut events: Vec<Event> = first.into_iter().map(Event::Metric).collect();
         let linger = tokio::time::sleep(SUBMIT_LINGER);
@@ -482,31 +487,23 @@ pub async fn submit(mut points: mpsc::Receiver<Vec<MetricPoint>>, spool: SpoolHa
             }
         }
         let n = events.len();
-        let sub = Submission {
-            events,
-            checkpoint: None,
-            class: Class::Drop,
-        };
+        let sub = Submission::new(Class::Drop, events);
         if let Err(e) = spool.submit(sub).await {
-            tracing::warn!(error = %e, points = n, "cannot spool metric samples; they are lost and counted as spool_write_failed");
+            telemetry.emit(SamplesLost {
+                what: "metric samples",
+                events: n,
+                error: &e.to_string(),
+            });
         }
     }
 }
 
-/// The agent family's sources in a running agent: telemetry and the spool's statistics, read
-/// from the family's blocking thread through the runtime `handle`.
-pub fn agent_sources(
-    telemetry: Arc<Telemetry>,
-    spool: SpoolHandle,
-    handle: tokio::runtime::Handle,
-) -> agent::Sources {
+/// The agent family's sources in a running agent: telemetry and the spool's statistics (as the
+/// spool last published them, so reading never waits for the spool's thread).
+pub fn agent_sources(telemetry: Arc<Telemetry>, spool: SpoolHandle) -> agent::Sources {
     agent::Sources {
         telemetry: Some(telemetry),
-        spool: Some(Box::new(move || {
-            handle
-                .block_on(spool.stats())
-                .map_err(|e| format!("spool statistics: {e}"))
-        })),
+        spool: Some(Box::new(move || Ok(spool.stats()))),
     }
 }
 
@@ -539,13 +536,13 @@ async fn drive(
         }
         if let Some(o) = &overdue {
             if !o.handle.is_finished() {
-                telemetry.collector_failed(
-                    &collector,
-                    format!(
+                telemetry.emit(CollectorFailed {
+                    collector: &collector,
+                    reason: format!(
                         "still running since {}; collection skipped",
                         format_ns(o.since_ns)
                     ),
-                );
+                });
                 continue;
             }
             // Its late result is discarded: a newer sample is about to be taken.
@@ -566,22 +563,30 @@ async fn drive(
         };
         match result {
             Ok(Ok(Ok(points))) => {
-                telemetry.record_collector_duration(&collector, started.elapsed());
-                telemetry.collector_recovered(&collector);
+                telemetry.emit(CollectionFinished {
+                    collector: &collector,
+                    took: started.elapsed(),
+                });
                 if !points.is_empty() && out.send(points).await.is_err() {
                     return;
                 }
             }
-            Ok(Ok(Err(reason))) => telemetry.collector_failed(&collector, reason),
-            Ok(Err(e)) => telemetry.collector_failed(&collector, format!("collection failed: {e}")),
+            Ok(Ok(Err(reason))) => telemetry.emit(CollectorFailed {
+                collector: &collector,
+                reason,
+            }),
+            Ok(Err(e)) => telemetry.emit(CollectorFailed {
+                collector: &collector,
+                reason: format!("collection failed: {e}"),
+            }),
             Err(_) => {
-                telemetry.collector_failed(
-                    &collector,
-                    format!(
+                telemetry.emit(CollectorFailed {
+                    collector: &collector,
+                    reason: format!(
                         "no result within the deadline of {}",
                         humantime::format_duration(deadline)
                     ),
-                );
+                });
                 overdue = Some(Overdue {
                     handle,
                     since_ns: now,

@@ -687,8 +687,8 @@ async fn collections_finishing_together_share_one_spool_batch() {
     tx.send(vec![point("a"), point("b")]).await.unwrap();
     tx.send(vec![point("c")]).await.unwrap();
     drop(tx);
-    submit(rx, handle.clone()).await;
-    let stats = handle.stats().await.unwrap();
+    submit(rx, handle.clone(), Arc::new(Telemetry::new())).await;
+    let stats = handle.stats();
     assert_eq!((stats.events, stats.batches), (3, 1), "{stats:?}");
     drop(handle);
     join.join().unwrap();

@@ -215,11 +215,8 @@ pub fn prefill(path: &Path, events: u64) -> anyhow::Result<u64> {
         let mut submitted = 0;
         while subs.len() < SUBMISSIONS_PER_APPEND && next < events {
             let n = SUBMISSION_EVENTS.min(events - next);
-            subs.push(Submission {
-                events: (next..next + n).map(|i| source.event(i)).collect(),
-                checkpoint: None,
-                class: Class::Wait,
-            });
+            let batch = (next..next + n).map(|i| source.event(i)).collect();
+            subs.push(Submission::new(Class::Wait, batch));
             next += n;
             submitted += n;
         }

@@ -1,0 +1,249 @@
+//! The agent's internal events: what it did or suffered, each written once as a struct whose
+//! `emit` logs its sentence and updates its counters.
+//!
+//! Emit through [`Telemetry::emit`], which also records the event's [`InternalEvent::NAME`] when
+//! the telemetry records (tests). A new event goes here, beside the others, so its log line and
+//! its counter are found together.
+
+use std::time::Duration;
+
+use outpost_common::wire::RejectCode;
+use tracing::{debug, info, warn};
+
+use crate::telemetry::{Counter, Telemetry};
+
+/// Something the agent itself did or suffered.
+pub trait InternalEvent {
+    /// A stable snake_case name, as tests know it.
+    const NAME: &'static str;
+
+    /// Writes the log line and updates the counters. Call [`Telemetry::emit`] instead.
+    fn emit(self, telemetry: &Telemetry);
+}
+
+/// A connection to the aggregator is established: its Welcome arrived.
+#[derive(Debug)]
+pub struct Connected<'a> {
+    pub aggregator: &'a str,
+    pub server_version: &'a str,
+    pub max_in_flight: u32,
+    pub max_batch_events: u32,
+    pub max_frame_bytes: u32,
+    pub backlog_batches: u64,
+}
+
+impl InternalEvent for Connected<'_> {
+    const NAME: &'static str = "connected";
+
+    fn emit(self, t: &Telemetry) {
+        t.add(Counter::Connects, 1);
+        info!(
+            aggregator = self.aggregator,
+            server_version = self.server_version,
+            max_in_flight = self.max_in_flight,
+            max_batch_events = self.max_batch_events,
+            max_frame_bytes = self.max_frame_bytes,
+            backlog_batches = self.backlog_batches,
+            "connected to the aggregator"
+        );
+    }
+}
+
+/// An established connection ended (for a reason other than the agent shutting down).
+#[derive(Debug)]
+pub struct Disconnected<'a> {
+    pub reason: &'a str,
+}
+
+impl InternalEvent for Disconnected<'_> {
+    const NAME: &'static str = "disconnected";
+
+    fn emit(self, t: &Telemetry) {
+        t.add(Counter::Disconnects, 1);
+        info!(reason = self.reason, "disconnected from the aggregator");
+    }
+}
+
+/// No connection now; the next attempt is in `retry_in`.
+#[derive(Debug)]
+pub struct NotConnected<'a> {
+    pub error: &'a str,
+    pub retry_in: Duration,
+}
+
+impl InternalEvent for NotConnected<'_> {
+    const NAME: &'static str = "not_connected";
+
+    fn emit(self, _: &Telemetry) {
+        warn!(error = self.error, retry_in = ?self.retry_in, "not connected to the aggregator");
+    }
+}
+
+/// A batch was handed to the network.
+#[derive(Debug)]
+pub struct BatchSent {
+    pub seq: u64,
+    pub events: u32,
+}
+
+impl InternalEvent for BatchSent {
+    const NAME: &'static str = "batch_sent";
+
+    fn emit(self, t: &Telemetry) {
+        t.add(Counter::BatchesSent, 1);
+        debug!(seq = self.seq, events = self.events, "batch sent");
+    }
+}
+
+/// The aggregator acknowledged a batch: it is stored centrally and leaves the spool.
+#[derive(Debug)]
+pub struct BatchAcked {
+    pub seq: u64,
+    pub events: u32,
+    /// From sending the batch to its acknowledgement.
+    pub rtt: Duration,
+    /// The aggregator held it already (it was resent after a lost acknowledgement).
+    pub duplicate: bool,
+}
+
+impl InternalEvent for BatchAcked {
+    const NAME: &'static str = "batch_acked";
+
+    fn emit(self, t: &Telemetry) {
+        t.add(Counter::BatchesAcked, 1);
+        t.add(Counter::EventsAcked, u64::from(self.events));
+        if self.duplicate {
+            t.add(Counter::BatchesDuplicate, 1);
+        }
+        t.record_ack_latency(self.rtt);
+        debug!(seq = self.seq, rtt = ?self.rtt, duplicate = self.duplicate, "batch acknowledged");
+    }
+}
+
+/// The aggregator refused a batch for good; its events are dropped and counted as
+/// `rejected_by_aggregator`.
+#[derive(Debug)]
+pub struct BatchRejected<'a> {
+    pub seq: u64,
+    pub code: RejectCode,
+    pub reason: &'a str,
+}
+
+impl InternalEvent for BatchRejected<'_> {
+    const NAME: &'static str = "batch_rejected";
+
+    fn emit(self, t: &Telemetry) {
+        t.add(Counter::BatchesRejected, 1);
+        warn!(
+            seq = self.seq,
+            code = ?self.code,
+            reason = self.reason,
+            "the aggregator rejected a batch permanently; dropping it"
+        );
+    }
+}
+
+/// A batch packed before the aggregator's limits were known was split to fit them.
+#[derive(Debug)]
+pub struct BatchSplit<'a> {
+    pub seq: u64,
+    pub events: u32,
+    pub bytes: usize,
+    pub max_events: usize,
+    pub max_bytes: usize,
+    /// The seqs of the batches that replace it, in order.
+    pub new_seqs: &'a [u64],
+}
+
+impl InternalEvent for BatchSplit<'_> {
+    const NAME: &'static str = "batch_split";
+
+    fn emit(self, t: &Telemetry) {
+        t.add(Counter::BatchesSplit, 1);
+        info!(
+            seq = self.seq,
+            events = self.events,
+            bytes = self.bytes,
+            max_events = self.max_events,
+            max_bytes = self.max_bytes,
+            batches = self.new_seqs.len(),
+            first_seq = self.new_seqs.first().copied().unwrap_or_default(),
+            last_seq = self.new_seqs.last().copied().unwrap_or_default(),
+            "batch exceeds the aggregator's limits; split it into smaller batches"
+        );
+    }
+}
+
+/// A collector failed or overran its deadline; reported in the agent's status until it
+/// recovers.
+#[derive(Debug)]
+pub struct CollectorFailed<'a> {
+    pub collector: &'a str,
+    pub reason: String,
+}
+
+impl InternalEvent for CollectorFailed<'_> {
+    const NAME: &'static str = "collector_failed";
+
+    fn emit(self, t: &Telemetry) {
+        debug!(collector = self.collector, reason = %self.reason, "collector failing");
+        t.collector_failed(self.collector, self.reason);
+    }
+}
+
+/// A collector that was failing works again.
+#[derive(Debug)]
+pub struct CollectorRecovered<'a> {
+    pub collector: &'a str,
+}
+
+impl InternalEvent for CollectorRecovered<'_> {
+    const NAME: &'static str = "collector_recovered";
+
+    fn emit(self, t: &Telemetry) {
+        if t.collector_recovered(self.collector) {
+            info!(collector = self.collector, "collector recovered");
+        }
+    }
+}
+
+/// A collection finished in `took`: the collector works.
+#[derive(Debug)]
+pub struct CollectionFinished<'a> {
+    pub collector: &'a str,
+    pub took: Duration,
+}
+
+impl InternalEvent for CollectionFinished<'_> {
+    const NAME: &'static str = "collection_finished";
+
+    fn emit(self, t: &Telemetry) {
+        t.record_collector_duration(self.collector, self.took);
+        if t.collector_recovered(self.collector) {
+            info!(collector = self.collector, "collector recovered");
+        }
+    }
+}
+
+/// Droppable samples could not be written to the spool; the spool counts them as
+/// `spool_write_failed`.
+#[derive(Debug)]
+pub struct SamplesLost<'a> {
+    /// What was lost: "metric samples", "a status snapshot".
+    pub what: &'a str,
+    pub events: usize,
+    pub error: &'a str,
+}
+
+impl InternalEvent for SamplesLost<'_> {
+    const NAME: &'static str = "samples_lost";
+
+    fn emit(self, _: &Telemetry) {
+        warn!(
+            events = self.events,
+            error = self.error,
+            "cannot spool {}; they are lost and counted as spool_write_failed",
+            self.what
+        );
+    }
+}
