@@ -13,7 +13,10 @@ use outpost_common::logging::LogConfig;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::collectors::metrics::MetricsConfig;
+use crate::collectors::metrics::{Metrics, MetricsConfig};
+use crate::collectors::self_status::{self, SelfStatus};
+use crate::collectors::synthetic::{self, Synthetic};
+use crate::collectors::{Source, SourceError};
 
 /// The whole agent configuration, as written in the file.
 #[derive(Debug, Clone, Deserialize)]
@@ -25,9 +28,12 @@ pub struct AgentConfig {
     pub spool: SpoolSection,
     pub ship: ShipSection,
     pub log: LogConfig,
-    pub synthetic: SyntheticSection,
+    /// A generator of numbered events, for tests and benchmarks.
+    pub synthetic: synthetic::Config,
     /// Host metrics and the agent's own telemetry.
     pub metrics: MetricsConfig,
+    /// The history of the agent's own status.
+    pub status: self_status::Config,
 }
 
 impl Default for AgentConfig {
@@ -38,8 +44,9 @@ impl Default for AgentConfig {
             spool: SpoolSection::default(),
             ship: ShipSection::default(),
             log: LogConfig::default(),
-            synthetic: SyntheticSection::default(),
+            synthetic: synthetic::Config::default(),
             metrics: MetricsConfig::default(),
+            status: self_status::Config::default(),
         }
     }
 }
@@ -127,9 +134,6 @@ pub struct ShipSection {
     /// After a reconnect, ship a backlog at no more than this many events per second (0: no limit),
     /// so a fleet coming back from an outage does not flatten the aggregator.
     pub catchup_events_per_sec: u32,
-    /// How often a status snapshot is written to the spool (kept as history centrally).
-    #[serde(with = "humantime_serde")]
-    pub status_interval: Duration,
 }
 
 impl Default for ShipSection {
@@ -140,46 +144,6 @@ impl Default for ShipSection {
             reconnect_min: Duration::from_millis(500),
             reconnect_max: Duration::from_secs(30),
             catchup_events_per_sec: 50_000,
-            status_interval: Duration::from_secs(60),
-        }
-    }
-}
-
-/// What a synthetic event looks like.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SyntheticKind {
-    /// Log records: the source waits when the spool is full.
-    Log,
-    /// Metric points: the oldest are evicted when the spool is full.
-    Metric,
-}
-
-/// `[synthetic]`: a generator of numbered events for tests and benchmarks. Off by default.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SyntheticSection {
-    pub enabled: bool,
-    /// Events per second (0: as fast as the spool takes them).
-    pub rate: u32,
-    /// Stop after this many events in total across restarts (0: never).
-    pub total: u64,
-    /// Approximate encoded size of each event in bytes.
-    pub size: usize,
-    pub kind: SyntheticKind,
-    /// Events handed to the spool per submission.
-    pub chunk: usize,
-}
-
-impl Default for SyntheticSection {
-    fn default() -> Self {
-        SyntheticSection {
-            enabled: false,
-            rate: 100,
-            total: 0,
-            size: 200,
-            kind: SyntheticKind::Log,
-            chunk: 100,
         }
     }
 }
@@ -286,9 +250,9 @@ fn validate(path: &Path, config: AgentConfig) -> Result<Validated, ConfigError> 
             "ship.max_in_flight must be between 1 and 1024".to_owned(),
         ));
     }
-    if sh.heartbeat_interval.is_zero() || sh.status_interval.is_zero() {
+    if sh.heartbeat_interval.is_zero() {
         return Err(invalid(
-            "ship.heartbeat_interval and ship.status_interval must be above zero".to_owned(),
+            "ship.heartbeat_interval must be above zero".to_owned(),
         ));
     }
     if sh.reconnect_min.is_zero() || sh.reconnect_min > sh.reconnect_max {
@@ -296,17 +260,15 @@ fn validate(path: &Path, config: AgentConfig) -> Result<Validated, ConfigError> 
             "ship.reconnect_min must be above zero and at most ship.reconnect_max".to_owned(),
         ));
     }
-    let syn = &config.synthetic;
-    if syn.enabled && (syn.chunk == 0 || syn.size < 32 || syn.size > 64 * 1024) {
-        return Err(invalid(
-            "synthetic.chunk must be at least 1 and synthetic.size between 32 and 65536".to_owned(),
-        ));
-    }
     config.log.validate().map_err(invalid)?;
-    config
-        .metrics
-        .validate()
-        .map_err(|e| invalid(e.to_string()))?;
+    // Each source's constructor is its validation: build them once here, so a configuration
+    // that loads is one the agent can run.
+    let source = |e: SourceError| invalid(e.to_string());
+    if config.synthetic.enabled {
+        Synthetic::new(config.synthetic.clone()).map_err(source)?;
+    }
+    Metrics::new(config.metrics.clone()).map_err(source)?;
+    SelfStatus::new(config.status.clone()).map_err(source)?;
     Ok(Validated {
         endpoint: parsed,
         server_name,
@@ -412,6 +374,7 @@ mod tests {
         assert_eq!(v.config.ship.reconnect_min, d.ship.reconnect_min);
         assert_eq!(v.config.aggregator.idle_timeout, d.aggregator.idle_timeout);
         assert_eq!(v.config.synthetic.enabled, d.synthetic.enabled);
+        assert_eq!(v.config.status.interval, d.status.interval);
         let (m, dm) = (&v.config.metrics, &d.metrics);
         assert_eq!(
             (m.enabled, m.interval, m.deadline),

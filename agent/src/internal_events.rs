@@ -186,8 +186,12 @@ impl InternalEvent for CollectorFailed<'_> {
     const NAME: &'static str = "collector_failed";
 
     fn emit(self, t: &Telemetry) {
-        debug!(collector = self.collector, reason = %self.reason, "collector failing");
-        t.collector_failed(self.collector, self.reason);
+        let (collector, reason) = (self.collector, self.reason.clone());
+        if t.collector_failed(collector, self.reason) {
+            warn!(collector, %reason, "collector failing");
+        } else {
+            debug!(collector, %reason, "collector still failing");
+        }
     }
 }
 

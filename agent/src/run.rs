@@ -3,16 +3,20 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::Context as _;
 use outpost_common::tls;
 use tokio::sync::watch;
 use tracing::info;
 
+use crate::collectors::metrics::Metrics;
+use crate::collectors::self_status::SelfStatus;
+use crate::collectors::synthetic::Synthetic;
+use crate::collectors::{Context, Source};
 use crate::config::Validated;
+use crate::host;
 use crate::ship::{ShipConfig, Shipper};
 use crate::spool::{Spool, SpoolConfig};
 use crate::telemetry::Telemetry;
-use crate::{collectors, host};
 
 /// How long shutdown waits for outstanding acknowledgements.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -61,30 +65,16 @@ pub fn run(v: Validated) -> anyhow::Result<()> {
             .context("cannot install the SIGTERM and SIGINT handlers")?;
         let (stop_tx, stop) = watch::channel(false);
         let mut tasks = tokio::task::JoinSet::new();
+        let context =
+            |name: &str| Context::new(name, spool.clone(), stop.clone(), telemetry.clone());
         if c.synthetic.enabled {
-            let source = collectors::synthetic::Synthetic::new(c.synthetic.clone());
-            tasks.spawn(source.run(spool.clone(), stop.clone()));
+            let source = Synthetic::new(c.synthetic.clone())?;
+            tasks.spawn(source.run(context(Synthetic::NAME)));
         }
-        if c.metrics.enabled {
-            use collectors::metrics;
-            let sources = metrics::agent_sources(telemetry.clone(), spool.clone());
-            let families = c.metrics.families(sources)?;
-            let (points_tx, points) = tokio::sync::mpsc::channel(64);
-            tasks.spawn(metrics::run(
-                families,
-                c.metrics.deadline,
-                points_tx,
-                telemetry.clone(),
-                stop.clone(),
-            ));
-            tasks.spawn(metrics::submit(points, spool.clone(), telemetry.clone()));
-        }
-        tasks.spawn(collectors::self_status::run(
-            c.ship.status_interval,
-            spool.clone(),
-            telemetry.clone(),
-            stop.clone(),
-        ));
+        let metrics = Metrics::new(c.metrics.clone())?;
+        tasks.spawn(metrics.run(context(Metrics::NAME)));
+        let status = SelfStatus::new(c.status.clone())?;
+        tasks.spawn(status.run(context(SelfStatus::NAME)));
         let shipper = Shipper::new(
             ShipConfig {
                 endpoint: v.endpoint.clone(),

@@ -143,16 +143,24 @@ impl Telemetry {
         }
     }
 
-    /// Records that `collector` is failing, replacing an earlier report of the same collector.
-    pub(crate) fn collector_failed(&self, collector: &str, reason: String) {
+    /// Records that `collector` is failing, replacing an earlier report of the same collector;
+    /// returns whether this is news (it was not failing, or failed for another reason).
+    pub(crate) fn collector_failed(&self, collector: &str, reason: String) -> bool {
         let mut errors = self.errors();
         match errors.iter_mut().find(|e| e.collector == collector) {
-            Some(e) => e.reason = reason,
-            None => errors.push(CollectorError {
-                collector: collector.to_owned(),
-                reason,
-                since_ns: now_ns(),
-            }),
+            Some(e) if e.reason == reason => false,
+            Some(e) => {
+                e.reason = reason;
+                true
+            }
+            None => {
+                errors.push(CollectorError {
+                    collector: collector.to_owned(),
+                    reason,
+                    since_ns: now_ns(),
+                });
+                true
+            }
         }
     }
 

@@ -132,7 +132,7 @@ impl Agent {
              keep_alive = \"1s\"\nidle_timeout = \"5s\"\n\n\
              [spool]\n{spool}\n\
              [ship]\nheartbeat_interval = \"1s\"\nreconnect_min = \"50ms\"\nreconnect_max = \"1s\"\n\
-             catchup_events_per_sec = 0\nstatus_interval = \"1h\"\n\n\
+             catchup_events_per_sec = 0\n\n[status]\ninterval = \"1h\"\n\n\
              [log]\ndir = {logs}\n\n{metrics}{synthetic}",
             data = toml_string(&data_dir),
             ca = toml_string(&cert.ca),

@@ -440,20 +440,21 @@ impl Writer {
         }
     }
 
-    /// Tells subscribers the newest committed seq and the statistics, where they changed.
+    /// Tells subscribers the statistics and the newest committed seq, where they changed; in
+    /// that order, so whoever wakes for a new seq reads statistics that include it.
     fn publish(&self) {
-        let newest = self.spool.newest_seq();
-        self.committed.send_if_modified(|seen| {
-            let changed = *seen != newest;
-            *seen = newest;
-            changed
-        });
         let stats = self.spool.stats();
         self.stats.send_if_modified(|seen| {
             let changed = *seen != stats;
             if changed {
                 *seen = stats;
             }
+            changed
+        });
+        let newest = self.spool.newest_seq();
+        self.committed.send_if_modified(|seen| {
+            let changed = *seen != newest;
+            *seen = newest;
             changed
         });
     }

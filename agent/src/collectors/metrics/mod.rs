@@ -3,8 +3,8 @@
 //!
 //! Each family (cpu, memory, filesystem, …) is one file and one [`Family`]. The runner gives
 //! every family its own schedule and runs each collection on a blocking thread under a deadline,
-//! so a family that hangs (statvfs on a dead NFS mount) is reported through
-//! [`Telemetry::collector_failed`] as `metrics.<family>` and never delays the others. A family
+//! so a family that hangs (statvfs on a dead NFS mount) is reported through its [`Reporter`] as
+//! `metrics.<family>` and never delays the others. A family
 //! whose previous collection is still running is skipped, not started twice.
 //!
 //! Everything is read from `/proc` through the `procfs` crate (and `statvfs` for filesystems):
@@ -30,7 +30,8 @@ use serde::Deserialize;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::internal_events::{CollectionFinished, CollectorFailed, SamplesLost};
+use super::{Context, Reporter, Source, SourceError};
+use crate::internal_events::SamplesLost;
 use crate::spool::{Class, SpoolHandle, Submission};
 use crate::telemetry::Telemetry;
 
@@ -232,7 +233,7 @@ impl MetricsConfig {
         if self.interval.is_zero() || self.deadline.is_zero() {
             return Err(invalid(
                 "interval",
-                "metrics.interval and metrics.deadline must be above zero",
+                "must be above zero, as must metrics.deadline",
             ));
         }
         let mut out: Vec<Scheduled> = Vec::new();
@@ -438,24 +439,73 @@ impl Points {
     }
 }
 
+/// The host-metrics source: every enabled family on its own schedule, their samples spooled as
+/// droppable events.
+#[derive(Debug)]
+pub struct Metrics {
+    config: MetricsConfig,
+}
+
+impl Source for Metrics {
+    type Config = MetricsConfig;
+    const NAME: &'static str = "metrics";
+
+    fn new(config: MetricsConfig) -> Result<Self, SourceError> {
+        config.validate().map_err(|e| match e {
+            MetricsError::Glob {
+                section,
+                glob,
+                source,
+            } => SourceError::new(
+                format!("metrics.{section}"),
+                format!("glob `{glob}`: {source}"),
+            ),
+            MetricsError::Invalid(section, reason) => {
+                SourceError::new(format!("metrics.{section}"), reason)
+            }
+        })?;
+        Ok(Metrics { config })
+    }
+
+    async fn run(self, ctx: Context) {
+        if !self.config.enabled {
+            return;
+        }
+        let reporter = ctx.reporter().clone();
+        let sources = agent_sources(reporter.telemetry().clone(), ctx.spool().clone());
+        let families = match self.config.families(sources) {
+            Ok(families) => families,
+            Err(e) => {
+                // `new` checked the same configuration, so this is not expected.
+                reporter.failed(e.to_string());
+                return;
+            }
+        };
+        let (points_tx, points) = mpsc::channel(64);
+        let collect = run(
+            families,
+            self.config.deadline,
+            points_tx,
+            reporter.clone(),
+            ctx.shutdown(),
+        );
+        tokio::join!(collect, submit(points, ctx.spool().clone(), reporter));
+    }
+}
+
 /// Runs every family on its own schedule until shutdown, sending each collection's points to
-/// `out`.
+/// `out`; each family reports as a part of `reporter` (`metrics.cpu`).
 pub async fn run(
     families: Vec<Scheduled>,
     deadline: Duration,
     out: mpsc::Sender<Vec<MetricPoint>>,
-    telemetry: Arc<Telemetry>,
+    reporter: Reporter,
     shutdown: watch::Receiver<bool>,
 ) {
     let mut tasks = tokio::task::JoinSet::new();
     for s in families {
-        tasks.spawn(drive(
-            s,
-            deadline,
-            out.clone(),
-            telemetry.clone(),
-            shutdown.clone(),
-        ));
+        let reporter = reporter.part(s.family.name());
+        tasks.spawn(drive(s, deadline, out.clone(), reporter, shutdown.clone()));
     }
     while tasks.join_next().await.is_some() {}
 }
@@ -471,7 +521,7 @@ const SUBMIT_LINGER: Duration = Duration::from_millis(250);
 pub async fn submit(
     mut points: mpsc::Receiver<Vec<MetricPoint>>,
     spool: SpoolHandle,
-    telemetry: Arc<Telemetry>,
+    reporter: Reporter,
 ) {
     while let Some(first) = points.recv().await {
         let mut events: Vec<Event> = first.into_iter().map(Event::Metric).collect();
@@ -489,7 +539,7 @@ pub async fn submit(
         let n = events.len();
         let sub = Submission::new(Class::Drop, events);
         if let Err(e) = spool.submit(sub).await {
-            telemetry.emit(SamplesLost {
+            reporter.telemetry().emit(SamplesLost {
                 what: "metric samples",
                 events: n,
                 error: &e.to_string(),
@@ -520,10 +570,9 @@ async fn drive(
     scheduled: Scheduled,
     deadline: Duration,
     out: mpsc::Sender<Vec<MetricPoint>>,
-    telemetry: Arc<Telemetry>,
+    reporter: Reporter,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let collector = format!("metrics.{}", scheduled.family.name());
     let family: Shared = Arc::new(Mutex::new(scheduled.family));
     let mut ticker = tokio::time::interval(scheduled.interval);
     // A slow collection must not cause a burst of catch-up collections.
@@ -536,13 +585,10 @@ async fn drive(
         }
         if let Some(o) = &overdue {
             if !o.handle.is_finished() {
-                telemetry.emit(CollectorFailed {
-                    collector: &collector,
-                    reason: format!(
-                        "still running since {}; collection skipped",
-                        format_ns(o.since_ns)
-                    ),
-                });
+                reporter.failed(format!(
+                    "still running since {}; collection skipped",
+                    format_ns(o.since_ns)
+                ));
                 continue;
             }
             // Its late result is discarded: a newer sample is about to be taken.
@@ -563,30 +609,18 @@ async fn drive(
         };
         match result {
             Ok(Ok(Ok(points))) => {
-                telemetry.emit(CollectionFinished {
-                    collector: &collector,
-                    took: started.elapsed(),
-                });
+                reporter.collected(started.elapsed());
                 if !points.is_empty() && out.send(points).await.is_err() {
                     return;
                 }
             }
-            Ok(Ok(Err(reason))) => telemetry.emit(CollectorFailed {
-                collector: &collector,
-                reason,
-            }),
-            Ok(Err(e)) => telemetry.emit(CollectorFailed {
-                collector: &collector,
-                reason: format!("collection failed: {e}"),
-            }),
+            Ok(Ok(Err(reason))) => reporter.failed(reason),
+            Ok(Err(e)) => reporter.failed(format!("collection failed: {e}")),
             Err(_) => {
-                telemetry.emit(CollectorFailed {
-                    collector: &collector,
-                    reason: format!(
-                        "no result within the deadline of {}",
-                        humantime::format_duration(deadline)
-                    ),
-                });
+                reporter.failed(format!(
+                    "no result within the deadline of {}",
+                    humantime::format_duration(deadline)
+                ));
                 overdue = Some(Overdue {
                     handle,
                     since_ns: now,

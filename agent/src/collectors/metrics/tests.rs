@@ -85,7 +85,7 @@ async fn a_hung_family_is_reported_and_does_not_delay_the_others() {
         ],
         Duration::from_millis(30),
         out,
-        telemetry.clone(),
+        Reporter::new("metrics", telemetry.clone()),
         stop,
     ));
     // Real time, waiting on conditions: the ticking family's batches arrive while the stuck one
@@ -145,7 +145,7 @@ async fn a_failing_family_is_reported_then_recovered() {
         vec![scheduled(FailsOnce(false), 1000)],
         Duration::from_secs(5),
         out,
-        telemetry.clone(),
+        Reporter::new("metrics", telemetry.clone()),
         stop,
     ));
     // Collections complete before their deadline, so paused time only skips the intervals.
@@ -175,7 +175,7 @@ fn a_family_failure_is_visible_before_recovery() {
             family,
             Duration::from_secs(5),
             out,
-            telemetry.clone(),
+            Reporter::new("metrics.flaky", telemetry.clone()),
             stop,
         ));
         // Wait on the condition, advancing paused time between looks.
@@ -687,7 +687,12 @@ async fn collections_finishing_together_share_one_spool_batch() {
     tx.send(vec![point("a"), point("b")]).await.unwrap();
     tx.send(vec![point("c")]).await.unwrap();
     drop(tx);
-    submit(rx, handle.clone(), Arc::new(Telemetry::new())).await;
+    submit(
+        rx,
+        handle.clone(),
+        Reporter::new("metrics", Arc::new(Telemetry::new())),
+    )
+    .await;
     let stats = handle.stats();
     assert_eq!((stats.events, stats.batches), (3, 1), "{stats:?}");
     drop(handle);

@@ -12,8 +12,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, ensure};
-use outpost_agent::collectors::synthetic::Synthetic;
-use outpost_agent::config::{SyntheticKind, SyntheticSection};
+use outpost_agent::collectors::Source;
+use outpost_agent::collectors::synthetic::{self, Synthetic};
 use outpost_agent::spool::{Class, Spool, SpoolConfig, Submission, SubmitOutcome};
 use outpost_aggregator::pki;
 use outpost_common::time::now_ns;
@@ -203,11 +203,11 @@ fn write_aggregator_config(a: &AggregatorSetup, tls: &Path) -> anyhow::Result<()
 /// Writes events `0..events` (about [`EVENT_BYTES`] each) into a new spool at `path`, in
 /// submissions of [`SUBMISSION_EVENTS`] Wait-class events, and returns their payload bytes.
 pub fn prefill(path: &Path, events: u64) -> anyhow::Result<u64> {
-    let source = Synthetic::new(SyntheticSection {
+    let source = Synthetic::new(synthetic::Config {
         size: EVENT_BYTES,
-        kind: SyntheticKind::Log,
-        ..SyntheticSection::default()
-    });
+        kind: synthetic::Kind::Log,
+        ..synthetic::Config::default()
+    })?;
     let mut spool = Spool::open(SpoolConfig::new(path, SPOOL_MAX_BYTES))?;
     let mut next = 0;
     while next < events {
