@@ -251,3 +251,39 @@ impl InternalEvent for SamplesLost<'_> {
         );
     }
 }
+
+/// Shutdown began on an established connection: nothing more is sent, and the acknowledgements of
+/// the `in_flight` batches are awaited until the grace period ends.
+#[derive(Debug)]
+pub struct DrainStarted {
+    pub in_flight: usize,
+}
+
+impl InternalEvent for DrainStarted {
+    const NAME: &'static str = "drain_started";
+
+    fn emit(self, _: &Telemetry) {
+        info!(
+            in_flight = self.in_flight,
+            "shutting down: waiting for outstanding acknowledgements"
+        );
+    }
+}
+
+/// The shutdown grace period ended with `in_flight` batches unanswered; they stay in the spool
+/// and are sent again after the restart.
+#[derive(Debug)]
+pub struct GraceExpired {
+    pub in_flight: usize,
+}
+
+impl InternalEvent for GraceExpired {
+    const NAME: &'static str = "grace_expired";
+
+    fn emit(self, _: &Telemetry) {
+        warn!(
+            in_flight = self.in_flight,
+            "grace period over; unacknowledged batches stay in the spool"
+        );
+    }
+}

@@ -1,0 +1,483 @@
+//! The shipper: moves spooled batches to the aggregator over QUIC.
+//!
+//! One connection at a time. After the TLS handshake the agent sends Hello on a control stream
+//! and waits for Welcome: only then is the connection established (a refused certificate can
+//! surface late, at the first stream operation). Batches are then sent oldest first, each on its
+//! own stream, with at most `max_in_flight` unacknowledged. A batch leaves the spool only when the
+//! aggregator acknowledges it; on reconnect every unacknowledged batch is sent again and the
+//! aggregator's deduplication makes that harmless.
+//!
+//! Welcome announces the largest batch the aggregator takes ([`ReceiverLimits`]), which an
+//! operator may set below the agent's own batch limits. The spool then packs new batches to fit,
+//! and a batch packed earlier that does not fit is split into batches that do before it is sent,
+//! so both configurations being valid never costs data.
+//!
+//! What to send, acknowledge, split or drop, and when, is decided by the pure [`Session`]
+//! (`session.rs`), which never awaits; [`Shipper::run`] connects, backs off, and runs each
+//! session's loop: feed it the network's and the spool's results, execute its actions, and sleep
+//! until its next timeout.
+
+mod session;
+#[cfg(test)]
+mod tests;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use outpost_common::config::QuicEndpoint;
+use outpost_common::event::HostFacts;
+use outpost_common::wire::{self, Heartbeat, Hello, Message, RejectCode, Welcome, close_code};
+use thiserror::Error;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::internal_events::{
+    BatchAcked, BatchRejected, BatchSent, BatchSplit, Connected, Disconnected, DrainStarted,
+    GraceExpired, NotConnected,
+};
+use crate::spool::{SpoolError, SpoolHandle, StoredBatch};
+use crate::telemetry::Telemetry;
+
+pub use session::{
+    Action, BATCH_FRAME_OVERHEAD_BYTES, Pacer, ReceiverLimits, Session, SessionConfig, SessionEvent,
+};
+
+/// What the shipper needs to know.
+#[derive(Debug, Clone)]
+pub struct ShipConfig {
+    pub endpoint: QuicEndpoint,
+    pub server_name: String,
+    pub client: quinn::ClientConfig,
+    pub max_in_flight: u32,
+    pub heartbeat_interval: Duration,
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+    pub connect_timeout: Duration,
+    /// Events per second at most; 0 for no limit.
+    pub catchup_events_per_sec: u32,
+    /// The largest batch the spool makes, so the rate limiter's burst can hold one.
+    pub max_batch_events: u32,
+    /// How long to wait for outstanding acknowledgements when shutting down.
+    pub shutdown_grace: Duration,
+}
+
+/// Why a connection attempt or session ended.
+#[derive(Debug, Error)]
+pub enum SessionError {
+    #[error("cannot resolve {endpoint}: {reason}")]
+    Resolve { endpoint: String, reason: String },
+    #[error("cannot connect to {addr}: {reason}")]
+    Connect { addr: SocketAddr, reason: String },
+    #[error("no Welcome from the aggregator within {0:?}")]
+    HandshakeTimeout(Duration),
+    #[error("aggregator refused the agent: {0}")]
+    Refused(String),
+    #[error("connection lost: {0}")]
+    Lost(String),
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    #[error("aggregator is unavailable: {0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+}
+
+/// The result of one batch stream.
+enum Outcome {
+    Ack {
+        seq: u64,
+        duplicate: bool,
+    },
+    Reject {
+        seq: u64,
+        code: RejectCode,
+        reason: String,
+    },
+    Failed {
+        seq: u64,
+        reason: String,
+    },
+}
+
+/// Ships batches from the spool until shut down.
+#[derive(Debug)]
+pub struct Shipper {
+    config: ShipConfig,
+    spool: SpoolHandle,
+    telemetry: Arc<Telemetry>,
+    host: HostFacts,
+    /// Shared by every session, so a reconnect does not grant a fresh burst.
+    pacer: Pacer,
+}
+
+impl Shipper {
+    pub fn new(
+        config: ShipConfig,
+        spool: SpoolHandle,
+        telemetry: Arc<Telemetry>,
+        host: HostFacts,
+    ) -> Self {
+        let pacer = Pacer::new(
+            now(),
+            config.catchup_events_per_sec,
+            config.max_batch_events,
+        );
+        Shipper {
+            config,
+            spool,
+            telemetry,
+            host,
+            pacer,
+        }
+    }
+
+    /// Connects, ships, and reconnects with capped exponential backoff and jitter, until
+    /// `shutdown` turns true. Then drains what is in flight (within the grace period) and closes
+    /// the connection cleanly.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let endpoint = match bind_endpoint(&self.config.endpoint) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot open a UDP socket for QUIC; nothing will be shipped");
+                return;
+            }
+        };
+        let backoff_builder = ExponentialBuilder::new()
+            .with_min_delay(self.config.reconnect_min)
+            .with_max_delay(self.config.reconnect_max)
+            .with_factor(2.0)
+            .with_jitter()
+            .without_max_times();
+        let mut backoff = backoff_builder.build();
+        while !*shutdown.borrow() {
+            let result = self.session(&endpoint, &mut shutdown).await;
+            match result {
+                Ok(()) => break,
+                Err(e) => {
+                    let established =
+                        matches!(e, SessionError::Lost(_) | SessionError::Unavailable(_));
+                    if established {
+                        // The connection worked; start the next wait from the bottom.
+                        backoff = backoff_builder.build();
+                    }
+                    let delay = backoff.next().unwrap_or(self.config.reconnect_max);
+                    self.telemetry.emit(NotConnected {
+                        error: &e.to_string(),
+                        retry_in: delay,
+                    });
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        _ = shutdown.wait_for(|s| *s) => break,
+                    }
+                }
+            }
+        }
+        // Give the close frame a moment to reach the aggregator.
+        let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    }
+
+    async fn connect(&self, endpoint: &quinn::Endpoint) -> Result<quinn::Connection, SessionError> {
+        let target = self.config.endpoint.clone();
+        let addrs = tokio::task::spawn_blocking(move || target.resolve())
+            .await
+            .map_err(|e| SessionError::Resolve {
+                endpoint: self.config.endpoint.to_string(),
+                reason: e.to_string(),
+            })?
+            .map_err(|e| SessionError::Resolve {
+                endpoint: self.config.endpoint.to_string(),
+                reason: e.to_string(),
+            })?;
+        let local_v6 = endpoint.local_addr().map(|a| a.is_ipv6()).unwrap_or(false);
+        let addr = addrs
+            .iter()
+            .find(|a| a.is_ipv6() == local_v6)
+            .or(addrs.first())
+            .copied()
+            .ok_or_else(|| SessionError::Resolve {
+                endpoint: self.config.endpoint.to_string(),
+                reason: "no addresses".to_owned(),
+            })?;
+        let connecting = endpoint
+            .connect_with(self.config.client.clone(), addr, &self.config.server_name)
+            .map_err(|e| SessionError::Connect {
+                addr,
+                reason: e.to_string(),
+            })?;
+        match tokio::time::timeout(self.config.connect_timeout, connecting).await {
+            Ok(Ok(conn)) => Ok(conn),
+            Ok(Err(e)) => Err(SessionError::Connect {
+                addr,
+                reason: e.to_string(),
+            }),
+            Err(_) => Err(SessionError::HandshakeTimeout(self.config.connect_timeout)),
+        }
+    }
+
+    /// One connection's life. Returns Ok(()) only on shutdown.
+    async fn session(
+        &self,
+        endpoint: &quinn::Endpoint,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(), SessionError> {
+        let conn = tokio::select! {
+            r = self.connect(endpoint) => r?,
+            _ = shutdown.wait_for(|s| *s) => return Ok(()),
+        };
+        let (mut control_tx, mut control_rx) = conn
+            .open_bi()
+            .await
+            .map_err(|e| SessionError::Refused(e.to_string()))?;
+        let stats = self.spool.stats();
+        let hello = Message::Hello(Hello {
+            protocol_version: wire::PROTOCOL_VERSION,
+            agent_version: outpost_common::VERSION.to_owned(),
+            spool_id: stats.spool_id,
+            host: self.host.clone(),
+            status: self.telemetry.status(&stats),
+        });
+        let welcome = async {
+            wire::write_message(&mut control_tx, &hello)
+                .await
+                .map_err(|e| SessionError::Refused(e.to_string()))?;
+            wire::read_message(&mut control_rx, wire::DEFAULT_MAX_FRAME_BYTES)
+                .await
+                .map_err(|e| SessionError::Refused(e.to_string()))
+        };
+        let welcome = match tokio::time::timeout(self.config.connect_timeout, welcome).await {
+            Err(_) => {
+                conn.close(close_code::HANDSHAKE_TIMEOUT.into(), b"no welcome");
+                return Err(SessionError::HandshakeTimeout(self.config.connect_timeout));
+            }
+            Ok(Err(e)) => {
+                // A refused certificate shows up here as a closed connection with a TLS alert.
+                let reason = conn
+                    .close_reason()
+                    .map_or_else(|| e.to_string(), |r| r.to_string());
+                return Err(SessionError::Refused(reason));
+            }
+            Ok(Ok(Message::Welcome(w))) => w,
+            Ok(Ok(Message::Reject(r))) => {
+                conn.close(close_code::NORMAL.into(), b"rejected");
+                return Err(SessionError::Refused(format!("{:?}: {}", r.code, r.reason)));
+            }
+            Ok(Ok(other)) => {
+                conn.close(close_code::UNEXPECTED_MESSAGE.into(), b"expected Welcome");
+                return Err(SessionError::Protocol(format!(
+                    "expected Welcome, got {}",
+                    other.name()
+                )));
+            }
+        };
+        self.telemetry.emit(Connected {
+            aggregator: &self.config.endpoint.to_string(),
+            server_version: &welcome.server_version,
+            max_in_flight: welcome.max_in_flight,
+            max_batch_events: welcome.max_batch_events,
+            max_frame_bytes: welcome.max_frame_bytes,
+            backlog_batches: stats.batches,
+        });
+        let result = self
+            .deliver(&conn, &mut control_tx, &welcome, shutdown)
+            .await;
+        if let Err(e) = &result {
+            self.telemetry.emit(Disconnected {
+                reason: &e.to_string(),
+            });
+        }
+        result
+    }
+
+    /// Runs one session on an established connection. Returns Ok(()) only on shutdown.
+    async fn deliver(
+        &self,
+        conn: &quinn::Connection,
+        control: &mut quinn::SendStream,
+        welcome: &Welcome,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(), SessionError> {
+        let config = SessionConfig {
+            max_in_flight: self.config.max_in_flight,
+            heartbeat_interval: self.config.heartbeat_interval,
+            shutdown_grace: self.config.shutdown_grace,
+        };
+        // Subscribed before the first fetch, so no data committed after it goes unnoticed.
+        let mut new_data = self.spool.subscribe();
+        let mut session = Session::new(now(), &config, welcome, self.pacer.clone());
+        let mut streams: JoinSet<Outcome> = JoinSet::new();
+        let mut shutdown_seen = false;
+        loop {
+            while let Some(action) = self.next_action(&mut session) {
+                match action {
+                    Action::SetBatchLimits {
+                        max_events,
+                        max_bytes,
+                    } => self.spool.set_batch_limits(max_events, max_bytes).await?,
+                    Action::FetchBatches { after, max } => {
+                        let batches = self.spool.batches_after(after, max).await?;
+                        session.handle_batches(now(), batches);
+                    }
+                    Action::SendBatch(batch) => {
+                        self.telemetry.emit(BatchSent {
+                            seq: batch.seq,
+                            events: batch.events,
+                        });
+                        let max_frame = welcome.max_frame_bytes;
+                        streams.spawn(send_batch(conn.clone(), batch, max_frame));
+                    }
+                    Action::SplitBatch {
+                        seq,
+                        events,
+                        bytes,
+                        max_events,
+                        max_bytes,
+                    } => {
+                        let seqs = self.spool.split_batch(seq, max_events, max_bytes).await?;
+                        self.telemetry.emit(BatchSplit {
+                            seq,
+                            events,
+                            bytes,
+                            max_events,
+                            max_bytes,
+                            new_seqs: &seqs,
+                        });
+                    }
+                    Action::AckSeqs(seqs) => self.spool.ack(seqs).await?,
+                    Action::DropBatch { seq, reason } => self.spool.drop_batch(seq, reason).await?,
+                    Action::SendHeartbeat => {
+                        let msg = Message::Heartbeat(Heartbeat {
+                            sent_ns: outpost_common::time::now_ns(),
+                            status: self.telemetry.status(&self.spool.stats()),
+                        });
+                        if let Err(e) = wire::write_message(control, &msg).await {
+                            session.handle_connection_lost(now(), e.to_string());
+                        }
+                    }
+                    Action::Close { code, reason } => conn.close(code.into(), reason.as_bytes()),
+                    Action::Done => return Ok(()),
+                    Action::Ended(e) => return Err(e),
+                }
+            }
+            let wake = session.poll_timeout();
+            let timer = async {
+                match wake {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                Some(done) = streams.join_next() => {
+                    let outcome = done.map_err(|e| SessionError::Protocol(format!("batch task failed: {e}")))?;
+                    match outcome {
+                        Outcome::Ack { seq, duplicate } => session.handle_ack(now(), seq, duplicate),
+                        Outcome::Reject { seq, code, reason } => session.handle_reject(now(), seq, code, reason),
+                        Outcome::Failed { seq, reason } => session.handle_stream_failed(now(), seq, &reason),
+                    }
+                }
+                changed = new_data.changed(), if session.wants_new_data() => {
+                    if changed.is_err() {
+                        return Err(SessionError::Protocol("spool closed".to_owned()));
+                    }
+                    session.handle_new_data(now());
+                }
+                reason = conn.closed() => session.handle_connection_lost(now(), reason.to_string()),
+                () = stopped(shutdown), if !shutdown_seen => {
+                    shutdown_seen = true;
+                    session.handle_shutdown(now());
+                }
+                () = timer => session.handle_timeout(now()),
+            }
+        }
+    }
+
+    /// The session's next action, after reporting what it has to report.
+    fn next_action(&self, session: &mut Session) -> Option<Action> {
+        while let Some(event) = session.poll_event() {
+            match event {
+                SessionEvent::Acked {
+                    seq,
+                    events,
+                    rtt,
+                    duplicate,
+                } => self.telemetry.emit(BatchAcked {
+                    seq,
+                    events,
+                    rtt,
+                    duplicate,
+                }),
+                SessionEvent::Rejected { seq, code, reason } => {
+                    self.telemetry.emit(BatchRejected {
+                        seq,
+                        code,
+                        reason: &reason,
+                    })
+                }
+                SessionEvent::Draining { in_flight } => {
+                    self.telemetry.emit(DrainStarted { in_flight })
+                }
+                SessionEvent::GraceExpired { in_flight } => {
+                    self.telemetry.emit(GraceExpired { in_flight })
+                }
+            }
+        }
+        session.poll_action()
+    }
+}
+
+/// The instant sessions are told, from tokio's clock (which tests may pause).
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+/// Resolves once `shutdown` is true (or its sender is gone).
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|s| *s).await;
+}
+
+fn bind_endpoint(target: &QuicEndpoint) -> std::io::Result<quinn::Endpoint> {
+    let v6 = target.host.contains(':');
+    let local: SocketAddr = if v6 {
+        SocketAddr::from(([0u16; 8], 0))
+    } else {
+        SocketAddr::from(([0u8; 4], 0))
+    };
+    quinn::Endpoint::client(local)
+}
+
+/// Sends one batch on its own stream and waits for the answer.
+async fn send_batch(conn: quinn::Connection, batch: StoredBatch, max_frame: u32) -> Outcome {
+    let seq = batch.seq;
+    let failed = |reason: String| Outcome::Failed { seq, reason };
+    let frame = match wire::encode_batch_frame(
+        seq,
+        batch.low_water_seq,
+        batch.created_ns,
+        &batch.payload,
+    ) {
+        Ok(f) => f,
+        Err(e) => return failed(e.to_string()),
+    };
+    let (mut tx, mut rx) = match conn.open_bi().await {
+        Ok(s) => s,
+        Err(e) => return failed(e.to_string()),
+    };
+    if let Err(e) = tx.write_all(&frame).await {
+        return failed(e.to_string());
+    }
+    let _ = tx.finish();
+    match wire::read_message(&mut rx, max_frame).await {
+        Ok(Message::Ack(a)) if a.seq == seq => Outcome::Ack {
+            seq,
+            duplicate: a.duplicate,
+        },
+        Ok(Message::Reject(r)) => Outcome::Reject {
+            seq,
+            code: r.code,
+            reason: r.reason,
+        },
+        Ok(other) => failed(format!("unexpected answer {}", other.name())),
+        Err(e) => failed(e.to_string()),
+    }
+}
