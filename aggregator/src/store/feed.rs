@@ -123,13 +123,13 @@ pub(crate) fn channel(
 }
 
 impl Publisher {
-    /// Publishes one committed batch; never waits. Answers whether anyone was subscribed.
-    pub(crate) fn publish(&self, batch: CommittedBatch) -> bool {
+    /// Publishes one committed batch; never waits.
+    pub(crate) fn publish(&self, batch: CommittedBatch) {
         let mut state = self.shared.lock();
         state.end = state.end.max(batch.end());
-        match &state.sender {
-            Some(sender) => sender.send(Arc::new(batch)).is_ok(),
-            None => false,
+        if let Some(sender) = &state.sender {
+            // No subscriber is no error: nobody is interested yet.
+            let _ = sender.send(Arc::new(batch));
         }
     }
 }
@@ -187,27 +187,36 @@ impl std::fmt::Debug for FeedSubscriber {
     }
 }
 
-/// Reading back what was dropped: events from `seen_to` up to `until`, then `then`.
+/// Reading back what was dropped: events from `seen_to` up to the first batch still in the
+/// channel, then that batch.
 #[derive(Debug)]
 struct CatchUp {
-    /// The first batch still in the channel; `None` if the feed ended meanwhile.
-    then: Option<Arc<CommittedBatch>>,
+    /// `None` until taken from the channel; `Some(None)` if the feed ended meanwhile.
+    then: Option<Option<Arc<CommittedBatch>>>,
 }
 
 impl FeedSubscriber {
     /// The next item: a committed batch, or after falling behind, the count and then the
     /// missed events. `Ok(None)` once the writer has stopped and everything was handed out.
     ///
-    /// Cancel-safe between items: dropping the future loses nothing already in the channel.
+    /// Cancel-safe: a call dropped before it answers changes nothing, so it can wait in a
+    /// `select!` beside a shutdown signal.
     pub async fn recv(&mut self) -> Result<Option<FeedItem>, StoreError> {
-        if let Some(catch_up) = &self.catch_up {
-            let until = catch_up.then.as_ref().map(|b| b.start);
-            let page = self.read_back(until).await?;
+        if let Some(catch_up) = &mut self.catch_up {
+            let then = match &catch_up.then {
+                Some(then) => then.clone(),
+                None => {
+                    let then = next_held(&mut self.rx, &self.shared, &mut self.lagged).await;
+                    catch_up.then = Some(then.clone());
+                    then
+                }
+            };
+            let page = self.read_back(then.as_ref().map(|b| b.start)).await?;
             if let Some(last) = page.last() {
                 self.seen_to = last.cursor.advance(1);
                 return Ok(Some(FeedItem::Missed(page)));
             }
-            let then = self.catch_up.take().and_then(|c| c.then);
+            self.catch_up = None;
             return Ok(then.map(|batch| self.hand_out(batch)));
         }
         let Some(rx) = &mut self.rx else {
@@ -216,22 +225,9 @@ impl FeedSubscriber {
         match rx.recv().await {
             Ok(batch) => Ok(Some(self.hand_out(batch))),
             Err(broadcast::error::RecvError::Closed) => Ok(None),
-            Err(broadcast::error::RecvError::Lagged(mut batches)) => {
-                // The oldest batch still held is at hand at once: the channel is full.
-                let then = loop {
-                    match rx.recv().await {
-                        Ok(batch) => break Some(batch),
-                        Err(broadcast::error::RecvError::Lagged(more)) => batches += more,
-                        Err(broadcast::error::RecvError::Closed) => break None,
-                    }
-                };
-                self.lagged += batches;
-                self.shared.lagged.fetch_add(batches, Ordering::Relaxed);
-                tracing::warn!(
-                    batches,
-                    "A feed subscriber fell behind; it catches up from the store."
-                );
-                self.catch_up = Some(CatchUp { then });
+            Err(broadcast::error::RecvError::Lagged(batches)) => {
+                count_lag(&self.shared, &mut self.lagged, batches);
+                self.catch_up = Some(CatchUp { then: None });
                 Ok(Some(FeedItem::FellBehind { batches }))
             }
         }
@@ -266,4 +262,30 @@ impl FeedSubscriber {
             .map_err(|e| StoreError::backend("reading back missed events", e))?
             .map(|page| page.events)
     }
+}
+
+/// The oldest batch the channel still holds (at hand at once after a lag: the channel is full),
+/// counting any further lag; `None` if the feed has ended.
+async fn next_held(
+    rx: &mut Option<broadcast::Receiver<Arc<CommittedBatch>>>,
+    shared: &Shared,
+    lagged: &mut u64,
+) -> Option<Arc<CommittedBatch>> {
+    let rx = rx.as_mut()?;
+    loop {
+        match rx.recv().await {
+            Ok(batch) => return Some(batch),
+            Err(broadcast::error::RecvError::Lagged(more)) => count_lag(shared, lagged, more),
+            Err(broadcast::error::RecvError::Closed) => return None,
+        }
+    }
+}
+
+fn count_lag(shared: &Shared, lagged: &mut u64, batches: u64) {
+    *lagged += batches;
+    shared.lagged.fetch_add(batches, Ordering::Relaxed);
+    tracing::warn!(
+        batches,
+        "A feed subscriber fell behind; it catches up from the store."
+    );
 }

@@ -385,7 +385,7 @@ pub struct RetentionReport {
     pub status: u64,
     /// Deduplication entries forgotten (below a low-water mark, or of spools long gone).
     pub dedup_entries: u64,
-    /// Transactions the pass took; each held the writer for one small chunk only.
+    /// Steps the pass took; each held up commits for one small chunk only.
     pub chunks: u64,
 }
 
