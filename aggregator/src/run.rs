@@ -11,10 +11,10 @@ use crate::config::Validated;
 use crate::ingest::{Ingest, IngestConfig, TlsFiles};
 use crate::store::retention::spawn_retention;
 use crate::store::sqlite::SqliteStore;
-use crate::store::{Retention, Store, StoreWriter, WriterConfig};
+use crate::store::{Retention, StoreWriter, WriterConfig};
 
-/// Opens the store named by the configuration.
-pub fn open_store(v: &Validated) -> anyhow::Result<Arc<dyn Store>> {
+/// Opens the store named by the configuration (the embedded store holds both events and state).
+pub fn open_store(v: &Validated) -> anyhow::Result<Arc<SqliteStore>> {
     let dir = &v.config.data_dir;
     std::fs::create_dir_all(dir)
         .with_context(|| format!("{}: cannot create the data directory", dir.display()))?;
@@ -39,12 +39,15 @@ pub fn run(v: Validated) -> anyhow::Result<()> {
     let store = open_store(&v)?;
     let (writer, writer_join) = StoreWriter::spawn(
         store.clone(),
+        store.clone(),
         WriterConfig {
             queue: c.ingest.queue,
             max_batches_per_txn: c.ingest.max_batches_per_txn,
             max_events_per_txn: c.ingest.max_events_per_txn,
+            ..WriterConfig::default()
         },
-    );
+    )
+    .context("cannot start the store writer")?;
     let reset_key = load_or_create_secret(&c.data_dir.join("quic-reset.key"))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

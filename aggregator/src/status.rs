@@ -5,11 +5,13 @@ use outpost_common::time::now_ns;
 use crate::config::Validated;
 use crate::fleet::{self, FleetPolicy};
 use crate::pki;
+use crate::store::{self, EventStore, StateStore};
 
 /// Reads the registry and the issued certificates and renders the fleet's status.
 pub fn render(v: &Validated, json: bool) -> anyhow::Result<String> {
     let store = crate::run::open_store(v)?;
-    let agents = store.agents()?;
+    let mut agents = store.agents()?;
+    store::join_host_summaries(&mut agents, store.host_summaries()?);
     let issued: Vec<String> = match pki::issued_agents(&v.config.tls.dir) {
         Ok(certs) => certs
             .into_iter()

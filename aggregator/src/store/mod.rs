@@ -1,34 +1,52 @@
-//! The central store: every batch an agent sends is kept here exactly once, together with the
-//! registry of agents that feeds fleet status.
+//! The central store: every batch an agent sends is kept here exactly once, and the state the
+//! aggregator keeps about its fleet.
 //!
-//! [`Store`] is the seam. It speaks only Outpost's own types (batches, events, agent facts,
-//! retention periods), never SQL, so a store for fleets that outgrow one machine (ClickHouse) can
-//! implement it beside the embedded [`sqlite::SqliteStore`]. Its methods are synchronous: they
-//! block on disk, so callers run them on a dedicated thread. Ingest does that through
-//! [`writer::StoreWriter`], which also groups the batches of many agents into one transaction
-//! (group commit), and [`retention::spawn_retention`] runs retention on its own thread.
+//! Two seams, both speaking only Outpost's own types (batches, events, agent facts, retention
+//! periods, cursors), never a query language, so stores for fleets that outgrow one machine can
+//! implement them beside the embedded [`sqlite::SqliteStore`] (which implements both):
+//!
+//! - [`EventStore`]: what agents sent. Idempotent commit of batches, retention, and the reads the
+//!   API and the rules engine need. Append-mostly, large; a column store fits it.
+//! - [`StateStore`]: what the aggregator knows and decides. The agent registry now; alert state,
+//!   silences, the notification outbox and API tokens later. Small, updated in place; a
+//!   relational database fits it.
+//!
+//! Their methods are synchronous: they may block on I/O, so callers run them on threads of their
+//! own. Ingest does that through [`writer::StoreWriter`], which groups the batches of many agents
+//! into one commit (group commit), applies the registry updates of the same round in one write,
+//! and publishes every newly stored batch on a [`feed`]. [`retention::spawn_retention`] runs
+//! retention on its own thread.
 //!
 //! # Exactly once
 //!
-//! A batch is identified by `(agent_id, spool_id, seq)`. [`Store::commit_batches`] stores a batch
-//! the first time it sees that key and answers [`CommitOutcome::Duplicate`] afterwards, so the
-//! aggregator can acknowledge a resent batch again without storing it twice. The agent's
+//! A batch is identified by `(agent_id, spool_id, seq)`. [`EventStore::commit_batches`] stores a
+//! batch the first time it sees that key and answers [`BatchCommit::Duplicate`] afterwards, so
+//! the aggregator can acknowledge a resent batch again without storing it twice. The agent's
 //! `low_water_seq` promises that no lower `seq` of that spool will ever be sent again; the store
-//! forgets the deduplication entries below it during retention, and keeps answering `Duplicate`
-//! for anything below it.
+//! may forget the deduplication entries below it, and keeps answering `Duplicate` for anything
+//! below it. The rule itself is in [`dedup`], free of any backend.
 
+use std::collections::BTreeMap;
+use std::fmt;
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
-use outpost_common::event::{AgentStatus, DropCounters, Event, EventKind, HostFacts, MetricPoint};
+use outpost_common::event::{AgentStatus, DropCounters, Event, EventKind, HostFacts};
 use outpost_common::wire::Hello;
 use serde::Serialize;
 
+pub mod dedup;
+pub mod feed;
+pub mod marks;
 pub mod retention;
 pub mod sqlite;
+pub mod summary;
 pub mod writer;
 
+pub use feed::{CommittedBatch, Feed, FeedItem, FeedSubscriber};
 pub use sqlite::SqliteStore;
+pub use summary::{CPU_UTILIZATION, FILESYSTEM_UTILIZATION, HostSummary, MEMORY_UTILIZATION};
 pub use writer::{StoreWriter, WriterConfig, WriterJoin, WriterStats};
 
 /// One batch as received from an authenticated agent.
@@ -47,7 +65,7 @@ pub struct IncomingBatch {
 }
 
 /// A change to the agent registry. Sessions hand these to [`StoreWriter::record`], which applies
-/// them with the next group commit instead of one transaction (and one fsync) each.
+/// all the updates of one writer round in one write.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RegistryUpdate {
     /// The agent connected and said Hello.
@@ -68,6 +86,9 @@ pub enum RegistryUpdate {
         reason: String,
         now_ns: i64,
     },
+    /// The aggregator received something else from the agent (a batch) at `now_ns`. The writer
+    /// adds one for every agent whose batches it commits.
+    Seen { agent_id: String, now_ns: i64 },
 }
 
 impl RegistryUpdate {
@@ -76,12 +97,23 @@ impl RegistryUpdate {
         match self {
             RegistryUpdate::Hello { agent_id, .. }
             | RegistryUpdate::Heartbeat { agent_id, .. }
-            | RegistryUpdate::Disconnect { agent_id, .. } => agent_id,
+            | RegistryUpdate::Disconnect { agent_id, .. }
+            | RegistryUpdate::Seen { agent_id, .. } => agent_id,
+        }
+    }
+
+    /// When the aggregator learnt what the update says.
+    pub fn now_ns(&self) -> i64 {
+        match self {
+            RegistryUpdate::Hello { now_ns, .. }
+            | RegistryUpdate::Heartbeat { now_ns, .. }
+            | RegistryUpdate::Disconnect { now_ns, .. }
+            | RegistryUpdate::Seen { now_ns, .. } => *now_ns,
         }
     }
 }
 
-/// What [`Store::commit_batches`] did with one batch.
+/// What committing one batch meant for its agent: acknowledge it, and whether it was new.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CommitOutcome {
     /// The batch was new and is now durably stored.
@@ -89,6 +121,127 @@ pub enum CommitOutcome {
     /// The batch had been stored before (or lies below its spool's low-water mark); nothing was
     /// written, and the agent may be acknowledged again.
     Duplicate,
+}
+
+/// What [`EventStore::commit_batches`] did with one batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchCommit {
+    /// New and now durably stored; its events have the cursors from `start` on, one each, in
+    /// the batch's order.
+    Stored { start: Cursor },
+    /// Stored before (or below its spool's low-water mark); nothing was written.
+    Duplicate,
+}
+
+impl BatchCommit {
+    /// The outcome the agent is told.
+    pub fn outcome(self) -> CommitOutcome {
+        match self {
+            BatchCommit::Stored { .. } => CommitOutcome::Stored,
+            BatchCommit::Duplicate => CommitOutcome::Duplicate,
+        }
+    }
+}
+
+/// A place in an event store's order of events; each stored event has one.
+///
+/// Opaque outside the store: it is handed out ([`StoredEvent::cursor`], [`EventPage::next`],
+/// [`CommittedBatch::start`]) and handed back, or rendered as a token for API clients
+/// ([`fmt::Display`], [`std::str::FromStr`]). Cursors grow in commit order: every event of a
+/// commit has a higher cursor than every event of an earlier commit, and a batch's events have
+/// consecutive cursors in the batch's order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Cursor(u64);
+
+impl Cursor {
+    /// Before every stored event.
+    pub const START: Cursor = Cursor(0);
+
+    /// The cursor `n` events further on.
+    pub fn advance(self, n: usize) -> Cursor {
+        Cursor(self.0.saturating_add(n as u64))
+    }
+
+    pub(crate) fn from_position(position: u64) -> Cursor {
+        Cursor(position)
+    }
+
+    pub(crate) fn position(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for Cursor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "c{:x}", self.0)
+    }
+}
+
+impl std::str::FromStr for Cursor {
+    type Err = BadCursor;
+
+    fn from_str(s: &str) -> Result<Self, BadCursor> {
+        s.strip_prefix('c')
+            .filter(|hex| !hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+            .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+            .map(Cursor)
+            .ok_or_else(|| BadCursor(s.chars().take(64).collect()))
+    }
+}
+
+/// A cursor token that no store handed out.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not a cursor (use the `next` value of a previous page)")]
+pub struct BadCursor(String);
+
+/// Which events [`EventStore::events`] returns: those matching every field, in cursor order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventQuery {
+    /// One kind, or every kind.
+    pub kind: Option<EventKind>,
+    /// One agent, or the whole fleet.
+    pub agent_id: Option<String>,
+    /// Events whose own time (`time_ns`, the agent's clock) lies in this range; `None`: any time.
+    pub time_ns: Option<Range<i64>>,
+    /// The first cursor to consider: [`Cursor::START`], or a previous page's `next`.
+    pub from: Cursor,
+    /// Stop before this cursor; `None`: up to the latest commit.
+    pub until: Option<Cursor>,
+    /// Events in one page at most; zero counts as one.
+    pub limit: usize,
+}
+
+impl Default for EventQuery {
+    /// Every event, in pages of 1,000.
+    fn default() -> Self {
+        EventQuery {
+            kind: None,
+            agent_id: None,
+            time_ns: None,
+            from: Cursor::START,
+            until: None,
+            limit: 1000,
+        }
+    }
+}
+
+/// One page of an [`EventQuery`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventPage {
+    pub events: Vec<StoredEvent>,
+    /// Where the next page starts, when this one was full; `None` when the query has returned
+    /// everything stored so far.
+    pub next: Option<Cursor>,
+}
+
+/// An event as stored, with where and when it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEvent {
+    pub cursor: Cursor,
+    pub agent_id: String,
+    /// When the aggregator received its batch (never earlier than an earlier commit's).
+    pub received_ns: i64,
+    pub event: Event,
 }
 
 /// The cause below a [`StoreError`], shared so that one failed group commit can be reported to
@@ -174,104 +327,10 @@ pub struct AgentRecord {
     pub backlog_rising_since_ns: Option<i64>,
     /// The agent's clock minus the aggregator's at the latest status (positive: agent ahead).
     pub clock_skew_ns: Option<i64>,
-    /// The host's latest CPU, memory and fullest filesystem, from its metric events; `None`
-    /// until one of them arrives.
+    /// The host's latest CPU, memory and fullest filesystem. The event store derives it from
+    /// metric points ([`EventStore::host_summaries`]); a state store answers `None`, and readers
+    /// join the two with [`join_host_summaries`].
     pub host_summary: Option<HostSummary>,
-}
-
-/// The OpenTelemetry name of the CPU utilisation gauge (0..1, attribute `state`; per-core points
-/// also carry `cpu`).
-pub const CPU_UTILIZATION: &str = "system.cpu.utilization";
-/// The OpenTelemetry name of the memory utilisation gauge (0..1, attribute `state`).
-pub const MEMORY_UTILIZATION: &str = "system.memory.utilization";
-/// The OpenTelemetry name of the filesystem utilisation gauge (0..1, attributes `device`, `type`,
-/// `mountpoint`).
-pub const FILESYSTEM_UTILIZATION: &str = "system.filesystem.utilization";
-
-/// A host's latest load at a glance, kept beside the registry so fleet status needs no query
-/// over the metrics table. Each value carries the agent's time of the point it came from.
-///
-/// Built by [`HostSummary::observe`] from metric points in any order: a point older than the
-/// value held is ignored, so batches resent or delivered late cannot roll the summary back.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct HostSummary {
-    /// Busy fraction of all CPUs (1 − idle of the host total) and its time.
-    pub cpu_busy: Option<(f64, i64)>,
-    /// Used fraction of memory and its time.
-    pub memory_used: Option<(f64, i64)>,
-    /// The fullest filesystem of the latest collection: mountpoint, used fraction, time.
-    pub fullest_fs: Option<(String, f64, i64)>,
-}
-
-impl HostSummary {
-    /// Takes in one metric point; points that are not one of the three summarised gauges, that
-    /// are per-core, or whose value is not finite change nothing.
-    pub fn observe(&mut self, m: &MetricPoint) {
-        if !m.value.is_finite() {
-            return;
-        }
-        let attr = |key: &str| {
-            m.attributes
-                .iter()
-                .find(|(k, _)| k == key)
-                .map(|(_, v)| v.as_str())
-        };
-        match m.name.as_str() {
-            CPU_UTILIZATION if attr("cpu").is_none() && attr("state") == Some("idle") => {
-                // Rounding in the agent can put idle a hair above 1.
-                let busy = (1.0 - m.value).clamp(0.0, 1.0);
-                keep_latest(&mut self.cpu_busy, busy, m.time_ns);
-            }
-            MEMORY_UTILIZATION if attr("state") == Some("used") => {
-                keep_latest(&mut self.memory_used, m.value, m.time_ns);
-            }
-            FILESYSTEM_UTILIZATION => {
-                if let Some(mountpoint) = attr("mountpoint") {
-                    self.observe_filesystem(mountpoint, m.value, m.time_ns);
-                }
-            }
-            _ => {}
-        }
-    }
-
-    /// Takes in another summary as if its points had been observed here.
-    pub fn merge(&mut self, other: &HostSummary) {
-        if let Some((value, time_ns)) = other.cpu_busy {
-            keep_latest(&mut self.cpu_busy, value, time_ns);
-        }
-        if let Some((value, time_ns)) = other.memory_used {
-            keep_latest(&mut self.memory_used, value, time_ns);
-        }
-        if let Some((mountpoint, value, time_ns)) = &other.fullest_fs {
-            self.observe_filesystem(mountpoint, *value, *time_ns);
-        }
-    }
-
-    /// Whether nothing is known.
-    pub fn is_empty(&self) -> bool {
-        self.cpu_busy.is_none() && self.memory_used.is_none() && self.fullest_fs.is_none()
-    }
-
-    /// The points of one time form one collection: a newer collection replaces the fullest
-    /// filesystem, within the same one the largest value wins (the first seen on a tie).
-    fn observe_filesystem(&mut self, mountpoint: &str, value: f64, time_ns: i64) {
-        let replace = match &self.fullest_fs {
-            None => true,
-            Some((_, held, held_ns)) => {
-                time_ns > *held_ns || (time_ns == *held_ns && value > *held)
-            }
-        };
-        if replace {
-            self.fullest_fs = Some((mountpoint.to_owned(), value, time_ns));
-        }
-    }
-}
-
-/// Replaces `slot` unless it holds a newer value; on equal times the later observed wins.
-fn keep_latest(slot: &mut Option<(f64, i64)>, value: f64, time_ns: i64) {
-    if slot.is_none_or(|(_, held_ns)| time_ns >= held_ns) {
-        *slot = Some((value, time_ns));
-    }
 }
 
 /// How long each kind of event is kept, counted from when the aggregator received it.
@@ -326,7 +385,7 @@ pub struct RetentionReport {
     pub status: u64,
     /// Deduplication entries forgotten (below a low-water mark, or of spools long gone).
     pub dedup_entries: u64,
-    /// Transactions the pass took; each held the writer for one small chunk only.
+    /// Steps the pass took; each held up commits for one small chunk only.
     pub chunks: u64,
 }
 
@@ -357,49 +416,81 @@ impl RetentionReport {
     }
 }
 
-/// Where batches are stored exactly once and agents are registered.
+/// Where what agents send is stored, exactly once.
 ///
-/// Implementations are shared between threads; every method may block on disk.
-pub trait Store: Send + Sync + 'static {
-    /// Stores all batches in ONE transaction (group commit). Dedup by (agent_id, spool_id, seq):
-    /// a batch already stored returns Duplicate and writes nothing. Returns outcomes in order.
-    /// Must be durable when it returns Ok. If it fails, nothing of any batch was stored.
-    fn commit_batches(&self, batches: &[IncomingBatch]) -> Result<Vec<CommitOutcome>, StoreError>;
+/// Implementations are shared between threads; every method may block on I/O.
+pub trait EventStore: Send + Sync + 'static {
+    /// Stores the batches as one unit: when it returns `Ok`, every new batch is durably stored
+    /// and visible to readers; when it fails, nothing of any batch was stored.
+    ///
+    /// Deduplicates by `(agent_id, spool_id, seq)` following [`dedup`]: a batch stored before, or
+    /// below its spool's low-water mark, is [`BatchCommit::Duplicate`] and writes nothing (this
+    /// includes a repeat within the same call). Returns one answer per batch, in order. Cursors
+    /// of new events follow those of every earlier commit.
+    fn commit_batches(&self, batches: &[IncomingBatch]) -> Result<Vec<BatchCommit>, StoreError>;
 
-    /// Agent connected and said Hello: upsert registry (first_seen/last_seen, version, host facts,
-    /// spool_id), take its status, and mark it connected.
-    fn record_hello(&self, agent_id: &str, hello: &Hello, now_ns: i64) -> Result<(), StoreError>;
+    /// The cursor the next stored event will get: a query from it sees only what is committed
+    /// afterwards.
+    fn end(&self) -> Result<Cursor, StoreError>;
 
-    /// Heartbeat: last_seen = now, latest AgentStatus (backlog, drops, collector errors), and the
-    /// clock skew `status.time_ns - now_ns` (the agent stamps the status when it sends it).
-    fn record_heartbeat(
-        &self,
-        agent_id: &str,
-        status: &AgentStatus,
-        now_ns: i64,
-    ) -> Result<(), StoreError>;
+    /// One page of stored events matching `query`, in cursor order.
+    fn events(&self, query: &EventQuery) -> Result<EventPage, StoreError>;
 
-    /// Connection closed (reason text), last_seen = now.
-    fn record_disconnect(
-        &self,
-        agent_id: &str,
-        reason: &str,
-        now_ns: i64,
-    ) -> Result<(), StoreError>;
+    /// The latest CPU, memory and fullest filesystem of every agent that sent any of them, by
+    /// agent id (what fleet status shows). Points are taken in agent time, so batches resent or
+    /// delivered late never roll a summary back ([`HostSummary::observe`]).
+    fn host_summaries(&self) -> Result<BTreeMap<String, HostSummary>, StoreError>;
 
-    /// Registry rows for status, sorted by agent id.
-    fn agents(&self) -> Result<Vec<AgentRecord>, StoreError>;
-
-    /// Delete data older than the per-kind retention, in small chunks so ingest is never stalled
-    /// for long; also prune dedup entries below each agent's low_water_seq. Returns what it did.
+    /// Deletes events received longer ago than their kind's period, in small steps so that
+    /// commits are never held up for long, and forgets deduplication entries below each spool's
+    /// low-water mark (and those of spools replaced longer ago than the longest period).
     fn enforce_retention(
         &self,
         retention: &Retention,
         now_ns: i64,
     ) -> Result<RetentionReport, StoreError>;
+}
 
-    /// Count of stored events of a kind (optionally for one agent) — used by tests and benchmarks.
-    fn count_events(&self, kind: EventKind, agent_id: Option<&str>) -> Result<u64, StoreError>;
+/// Where the aggregator keeps what it knows and decides about its fleet: the agent registry now;
+/// alert state, silences, the notification outbox and API tokens land here later.
+///
+/// Implementations are shared between threads; every method may block on I/O.
+pub trait StateStore: Send + Sync + 'static {
+    /// Applies the updates in order, as one write: all or none.
+    ///
+    /// - Hello: registers the agent if new (first seen now), takes its version, host facts and
+    ///   spool, its status (as a heartbeat does) and marks it connected.
+    /// - Heartbeat: the latest status, the [`marks`] derived from the previous one, the clock
+    ///   skew ([`marks::clock_skew_ns`]); marks it connected.
+    /// - Disconnect: not connected, with the time and reason.
+    /// - Seen: the agent was heard from.
+    ///
+    /// Every update moves `last_seen_ns` forward to its time, never back. Registry facts are
+    /// refreshed by every heartbeat, so an implementation may make this write cheaper than a
+    /// batch commit: an update acknowledged just before a crash may be lost, but the registry is
+    /// never left half-updated.
+    fn record_all(&self, updates: &[RegistryUpdate]) -> Result<(), StoreError>;
+
+    /// Applies one update ([`StateStore::record_all`]).
+    fn record(&self, update: &RegistryUpdate) -> Result<(), StoreError> {
+        self.record_all(std::slice::from_ref(update))
+    }
+
+    /// Every registered agent, sorted by agent id.
+    fn agents(&self) -> Result<Vec<AgentRecord>, StoreError>;
+
+    /// One agent, if registered.
+    fn agent(&self, agent_id: &str) -> Result<Option<AgentRecord>, StoreError>;
+}
+
+/// Fills each agent's `host_summary` from the event store's summaries.
+pub fn join_host_summaries(
+    agents: &mut [AgentRecord],
+    mut summaries: BTreeMap<String, HostSummary>,
+) {
+    for a in agents {
+        a.host_summary = summaries.remove(&a.agent_id);
+    }
 }
 
 #[cfg(test)]
@@ -407,147 +498,66 @@ pub(crate) mod testutil;
 
 #[cfg(test)]
 mod tests {
-    use outpost_common::event::MetricKind;
-
     use super::*;
 
-    /// A gauge point; also used by the SQLite store's tests.
-    pub(super) fn point(
-        name: &str,
-        attributes: &[(&str, &str)],
-        time_ns: i64,
-        value: f64,
-    ) -> MetricPoint {
-        MetricPoint {
-            name: name.to_owned(),
-            unit: "1".to_owned(),
-            attributes: attributes
-                .iter()
-                .map(|&(k, v)| (k.to_owned(), v.to_owned()))
-                .collect(),
-            time_ns,
-            value,
-            kind: MetricKind::Gauge,
+    #[test]
+    fn cursors_render_as_tokens_and_parse_back() {
+        for n in [0, 1, 0xff, u64::MAX] {
+            let c = Cursor::from_position(n);
+            assert_eq!(c.to_string().parse::<Cursor>(), Ok(c));
         }
-    }
-
-    fn observed(points: &[MetricPoint]) -> HostSummary {
-        let mut s = HostSummary::default();
-        for p in points {
-            s.observe(p);
+        assert_eq!(Cursor::from_position(255).to_string(), "cff");
+        for bad in ["", "c", "ff", "c-1", "cxyz", "c10000000000000000", " c1"] {
+            let err = bad.parse::<Cursor>().unwrap_err();
+            assert!(err.to_string().contains("is not a cursor"), "{bad}: {err}");
         }
-        s
-    }
-
-    #[test]
-    fn cpu_is_one_minus_the_idle_share_of_the_host_total() {
-        let s = observed(&[
-            point(CPU_UTILIZATION, &[("state", "user")], 10, 0.6),
-            point(
-                CPU_UTILIZATION,
-                &[("cpu", "cpu0"), ("state", "idle")],
-                10,
-                0.1,
-            ),
-            point(CPU_UTILIZATION, &[("state", "idle")], 10, 0.75),
-            point(
-                CPU_UTILIZATION,
-                &[("cpu", "cpu1"), ("state", "idle")],
-                20,
-                0.9,
-            ),
-        ]);
-        assert_eq!(s.cpu_busy, Some((0.25, 10)));
-        // An idle share a hair above 1 reads as not busy at all.
-        let s = observed(&[point(CPU_UTILIZATION, &[("state", "idle")], 10, 1.000_001)]);
-        assert_eq!(s.cpu_busy, Some((0.0, 10)));
-    }
-
-    #[test]
-    fn memory_is_the_used_share() {
-        let s = observed(&[
-            point(MEMORY_UTILIZATION, &[("state", "free")], 10, 0.3),
-            point(MEMORY_UTILIZATION, &[("state", "used")], 10, 0.43),
-            point(MEMORY_UTILIZATION, &[("state", "cached")], 10, 0.2),
-        ]);
-        assert_eq!(s.memory_used, Some((0.43, 10)));
-        assert_eq!((s.cpu_busy, s.fullest_fs), (None, None));
-    }
-
-    #[test]
-    fn older_points_do_not_replace_newer_ones() {
-        let s = observed(&[
-            point(MEMORY_UTILIZATION, &[("state", "used")], 20, 0.5),
-            point(MEMORY_UTILIZATION, &[("state", "used")], 10, 0.9),
-            point(CPU_UTILIZATION, &[("state", "idle")], 20, 0.5),
-            point(CPU_UTILIZATION, &[("state", "idle")], 10, 0.0),
-        ]);
-        assert_eq!(s.memory_used, Some((0.5, 20)));
-        assert_eq!(s.cpu_busy, Some((0.5, 20)));
-    }
-
-    #[test]
-    fn the_fullest_filesystem_comes_from_the_latest_collection() {
-        let fs = |mountpoint, time_ns, value| {
-            point(
-                FILESYSTEM_UTILIZATION,
-                &[
-                    ("device", "/dev/sda1"),
-                    ("type", "ext4"),
-                    ("mountpoint", mountpoint),
-                ],
-                time_ns,
-                value,
-            )
-        };
-        let first = [fs("/", 10, 0.5), fs("/var", 10, 0.87), fs("/home", 10, 0.2)];
+        assert_eq!(Cursor::START.advance(3), Cursor::from_position(3));
         assert_eq!(
-            observed(&first).fullest_fs,
-            Some(("/var".to_owned(), 0.87, 10))
+            Cursor::from_position(u64::MAX).advance(1),
+            Cursor::from_position(u64::MAX)
         );
-        // The next collection: /var was cleaned up, so / is now the fullest, even though /var's
-        // old value is higher.
-        let mut both = first.to_vec();
-        both.extend([fs("/", 20, 0.6), fs("/var", 20, 0.3)]);
-        assert_eq!(observed(&both).fullest_fs, Some(("/".to_owned(), 0.6, 20)));
-        // Late points of the older collection change nothing.
-        both.push(fs("/home", 10, 0.99));
-        assert_eq!(observed(&both).fullest_fs, Some(("/".to_owned(), 0.6, 20)));
-        // Without a mountpoint a point cannot be named, so it is skipped.
-        let s = observed(&[point(FILESYSTEM_UTILIZATION, &[("device", "x")], 30, 0.9)]);
-        assert_eq!(s.fullest_fs, None);
     }
 
     #[test]
-    fn other_metrics_and_non_finite_values_change_nothing() {
-        let s = observed(&[
-            point("system.memory.usage", &[("state", "used")], 10, 1e9),
-            point(MEMORY_UTILIZATION, &[("state", "used")], 10, f64::NAN),
-            point(CPU_UTILIZATION, &[("state", "idle")], 10, f64::INFINITY),
-            point(FILESYSTEM_UTILIZATION, &[("mountpoint", "/")], 10, f64::NAN),
+    fn batch_commits_tell_the_agent_stored_or_duplicate() {
+        let stored = BatchCommit::Stored {
+            start: Cursor::START,
+        };
+        assert_eq!(stored.outcome(), CommitOutcome::Stored);
+        assert_eq!(BatchCommit::Duplicate.outcome(), CommitOutcome::Duplicate);
+    }
+
+    #[test]
+    fn host_summaries_join_their_agents() {
+        let record = |id: &str| AgentRecord {
+            agent_id: id.to_owned(),
+            spool_id: None,
+            first_seen_ns: 0,
+            last_seen_ns: 0,
+            agent_version: None,
+            host: None,
+            connected: false,
+            last_disconnect_ns: None,
+            last_disconnect_reason: None,
+            status: None,
+            status_received_ns: None,
+            drops_changed_ns: None,
+            drops_last_increase: DropCounters::default(),
+            backlog_rising_since_ns: None,
+            clock_skew_ns: None,
+            host_summary: Some(HostSummary::default()),
+        };
+        let mut agents = vec![record("a"), record("b")];
+        let busy = HostSummary {
+            cpu_busy: Some((0.5, 1)),
+            ..HostSummary::default()
+        };
+        let summaries = BTreeMap::from([
+            ("b".to_owned(), busy.clone()),
+            ("gone".to_owned(), busy.clone()),
         ]);
-        assert!(s.is_empty(), "{s:?}");
-    }
-
-    #[test]
-    fn merging_equals_observing_everything_in_one() {
-        let points = [
-            point(CPU_UTILIZATION, &[("state", "idle")], 20, 0.5),
-            point(MEMORY_UTILIZATION, &[("state", "used")], 20, 0.4),
-            point(FILESYSTEM_UTILIZATION, &[("mountpoint", "/")], 20, 0.3),
-            point(FILESYSTEM_UTILIZATION, &[("mountpoint", "/var")], 20, 0.8),
-            point(CPU_UTILIZATION, &[("state", "idle")], 10, 0.9),
-            point(FILESYSTEM_UTILIZATION, &[("mountpoint", "/srv")], 10, 0.95),
-        ];
-        let whole = observed(&points);
-        for split in 0..=points.len() {
-            let (a, b) = points.split_at(split);
-            let mut merged = observed(a);
-            merged.merge(&observed(b));
-            assert_eq!(merged, whole, "split at {split}");
-            let mut merged = observed(b);
-            merged.merge(&observed(a));
-            assert_eq!(merged, whole, "split at {split}, reversed");
-        }
+        join_host_summaries(&mut agents, summaries);
+        assert_eq!(agents[0].host_summary, None);
+        assert_eq!(agents[1].host_summary, Some(busy));
     }
 }

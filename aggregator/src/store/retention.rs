@@ -1,6 +1,6 @@
 //! Periodic retention on a thread of its own.
 //!
-//! [`Store::enforce_retention`] blocks on disk for as long as there is old data to delete (in
+//! [`EventStore::enforce_retention`] blocks on disk for as long as there is old data to delete (in
 //! small chunks that let commits through), so it runs here rather than on the async runtime or
 //! the writer thread. A pass runs at once when the task starts (catching up after downtime), then
 //! every `interval`.
@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use outpost_common::time::now_ns;
 
-use super::{Retention, Store, StoreError};
+use super::{EventStore, Retention, StoreError};
 
 /// The running retention thread.
 #[derive(Debug)]
@@ -25,7 +25,7 @@ pub struct RetentionTask {
 ///
 /// Each pass's result is logged. Fails only if the OS refuses a new thread.
 pub fn spawn_retention(
-    store: Arc<dyn Store>,
+    store: Arc<dyn EventStore>,
     retention: Retention,
     interval: Duration,
 ) -> Result<RetentionTask, StoreError> {
@@ -57,7 +57,7 @@ impl RetentionTask {
 }
 
 /// One retention pass, logged.
-fn run_pass(store: &dyn Store, retention: &Retention, now_ns: i64) {
+fn run_pass(store: &dyn EventStore, retention: &Retention, now_ns: i64) {
     match store.enforce_retention(retention, now_ns) {
         Ok(report) if report.chunks == 0 => {
             tracing::debug!("Retention found nothing to delete.");

@@ -126,3 +126,23 @@ pub(crate) fn bench_batch(agent: &str, seq: u64, n: usize) -> IncomingBatch {
     b.received_ns = T0 + seq as i64;
     b
 }
+
+/// A gauge point with unit `1`.
+pub(crate) fn point(
+    name: &str,
+    attributes: &[(&str, &str)],
+    time_ns: i64,
+    value: f64,
+) -> MetricPoint {
+    MetricPoint {
+        name: name.to_owned(),
+        unit: "1".to_owned(),
+        attributes: attributes
+            .iter()
+            .map(|&(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+        time_ns,
+        value,
+        kind: MetricKind::Gauge,
+    }
+}

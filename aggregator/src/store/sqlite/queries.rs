@@ -1,0 +1,374 @@
+//! The reads: events by kind, agent, time and cursor; each host's summary; counts for tests.
+//!
+//! Event queries walk the shared id sequence (the rowid B-trees) from the cursor on and filter
+//! as they go: cheap for tailing and paging, a scan for a selective filter over a long range,
+//! since the tables carry no index but their ids (see the parent module for why).
+
+use std::collections::BTreeMap;
+
+use outpost_common::event::{
+    AgentStatus, Event, EventKind, FileState, FimEvent, LogRecord, MetricPoint,
+};
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+use super::codec::{
+    attributes_column, fim_change_from_name, from_json_column, metric_kind_from_name, parse_column,
+    severity_from_level,
+};
+use super::commit::{cursor_of, id_of, summary_from_row};
+use super::table;
+use crate::store::{EventPage, EventQuery, HostSummary, StoreError, StoredEvent};
+
+/// One page of events matching `query`, merged across kinds in id order.
+pub(super) fn events(conn: &Connection, query: &EventQuery) -> Result<EventPage, StoreError> {
+    let context = || format!("reading events ({query:?})");
+    let limit = query.limit.max(1);
+    let agent_key = match &query.agent_id {
+        None => None,
+        Some(id) => {
+            let key = conn
+                .prepare_cached("SELECT agent_key FROM agents WHERE agent_id = ?1")
+                .and_then(|mut s| s.query_row([id], |r| r.get::<_, i64>(0)).optional())
+                .map_err(|e| StoreError::backend(context(), e))?;
+            match key {
+                Some(key) => Some(key),
+                None => {
+                    return Ok(EventPage {
+                        events: Vec::new(),
+                        next: None,
+                    });
+                }
+            }
+        }
+    };
+    let kinds = match query.kind {
+        Some(kind) => vec![kind],
+        None => EventKind::ALL.to_vec(),
+    };
+    let from = id_of(query.from);
+    let until = query.until.map_or(i64::MAX, id_of);
+    let (time_from, time_until) = match &query.time_ns {
+        Some(range) => (Some(range.start), Some(range.end)),
+        None => (None, None),
+    };
+    let mut found: Vec<(i64, StoredEvent)> = Vec::new();
+    for kind in kinds {
+        let sql = format!(
+            "SELECT e.id, a.agent_id, e.time_ns, e.received_ns, {columns}
+             FROM {table} e JOIN agents a USING (agent_key)
+             WHERE e.id >= ?1 AND e.id < ?2 AND (?3 IS NULL OR e.agent_key = ?3)
+               AND (?4 IS NULL OR e.time_ns >= ?4) AND (?5 IS NULL OR e.time_ns < ?5)
+             ORDER BY e.id LIMIT ?6",
+            columns = columns(kind),
+            table = table(kind),
+        );
+        let rows = conn.prepare_cached(&sql).and_then(|mut s| {
+            s.query_map(
+                params![from, until, agent_key, time_from, time_until, limit as i64],
+                |r| Ok((r.get::<_, i64>(0)?, stored_event(kind, r)?)),
+            )?
+            .collect::<rusqlite::Result<Vec<_>>>()
+        });
+        found.extend(rows.map_err(|e| StoreError::backend(context(), e))?);
+    }
+    // Stable: rows sharing an id (stored before the shared sequence) stay in kind order.
+    found.sort_by_key(|(id, _)| *id);
+    let full = found.len() >= limit;
+    found.truncate(limit);
+    let next = match found.last() {
+        Some((id, _)) if full => Some(cursor_of(id.saturating_add(1))),
+        _ => None,
+    };
+    Ok(EventPage {
+        events: found.into_iter().map(|(_, e)| e).collect(),
+        next,
+    })
+}
+
+/// The columns after `id, agent_id, time_ns, received_ns` that [`stored_event`] reads.
+fn columns(kind: EventKind) -> &'static str {
+    match kind {
+        EventKind::Metric => "e.name, e.unit, e.kind, e.value, e.attributes",
+        EventKind::Log => "e.source, e.severity, e.body, e.attributes",
+        EventKind::Fim => "e.path, e.change, e.before, e.after",
+        EventKind::Status => "e.status",
+    }
+}
+
+fn stored_event(kind: EventKind, r: &Row<'_>) -> rusqlite::Result<StoredEvent> {
+    let time_ns: i64 = r.get(2)?;
+    let event = match kind {
+        EventKind::Metric => Event::Metric(MetricPoint {
+            name: r.get(4)?,
+            unit: r.get(5)?,
+            time_ns,
+            kind: parse_column(6, "metric kind", r.get(6)?, metric_kind_from_name)?,
+            // NaN is stored as NULL.
+            value: r.get::<_, Option<f64>>(7)?.unwrap_or(f64::NAN),
+            attributes: attributes_column(r, 8)?,
+        }),
+        EventKind::Log => Event::Log(LogRecord {
+            time_ns,
+            source: r.get(4)?,
+            severity: match r.get::<_, Option<i64>>(5)? {
+                None => None,
+                Some(level) => Some(parse_column(5, "severity", level.to_string(), |s| {
+                    s.parse().ok().and_then(severity_from_level)
+                })?),
+            },
+            body: r.get(6)?,
+            attributes: attributes_column(r, 7)?,
+        }),
+        EventKind::Fim => Event::Fim(FimEvent {
+            time_ns,
+            path: r.get(4)?,
+            change: parse_column(5, "file change", r.get(5)?, fim_change_from_name)?,
+            before: from_json_column::<FileState>(r, 6)?,
+            after: from_json_column::<FileState>(r, 7)?,
+        }),
+        EventKind::Status => {
+            let status: Option<AgentStatus> = from_json_column(r, 4)?;
+            Event::Status(status.ok_or(rusqlite::Error::InvalidColumnType(
+                4,
+                "status".to_owned(),
+                rusqlite::types::Type::Null,
+            ))?)
+        }
+    };
+    Ok(StoredEvent {
+        cursor: cursor_of(r.get(0)?),
+        agent_id: r.get(1)?,
+        received_ns: r.get(3)?,
+        event,
+    })
+}
+
+/// Every agent's non-empty host summary.
+pub(super) fn host_summaries(
+    conn: &Connection,
+) -> Result<BTreeMap<String, HostSummary>, StoreError> {
+    let result = (|| {
+        conn.prepare_cached(
+            "SELECT agent_id, cpu_busy, cpu_busy_ns, memory_used, memory_used_ns,
+                fullest_fs_mountpoint, fullest_fs, fullest_fs_ns
+             FROM agents",
+        )?
+        .query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, summary_from_row(r, 1)?))
+        })?
+        .filter(|row| row.as_ref().map_or(true, |(_, s)| !s.is_empty()))
+        .collect::<rusqlite::Result<BTreeMap<_, _>>>()
+    })();
+    result.map_err(|e| StoreError::backend("reading the hosts' summaries", e))
+}
+
+/// Stored events of a kind, of one agent or all.
+pub(super) fn count_events(
+    conn: &Connection,
+    kind: EventKind,
+    agent_id: Option<&str>,
+) -> Result<u64, StoreError> {
+    let table = table(kind);
+    let count: rusqlite::Result<i64> = match agent_id {
+        None => conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0)),
+        Some(id) => conn.query_row(
+            &format!(
+                "SELECT count(*) FROM {table}
+                 WHERE agent_key = (SELECT agent_key FROM agents WHERE agent_id = ?1)"
+            ),
+            [id],
+            |r| r.get(0),
+        ),
+    };
+    count
+        .map(i64::cast_unsigned)
+        .map_err(|e| StoreError::backend(format!("counting {table}"), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use outpost_common::event::MetricKind;
+
+    use super::*;
+    use crate::store::sqlite::test_support::*;
+    use crate::store::testutil::*;
+    use crate::store::{BatchCommit, EventStore};
+
+    /// Every page of `query`, following `next`.
+    fn all_pages(store: &impl EventStore, mut query: EventQuery) -> Vec<Vec<StoredEvent>> {
+        let mut pages = Vec::new();
+        loop {
+            let page = store.events(&query).unwrap();
+            pages.push(page.events);
+            match page.next {
+                Some(next) => query.from = next,
+                None => return pages,
+            }
+        }
+    }
+
+    #[test]
+    fn events_read_back_as_they_were_sent_in_commit_order_across_kinds() {
+        let (_dir, store) = open();
+        let odd_metric = Event::Metric(MetricPoint {
+            name: "x".into(),
+            unit: String::new(),
+            attributes: vec![("k".into(), "1".into()), ("k".into(), "2".into())],
+            time_ns: 5,
+            value: f64::NAN,
+            kind: MetricKind::Counter,
+        });
+        let quiet_log = Event::Log(LogRecord {
+            time_ns: 6,
+            source: "s".into(),
+            severity: None,
+            body: "b".into(),
+            attributes: vec![],
+        });
+        let first = vec![log(T0, 3), metric(T0, 1.5), fim(T0), status_event(T0)];
+        let second = vec![odd_metric, quiet_log, log(T0 + 1, 4)];
+        let answers = store
+            .commit_batches(&[
+                batch("a", 1, 1, first.clone()),
+                batch("a", 1, 1, first.clone()),
+                batch("b", 1, 1, second.clone()),
+            ])
+            .unwrap();
+        let BatchCommit::Stored { start } = answers[0] else {
+            panic!("{answers:?}")
+        };
+        assert_eq!(answers[1], BatchCommit::Duplicate);
+        assert_eq!(
+            answers[2],
+            BatchCommit::Stored {
+                start: start.advance(4)
+            }
+        );
+        assert_eq!(store.end().unwrap(), start.advance(7));
+
+        let page = store.events(&EventQuery::default()).unwrap();
+        assert_eq!(page.next, None);
+        let got: Vec<_> = page
+            .events
+            .iter()
+            .map(|e| (e.cursor, e.agent_id.as_str(), e.received_ns))
+            .collect();
+        let expected: Vec<_> = (0..7)
+            .map(|i| (start.advance(i), if i < 4 { "a" } else { "b" }, T0))
+            .collect();
+        assert_eq!(got, expected);
+        let events: Vec<_> = page.events.into_iter().map(|e| e.event).collect();
+        assert_eq!(&events[..4], &first[..]);
+        // NaN never equals itself; compare the rest field by field.
+        let Event::Metric(m) = &events[4] else {
+            panic!()
+        };
+        assert!(m.value.is_nan());
+        assert_eq!(
+            m.attributes,
+            vec![("k".into(), "1".into()), ("k".into(), "2".into())]
+        );
+        assert_eq!((m.kind, m.time_ns), (MetricKind::Counter, 5));
+        assert_eq!(&events[5..], &second[1..]);
+    }
+
+    #[test]
+    fn queries_filter_by_kind_agent_time_and_cursor_range_and_page() {
+        let (_dir, store) = open();
+        for seq in 0..10u64 {
+            let t = T0 + seq as i64;
+            let agent = if seq % 2 == 0 { "a" } else { "b" };
+            commit(
+                &store,
+                &[batch(agent, 1, seq, vec![log(t, 1), metric(t, seq as f64)])],
+            );
+        }
+        let logs_of_a = EventQuery {
+            kind: Some(EventKind::Log),
+            agent_id: Some("a".into()),
+            limit: 2,
+            ..EventQuery::default()
+        };
+        let pages = all_pages(&store, logs_of_a.clone());
+        assert_eq!(pages.iter().map(Vec::len).collect::<Vec<_>>(), [2, 2, 1]);
+        let times: Vec<_> = pages.concat().iter().map(|e| e.event.time_ns()).collect();
+        assert_eq!(times, [T0, T0 + 2, T0 + 4, T0 + 6, T0 + 8]);
+        assert!(
+            pages
+                .concat()
+                .iter()
+                .all(|e| e.event.kind() == EventKind::Log)
+        );
+
+        let in_time = EventQuery {
+            time_ns: Some(T0 + 3..T0 + 7),
+            ..logs_of_a.clone()
+        };
+        let times: Vec<_> = all_pages(&store, in_time)
+            .concat()
+            .iter()
+            .map(|e| e.event.time_ns())
+            .collect();
+        assert_eq!(times, [T0 + 4, T0 + 6]);
+
+        // Fleet-wide, every kind, between two cursors.
+        let all = store.events(&EventQuery::default()).unwrap().events;
+        assert_eq!(all.len(), 20);
+        let window = EventQuery {
+            from: all[3].cursor,
+            until: Some(all[7].cursor),
+            limit: 3,
+            ..EventQuery::default()
+        };
+        let got = all_pages(&store, window).concat();
+        assert_eq!(got, all[3..7].to_vec());
+
+        let nobody = EventQuery {
+            agent_id: Some("nobody".into()),
+            ..EventQuery::default()
+        };
+        assert_eq!(
+            store.events(&nobody).unwrap(),
+            EventPage {
+                events: vec![],
+                next: None
+            }
+        );
+        let after_end = EventQuery {
+            from: store.end().unwrap(),
+            ..EventQuery::default()
+        };
+        assert!(store.events(&after_end).unwrap().events.is_empty());
+    }
+
+    #[test]
+    fn ids_continue_after_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.db");
+        let store = crate::store::SqliteStore::open(&path).unwrap();
+        commit(&store, &[logs("a", 1, 1, 3)]);
+        let end = store.end().unwrap();
+        drop(store);
+        let store = crate::store::SqliteStore::open(&path).unwrap();
+        assert_eq!(store.end().unwrap(), end);
+        let answers = store
+            .commit_batches(&[batch("a", 1, 2, vec![metric(T0, 1.0)])])
+            .unwrap();
+        assert_eq!(answers, vec![BatchCommit::Stored { start: end }]);
+    }
+
+    #[test]
+    fn a_stored_value_this_build_does_not_know_is_an_error_naming_it() {
+        let (_dir, store) = open();
+        commit(&store, &[batch("a", 1, 1, vec![metric(T0, 1.0)])]);
+        rusqlite::Connection::open(store.path())
+            .unwrap()
+            .execute("UPDATE metrics SET kind = 'histogram'", [])
+            .unwrap();
+        let err = store.events(&EventQuery::default()).unwrap_err();
+        assert!(
+            err.to_string().contains("unknown metric kind `histogram`"),
+            "{err}"
+        );
+    }
+}

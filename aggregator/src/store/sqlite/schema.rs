@@ -1,0 +1,280 @@
+//! The tables and their migrations. `PRAGMA user_version` counts the migrations applied; a
+//! store from a newer build is refused rather than guessed at.
+
+use std::path::Path;
+
+use outpost_common::event::EventKind;
+use rusqlite::{Connection, OptionalExtension};
+
+use super::{open_error, table};
+use crate::store::StoreError;
+
+/// Schema migrations; `PRAGMA user_version` counts how many have been applied.
+const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2_HOST_SUMMARY, SCHEMA_V3_METRIC_UNIT];
+
+pub(super) const SCHEMA_V1: &str = "
+CREATE TABLE agents (
+    agent_key               INTEGER PRIMARY KEY,
+    agent_id                TEXT NOT NULL UNIQUE,
+    spool_id                INTEGER,
+    first_seen_ns           INTEGER NOT NULL,
+    last_seen_ns            INTEGER NOT NULL,
+    agent_version           TEXT,
+    hostname                TEXT,
+    os                      TEXT,
+    kernel                  TEXT,
+    arch                    TEXT,
+    cpus                    INTEGER,
+    memory_bytes            INTEGER,
+    boot_time_ns            INTEGER,
+    connected               INTEGER NOT NULL DEFAULT 0,
+    last_disconnect_ns      INTEGER,
+    last_disconnect_reason  TEXT,
+    status                  TEXT,    -- latest AgentStatus, JSON
+    status_received_ns      INTEGER,
+    drops_changed_ns        INTEGER,
+    drops_last_increase     TEXT,    -- DropCounters, JSON
+    backlog_rising_since_ns INTEGER,
+    clock_skew_ns           INTEGER
+);
+CREATE TABLE spools (
+    agent_key     INTEGER NOT NULL,
+    spool_id      INTEGER NOT NULL,
+    low_water_seq INTEGER NOT NULL,
+    last_batch_ns INTEGER NOT NULL,
+    PRIMARY KEY (agent_key, spool_id)
+) WITHOUT ROWID;
+CREATE TABLE batches (
+    agent_key   INTEGER NOT NULL,
+    spool_id    INTEGER NOT NULL,
+    seq         INTEGER NOT NULL,
+    received_ns INTEGER NOT NULL,
+    events      INTEGER NOT NULL,
+    PRIMARY KEY (agent_key, spool_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE metrics (
+    id          INTEGER PRIMARY KEY,
+    agent_key   INTEGER NOT NULL,
+    time_ns     INTEGER NOT NULL,
+    received_ns INTEGER NOT NULL,
+    name        TEXT NOT NULL,
+    kind        TEXT NOT NULL,     -- gauge | counter
+    value       REAL,              -- NULL for NaN
+    attributes  TEXT               -- JSON object, NULL when empty
+);
+CREATE TABLE logs (
+    id          INTEGER PRIMARY KEY,
+    agent_key   INTEGER NOT NULL,
+    time_ns     INTEGER NOT NULL,
+    received_ns INTEGER NOT NULL,
+    source      TEXT NOT NULL,
+    severity    INTEGER,           -- syslog level: 0 emergency .. 7 debug
+    body        TEXT NOT NULL,
+    attributes  TEXT               -- JSON object, NULL when empty
+);
+CREATE TABLE fim_events (
+    id          INTEGER PRIMARY KEY,
+    agent_key   INTEGER NOT NULL,
+    time_ns     INTEGER NOT NULL,
+    received_ns INTEGER NOT NULL,
+    path        TEXT NOT NULL,
+    change      TEXT NOT NULL,     -- created | modified | metadata_changed | deleted
+    before      TEXT,              -- FileState, JSON
+    after       TEXT               -- FileState, JSON
+);
+CREATE TABLE agent_status (
+    id          INTEGER PRIMARY KEY,
+    agent_key   INTEGER NOT NULL,
+    time_ns     INTEGER NOT NULL,
+    received_ns INTEGER NOT NULL,
+    status      TEXT NOT NULL      -- AgentStatus, JSON
+);
+";
+
+/// Each host's latest CPU busy and memory used fractions and fullest filesystem, with the
+/// agent's time of each ([`HostSummary`]). Columns on `agents` rather than a table of their own:
+/// fleet status reads them with the registry row it reads anyway.
+const SCHEMA_V2_HOST_SUMMARY: &str = "
+ALTER TABLE agents ADD COLUMN cpu_busy REAL;
+ALTER TABLE agents ADD COLUMN cpu_busy_ns INTEGER;
+ALTER TABLE agents ADD COLUMN memory_used REAL;
+ALTER TABLE agents ADD COLUMN memory_used_ns INTEGER;
+ALTER TABLE agents ADD COLUMN fullest_fs_mountpoint TEXT;
+ALTER TABLE agents ADD COLUMN fullest_fs REAL;
+ALTER TABLE agents ADD COLUMN fullest_fs_ns INTEGER;
+";
+
+/// Rows stored before units travelled keep an empty unit.
+const SCHEMA_V3_METRIC_UNIT: &str = "
+ALTER TABLE metrics ADD COLUMN unit TEXT NOT NULL DEFAULT '';
+";
+
+pub(super) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
+    let open_err = open_error(path);
+    let found: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(open_err)?;
+    let supported = MIGRATIONS.len() as i64;
+    if found > supported {
+        return Err(StoreError::SchemaTooNew {
+            path: path.to_owned(),
+            found,
+            supported,
+        });
+    }
+    if found == supported {
+        return Ok(());
+    }
+    let tx = conn.transaction().map_err(open_err)?;
+    for sql in MIGRATIONS.iter().skip(usize::try_from(found).unwrap_or(0)) {
+        tx.execute_batch(sql).map_err(open_err)?;
+    }
+    tx.pragma_update(None, "user_version", supported)
+        .map_err(open_err)?;
+    tx.commit().map_err(open_err)
+}
+
+/// The highest receive time in any data table (the last row of each, by the id invariant).
+pub(super) fn last_received_ns(conn: &Connection) -> rusqlite::Result<i64> {
+    let mut last = i64::MIN;
+    for kind in EventKind::ALL {
+        let sql = format!(
+            "SELECT received_ns FROM {} ORDER BY id DESC LIMIT 1",
+            table(kind)
+        );
+        if let Some(ns) = conn
+            .query_row(&sql, [], |r| r.get::<_, i64>(0))
+            .optional()?
+        {
+            last = last.max(ns);
+        }
+    }
+    Ok(last)
+}
+
+/// The id the next event row gets: one above the highest id of any data table.
+pub(super) fn next_event_id(conn: &Connection) -> rusqlite::Result<i64> {
+    let mut last = 0;
+    for kind in EventKind::ALL {
+        let max: Option<i64> =
+            conn.query_row(&format!("SELECT max(id) FROM {}", table(kind)), [], |r| {
+                r.get(0)
+            })?;
+        last = last.max(max.unwrap_or(0));
+    }
+    Ok(last.saturating_add(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use rusqlite::Connection;
+
+    use super::*;
+    use crate::store::sqlite::SqliteStore;
+    use crate::store::sqlite::test_support::*;
+    use crate::store::testutil::*;
+    use crate::store::{CPU_UTILIZATION as CPU, EventStore, HostSummary, StateStore};
+
+    #[test]
+    fn a_store_of_the_first_schema_gains_the_host_summary_and_units() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(SCHEMA_V1).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+            conn.execute(
+                "INSERT INTO agents (agent_id, first_seen_ns, last_seen_ns, hostname)
+                 VALUES ('old', ?1, ?1, 'old.example')",
+                [T0],
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO metrics (agent_key, time_ns, received_ns, name, kind, value)
+                 VALUES (1, ?1, ?1, 'old.metric', 'gauge', 1.0)",
+                [T0],
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        let version: i64 = Connection::open(&path)
+            .unwrap()
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, MIGRATIONS.len() as i64);
+        assert_eq!(version, 3);
+        let units = |store: &SqliteStore| -> Vec<(String, String)> {
+            let conn = Connection::open(store.path()).unwrap();
+            let mut q = conn
+                .prepare("SELECT DISTINCT name, unit FROM metrics ORDER BY name")
+                .unwrap();
+            q.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect()
+        };
+        assert_eq!(units(&store), [("old.metric".to_owned(), String::new())]);
+        let agents = store.agents().unwrap();
+        assert_eq!(agents[0].agent_id, "old");
+        assert_eq!(agents[0].host_summary, None);
+
+        let t = T0 + secs(5);
+        store
+            .commit_batches(&[batch("old", 1, 1, collection(t, 0.5, 0.25, &[("/", 0.5)]))])
+            .unwrap();
+        let after = units(&store);
+        assert!(after.contains(&("old.metric".to_owned(), String::new())));
+        assert!(
+            after.contains(&(CPU.to_owned(), "1".to_owned())),
+            "{after:?}"
+        );
+        let expected = HostSummary {
+            cpu_busy: Some((0.5, t)),
+            memory_used: Some((0.25, t)),
+            fullest_fs: Some(("/".to_owned(), 0.5, t)),
+        };
+        assert_eq!(summary(&store, "old"), Some(expected.clone()));
+        // A reopen of the migrated store migrates nothing and keeps the data.
+        drop(store);
+        let store = SqliteStore::open(&path).unwrap();
+        assert_eq!(summary(&store, "old"), Some(expected));
+    }
+
+    #[test]
+    fn a_store_from_a_newer_build_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.db");
+        drop(SqliteStore::open(&path).unwrap());
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", 99)
+            .unwrap();
+        let err = SqliteStore::open(&path).unwrap_err();
+        assert!(
+            matches!(err, StoreError::SchemaTooNew { found: 99, .. }),
+            "{err}"
+        );
+        let err = SqliteStore::open(&dir.path().join("missing/store.db")).unwrap_err();
+        assert!(err.to_string().contains("missing/store.db"), "{err}");
+    }
+
+    #[test]
+    fn the_next_event_id_follows_every_table() {
+        let (_dir, store) = open();
+        let conn = Connection::open(store.path()).unwrap();
+        assert_eq!(next_event_id(&conn).unwrap(), 1);
+        conn.execute(
+            "INSERT INTO fim_events (id, agent_key, time_ns, received_ns, path, change)
+             VALUES (41, 1, 0, 0, '/etc/passwd', 'modified')",
+            [],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO logs (id, agent_key, time_ns, received_ns, source, body)
+             VALUES (7, 1, 0, 0, '', '')",
+            [],
+        )
+        .unwrap();
+        assert_eq!(next_event_id(&conn).unwrap(), 42);
+    }
+}
