@@ -212,6 +212,10 @@ impl Driver {
         match input {
             Input::Control(frame) => self.session.handle_control(now, frame),
             Input::Batch(stream, frame) => {
+                if matches!(frame, Err(WireError::Io(_))) {
+                    // The stream is dead: nothing can be written on it any more.
+                    self.batch_streams.remove(&stream);
+                }
                 self.session.handle_batch(now, stream, frame);
             }
             Input::Committed(stream, outcome) => {

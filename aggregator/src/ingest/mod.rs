@@ -12,20 +12,20 @@
 //!
 //! - this module: [`Ingest`] binds the listener and accepts connections, refusing those without
 //!   a valid, unrevoked agent certificate;
-//! - [`connection`]: the async driver of one connection, which only moves frames between the
+//! - `connection`: the async driver of one connection, which only moves frames between the
 //!   QUIC streams and the session, runs its timer and hands its work to the store writer;
 //! - [`session`]: the protocol of one connection as a state machine without I/O (Hello, Welcome,
 //!   heartbeats, batches, Acks and Rejects, timeouts, closing);
 //! - [`sessions`]: the current connection of each agent, so a newer connection replaces an
 //!   older one;
 //! - [`validation`]: the bounds on what an agent may send;
-//! - [`tls`]: the server configuration, reloaded when the files change.
+//! - `tls`: the server configuration, reloaded when the files change.
 
 mod connection;
-mod session;
-mod sessions;
+pub mod session;
+pub mod sessions;
 mod tls;
-mod validation;
+pub mod validation;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};

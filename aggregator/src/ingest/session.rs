@@ -7,7 +7,7 @@
 //!           early frames                                            revoked, connection lost
 //! ```
 //!
-//! The driver ([`super::connection`]) owns the sockets and the timer. It feeds the machine what
+//! The driver (`ingest::connection`) owns the sockets and the timer. It feeds the machine what
 //! happened through the `handle_*` methods, each with the current time, and after every call
 //! carries out what the machine asks, in this order:
 //!

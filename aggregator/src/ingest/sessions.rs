@@ -109,6 +109,10 @@ impl<H> Sessions<H> {
     pub fn len(&self) -> usize {
         self.by_agent.len()
     }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_agent.is_empty()
+    }
 }
 
 #[cfg(test)]
@@ -131,7 +135,7 @@ mod tests {
         assert!(!s.end("a", id(1)), "the replaced connection is not current");
         assert_eq!(s.len(), 1, "ending the older one leaves the newer");
         assert!(s.end("a", id(2)));
-        assert_eq!(s.len(), 0);
+        assert!(s.is_empty());
     }
 
     #[test]
