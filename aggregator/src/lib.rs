@@ -2,11 +2,13 @@
 //! each exactly once, and reports the fleet's state.
 //!
 //! Data flow: [`ingest`] (QUIC listener, sessions, validation) → [`store`] (group commit; ack only
-//! after commit) → [`fleet`] status. [`pki`] makes the certificates; [`run`] wires it together.
+//! after commit) → [`fleet`] status. Ingest reports what it does through typed
+//! [`internal_events`]. [`pki`] makes the certificates; [`run`] wires it together.
 
 pub mod config;
 pub mod fleet;
 pub mod ingest;
+pub mod internal_events;
 pub mod pki;
 pub mod quickstart;
 pub mod run;
