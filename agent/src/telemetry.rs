@@ -16,6 +16,9 @@ use outpost_common::time::now_ns;
 use crate::internal_events::InternalEvent;
 use crate::spool::SpoolStats;
 
+/// The collector name under which the agent's status reports the spool's trouble.
+pub const SPOOL_COLLECTOR: &str = "spool";
+
 /// Counters shared by the shipper and collectors. Cheap to update from any task.
 #[derive(Debug, Default)]
 pub struct Telemetry {
@@ -253,8 +256,22 @@ impl Telemetry {
             batches_acked: c.batches_acked,
             events_acked: c.events_acked,
             drops: spool.drops.clone(),
-            collector_errors: self.errors().clone(),
+            collector_errors: self.collector_errors_with(spool),
         }
+    }
+
+    /// The failing collectors, with the spool's trouble as a collector named `spool`, so the
+    /// aggregator shows the host degraded with its reason until the trouble clears.
+    fn collector_errors_with(&self, spool: &SpoolStats) -> Vec<CollectorError> {
+        let mut errors = self.errors().clone();
+        if let Some(trouble) = &spool.trouble {
+            errors.push(CollectorError {
+                collector: SPOOL_COLLECTOR.to_owned(),
+                reason: trouble.message.clone(),
+                since_ns: trouble.since_ns,
+            });
+        }
+        errors
     }
 }
 
