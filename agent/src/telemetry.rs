@@ -311,6 +311,35 @@ mod tests {
     }
 
     #[test]
+    fn the_spools_trouble_is_reported_as_a_failing_collector_named_spool() {
+        use crate::spool::{SpoolStats, Trouble, TroubleKind};
+        let t = Telemetry::new();
+        let message = "disk full: 0 B free on /var/lib/outpost; sources paused, samples dropped";
+        let stats = SpoolStats::unavailable(
+            1 << 30,
+            Trouble {
+                kind: TroubleKind::DiskFull,
+                message: message.to_owned(),
+                since_ns: 42,
+            },
+        );
+        let errors = t.status(&stats).collector_errors;
+        assert_eq!(
+            errors,
+            [CollectorError {
+                collector: "spool".to_owned(),
+                reason: message.to_owned(),
+                since_ns: 42,
+            }]
+        );
+        let healthy = SpoolStats {
+            trouble: None,
+            ..stats
+        };
+        assert!(t.status(&healthy).collector_errors.is_empty());
+    }
+
+    #[test]
     fn collector_durations_keep_the_last_value() {
         let t = Telemetry::new();
         assert!(t.collector_durations().is_empty());

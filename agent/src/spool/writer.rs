@@ -438,7 +438,9 @@ impl Writer {
                 .map_or(Wake::Closed, Wake::Command);
         };
         let deadline = tokio::time::Instant::from_std(self.next_recheck);
-        match timer.block_on(tokio::time::timeout_at(deadline, self.commands.recv())) {
+        match timer
+            .block_on(async { tokio::time::timeout_at(deadline, self.commands.recv()).await })
+        {
             Ok(Some(command)) => Wake::Command(command),
             Ok(None) => Wake::Closed,
             Err(_) => self.wake(),
@@ -698,7 +700,9 @@ impl Opening {
             let command = match timer(timer_slot) {
                 Some(timer) => {
                     let deadline = tokio::time::Instant::from_std(deadline);
-                    match timer.block_on(tokio::time::timeout_at(deadline, self.commands.recv())) {
+                    match timer.block_on(async {
+                        tokio::time::timeout_at(deadline, self.commands.recv()).await
+                    }) {
                         Ok(Some(command)) => command,
                         Ok(None) => return false,
                         Err(_) => return true,
@@ -969,6 +973,120 @@ mod tests {
         assert_eq!(handle.stats().events, 9);
         assert!(still_pending(&mut blocked).await);
         drop(blocked);
+        drop(handle);
+        join.join().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_full_disk_holds_wait_submissions_until_space_returns() {
+        use crate::spool::tests::{FakeDisk, Heard};
+        let dir = TempDir::new().unwrap();
+        let disk = FakeDisk::new(dir.path(), 1 << 40);
+        let mut spool = Spool::open(SpoolConfig {
+            reserve_bytes: 64 * 1024,
+            free_space: disk.clone(),
+            ..SpoolConfig::new(dir.path().join("spool.db"), 1 << 30)
+        })
+        .unwrap();
+        let heard = Heard::default();
+        spool.set_reporter(Box::new(heard.clone()));
+        let (handle, join) = spawn(spool);
+        disk.leave_free(0);
+        let mut blocked = Box::pin(handle.submit(wait_sub(1, 8, "a")));
+        assert!(still_pending(&mut blocked).await);
+        let mut stats = handle.watch_stats();
+        let trouble = stats
+            .wait_for(|s| s.trouble.is_some())
+            .await
+            .unwrap()
+            .trouble
+            .clone()
+            .unwrap();
+        assert_eq!(trouble.kind, TroubleKind::DiskFull);
+        assert!(still_pending(&mut blocked).await);
+        // Metric samples are refused meanwhile, counted as disk_full.
+        let samples = Submission::new(Class::Drop, vec![log(50, 100)]);
+        assert_eq!(
+            handle.submit(samples).await.unwrap(),
+            SubmitOutcome::Rejected { events: 1 }
+        );
+        assert_eq!(handle.stats().drops.disk_full, 1);
+
+        // An operator frees space: no acknowledgement comes, the writer looks again by itself.
+        disk.leave_free(1 << 40);
+        assert_eq!(
+            blocked.await.unwrap(),
+            SubmitOutcome::Committed { events: 8 }
+        );
+        stats.wait_for(|s| s.trouble.is_none()).await.unwrap();
+        assert_eq!(
+            heard.names(),
+            ["trouble: disk full", "recovered: disk full"]
+        );
+        drop(handle);
+        join.join().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_spool_that_cannot_be_opened_yet_is_waited_for() {
+        use std::sync::atomic::AtomicBool;
+
+        use crate::spool::tests::Heard;
+        let dir = TempDir::new().unwrap();
+        let path = dir.path().join("spool.db");
+        let usable = Arc::new(AtomicBool::new(false));
+        let open = {
+            let (usable, path) = (usable.clone(), path.clone());
+            move || {
+                if usable.load(Ordering::SeqCst) {
+                    Spool::open(SpoolConfig::new(&path, 1 << 30))
+                        .map_err(|e| (TroubleKind::Unavailable, e.to_string()))
+                } else {
+                    Err((TroubleKind::ReadOnly, "read-only: try later".to_owned()))
+                }
+            }
+        };
+        let heard = Heard::default();
+        let (handle, join) = spawn_reopening(Reopen {
+            open: Box::new(open),
+            first_error: (TroubleKind::ReadOnly, "read-only: try later".to_owned()),
+            cap_bytes: 1 << 30,
+            reporter: Arc::new(heard.clone()),
+            retry_min: Duration::from_millis(10),
+            retry_max: Duration::from_millis(50),
+        });
+        let stats = handle.stats();
+        assert_eq!(stats.spool_id, 0, "no garbage identity");
+        assert!(!stats.is_available());
+        assert_eq!(stats.trouble.unwrap().message, "read-only: try later");
+
+        // Sources wait, or drop and count; reads wait too.
+        let mut blocked = Box::pin(handle.submit(wait_sub(1, 8, "a")));
+        let samples = Submission::new(Class::Drop, vec![log(50, 100), log(51, 100)]);
+        assert_eq!(
+            handle.submit(samples).await.unwrap(),
+            SubmitOutcome::Rejected { events: 2 }
+        );
+        let mut checkpoint = Box::pin(handle.checkpoint("a"));
+        assert!(still_pending(&mut blocked).await);
+        assert!(still_pending(&mut checkpoint).await);
+
+        usable.store(true, Ordering::SeqCst);
+        handle.available().await.unwrap();
+        assert_eq!(
+            blocked.await.unwrap(),
+            SubmitOutcome::Committed { events: 8 }
+        );
+        // Commands run in order: the read queued after the submission sees it.
+        assert_eq!(checkpoint.await.unwrap(), Some(1i64.to_be_bytes().to_vec()));
+        let stats = handle.stats();
+        assert_ne!(stats.spool_id, 0);
+        assert_eq!(stats.trouble, None);
+        assert_eq!(stats.drops.spool_write_failed, 2);
+        assert_eq!(
+            heard.names(),
+            ["trouble: read-only", "recovered: read-only"]
+        );
         drop(handle);
         join.join().unwrap();
     }
