@@ -105,6 +105,13 @@ pub struct SpoolSection {
     pub max_batch_events: usize,
     /// Most bytes in one batch; also the largest single event accepted.
     pub max_batch_bytes: ByteSize,
+    /// A file of this size (`spool.reserve` in the data directory) is kept written beside the
+    /// spool and deleted when the disk runs out of space, so that acknowledgements can still
+    /// be committed and the backlog drains; it is written again once the disk has room for it
+    /// twice over. The spool never grows into the free space this holds back: on a full disk
+    /// log sources pause and metric samples are dropped (counted as `disk_full`). 0 turns the
+    /// reserve off.
+    pub reserve_bytes: ByteSize,
 }
 
 impl Default for SpoolSection {
@@ -113,6 +120,7 @@ impl Default for SpoolSection {
             max_bytes: ByteSize::gib(1),
             max_batch_events: 1000,
             max_batch_bytes: ByteSize::mib(1),
+            reserve_bytes: ByteSize::b(crate::spool::DEFAULT_RESERVE_BYTES),
         }
     }
 }
@@ -370,6 +378,7 @@ mod tests {
         let v = load(f.path()).unwrap();
         let d = AgentConfig::default();
         assert_eq!(v.config.spool.max_bytes, d.spool.max_bytes);
+        assert_eq!(v.config.spool.reserve_bytes, d.spool.reserve_bytes);
         assert_eq!(v.config.ship.heartbeat_interval, d.ship.heartbeat_interval);
         assert_eq!(v.config.ship.reconnect_min, d.ship.reconnect_min);
         assert_eq!(v.config.aggregator.idle_timeout, d.aggregator.idle_timeout);

@@ -287,3 +287,161 @@ impl InternalEvent for GraceExpired {
         );
     }
 }
+
+/// The disk under the spool has no room left beyond the reserve: Wait-class sources pause,
+/// droppable samples are dropped as `disk_full`, acknowledgements still commit.
+#[derive(Debug)]
+pub struct SpoolDiskFull<'a> {
+    pub message: &'a str,
+}
+
+impl InternalEvent for SpoolDiskFull<'_> {
+    const NAME: &'static str = "spool_disk_full";
+
+    fn emit(self, _: &Telemetry) {
+        warn!(
+            trouble = self.message,
+            "the spool's disk is full; sources paused, samples dropped until space returns"
+        );
+    }
+}
+
+/// The disk under the spool has room again.
+#[derive(Debug)]
+pub struct SpoolDiskRecovered;
+
+impl InternalEvent for SpoolDiskRecovered {
+    const NAME: &'static str = "spool_disk_recovered";
+
+    fn emit(self, _: &Telemetry) {
+        info!("the spool's disk has room again; sources resume");
+    }
+}
+
+/// The spool cannot be opened or written: its directory is read-only or gone.
+#[derive(Debug)]
+pub struct SpoolUnavailable<'a> {
+    pub message: &'a str,
+}
+
+impl InternalEvent for SpoolUnavailable<'_> {
+    const NAME: &'static str = "spool_unavailable";
+
+    fn emit(self, _: &Telemetry) {
+        warn!(
+            trouble = self.message,
+            "the spool cannot be written; retrying, sources paused, samples dropped"
+        );
+    }
+}
+
+/// The spool can be written again after being read-only or unavailable.
+#[derive(Debug)]
+pub struct SpoolAvailable;
+
+impl InternalEvent for SpoolAvailable {
+    const NAME: &'static str = "spool_available";
+
+    fn emit(self, _: &Telemetry) {
+        info!("the spool can be written again; sources resume");
+    }
+}
+
+/// The spool's reserve file was deleted so that a write (an acknowledgement) could commit.
+#[derive(Debug)]
+pub struct ReserveReleased<'a> {
+    pub path: &'a std::path::Path,
+    pub bytes: u64,
+}
+
+impl InternalEvent for ReserveReleased<'_> {
+    const NAME: &'static str = "reserve_released";
+
+    fn emit(self, _: &Telemetry) {
+        warn!(
+            reserve = %self.path.display(),
+            bytes = self.bytes,
+            "out of disk space: released the spool's reserve so acknowledgements can commit"
+        );
+    }
+}
+
+/// The spool's reserve file was written again, the disk having room for it.
+#[derive(Debug)]
+pub struct ReserveRestored<'a> {
+    pub path: &'a std::path::Path,
+    pub bytes: u64,
+}
+
+impl InternalEvent for ReserveRestored<'_> {
+    const NAME: &'static str = "reserve_restored";
+
+    fn emit(self, _: &Telemetry) {
+        info!(
+            reserve = %self.path.display(),
+            bytes = self.bytes,
+            "the spool's reserve is in place again"
+        );
+    }
+}
+
+/// Free pages of the spool were given back to the filesystem after acknowledgements.
+#[derive(Debug)]
+pub struct SpoolVacuumed {
+    pub pages: u64,
+    pub file_bytes_before: u64,
+    pub file_bytes_after: u64,
+}
+
+impl InternalEvent for SpoolVacuumed {
+    const NAME: &'static str = "spool_vacuumed";
+
+    fn emit(self, _: &Telemetry) {
+        debug!(
+            pages = self.pages,
+            file_bytes_before = self.file_bytes_before,
+            file_bytes_after = self.file_bytes_after,
+            "gave the spool's free pages back to the filesystem"
+        );
+    }
+}
+
+/// Turns the spool's disk reports into the events above.
+#[derive(Debug, Clone)]
+pub struct SpoolReporter(pub std::sync::Arc<Telemetry>);
+
+impl crate::spool::DiskReporter for SpoolReporter {
+    fn report(&self, event: crate::spool::DiskEvent) {
+        use crate::spool::{DiskEvent, TroubleKind};
+        let t = &self.0;
+        match event {
+            DiskEvent::Trouble(trouble) if trouble.kind == TroubleKind::DiskFull => {
+                t.emit(SpoolDiskFull {
+                    message: &trouble.message,
+                });
+            }
+            DiskEvent::Trouble(trouble) => t.emit(SpoolUnavailable {
+                message: &trouble.message,
+            }),
+            DiskEvent::Recovered {
+                kind: TroubleKind::DiskFull,
+            } => t.emit(SpoolDiskRecovered),
+            DiskEvent::Recovered { .. } => t.emit(SpoolAvailable),
+            DiskEvent::ReserveReleased { path, bytes } => {
+                t.emit(ReserveReleased { path: &path, bytes })
+            }
+            DiskEvent::ReserveRestored { path, bytes } => {
+                t.emit(ReserveRestored { path: &path, bytes })
+            }
+            DiskEvent::Vacuumed {
+                pages,
+                file_bytes_before,
+                file_bytes_after,
+            } => t.emit(SpoolVacuumed {
+                pages,
+                file_bytes_before,
+                file_bytes_after,
+            }),
+        }
+    }
+}

@@ -1,5 +1,6 @@
 //! Wiring of the running agent: spool, collectors and shipper, and a graceful shutdown.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,12 +15,18 @@ use crate::collectors::synthetic::Synthetic;
 use crate::collectors::{Context, Source};
 use crate::config::Validated;
 use crate::host;
+use crate::internal_events::SpoolReporter;
 use crate::ship::{ShipConfig, Shipper};
-use crate::spool::{Spool, SpoolConfig};
+use crate::spool::writer::{Reopen, spawn_reopening};
+use crate::spool::{Spool, SpoolConfig, Statvfs, TroubleKind};
 use crate::telemetry::Telemetry;
 
 /// How long shutdown waits for outstanding acknowledgements.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Waits between attempts to open a spool that could not be opened: the first, and the longest.
+const REOPEN_MIN: Duration = Duration::from_secs(1);
+const REOPEN_MAX: Duration = Duration::from_secs(60);
 
 /// Runs the agent until SIGTERM or SIGINT.
 pub fn run(v: Validated) -> anyhow::Result<()> {
@@ -38,26 +45,60 @@ pub fn run(v: Validated) -> anyhow::Result<()> {
     };
     let client = tls::client_config(&ca, chain, key, &settings)?;
 
-    std::fs::create_dir_all(&c.data_dir)
-        .with_context(|| format!("{}: cannot create the data directory", c.data_dir.display()))?;
-    let _lock = lock_data_dir(&c.data_dir)?;
-    let spool = Spool::open(SpoolConfig {
+    let spool_config = SpoolConfig {
         path: v.spool_path(),
         max_bytes: c.spool.max_bytes.as_u64(),
         max_batch_events: c.spool.max_batch_events,
         max_batch_bytes: usize::try_from(c.spool.max_batch_bytes.as_u64()).unwrap_or(usize::MAX),
-    })?;
-    let stats = spool.stats();
-    info!(
-        agent_id = %identity.agent_id,
-        version = outpost_common::LONG_VERSION,
-        spool = %v.spool_path().display(),
-        backlog_batches = stats.batches,
-        aggregator = %v.endpoint,
-        "outpost-agent starting"
-    );
-    let (spool, spool_join) = crate::spool::writer::spawn(spool);
+        reserve_bytes: c.spool.reserve_bytes.as_u64(),
+        free_space: Arc::new(Statvfs),
+    };
     let telemetry = Arc::new(Telemetry::new());
+    // Held for the life of the process once taken; see `lock_data_dir`.
+    let lock = Arc::new(std::sync::Mutex::new(None));
+    let open = {
+        let (data_dir, lock) = (c.data_dir.clone(), lock.clone());
+        move || open_spool(&data_dir, &lock, &spool_config)
+    };
+    let (spool, spool_join) = match open() {
+        Ok(mut spool) => {
+            spool.set_reporter(Box::new(SpoolReporter(telemetry.clone())));
+            info!(
+                agent_id = %identity.agent_id,
+                version = outpost_common::LONG_VERSION,
+                spool = %v.spool_path().display(),
+                backlog_batches = spool.stats().batches,
+                aggregator = %v.endpoint,
+                "outpost-agent starting"
+            );
+            crate::spool::writer::spawn(spool)
+        }
+        Err(Unopened::Busy(e)) => return Err(e),
+        Err(Unopened::Trouble(kind, message)) => {
+            // The agent runs without its spool rather than exiting into a restart loop: sources
+            // wait or drop (counted), the status says why, and the spool opens once it can.
+            info!(
+                agent_id = %identity.agent_id,
+                version = outpost_common::LONG_VERSION,
+                spool = %v.spool_path().display(),
+                aggregator = %v.endpoint,
+                "outpost-agent starting without its spool, which it keeps trying to open"
+            );
+            spawn_reopening(Reopen {
+                open: Box::new(move || {
+                    open().map_err(|e| match e {
+                        Unopened::Busy(e) => (TroubleKind::Unavailable, format!("{e:#}")),
+                        Unopened::Trouble(kind, message) => (kind, message),
+                    })
+                }),
+                first_error: (kind, message),
+                cap_bytes: c.spool.max_bytes.as_u64(),
+                reporter: Arc::new(SpoolReporter(telemetry.clone())),
+                retry_min: REOPEN_MIN,
+                retry_max: REOPEN_MAX,
+            })
+        }
+    };
 
     let runtime = runtime()?;
     runtime.block_on(async {
@@ -139,6 +180,49 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
+/// Why the spool is not open.
+enum Unopened {
+    /// Another agent holds the data directory: a configuration mistake, fatal at start-up.
+    Busy(anyhow::Error),
+    /// The directory is read-only, missing or otherwise unusable; worth trying again.
+    Trouble(TroubleKind, String),
+}
+
+/// Creates the data directory, locks it (once) and opens the spool in it.
+fn open_spool(
+    data_dir: &Path,
+    lock: &std::sync::Mutex<Option<std::fs::File>>,
+    config: &SpoolConfig,
+) -> Result<Spool, Unopened> {
+    let trouble = |e: &dyn std::fmt::Display| {
+        let (kind, message) = crate::spool::diagnose(data_dir, e);
+        Unopened::Trouble(kind, message)
+    };
+    std::fs::create_dir_all(data_dir).map_err(|e| {
+        trouble(&format!(
+            "{}: cannot create the data directory: {e}",
+            data_dir.display()
+        ))
+    })?;
+    // A poisoned lock still holds a valid Option.
+    let mut held = lock
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if held.is_none() {
+        match lock_data_dir(data_dir) {
+            Ok(file) => *held = Some(file),
+            Err(e) if e.is::<AnotherAgent>() => return Err(Unopened::Busy(e)),
+            Err(e) => return Err(trouble(&format!("{e:#}"))),
+        }
+    }
+    Spool::open(config.clone()).map_err(|e| trouble(&e))
+}
+
+/// Another agent holds the data directory's lock.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}: another outpost-agent is running with this data directory")]
+struct AnotherAgent(std::path::PathBuf);
+
 /// Holds an exclusive lock on the data directory for the life of the process, so two agents can
 /// never share one spool. The kernel releases it when the process exits, however it exits.
 fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
@@ -151,10 +235,7 @@ fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
         .with_context(|| format!("{}: cannot open the lock file", path.display()))?;
     match file.try_lock() {
         Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
-            "{}: another outpost-agent is running with this data directory",
-            dir.display()
-        ),
+        Err(std::fs::TryLockError::WouldBlock) => Err(AnotherAgent(dir.to_path_buf()).into()),
         Err(std::fs::TryLockError::Error(e)) => {
             Err(e).with_context(|| format!("{}: cannot lock", path.display()))
         }

@@ -16,6 +16,9 @@ use outpost_common::time::now_ns;
 use crate::internal_events::InternalEvent;
 use crate::spool::SpoolStats;
 
+/// The collector name under which the agent's status reports the spool's trouble.
+pub const SPOOL_COLLECTOR: &str = "spool";
+
 /// Counters shared by the shipper and collectors. Cheap to update from any task.
 #[derive(Debug, Default)]
 pub struct Telemetry {
@@ -253,8 +256,22 @@ impl Telemetry {
             batches_acked: c.batches_acked,
             events_acked: c.events_acked,
             drops: spool.drops.clone(),
-            collector_errors: self.errors().clone(),
+            collector_errors: self.collector_errors_with(spool),
         }
+    }
+
+    /// The failing collectors, with the spool's trouble as a collector named `spool`, so the
+    /// aggregator shows the host degraded with its reason until the trouble clears.
+    fn collector_errors_with(&self, spool: &SpoolStats) -> Vec<CollectorError> {
+        let mut errors = self.errors().clone();
+        if let Some(trouble) = &spool.trouble {
+            errors.push(CollectorError {
+                collector: SPOOL_COLLECTOR.to_owned(),
+                reason: trouble.message.clone(),
+                since_ns: trouble.since_ns,
+            });
+        }
+        errors
     }
 }
 
@@ -291,6 +308,35 @@ mod tests {
                 "collector_recovered"
             ]
         );
+    }
+
+    #[test]
+    fn the_spools_trouble_is_reported_as_a_failing_collector_named_spool() {
+        use crate::spool::{SpoolStats, Trouble, TroubleKind};
+        let t = Telemetry::new();
+        let message = "disk full: 0 B free on /var/lib/outpost; sources paused, samples dropped";
+        let stats = SpoolStats::unavailable(
+            1 << 30,
+            Trouble {
+                kind: TroubleKind::DiskFull,
+                message: message.to_owned(),
+                since_ns: 42,
+            },
+        );
+        let errors = t.status(&stats).collector_errors;
+        assert_eq!(
+            errors,
+            [CollectorError {
+                collector: "spool".to_owned(),
+                reason: message.to_owned(),
+                since_ns: 42,
+            }]
+        );
+        let healthy = SpoolStats {
+            trouble: None,
+            ..stats
+        };
+        assert!(t.status(&healthy).collector_errors.is_empty());
     }
 
     #[test]

@@ -724,6 +724,7 @@ web-1  degraded    3s ago     1.2.3    2        12%  43%  /srv/ [2J 100%  collec
             rejected_by_aggregator: 0,
             oversized: 0,
             spool_write_failed: u64::MAX,
+            disk_full: 0,
         };
         status_mut(&mut a).drops = a.drops_last_increase.clone();
         let e = fleet_status(&[a.clone()], &[], &FleetPolicy::default(), i64::MAX).remove(0);

@@ -168,15 +168,19 @@ pub enum DropReason {
     /// Droppable data (metric samples, status snapshots) could not be written to the spool
     /// (disk full, I/O error) and was given up.
     SpoolWriteFailed,
+    /// The disk holding the spool had no room left (beyond its reserve): droppable data was
+    /// evicted or refused, or could not be written.
+    DiskFull,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 5] = [
+    pub const ALL: [DropReason; 6] = [
         DropReason::SpoolFullEvicted,
         DropReason::SpoolFullRejected,
         DropReason::RejectedByAggregator,
         DropReason::Oversized,
         DropReason::SpoolWriteFailed,
+        DropReason::DiskFull,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -186,6 +190,7 @@ impl DropReason {
             DropReason::RejectedByAggregator => "rejected_by_aggregator",
             DropReason::Oversized => "oversized",
             DropReason::SpoolWriteFailed => "spool_write_failed",
+            DropReason::DiskFull => "disk_full",
         }
     }
 }
@@ -198,6 +203,9 @@ pub struct DropCounters {
     pub rejected_by_aggregator: u64,
     pub oversized: u64,
     pub spool_write_failed: u64,
+    /// Absent from statuses stored before it existed.
+    #[serde(default)]
+    pub disk_full: u64,
 }
 
 impl DropCounters {
@@ -219,6 +227,7 @@ impl DropCounters {
             DropReason::RejectedByAggregator => self.rejected_by_aggregator,
             DropReason::Oversized => self.oversized,
             DropReason::SpoolWriteFailed => self.spool_write_failed,
+            DropReason::DiskFull => self.disk_full,
         }
     }
 
@@ -229,6 +238,7 @@ impl DropCounters {
             DropReason::RejectedByAggregator => &mut self.rejected_by_aggregator,
             DropReason::Oversized => &mut self.oversized,
             DropReason::SpoolWriteFailed => &mut self.spool_write_failed,
+            DropReason::DiskFull => &mut self.disk_full,
         }
     }
 }

@@ -28,10 +28,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use crate::event::{AgentStatus, Event, HostFacts};
 
 /// The protocol version this build speaks. Version 2 added [`MetricPoint::unit`] and the
-/// `spool_write_failed` drop counter.
+/// `spool_write_failed` drop counter, version 3 the `disk_full` drop counter.
 ///
 /// [`MetricPoint::unit`]: crate::event::MetricPoint::unit
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// The ALPN protocol identifier negotiated in the TLS handshake.
 pub const ALPN: &[u8] = b"outpost/1";
@@ -408,13 +408,15 @@ mod tests {
             any::<u64>(),
             any::<u64>(),
             any::<u64>(),
+            any::<u64>(),
         )
-            .prop_map(|(a, b, c, d, e)| DropCounters {
+            .prop_map(|(a, b, c, d, e, f)| DropCounters {
                 spool_full_evicted: a,
                 spool_full_rejected: b,
                 rejected_by_aggregator: c,
                 oversized: d,
                 spool_write_failed: e,
+                disk_full: f,
             })
     }
 

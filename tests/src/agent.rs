@@ -211,7 +211,7 @@ impl SpoolView {
         let (next_seq, drops) = conn
             .query_row(
                 "SELECT next_seq, spool_full_evicted, spool_full_rejected, rejected_by_aggregator,
-                        oversized, spool_write_failed FROM spool WHERE id = 1",
+                        oversized, spool_write_failed, disk_full FROM spool WHERE id = 1",
                 [],
                 |r| {
                     let n = |i| r.get::<_, i64>(i).map(i64::cast_unsigned);
@@ -223,6 +223,7 @@ impl SpoolView {
                             rejected_by_aggregator: n(3)?,
                             oversized: n(4)?,
                             spool_write_failed: n(5)?,
+                            disk_full: n(6)?,
                         },
                     ))
                 },

@@ -222,6 +222,11 @@ impl Shipper {
         endpoint: &quinn::Endpoint,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), SessionError> {
+        // A spool that could not be opened has no spool id yet: say nothing until it has one.
+        tokio::select! {
+            r = self.spool.available() => r?,
+            _ = shutdown.wait_for(|s| *s) => return Ok(()),
+        }
         let conn = tokio::select! {
             r = self.connect(endpoint) => r?,
             _ = shutdown.wait_for(|s| *s) => return Ok(()),

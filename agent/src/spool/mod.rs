@@ -30,6 +30,15 @@
 //! brings back batches the aggregator already holds; they are sent again and it recognises them
 //! as duplicates. The next commit with an fsync, or a WAL checkpoint, makes it durable.
 //!
+//! The disk may fill up, under the spool or because of it. The spool keeps a reserve file beside
+//! the database and caps appends below the free space beyond it ([`disk`]), so acknowledgements
+//! and checkpoints still commit on a full disk: Wait-class sources pause, droppable samples are
+//! dropped as [`DropReason::DiskFull`], and the backlog drains as soon as the aggregator is
+//! reachable. The database uses `auto_vacuum = INCREMENTAL`: once acknowledgements free enough
+//! pages they are given back to the filesystem and the write-ahead log is truncated, so the files
+//! shrink after a drain. The spool's [`Trouble`] (disk full, read-only, unavailable) is part of
+//! its [`SpoolStats`].
+//!
 //! One thread owns the [`Spool`]; the rest of the agent talks to it through the [`writer`], which
 //! also group-commits concurrent submissions.
 //!
@@ -46,6 +55,7 @@
 //! # Ok::<(), outpost_agent::spool::SpoolError>(())
 //! ```
 
+pub mod disk;
 mod plan;
 pub mod writer;
 
@@ -57,8 +67,12 @@ use outpost_common::event::{DropCounters, DropReason, Event};
 use outpost_common::wire::{self, WireError};
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 
+use self::disk::{DiskCap, Reserve};
+pub use self::disk::{
+    DiskEvent, DiskReporter, FreeSpace, NoReporter, Statvfs, Trouble, TroubleKind, diagnose,
+};
 use self::plan::{
-    BatchLimits, BatchSize, Decision, Evictable, Holding, PlannedBatch, SizedSubmission,
+    BatchLimits, BatchSize, Cap, Decision, Evictable, Holding, PlannedBatch, SizedSubmission,
 };
 pub use self::writer::{SpoolHandle, SpoolJoin, spawn};
 
@@ -68,11 +82,19 @@ pub const DEFAULT_MAX_BATCH_EVENTS: usize = 1000;
 /// The default largest batch payload, in bytes; also the largest single event accepted.
 pub const DEFAULT_MAX_BATCH_BYTES: usize = 1024 * 1024;
 
+/// The default size of the reserve file kept beside the database.
+pub const DEFAULT_RESERVE_BYTES: u64 = 8 * 1024 * 1024;
+
+/// Free pages below which acknowledgements do not bother giving pages back to the filesystem.
+const VACUUM_MIN_PAGES: u64 = 16;
+
 /// The schema this build writes, kept in SQLite's `user_version`.
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 /// Migrations, by the version they start from: version 2 added the `spool_write_failed` counter,
-/// version 3 the sources' keyed state.
+/// version 3 the sources' keyed state, version 4 the `disk_full` counter. (Turning on
+/// `auto_vacuum` needs a `VACUUM` outside any transaction, so it is a step of its own, see
+/// [`enable_auto_vacuum`].)
 const MIGRATIONS: &[(i64, &str)] = &[
     (
         1,
@@ -87,10 +109,25 @@ const MIGRATIONS: &[(i64, &str)] = &[
             PRIMARY KEY (source, key)
         ) WITHOUT ROWID;",
     ),
+    (
+        3,
+        "ALTER TABLE spool ADD COLUMN disk_full INTEGER NOT NULL DEFAULT 0;",
+    ),
 ];
 
 /// WAL size SQLite truncates back to after a checkpoint, so a burst does not leave a large file.
 const JOURNAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
+
+/// WAL pages after which a commit checkpoints the log, which is then reused from its start: with
+/// 4 KiB pages the log stays near 1 MiB, the room [`Spool`] keeps free for it on a small disk.
+const WAL_AUTOCHECKPOINT_PAGES: u64 = 256;
+
+/// Bytes of a WAL frame besides its page.
+const WAL_FRAME_HEADER: u64 = 24;
+
+/// Room kept free besides the reserve and the log, for the WAL index and the filesystem's own
+/// bookkeeping.
+const DISK_MARGIN: u64 = 64 * 1024;
 
 const SCHEMA: &str = "
     CREATE TABLE spool (
@@ -101,7 +138,8 @@ const SCHEMA: &str = "
         spool_full_rejected INTEGER NOT NULL,
         rejected_by_aggregator INTEGER NOT NULL,
         oversized INTEGER NOT NULL,
-        spool_write_failed INTEGER NOT NULL DEFAULT 0
+        spool_write_failed INTEGER NOT NULL DEFAULT 0,
+        disk_full INTEGER NOT NULL DEFAULT 0
     );
     CREATE TABLE batches (
         seq INTEGER PRIMARY KEY,
@@ -123,7 +161,7 @@ const SCHEMA: &str = "
 ";
 
 /// Where the spool lives and how large it may grow.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct SpoolConfig {
     /// The SQLite file; SQLite keeps `-wal` and `-shm` files beside it.
     pub path: PathBuf,
@@ -134,6 +172,12 @@ pub struct SpoolConfig {
     /// Largest batch payload in bytes; an event whose encoding alone exceeds it (or the lower
     /// limit set by [`Spool::set_batch_limits`]) is dropped as [`DropReason::Oversized`].
     pub max_batch_bytes: usize,
+    /// Size of the reserve file (`<name>.reserve` beside the database), written with real
+    /// blocks and deleted when a write fails for lack of space, so that acknowledgements always
+    /// commit; appends never use the space it holds. 0 for none.
+    pub reserve_bytes: u64,
+    /// Where the free space on the disk comes from: [`Statvfs`], or a fake in tests.
+    pub free_space: Arc<dyn FreeSpace>,
 }
 
 impl SpoolConfig {
@@ -144,7 +188,22 @@ impl SpoolConfig {
             max_bytes,
             max_batch_events: DEFAULT_MAX_BATCH_EVENTS,
             max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
+            reserve_bytes: DEFAULT_RESERVE_BYTES,
+            free_space: Arc::new(Statvfs),
         }
+    }
+
+    /// The directory holding the database, where free space is measured.
+    pub fn dir(&self) -> &Path {
+        match self.path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        }
+    }
+
+    /// The reserve file.
+    pub fn reserve_path(&self) -> PathBuf {
+        self.path.with_extension("reserve")
     }
 }
 
@@ -287,6 +346,32 @@ pub struct SpoolStats {
     pub low_water_seq: u64,
     /// The seq the next batch will get.
     pub next_seq: u64,
+    /// What is wrong with the spool's storage, if anything.
+    pub trouble: Option<Trouble>,
+}
+
+impl SpoolStats {
+    /// The statistics of a spool that could not be opened: spool id 0 (never a real one), and
+    /// the trouble.
+    pub fn unavailable(cap_bytes: u64, trouble: Trouble) -> SpoolStats {
+        SpoolStats {
+            spool_id: 0,
+            payload_bytes: 0,
+            file_bytes: 0,
+            events: 0,
+            batches: 0,
+            cap_bytes,
+            drops: DropCounters::default(),
+            low_water_seq: 0,
+            next_seq: 0,
+            trouble: Some(trouble),
+        }
+    }
+
+    /// Whether the spool is open (a real spool id is known).
+    pub fn is_available(&self) -> bool {
+        self.spool_id != 0
+    }
 }
 
 /// A spool operation that failed; the spool is left as it was before the operation.
@@ -313,6 +398,16 @@ pub enum SpoolError {
     WriterPanicked,
 }
 
+impl SpoolError {
+    /// The trouble with the storage this error shows, if it shows one.
+    pub fn trouble(&self) -> Option<TroubleKind> {
+        match self {
+            SpoolError::Sqlite { source, .. } => disk::trouble_of(source),
+            _ => None,
+        }
+    }
+}
+
 /// The spool, owned by one thread (see [`writer`]).
 #[derive(Debug)]
 pub struct Spool {
@@ -327,6 +422,9 @@ pub struct Spool {
     limits: BatchLimits,
     /// The connection's `synchronous` setting now.
     sync: Sync,
+    reserve: Reserve,
+    trouble: Option<Trouble>,
+    reporter: Box<dyn DiskReporter>,
 }
 
 /// Whether a commit waits for the disk: SQLite's `synchronous` setting in WAL mode.
@@ -409,14 +507,22 @@ impl Spool {
             .map_err(sql(path, "cannot set synchronous mode"))?;
         conn.pragma_update(None, "journal_size_limit", JOURNAL_SIZE_LIMIT)
             .map_err(sql(path, "cannot set the journal size limit"))?;
+        conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES as i64)
+            .map_err(sql(path, "cannot set the WAL checkpoint interval"))?;
+        // Takes effect at once in a new file (before its first table), at the next VACUUM in an
+        // existing one.
+        conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")
+            .map_err(sql(path, "cannot set auto_vacuum"))?;
         create_schema(&mut conn, path)?;
+        enable_auto_vacuum(&conn, path);
         let (spool_id, mut state) = load_state(&conn, path)?;
         state.low_water_seq = low_water(&conn, path, state.next_seq)?;
         let limits = BatchLimits {
             events: config.max_batch_events,
             bytes: config.max_batch_bytes,
         };
-        Ok(Spool {
+        let reserve = Reserve::new(config.reserve_path(), config.reserve_bytes);
+        let mut spool = Spool {
             conn,
             config,
             spool_id,
@@ -424,7 +530,32 @@ impl Spool {
             evictable: Evictable::default(),
             limits,
             sync: Sync::Full,
-        })
+            reserve,
+            trouble: None,
+            reporter: Box::new(NoReporter),
+        };
+        spool.recheck();
+        Ok(spool)
+    }
+
+    /// Sends the spool's [`DiskEvent`]s to `reporter` from now on; [`Spool::trouble`] tells the
+    /// trouble it may already be in.
+    pub fn set_reporter(&mut self, reporter: Box<dyn DiskReporter>) {
+        self.reporter = reporter;
+    }
+
+    /// What is wrong with the spool's storage now, if anything.
+    pub fn trouble(&self) -> Option<&Trouble> {
+        self.trouble.as_ref()
+    }
+
+    /// Looks at the disk again: writes the reserve back when there is room for it twice over,
+    /// and leaves the disk-full state when the disk has room for new data again. The writer
+    /// calls it periodically while the disk is full and after acknowledgements; `append` looks
+    /// at the disk itself.
+    pub fn recheck(&mut self) {
+        let cap = self.disk_cap();
+        self.observe_disk(&cap);
     }
 
     /// The random id chosen when the spool was created; seqs are unique within it.
@@ -572,6 +703,20 @@ impl Spool {
             events: max_events.clamp(1, u32::MAX as usize),
             bytes: max_bytes,
         };
+        let result = self.try_split(seq, limits, max_bytes);
+        match &result {
+            Ok(_) => self.wrote(),
+            Err(e) => self.failed(e),
+        }
+        result
+    }
+
+    fn try_split(
+        &mut self,
+        seq: u64,
+        limits: BatchLimits,
+        max_bytes: usize,
+    ) -> Result<Vec<u64>, SpoolError> {
         let path = self.config.path.as_path();
         let mut next = self.state.clone();
         let tx = begin(&mut self.conn, &mut self.sync, Sync::Full, path)?;
@@ -641,7 +786,14 @@ impl Spool {
             drops: self.state.drops.clone(),
             low_water_seq: self.state.low_water_seq,
             next_seq: self.state.next_seq,
+            trouble: self.trouble.clone(),
         }
+    }
+
+    /// Counts `n` events lost for `reason` outside any append (while the spool could not be
+    /// opened, say): in memory at once, on disk with the next transaction that saves the counters.
+    pub fn count_lost(&mut self, reason: DropReason, n: u64) {
+        self.state.drops.add(reason, n);
     }
 
     /// The seq of the newest batch ever committed, 0 before the first.
@@ -666,12 +818,208 @@ impl Spool {
             .map(|s| s.events.len() as u64)
             .sum();
         let result = self.try_append(subs, now_ns);
-        if result.is_err() {
-            self.state
-                .drops
-                .add(DropReason::SpoolWriteFailed, droppable);
+        match &result {
+            Ok(_) => self.wrote(),
+            Err(e) => {
+                let reason = if e.trouble() == Some(TroubleKind::DiskFull) {
+                    DropReason::DiskFull
+                } else {
+                    DropReason::SpoolWriteFailed
+                };
+                self.state.drops.add(reason, droppable);
+                self.failed(e);
+            }
         }
         result
+    }
+
+    /// The cap for the next append, from the disk's free space now.
+    fn disk_cap(&self) -> DiskCap {
+        let max = self.config.max_bytes;
+        match self.config.free_space.available(self.config.dir()) {
+            Ok(free) => {
+                let page = self.page_size();
+                let (free_pages, pages) = self.free_pages();
+                // Room the log may still take before it is reused, and the growth of the
+                // database still waiting in the log for a checkpoint: neither shows in the free
+                // space yet.
+                let wal_limit = WAL_AUTOCHECKPOINT_PAGES * (page + WAL_FRAME_HEADER);
+                let wal_room = wal_limit.saturating_sub(self.wal_bytes());
+                let db_file = std::fs::metadata(&self.config.path).map_or(0, |m| m.len());
+                let db_pending = (pages * page).saturating_sub(db_file);
+                DiskCap::new(
+                    max,
+                    self.state.payload_bytes,
+                    free,
+                    self.reserve.missing() + wal_room + db_pending + DISK_MARGIN,
+                    free_pages * page,
+                )
+            }
+            // Without a measure the configured cap holds; a write that then fails for lack of
+            // space still releases the reserve.
+            Err(_) => DiskCap {
+                bytes: max,
+                disk_bound: false,
+                free: u64::MAX,
+                headroom: u64::MAX,
+            },
+        }
+    }
+
+    /// Free pages in the database, and all its pages.
+    fn free_pages(&self) -> (u64, u64) {
+        let pragma = |name: &str| {
+            self.conn
+                .pragma_query_value(None, name, |row| row.get::<_, i64>(0))
+                .map_or(0, |n| u64::try_from(n).unwrap_or(0))
+        };
+        (pragma("freelist_count"), pragma("page_count"))
+    }
+
+    fn page_size(&self) -> u64 {
+        self.conn
+            .pragma_query_value(None, "page_size", |row| row.get::<_, i64>(0))
+            .map_or(4096, |n| u64::try_from(n).unwrap_or(4096))
+    }
+
+    /// Enters or leaves the disk-full state, and writes the reserve back, as the disk allows.
+    fn observe_disk(&mut self, cap: &DiskCap) {
+        let missing = self.reserve.missing();
+        if missing > 0 && cap.free != u64::MAX && cap.free >= missing.saturating_mul(2) {
+            match self.reserve.write() {
+                Ok(()) => self.reporter.report(DiskEvent::ReserveRestored {
+                    path: self.reserve.path().to_path_buf(),
+                    bytes: self.reserve.bytes(),
+                }),
+                Err(e) => tracing::debug!(
+                    reserve = %self.reserve.path().display(),
+                    error = %e,
+                    "cannot write the reserve yet"
+                ),
+            }
+        }
+        // Leaving wants clearly more room than entering, so a drain that makes room a batch at
+        // a time does not flap in and out of the state.
+        let room = (self.config.max_batch_bytes as u64).max(self.reserve.bytes());
+        let full = self.trouble_kind() == Some(TroubleKind::DiskFull);
+        if full && cap.headroom >= room && self.reserve.missing() == 0 {
+            self.recover(TroubleKind::DiskFull);
+        }
+    }
+
+    fn trouble_kind(&self) -> Option<TroubleKind> {
+        self.trouble.as_ref().map(|t| t.kind)
+    }
+
+    /// Enters the disk-full state after an append the disk's room held back.
+    fn squeezed(&mut self, cap: &DiskCap) {
+        if self.trouble_kind() == Some(TroubleKind::DiskFull) {
+            return;
+        }
+        let message = format!(
+            "disk full: {} free on {} (beyond a reserve of {}); sources paused, samples dropped",
+            disk::human_bytes(cap.free),
+            self.config.dir().display(),
+            disk::human_bytes(self.reserve.bytes()),
+        );
+        self.enter(TroubleKind::DiskFull, message);
+    }
+
+    fn enter(&mut self, kind: TroubleKind, message: String) {
+        if self.trouble.as_ref().is_some_and(|t| t.kind == kind) {
+            return;
+        }
+        let trouble = Trouble {
+            kind,
+            message,
+            since_ns: outpost_common::time::now_ns(),
+        };
+        self.trouble = Some(trouble.clone());
+        self.reporter.report(DiskEvent::Trouble(trouble));
+    }
+
+    fn recover(&mut self, kind: TroubleKind) {
+        if self.trouble_kind() == Some(kind) {
+            self.trouble = None;
+            self.reporter.report(DiskEvent::Recovered { kind });
+        }
+    }
+
+    /// A write committed: the storage is neither read-only nor gone.
+    fn wrote(&mut self) {
+        if let Some(kind @ (TroubleKind::ReadOnly | TroubleKind::Unavailable)) = self.trouble_kind()
+        {
+            self.recover(kind);
+        }
+    }
+
+    /// A write failed: enters the trouble it shows, releasing the reserve if space ran out.
+    fn failed(&mut self, error: &SpoolError) {
+        match error.trouble() {
+            Some(TroubleKind::DiskFull) => {
+                self.release_reserve();
+                let cap = self.disk_cap();
+                let message = format!(
+                    "disk full: {} free on {}; sources paused, samples dropped ({error})",
+                    disk::human_bytes(cap.free),
+                    self.config.dir().display(),
+                );
+                self.enter(TroubleKind::DiskFull, message);
+            }
+            Some(_) => {
+                let (kind, message) = disk::diagnose(self.config.dir(), error);
+                self.enter(kind, message);
+            }
+            None => {}
+        }
+    }
+
+    /// Deletes the reserve file; returns whether that freed anything.
+    fn release_reserve(&mut self) -> bool {
+        let bytes = self.reserve.release();
+        if bytes > 0 {
+            self.reporter.report(DiskEvent::ReserveReleased {
+                path: self.reserve.path().to_path_buf(),
+                bytes,
+            });
+        }
+        bytes > 0
+    }
+
+    /// Gives free pages back to the filesystem and truncates the write-ahead log, once enough
+    /// pages are free: a quarter of the file, or any few while the disk is full.
+    fn maybe_vacuum(&mut self) {
+        let (free, pages) = self.free_pages();
+        let full = self.trouble_kind() == Some(TroubleKind::DiskFull);
+        if free < VACUUM_MIN_PAGES || (free.saturating_mul(4) < pages && !full) {
+            return;
+        }
+        let before = self.file_bytes();
+        let path = self.config.path.as_path();
+        // The pragma frees one page per step: step it to the end.
+        let result = self
+            .conn
+            .prepare("PRAGMA incremental_vacuum")
+            .and_then(|mut stmt| {
+                let mut rows = stmt.query([])?;
+                while rows.next()?.is_some() {}
+                Ok(())
+            })
+            .and_then(|()| {
+                self.conn
+                    .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            });
+        match result {
+            Ok(()) => self.reporter.report(DiskEvent::Vacuumed {
+                pages: free,
+                file_bytes_before: before,
+                file_bytes_after: self.file_bytes(),
+            }),
+            // Nothing is lost: the pages stay free inside the file and are reused.
+            Err(e) => {
+                tracing::debug!(spool = %path.display(), error = %e, "cannot vacuum the spool")
+            }
+        }
     }
 
     fn try_append(
@@ -679,7 +1027,9 @@ impl Spool {
         subs: Vec<Submission>,
         now_ns: i64,
     ) -> Result<Vec<Decision>, SpoolError> {
-        let path = self.config.path.as_path();
+        // Owned: looking at the disk below changes the spool's trouble.
+        let path_buf = self.config.path.clone();
+        let path = path_buf.as_path();
         let sized = subs
             .into_iter()
             .map(|sub| sized(sub, path))
@@ -689,7 +1039,17 @@ impl Spool {
             batches: self.state.batches,
             evictable: &self.evictable,
         };
-        let mut plan = plan::plan(self.config.max_bytes, self.limits, holding, sized);
+        let disk = self.disk_cap();
+        let cap = Cap {
+            bytes: disk.bytes,
+            disk: disk.disk_bound,
+        };
+        let mut plan = plan::plan(cap, self.limits, holding, sized);
+        if plan.squeezed && disk.disk_bound {
+            self.squeezed(&disk);
+        } else {
+            self.observe_disk(&disk);
+        }
         if plan.writes_nothing() {
             return Ok(plan.decisions);
         }
@@ -735,8 +1095,31 @@ impl Spool {
     }
 
     /// Deletes batches in one transaction, counting their events under `reason` if given.
-    /// `sync` says whether the commit waits for the disk.
+    /// `sync` says whether the commit waits for the disk. When the disk is out of space, the
+    /// reserve is released and the deletion tried once more.
     fn delete(
+        &mut self,
+        seqs: &[u64],
+        reason: Option<DropReason>,
+        sync: Sync,
+    ) -> Result<(), SpoolError> {
+        let mut result = self.try_delete(seqs, reason, sync);
+        if let Err(e) = &result {
+            let full = e.trouble() == Some(TroubleKind::DiskFull);
+            self.failed(e);
+            if full {
+                // The reserve was released (if there was one): the retry has its room.
+                result = self.try_delete(seqs, reason, sync);
+            }
+        }
+        if result.is_ok() {
+            self.wrote();
+            self.maybe_vacuum();
+        }
+        result
+    }
+
+    fn try_delete(
         &mut self,
         seqs: &[u64],
         reason: Option<DropReason>,
@@ -772,13 +1155,14 @@ impl Spool {
     }
 
     fn file_bytes(&self) -> u64 {
+        let db = std::fs::metadata(&self.config.path).map_or(0, |m| m.len());
+        db + self.wal_bytes()
+    }
+
+    fn wal_bytes(&self) -> u64 {
         let mut wal = OsString::from(self.config.path.as_os_str());
         wal.push("-wal");
-        [self.config.path.as_os_str(), wal.as_os_str()]
-            .iter()
-            .filter_map(|p| std::fs::metadata(p).ok())
-            .map(|m| m.len())
-            .sum()
+        std::fs::metadata(wal).map_or(0, |m| m.len())
     }
 
     /// Every stored batch with its class, without marking any as handed out.
@@ -856,7 +1240,7 @@ fn create_schema(conn: &mut Connection, path: &Path) -> Result<(), SpoolError> {
     tx.execute_batch(SCHEMA)
         .map_err(sql(path, "cannot create the schema"))?;
     tx.execute(
-        "INSERT INTO spool VALUES (1, ?1, 1, 0, 0, 0, 0, 0)",
+        "INSERT INTO spool VALUES (1, ?1, 1, 0, 0, 0, 0, 0, 0)",
         [id_to_sql(spool_id)],
     )
     .map_err(sql(path, "cannot create the spool row"))?;
@@ -865,11 +1249,34 @@ fn create_schema(conn: &mut Connection, path: &Path) -> Result<(), SpoolError> {
     tx.commit().map_err(sql(path, "cannot create the schema"))
 }
 
+/// Turns on `auto_vacuum = INCREMENTAL` in a file made before the spool used it, with the one
+/// `VACUUM` that takes; the migration step that cannot run inside the schema transaction. It needs
+/// free space about the size of the file, so on a full disk it fails, is logged, and is tried
+/// again at the next open: the spool works without it, its files just do not shrink.
+fn enable_auto_vacuum(conn: &Connection, path: &Path) {
+    const INCREMENTAL: i64 = 2;
+    let mode = conn.pragma_query_value(None, "auto_vacuum", |row| row.get::<_, i64>(0));
+    if matches!(mode, Ok(INCREMENTAL)) {
+        return;
+    }
+    match conn.execute_batch("VACUUM;") {
+        Ok(()) => {
+            tracing::info!(spool = %path.display(), "spool migrated to incremental auto-vacuum")
+        }
+        Err(error) => tracing::warn!(
+            spool = %path.display(),
+            %error,
+            "cannot turn on incremental auto-vacuum yet (it needs free space the size of the spool); the spool works without it and tries again at the next start"
+        ),
+    }
+}
+
 fn load_state(conn: &Connection, path: &Path) -> Result<(u64, State), SpoolError> {
     let (spool_id, next_seq, drops) = conn
         .query_row(
             "SELECT spool_id, next_seq, spool_full_evicted, spool_full_rejected,
-                    rejected_by_aggregator, oversized, spool_write_failed FROM spool WHERE id = 1",
+                    rejected_by_aggregator, oversized, spool_write_failed, disk_full
+             FROM spool WHERE id = 1",
             [],
             |row| {
                 let drops = DropCounters {
@@ -878,6 +1285,7 @@ fn load_state(conn: &Connection, path: &Path) -> Result<(u64, State), SpoolError
                     rejected_by_aggregator: get_u64(row, 4)?,
                     oversized: get_u64(row, 5)?,
                     spool_write_failed: get_u64(row, 6)?,
+                    disk_full: get_u64(row, 7)?,
                 };
                 Ok((id_from_sql(row.get(0)?), get_u64(row, 1)?, drops))
             },
@@ -939,7 +1347,8 @@ fn write_state(tx: &Transaction<'_>, path: &Path, state: &State) -> Result<(), S
     let d = &state.drops;
     tx.prepare_cached(
         "UPDATE spool SET next_seq = ?1, spool_full_evicted = ?2, spool_full_rejected = ?3,
-                          rejected_by_aggregator = ?4, oversized = ?5, spool_write_failed = ?6
+                          rejected_by_aggregator = ?4, oversized = ?5, spool_write_failed = ?6,
+                          disk_full = ?7
          WHERE id = 1",
     )
     .and_then(|mut stmt| {
@@ -949,7 +1358,8 @@ fn write_state(tx: &Transaction<'_>, path: &Path, state: &State) -> Result<(), S
             int(d.spool_full_rejected)?,
             int(d.rejected_by_aggregator)?,
             int(d.oversized)?,
-            int(d.spool_write_failed)?
+            int(d.spool_write_failed)?,
+            int(d.disk_full)?
         ])
     })
     .map_err(sql(path, "cannot save the spool state"))

@@ -75,6 +75,16 @@ pub(super) struct SizedSubmission {
     pub sizes: Vec<usize>,
 }
 
+/// The byte cap an append plans against, and what sets it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Cap {
+    pub bytes: u64,
+    /// The disk's free space sets it, not the configuration: what it evicts or refuses is
+    /// counted as [`DropReason::DiskFull`], and a Wait-class submission may not exceed it even
+    /// into an empty spool.
+    pub disk: bool,
+}
+
 /// What the spool holds when planning starts.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Holding<'a> {
@@ -124,6 +134,9 @@ pub(super) struct Plan {
     pub state: Vec<StateChange>,
     /// Drops this append adds to the counters.
     pub drops: DropCounters,
+    /// The cap held something back: a Wait-class submission waits, or Drop-class data was
+    /// evicted or refused.
+    pub squeezed: bool,
 }
 
 /// A running total of batch sizes.
@@ -158,10 +171,11 @@ impl Plan {
 ///
 /// The byte cap is checked against the sum of the events' individual encoded sizes, which is never
 /// smaller than the payload they end up in, so a committed plan keeps the payload bytes under
-/// `cap` (except for the progress guarantee: a Wait-class submission into an empty spool).
+/// `cap` (except for the progress guarantee: a Wait-class submission into an empty spool, unless
+/// the disk sets the cap).
 /// Batches written by this same plan are not eviction candidates for its later submissions.
 pub(super) fn plan(
-    cap: u64,
+    cap: Cap,
     limits: BatchLimits,
     holding: Holding<'_>,
     subs: Vec<SizedSubmission>,
@@ -220,7 +234,7 @@ pub(super) fn repack(
 }
 
 struct Planner<I> {
-    cap: u64,
+    cap: Cap,
     limits: BatchLimits,
     /// Payload bytes held: stored, less evicted, plus the estimates of accepted events.
     bytes: u64,
@@ -281,11 +295,14 @@ impl<I: Iterator<Item = (u64, BatchSize)>> Planner<I> {
             .filter(|&&s| s <= max_event)
             .map(|&s| s as u64)
             .sum();
-        let fits = needed == 0 || self.bytes.saturating_add(needed) <= self.cap;
+        let fits = needed == 0 || self.bytes.saturating_add(needed) <= self.cap.bytes;
         let spool_empty = self.batches == 0 && self.planned_events == 0;
+        if !fits {
+            self.plan.squeezed = true;
+        }
         let accept = match sized.sub.class {
             _ if fits => true,
-            Class::Wait if spool_empty => true,
+            Class::Wait if spool_empty && !self.cap.disk => true,
             Class::Wait => {
                 self.plan.decisions.push(Decision::Full(sized.sub));
                 return;
@@ -306,7 +323,12 @@ impl<I: Iterator<Item = (u64, BatchSize)>> Planner<I> {
             self.planned_events += kept;
             SubmitOutcome::Committed { events: kept }
         } else {
-            self.plan.drops.add(DropReason::SpoolFullRejected, kept);
+            let reason = if self.cap.disk {
+                DropReason::DiskFull
+            } else {
+                DropReason::SpoolFullRejected
+            };
+            self.plan.drops.add(reason, kept);
             SubmitOutcome::Rejected { events: kept }
         };
         self.plan.decisions.push(Decision::Done(outcome));
@@ -315,7 +337,12 @@ impl<I: Iterator<Item = (u64, BatchSize)>> Planner<I> {
     /// Evicts the oldest candidates until `needed` more bytes fit, if evicting can achieve that at
     /// all; otherwise evicts nothing, since losing old data would not save the new.
     fn make_room(&mut self, needed: u64) -> bool {
-        let max = self.cap;
+        let max = self.cap.bytes;
+        let reason = if self.cap.disk {
+            DropReason::DiskFull
+        } else {
+            DropReason::SpoolFullEvicted
+        };
         if (self.bytes.saturating_sub(self.evictable_bytes)).saturating_add(needed) > max {
             return false;
         }
@@ -326,9 +353,7 @@ impl<I: Iterator<Item = (u64, BatchSize)>> Planner<I> {
             };
             self.plan.evict.push(seq);
             self.plan.evicted.add(size);
-            self.plan
-                .drops
-                .add(DropReason::SpoolFullEvicted, size.events);
+            self.plan.drops.add(reason, size.events);
             self.bytes -= size.bytes;
             self.evictable_bytes -= size.bytes;
             self.batches -= 1;

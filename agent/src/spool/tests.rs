@@ -43,12 +43,17 @@ fn encoded_size(event: &Event) -> usize {
         .len()
 }
 
+/// A small reserve, so that the many spools of these tests write little.
+const RESERVE_BYTES: u64 = 64 * 1024;
+
 fn config(path: &Path, max_bytes: u64) -> SpoolConfig {
     SpoolConfig {
         path: path.to_path_buf(),
         max_bytes,
         max_batch_events: MAX_BATCH_EVENTS,
         max_batch_bytes: MAX_BATCH_BYTES,
+        reserve_bytes: RESERVE_BYTES,
+        free_space: Arc::new(Statvfs),
     }
 }
 
@@ -419,9 +424,10 @@ fn a_failed_transaction_leaves_the_spool_as_it_was() {
     let wait = sub(Class::Wait, events(300, 50), Some(("w", b"1")));
     spool.append(vec![wait], NOW).unwrap_err();
     assert_eq!(spool.stats().next_seq, before.next_seq);
-    // The droppable samples are given up, and counted.
+    // The droppable samples are given up, and counted: the disk (so SQLite says) is full.
     let mut lost = before.drops.clone();
-    lost.add(DropReason::SpoolWriteFailed, 100);
+    lost.add(DropReason::DiskFull, 100);
+    assert_eq!(spool.trouble().map(|t| t.kind), Some(TroubleKind::DiskFull));
     assert_eq!(
         (spool.stats().events, spool.stats().drops.clone()),
         (before.events, lost)
@@ -456,7 +462,7 @@ fn a_failed_transaction_leaves_the_spool_as_it_was() {
     drop(spool);
     let spool = Spool::open(config(&path, 110 * one)).unwrap();
     assert_eq!(spool.stats().drops, drops);
-    assert_eq!(drops.spool_write_failed, 100);
+    assert_eq!(drops.disk_full, 100);
 }
 
 #[test]
@@ -1432,4 +1438,350 @@ fn only_acknowledgements_commit_without_an_fsync() {
     let reopened = Spool::open(config(&db(&dir), 10_000)).unwrap();
     assert_eq!(reopened.stats().batches, 0);
     assert_eq!(synchronous(&reopened), FULL);
+}
+
+// The disk under the spool: the effective cap, the reserve, trouble, and giving space back.
+
+/// A disk of a set capacity holding the spool's directory: what its files take is not free.
+#[derive(Debug)]
+pub(super) struct FakeDisk {
+    dir: PathBuf,
+    capacity: std::sync::atomic::AtomicU64,
+}
+
+impl FakeDisk {
+    pub(super) fn new(dir: &Path, capacity: u64) -> Arc<FakeDisk> {
+        Arc::new(FakeDisk {
+            dir: dir.to_path_buf(),
+            capacity: std::sync::atomic::AtomicU64::new(capacity),
+        })
+    }
+
+    /// Bytes the files in the directory take.
+    pub(super) fn used(&self) -> u64 {
+        std::fs::read_dir(&self.dir)
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().len())
+            .sum()
+    }
+
+    /// Makes the disk just large enough to leave `free` bytes free now.
+    pub(super) fn leave_free(&self, free: u64) {
+        self.capacity
+            .store(self.used() + free, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl FreeSpace for FakeDisk {
+    fn available(&self, _: &Path) -> std::io::Result<u64> {
+        let capacity = self.capacity.load(std::sync::atomic::Ordering::SeqCst);
+        Ok(capacity.saturating_sub(self.used()))
+    }
+}
+
+/// A reporter that keeps what it hears.
+#[derive(Debug, Default, Clone)]
+pub(super) struct Heard(Arc<std::sync::Mutex<Vec<DiskEvent>>>);
+
+impl Heard {
+    pub(super) fn take(&self) -> Vec<DiskEvent> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+
+    /// What was heard, by kind: "trouble: disk full", "recovered: disk full", "reserve
+    /// released"…, leaving out vacuums, which acknowledgements cause in passing.
+    pub(super) fn names(&self) -> Vec<String> {
+        self.take()
+            .into_iter()
+            .filter_map(|e| match e {
+                DiskEvent::Trouble(t) => Some(format!("trouble: {}", t.kind.as_str())),
+                DiskEvent::Recovered { kind } => Some(format!("recovered: {}", kind.as_str())),
+                DiskEvent::ReserveReleased { .. } => Some("reserve released".to_owned()),
+                DiskEvent::ReserveRestored { .. } => Some("reserve restored".to_owned()),
+                DiskEvent::Vacuumed { .. } => None,
+            })
+            .collect()
+    }
+}
+
+impl DiskReporter for Heard {
+    fn report(&self, event: DiskEvent) {
+        self.0.lock().unwrap().push(event);
+    }
+}
+
+/// Plenty of room: the reserve is written at open, and nothing is in trouble.
+const ROOMY: u64 = 1 << 40;
+
+fn open_on(dir: &TempDir, max_bytes: u64, disk: &Arc<FakeDisk>) -> (Spool, Heard) {
+    let mut spool = Spool::open(SpoolConfig {
+        free_space: disk.clone(),
+        ..config(&db(dir), max_bytes)
+    })
+    .unwrap();
+    let heard = Heard::default();
+    spool.set_reporter(Box::new(heard.clone()));
+    (spool, heard)
+}
+
+fn page_count(spool: &Spool) -> i64 {
+    spool
+        .conn
+        .pragma_query_value(None, "page_count", |row| row.get(0))
+        .unwrap()
+}
+
+/// Free space that leaves some room beyond the reserve and the write-ahead log's room.
+const TIGHT: u64 = 2 * 1024 * 1024;
+
+#[test]
+fn appends_stop_before_the_disk_is_full() {
+    let dir = TempDir::new().unwrap();
+    let disk = FakeDisk::new(dir.path(), ROOMY);
+    let (mut spool, heard) = open_on(&dir, 1 << 30, &disk);
+    assert_eq!(
+        std::fs::metadata(dir.path().join("spool.reserve"))
+            .unwrap()
+            .len(),
+        RESERVE_BYTES,
+        "the reserve is written at open"
+    );
+    let (free_pages, _) = spool.free_pages();
+    let room = free_pages * spool.page_size();
+    disk.leave_free(TIGHT);
+    let capacity = disk.used() + TIGHT;
+
+    let mut committed = 0;
+    let outcome = loop {
+        let big = (committed..committed + 4)
+            .map(|id| event(id, 300))
+            .collect();
+        match append_one(&mut spool, sub(Class::Wait, big, None)) {
+            SubmitOutcome::Committed { events } => committed += events,
+            other => break other,
+        }
+    };
+    assert_eq!(outcome, SubmitOutcome::Full);
+    assert!(committed > 0);
+    assert!(
+        disk.used() <= capacity,
+        "the disk was never filled: {} > {capacity}",
+        disk.used()
+    );
+    let payload = spool.stats().payload_bytes;
+    assert!(
+        payload <= TIGHT / 2 + room,
+        "{payload} payload bytes on {TIGHT} free"
+    );
+    let trouble = spool.stats().trouble.unwrap();
+    assert_eq!(trouble.kind, TroubleKind::DiskFull);
+    assert!(
+        trouble.message.starts_with("disk full: ")
+            && trouble.message.contains(&dir.path().display().to_string())
+            && trouble.message.contains("B free on ")
+            && trouble.message.ends_with("sources paused, samples dropped"),
+        "{}",
+        trouble.message
+    );
+    // Once in the state, a further refusal is no news.
+    let big = (0..8).map(|id| event(id, 300)).collect();
+    assert_eq!(
+        append_one(&mut spool, sub(Class::Wait, big, None)),
+        SubmitOutcome::Full
+    );
+    assert_eq!(heard.names(), ["trouble: disk full"]);
+
+    // An empty spool on a full disk takes nothing either: the disk, not the cap, is the limit.
+    let all: Vec<u64> = spool.peek().iter().map(|(b, _)| b.seq).collect();
+    spool.ack(&all).unwrap();
+    disk.leave_free(0);
+    assert_eq!(
+        append_one(&mut spool, sub(Class::Wait, events(200, 4), None)),
+        SubmitOutcome::Full
+    );
+
+    // Room again: the state is left once, and Wait sources go on.
+    disk.leave_free(ROOMY);
+    spool.recheck();
+    assert_eq!(spool.trouble(), None);
+    assert_eq!(
+        append_one(&mut spool, sub(Class::Wait, events(200, 4), None)),
+        SubmitOutcome::Committed { events: 4 }
+    );
+    assert_eq!(heard.names(), ["recovered: disk full"]);
+}
+
+#[test]
+fn samples_on_a_full_disk_evict_the_oldest_and_count_them_as_disk_full() {
+    let dir = TempDir::new().unwrap();
+    let disk = FakeDisk::new(dir.path(), ROOMY);
+    let (mut spool, _) = open_on(&dir, 1 << 30, &disk);
+    for first in [0, 8, 16] {
+        append_one(&mut spool, sub(Class::Drop, events(first, 8), None));
+    }
+    let held = spool.stats().payload_bytes;
+    // No room beyond the database's own free pages: new samples replace the oldest.
+    disk.leave_free(0);
+    let (free_pages, _) = spool.free_pages();
+    let room = free_pages * spool.page_size();
+    for round in 0..5 {
+        let outcome = append_one(
+            &mut spool,
+            sub(Class::Drop, events(24 + round * 4, 4), None),
+        );
+        assert_eq!(outcome, SubmitOutcome::Committed { events: 4 });
+    }
+    let stats = spool.stats();
+    assert!(stats.payload_bytes <= held + room, "{stats:?}");
+    assert!(stats.drops.disk_full > 0, "{:?}", stats.drops);
+    assert_eq!(
+        stats.drops.spool_full_evicted + stats.drops.spool_full_rejected,
+        0
+    );
+    assert_eq!(stats.events + stats.drops.disk_full, 44);
+    assert_eq!(stats.trouble.unwrap().kind, TroubleKind::DiskFull);
+    let kept: Vec<u64> = spool.peek().iter().flat_map(|(b, _)| ids(b)).collect();
+    assert_eq!(kept.last(), Some(&43), "the newest are kept: {kept:?}");
+    assert_eq!(kept.len() as u64, stats.events);
+}
+
+#[test]
+fn acknowledgements_commit_on_a_full_disk_and_the_reserve_comes_back() {
+    let dir = TempDir::new().unwrap();
+    let disk = FakeDisk::new(dir.path(), ROOMY);
+    let (mut spool, heard) = open_on(&dir, 1 << 30, &disk);
+    let reserve = dir.path().join("spool.reserve");
+    append_one(
+        &mut spool,
+        sub(Class::Wait, events(0, 8), Some(("log", b"8"))),
+    );
+    let sent: Vec<u64> = spool
+        .batches_after(0, 10)
+        .unwrap()
+        .iter()
+        .map(|b| b.seq)
+        .collect();
+    // The database may not grow by a single page: SQLite says the disk is full.
+    let pages = page_count(&spool);
+    spool
+        .conn
+        .pragma_update(None, "max_page_count", pages)
+        .unwrap();
+    let samples = sub(Class::Drop, events(100, 40), Some(("m", b"1")));
+    let err = spool.append(vec![samples], NOW).unwrap_err();
+    assert_eq!(err.trouble(), Some(TroubleKind::DiskFull), "{err}");
+    assert!(!reserve.exists(), "the reserve was released");
+    assert_eq!(spool.stats().drops.disk_full, 40);
+    assert_eq!(spool.trouble().unwrap().kind, TroubleKind::DiskFull);
+    assert_eq!(heard.names(), ["reserve released", "trouble: disk full"]);
+
+    // Acknowledgements and checkpoints still commit.
+    disk.leave_free(0);
+    spool.ack(&sent).unwrap();
+    assert_eq!(spool.stats().batches, 0);
+    assert_eq!(
+        append_one(
+            &mut spool,
+            sub(Class::Drop, Vec::new(), Some(("log", b"9")))
+        ),
+        SubmitOutcome::Committed { events: 0 }
+    );
+    assert_eq!(spool.checkpoint("log").unwrap(), Some(b"9".to_vec()));
+
+    // Not enough room for the reserve twice over: it stays away.
+    disk.leave_free(RESERVE_BYTES);
+    spool.recheck();
+    assert!(!reserve.exists());
+    assert!(spool.trouble().is_some());
+    // Room again: the reserve is written back, with real blocks, and the state is left.
+    disk.leave_free(ROOMY);
+    spool.recheck();
+    let meta = std::fs::metadata(&reserve).unwrap();
+    use std::os::unix::fs::MetadataExt as _;
+    assert_eq!(meta.len(), RESERVE_BYTES);
+    assert!(meta.blocks() * 512 >= RESERVE_BYTES);
+    assert_eq!(spool.trouble(), None);
+    assert_eq!(heard.names(), ["reserve restored", "recovered: disk full"]);
+}
+
+#[test]
+fn the_files_shrink_after_a_drain() {
+    let dir = TempDir::new().unwrap();
+    let disk = FakeDisk::new(dir.path(), ROOMY);
+    let mut spool = Spool::open(SpoolConfig {
+        free_space: disk.clone(),
+        max_batch_events: 100,
+        max_batch_bytes: 64 * 1024,
+        ..config(&db(&dir), 1 << 30)
+    })
+    .unwrap();
+    let heard = Heard::default();
+    spool.set_reporter(Box::new(heard.clone()));
+    for round in 0..40 {
+        let big: Vec<Event> = (0..100).map(|i| event(round * 100 + i, 1000)).collect();
+        append_one(&mut spool, sub(Class::Wait, big, None));
+    }
+    let full = spool.stats().file_bytes;
+    assert!(full > 4_000_000, "{full} bytes");
+    let sent = spool.batches_after(0, usize::MAX).unwrap();
+    for batch in sent {
+        spool.ack(&[batch.seq]).unwrap();
+    }
+    let drained = spool.stats().file_bytes;
+    assert!(
+        drained < full / 4,
+        "{drained} bytes on disk after the drain, {full} before"
+    );
+    let vacuums = heard.take();
+    assert!(
+        vacuums.iter().any(
+            |e| matches!(e, DiskEvent::Vacuumed { file_bytes_before, file_bytes_after, .. } if file_bytes_after < file_bytes_before)
+        ),
+        "{vacuums:?}"
+    );
+    // The spool goes on as before.
+    assert_eq!(
+        append_one(&mut spool, sub(Class::Wait, events(1, 1), None)),
+        SubmitOutcome::Committed { events: 1 }
+    );
+}
+
+#[test]
+fn a_spool_without_auto_vacuum_is_migrated_on_open() {
+    let dir = TempDir::new().unwrap();
+    let path = db(&dir);
+    {
+        let mut spool = Spool::open(config(&path, 100_000)).unwrap();
+        append_one(
+            &mut spool,
+            sub(Class::Wait, events(1, 3), Some(("a", b"7"))),
+        );
+    }
+    // Take the file back to version 3: no auto-vacuum, no disk_full counter.
+    {
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "PRAGMA auto_vacuum = NONE; VACUUM;
+             ALTER TABLE spool DROP COLUMN disk_full;
+             PRAGMA user_version = 3;",
+        )
+        .unwrap();
+        let mode: i64 = conn
+            .pragma_query_value(None, "auto_vacuum", |row| row.get(0))
+            .unwrap();
+        assert_eq!(mode, 0);
+    }
+    let spool = Spool::open(config(&path, 100_000)).unwrap();
+    assert_eq!(spool.stats().events, 3);
+    let mode: i64 = spool
+        .conn
+        .pragma_query_value(None, "auto_vacuum", |row| row.get(0))
+        .unwrap();
+    assert_eq!(mode, 2, "incremental");
+    let version: i64 = spool
+        .conn
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .unwrap();
+    assert_eq!(version, SCHEMA_VERSION);
+    assert_eq!(spool.checkpoint("a").unwrap(), Some(b"7".to_vec()));
 }

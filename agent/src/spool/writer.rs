@@ -15,6 +15,17 @@
 //! The spool's statistics are published on a watch channel after every change, so readers
 //! ([`SpoolHandle::stats`], the agent's status and metrics) never wait for the thread.
 //!
+//! - **A full disk.** While the spool is in trouble ([`Spool::trouble`]) the thread also wakes
+//!   every [`RECHECK_INTERVAL`] to look at the disk again ([`Spool::recheck`]) and retry the held
+//!   submissions, since space can come back without any acknowledgement (an operator deleting a
+//!   file).
+//! - **A spool that cannot be opened** (a read-only or vanished data directory): started with
+//!   [`spawn_reopening`], the thread retries opening with capped exponential backoff. Meanwhile
+//!   Wait-class submissions and every other command wait for it, Drop-class submissions are
+//!   answered [`SubmitOutcome::Rejected`] and counted as [`DropReason::SpoolWriteFailed`], and the
+//!   statistics carry spool id 0 and the trouble ([`SpoolStats::unavailable`]); the shipper waits
+//!   for a real spool id before it says anything to the aggregator.
+//!
 //! When every handle is dropped the thread finishes the queued commands, answers any still-held
 //! submission with [`SpoolError::ShuttingDown`], closes the spool and exits; [`SpoolJoin::join`]
 //! waits for that.
@@ -23,6 +34,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use outpost_common::event::DropReason;
 use outpost_common::time::now_ns;
@@ -30,7 +42,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::plan::Decision;
 use super::{
-    Class, Spool, SpoolError, SpoolStats, StateRow, StoredBatch, Submission, SubmitOutcome,
+    Class, DiskEvent, DiskReporter, Spool, SpoolError, SpoolStats, StateRow, StoredBatch,
+    Submission, SubmitOutcome, Trouble, TroubleKind,
 };
 
 /// How many events one group commit gathers at most, besides the submission that started it.
@@ -39,16 +52,82 @@ pub const GROUP_MAX_EVENTS: usize = 4096;
 /// Commands queued for the writer before senders wait.
 const QUEUE_CAPACITY: usize = 256;
 
+/// How often the writer looks at the disk again while the spool is in trouble.
+pub const RECHECK_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Starts the writer thread that owns `spool`.
 pub fn spawn(spool: Spool) -> (SpoolHandle, SpoolJoin) {
     let (handle, writer) = channel(spool);
+    (handle, start_thread(move || writer.run()))
+}
+
+/// How to open a spool that could not be opened at start-up, and how often to try.
+pub struct Reopen {
+    /// Opens the spool, or says why not: the trouble and a sentence naming the path and cause.
+    pub open: Box<dyn FnMut() -> Result<Spool, (TroubleKind, String)> + Send>,
+    /// Why the first attempt failed.
+    pub first_error: (TroubleKind, String),
+    /// The configured cap, for the statistics meanwhile.
+    pub cap_bytes: u64,
+    /// Hears that the spool is unavailable and when it is available again; the opened spool
+    /// reports to it too.
+    pub reporter: Arc<dyn DiskReporter + Sync>,
+    /// The first wait between attempts; it doubles up to `retry_max`.
+    pub retry_min: Duration,
+    pub retry_max: Duration,
+}
+
+impl std::fmt::Debug for Reopen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reopen")
+            .field("first_error", &self.first_error)
+            .field("cap_bytes", &self.cap_bytes)
+            .field("retry_min", &self.retry_min)
+            .field("retry_max", &self.retry_max)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Starts the writer thread for a spool that could not be opened yet: it retries opening with
+/// backoff and serves commands as the module documentation says meanwhile.
+pub fn spawn_reopening(reopen: Reopen) -> (SpoolHandle, SpoolJoin) {
+    let (kind, message) = reopen.first_error.clone();
+    let trouble = Trouble {
+        kind,
+        message,
+        since_ns: now_ns(),
+    };
+    reopen.reporter.report(DiskEvent::Trouble(trouble.clone()));
+    let (commands_tx, commands) = mpsc::channel(QUEUE_CAPACITY);
+    let (committed, committed_rx) = watch::channel(0);
+    let (stats, stats_rx) = watch::channel(SpoolStats::unavailable(reopen.cap_bytes, trouble));
+    let group_commits = Arc::new(AtomicU64::new(0));
+    let handle = SpoolHandle {
+        commands: commands_tx,
+        committed: committed_rx,
+        stats: stats_rx,
+        group_commits: Arc::clone(&group_commits),
+    };
+    let opening = Opening {
+        reopen,
+        commands,
+        committed,
+        stats,
+        group_commits,
+        deferred: VecDeque::new(),
+        lost: 0,
+    };
+    (handle, start_thread(move || opening.run()))
+}
+
+fn start_thread(body: impl FnOnce() + Send + 'static) -> SpoolJoin {
     // Creating a thread fails only when the OS is out of resources at start-up; std::thread::spawn
     // panics in the same case.
     let thread = std::thread::Builder::new()
         .name("outpost-spool".to_owned())
-        .spawn(move || writer.run())
+        .spawn(body)
         .expect("the OS can create the spool writer thread");
-    (handle, SpoolJoin { thread })
+    SpoolJoin { thread }
 }
 
 /// A cloneable way to talk to the spool's writer thread.
@@ -168,6 +247,17 @@ impl SpoolHandle {
         self.stats.clone()
     }
 
+    /// Resolves once the spool is open (at once unless it was started with
+    /// [`spawn_reopening`]); `Err` if the writer is gone.
+    pub async fn available(&self) -> Result<(), SpoolError> {
+        let mut stats = self.stats.clone();
+        stats
+            .wait_for(SpoolStats::is_available)
+            .await
+            .map(drop)
+            .map_err(|_| SpoolError::ShuttingDown)
+    }
+
     /// The highest seq committed so far (0 before the first batch); the shipper waits on it for
     /// new data. The current value counts as seen: read it with `borrow` before waiting.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
@@ -271,6 +361,18 @@ struct Writer {
     held: VecDeque<Pending>,
     /// A non-submission command read while gathering a group; it runs right after the group.
     stashed: Option<Command>,
+    /// Waits for commands with a deadline while the spool is in trouble; made when first needed.
+    timer: Option<tokio::runtime::Runtime>,
+    next_recheck: Instant,
+}
+
+/// What wakes the writer.
+enum Wake {
+    Command(Command),
+    /// Time to look at the disk again.
+    Recheck,
+    /// Every handle is gone and the queue is drained.
+    Closed,
 }
 
 /// Builds a handle and the writer it talks to, without starting the thread.
@@ -293,78 +395,125 @@ fn channel(spool: Spool) -> (SpoolHandle, Writer) {
         group_commits,
         held: VecDeque::new(),
         stashed: None,
+        timer: None,
+        next_recheck: Instant::now(),
     };
     (handle, writer)
 }
 
 impl Writer {
     fn run(mut self) {
-        while let Some(command) = self.next_command() {
-            self.held.retain(|p| !p.reply.is_closed());
-            match command {
-                Command::Submit(first) => {
-                    let group = self.gather(first);
-                    self.submit(group);
-                }
-                Command::Checkpoint { source, reply } => {
-                    let _ = reply.send(self.spool.checkpoint(&source));
-                }
-                Command::State { source, key, reply } => {
-                    let _ = reply.send(self.spool.state(&source, &key));
-                }
-                Command::StatePage {
-                    source,
-                    after,
-                    limit,
-                    reply,
-                } => {
-                    let _ = reply.send(self.spool.state_page(&source, after.as_deref(), limit));
-                }
-                Command::BatchesAfter {
-                    after_seq,
-                    limit,
-                    reply,
-                } => {
-                    let _ = reply.send(self.spool.batches_after(after_seq, limit));
-                }
-                Command::Ack { seqs, reply } => {
-                    let result = self.spool.ack(&seqs);
-                    self.answer_and_retry(reply, result);
-                }
-                Command::DropBatch { seq, reason, reply } => {
-                    let result = self.spool.drop_batch(seq, reason);
-                    self.answer_and_retry(reply, result);
-                }
-                Command::SplitBatch {
-                    seq,
-                    max_events,
-                    max_bytes,
-                    reply,
-                } => {
-                    let result = self.spool.split_batch(seq, max_events, max_bytes);
-                    self.answer_and_retry(reply, result);
-                }
-                Command::SetBatchLimits {
-                    max_events,
-                    max_bytes,
-                    reply,
-                } => {
-                    self.spool.set_batch_limits(max_events, max_bytes);
-                    let _ = reply.send(Ok(()));
-                }
+        loop {
+            match self.wake() {
+                Wake::Command(command) => self.handle(command),
+                Wake::Recheck => self.recheck(),
+                Wake::Closed => break,
             }
-            self.publish();
         }
         for pending in self.held.drain(..) {
             let _ = pending.reply.send(Err(SpoolError::ShuttingDown));
         }
     }
 
-    /// The next command, or `None` once every handle is gone and the queue is drained.
-    fn next_command(&mut self) -> Option<Command> {
-        self.stashed
-            .take()
-            .or_else(|| self.commands.blocking_recv())
+    /// The next command; while the spool is in trouble, also the time to look at the disk again.
+    fn wake(&mut self) -> Wake {
+        if let Some(command) = self.stashed.take() {
+            return Wake::Command(command);
+        }
+        if self.spool.trouble().is_none() {
+            return self
+                .commands
+                .blocking_recv()
+                .map_or(Wake::Closed, Wake::Command);
+        }
+        let now = Instant::now();
+        if now >= self.next_recheck {
+            self.next_recheck = now + RECHECK_INTERVAL;
+            return Wake::Recheck;
+        }
+        let Some(timer) = timer(&mut self.timer) else {
+            return self
+                .commands
+                .blocking_recv()
+                .map_or(Wake::Closed, Wake::Command);
+        };
+        let deadline = tokio::time::Instant::from_std(self.next_recheck);
+        match timer
+            .block_on(async { tokio::time::timeout_at(deadline, self.commands.recv()).await })
+        {
+            Ok(Some(command)) => Wake::Command(command),
+            Ok(None) => Wake::Closed,
+            Err(_) => self.wake(),
+        }
+    }
+
+    /// Looks at the disk again and retries the held submissions, which may fit now.
+    fn recheck(&mut self) {
+        self.held.retain(|p| !p.reply.is_closed());
+        self.spool.recheck();
+        self.publish();
+        if !self.held.is_empty() {
+            let held = self.held.drain(..).collect();
+            self.append(held);
+        }
+        self.publish();
+    }
+
+    fn handle(&mut self, command: Command) {
+        self.held.retain(|p| !p.reply.is_closed());
+        match command {
+            Command::Submit(first) => {
+                let group = self.gather(first);
+                self.submit(group);
+            }
+            Command::Checkpoint { source, reply } => {
+                let _ = reply.send(self.spool.checkpoint(&source));
+            }
+            Command::State { source, key, reply } => {
+                let _ = reply.send(self.spool.state(&source, &key));
+            }
+            Command::StatePage {
+                source,
+                after,
+                limit,
+                reply,
+            } => {
+                let _ = reply.send(self.spool.state_page(&source, after.as_deref(), limit));
+            }
+            Command::BatchesAfter {
+                after_seq,
+                limit,
+                reply,
+            } => {
+                let _ = reply.send(self.spool.batches_after(after_seq, limit));
+            }
+            Command::Ack { seqs, reply } => {
+                let result = self.spool.ack(&seqs);
+                self.answer_and_retry(reply, result);
+            }
+            Command::DropBatch { seq, reason, reply } => {
+                let result = self.spool.drop_batch(seq, reason);
+                self.answer_and_retry(reply, result);
+            }
+            Command::SplitBatch {
+                seq,
+                max_events,
+                max_bytes,
+                reply,
+            } => {
+                let result = self.spool.split_batch(seq, max_events, max_bytes);
+                self.answer_and_retry(reply, result);
+            }
+            Command::SetBatchLimits {
+                max_events,
+                max_bytes,
+                reply,
+            } => {
+                self.spool.set_batch_limits(max_events, max_bytes);
+                let _ = reply.send(Ok(()));
+            }
+        }
+        self.publish();
     }
 
     /// Takes the submissions queued behind `first`, stopping at any other command.
@@ -457,6 +606,143 @@ impl Writer {
             *seen = newest;
             changed
         });
+    }
+}
+
+/// A current-thread runtime for waiting with a deadline on the writer's own thread, made once;
+/// `None` if the OS cannot make one, and the writer then waits without a deadline.
+fn timer(slot: &mut Option<tokio::runtime::Runtime>) -> Option<&tokio::runtime::Runtime> {
+    if slot.is_none() {
+        *slot = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .ok();
+    }
+    slot.as_ref()
+}
+
+/// The writer thread before its spool could be opened.
+struct Opening {
+    reopen: Reopen,
+    commands: mpsc::Receiver<Command>,
+    committed: watch::Sender<u64>,
+    stats: watch::Sender<SpoolStats>,
+    group_commits: Arc<AtomicU64>,
+    /// Commands that wait for the spool, in order.
+    deferred: VecDeque<Command>,
+    /// Drop-class events given up meanwhile.
+    lost: u64,
+}
+
+impl Opening {
+    fn run(mut self) {
+        let mut timer_slot = None;
+        let mut delay = self.reopen.retry_min;
+        let mut last_error = self.reopen.first_error.clone();
+        let spool = loop {
+            let deadline = Instant::now() + delay;
+            delay = (delay * 2).min(self.reopen.retry_max);
+            if !self.wait_until(deadline, &mut timer_slot) {
+                // Every handle is gone: the deferred commands are answered with ShuttingDown as
+                // their replies drop.
+                return;
+            }
+            match (self.reopen.open)() {
+                Ok(spool) => break spool,
+                Err(error) => {
+                    if error != last_error {
+                        let (kind, message) = error.clone();
+                        let trouble = Trouble {
+                            kind,
+                            message,
+                            since_ns: now_ns(),
+                        };
+                        self.reopen
+                            .reporter
+                            .report(DiskEvent::Trouble(trouble.clone()));
+                        self.stats.send_modify(|s| s.trouble = Some(trouble));
+                        last_error = error;
+                    }
+                }
+            }
+        };
+        self.reopen
+            .reporter
+            .report(DiskEvent::Recovered { kind: last_error.0 });
+        let mut spool = spool;
+        spool.set_reporter(Box::new(SharedReporter(self.reopen.reporter.clone())));
+        spool.count_lost(DropReason::SpoolWriteFailed, self.lost);
+        let mut writer = Writer {
+            spool,
+            commands: self.commands,
+            committed: self.committed,
+            stats: self.stats,
+            group_commits: self.group_commits,
+            held: VecDeque::new(),
+            stashed: None,
+            timer: timer_slot,
+            next_recheck: Instant::now(),
+        };
+        writer.publish();
+        for command in self.deferred {
+            writer.handle(command);
+        }
+        writer.run();
+    }
+
+    /// Takes commands until `deadline`; false once every handle is gone.
+    fn wait_until(
+        &mut self,
+        deadline: Instant,
+        timer_slot: &mut Option<tokio::runtime::Runtime>,
+    ) -> bool {
+        loop {
+            let command = match timer(timer_slot) {
+                Some(timer) => {
+                    let deadline = tokio::time::Instant::from_std(deadline);
+                    match timer.block_on(async {
+                        tokio::time::timeout_at(deadline, self.commands.recv()).await
+                    }) {
+                        Ok(Some(command)) => command,
+                        Ok(None) => return false,
+                        Err(_) => return true,
+                    }
+                }
+                // Without a timer, each command is a reason to try again.
+                None => match self.commands.blocking_recv() {
+                    Some(command) => {
+                        self.defer(command);
+                        return true;
+                    }
+                    None => return false,
+                },
+            };
+            self.defer(command);
+        }
+    }
+
+    fn defer(&mut self, command: Command) {
+        match command {
+            Command::Submit(pending) if pending.sub.class == Class::Drop => {
+                let events = pending.sub.events.len() as u64;
+                self.lost += events;
+                let lost = self.lost;
+                self.stats
+                    .send_modify(|s| s.drops.spool_write_failed = lost);
+                let _ = pending.reply.send(Ok(SubmitOutcome::Rejected { events }));
+            }
+            other => self.deferred.push_back(other),
+        }
+    }
+}
+
+/// The reporter the opening thread was given, handed on to the spool it opened.
+#[derive(Debug)]
+struct SharedReporter(Arc<dyn DiskReporter + Sync>);
+
+impl DiskReporter for SharedReporter {
+    fn report(&self, event: DiskEvent) {
+        self.0.report(event);
     }
 }
 
@@ -687,6 +973,120 @@ mod tests {
         assert_eq!(handle.stats().events, 9);
         assert!(still_pending(&mut blocked).await);
         drop(blocked);
+        drop(handle);
+        join.join().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_full_disk_holds_wait_submissions_until_space_returns() {
+        use crate::spool::tests::{FakeDisk, Heard};
+        let dir = TempDir::new().unwrap();
+        let disk = FakeDisk::new(dir.path(), 1 << 40);
+        let mut spool = Spool::open(SpoolConfig {
+            reserve_bytes: 64 * 1024,
+            free_space: disk.clone(),
+            ..SpoolConfig::new(dir.path().join("spool.db"), 1 << 30)
+        })
+        .unwrap();
+        let heard = Heard::default();
+        spool.set_reporter(Box::new(heard.clone()));
+        let (handle, join) = spawn(spool);
+        disk.leave_free(0);
+        let mut blocked = Box::pin(handle.submit(wait_sub(1, 8, "a")));
+        assert!(still_pending(&mut blocked).await);
+        let mut stats = handle.watch_stats();
+        let trouble = stats
+            .wait_for(|s| s.trouble.is_some())
+            .await
+            .unwrap()
+            .trouble
+            .clone()
+            .unwrap();
+        assert_eq!(trouble.kind, TroubleKind::DiskFull);
+        assert!(still_pending(&mut blocked).await);
+        // Metric samples are refused meanwhile, counted as disk_full.
+        let samples = Submission::new(Class::Drop, vec![log(50, 100)]);
+        assert_eq!(
+            handle.submit(samples).await.unwrap(),
+            SubmitOutcome::Rejected { events: 1 }
+        );
+        assert_eq!(handle.stats().drops.disk_full, 1);
+
+        // An operator frees space: no acknowledgement comes, the writer looks again by itself.
+        disk.leave_free(1 << 40);
+        assert_eq!(
+            blocked.await.unwrap(),
+            SubmitOutcome::Committed { events: 8 }
+        );
+        stats.wait_for(|s| s.trouble.is_none()).await.unwrap();
+        assert_eq!(
+            heard.names(),
+            ["trouble: disk full", "recovered: disk full"]
+        );
+        drop(handle);
+        join.join().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_spool_that_cannot_be_opened_yet_is_waited_for() {
+        use std::sync::atomic::AtomicBool;
+
+        use crate::spool::tests::Heard;
+        let dir = TempDir::new().unwrap();
+        let path = dir.path().join("spool.db");
+        let usable = Arc::new(AtomicBool::new(false));
+        let open = {
+            let (usable, path) = (usable.clone(), path.clone());
+            move || {
+                if usable.load(Ordering::SeqCst) {
+                    Spool::open(SpoolConfig::new(&path, 1 << 30))
+                        .map_err(|e| (TroubleKind::Unavailable, e.to_string()))
+                } else {
+                    Err((TroubleKind::ReadOnly, "read-only: try later".to_owned()))
+                }
+            }
+        };
+        let heard = Heard::default();
+        let (handle, join) = spawn_reopening(Reopen {
+            open: Box::new(open),
+            first_error: (TroubleKind::ReadOnly, "read-only: try later".to_owned()),
+            cap_bytes: 1 << 30,
+            reporter: Arc::new(heard.clone()),
+            retry_min: Duration::from_millis(10),
+            retry_max: Duration::from_millis(50),
+        });
+        let stats = handle.stats();
+        assert_eq!(stats.spool_id, 0, "no garbage identity");
+        assert!(!stats.is_available());
+        assert_eq!(stats.trouble.unwrap().message, "read-only: try later");
+
+        // Sources wait, or drop and count; reads wait too.
+        let mut blocked = Box::pin(handle.submit(wait_sub(1, 8, "a")));
+        let samples = Submission::new(Class::Drop, vec![log(50, 100), log(51, 100)]);
+        assert_eq!(
+            handle.submit(samples).await.unwrap(),
+            SubmitOutcome::Rejected { events: 2 }
+        );
+        let mut checkpoint = Box::pin(handle.checkpoint("a"));
+        assert!(still_pending(&mut blocked).await);
+        assert!(still_pending(&mut checkpoint).await);
+
+        usable.store(true, Ordering::SeqCst);
+        handle.available().await.unwrap();
+        assert_eq!(
+            blocked.await.unwrap(),
+            SubmitOutcome::Committed { events: 8 }
+        );
+        // Commands run in order: the read queued after the submission sees it.
+        assert_eq!(checkpoint.await.unwrap(), Some(1i64.to_be_bytes().to_vec()));
+        let stats = handle.stats();
+        assert_ne!(stats.spool_id, 0);
+        assert_eq!(stats.trouble, None);
+        assert_eq!(stats.drops.spool_write_failed, 2);
+        assert_eq!(
+            heard.names(),
+            ["trouble: read-only", "recovered: read-only"]
+        );
         drop(handle);
         join.join().unwrap();
     }

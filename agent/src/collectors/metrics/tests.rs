@@ -476,10 +476,9 @@ fn everything() -> Vec<MetricPoint> {
     let stats: agent::SpoolStatsFn = Box::new(|| {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let spool = crate::spool::Spool::open(crate::spool::SpoolConfig {
-            path: dir.path().join("spool.db"),
-            max_bytes: 1 << 20,
             max_batch_events: 10,
             max_batch_bytes: 1 << 16,
+            ..crate::spool::SpoolConfig::new(dir.path().join("spool.db"), 1 << 20)
         })
         .map_err(|e| e.to_string())?;
         Ok(spool.stats())
