@@ -143,14 +143,30 @@ mod tests {
     }
 
     #[test]
-    fn this_process_is_counted() {
+    fn a_zombie_child_is_counted() {
+        // A child that has exited and not been waited for stays a zombie until `wait`, a state
+        // that holds still while the test counts (a running test thread's state does not).
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = i32::try_from(child.id()).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while procfs::process::Process::new(pid)
+            .unwrap()
+            .stat()
+            .unwrap()
+            .state
+            != 'Z'
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "child {pid} never exited"
+            );
+            std::thread::yield_now();
+        }
         let counts = super::process_counts().unwrap();
-        let own = procfs::process::Process::myself().unwrap().stat().unwrap();
-        let state = super::status(own.state);
-        // The state of a process is its main thread's, which waits for the tests throughout.
+        child.wait().unwrap();
         assert!(
-            counts.get(state) >= Some(&1),
-            "{state} missing from {counts:?}"
+            counts.get("zombie") >= Some(&1),
+            "the zombie child is missing from {counts:?}"
         );
     }
 
