@@ -12,14 +12,7 @@ use tracing::{debug, info, warn};
 
 use crate::telemetry::{Counter, Telemetry};
 
-/// Something the agent itself did or suffered.
-pub trait InternalEvent {
-    /// A stable snake_case name, as tests know it.
-    const NAME: &'static str;
-
-    /// Writes the log line and updates the counters. Call [`Telemetry::emit`] instead.
-    fn emit(self, telemetry: &Telemetry);
-}
+pub use outpost_common::telemetry::InternalEvent;
 
 /// A connection to the aggregator is established: its Welcome arrived.
 #[derive(Debug)]
@@ -32,7 +25,7 @@ pub struct Connected<'a> {
     pub backlog_batches: u64,
 }
 
-impl InternalEvent for Connected<'_> {
+impl InternalEvent<Telemetry> for Connected<'_> {
     const NAME: &'static str = "connected";
 
     fn emit(self, t: &Telemetry) {
@@ -55,7 +48,7 @@ pub struct Disconnected<'a> {
     pub reason: &'a str,
 }
 
-impl InternalEvent for Disconnected<'_> {
+impl InternalEvent<Telemetry> for Disconnected<'_> {
     const NAME: &'static str = "disconnected";
 
     fn emit(self, t: &Telemetry) {
@@ -71,7 +64,7 @@ pub struct NotConnected<'a> {
     pub retry_in: Duration,
 }
 
-impl InternalEvent for NotConnected<'_> {
+impl InternalEvent<Telemetry> for NotConnected<'_> {
     const NAME: &'static str = "not_connected";
 
     fn emit(self, _: &Telemetry) {
@@ -86,7 +79,7 @@ pub struct BatchSent {
     pub events: u32,
 }
 
-impl InternalEvent for BatchSent {
+impl InternalEvent<Telemetry> for BatchSent {
     const NAME: &'static str = "batch_sent";
 
     fn emit(self, t: &Telemetry) {
@@ -106,7 +99,7 @@ pub struct BatchAcked {
     pub duplicate: bool,
 }
 
-impl InternalEvent for BatchAcked {
+impl InternalEvent<Telemetry> for BatchAcked {
     const NAME: &'static str = "batch_acked";
 
     fn emit(self, t: &Telemetry) {
@@ -129,7 +122,7 @@ pub struct BatchRejected<'a> {
     pub reason: &'a str,
 }
 
-impl InternalEvent for BatchRejected<'_> {
+impl InternalEvent<Telemetry> for BatchRejected<'_> {
     const NAME: &'static str = "batch_rejected";
 
     fn emit(self, t: &Telemetry) {
@@ -155,7 +148,7 @@ pub struct BatchSplit<'a> {
     pub new_seqs: &'a [u64],
 }
 
-impl InternalEvent for BatchSplit<'_> {
+impl InternalEvent<Telemetry> for BatchSplit<'_> {
     const NAME: &'static str = "batch_split";
 
     fn emit(self, t: &Telemetry) {
@@ -182,7 +175,7 @@ pub struct CollectorFailed<'a> {
     pub reason: String,
 }
 
-impl InternalEvent for CollectorFailed<'_> {
+impl InternalEvent<Telemetry> for CollectorFailed<'_> {
     const NAME: &'static str = "collector_failed";
 
     fn emit(self, t: &Telemetry) {
@@ -201,7 +194,7 @@ pub struct CollectorRecovered<'a> {
     pub collector: &'a str,
 }
 
-impl InternalEvent for CollectorRecovered<'_> {
+impl InternalEvent<Telemetry> for CollectorRecovered<'_> {
     const NAME: &'static str = "collector_recovered";
 
     fn emit(self, t: &Telemetry) {
@@ -218,7 +211,7 @@ pub struct CollectionFinished<'a> {
     pub took: Duration,
 }
 
-impl InternalEvent for CollectionFinished<'_> {
+impl InternalEvent<Telemetry> for CollectionFinished<'_> {
     const NAME: &'static str = "collection_finished";
 
     fn emit(self, t: &Telemetry) {
@@ -239,7 +232,7 @@ pub struct SamplesLost<'a> {
     pub error: &'a str,
 }
 
-impl InternalEvent for SamplesLost<'_> {
+impl InternalEvent<Telemetry> for SamplesLost<'_> {
     const NAME: &'static str = "samples_lost";
 
     fn emit(self, _: &Telemetry) {
@@ -259,7 +252,7 @@ pub struct DrainStarted {
     pub in_flight: usize,
 }
 
-impl InternalEvent for DrainStarted {
+impl InternalEvent<Telemetry> for DrainStarted {
     const NAME: &'static str = "drain_started";
 
     fn emit(self, _: &Telemetry) {
@@ -277,7 +270,7 @@ pub struct GraceExpired {
     pub in_flight: usize,
 }
 
-impl InternalEvent for GraceExpired {
+impl InternalEvent<Telemetry> for GraceExpired {
     const NAME: &'static str = "grace_expired";
 
     fn emit(self, _: &Telemetry) {
@@ -295,7 +288,7 @@ pub struct SpoolDiskFull<'a> {
     pub message: &'a str,
 }
 
-impl InternalEvent for SpoolDiskFull<'_> {
+impl InternalEvent<Telemetry> for SpoolDiskFull<'_> {
     const NAME: &'static str = "spool_disk_full";
 
     fn emit(self, _: &Telemetry) {
@@ -310,7 +303,7 @@ impl InternalEvent for SpoolDiskFull<'_> {
 #[derive(Debug)]
 pub struct SpoolDiskRecovered;
 
-impl InternalEvent for SpoolDiskRecovered {
+impl InternalEvent<Telemetry> for SpoolDiskRecovered {
     const NAME: &'static str = "spool_disk_recovered";
 
     fn emit(self, _: &Telemetry) {
@@ -324,7 +317,7 @@ pub struct SpoolUnavailable<'a> {
     pub message: &'a str,
 }
 
-impl InternalEvent for SpoolUnavailable<'_> {
+impl InternalEvent<Telemetry> for SpoolUnavailable<'_> {
     const NAME: &'static str = "spool_unavailable";
 
     fn emit(self, _: &Telemetry) {
@@ -339,7 +332,7 @@ impl InternalEvent for SpoolUnavailable<'_> {
 #[derive(Debug)]
 pub struct SpoolAvailable;
 
-impl InternalEvent for SpoolAvailable {
+impl InternalEvent<Telemetry> for SpoolAvailable {
     const NAME: &'static str = "spool_available";
 
     fn emit(self, _: &Telemetry) {
@@ -354,7 +347,7 @@ pub struct ReserveReleased<'a> {
     pub bytes: u64,
 }
 
-impl InternalEvent for ReserveReleased<'_> {
+impl InternalEvent<Telemetry> for ReserveReleased<'_> {
     const NAME: &'static str = "reserve_released";
 
     fn emit(self, _: &Telemetry) {
@@ -373,7 +366,7 @@ pub struct ReserveRestored<'a> {
     pub bytes: u64,
 }
 
-impl InternalEvent for ReserveRestored<'_> {
+impl InternalEvent<Telemetry> for ReserveRestored<'_> {
     const NAME: &'static str = "reserve_restored";
 
     fn emit(self, _: &Telemetry) {
@@ -393,7 +386,7 @@ pub struct SpoolVacuumed {
     pub file_bytes_after: u64,
 }
 
-impl InternalEvent for SpoolVacuumed {
+impl InternalEvent<Telemetry> for SpoolVacuumed {
     const NAME: &'static str = "spool_vacuumed";
 
     fn emit(self, _: &Telemetry) {

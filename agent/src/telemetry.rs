@@ -7,7 +7,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use outpost_common::event::{AgentStatus, CollectorError};
 use outpost_common::telemetry::Recorder;
@@ -32,50 +31,29 @@ pub struct Telemetry {
     recorder: Recorder,
 }
 
-/// The agent's counters at one moment; each counts since the agent started.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Counters {
-    /// Batches handed to the network.
-    pub batches_sent: u64,
-    /// Batches the aggregator acknowledged (stored, or held already).
-    pub batches_acked: u64,
-    /// Events in the acknowledged batches.
-    pub events_acked: u64,
-    /// Acknowledgements of batches the aggregator already held (resent after a lost ack).
-    pub batches_duplicate: u64,
-    /// Batches the aggregator refused for good; their events are counted as dropped.
-    pub batches_rejected: u64,
-    /// Batches split to fit the aggregator's limits.
-    pub batches_split: u64,
-    /// Connections established (Welcome received).
-    pub connects: u64,
-    /// Established connections that ended.
-    pub disconnects: u64,
-}
-
-#[derive(Debug, Default)]
-struct AtomicCounters {
-    batches_sent: AtomicU64,
-    batches_acked: AtomicU64,
-    events_acked: AtomicU64,
-    batches_duplicate: AtomicU64,
-    batches_rejected: AtomicU64,
-    batches_split: AtomicU64,
-    connects: AtomicU64,
-    disconnects: AtomicU64,
-}
-
-/// One of the agent's counters, for [`Telemetry::add`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Counter {
-    BatchesSent,
-    BatchesAcked,
-    EventsAcked,
-    BatchesDuplicate,
-    BatchesRejected,
-    BatchesSplit,
-    Connects,
-    Disconnects,
+outpost_common::counters! {
+    /// The agent's counters at one moment; each counts since the agent started.
+    pub struct Counters;
+    pub enum Counter;
+    struct AtomicCounters;
+    {
+        /// Batches handed to the network.
+        batches_sent => BatchesSent,
+        /// Batches the aggregator acknowledged (stored, or held already).
+        batches_acked => BatchesAcked,
+        /// Events in the acknowledged batches.
+        events_acked => EventsAcked,
+        /// Acknowledgements of batches the aggregator already held (resent after a lost ack).
+        batches_duplicate => BatchesDuplicate,
+        /// Batches the aggregator refused for good; their events are counted as dropped.
+        batches_rejected => BatchesRejected,
+        /// Batches split to fit the aggregator's limits.
+        batches_split => BatchesSplit,
+        /// Connections established (Welcome received).
+        connects => Connects,
+        /// Established connections that ended.
+        disconnects => Disconnects,
+    }
 }
 
 /// Percentiles of the acknowledgement latency.
@@ -104,7 +82,7 @@ impl Telemetry {
     }
 
     /// Emits an internal event: its log line and counters, and its name when recording.
-    pub fn emit<E: InternalEvent>(&self, event: E) {
+    pub fn emit<E: InternalEvent<Self>>(&self, event: E) {
         self.recorder.record(E::NAME);
         event.emit(self);
     }
@@ -116,34 +94,12 @@ impl Telemetry {
 
     /// Adds `n` to a counter. Only internal events call this.
     pub(crate) fn add(&self, counter: Counter, n: u64) {
-        let c = &self.counters;
-        let slot = match counter {
-            Counter::BatchesSent => &c.batches_sent,
-            Counter::BatchesAcked => &c.batches_acked,
-            Counter::EventsAcked => &c.events_acked,
-            Counter::BatchesDuplicate => &c.batches_duplicate,
-            Counter::BatchesRejected => &c.batches_rejected,
-            Counter::BatchesSplit => &c.batches_split,
-            Counter::Connects => &c.connects,
-            Counter::Disconnects => &c.disconnects,
-        };
-        slot.fetch_add(n, Ordering::Relaxed);
+        self.counters.add(counter, n);
     }
 
     /// Every counter now.
     pub fn counters(&self) -> Counters {
-        let c = &self.counters;
-        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        Counters {
-            batches_sent: load(&c.batches_sent),
-            batches_acked: load(&c.batches_acked),
-            events_acked: load(&c.events_acked),
-            batches_duplicate: load(&c.batches_duplicate),
-            batches_rejected: load(&c.batches_rejected),
-            batches_split: load(&c.batches_split),
-            connects: load(&c.connects),
-            disconnects: load(&c.disconnects),
-        }
+        self.counters.snapshot()
     }
 
     /// Records that `collector` is failing, replacing an earlier report of the same collector;

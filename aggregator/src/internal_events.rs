@@ -14,7 +14,6 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -22,14 +21,7 @@ use outpost_common::telemetry::Recorder;
 use outpost_common::wire::RejectCode;
 use tracing::{debug, info, warn};
 
-/// Something the aggregator itself did or suffered.
-pub trait InternalEvent {
-    /// A stable snake_case name, as tests know it.
-    const NAME: &'static str;
-
-    /// Writes the log line and updates the counters. Call [`Telemetry::emit`] instead.
-    fn emit(self, telemetry: &Telemetry);
-}
+pub use outpost_common::telemetry::InternalEvent;
 
 /// Ingest's counters, the log limiter and (in tests) the recorder. Cheap to update from any task.
 #[derive(Debug, Default)]
@@ -39,90 +31,49 @@ pub struct Telemetry {
     recorder: Recorder,
 }
 
-/// Ingest's counters at one moment; each counts since the aggregator started.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Counters {
-    /// Connections refused before any session: failed TLS handshake, no agent identity, revoked.
-    pub connections_refused: u64,
-    /// Sessions established (Welcome sent).
-    pub agents_connected: u64,
-    /// Established sessions that ended, for any reason.
-    pub agents_disconnected: u64,
-    /// Established sessions closed because a newer connection of the same agent took over.
-    pub connections_replaced: u64,
-    /// Established sessions closed because their certificate was revoked.
-    pub connections_revoked: u64,
-    /// Hellos refused: unsupported protocol version or invalid content.
-    pub hellos_rejected: u64,
-    /// Connections that sent no Hello within the handshake timeout.
-    pub hello_timeouts: u64,
-    /// Established sessions closed after sending nothing for the idle timeout.
-    pub idle_timeouts: u64,
-    /// Frames that could not be decoded or exceeded the frame limit.
-    pub frames_malformed: u64,
-    /// Well-formed messages where the protocol does not allow them.
-    pub protocol_violations: u64,
-    /// Heartbeats received.
-    pub heartbeats: u64,
-    /// Batches stored for the first time.
-    pub batches_stored: u64,
-    /// Events in those batches.
-    pub events_stored: u64,
-    /// Batches acknowledged again because they were stored before.
-    pub batches_duplicate: u64,
-    /// Batches refused: invalid content, or beyond the in-flight limit.
-    pub batches_rejected: u64,
-    /// Store operations that failed (batch commits and registry updates).
-    pub store_failures: u64,
-    /// TLS files reloaded.
-    pub tls_reloads: u64,
-    /// TLS reloads that failed (the previous files stay in use).
-    pub tls_reload_failures: u64,
-}
-
-#[derive(Debug, Default)]
-struct AtomicCounters {
-    connections_refused: AtomicU64,
-    agents_connected: AtomicU64,
-    agents_disconnected: AtomicU64,
-    connections_replaced: AtomicU64,
-    connections_revoked: AtomicU64,
-    hellos_rejected: AtomicU64,
-    hello_timeouts: AtomicU64,
-    idle_timeouts: AtomicU64,
-    frames_malformed: AtomicU64,
-    protocol_violations: AtomicU64,
-    heartbeats: AtomicU64,
-    batches_stored: AtomicU64,
-    events_stored: AtomicU64,
-    batches_duplicate: AtomicU64,
-    batches_rejected: AtomicU64,
-    store_failures: AtomicU64,
-    tls_reloads: AtomicU64,
-    tls_reload_failures: AtomicU64,
-}
-
-/// One of the counters, for [`Telemetry::add`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Counter {
-    ConnectionsRefused,
-    AgentsConnected,
-    AgentsDisconnected,
-    ConnectionsReplaced,
-    ConnectionsRevoked,
-    HellosRejected,
-    HelloTimeouts,
-    IdleTimeouts,
-    FramesMalformed,
-    ProtocolViolations,
-    Heartbeats,
-    BatchesStored,
-    EventsStored,
-    BatchesDuplicate,
-    BatchesRejected,
-    StoreFailures,
-    TlsReloads,
-    TlsReloadFailures,
+outpost_common::counters! {
+    /// Ingest's counters at one moment; each counts since the aggregator started.
+    pub struct Counters;
+    enum Counter;
+    struct AtomicCounters;
+    {
+        /// Connections refused before any session: failed TLS handshake, no agent identity, revoked.
+        connections_refused => ConnectionsRefused,
+        /// Sessions established (Welcome sent).
+        agents_connected => AgentsConnected,
+        /// Established sessions that ended, for any reason.
+        agents_disconnected => AgentsDisconnected,
+        /// Established sessions closed because a newer connection of the same agent took over.
+        connections_replaced => ConnectionsReplaced,
+        /// Established sessions closed because their certificate was revoked.
+        connections_revoked => ConnectionsRevoked,
+        /// Hellos refused: unsupported protocol version or invalid content.
+        hellos_rejected => HellosRejected,
+        /// Connections that sent no Hello within the handshake timeout.
+        hello_timeouts => HelloTimeouts,
+        /// Established sessions closed after sending nothing for the idle timeout.
+        idle_timeouts => IdleTimeouts,
+        /// Frames that could not be decoded or exceeded the frame limit.
+        frames_malformed => FramesMalformed,
+        /// Well-formed messages where the protocol does not allow them.
+        protocol_violations => ProtocolViolations,
+        /// Heartbeats received.
+        heartbeats => Heartbeats,
+        /// Batches stored for the first time.
+        batches_stored => BatchesStored,
+        /// Events in those batches.
+        events_stored => EventsStored,
+        /// Batches acknowledged again because they were stored before.
+        batches_duplicate => BatchesDuplicate,
+        /// Batches refused: invalid content, or beyond the in-flight limit.
+        batches_rejected => BatchesRejected,
+        /// Store operations that failed (batch commits and registry updates).
+        store_failures => StoreFailures,
+        /// TLS files reloaded.
+        tls_reloads => TlsReloads,
+        /// TLS reloads that failed (the previous files stay in use).
+        tls_reload_failures => TlsReloadFailures,
+    }
 }
 
 impl Telemetry {
@@ -139,7 +90,7 @@ impl Telemetry {
     }
 
     /// Emits an internal event: its log line and counters, and its name when recording.
-    pub fn emit<E: InternalEvent>(&self, event: E) {
+    pub fn emit<E: InternalEvent<Self>>(&self, event: E) {
         self.recorder.record(E::NAME);
         event.emit(self);
     }
@@ -151,54 +102,12 @@ impl Telemetry {
 
     /// Every counter now.
     pub fn counters(&self) -> Counters {
-        let c = &self.counters;
-        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        Counters {
-            connections_refused: load(&c.connections_refused),
-            agents_connected: load(&c.agents_connected),
-            agents_disconnected: load(&c.agents_disconnected),
-            connections_replaced: load(&c.connections_replaced),
-            connections_revoked: load(&c.connections_revoked),
-            hellos_rejected: load(&c.hellos_rejected),
-            hello_timeouts: load(&c.hello_timeouts),
-            idle_timeouts: load(&c.idle_timeouts),
-            frames_malformed: load(&c.frames_malformed),
-            protocol_violations: load(&c.protocol_violations),
-            heartbeats: load(&c.heartbeats),
-            batches_stored: load(&c.batches_stored),
-            events_stored: load(&c.events_stored),
-            batches_duplicate: load(&c.batches_duplicate),
-            batches_rejected: load(&c.batches_rejected),
-            store_failures: load(&c.store_failures),
-            tls_reloads: load(&c.tls_reloads),
-            tls_reload_failures: load(&c.tls_reload_failures),
-        }
+        self.counters.snapshot()
     }
 
     /// Adds `n` to a counter. Only internal events call this.
     fn add(&self, counter: Counter, n: u64) {
-        let c = &self.counters;
-        let slot = match counter {
-            Counter::ConnectionsRefused => &c.connections_refused,
-            Counter::AgentsConnected => &c.agents_connected,
-            Counter::AgentsDisconnected => &c.agents_disconnected,
-            Counter::ConnectionsReplaced => &c.connections_replaced,
-            Counter::ConnectionsRevoked => &c.connections_revoked,
-            Counter::HellosRejected => &c.hellos_rejected,
-            Counter::HelloTimeouts => &c.hello_timeouts,
-            Counter::IdleTimeouts => &c.idle_timeouts,
-            Counter::FramesMalformed => &c.frames_malformed,
-            Counter::ProtocolViolations => &c.protocol_violations,
-            Counter::Heartbeats => &c.heartbeats,
-            Counter::BatchesStored => &c.batches_stored,
-            Counter::EventsStored => &c.events_stored,
-            Counter::BatchesDuplicate => &c.batches_duplicate,
-            Counter::BatchesRejected => &c.batches_rejected,
-            Counter::StoreFailures => &c.store_failures,
-            Counter::TlsReloads => &c.tls_reloads,
-            Counter::TlsReloadFailures => &c.tls_reload_failures,
-        };
-        slot.fetch_add(n, Ordering::Relaxed);
+        self.counters.add(counter, n);
     }
 
     /// Whether a rate-limited line of kind `key` may be logged now; if so, how many were
@@ -276,7 +185,7 @@ pub struct ConnectionRefused<'a> {
     pub refusal: Refusal<'a>,
 }
 
-impl InternalEvent for ConnectionRefused<'_> {
+impl InternalEvent<Telemetry> for ConnectionRefused<'_> {
     const NAME: &'static str = "connection_refused";
 
     fn emit(self, t: &Telemetry) {
@@ -312,7 +221,7 @@ pub struct AgentConnected<'a> {
     pub backlog_batches: u64,
 }
 
-impl InternalEvent for AgentConnected<'_> {
+impl InternalEvent<Telemetry> for AgentConnected<'_> {
     const NAME: &'static str = "agent_connected";
 
     fn emit(self, t: &Telemetry) {
@@ -336,7 +245,7 @@ pub struct AgentDisconnected<'a> {
     pub reason: &'a str,
 }
 
-impl InternalEvent for AgentDisconnected<'_> {
+impl InternalEvent<Telemetry> for AgentDisconnected<'_> {
     const NAME: &'static str = "agent_disconnected";
 
     fn emit(self, t: &Telemetry) {
@@ -363,7 +272,7 @@ pub struct HelloRejected<'a> {
     pub reason: &'a str,
 }
 
-impl InternalEvent for HelloRejected<'_> {
+impl InternalEvent<Telemetry> for HelloRejected<'_> {
     const NAME: &'static str = "hello_rejected";
 
     fn emit(self, t: &Telemetry) {
@@ -389,7 +298,7 @@ pub struct HelloTimedOut<'a> {
     pub after: Duration,
 }
 
-impl InternalEvent for HelloTimedOut<'_> {
+impl InternalEvent<Telemetry> for HelloTimedOut<'_> {
     const NAME: &'static str = "hello_timed_out";
 
     fn emit(self, t: &Telemetry) {
@@ -408,7 +317,7 @@ pub struct SessionIdle<'a> {
     pub after: Duration,
 }
 
-impl InternalEvent for SessionIdle<'_> {
+impl InternalEvent<Telemetry> for SessionIdle<'_> {
     const NAME: &'static str = "session_idle";
 
     fn emit(self, t: &Telemetry) {
@@ -437,7 +346,7 @@ pub struct FrameRejected<'a> {
     pub reason: &'a str,
 }
 
-impl InternalEvent for FrameRejected<'_> {
+impl InternalEvent<Telemetry> for FrameRejected<'_> {
     const NAME: &'static str = "frame_rejected";
 
     fn emit(self, t: &Telemetry) {
@@ -468,7 +377,7 @@ pub struct HeartbeatReceived<'a> {
     pub skew: i64,
 }
 
-impl InternalEvent for HeartbeatReceived<'_> {
+impl InternalEvent<Telemetry> for HeartbeatReceived<'_> {
     const NAME: &'static str = "heartbeat_received";
 
     fn emit(self, t: &Telemetry) {
@@ -489,7 +398,7 @@ pub struct BatchCommitted<'a> {
     pub events: usize,
 }
 
-impl InternalEvent for BatchCommitted<'_> {
+impl InternalEvent<Telemetry> for BatchCommitted<'_> {
     const NAME: &'static str = "batch_committed";
 
     fn emit(self, t: &Telemetry) {
@@ -511,7 +420,7 @@ pub struct BatchDuplicate<'a> {
     pub seq: u64,
 }
 
-impl InternalEvent for BatchDuplicate<'_> {
+impl InternalEvent<Telemetry> for BatchDuplicate<'_> {
     const NAME: &'static str = "batch_duplicate";
 
     fn emit(self, t: &Telemetry) {
@@ -534,7 +443,7 @@ pub struct BatchRejected<'a> {
     pub reason: &'a str,
 }
 
-impl InternalEvent for BatchRejected<'_> {
+impl InternalEvent<Telemetry> for BatchRejected<'_> {
     const NAME: &'static str = "batch_rejected";
 
     fn emit(self, t: &Telemetry) {
@@ -566,7 +475,7 @@ pub struct StoreFailed<'a> {
     pub error: &'a str,
 }
 
-impl InternalEvent for StoreFailed<'_> {
+impl InternalEvent<Telemetry> for StoreFailed<'_> {
     const NAME: &'static str = "store_failed";
 
     fn emit(self, t: &Telemetry) {
@@ -605,7 +514,7 @@ pub struct ConnectionReplaced<'a> {
     pub remote: SocketAddr,
 }
 
-impl InternalEvent for ConnectionReplaced<'_> {
+impl InternalEvent<Telemetry> for ConnectionReplaced<'_> {
     const NAME: &'static str = "connection_replaced";
 
     fn emit(self, t: &Telemetry) {
@@ -625,7 +534,7 @@ pub struct ConnectionRevoked<'a> {
     pub serial: &'a str,
 }
 
-impl InternalEvent for ConnectionRevoked<'_> {
+impl InternalEvent<Telemetry> for ConnectionRevoked<'_> {
     const NAME: &'static str = "connection_revoked";
 
     fn emit(self, t: &Telemetry) {
@@ -645,7 +554,7 @@ pub struct TlsReloaded {
     pub revoked: usize,
 }
 
-impl InternalEvent for TlsReloaded {
+impl InternalEvent<Telemetry> for TlsReloaded {
     const NAME: &'static str = "tls_reloaded";
 
     fn emit(self, t: &Telemetry) {
@@ -660,7 +569,7 @@ pub struct TlsReloadFailed<'a> {
     pub error: &'a str,
 }
 
-impl InternalEvent for TlsReloadFailed<'_> {
+impl InternalEvent<Telemetry> for TlsReloadFailed<'_> {
     const NAME: &'static str = "tls_reload_failed";
 
     fn emit(self, t: &Telemetry) {
@@ -683,7 +592,7 @@ pub struct IngestSummary {
     pub last: bool,
 }
 
-impl InternalEvent for IngestSummary {
+impl InternalEvent<Telemetry> for IngestSummary {
     const NAME: &'static str = "ingest_summary";
 
     fn emit(self, _: &Telemetry) {

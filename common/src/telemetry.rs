@@ -54,6 +54,81 @@ impl Recorder {
     }
 }
 
+/// Something a program itself did or suffered, written once: `emit` writes its log line and
+/// updates the counters it concerns in `T`, the program's telemetry.
+pub trait InternalEvent<T: ?Sized> {
+    /// A stable snake_case name, as tests know it.
+    const NAME: &'static str;
+
+    /// Writes the log line and updates the counters. Call the telemetry's `emit` instead, which
+    /// also records the name when recording.
+    fn emit(self, telemetry: &T);
+}
+
+/// Declares a program's counters once: the public snapshot struct (one documented `u64` per
+/// counter), the enum that names a counter, and a private struct of atomics with `add` and
+/// `snapshot`.
+///
+/// ```
+/// outpost_common::counters! {
+///     /// What was counted, at one moment.
+///     pub struct Counters;
+///     enum Counter;
+///     struct AtomicCounters;
+///     {
+///         /// Batches sent.
+///         batches_sent => BatchesSent,
+///     }
+/// }
+/// let c = AtomicCounters::default();
+/// c.add(Counter::BatchesSent, 2);
+/// assert_eq!(c.snapshot().batches_sent, 2);
+/// ```
+#[macro_export]
+macro_rules! counters {
+    (
+        $(#[$snapshot_meta:meta])*
+        pub struct $snapshot:ident;
+        $counter_vis:vis enum $counter:ident;
+        struct $atomics:ident;
+        { $( $(#[$field_meta:meta])* $field:ident => $variant:ident, )* }
+    ) => {
+        $(#[$snapshot_meta])*
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+        pub struct $snapshot {
+            $( $(#[$field_meta])* pub $field: u64, )*
+        }
+
+        /// One of the counters.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        $counter_vis enum $counter {
+            $( $variant, )*
+        }
+
+        #[derive(Debug, Default)]
+        struct $atomics {
+            $( $field: ::std::sync::atomic::AtomicU64, )*
+        }
+
+        impl $atomics {
+            /// Adds `n` to `counter`.
+            fn add(&self, counter: $counter, n: u64) {
+                let slot = match counter {
+                    $( $counter::$variant => &self.$field, )*
+                };
+                slot.fetch_add(n, ::std::sync::atomic::Ordering::Relaxed);
+            }
+
+            /// Every counter now.
+            fn snapshot(&self) -> $snapshot {
+                $snapshot {
+                    $( $field: self.$field.load(::std::sync::atomic::Ordering::Relaxed), )*
+                }
+            }
+        }
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
