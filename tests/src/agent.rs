@@ -76,6 +76,10 @@ pub struct AgentOptions {
     /// Host metrics every this many seconds; `None` turns them off so that tests which count
     /// events or drops exactly see only the synthetic source.
     pub host_metrics_every_secs: Option<u32>,
+    /// The data directory (the spool's), instead of one in the test's directory.
+    pub data_dir: Option<PathBuf>,
+    /// `spool.reserve_bytes`, e.g. "1MiB".
+    pub reserve_bytes: Option<String>,
 }
 
 impl AgentOptions {
@@ -100,7 +104,10 @@ pub struct Agent {
 impl Agent {
     pub(crate) fn start(env: &Env, cert: &AgentCert, port: u16, options: AgentOptions) -> Agent {
         let id = &cert.agent_id;
-        let data_dir = env.path().join(format!("agent-{id}"));
+        let data_dir = options
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| env.path().join(format!("agent-{id}")));
         let config = env.path().join(format!("agent-{id}.toml"));
         let mut spool = String::new();
         if let Some(b) = &options.spool_max_bytes {
@@ -108,6 +115,9 @@ impl Agent {
         }
         if let Some(b) = &options.max_batch_bytes {
             spool.push_str(&format!("max_batch_bytes = \"{b}\"\n"));
+        }
+        if let Some(b) = &options.reserve_bytes {
+            spool.push_str(&format!("reserve_bytes = \"{b}\"\n"));
         }
         let synthetic = options.synthetic.map_or_else(String::new, |s| {
             format!(
@@ -162,6 +172,15 @@ impl Agent {
     /// The spool database.
     pub fn spool_path(&self) -> PathBuf {
         self.data_dir.join("spool.db")
+    }
+
+    /// Bytes of the spool database and its write-ahead log on disk.
+    pub fn spool_file_bytes(&self) -> u64 {
+        ["spool.db", "spool.db-wal"]
+            .iter()
+            .filter_map(|name| std::fs::metadata(self.data_dir.join(name)).ok())
+            .map(|m| m.len())
+            .sum()
     }
 
     /// The spool's state, read through a read-only connection; `Err` while it does not exist yet.

@@ -805,8 +805,15 @@ impl Spool {
     /// writer can hold it without copying its events.
     ///
     /// When it fails, the events of Drop-class submissions are given up (their sources do not
-    /// retry) and counted as [`DropReason::SpoolWriteFailed`]: in memory at once, on disk with
-    /// the next transaction that saves the counters.
+    /// retry) and counted as [`DropReason::SpoolWriteFailed`], or [`DropReason::DiskFull`] when
+    /// the disk ran out of space: in memory at once, on disk with the next transaction that saves
+    /// the counters.
+    ///
+    /// While the disk sets the cap, the cap is an estimate that a large write can still overrun.
+    /// The submissions are then kept, so that if the disk runs out of space after all, the
+    /// Wait-class ones are handed back as not fitting (held and retried, like any other) and the
+    /// Drop-class ones are answered [`SubmitOutcome::Rejected`] (with nothing written, not even
+    /// their checkpoints): the sources see back-pressure, not errors.
     fn append_keeping_full(
         &mut self,
         subs: Vec<Submission>,
@@ -817,17 +824,31 @@ impl Spool {
             .filter(|s| s.class == Class::Drop)
             .map(|s| s.events.len() as u64)
             .sum();
+        let kept: Option<Vec<Decision>> = self.disk_cap().disk_bound.then(|| {
+            subs.iter()
+                .map(|s| match s.class {
+                    Class::Wait => Decision::Full(s.clone()),
+                    Class::Drop => Decision::Done(SubmitOutcome::Rejected {
+                        events: s.events.len() as u64,
+                    }),
+                })
+                .collect()
+        });
         let result = self.try_append(subs, now_ns);
         match &result {
             Ok(_) => self.wrote(),
             Err(e) => {
-                let reason = if e.trouble() == Some(TroubleKind::DiskFull) {
+                let full = e.trouble() == Some(TroubleKind::DiskFull);
+                let reason = if full {
                     DropReason::DiskFull
                 } else {
                     DropReason::SpoolWriteFailed
                 };
                 self.state.drops.add(reason, droppable);
                 self.failed(e);
+                if let (true, Some(kept)) = (full, kept) {
+                    return Ok(kept);
+                }
             }
         }
         result

@@ -1785,3 +1785,32 @@ fn a_spool_without_auto_vacuum_is_migrated_on_open() {
     assert_eq!(version, SCHEMA_VERSION);
     assert_eq!(spool.checkpoint("a").unwrap(), Some(b"7".to_vec()));
 }
+
+#[test]
+fn a_write_that_overruns_a_tight_disk_holds_wait_sources_instead_of_failing_them() {
+    let dir = TempDir::new().unwrap();
+    let disk = FakeDisk::new(dir.path(), ROOMY);
+    let (mut spool, heard) = open_on(&dir, 1 << 30, &disk);
+    append_one(
+        &mut spool,
+        sub(Class::Wait, events(0, 4), Some(("log", b"4"))),
+    );
+    // The disk sets the cap, which lets the next write through; SQLite then finds no room.
+    disk.leave_free(TIGHT);
+    let pages = page_count(&spool);
+    spool
+        .conn
+        .pragma_update(None, "max_page_count", pages)
+        .unwrap();
+    let wait = sub(Class::Wait, events(4, 40), Some(("log", b"44")));
+    let samples = sub(Class::Drop, events(100, 40), None);
+    let outcomes = spool.append(vec![wait, samples], NOW).unwrap();
+    assert_eq!(
+        outcomes,
+        [SubmitOutcome::Full, SubmitOutcome::Rejected { events: 40 }]
+    );
+    let stats = spool.stats();
+    assert_eq!((stats.events, stats.drops.disk_full), (4, 40));
+    assert_eq!(spool.checkpoint("log").unwrap(), Some(b"4".to_vec()));
+    assert_eq!(heard.names(), ["reserve released", "trouble: disk full"]);
+}

@@ -9,6 +9,7 @@ mod aggregator_outage;
 mod auth;
 mod check_config;
 mod delivery;
+mod disk_full;
 mod garbage;
 mod host_metrics;
 mod limits;
