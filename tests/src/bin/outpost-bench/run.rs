@@ -76,7 +76,7 @@ fn measure(plan: &Plan, world: &World, run: usize) -> anyhow::Result<RunResult> 
         .and_then(|(_, p)| p.parse().ok())
         .with_context(|| format!("`{addr}` in listen.addr is not a socket address"))?;
     world.write_agent_configs(port)?;
-    let probe = StoreProbe::open(&agg_config.store_path())?;
+    let mut probe = StoreProbe::open(&agg_config.store_path())?;
     ensure!(
         probe.committed()? == 0,
         "the store is not empty before the agents start"
@@ -98,7 +98,7 @@ fn measure(plan: &Plan, world: &World, run: usize) -> anyhow::Result<RunResult> 
     }
     let samples = wait_until_committed(
         plan,
-        &probe,
+        &mut probe,
         expected,
         before.at,
         &mut aggregator,
@@ -177,7 +177,7 @@ fn measure(plan: &Plan, world: &World, run: usize) -> anyhow::Result<RunResult> 
 /// timeout passes. Returns every poll's time since `t0` and the count it saw.
 fn wait_until_committed(
     plan: &Plan,
-    probe: &StoreProbe,
+    probe: &mut StoreProbe,
     expected: u64,
     t0: Instant,
     aggregator: &mut [Proc],
@@ -273,6 +273,9 @@ fn wait_for_quiet(plan: &Plan, label: &str) -> anyhow::Result<f64> {
 /// blocks its commits.
 struct StoreProbe {
     conn: Connection,
+    /// The largest log id counted so far, and the rows counted up to it.
+    seen_id: i64,
+    seen_rows: u64,
 }
 
 impl StoreProbe {
@@ -284,14 +287,30 @@ impl StoreProbe {
         .with_context(|| format!("{}: cannot open read-only", path.display()))?;
         conn.busy_timeout(Duration::from_secs(5))
             .with_context(|| format!("{}: cannot set a busy timeout", path.display()))?;
-        Ok(StoreProbe { conn })
+        Ok(StoreProbe {
+            conn,
+            seen_id: 0,
+            seen_rows: 0,
+        })
     }
 
     /// Log rows committed so far. The store only appends to `logs` during a run (retention keeps
-    /// 14 days; the events are minutes old), so the largest rowid is the row count, found in
-    /// one B-tree descent where `count(*)` would scan the table on every poll.
-    fn committed(&self) -> anyhow::Result<u64> {
-        self.one("SELECT coalesce(max(id), 0) FROM logs")
+    /// 14 days; the events are minutes old), so each poll counts only the rows above the largest
+    /// id seen before, in one range scan, and adds them to the running count. (Ids are shared by
+    /// every data table, so the largest id of `logs` is not its row count.)
+    fn committed(&mut self) -> anyhow::Result<u64> {
+        let sql = "SELECT count(*), coalesce(max(id), 0) FROM logs WHERE id > ?1";
+        let (new, max): (i64, i64) = self
+            .conn
+            .prepare_cached(sql)
+            .and_then(|mut s| s.query_row([self.seen_id], |row| Ok((row.get(0)?, row.get(1)?))))
+            .with_context(|| format!("cannot query the store: {sql}"))?;
+        if new > 0 {
+            self.seen_rows +=
+                u64::try_from(new).with_context(|| format!("{sql} returned {new}"))?;
+            self.seen_id = max;
+        }
+        Ok(self.seen_rows)
     }
 
     /// Log rows, counted.
