@@ -124,16 +124,24 @@ impl DiskCap {
     /// `min(max_bytes, payload + headroom)`. The headroom is the free space beyond what is held
     /// back (what the reserve file still lacks, and the room the write-ahead log may still take
     /// before it is checkpointed and reused), plus the database's own free pages (reused without
-    /// growing the database, but still written to the log first), divided by
-    /// [`WRITE_AMPLIFICATION`].
+    /// growing the database, but still written to the log first, so they count only while the
+    /// disk has the `log_room` the log may still take), divided by [`WRITE_AMPLIFICATION`].
     pub(super) fn new(
         max_bytes: u64,
         payload: u64,
         free: u64,
         held_back: u64,
+        log_room: u64,
         free_pages_bytes: u64,
     ) -> DiskCap {
-        let headroom = (free.saturating_sub(held_back) + free_pages_bytes) / WRITE_AMPLIFICATION;
+        // Reused pages are written to the log first: while the log cannot grow to its limit,
+        // they are no room.
+        let reusable = if free >= log_room {
+            free_pages_bytes
+        } else {
+            0
+        };
+        let headroom = (free.saturating_sub(held_back) + reusable) / WRITE_AMPLIFICATION;
         let disk = payload.saturating_add(headroom);
         DiskCap {
             bytes: max_bytes.min(disk),
@@ -272,19 +280,22 @@ mod tests {
     #[test]
     fn the_cap_keeps_the_reserve_and_halves_the_free_space() {
         // Reserve in place: half of the free space is headroom.
-        let cap = DiskCap::new(1 << 30, 1000, 10_000, 0, 0);
+        let cap = DiskCap::new(1 << 30, 1000, 10_000, 0, 0, 0);
         assert_eq!(
             (cap.bytes, cap.disk_bound, cap.headroom),
             (6000, true, 5000)
         );
         // Reserve released: its size is held back from the free space.
-        let cap = DiskCap::new(1 << 30, 1000, 10_000, 4000, 0);
+        let cap = DiskCap::new(1 << 30, 1000, 10_000, 4000, 0, 0);
         assert_eq!(cap.bytes, 4000);
         // Free pages inside the database count too, written to the log first.
-        let cap = DiskCap::new(1 << 30, 1000, 0, 4000, 8192);
+        let cap = DiskCap::new(1 << 30, 1000, 0, 4000, 0, 8192);
         assert_eq!(cap.bytes, 5096);
+        // But not when the log has no room to take them.
+        let cap = DiskCap::new(1 << 30, 1000, 0, 4000, 1000, 8192);
+        assert_eq!(cap.bytes, 1000);
         // Plenty of space: the configured cap holds.
-        let cap = DiskCap::new(5000, 1000, 1 << 40, 0, 0);
+        let cap = DiskCap::new(5000, 1000, 1 << 40, 0, 0, 0);
         assert_eq!((cap.bytes, cap.disk_bound), (5000, false));
     }
 

@@ -85,8 +85,25 @@ pub const DEFAULT_MAX_BATCH_BYTES: usize = 1024 * 1024;
 /// The default size of the reserve file kept beside the database.
 pub const DEFAULT_RESERVE_BYTES: u64 = 8 * 1024 * 1024;
 
-/// Free pages below which acknowledgements do not bother giving pages back to the filesystem.
+/// Free pages below which acknowledgements do not give pages back to the filesystem while the
+/// disk is full (64 KiB with 4 KiB pages).
 const VACUUM_MIN_PAGES: u64 = 16;
+
+/// Free pages given back per acknowledgement while the disk is full (256 KiB with 4 KiB pages),
+/// so that no single step holds the spool for long.
+const VACUUM_STEP_PAGES: u64 = 64;
+
+/// Free pages below which acknowledgements do not give pages back otherwise (1 MiB with 4 KiB
+/// pages): a spool that only ever holds a few small batches reuses its free pages instead.
+const VACUUM_MIN_PAGES_ROOMY: u64 = 256;
+
+/// Free pages per page still in use at which the spool gives pages back on a roomy disk, by
+/// rewriting itself (`VACUUM`), which costs what is still in use: at most a ninth of the file
+/// (in practice, once a backlog has drained). SQLite's incremental vacuum would need no room, but
+/// it looks each page up in the free list, a cost that grows with the square of a large free
+/// list (seconds for a drained 200 MB backlog, during which the spool answers nothing); it is kept
+/// for a full disk, a step at a time.
+const VACUUM_FREE_PER_LIVE_PAGE: u64 = 8;
 
 /// The schema this build writes, kept in SQLite's `user_version`.
 const SCHEMA_VERSION: i64 = 4;
@@ -873,6 +890,7 @@ impl Spool {
                     self.state.payload_bytes,
                     free,
                     self.reserve.missing() + wal_room + db_pending + DISK_MARGIN,
+                    wal_room,
                     free_pages * page,
                 )
             }
@@ -1007,20 +1025,33 @@ impl Spool {
         bytes > 0
     }
 
-    /// Gives free pages back to the filesystem and truncates the write-ahead log, once enough
-    /// pages are free: a quarter of the file, or any few while the disk is full.
+    /// Gives free pages back to the filesystem and truncates the write-ahead log: on a roomy disk
+    /// once the file is mostly free (at least [`VACUUM_MIN_PAGES_ROOMY`] free pages, and
+    /// [`VACUUM_FREE_PER_LIVE_PAGE`] per page in use), by rewriting the file; while the disk is
+    /// full, [`VACUUM_STEP_PAGES`] at a time once [`VACUUM_MIN_PAGES`] are free, in place.
     fn maybe_vacuum(&mut self) {
         let (free, pages) = self.free_pages();
+        let live = pages.saturating_sub(free);
         let full = self.trouble_kind() == Some(TroubleKind::DiskFull);
-        if free < VACUUM_MIN_PAGES || (free.saturating_mul(4) < pages && !full) {
-            return;
-        }
+        let sql = if full {
+            if free < VACUUM_MIN_PAGES {
+                return;
+            }
+            format!("PRAGMA incremental_vacuum({VACUUM_STEP_PAGES})")
+        } else {
+            if free < VACUUM_MIN_PAGES_ROOMY
+                || free < live.saturating_mul(VACUUM_FREE_PER_LIVE_PAGE)
+            {
+                return;
+            }
+            "VACUUM".to_owned()
+        };
         let before = self.file_bytes();
         let path = self.config.path.as_path();
-        // The pragma frees one page per step: step it to the end.
+        // The pragma frees one page per row: step it to the end.
         let result = self
             .conn
-            .prepare("PRAGMA incremental_vacuum")
+            .prepare(&sql)
             .and_then(|mut stmt| {
                 let mut rows = stmt.query([])?;
                 while rows.next()?.is_some() {}

@@ -1724,7 +1724,20 @@ fn the_files_shrink_after_a_drain() {
     let full = spool.stats().file_bytes;
     assert!(full > 4_000_000, "{full} bytes");
     let sent = spool.batches_after(0, usize::MAX).unwrap();
-    for batch in sent {
+    let (first, rest) = sent.split_at(sent.len() * 3 / 4);
+    for batch in first {
+        spool.ack(&[batch.seq]).unwrap();
+    }
+    // A quarter of the backlog is still there: giving pages back now would copy it to the
+    // front of the file, and again at every later step of the drain.
+    assert!(
+        !heard
+            .take()
+            .iter()
+            .any(|e| matches!(e, DiskEvent::Vacuumed { .. })),
+        "vacuumed in the middle of a drain"
+    );
+    for batch in rest {
         spool.ack(&[batch.seq]).unwrap();
     }
     let drained = spool.stats().file_bytes;
