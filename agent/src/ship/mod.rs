@@ -374,11 +374,16 @@ impl Shipper {
             };
             tokio::select! {
                 Some(done) = streams.join_next() => {
-                    let outcome = done.map_err(|e| SessionError::Protocol(format!("batch task failed: {e}")))?;
-                    match outcome {
-                        Outcome::Ack { seq, duplicate } => session.handle_ack(now(), seq, duplicate),
-                        Outcome::Reject { seq, code, reason } => session.handle_reject(now(), seq, code, reason),
-                        Outcome::Failed { seq, reason } => session.handle_stream_failed(now(), seq, &reason),
+                    // Every answer already in, so their acknowledgements share one transaction.
+                    let mut next = Some(done);
+                    while let Some(done) = next {
+                        let outcome = done.map_err(|e| SessionError::Protocol(format!("batch task failed: {e}")))?;
+                        match outcome {
+                            Outcome::Ack { seq, duplicate } => session.handle_ack(now(), seq, duplicate),
+                            Outcome::Reject { seq, code, reason } => session.handle_reject(now(), seq, code, reason),
+                            Outcome::Failed { seq, reason } => session.handle_stream_failed(now(), seq, &reason),
+                        }
+                        next = streams.try_join_next();
                     }
                 }
                 changed = new_data.changed(), if session.wants_new_data() => {

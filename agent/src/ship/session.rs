@@ -395,10 +395,16 @@ impl Session {
         self.advance(now);
     }
 
-    /// The next thing to do: first every acknowledgement since the last poll in one
-    /// [`Action::AckSeqs`], then the others in the order they arose.
+    /// The next thing to do, in the order it arose, except for acknowledgements: every one since
+    /// the last [`Action::AckSeqs`] goes in the next one, handed out once nothing else waits (so
+    /// refilling the window comes first and acknowledgements that keep arriving meanwhile share
+    /// one spool transaction), and always before the connection is closed or the session ends.
     pub fn poll_action(&mut self) -> Option<Action> {
-        if !self.acked.is_empty() {
+        let ending = matches!(
+            self.actions.front(),
+            None | Some(Action::Close { .. } | Action::Done | Action::Ended(_))
+        );
+        if ending && !self.acked.is_empty() {
             return Some(Action::AckSeqs(std::mem::take(&mut self.acked)));
         }
         self.actions.pop_front()

@@ -408,6 +408,46 @@ fn acks_received_between_polls_reach_the_spool_in_one_call() {
 }
 
 #[test]
+fn the_window_is_refilled_before_an_acknowledgement_reaches_the_spool() {
+    let mut sim = Sim::new(MemSpool::with(&[1; 3]), config(2), roomy(8));
+    assert_eq!(sim.sent_seqs(0), [1, 2]);
+    sim.take_answer(1);
+    sim.session.handle_ack(sim.now, 1, false);
+    // The window has room for one: fetching and sending the next batch comes first, and the
+    // acknowledgement waits for whatever else arrives meanwhile.
+    assert!(
+        matches!(
+            sim.session.poll_action(),
+            Some(Action::FetchBatches { after: 2, max: 1 })
+        ),
+        "the refill comes first"
+    );
+    assert!(matches!(
+        sim.session.poll_action(),
+        Some(Action::AckSeqs(seqs)) if seqs == [1]
+    ));
+    assert!(sim.session.poll_action().is_none());
+}
+
+#[test]
+fn acknowledgements_reach_the_spool_before_the_session_ends() {
+    let mut sim = Sim::new(MemSpool::with(&[1; 2]), config(2), roomy(8));
+    assert_eq!(sim.sent_seqs(0), [1, 2]);
+    sim.take_answer(1);
+    sim.session.handle_ack(sim.now, 1, false);
+    sim.session
+        .handle_connection_lost(sim.now, "gone".to_owned());
+    assert!(matches!(
+        sim.session.poll_action(),
+        Some(Action::AckSeqs(seqs)) if seqs == [1]
+    ));
+    assert!(matches!(
+        sim.session.poll_action(),
+        Some(Action::Ended(SessionError::Lost(_)))
+    ));
+}
+
+#[test]
 fn a_new_session_resends_every_unacknowledged_batch_from_the_oldest() {
     let mut sim = Sim::new(MemSpool::with(&[1; 5]), config(3), roomy(8));
     assert_eq!(sim.sent_seqs(0), [1, 2, 3]);
