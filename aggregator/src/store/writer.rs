@@ -20,7 +20,7 @@
 //! 3. Every newly stored batch is published on the feed, in order; publishing never waits.
 //! 4. Every waiter gets its batch's outcome: once `commit` returns, its batch is on the feed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
@@ -264,6 +264,7 @@ fn run(
     let max_events = config.max_events_per_txn.max(1);
     // A job taken from the queue that did not fit the previous round.
     let mut held: Option<Job> = None;
+    let mut seen = SeenMarks::default();
     loop {
         let Some(first) = held.take().or_else(|| rx.blocking_recv()) else {
             return;
@@ -278,11 +279,17 @@ fn run(
             }
             round.push(job);
         }
-        handle_round(stores, round, stats, publisher);
+        handle_round(stores, round, &mut seen, stats, publisher);
     }
 }
 
-fn handle_round(stores: &Stores, round: Round, stats: &Counters, publisher: &Publisher) {
+fn handle_round(
+    stores: &Stores,
+    round: Round,
+    seen: &mut SeenMarks,
+    stats: &Counters,
+    publisher: &Publisher,
+) {
     let mut updates = Vec::new();
     let mut update_replies = Vec::new();
     let mut batches = Vec::with_capacity(round.jobs.len());
@@ -299,7 +306,7 @@ fn handle_round(stores: &Stores, round: Round, stats: &Counters, publisher: &Pub
             }
         }
     }
-    updates.extend(seen_marks(&batches));
+    updates.extend(seen.marks(&batches));
     record_updates(stores.state.as_ref(), &updates, update_replies, stats);
     if batches.is_empty() {
         return;
@@ -343,20 +350,42 @@ fn handle_round(stores: &Stores, round: Round, stats: &Counters, publisher: &Pub
     }
 }
 
-/// One [`RegistryUpdate::Seen`] per agent with batches, at its latest receive time.
-fn seen_marks(batches: &[IncomingBatch]) -> Vec<RegistryUpdate> {
-    let mut latest: BTreeMap<&str, i64> = BTreeMap::new();
-    for b in batches {
-        let t = latest.entry(&b.agent_id).or_insert(b.received_ns);
-        *t = (*t).max(b.received_ns);
+/// How often an agent sending batches is marked seen in the registry, at most. Fleet status counts
+/// an agent offline after tens of seconds of silence, so a mark a second is plenty; one per round
+/// would add a registry write to every commit of a busy aggregator.
+const SEEN_EVERY_NS: i64 = 1_000_000_000;
+
+/// When each agent was last marked seen, to mark it again only every [`SEEN_EVERY_NS`].
+#[derive(Debug, Default)]
+struct SeenMarks {
+    marked: HashMap<String, i64>,
+}
+
+impl SeenMarks {
+    /// One [`RegistryUpdate::Seen`] per agent with batches whose latest receive time is at least
+    /// [`SEEN_EVERY_NS`] past its last mark (or that was never marked), at that time.
+    fn marks(&mut self, batches: &[IncomingBatch]) -> Vec<RegistryUpdate> {
+        let mut latest: BTreeMap<&str, i64> = BTreeMap::new();
+        for b in batches {
+            let t = latest.entry(&b.agent_id).or_insert(b.received_ns);
+            *t = (*t).max(b.received_ns);
+        }
+        let mut marks = Vec::new();
+        for (agent_id, now_ns) in latest {
+            let due = self
+                .marked
+                .get(agent_id)
+                .is_none_or(|&last| now_ns.saturating_sub(last) >= SEEN_EVERY_NS);
+            if due {
+                self.marked.insert(agent_id.to_owned(), now_ns);
+                marks.push(RegistryUpdate::Seen {
+                    agent_id: agent_id.to_owned(),
+                    now_ns,
+                });
+            }
+        }
+        marks
     }
-    latest
-        .into_iter()
-        .map(|(agent_id, now_ns)| RegistryUpdate::Seen {
-            agent_id: agent_id.to_owned(),
-            now_ns,
-        })
-        .collect()
 }
 
 /// The round's one registry write; every waiting update gets its result.

@@ -658,3 +658,36 @@ async fn throughput_through_the_writer() {
         .unwrap()
         .unwrap();
 }
+
+#[test]
+fn a_busy_agent_is_marked_seen_once_a_second_at_most() {
+    let at = |agent: &str, seq: u64, received_ns: i64| IncomingBatch {
+        received_ns,
+        ..batch(agent, 1, seq, Vec::new())
+    };
+    let agents = |marks: Vec<RegistryUpdate>| -> Vec<(String, i64)> {
+        marks
+            .into_iter()
+            .map(|m| match m {
+                RegistryUpdate::Seen { agent_id, now_ns } => (agent_id, now_ns),
+                other => panic!("not a mark: {other:?}"),
+            })
+            .collect()
+    };
+    let mut seen = SeenMarks::default();
+    // First batches: every agent once, at its latest receive time.
+    assert_eq!(
+        agents(seen.marks(&[at("a", 1, T0), at("b", 1, T0 + 5), at("a", 2, T0 + 9)])),
+        [("a".to_owned(), T0 + 9), ("b".to_owned(), T0 + 5)]
+    );
+    // Within the second: nothing more to write.
+    assert!(seen.marks(&[at("a", 3, T0 + 500_000_000)]).is_empty());
+    // A second after its last mark, an agent is marked again; the other is not yet due.
+    assert_eq!(
+        agents(seen.marks(&[
+            at("a", 4, T0 + 9 + SEEN_EVERY_NS),
+            at("b", 2, T0 + 4 + SEEN_EVERY_NS),
+        ])),
+        [("a".to_owned(), T0 + 9 + SEEN_EVERY_NS)]
+    );
+}
