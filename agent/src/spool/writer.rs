@@ -98,16 +98,13 @@ pub fn spawn_reopening(reopen: Reopen) -> (SpoolHandle, SpoolJoin) {
         since_ns: now_ns(),
     };
     reopen.reporter.report(DiskEvent::Trouble(trouble.clone()));
-    let (commands_tx, commands) = mpsc::channel(QUEUE_CAPACITY);
-    let (committed, committed_rx) = watch::channel(0);
-    let (stats, stats_rx) = watch::channel(SpoolStats::unavailable(reopen.cap_bytes, trouble));
-    let group_commits = Arc::new(AtomicU64::new(0));
-    let handle = SpoolHandle {
-        commands: commands_tx,
-        committed: committed_rx,
-        stats: stats_rx,
-        group_commits: Arc::clone(&group_commits),
-    };
+    let (handle, ends) = handle(0, SpoolStats::unavailable(reopen.cap_bytes, trouble));
+    let WriterEnds {
+        commands,
+        committed,
+        stats,
+        group_commits,
+    } = ends;
     let opening = Opening {
         reopen,
         commands,
@@ -375,11 +372,19 @@ enum Wake {
     Closed,
 }
 
-/// Builds a handle and the writer it talks to, without starting the thread.
-fn channel(spool: Spool) -> (SpoolHandle, Writer) {
+/// The writer's ends of what a [`SpoolHandle`] talks through.
+struct WriterEnds {
+    commands: mpsc::Receiver<Command>,
+    committed: watch::Sender<u64>,
+    stats: watch::Sender<SpoolStats>,
+    group_commits: Arc<AtomicU64>,
+}
+
+/// A handle, and the ends its writer keeps, starting from `newest` seq and `stats`.
+fn handle(newest: u64, stats: SpoolStats) -> (SpoolHandle, WriterEnds) {
     let (commands_tx, commands) = mpsc::channel(QUEUE_CAPACITY);
-    let (committed, committed_rx) = watch::channel(spool.newest_seq());
-    let (stats, stats_rx) = watch::channel(spool.stats());
+    let (committed, committed_rx) = watch::channel(newest);
+    let (stats, stats_rx) = watch::channel(stats);
     let group_commits = Arc::new(AtomicU64::new(0));
     let handle = SpoolHandle {
         commands: commands_tx,
@@ -387,6 +392,24 @@ fn channel(spool: Spool) -> (SpoolHandle, Writer) {
         stats: stats_rx,
         group_commits: Arc::clone(&group_commits),
     };
+    let ends = WriterEnds {
+        commands,
+        committed,
+        stats,
+        group_commits,
+    };
+    (handle, ends)
+}
+
+/// Builds a handle and the writer it talks to, without starting the thread.
+fn channel(spool: Spool) -> (SpoolHandle, Writer) {
+    let (handle, ends) = handle(spool.newest_seq(), spool.stats());
+    let WriterEnds {
+        commands,
+        committed,
+        stats,
+        group_commits,
+    } = ends;
     let writer = Writer {
         spool,
         commands,

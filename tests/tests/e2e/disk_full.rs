@@ -87,6 +87,18 @@ impl Tmpfs {
     }
 }
 
+impl Tmpfs {
+    /// An agent with its data directory on this file system, a 1 MiB reserve (room for the
+    /// spool on a few MiB), and the synthetic source `synthetic`.
+    fn agent_options(&self, synthetic: Synthetic) -> AgentOptions {
+        AgentOptions {
+            data_dir: Some(self.dir.clone()),
+            reserve_bytes: Some("1MiB".to_owned()),
+            ..AgentOptions::synthetic(synthetic)
+        }
+    }
+}
+
 impl Drop for Tmpfs {
     fn drop(&mut self) {
         // Lazily: a process of a failed test may still hold files in it.
@@ -109,11 +121,7 @@ fn a_full_disk_drains_by_itself_once_the_aggregator_is_back() {
     let agent = env.start_agent(
         &cert,
         &aggregator,
-        AgentOptions {
-            data_dir: Some(disk.dir.clone()),
-            reserve_bytes: Some("1MiB".to_owned()),
-            ..AgentOptions::synthetic(Synthetic::logs(TOTAL))
-        },
+        disk.agent_options(Synthetic::logs(TOTAL)),
     );
     let full = env.wait_for("the spool to report its disk full", || {
         if agent.log().contains("the spool's disk is full") {
@@ -185,11 +193,7 @@ fn the_agent_resumes_by_itself_when_an_operator_frees_space() {
     let agent = env.start_agent(
         &cert,
         &aggregator,
-        AgentOptions {
-            data_dir: Some(disk.dir.clone()),
-            reserve_bytes: Some("1MiB".to_owned()),
-            ..AgentOptions::synthetic(Synthetic::logs(TOTAL).rate(2_000))
-        },
+        disk.agent_options(Synthetic::logs(TOTAL).rate(2_000)),
     );
     let store = aggregator.store();
     env.wait_stored(&store, AGENT, Kind::Log, 2_000);
@@ -254,11 +258,7 @@ fn an_agent_started_on_a_read_only_data_directory_waits_for_it() {
     let agent = env.start_agent(
         &cert,
         &aggregator,
-        AgentOptions {
-            data_dir: Some(disk.dir.clone()),
-            reserve_bytes: Some("1MiB".to_owned()),
-            ..AgentOptions::synthetic(Synthetic::logs(TOTAL).rate(2_000))
-        },
+        disk.agent_options(Synthetic::logs(TOTAL).rate(2_000)),
     );
     env.wait_until("the agent to say its spool cannot be written", || {
         let log = agent.log();
