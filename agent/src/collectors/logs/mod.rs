@@ -1,7 +1,9 @@
 //! Log files: the pieces the file source reads them with.
 //!
+//! - [`identity`]: whether a file is still the one a checkpoint was taken on.
 //! - [`lines`]: the bytes of a file cut into lines, with the offset a checkpoint may hold.
 //! - [`severity`]: level names as programs write them, on the syslog scale.
 
+pub mod identity;
 pub mod lines;
 pub mod severity;
