@@ -3,9 +3,11 @@
 //! - [`identity`]: whether a file is still the one a checkpoint was taken on.
 //! - [`lines`]: the bytes of a file cut into lines, with the offset a checkpoint may hold.
 //! - [`multiline`]: lines grouped into records (stack traces, tracebacks).
+//! - [`redact`]: secrets and personal data replaced before a line leaves the host.
 //! - [`severity`]: level names as programs write them, on the syslog scale.
 
 pub mod identity;
 pub mod lines;
 pub mod multiline;
+pub mod redact;
 pub mod severity;
