@@ -5,6 +5,7 @@
 //! - [`multiline`]: lines grouped into records (stack traces, tracebacks).
 //! - [`parse`]: plain, JSON, syslog (RFC 5424 and 3164) and regex parsers.
 //! - [`redact`]: secrets and personal data replaced before a line leaves the host.
+//! - [`select`]: which files a source reads (include and exclude globs).
 //! - [`severity`]: level names as programs write them, on the syslog scale.
 
 pub mod identity;
@@ -12,4 +13,5 @@ pub mod lines;
 pub mod multiline;
 pub mod parse;
 pub mod redact;
+pub mod select;
 pub mod severity;
