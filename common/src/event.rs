@@ -111,6 +111,20 @@ pub enum Severity {
     Debug,
 }
 
+impl Severity {
+    /// Every severity, most severe first.
+    pub const ALL: [Severity; 8] = [
+        Severity::Emergency,
+        Severity::Alert,
+        Severity::Critical,
+        Severity::Error,
+        Severity::Warning,
+        Severity::Notice,
+        Severity::Info,
+        Severity::Debug,
+    ];
+}
+
 /// One log line or journal entry.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LogRecord {

@@ -484,16 +484,7 @@ mod tests {
     }
 
     fn arb_event() -> impl Strategy<Value = Event> {
-        let severity = prop::sample::select(vec![
-            Severity::Emergency,
-            Severity::Alert,
-            Severity::Critical,
-            Severity::Error,
-            Severity::Warning,
-            Severity::Notice,
-            Severity::Info,
-            Severity::Debug,
-        ]);
+        let severity = prop::sample::select(Severity::ALL.to_vec());
         let change = prop::sample::select(vec![
             FimChange::Created,
             FimChange::Modified,

@@ -27,6 +27,15 @@ pub enum Preset {
 }
 
 impl Preset {
+    /// Every preset.
+    pub const ALL: [Preset; 5] = [
+        Preset::CardNumbers,
+        Preset::Emails,
+        Preset::Ipv4,
+        Preset::Ipv6,
+        Preset::BearerTokens,
+    ];
+
     /// Its name, as configuration and telemetry spell it.
     pub fn name(self) -> &'static str {
         match self {
@@ -40,15 +49,7 @@ impl Preset {
 
     /// The preset named `name`.
     pub fn from_name(name: &str) -> Option<Preset> {
-        [
-            Preset::CardNumbers,
-            Preset::Emails,
-            Preset::Ipv4,
-            Preset::Ipv6,
-            Preset::BearerTokens,
-        ]
-        .into_iter()
-        .find(|p| p.name() == name)
+        Preset::ALL.into_iter().find(|p| p.name() == name)
     }
 
     fn rule(self) -> Rule {
@@ -219,15 +220,9 @@ mod tests {
     use super::*;
 
     fn all_presets() -> Redactor {
-        [
-            Preset::CardNumbers,
-            Preset::Emails,
-            Preset::Ipv4,
-            Preset::Ipv6,
-            Preset::BearerTokens,
-        ]
-        .into_iter()
-        .fold(Redactor::new(), Redactor::with_preset)
+        Preset::ALL
+            .into_iter()
+            .fold(Redactor::new(), Redactor::with_preset)
     }
 
     fn redacted(r: &Redactor, line: &str) -> (String, Vec<u64>) {
@@ -319,13 +314,7 @@ mod tests {
 
     #[test]
     fn presets_are_named_for_configuration() {
-        for p in [
-            Preset::CardNumbers,
-            Preset::Emails,
-            Preset::Ipv4,
-            Preset::Ipv6,
-            Preset::BearerTokens,
-        ] {
+        for p in Preset::ALL {
             assert_eq!(Preset::from_name(p.name()), Some(p));
         }
         assert_eq!(Preset::from_name("phone_numbers"), None);

@@ -183,16 +183,7 @@ mod tests {
 
     #[test]
     fn every_enum_name_reads_back() {
-        for s in [
-            Severity::Emergency,
-            Severity::Alert,
-            Severity::Critical,
-            Severity::Error,
-            Severity::Warning,
-            Severity::Notice,
-            Severity::Info,
-            Severity::Debug,
-        ] {
+        for s in Severity::ALL {
             assert_eq!(severity_from_level(severity_level(s)), Some(s));
         }
         assert_eq!(severity_from_level(8), None);
