@@ -80,6 +80,8 @@ pub struct AgentOptions {
     pub data_dir: Option<PathBuf>,
     /// `spool.reserve_bytes`, e.g. "1MiB".
     pub reserve_bytes: Option<String>,
+    /// More of `agent.toml`, appended as written (sources such as `[[logs.files]]`).
+    pub extra_toml: String,
 }
 
 impl AgentOptions {
@@ -143,12 +145,13 @@ impl Agent {
              [spool]\n{spool}\n\
              [ship]\nheartbeat_interval = \"1s\"\nreconnect_min = \"50ms\"\nreconnect_max = \"1s\"\n\
              catchup_events_per_sec = 0\n\n[status]\ninterval = \"1h\"\n\n\
-             [log]\ndir = {logs}\n\n{metrics}{synthetic}",
+             [log]\ndir = {logs}\n\n{metrics}{synthetic}\n{extra}",
             data = toml_string(&data_dir),
             ca = toml_string(&cert.ca),
             cert = toml_string(&cert.cert),
             key = toml_string(&cert.key),
             logs = toml_string(&env.path().join(format!("agent-{id}-logs"))),
+            extra = options.extra_toml,
         );
         write_file(&config, &text);
         let args: Vec<OsString> = vec!["--config".into(), config.clone().into(), "run".into()];

@@ -99,6 +99,32 @@ impl Store {
         )
     }
 
+    /// The log records of `agent_id` from `source`, oldest first: body, severity and attributes
+    /// (a JSON object, `{}` when there are none).
+    pub fn logs(&self, agent_id: &str, source: &str) -> Result<Vec<StoredLog>, String> {
+        let conn = self.open()?;
+        let mut stmt = conn
+            .prepare(
+                "SELECT body, severity, coalesce(attributes, '{}'), time_ns FROM logs
+                  WHERE source = ?2
+                    AND agent_key = (SELECT agent_key FROM agents WHERE agent_id = ?1)
+                  ORDER BY id",
+            )
+            .map_err(|e| self.error(e))?;
+        let rows = stmt
+            .query_map([agent_id, source], |r| {
+                Ok(StoredLog {
+                    body: r.get(0)?,
+                    severity: r.get(1)?,
+                    attributes: serde_json::from_str(&r.get::<_, String>(2)?)
+                        .unwrap_or(serde_json::Value::Null),
+                    time_ns: r.get(3)?,
+                })
+            })
+            .map_err(|e| self.error(e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.error(e))
+    }
+
     /// How many status snapshots of `agent_id` are stored.
     pub fn status_count(&self, agent_id: &str) -> Result<u64, String> {
         self.count(
@@ -177,4 +203,13 @@ impl Store {
             .map(i64::cast_unsigned)
             .map_err(|e| self.error(e))
     }
+}
+
+/// One stored log record, as [`Store::logs`] reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredLog {
+    pub body: String,
+    pub severity: Option<u8>,
+    pub attributes: serde_json::Value,
+    pub time_ns: i64,
 }
