@@ -10,7 +10,8 @@
 //!   and retried after an acknowledgement, a dropped batch or a split frees space, so
 //!   [`SpoolHandle::submit`] simply takes longer and never returns [`SubmitOutcome::Full`]. While
 //!   some are held, new Wait-class submissions queue behind them, so a large one is not starved
-//!   by small ones. A held submission whose caller went away is forgotten without being written.
+//!   by small ones; one with no events (only checkpoints or state) takes no room and is committed
+//!   at once. A held submission whose caller went away is forgotten without being written.
 //!
 //! The spool's statistics are published on a watch channel after every change, so readers
 //! ([`SpoolHandle::stats`], the agent's status and metrics) never wait for the thread.
@@ -563,8 +564,11 @@ impl Writer {
         let group = if self.held.is_empty() {
             group
         } else {
-            let (wait, others): (Vec<_>, Vec<_>) =
-                group.into_iter().partition(|p| p.sub.class == Class::Wait);
+            // A submission with no events takes no room: it never waits behind held ones (a
+            // log source records the files it opened while its lines wait for space).
+            let (wait, others): (Vec<_>, Vec<_>) = group
+                .into_iter()
+                .partition(|p| p.sub.class == Class::Wait && !p.sub.events.is_empty());
             self.held.extend(wait);
             others
         };

@@ -16,11 +16,33 @@ pub const HEAD_BYTES: u64 = 1024;
 /// Bytes before the saved offset that must still be there to resume at it.
 pub const TAIL_BYTES: u64 = 256;
 
-/// A file's device and inode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+/// A file's device and inode, and its birth time where the filesystem keeps one: an inode
+/// number freed by a deletion is soon given to a new file, which is then born later.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct FileId {
     pub dev: u64,
     pub ino: u64,
+    /// Nanoseconds since the epoch; 0 where the filesystem does not say.
+    pub born_ns: i64,
+}
+
+impl FileId {
+    /// The identity of the file `md` describes.
+    pub fn of(md: &std::fs::Metadata) -> FileId {
+        use std::os::unix::fs::MetadataExt;
+        let born_ns = md
+            .created()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+        FileId {
+            dev: md.dev(),
+            ino: md.ino(),
+            born_ns,
+        }
+    }
 }
 
 /// A digest of some bytes of a file, and how many.
@@ -126,7 +148,11 @@ pub fn is_renamed(saved: &Position, id: FileId, head: Fingerprint) -> bool {
 mod tests {
     use super::*;
 
-    const ID: FileId = FileId { dev: 8, ino: 42 };
+    const ID: FileId = FileId {
+        dev: 8,
+        ino: 42,
+        born_ns: 1,
+    };
 
     /// The position after reading `content` up to `offset` in the file `id`.
     fn position(id: FileId, content: &[u8], offset: u64) -> Position {
@@ -186,7 +212,7 @@ mod tests {
     fn another_inode_or_another_head_is_another_file() {
         let content = numbered(0, 500);
         let saved = position(ID, &content, 100);
-        let other = FileId { dev: 8, ino: 43 };
+        let other = FileId { ino: 43, ..ID };
         assert_eq!(
             resume(&saved, &observe(&saved, other, &content)),
             Resume::FromStart(Restart::OtherFile)
@@ -237,7 +263,8 @@ mod tests {
         let saved = position(ID, &content, 100);
         let head = Fingerprint::of(&content[..saved.head.len as usize]);
         assert!(is_renamed(&saved, ID, head));
-        assert!(!is_renamed(&saved, FileId { dev: 8, ino: 7 }, head));
+        assert!(!is_renamed(&saved, FileId { ino: 7, ..ID }, head));
+        assert!(!is_renamed(&saved, FileId { born_ns: 2, ..ID }, head));
         assert!(!is_renamed(&saved, ID, Fingerprint::of(b"other")));
     }
 

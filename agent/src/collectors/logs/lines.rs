@@ -27,6 +27,17 @@ pub struct Line {
     pub end_offset: u64,
 }
 
+impl Line {
+    /// Bytes of the line cut off by the limit (its ending and a `\r` before it aside).
+    pub fn dropped_bytes(&self) -> u64 {
+        if self.truncated {
+            self.file_bytes.saturating_sub(self.text.len() as u64 + 1)
+        } else {
+            0
+        }
+    }
+}
+
 /// Cuts a file's bytes into [`Line`]s; see the module documentation.
 #[derive(Debug)]
 pub struct LineSplitter {

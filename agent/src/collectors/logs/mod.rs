@@ -12,6 +12,8 @@ pub mod identity;
 pub mod lines;
 pub mod multiline;
 pub mod parse;
+pub mod pipeline;
 pub mod redact;
 pub mod select;
 pub mod severity;
+pub mod tailer;

@@ -68,6 +68,8 @@ pub struct Record {
     pub truncated: bool,
     /// A line of it had bytes that were not UTF-8.
     pub invalid_utf8: bool,
+    /// Bytes of over-long lines cut off (the lines are flagged `truncated`).
+    pub dropped_bytes: u64,
     /// The group reached a size limit and was handed out there; its next lines form another.
     pub cut: bool,
 }
@@ -119,6 +121,7 @@ impl Multiline {
                 record.lines += 1;
                 record.end_offset = line.end_offset;
                 record.truncated |= line.truncated;
+                record.dropped_bytes += line.dropped_bytes();
                 record.invalid_utf8 |= line.invalid_utf8;
                 group.last_line_at = now;
                 return;
@@ -129,6 +132,7 @@ impl Multiline {
         self.group = Some(Group {
             start_offset: line.end_offset - line.file_bytes,
             record: Record {
+                dropped_bytes: line.dropped_bytes(),
                 text: line.text,
                 lines: 1,
                 end_offset: line.end_offset,

@@ -28,6 +28,8 @@ pub struct Selection {
     include: GlobSet,
     exclude: GlobSet,
     roots: Vec<PathBuf>,
+    /// How deep under each root a selected file can lie (`None`: any depth, for `**`).
+    depths: Vec<Option<usize>>,
 }
 
 impl Selection {
@@ -44,26 +46,93 @@ impl Selection {
                 kept.push(root);
             }
         }
+        let depths = kept
+            .iter()
+            .map(|root| {
+                let mut deepest = Some(0);
+                for glob in include.iter().filter(|g| literal_root(g).starts_with(root)) {
+                    let depth = (!glob.contains("**"))
+                        .then(|| Path::new(glob).components().count() - root.components().count());
+                    deepest = deepest.zip(depth).map(|(a, b)| a.max(b));
+                }
+                deepest
+            })
+            .collect();
         Ok(Selection {
             include: set("include", include)?,
             exclude: set("exclude", exclude)?,
             roots: kept,
+            depths,
         })
     }
 
     /// Whether the source reads `path`.
     pub fn selects(&self, path: &Path) -> bool {
-        let compressed = path
-            .extension()
-            .and_then(|e| e.to_str())
-            .is_some_and(|e| COMPRESSED.contains(&e));
-        !compressed && self.include.is_match(path) && !self.exclude.is_match(path)
+        !is_compressed(path) && self.include.is_match(path) && !self.exclude.is_match(path)
     }
 
     /// The directories under which every selected file lies: where to watch and rescan.
     pub fn roots(&self) -> &[PathBuf] {
         &self.roots
     }
+
+    /// Every selected file that exists now, with its metadata (a symbolic link's target's),
+    /// walking only as deep under each root as the globs reach. Symbolic links to files are
+    /// followed; links to directories are not (a `**` walk through them could loop). Directories
+    /// and files that cannot be read are returned as errors, and the walk goes on.
+    pub fn scan(&self) -> (Vec<(PathBuf, std::fs::Metadata)>, Vec<String>) {
+        let mut found = Vec::new();
+        let mut errors = Vec::new();
+        for (root, depth) in self.roots.iter().zip(&self.depths) {
+            self.walk(root, *depth, &mut found, &mut errors);
+        }
+        (found, errors)
+    }
+
+    fn walk(
+        &self,
+        dir: &Path,
+        depth: Option<usize>,
+        found: &mut Vec<(PathBuf, std::fs::Metadata)>,
+        errors: &mut Vec<String>,
+    ) {
+        if depth == Some(0) {
+            return;
+        }
+        let entries = match std::fs::read_dir(dir) {
+            Ok(entries) => entries,
+            // A root that does not exist yet is watched for when it appears, not an error.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) => {
+                errors.push(format!("{}: cannot list: {e}", dir.display()));
+                return;
+            }
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            if kind.is_dir() {
+                self.walk(&path, depth.map(|d| d - 1), found, errors);
+            } else if (kind.is_file() || kind.is_symlink()) && self.selects(&path) {
+                match std::fs::metadata(&path) {
+                    Ok(md) if md.is_file() => found.push((path, md)),
+                    Ok(_) => {}
+                    // A dangling link, or a file deleted since it was listed.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => errors.push(format!("{}: {e}", path.display())),
+                }
+            }
+        }
+    }
+}
+
+/// Whether `path` names a compressed file (a rotated log gzipped, say), which is never read.
+pub fn is_compressed(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| COMPRESSED.contains(&e))
 }
 
 fn set(field: &'static str, globs: &[String]) -> Result<GlobSet, GlobError> {
@@ -110,6 +179,53 @@ fn literal_root(glob: &str) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_scan_walks_only_as_deep_as_the_globs_reach() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for f in [
+            "a.log",
+            "sub/b.log",
+            "sub/deeper/c.log",
+            "other/d.log",
+            "a.log.1",
+        ] {
+            let p = d.join(f);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, "x\n").unwrap();
+        }
+        std::os::unix::fs::symlink(d.join("sub/b.log"), d.join("link.log")).unwrap();
+        std::os::unix::fs::symlink(d.join("missing"), d.join("dangling.log")).unwrap();
+        let names = |include: &[String]| {
+            let s = Selection::new(include, &[]).unwrap();
+            let (found, errors) = s.scan();
+            assert!(errors.is_empty(), "{errors:?}");
+            let mut names: Vec<String> = found
+                .iter()
+                .map(|(p, _)| p.strip_prefix(d).unwrap().display().to_string())
+                .collect();
+            names.sort();
+            names
+        };
+        let root = d.display();
+        assert_eq!(names(&[format!("{root}/*.log")]), ["a.log", "link.log"]);
+        assert_eq!(
+            names(&[format!("{root}/sub/*/*.log"), format!("{root}/*.log")]),
+            ["a.log", "link.log", "sub/deeper/c.log"]
+        );
+        assert_eq!(
+            names(&[format!("{root}/**/*.log")]),
+            [
+                "a.log",
+                "link.log",
+                "other/d.log",
+                "sub/b.log",
+                "sub/deeper/c.log"
+            ]
+        );
+        assert!(names(&[format!("{root}/nowhere/*.log")]).is_empty());
+    }
 
     fn strings(s: &[&str]) -> Vec<String> {
         s.iter().map(|s| (*s).to_owned()).collect()

@@ -1,0 +1,981 @@
+//! The file source's core: which files are read, from where, and what became of their bytes.
+//!
+//! A [`Tailer`] is synchronous and owns no thread or timer: the caller tells it to
+//! [`scan`](Tailer::scan) for files and to [`read`](Tailer::read) a round, with the time, and
+//! commits each [`Round`] — events and the positions that go with them — in one spool
+//! transaction. After a crash, a new tailer built from the committed positions resumes exactly
+//! where the committed events end.
+//!
+//! Files are known by device and inode, checked against fingerprints of their head and of the
+//! bytes before the saved offset ([`identity`](super::identity)), so that:
+//!
+//! - a file renamed away (rotation by rename and create) stays open and is read to its end; it
+//!   is let go once nothing was written to it for `rotate_wait`, or given up (its unread bytes
+//!   counted) when it stays unread past `rotated_max_age` or more than `max_rotated_open` are
+//!   held;
+//! - a file that shrinks (truncation, copytruncate) is read again from its start; what was
+//!   written before it shrank is read from the copy when one is found beside it (its head and the
+//!   last bytes read match), and bytes known to have been written but read by no one are counted
+//!   as lost;
+//! - a path that now names another file (delete and recreate, a symbolic link switched) has the
+//!   old file read to its end and the new one read from its start;
+//! - after a restart, a file renamed while the agent was stopped is found beside its old name
+//!   by inode and head, and read from its saved offset; a reused inode or rewritten content is
+//!   read from the start.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::File;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use outpost_common::event::Event;
+use serde::{Deserialize, Serialize};
+
+use super::identity::{
+    self, FileId, Fingerprint, HEAD_BYTES, Observed, Position, Resume, TAIL_BYTES,
+};
+use super::multiline::Record;
+use super::pipeline::{Pipeline, Reader};
+use super::select::{Selection, is_compressed};
+use crate::spool::{StateChange, StateRow};
+
+/// Where to start a file that was there when the source first started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadFrom {
+    /// From its first byte.
+    Beginning,
+    /// From its end (after its last complete line): only what is written from now on.
+    #[default]
+    End,
+}
+
+/// How a tailer reads.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub read_from: ReadFrom,
+    /// Files not modified for this long are not opened until they are.
+    pub ignore_older: Option<Duration>,
+    /// A rotated-away file read to its end is let go once nothing was written to it this long.
+    pub rotate_wait: Duration,
+    /// A rotated-away file not read to its end after this long is given up.
+    pub rotated_max_age: Duration,
+    /// Rotated-away files held open at most; beyond, the oldest is given up.
+    pub max_rotated_open: usize,
+    /// Bytes read from one file per turn: no file waits for more than one turn of each other.
+    pub read_chunk: usize,
+    /// Bytes read in one round at most.
+    pub round_bytes: usize,
+    /// Events in one round at most.
+    pub round_events: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            read_from: ReadFrom::End,
+            ignore_older: None,
+            rotate_wait: Duration::from_secs(5),
+            rotated_max_age: Duration::from_secs(600),
+            max_rotated_open: 64,
+            read_chunk: 64 * 1024,
+            round_bytes: 2 * 1024 * 1024,
+            round_events: 8192,
+        }
+    }
+}
+
+/// Why bytes of a file were never read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Loss {
+    /// The file shrank (truncation, copytruncate) before they were read, and no copy held them.
+    Truncated,
+    /// A rotated-away file was given up (too old or too many held) before they were read.
+    GivenUp,
+    /// The rest of an over-long line, cut at `max_line_bytes`.
+    LineTooLong,
+}
+
+impl Loss {
+    pub const ALL: [Loss; 3] = [Loss::Truncated, Loss::GivenUp, Loss::LineTooLong];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Loss::Truncated => "truncated",
+            Loss::GivenUp => "given_up",
+            Loss::LineTooLong => "line_too_long",
+        }
+    }
+}
+
+/// What a tailer knows of one file, for telemetry.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FileStats {
+    pub bytes_read: u64,
+    pub records: u64,
+    /// The file's size when last looked at.
+    pub size: u64,
+    /// The offset past the last record handed out.
+    pub offset: u64,
+    /// Rotations, truncations and replacements seen.
+    pub rotations: u64,
+    /// Bytes never read, by [`Loss`] (in [`Loss::ALL`]'s order).
+    pub lost: [u64; 3],
+    /// Whether it is a rotated-away file still being read.
+    pub rotated: bool,
+}
+
+impl FileStats {
+    /// Bytes behind the end of the file.
+    pub fn lag(&self) -> u64 {
+        self.size.saturating_sub(self.offset)
+    }
+}
+
+/// What one round read: committed together, or not at all.
+#[derive(Debug, Default)]
+pub struct Round {
+    pub events: Vec<Event>,
+    pub state: Vec<StateChange>,
+    pub bytes: u64,
+    /// The round stopped at its budget: more is ready to read at once.
+    pub full: bool,
+}
+
+impl Round {
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty() && self.state.is_empty()
+    }
+}
+
+/// A saved position, as a state row keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Saved {
+    /// The path the file was read under, as the events' source.
+    source: String,
+    /// The path it was last seen at.
+    path: Vec<u8>,
+    position: Position,
+}
+
+const SAVED_VERSION: u8 = 1;
+
+impl Saved {
+    fn key(id: FileId) -> Vec<u8> {
+        let mut k = Vec::with_capacity(24);
+        k.extend_from_slice(&id.dev.to_be_bytes());
+        k.extend_from_slice(&id.ino.to_be_bytes());
+        k.extend_from_slice(&id.born_ns.to_be_bytes());
+        k
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut v = vec![SAVED_VERSION];
+        // Encoding plain owned data into a vector cannot fail.
+        v.extend(
+            bincode::serde::encode_to_vec(self, bincode::config::standard()).unwrap_or_default(),
+        );
+        v
+    }
+
+    fn decode(value: &[u8]) -> Option<Saved> {
+        let (&version, rest) = value.split_first()?;
+        if version != SAVED_VERSION {
+            return None;
+        }
+        bincode::serde::decode_from_slice(rest, bincode::config::standard())
+            .ok()
+            .map(|(s, _)| s)
+    }
+
+    fn path(&self) -> PathBuf {
+        use std::os::unix::ffi::OsStrExt;
+        PathBuf::from(std::ffi::OsStr::from_bytes(&self.path))
+    }
+}
+
+fn path_bytes(path: &Path) -> Vec<u8> {
+    use std::os::unix::ffi::OsStrExt;
+    path.as_os_str().as_bytes().to_vec()
+}
+
+/// A rotated-away file still being read.
+#[derive(Debug, Clone, Copy)]
+struct Rotated {
+    since: Instant,
+    last_growth: Instant,
+}
+
+/// One open file.
+#[derive(Debug)]
+struct Tail {
+    id: FileId,
+    /// Where it is now, as far as the tailer knows.
+    path: PathBuf,
+    /// The path it was selected under: the events' source.
+    source: String,
+    file: File,
+    reader: Reader,
+    head: Fingerprint,
+    /// The largest size seen.
+    seen_size: u64,
+    /// The last bytes read (up to [`TAIL_BYTES`]): what a copy must hold before the offset.
+    recent: Vec<u8>,
+    rotated: Option<Rotated>,
+    /// The modification time when last looked at: a file rewritten to the same size is noticed.
+    modified: Option<SystemTime>,
+    /// The offset last put in a state row, if any.
+    saved_offset: Option<u64>,
+    stats: FileStats,
+}
+
+/// The file source's core; see the module documentation.
+#[derive(Debug)]
+pub struct Tailer {
+    selection: Selection,
+    pipeline: Pipeline,
+    options: Options,
+    /// The state rows' source name.
+    state_name: String,
+    tails: BTreeMap<FileId, Tail>,
+    /// The file each selected path names, among the open ones.
+    live: HashMap<PathBuf, FileId>,
+    /// Saved positions not matched with a file yet (only before the first scan ends).
+    saved: HashMap<FileId, Saved>,
+    /// Files left unopened for `ignore_older`, with their size then.
+    ignored: HashMap<FileId, u64>,
+    /// No position was saved at all: files found by the first scan start at `read_from`.
+    fresh: bool,
+    scanned: bool,
+    /// Round-robin start, so every file gets the first turn in its turn.
+    turn: usize,
+    /// Rows to delete with the next round.
+    deletes: Vec<FileId>,
+    /// Rows this release cannot read, deleted with the next round; their files start over.
+    undecodable: Vec<Vec<u8>>,
+    /// Stats of files closed since the source started, summed.
+    closed: FileStats,
+    redactions: Vec<u64>,
+    /// Paths that could not be opened, with why; reported until they can.
+    unreadable: BTreeMap<PathBuf, String>,
+    buf: Vec<u8>,
+}
+
+impl Tailer {
+    /// A tailer of the files `selection` picks, resuming from the committed `rows` of its state
+    /// (the spool's rows of `state_name`).
+    pub fn new(
+        selection: Selection,
+        pipeline: Pipeline,
+        options: Options,
+        state_name: String,
+        rows: Vec<StateRow>,
+    ) -> Tailer {
+        let mut saved = HashMap::new();
+        let mut undecodable = Vec::new();
+        for (key, value) in rows {
+            match Saved::decode(&value) {
+                Some(s) => {
+                    saved.insert(s.position.id, s);
+                }
+                None => undecodable.push(key),
+            }
+        }
+        let fresh = saved.is_empty() && undecodable.is_empty();
+        let mut t = Tailer {
+            selection,
+            pipeline,
+            options,
+            state_name,
+            tails: BTreeMap::new(),
+            live: HashMap::new(),
+            saved,
+            ignored: HashMap::new(),
+            fresh,
+            scanned: false,
+            turn: 0,
+            deletes: Vec::new(),
+            undecodable: Vec::new(),
+            closed: FileStats::default(),
+            redactions: Vec::new(),
+            unreadable: BTreeMap::new(),
+            buf: Vec::new(),
+        };
+        // Rows this release cannot read are dropped; their files start over as new ones.
+        t.undecodable = undecodable;
+        t
+    }
+
+    /// The state rows' source name.
+    pub fn state_name(&self) -> &str {
+        &self.state_name
+    }
+
+    /// Looks for files: opens new ones, notices renamed, replaced and deleted ones. Returns the
+    /// problems met (directories or files that cannot be read), which do not stop the rest.
+    pub fn scan(&mut self, now: Instant) -> Vec<String> {
+        let (found, mut errors) = self.selection.scan();
+        let mut seen: HashSet<FileId> = HashSet::with_capacity(found.len());
+        let wall = SystemTime::now();
+        for (path, md) in found {
+            let id = FileId::of(&md);
+            seen.insert(id);
+            match self.live.get(&path) {
+                Some(&known) if known == id => continue,
+                Some(&old) => {
+                    // The path names another file now: the old one was rotated away, deleted
+                    // and replaced, or a link was switched.
+                    self.live.remove(&path);
+                    self.retire(old, now);
+                }
+                None => {}
+            }
+            if let Some(tail) = self.tails.get_mut(&id) {
+                // An open file under a new selected name (renamed within the selection): the
+                // same file, read on where it was.
+                if self.live.get(&tail.path) == Some(&id) {
+                    self.live.remove(&tail.path);
+                }
+                tail.path.clone_from(&path);
+                // Selected under its new name, it is read like any live file.
+                tail.rotated = None;
+                tail.stats.rotated = false;
+                self.live.insert(path, id);
+                continue;
+            }
+            if let Some(older) = self.options.ignore_older
+                && !self.saved.contains_key(&id)
+                && md
+                    .modified()
+                    .ok()
+                    .and_then(|m| wall.duration_since(m).ok())
+                    .is_some_and(|age| age > older)
+            {
+                self.ignored.entry(id).or_insert(md.len());
+                continue;
+            }
+            match self.open(&path, id) {
+                Ok(()) => {
+                    self.unreadable.remove(&path);
+                    self.live.insert(path, id);
+                }
+                Err(e) => {
+                    let message = format!("{}: cannot read: {e}", path.display());
+                    self.unreadable.insert(path, message);
+                }
+            }
+        }
+        // Open files no selected path names any more: renamed out of the selection or deleted.
+        let gone: Vec<(PathBuf, FileId)> = self
+            .live
+            .iter()
+            .filter(|(_, id)| !seen.contains(id))
+            .map(|(p, id)| (p.clone(), *id))
+            .collect();
+        for (path, id) in gone {
+            self.live.remove(&path);
+            self.retire(id, now);
+        }
+        // Files rotated away while the spool is full pile up here: the bounds hold anyway.
+        self.give_up_beyond_bounds(now);
+        self.unreadable.retain(|p, _| p.exists());
+        errors.extend(self.unreadable.values().cloned());
+        if !self.scanned {
+            self.scanned = true;
+            self.find_renamed(now);
+        }
+        self.ignored.retain(|id, _| seen.contains(id));
+        errors
+    }
+
+    /// Reads a round: each open file in turn, up to `read_chunk` per turn, until the round's
+    /// budget is spent or nothing more is ready; hands out groups whose flush timeout passed and
+    /// lets go of rotated-away files that are done. `read_ns` is the wall-clock read time.
+    pub fn read(&mut self, now: Instant, read_ns: i64) -> Round {
+        let mut round = Round::default();
+        let mut records: Vec<Record> = Vec::new();
+        let ids: Vec<FileId> = self.tails.keys().copied().collect();
+        if !ids.is_empty() {
+            self.turn = (self.turn + 1) % ids.len();
+        }
+        let order: Vec<FileId> = ids[self.turn.min(ids.len())..]
+            .iter()
+            .chain(&ids[..self.turn.min(ids.len())])
+            .copied()
+            .collect();
+        let mut active: Vec<FileId> = order.clone();
+        while !active.is_empty() {
+            let mut still = Vec::with_capacity(active.len());
+            for id in active {
+                let got = self.read_turn(id, now, &mut records);
+                self.emit(id, &mut records, read_ns, &mut round.events);
+                round.bytes += got;
+                if got > 0 {
+                    still.push(id);
+                }
+                if round.bytes >= self.options.round_bytes as u64
+                    || round.events.len() >= self.options.round_events
+                {
+                    round.full = true;
+                    break;
+                }
+            }
+            if round.full {
+                break;
+            }
+            active = still;
+        }
+        for id in order {
+            if let Some(tail) = self.tails.get_mut(&id) {
+                tail.reader.handle_timeout(now, &mut records);
+            }
+            self.emit(id, &mut records, read_ns, &mut round.events);
+        }
+        self.let_go(now, read_ns, &mut round.events);
+        self.positions(&mut round.state);
+        round
+    }
+
+    /// Positions of files opened since the last round, before anything was read from them: the
+    /// caller commits them while a round waits for spool space, so that a file rotated away
+    /// meanwhile is still found (by its saved inode) after a crash.
+    pub fn opened(&mut self) -> Vec<StateChange> {
+        let mut state = Vec::new();
+        self.deleted(&mut state);
+        for id in self
+            .tails
+            .values()
+            .filter(|t| t.saved_offset.is_none())
+            .map(|t| t.id)
+            .collect::<Vec<_>>()
+        {
+            self.position(id, &mut state);
+        }
+        state
+    }
+
+    /// When the tailer next has something to do with no new bytes: a group's flush timeout, a
+    /// rotated-away file's wait.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.tails
+            .values()
+            .flat_map(|t| {
+                let rotated = t.rotated.map(|r| {
+                    (r.last_growth + self.options.rotate_wait)
+                        .min(r.since + self.options.rotated_max_age)
+                });
+                t.reader.poll_timeout().into_iter().chain(rotated)
+            })
+            .min()
+    }
+
+    /// Telemetry of each open file by path, and of closed ones summed.
+    pub fn stats(&self) -> (Vec<(String, FileStats)>, FileStats) {
+        let open = self
+            .tails
+            .values()
+            .map(|t| (t.path.display().to_string(), t.stats.clone()))
+            .collect();
+        (open, self.closed.clone())
+    }
+
+    /// Replacements each redaction rule made, in the redactor's order.
+    pub fn redactions(&self) -> &[u64] {
+        &self.redactions
+    }
+
+    /// Open files, rotated-away ones included.
+    pub fn open_files(&self) -> usize {
+        self.tails.len()
+    }
+
+    /// Opens `path` (the file `id`) and decides where to start reading it.
+    fn open(&mut self, path: &Path, id: FileId) -> std::io::Result<()> {
+        let file = File::open(path)?;
+        let size = file.metadata()?.len();
+        let source = path.display().to_string();
+        let (offset, source) = if let Some(saved) = self.saved.remove(&id) {
+            let start = match resume_in(&file, &saved.position, size)? {
+                Resume::At(offset) => offset,
+                Resume::FromStart(why) => {
+                    tracing::info!(path = %path.display(), reason = ?why, "reading a log file again from its start");
+                    0
+                }
+            };
+            (start, saved.source)
+        } else if let Some(size_then) = self.ignored.remove(&id) {
+            (line_start_before(&file, size_then)?, source)
+        } else if self.fresh && !self.scanned && self.options.read_from == ReadFrom::End {
+            (line_start_before(&file, size)?, source)
+        } else {
+            (0, source)
+        };
+        self.insert(id, path.to_path_buf(), source, file, offset, None)
+    }
+
+    fn insert(
+        &mut self,
+        id: FileId,
+        path: PathBuf,
+        source: String,
+        file: File,
+        offset: u64,
+        rotated: Option<Rotated>,
+    ) -> std::io::Result<()> {
+        let size = file.metadata()?.len();
+        let head = head_of(&file, size.min(HEAD_BYTES))?;
+        let recent = read_range(&file, offset.saturating_sub(TAIL_BYTES)..offset)?;
+        let tail = Tail {
+            id,
+            path,
+            source,
+            reader: self.pipeline.reader(offset),
+            file,
+            head,
+            seen_size: size,
+            recent,
+            rotated,
+            modified: None,
+            saved_offset: None,
+            stats: FileStats {
+                size,
+                offset,
+                rotated: rotated.is_some(),
+                ..FileStats::default()
+            },
+        };
+        // An inode reused since its old file's row was let go: the row is this file's now.
+        self.deletes.retain(|d| *d != id);
+        self.tails.insert(id, tail);
+        Ok(())
+    }
+
+    /// After the first scan: positions whose file is no longer under a selected name. A file
+    /// renamed while the agent was stopped is found beside its old name and read from its
+    /// saved offset to its end; the others are forgotten.
+    fn find_renamed(&mut self, now: Instant) {
+        for (id, saved) in std::mem::take(&mut self.saved) {
+            match find_by_id(&saved.path(), id) {
+                Some((path, file)) => {
+                    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+                    // The same inode beside the old name is the file, rewritten if its content
+                    // changed: read from its start then.
+                    let offset = match resume_in(&file, &saved.position, size) {
+                        Ok(Resume::At(offset)) => offset,
+                        _ => 0,
+                    };
+                    let rotated = Some(Rotated {
+                        since: now,
+                        last_growth: now,
+                    });
+                    if self
+                        .insert(id, path, saved.source, file, offset, rotated)
+                        .is_err()
+                    {
+                        self.deletes.push(id);
+                    }
+                }
+                None => self.deletes.push(id),
+            }
+        }
+    }
+
+    /// The file `id` is no longer named by its selected path: read it to its end, then let go.
+    fn retire(&mut self, id: FileId, now: Instant) {
+        if let Some(tail) = self.tails.get_mut(&id)
+            && tail.rotated.is_none()
+        {
+            tail.rotated = Some(Rotated {
+                since: now,
+                last_growth: now,
+            });
+            tail.stats.rotated = true;
+            tail.stats.rotations += 1;
+        }
+    }
+
+    /// One turn of the file `id`: up to `read_chunk` bytes; returns how many were read.
+    fn read_turn(&mut self, id: FileId, now: Instant, records: &mut Vec<Record>) -> u64 {
+        let chunk = self.options.read_chunk;
+        let Some(tail) = self.tails.get_mut(&id) else {
+            return 0;
+        };
+        let Ok(md) = tail.file.metadata() else {
+            return 0;
+        };
+        let size = md.len();
+        if md.nlink() == 0 && tail.rotated.is_none() {
+            // Deleted while open: what it holds can still be read.
+            tail.rotated = Some(Rotated {
+                since: now,
+                last_growth: now,
+            });
+            tail.stats.rotated = true;
+            tail.stats.rotations += 1;
+        }
+        let from = tail.reader.read_offset();
+        let modified = md.modified().ok();
+        let changed = size > from || (size == from && modified != tail.modified);
+        tail.modified = modified;
+        if size < from || (changed && !tail.recent.is_empty() && !still_there(tail, from)) {
+            // Shorter than what was read, or rewritten since: truncated (copytruncate).
+            truncated(tail, &self.pipeline, now, records);
+        }
+        if size > tail.seen_size {
+            tail.seen_size = size;
+            if let Some(r) = &mut tail.rotated {
+                r.last_growth = now;
+            }
+        }
+        tail.stats.size = size;
+        let from = tail.reader.read_offset();
+        let want = usize::try_from(size - from.min(size))
+            .unwrap_or(usize::MAX)
+            .min(chunk);
+        if want == 0 {
+            return 0;
+        }
+        self.buf.resize(want, 0);
+        let n = match tail.file.read_at(&mut self.buf, from) {
+            Ok(n) => n,
+            Err(_) => return 0,
+        };
+        let bytes = &self.buf[..n];
+        tail.reader.push(now, bytes, records);
+        remember(&mut tail.recent, bytes);
+        tail.stats.bytes_read += n as u64;
+        if tail.head.len < HEAD_BYTES
+            && from < HEAD_BYTES
+            && let Ok(h) = head_of(&tail.file, (from + n as u64).min(HEAD_BYTES))
+        {
+            tail.head = h;
+        }
+        n as u64
+    }
+
+    /// Turns the records read from `id` into events.
+    fn emit(
+        &mut self,
+        id: FileId,
+        records: &mut Vec<Record>,
+        read_ns: i64,
+        events: &mut Vec<Event>,
+    ) {
+        if records.is_empty() {
+            return;
+        }
+        let Some(tail) = self.tails.get_mut(&id) else {
+            records.clear();
+            return;
+        };
+        for record in records.drain(..) {
+            tail.stats.records += 1;
+            tail.stats.lost[2] += record.dropped_bytes;
+            events.push(
+                self.pipeline
+                    .event(&tail.source, record, read_ns, &mut self.redactions),
+            );
+        }
+        tail.stats.offset = tail.reader.checkpoint();
+    }
+
+    /// Lets go of rotated-away files that are done (read to their end, and nothing written to
+    /// them for `rotate_wait`), then applies the bounds.
+    fn let_go(&mut self, now: Instant, read_ns: i64, events: &mut Vec<Event>) {
+        let done: Vec<FileId> = self
+            .tails
+            .values()
+            .filter(|t| {
+                t.rotated.is_some_and(|r| {
+                    t.reader.read_offset() >= t.seen_size
+                        && now.saturating_duration_since(r.last_growth) >= self.options.rotate_wait
+                })
+            })
+            .map(|t| t.id)
+            .collect();
+        for id in done {
+            let mut records = Vec::new();
+            if let Some(tail) = self.tails.get_mut(&id) {
+                tail.reader.finish(now, &mut records);
+            }
+            self.emit(id, &mut records, read_ns, events);
+            self.close(id);
+        }
+        self.give_up_beyond_bounds(now);
+    }
+
+    /// Gives up rotated-away files held longer than `rotated_max_age`, and the oldest beyond
+    /// `max_rotated_open`, counting what was not read of them.
+    fn give_up_beyond_bounds(&mut self, now: Instant) {
+        let mut rotated: Vec<(Instant, FileId)> = self
+            .tails
+            .values()
+            .filter_map(|t| t.rotated.map(|r| (r.since, t.id)))
+            .collect();
+        rotated.sort();
+        let excess = rotated.len().saturating_sub(self.options.max_rotated_open);
+        for (i, (since, id)) in rotated.into_iter().enumerate() {
+            if i >= excess && now.saturating_duration_since(since) < self.options.rotated_max_age {
+                continue;
+            }
+            let Some(tail) = self.tails.get_mut(&id) else {
+                continue;
+            };
+            let size = tail.file.metadata().map_or(tail.seen_size, |m| m.len());
+            let unread = size
+                .max(tail.seen_size)
+                .saturating_sub(tail.reader.checkpoint());
+            tail.stats.lost[1] += unread;
+            tracing::warn!(
+                path = %tail.path.display(),
+                unread_bytes = unread,
+                "giving up a rotated-away log file not read to its end"
+            );
+            self.close(id);
+        }
+    }
+
+    fn close(&mut self, id: FileId) {
+        if let Some(tail) = self.tails.remove(&id) {
+            let s = &tail.stats;
+            let c = &mut self.closed;
+            c.bytes_read += s.bytes_read;
+            c.records += s.records;
+            c.rotations += s.rotations;
+            for (total, lost) in c.lost.iter_mut().zip(s.lost) {
+                *total += lost;
+            }
+            if self.live.get(&tail.path) == Some(&id) {
+                self.live.remove(&tail.path);
+            }
+            // Whether or not a row was committed yet: deleting a missing row is no error.
+            self.deletes.push(id);
+        }
+    }
+
+    /// State changes for this round: positions that moved, rows of files let go.
+    fn positions(&mut self, state: &mut Vec<StateChange>) {
+        self.deleted(state);
+        let ids: Vec<FileId> = self.tails.keys().copied().collect();
+        for id in ids {
+            self.position(id, state);
+        }
+    }
+
+    /// Deletions of rows of files let go.
+    fn deleted(&mut self, state: &mut Vec<StateChange>) {
+        let keys = self.deletes.drain(..).map(Saved::key);
+        for key in self.undecodable.drain(..).chain(keys) {
+            state.push(StateChange::Delete {
+                source: self.state_name.clone(),
+                key,
+            });
+        }
+    }
+
+    /// The position of `id`, if it moved since it was last saved.
+    fn position(&mut self, id: FileId, state: &mut Vec<StateChange>) {
+        let Some(tail) = self.tails.get_mut(&id) else {
+            return;
+        };
+        let offset = tail.reader.checkpoint();
+        if tail.saved_offset == Some(offset) {
+            return;
+        }
+        let Ok(tail_bytes) = read_range(&tail.file, offset.saturating_sub(TAIL_BYTES)..offset)
+        else {
+            return;
+        };
+        {
+            let saved = Saved {
+                source: tail.source.clone(),
+                path: path_bytes(&tail.path),
+                position: Position {
+                    id: tail.id,
+                    head: tail.head,
+                    offset,
+                    tail: Fingerprint::of(&tail_bytes),
+                },
+            };
+            state.push(StateChange::Put {
+                source: self.state_name.clone(),
+                key: Saved::key(tail.id),
+                value: saved.encode(),
+            });
+            tail.saved_offset = Some(offset);
+        }
+    }
+}
+
+/// The file shrank below what was read: recover what a copy beside it holds, count what no one
+/// can read any more, and start over from its first byte.
+fn truncated(tail: &mut Tail, pipeline: &Pipeline, now: Instant, records: &mut Vec<Record>) {
+    let read = tail.reader.read_offset();
+    tail.reader.flush_group(records);
+    let mut recovered = read;
+    if let Some((copy, size)) = find_copy(tail, read) {
+        tracing::debug!(path = %tail.path.display(), "reading the rest of a truncated log file from its copy");
+        let mut at = read;
+        let mut buf = vec![0u8; 64 * 1024];
+        while at < size {
+            let want = usize::try_from(size - at)
+                .unwrap_or(usize::MAX)
+                .min(buf.len());
+            match copy.read_at(&mut buf[..want], at) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    tail.reader.push(now, &buf[..n], records);
+                    tail.stats.bytes_read += n as u64;
+                    at += n as u64;
+                }
+            }
+        }
+        recovered = at;
+        tail.reader.finish(now, records);
+    } else {
+        // An unfinished last line is gone with the rest.
+        recovered -= tail.reader.pending_bytes();
+    }
+    let lost = tail.seen_size.saturating_sub(recovered);
+    if lost > 0 {
+        tail.stats.lost[0] += lost;
+        tracing::warn!(
+            path = %tail.path.display(),
+            lost_bytes = lost,
+            "a log file was truncated before all of it was read"
+        );
+    }
+    tail.stats.rotations += 1;
+    tail.reader = pipeline.reader(0);
+    tail.seen_size = 0;
+    tail.recent.clear();
+    tail.head = Fingerprint::of(&[]);
+    // The content before the offset changed: the next position is saved whatever it is.
+    tail.saved_offset = None;
+}
+
+/// Whether the last bytes read still end at `at`: the file was not rewritten under the reader.
+fn still_there(tail: &Tail, at: u64) -> bool {
+    let from = at - tail.recent.len() as u64;
+    read_range(&tail.file, from..at).is_ok_and(|b| b == tail.recent)
+}
+
+/// A copy of `tail`'s file beside it (copytruncate's), holding at least the `read` bytes read
+/// so far: same head, and the same bytes just before `read`.
+fn find_copy(tail: &Tail, read: u64) -> Option<(File, u64)> {
+    if tail.head.len == 0 {
+        return None;
+    }
+    let dir = tail.path.parent()?;
+    let name = tail.path.file_name()?.to_string_lossy().into_owned();
+    let mut best: Option<(SystemTime, File, u64)> = None;
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let entry_name = entry.file_name().to_string_lossy().into_owned();
+        if entry_name == name || !entry_name.starts_with(&name) {
+            continue;
+        }
+        let Ok(file) = File::open(entry.path()) else {
+            continue;
+        };
+        let Ok(md) = file.metadata() else { continue };
+        if !md.is_file() || FileId::of(&md) == tail.id || md.len() < read {
+            continue;
+        }
+        let same_head = head_of(&file, tail.head.len).is_ok_and(|h| h == tail.head);
+        let recent_from = read - tail.recent.len() as u64;
+        let same_end = read_range(&file, recent_from..read).is_ok_and(|b| b == tail.recent);
+        let modified = md.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+        if same_head && same_end && best.as_ref().is_none_or(|(m, _, _)| modified > *m) {
+            best = Some((modified, file, md.len()));
+        }
+    }
+    best.map(|(_, f, size)| (f, size))
+}
+
+/// A file with the inode `id` in the directory of `old` (where a rotation renames to).
+fn find_by_id(old: &Path, id: FileId) -> Option<(PathBuf, File)> {
+    let candidates = std::iter::once(old.to_path_buf()).chain(
+        std::fs::read_dir(old.parent()?)
+            .ok()?
+            .flatten()
+            .map(|e| e.path()),
+    );
+    for path in candidates {
+        let Ok(md) = std::fs::metadata(&path) else {
+            continue;
+        };
+        if md.is_file() && FileId::of(&md) == id && !is_compressed(&path) {
+            return File::open(&path).ok().map(|f| (path, f));
+        }
+    }
+    None
+}
+
+/// Where to resume `file` (of `size` bytes), having stood at `saved`.
+fn resume_in(file: &File, saved: &Position, size: u64) -> std::io::Result<Resume> {
+    let md = file.metadata()?;
+    let observed = Observed {
+        id: FileId::of(&md),
+        size,
+        head: head_of(file, size.min(saved.head.len))?,
+        tail: if size >= saved.offset {
+            Some(Fingerprint::of(&read_range(file, saved.tail_range())?))
+        } else {
+            None
+        },
+    };
+    Ok(identity::resume(saved, &observed))
+}
+
+/// The fingerprint of `file`'s first `len` bytes.
+fn head_of(file: &File, len: u64) -> std::io::Result<Fingerprint> {
+    Ok(Fingerprint::of(&read_range(file, 0..len)?))
+}
+
+/// The bytes of `file` in `range` (fewer if it ends first).
+fn read_range(file: &File, range: std::ops::Range<u64>) -> std::io::Result<Vec<u8>> {
+    let len = usize::try_from(range.end.saturating_sub(range.start)).unwrap_or(0);
+    let mut buf = vec![0u8; len];
+    let mut got = 0;
+    while got < len {
+        match file.read_at(&mut buf[got..], range.start + got as u64)? {
+            0 => break,
+            n => got += n,
+        }
+    }
+    buf.truncate(got);
+    Ok(buf)
+}
+
+/// The offset just past the last newline before `size`: where reading "from the end" starts,
+/// so an unfinished last line is read whole once finished.
+fn line_start_before(file: &File, size: u64) -> std::io::Result<u64> {
+    let mut end = size;
+    while end > 0 {
+        let from = end.saturating_sub(64 * 1024);
+        let bytes = read_range(file, from..end)?;
+        if let Some(i) = memchr::memrchr(b'\n', &bytes) {
+            return Ok(from + i as u64 + 1);
+        }
+        end = from;
+    }
+    Ok(0)
+}
+
+/// Keeps the last [`TAIL_BYTES`] of what was read.
+fn remember(recent: &mut Vec<u8>, bytes: &[u8]) {
+    let keep = TAIL_BYTES as usize;
+    if bytes.len() >= keep {
+        recent.clear();
+        recent.extend_from_slice(&bytes[bytes.len() - keep..]);
+    } else {
+        recent.extend_from_slice(bytes);
+        let excess = recent.len().saturating_sub(keep);
+        recent.drain(..excess);
+    }
+}
+
+#[cfg(test)]
+#[path = "tailer_tests.rs"]
+mod tests;
