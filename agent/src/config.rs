@@ -13,6 +13,7 @@ use outpost_common::logging::LogConfig;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::collectors::logs::files::{Files, LogsConfig};
 use crate::collectors::metrics::{Metrics, MetricsConfig};
 use crate::collectors::self_status::{self, SelfStatus};
 use crate::collectors::synthetic::{self, Synthetic};
@@ -34,6 +35,8 @@ pub struct AgentConfig {
     pub metrics: MetricsConfig,
     /// The history of the agent's own status.
     pub status: self_status::Config,
+    /// Log sources: `[[logs.files]]`.
+    pub logs: LogsConfig,
 }
 
 impl Default for AgentConfig {
@@ -47,6 +50,7 @@ impl Default for AgentConfig {
             synthetic: synthetic::Config::default(),
             metrics: MetricsConfig::default(),
             status: self_status::Config::default(),
+            logs: LogsConfig::default(),
         }
     }
 }
@@ -277,6 +281,16 @@ fn validate(path: &Path, config: AgentConfig) -> Result<Validated, ConfigError> 
     }
     Metrics::new(config.metrics.clone()).map_err(source)?;
     SelfStatus::new(config.status.clone()).map_err(source)?;
+    let mut names = std::collections::BTreeSet::new();
+    for files in &config.logs.files {
+        let name = files.source_name();
+        if !names.insert(name.clone()) {
+            return Err(invalid(format!(
+                "logs.files: two sources are named `{name}`; give each a distinct `name`"
+            )));
+        }
+        Files::new(files.clone()).map_err(source)?;
+    }
     Ok(Validated {
         endpoint: parsed,
         server_name,

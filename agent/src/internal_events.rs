@@ -222,6 +222,32 @@ impl InternalEvent<Telemetry> for CollectionFinished<'_> {
     }
 }
 
+/// A log file source read a round: what it knows of its files now.
+#[derive(Debug)]
+pub struct LogFilesRead<'a> {
+    pub source: &'a str,
+    pub files: Vec<(String, crate::collectors::logs::tailer::FileStats)>,
+    pub closed: crate::collectors::logs::tailer::FileStats,
+    pub redactions: Vec<(String, u64)>,
+    pub open_files: usize,
+}
+
+impl InternalEvent<Telemetry> for LogFilesRead<'_> {
+    const NAME: &'static str = "log_files_read";
+
+    fn emit(self, t: &Telemetry) {
+        t.record_log_source(
+            self.source,
+            crate::collectors::logs::files::SourceStats {
+                files: self.files,
+                closed: self.closed,
+                redactions: self.redactions,
+                open_files: self.open_files,
+            },
+        );
+    }
+}
+
 /// Droppable samples could not be written to the spool; the spool counts them as
 /// `spool_write_failed`.
 #[derive(Debug)]

@@ -9,6 +9,7 @@ use outpost_common::tls;
 use tokio::sync::watch;
 use tracing::info;
 
+use crate::collectors::logs::files::Files;
 use crate::collectors::metrics::Metrics;
 use crate::collectors::self_status::SelfStatus;
 use crate::collectors::synthetic::Synthetic;
@@ -116,6 +117,11 @@ pub fn run(v: Validated) -> anyhow::Result<()> {
         tasks.spawn(metrics.run(context(Metrics::NAME)));
         let status = SelfStatus::new(c.status.clone())?;
         tasks.spawn(status.run(context(SelfStatus::NAME)));
+        for files in &c.logs.files {
+            let source = Files::new(files.clone())?;
+            let ctx = context(&source.collector_name());
+            tasks.spawn(source.run(ctx));
+        }
         let shipper = Shipper::new(
             ShipConfig {
                 endpoint: v.endpoint.clone(),

@@ -26,6 +26,8 @@ pub struct Telemetry {
     collector_errors: Mutex<Vec<CollectorError>>,
     /// How long each collector's last successful collection took, in seconds.
     collector_durations: Mutex<BTreeMap<String, f64>>,
+    /// Each log file source's files, by source name.
+    log_sources: Mutex<BTreeMap<String, crate::collectors::logs::files::SourceStats>>,
     /// Time from sending a batch to its acknowledgement, in microseconds.
     ack_latency_us: Mutex<Option<hdrhistogram::Histogram<u64>>>,
     recorder: Recorder,
@@ -169,6 +171,36 @@ impl Telemetry {
     /// The collectors failing now.
     pub fn collector_errors(&self) -> Vec<CollectorError> {
         self.errors().clone()
+    }
+
+    /// Replaces what is known of the log file source `source`.
+    pub(crate) fn record_log_source(
+        &self,
+        source: &str,
+        stats: crate::collectors::logs::files::SourceStats,
+    ) {
+        self.log_sources
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(source.to_owned(), stats);
+    }
+
+    /// Every log file source's files, by source name.
+    pub fn log_sources(&self) -> BTreeMap<String, crate::collectors::logs::files::SourceStats> {
+        self.log_sources
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Bytes written to log files and not read yet, all sources together.
+    pub fn log_lag_bytes(&self) -> u64 {
+        self.log_sources
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .flat_map(|s| s.files.iter().map(|(_, f)| f.lag()))
+            .sum()
     }
 
     /// Records how long a successful collection of `collector` took.

@@ -122,7 +122,8 @@ impl Store {
                 })
             })
             .map_err(|e| self.error(e))?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.error(e))
+        rows.collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.error(e))
     }
 
     /// How many status snapshots of `agent_id` are stored.

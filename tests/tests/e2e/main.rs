@@ -13,6 +13,7 @@ mod disk_full;
 mod garbage;
 mod host_metrics;
 mod limits;
+mod logs;
 mod quickstart;
 mod service;
 mod spool_cap;

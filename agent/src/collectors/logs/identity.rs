@@ -130,7 +130,14 @@ pub fn resume(saved: &Position, now: &Observed) -> Resume {
         return Resume::FromStart(Restart::Truncated);
     }
     if now.head != saved.head {
-        return Resume::FromStart(Restart::OtherFile);
+        // With its birth time known, the same inode is the same file, rewritten; without, it
+        // may be a new file that reused the inode.
+        let why = if saved.id.born_ns == 0 {
+            Restart::OtherFile
+        } else {
+            Restart::Rewritten
+        };
+        return Resume::FromStart(why);
     }
     match now.tail {
         Some(tail) if tail == saved.tail => Resume::At(saved.offset),
@@ -217,10 +224,17 @@ mod tests {
             resume(&saved, &observe(&saved, other, &content)),
             Resume::FromStart(Restart::OtherFile)
         );
-        // The inode reused by a new file with other content.
-        let reused = numbered(7_000, 8_000);
+        // The same inode and birth time with other content: the file, rewritten.
+        let rewritten = numbered(7_000, 8_000);
         assert_eq!(
-            resume(&saved, &observe(&saved, ID, &reused)),
+            resume(&saved, &observe(&saved, ID, &rewritten)),
+            Resume::FromStart(Restart::Rewritten)
+        );
+        // Where the filesystem keeps no birth time, it may be a new file reusing the inode.
+        let unborn = FileId { born_ns: 0, ..ID };
+        let saved = position(unborn, &content, 100);
+        assert_eq!(
+            resume(&saved, &observe(&saved, unborn, &rewritten)),
             Resume::FromStart(Restart::OtherFile)
         );
     }

@@ -33,7 +33,7 @@ use outpost_common::event::Event;
 use serde::{Deserialize, Serialize};
 
 use super::identity::{
-    self, FileId, Fingerprint, HEAD_BYTES, Observed, Position, Resume, TAIL_BYTES,
+    self, FileId, Fingerprint, HEAD_BYTES, Observed, Position, Restart, Resume, TAIL_BYTES,
 };
 use super::multiline::Record;
 use super::pipeline::{Pipeline, Reader};
@@ -157,9 +157,18 @@ struct Saved {
     /// The path it was last seen at.
     path: Vec<u8>,
     position: Position,
+    /// Its heads before it was truncated, newest last: copies made of it then start so.
+    past_heads: Vec<Fingerprint>,
 }
 
 const SAVED_VERSION: u8 = 1;
+
+/// Selected paths remembered with the last file they named, at most (beyond, those that name
+/// nothing now are forgotten).
+const MAX_REMEMBERED_PATHS: usize = 4096;
+
+/// Heads of a file before its truncations, kept to tell its copies from rotated files.
+const PAST_HEADS: usize = 16;
 
 impl Saved {
     fn key(id: FileId) -> Vec<u8> {
@@ -170,34 +179,55 @@ impl Saved {
         k
     }
 
-    fn encode(&self) -> Vec<u8> {
-        let mut v = vec![SAVED_VERSION];
-        // Encoding plain owned data into a vector cannot fail.
-        v.extend(
-            bincode::serde::encode_to_vec(self, bincode::config::standard()).unwrap_or_default(),
-        );
-        v
-    }
-
-    fn decode(value: &[u8]) -> Option<Saved> {
-        let (&version, rest) = value.split_first()?;
-        if version != SAVED_VERSION {
-            return None;
-        }
-        bincode::serde::decode_from_slice(rest, bincode::config::standard())
-            .ok()
-            .map(|(s, _)| s)
-    }
-
     fn path(&self) -> PathBuf {
-        use std::os::unix::ffi::OsStrExt;
-        PathBuf::from(std::ffi::OsStr::from_bytes(&self.path))
+        path_from(&self.path)
     }
+}
+
+/// A state row's value: a version byte, then the value's bincode.
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    let mut v = vec![SAVED_VERSION];
+    // Encoding plain owned data into a vector cannot fail.
+    v.extend(bincode::serde::encode_to_vec(value, bincode::config::standard()).unwrap_or_default());
+    v
+}
+
+fn decode<T: serde::de::DeserializeOwned>(value: &[u8]) -> Option<T> {
+    let (&version, rest) = value.split_first()?;
+    if version != SAVED_VERSION {
+        return None;
+    }
+    bincode::serde::decode_from_slice(rest, bincode::config::standard())
+        .ok()
+        .map(|(v, _)| v)
+}
+
+fn path_from(bytes: &[u8]) -> PathBuf {
+    use std::os::unix::ffi::OsStrExt;
+    PathBuf::from(std::ffi::OsStr::from_bytes(bytes))
+}
+
+/// Keys of the rows that remember which file a path last named start so (file keys are
+/// 24 binary bytes).
+const LAST_AT_PREFIX: &[u8] = b"at:";
+
+fn last_at_key(path: &Path) -> Vec<u8> {
+    let mut k = LAST_AT_PREFIX.to_vec();
+    k.extend_from_slice(&path_bytes(path));
+    k
 }
 
 fn path_bytes(path: &Path) -> Vec<u8> {
     use std::os::unix::ffi::OsStrExt;
     path.as_os_str().as_bytes().to_vec()
+}
+
+/// The file a selected path named when last looked at, with its heads (now and before its
+/// truncations).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct LastAt {
+    id: FileId,
+    heads: Vec<Fingerprint>,
 }
 
 /// A rotated-away file still being read.
@@ -222,6 +252,8 @@ struct Tail {
     seen_size: u64,
     /// The last bytes read (up to [`TAIL_BYTES`]): what a copy must hold before the offset.
     recent: Vec<u8>,
+    /// Its heads before it was truncated, newest last (at most [`PAST_HEADS`]).
+    past_heads: Vec<Fingerprint>,
     rotated: Option<Rotated>,
     /// The modification time when last looked at: a file rewritten to the same size is noticed.
     modified: Option<SystemTime>,
@@ -241,6 +273,12 @@ pub struct Tailer {
     tails: BTreeMap<FileId, Tail>,
     /// The file each selected path names, among the open ones.
     live: HashMap<PathBuf, FileId>,
+    /// The file each selected path named when last looked at (or, at start, the newest
+    /// position saved under it): a file born between it and the next one was rotated away
+    /// unseen.
+    last_at: HashMap<PathBuf, LastAt>,
+    /// Paths whose entry in `last_at` changed (or went) since it was last saved.
+    last_at_dirty: HashSet<PathBuf>,
     /// Saved positions not matched with a file yet (only before the first scan ends).
     saved: HashMap<FileId, Saved>,
     /// Files left unopened for `ignore_older`, with their size then.
@@ -274,15 +312,42 @@ impl Tailer {
     ) -> Tailer {
         let mut saved = HashMap::new();
         let mut undecodable = Vec::new();
+        let mut last_at: HashMap<PathBuf, LastAt> = HashMap::new();
+        let fresh = rows.is_empty();
         for (key, value) in rows {
-            match Saved::decode(&value) {
+            if let Some(path) = key.strip_prefix(LAST_AT_PREFIX) {
+                match decode::<LastAt>(&value) {
+                    Some(at) => {
+                        last_at.insert(path_from(path), at);
+                    }
+                    None => undecodable.push(key),
+                }
+                continue;
+            }
+            match decode::<Saved>(&value) {
                 Some(s) => {
                     saved.insert(s.position.id, s);
                 }
                 None => undecodable.push(key),
             }
         }
-        let fresh = saved.is_empty() && undecodable.is_empty();
+        for s in saved.values() {
+            let at = LastAt {
+                id: s.position.id,
+                heads: s
+                    .past_heads
+                    .iter()
+                    .copied()
+                    .chain([s.position.head])
+                    .collect(),
+            };
+            match last_at.get(&s.path()) {
+                Some(newest) if newest.id.born_ns > at.id.born_ns => {}
+                _ => {
+                    last_at.insert(s.path(), at);
+                }
+            }
+        }
         let mut t = Tailer {
             selection,
             pipeline,
@@ -290,6 +355,8 @@ impl Tailer {
             state_name,
             tails: BTreeMap::new(),
             live: HashMap::new(),
+            last_at,
+            last_at_dirty: HashSet::new(),
             saved,
             ignored: HashMap::new(),
             fresh,
@@ -307,6 +374,22 @@ impl Tailer {
         t
     }
 
+    /// A tailer of the same files, resuming from `rows` as after a restart; what this one read
+    /// and did not commit is read again.
+    pub fn restarted(self, rows: Vec<StateRow>) -> Tailer {
+        let scanned = self.scanned;
+        let mut t = Tailer::new(
+            self.selection,
+            self.pipeline,
+            self.options,
+            self.state_name,
+            rows,
+        );
+        t.fresh &= !scanned;
+        t.closed = self.closed;
+        t
+    }
+
     /// The state rows' source name.
     pub fn state_name(&self) -> &str {
         &self.state_name
@@ -321,6 +404,15 @@ impl Tailer {
         for (path, md) in found {
             let id = FileId::of(&md);
             seen.insert(id);
+            let before = self.last_at.get(&path).cloned();
+            if before.as_ref().is_none_or(|b| b.id != id) {
+                if let Some(before) = before {
+                    self.find_missed(&path, &before, id, now);
+                }
+                let heads = Vec::new();
+                self.last_at.insert(path.clone(), LastAt { id, heads });
+                self.last_at_dirty.insert(path.clone());
+            }
             match self.live.get(&path) {
                 Some(&known) if known == id => continue,
                 Some(&old) => {
@@ -355,7 +447,7 @@ impl Tailer {
                 self.ignored.entry(id).or_insert(md.len());
                 continue;
             }
-            match self.open(&path, id) {
+            match self.open(&path, id, now) {
                 Ok(()) => {
                     self.unreadable.remove(&path);
                     self.live.insert(path, id);
@@ -386,6 +478,30 @@ impl Tailer {
             self.find_renamed(now);
         }
         self.ignored.retain(|id, _| seen.contains(id));
+        // Paths whose file is gone are remembered too (deleted, created again later), within a
+        // bound: files named by date never come back.
+        for (path, id) in &self.live {
+            if let (Some(at), Some(tail)) = (self.last_at.get_mut(path), self.tails.get(id))
+                && at.id == *id
+            {
+                let heads: Vec<Fingerprint> =
+                    tail.past_heads.iter().copied().chain([tail.head]).collect();
+                if at.heads != heads {
+                    at.heads = heads;
+                    self.last_at_dirty.insert(path.clone());
+                }
+            }
+        }
+        if self.last_at.len() > MAX_REMEMBERED_PATHS {
+            let dirty = &mut self.last_at_dirty;
+            self.last_at.retain(|path, at| {
+                let keep = seen.contains(&at.id);
+                if !keep {
+                    dirty.insert(path.clone());
+                }
+                keep
+            });
+        }
         errors
     }
 
@@ -491,15 +607,25 @@ impl Tailer {
     }
 
     /// Opens `path` (the file `id`) and decides where to start reading it.
-    fn open(&mut self, path: &Path, id: FileId) -> std::io::Result<()> {
+    fn open(&mut self, path: &Path, id: FileId, now: Instant) -> std::io::Result<()> {
         let file = File::open(path)?;
         let size = file.metadata()?.len();
         let source = path.display().to_string();
+        let mut past_heads = Vec::new();
         let (offset, source) = if let Some(saved) = self.saved.remove(&id) {
+            past_heads.clone_from(&saved.past_heads);
             let start = match resume_in(&file, &saved.position, size)? {
                 Resume::At(offset) => offset,
                 Resume::FromStart(why) => {
                     tracing::info!(path = %path.display(), reason = ?why, "reading a log file again from its start");
+                    if why != Restart::OtherFile {
+                        // Copied and truncated while the agent was stopped: the copy holds the
+                        // rest of what was read up to the saved offset.
+                        self.read_copy_of(path, &saved, now);
+                        past_heads.push(saved.position.head);
+                        let excess = past_heads.len().saturating_sub(PAST_HEADS);
+                        past_heads.drain(..excess);
+                    }
                     0
                 }
             };
@@ -511,7 +637,17 @@ impl Tailer {
         } else {
             (0, source)
         };
-        self.insert(id, path.to_path_buf(), source, file, offset, None)
+        tracing::debug!(path = %path.display(), offset, size, "opening a log file");
+        self.insert(id, path.to_path_buf(), source, file, offset, None)?;
+        self.set_past_heads(id, past_heads);
+        Ok(())
+    }
+
+    /// Restores the heads a file had before its truncations, as its saved position kept them.
+    fn set_past_heads(&mut self, id: FileId, heads: Vec<Fingerprint>) {
+        if let Some(tail) = self.tails.get_mut(&id) {
+            tail.past_heads = heads;
+        }
     }
 
     fn insert(
@@ -535,6 +671,7 @@ impl Tailer {
             head,
             seen_size: size,
             recent,
+            past_heads: Vec::new(),
             rotated,
             modified: None,
             saved_offset: None,
@@ -551,11 +688,92 @@ impl Tailer {
         Ok(())
     }
 
+    /// Opens the copy of the file at `path` that `saved` was taken on, if one is beside it, to be
+    /// read from the saved offset to its end.
+    fn read_copy_of(&mut self, path: &Path, saved: &Saved, now: Instant) {
+        let p = &saved.position;
+        let copy = find_copy(path, p.id, p.head, p.offset, |f| {
+            read_range(f, p.tail_range()).is_ok_and(|b| Fingerprint::of(&b) == p.tail)
+        });
+        let Some((copy_path, file, _)) = copy else {
+            return;
+        };
+        let Ok(md) = file.metadata() else { return };
+        let id = FileId::of(&md);
+        if self.tails.contains_key(&id) {
+            return;
+        }
+        let rotated = Some(Rotated {
+            since: now,
+            last_growth: now,
+        });
+        let _ = self.insert(id, copy_path, saved.source.clone(), file, p.offset, rotated);
+    }
+
+    /// Files that named `path` after `before` and before `after` and were rotated away before
+    /// any scan saw them (two rotations between looks, or while the agent was stopped): born
+    /// between the two, beside them, not compressed yet. They are read whole.
+    fn find_missed(&mut self, path: &Path, before: &LastAt, after: FileId, now: Instant) {
+        let heads = &before.heads;
+        let before = before.id;
+        if before.born_ns == 0 || after.born_ns == 0 || after.born_ns <= before.born_ns {
+            return;
+        }
+        let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+            return;
+        };
+        let name = name.to_string_lossy().into_owned();
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        // Copies of `before` (copytruncate's) were born in the window too: they start as it
+        // did, and are not read again.
+        for entry in entries.flatten() {
+            let candidate = entry.path();
+            let entry_name = entry.file_name().to_string_lossy().into_owned();
+            if entry_name == name || !entry_name.starts_with(&name) || is_compressed(&candidate) {
+                continue;
+            }
+            let Ok(md) = std::fs::metadata(&candidate) else {
+                continue;
+            };
+            let id = FileId::of(&md);
+            if !md.is_file()
+                || id.born_ns <= before.born_ns
+                || id.born_ns >= after.born_ns
+                || self.tails.contains_key(&id)
+                || self.saved.contains_key(&id)
+            {
+                continue;
+            }
+            let Ok(file) = File::open(&candidate) else {
+                continue;
+            };
+            let is_copy = heads
+                .iter()
+                .any(|h| h.len > 0 && head_of(&file, h.len).is_ok_and(|c| c == *h));
+            if is_copy {
+                continue;
+            }
+            tracing::info!(
+                path = %candidate.display(),
+                "reading a log file rotated away before it was seen"
+            );
+            let rotated = Some(Rotated {
+                since: now,
+                last_growth: now,
+            });
+            let source = path.display().to_string();
+            let _ = self.insert(id, candidate, source, file, 0, rotated);
+        }
+    }
+
     /// After the first scan: positions whose file is no longer under a selected name. A file
     /// renamed while the agent was stopped is found beside its old name and read from its
     /// saved offset to its end; the others are forgotten.
     fn find_renamed(&mut self, now: Instant) {
         for (id, saved) in std::mem::take(&mut self.saved) {
+            tracing::debug!(path = %saved.path().display(), offset = saved.position.offset, "looking for a file renamed away");
             match find_by_id(&saved.path(), id) {
                 Some((path, file)) => {
                     let size = file.metadata().map(|m| m.len()).unwrap_or(0);
@@ -569,11 +787,9 @@ impl Tailer {
                         since: now,
                         last_growth: now,
                     });
-                    if self
-                        .insert(id, path, saved.source, file, offset, rotated)
-                        .is_err()
-                    {
-                        self.deletes.push(id);
+                    match self.insert(id, path, saved.source, file, offset, rotated) {
+                        Ok(()) => self.set_past_heads(id, saved.past_heads),
+                        Err(_) => self.deletes.push(id),
                     }
                 }
                 None => self.deletes.push(id),
@@ -772,6 +988,18 @@ impl Tailer {
                 key,
             });
         }
+        for path in self.last_at_dirty.drain() {
+            let key = last_at_key(&path);
+            let source = self.state_name.clone();
+            state.push(match self.last_at.get(&path) {
+                Some(at) => StateChange::Put {
+                    source,
+                    key,
+                    value: encode(at),
+                },
+                None => StateChange::Delete { source, key },
+            });
+        }
     }
 
     /// The position of `id`, if it moved since it was last saved.
@@ -791,6 +1019,7 @@ impl Tailer {
             let saved = Saved {
                 source: tail.source.clone(),
                 path: path_bytes(&tail.path),
+                past_heads: tail.past_heads.clone(),
                 position: Position {
                     id: tail.id,
                     head: tail.head,
@@ -801,7 +1030,7 @@ impl Tailer {
             state.push(StateChange::Put {
                 source: self.state_name.clone(),
                 key: Saved::key(tail.id),
-                value: saved.encode(),
+                value: encode(&saved),
             });
             tail.saved_offset = Some(offset);
         }
@@ -814,7 +1043,11 @@ fn truncated(tail: &mut Tail, pipeline: &Pipeline, now: Instant, records: &mut V
     let read = tail.reader.read_offset();
     tail.reader.flush_group(records);
     let mut recovered = read;
-    if let Some((copy, size)) = find_copy(tail, read) {
+    let recent_from = read - tail.recent.len() as u64;
+    let copy = find_copy(&tail.path, tail.id, tail.head, read, |f| {
+        read_range(f, recent_from..read).is_ok_and(|b| b == tail.recent)
+    });
+    if let Some((_, copy, size)) = copy {
         tracing::debug!(path = %tail.path.display(), "reading the rest of a truncated log file from its copy");
         let mut at = read;
         let mut buf = vec![0u8; 64 * 1024];
@@ -847,6 +1080,11 @@ fn truncated(tail: &mut Tail, pipeline: &Pipeline, now: Instant, records: &mut V
         );
     }
     tail.stats.rotations += 1;
+    if tail.head.len > 0 {
+        tail.past_heads.push(tail.head);
+        let excess = tail.past_heads.len().saturating_sub(PAST_HEADS);
+        tail.past_heads.drain(..excess);
+    }
     tail.reader = pipeline.reader(0);
     tail.seen_size = 0;
     tail.recent.clear();
@@ -861,36 +1099,40 @@ fn still_there(tail: &Tail, at: u64) -> bool {
     read_range(&tail.file, from..at).is_ok_and(|b| b == tail.recent)
 }
 
-/// A copy of `tail`'s file beside it (copytruncate's), holding at least the `read` bytes read
-/// so far: same head, and the same bytes just before `read`.
-fn find_copy(tail: &Tail, read: u64) -> Option<(File, u64)> {
-    if tail.head.len == 0 {
+/// A copy of the file at `path` beside it (copytruncate's), holding at least its first `read`
+/// bytes: the same `head`, and bytes before `read` that `end_matches`. The newest if several.
+fn find_copy(
+    path: &Path,
+    own: FileId,
+    head: Fingerprint,
+    read: u64,
+    end_matches: impl Fn(&File) -> bool,
+) -> Option<(PathBuf, File, u64)> {
+    if head.len == 0 {
         return None;
     }
-    let dir = tail.path.parent()?;
-    let name = tail.path.file_name()?.to_string_lossy().into_owned();
-    let mut best: Option<(SystemTime, File, u64)> = None;
+    let dir = path.parent()?;
+    let name = path.file_name()?.to_string_lossy().into_owned();
+    let mut best: Option<(SystemTime, PathBuf, File, u64)> = None;
     for entry in std::fs::read_dir(dir).ok()?.flatten() {
         let entry_name = entry.file_name().to_string_lossy().into_owned();
-        if entry_name == name || !entry_name.starts_with(&name) {
+        if entry_name == name || !entry_name.starts_with(&name) || is_compressed(&entry.path()) {
             continue;
         }
         let Ok(file) = File::open(entry.path()) else {
             continue;
         };
         let Ok(md) = file.metadata() else { continue };
-        if !md.is_file() || FileId::of(&md) == tail.id || md.len() < read {
+        if !md.is_file() || FileId::of(&md) == own || md.len() < read {
             continue;
         }
-        let same_head = head_of(&file, tail.head.len).is_ok_and(|h| h == tail.head);
-        let recent_from = read - tail.recent.len() as u64;
-        let same_end = read_range(&file, recent_from..read).is_ok_and(|b| b == tail.recent);
+        let same_head = head_of(&file, head.len).is_ok_and(|h| h == head);
         let modified = md.modified().unwrap_or(SystemTime::UNIX_EPOCH);
-        if same_head && same_end && best.as_ref().is_none_or(|(m, _, _)| modified > *m) {
-            best = Some((modified, file, md.len()));
+        if same_head && end_matches(&file) && best.as_ref().is_none_or(|(m, ..)| modified > *m) {
+            best = Some((modified, entry.path(), file, md.len()));
         }
     }
-    best.map(|(_, f, size)| (f, size))
+    best.map(|(_, p, f, size)| (p, f, size))
 }
 
 /// A file with the inode `id` in the directory of `old` (where a rotation renames to).

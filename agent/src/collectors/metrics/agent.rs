@@ -120,4 +120,77 @@ fn telemetry(p: &mut Points, t: &Telemetry) {
             &[("collector", &collector)],
         );
     }
+    log_files(p, t);
+}
+
+/// `outpost.agent.logs.*`: per source, and per open file (counters of a file start at its
+/// opening; a source's totals include the files it closed).
+fn log_files(p: &mut Points, t: &Telemetry) {
+    use crate::collectors::logs::tailer::{FileStats, Loss};
+    for (source, s) in t.log_sources() {
+        let mut total = s.closed.clone();
+        for (path, f) in &s.files {
+            let attrs = [("source", source.as_str()), ("path", path.as_str())];
+            p.counter(
+                "outpost.agent.logs.file.read",
+                "By",
+                f.bytes_read as f64,
+                &attrs,
+            );
+            p.gauge("outpost.agent.logs.file.lag", "By", f.lag() as f64, &attrs);
+            add(&mut total, f);
+        }
+        let src = [("source", source.as_str())];
+        p.gauge(
+            "outpost.agent.logs.open_files",
+            "{file}",
+            s.open_files as f64,
+            &src,
+        );
+        p.counter(
+            "outpost.agent.logs.read",
+            "By",
+            total.bytes_read as f64,
+            &src,
+        );
+        p.counter(
+            "outpost.agent.logs.records",
+            "{record}",
+            total.records as f64,
+            &src,
+        );
+        p.counter(
+            "outpost.agent.logs.rotations",
+            "{rotation}",
+            total.rotations as f64,
+            &src,
+        );
+        let lag: u64 = s.files.iter().map(|(_, f)| f.lag()).sum();
+        p.gauge("outpost.agent.logs.lag", "By", lag as f64, &src);
+        for (loss, bytes) in Loss::ALL.iter().zip(total.lost) {
+            p.counter(
+                "outpost.agent.logs.lost",
+                "By",
+                bytes as f64,
+                &[("source", source.as_str()), ("reason", loss.as_str())],
+            );
+        }
+        for (rule, n) in &s.redactions {
+            p.counter(
+                "outpost.agent.logs.redactions",
+                "{replacement}",
+                *n as f64,
+                &[("source", source.as_str()), ("rule", rule.as_str())],
+            );
+        }
+    }
+
+    fn add(total: &mut FileStats, f: &FileStats) {
+        total.bytes_read += f.bytes_read;
+        total.records += f.records;
+        total.rotations += f.rotations;
+        for (t, l) in total.lost.iter_mut().zip(f.lost) {
+            *t += l;
+        }
+    }
 }

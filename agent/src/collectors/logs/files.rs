@@ -1,0 +1,646 @@
+//! `[[logs.files]]`: log files as a source.
+//!
+//! The [`Tailer`] decides everything; this module configures it and runs it: file I/O on
+//! blocking threads, wake-ups from inotify (a hint: a periodic rescan and a one-second look at
+//! open files catch what it misses), and each round committed to the spool with the positions
+//! that go with it. While a round waits for spool space, reading stops (the lines stay in their
+//! files) but scanning goes on, and the files found are recorded at once, so a file rotated away
+//! meanwhile is still found after a crash.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytesize::ByteSize;
+use outpost_common::time::now_ns;
+use regex::Regex;
+use serde::Deserialize;
+use tokio::sync::Notify;
+use tracing::{info, warn};
+
+use super::multiline::{self, Limits};
+use super::parse::Parser;
+use super::pipeline::Pipeline;
+use super::redact::{Preset, Redactor};
+use super::select::Selection;
+use super::tailer::{FileStats, Options, ReadFrom, Round, Tailer};
+use crate::collectors::{Context, Source, SourceError};
+use crate::internal_events::LogFilesRead;
+use crate::spool::{Class, StateRow, Submission};
+
+/// How a source's records are parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ParserKind {
+    /// The line is the message.
+    #[default]
+    Plain,
+    /// One JSON object per record; see `json`.
+    Json,
+    /// Syslog, RFC 5424 or RFC 3164, told apart by the text.
+    Syslog,
+    /// The regular expression `pattern`, with named groups.
+    Regex,
+}
+
+/// `json`: which JSON fields hold the message, the time and the level (the first present of
+/// each list); every other field becomes an attribute.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JsonFields {
+    pub message: Vec<String>,
+    pub time: Vec<String>,
+    pub severity: Vec<String>,
+}
+
+impl Default for JsonFields {
+    fn default() -> Self {
+        match Parser::json() {
+            Parser::Json {
+                message_fields,
+                time_fields,
+                severity_fields,
+            } => JsonFields {
+                message: message_fields,
+                time: time_fields,
+                severity: severity_fields,
+            },
+            _ => unreachable!("Parser::json is the JSON parser"),
+        }
+    }
+}
+
+/// `multiline`: lines grouped into records (stack traces, tracebacks). Exactly one of `start` and
+/// `continuation`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MultilineConfig {
+    /// A line matching this starts a record; other lines continue it (e.g. `^\d{4}-\d{2}-\d{2}`).
+    pub start: Option<String>,
+    /// A line matching this continues the record; other lines start one (e.g. `^\s`).
+    pub continuation: Option<String>,
+    /// A record no line joined for this long is sent.
+    #[serde(with = "humantime_serde")]
+    pub flush_after: Duration,
+    /// Lines in one record at most.
+    pub max_lines: usize,
+    /// Bytes in one record at most.
+    pub max_bytes: ByteSize,
+}
+
+impl Default for MultilineConfig {
+    fn default() -> Self {
+        let l = Limits::default();
+        MultilineConfig {
+            start: None,
+            continuation: None,
+            flush_after: l.flush_after,
+            max_lines: l.max_lines,
+            max_bytes: ByteSize::b(l.max_bytes as u64),
+        }
+    }
+}
+
+/// A redaction rule: every match of `pattern` is replaced by `replacement` (`$1`, `${name}` for
+/// groups).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedactRule {
+    /// The rule's name in the agent's telemetry.
+    pub name: String,
+    pub pattern: String,
+    pub replacement: String,
+}
+
+/// One `[[logs.files]]` entry: a set of log files read alike.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FilesConfig {
+    /// The source's name, under which its positions are kept and its telemetry reported
+    /// (default: its first include glob). Renaming a source reads its files anew.
+    pub name: Option<String>,
+    /// Absolute globs of the files to read: `*` within a directory, `**` across directories.
+    pub include: Vec<String>,
+    /// Globs of files not to read; may start with `**/` to match anywhere. Compressed files
+    /// (`.gz`, `.xz`, …) are never read.
+    pub exclude: Vec<String>,
+    /// Where to start a file that is there when the source first starts: "beginning" or "end".
+    /// Files that appear later are always read from their beginning.
+    pub read_from: ReadFrom,
+    /// Files not modified for this long are left alone until they are written again.
+    #[serde(with = "humantime_serde")]
+    pub ignore_older: Option<Duration>,
+    /// "plain", "json", "syslog" or "regex".
+    pub parser: ParserKind,
+    /// The regular expression of the regex parser: named groups `message`, `time` (RFC 3339)
+    /// and `severity` are taken as such, every other group is an attribute.
+    pub pattern: Option<String>,
+    /// The JSON parser's field names.
+    pub json: JsonFields,
+    /// Attributes added to every record of this source.
+    pub attributes: BTreeMap<String, String>,
+    /// Redaction presets applied before a record leaves the host: "credit_card", "email",
+    /// "ipv4", "ipv6", "bearer_token".
+    pub redact: Vec<String>,
+    /// Redaction rules of your own, applied after the presets.
+    pub redact_rules: Vec<RedactRule>,
+    /// Multiline grouping; off unless set.
+    pub multiline: Option<MultilineConfig>,
+    /// Longer lines are cut to this many bytes and flagged `log.truncated`.
+    pub max_line_bytes: ByteSize,
+    /// How often to look for new files when no inotify event said so.
+    #[serde(with = "humantime_serde")]
+    pub rescan_interval: Duration,
+    /// A rotated-away file read to its end is closed once nothing was written to it this long.
+    #[serde(with = "humantime_serde")]
+    pub rotate_wait: Duration,
+    /// A rotated-away file not read to its end after this long (the spool was full) is given up;
+    /// its unread bytes are counted as lost.
+    #[serde(with = "humantime_serde")]
+    pub rotated_max_age: Duration,
+    /// Rotated-away files held open at most; beyond, the oldest is given up (counted).
+    pub max_rotated_open: usize,
+}
+
+impl Default for FilesConfig {
+    fn default() -> Self {
+        let o = Options::default();
+        FilesConfig {
+            name: None,
+            include: Vec::new(),
+            exclude: Vec::new(),
+            read_from: o.read_from,
+            ignore_older: o.ignore_older,
+            parser: ParserKind::Plain,
+            pattern: None,
+            json: JsonFields::default(),
+            attributes: BTreeMap::new(),
+            redact: Vec::new(),
+            redact_rules: Vec::new(),
+            multiline: None,
+            max_line_bytes: ByteSize::kib(100),
+            rescan_interval: Duration::from_secs(10),
+            rotate_wait: o.rotate_wait,
+            rotated_max_age: o.rotated_max_age,
+            max_rotated_open: o.max_rotated_open,
+        }
+    }
+}
+
+impl FilesConfig {
+    /// The source's name: `name`, or its first include glob.
+    pub fn source_name(&self) -> String {
+        self.name
+            .clone()
+            .or_else(|| self.include.first().cloned())
+            .unwrap_or_default()
+    }
+}
+
+/// `[logs]`: log sources.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogsConfig {
+    /// `[[logs.files]]`, any number.
+    pub files: Vec<FilesConfig>,
+}
+
+/// How long to wait between looks at open files when nothing woke the source.
+const POLL: Duration = Duration::from_secs(1);
+
+/// One `[[logs.files]]` source.
+#[derive(Debug)]
+pub struct Files {
+    name: String,
+    selection: Selection,
+    pipeline: Pipeline,
+    options: Options,
+    rescan_interval: Duration,
+}
+
+impl Files {
+    /// The name its positions are kept under in the spool.
+    pub fn state_name(&self) -> String {
+        format!("logs.files:{}", self.name)
+    }
+
+    /// The collector name it reports under.
+    pub fn collector_name(&self) -> String {
+        format!("logs:{}", self.name)
+    }
+}
+
+impl Source for Files {
+    type Config = FilesConfig;
+    const NAME: &'static str = "logs";
+
+    fn new(c: FilesConfig) -> Result<Self, SourceError> {
+        let name = c.source_name();
+        let option = |field: &str| format!("logs.files[{name}].{field}");
+        if c.include.is_empty() {
+            return Err(SourceError::new(
+                "logs.files.include",
+                "at least one glob is needed",
+            ));
+        }
+        let selection = Selection::new(&c.include, &c.exclude)
+            .map_err(|e| SourceError::new(option(e.field), e.to_string()))?;
+        let regex = |field: &str, pattern: &str| {
+            Regex::new(pattern).map_err(|e| SourceError::new(option(field), e.to_string()))
+        };
+        let parser = match (c.parser, &c.pattern) {
+            (ParserKind::Regex, Some(p)) => Parser::Regex(regex("pattern", p)?),
+            (ParserKind::Regex, None) => {
+                return Err(SourceError::new(
+                    option("pattern"),
+                    "the regex parser needs a pattern",
+                ));
+            }
+            (_, Some(_)) => {
+                return Err(SourceError::new(
+                    option("pattern"),
+                    "only the regex parser takes a pattern",
+                ));
+            }
+            (ParserKind::Plain, None) => Parser::Plain,
+            (ParserKind::Syslog, None) => Parser::Syslog,
+            (ParserKind::Json, None) => Parser::Json {
+                message_fields: c.json.message.clone(),
+                time_fields: c.json.time.clone(),
+                severity_fields: c.json.severity.clone(),
+            },
+        };
+        let mut redactor = Redactor::new();
+        for preset in &c.redact {
+            let p = Preset::from_name(preset).ok_or_else(|| {
+                let known: Vec<&str> = Preset::ALL.iter().map(|p| p.name()).collect();
+                SourceError::new(
+                    option("redact"),
+                    format!("unknown preset `{preset}`; known: {}", known.join(", ")),
+                )
+            })?;
+            redactor = redactor.with_preset(p);
+        }
+        for rule in &c.redact_rules {
+            redactor = redactor
+                .with_rule(&rule.name, &rule.pattern, &rule.replacement)
+                .map_err(|e| SourceError::new(option("redact_rules"), e.to_string()))?;
+        }
+        let multiline = match &c.multiline {
+            None => None,
+            Some(m) => {
+                let rule = match (&m.start, &m.continuation) {
+                    (Some(s), None) => multiline::Rule::Start(regex("multiline.start", s)?),
+                    (None, Some(s)) => {
+                        multiline::Rule::Continuation(regex("multiline.continuation", s)?)
+                    }
+                    _ => {
+                        return Err(SourceError::new(
+                            option("multiline"),
+                            "set exactly one of `start` and `continuation`",
+                        ));
+                    }
+                };
+                if m.flush_after.is_zero() || m.max_lines == 0 || m.max_bytes.as_u64() == 0 {
+                    return Err(SourceError::new(
+                        option("multiline"),
+                        "flush_after, max_lines and max_bytes must be above zero",
+                    ));
+                }
+                let limits = Limits {
+                    flush_after: m.flush_after,
+                    max_lines: m.max_lines,
+                    max_bytes: usize::try_from(m.max_bytes.as_u64()).unwrap_or(usize::MAX),
+                };
+                Some((rule, limits))
+            }
+        };
+        let max_line_bytes = c.max_line_bytes.as_u64();
+        if !(1..=16 * 1024 * 1024).contains(&max_line_bytes) {
+            return Err(SourceError::new(
+                option("max_line_bytes"),
+                "must be between 1 byte and 16 MiB",
+            ));
+        }
+        if c.rescan_interval.is_zero() || c.rotated_max_age.is_zero() || c.max_rotated_open == 0 {
+            return Err(SourceError::new(
+                option("rescan_interval"),
+                "rescan_interval, rotated_max_age and max_rotated_open must be above zero",
+            ));
+        }
+        Ok(Files {
+            selection,
+            pipeline: Pipeline {
+                max_line_bytes: usize::try_from(max_line_bytes).unwrap_or(usize::MAX),
+                multiline,
+                parser,
+                redactor,
+                attributes: c.attributes.into_iter().collect(),
+            },
+            options: Options {
+                read_from: c.read_from,
+                ignore_older: c.ignore_older,
+                rotate_wait: c.rotate_wait,
+                rotated_max_age: c.rotated_max_age,
+                max_rotated_open: c.max_rotated_open,
+                ..Options::default()
+            },
+            rescan_interval: c.rescan_interval,
+            name,
+        })
+    }
+
+    async fn run(self, mut ctx: Context) {
+        let state_name = self.state_name();
+        let rows = loop {
+            match load_rows(&ctx, &state_name).await {
+                Ok(rows) => break rows,
+                Err(e) => {
+                    ctx.reporter()
+                        .failed(format!("cannot read its positions: {e}"));
+                    if ctx.sleep(Duration::from_secs(5)).await {
+                        return;
+                    }
+                }
+            }
+        };
+        info!(
+            source = %self.name,
+            roots = ?self.selection.roots(),
+            positions = rows.len(),
+            "log file source starting"
+        );
+        let wake = Arc::new(Wake::default());
+        // Kept alive for the source's life; without it the source polls.
+        let _watcher = watch(self.selection.roots(), &wake);
+        let names: Vec<String> = self.pipeline.redactor.names().map(str::to_owned).collect();
+        let mut runner = Runner {
+            tailer: Some(Tailer::new(
+                self.selection.clone(),
+                self.pipeline.clone(),
+                self.options.clone(),
+                state_name,
+                rows,
+            )),
+            rescan_interval: self.rescan_interval,
+            next_scan: Instant::now(),
+            redaction_names: names,
+            source: self.name.clone(),
+        };
+        runner.run(&mut ctx, &wake).await;
+        info!(source = %self.name, "log file source stopped");
+    }
+}
+
+/// A source's state rows, all of them.
+async fn load_rows(
+    ctx: &Context,
+    state_name: &str,
+) -> Result<Vec<StateRow>, crate::spool::SpoolError> {
+    let mut rows = Vec::new();
+    loop {
+        let after = rows.last().map(|(k, _): &StateRow| k.clone());
+        let page = ctx.spool().state_page(state_name, after, 1000).await?;
+        let done = page.len() < 1000;
+        rows.extend(page);
+        if done {
+            return Ok(rows);
+        }
+    }
+}
+
+/// Wake-ups from inotify: something changed, and whether files may have appeared or gone.
+#[derive(Debug, Default)]
+struct Wake {
+    notify: Notify,
+    structural: AtomicBool,
+}
+
+/// Watches the roots (a root that does not exist yet is found by the periodic rescan).
+fn watch(roots: &[PathBuf], wake: &Arc<Wake>) -> Option<notify::RecommendedWatcher> {
+    use notify::{EventKind, RecursiveMode, Watcher};
+    let w = wake.clone();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let structural = match &event {
+            Ok(e) => !matches!(
+                e.kind,
+                EventKind::Modify(notify::event::ModifyKind::Data(_)) | EventKind::Access(_)
+            ),
+            // Overflowed queue and the like: look at everything again.
+            Err(_) => true,
+        };
+        if structural {
+            w.structural.store(true, Ordering::Relaxed);
+        }
+        w.notify.notify_one();
+    })
+    .map_err(|e| warn!(error = %e, "cannot use inotify; polling log files instead"))
+    .ok()?;
+    for root in roots {
+        if let Err(e) = watcher.watch(root, RecursiveMode::Recursive) {
+            // Missing until created; the rescan finds its files.
+            tracing::debug!(root = %root.display(), error = %e, "not watching a log directory");
+        }
+    }
+    Some(watcher)
+}
+
+/// The loop around a tailer.
+struct Runner {
+    /// Moved to a blocking thread for each call.
+    tailer: Option<Tailer>,
+    rescan_interval: Duration,
+    next_scan: Instant,
+    redaction_names: Vec<String>,
+    source: String,
+}
+
+impl Runner {
+    async fn run(&mut self, ctx: &mut Context, wake: &Wake) {
+        loop {
+            if ctx.is_shutting_down() {
+                return;
+            }
+            if !self.scan_if_due(ctx, wake).await {
+                return;
+            }
+            let Some(round) = self.call(|t| t.read(Instant::now(), now_ns())).await else {
+                return;
+            };
+            let full = round.full;
+            if !round.is_empty() && !self.commit(ctx, wake, round).await {
+                return;
+            }
+            self.publish(ctx).await;
+            if full {
+                continue;
+            }
+            let deadline = self
+                .call(|t| t.next_deadline())
+                .await
+                .flatten()
+                .into_iter()
+                .chain([self.next_scan, Instant::now() + POLL])
+                .min()
+                .unwrap_or_else(|| Instant::now() + POLL);
+            tokio::select! {
+                () = wake.notify.notified() => {}
+                () = tokio::time::sleep_until(deadline.into()) => {}
+                () = ctx.stopped() => return,
+            }
+        }
+    }
+
+    /// Scans when the rescan interval passed or inotify said files may have come or gone.
+    /// Returns false when the source cannot go on.
+    async fn scan_if_due(&mut self, ctx: &Context, wake: &Wake) -> bool {
+        let now = Instant::now();
+        if !wake.structural.swap(false, Ordering::Relaxed) && now < self.next_scan {
+            return true;
+        }
+        self.next_scan = now + self.rescan_interval;
+        let Some(errors) = self.call(move |t| t.scan(now)).await else {
+            return false;
+        };
+        if errors.is_empty() {
+            ctx.reporter().recovered();
+        } else {
+            ctx.reporter().failed(errors.join("; "));
+        }
+        true
+    }
+
+    /// Commits `round`, scanning (and recording the files found) while it waits for space.
+    /// Returns false when the agent is shutting down or the source cannot go on.
+    async fn commit(&mut self, ctx: &mut Context, wake: &Wake, round: Round) -> bool {
+        let spool = ctx.spool().clone();
+        let sub = Submission {
+            events: round.events,
+            state: round.state,
+            checkpoints: Vec::new(),
+            class: Class::Wait,
+        };
+        let commit = spool.submit(sub);
+        tokio::pin!(commit);
+        let mut scan_timer = tokio::time::interval(self.rescan_interval);
+        loop {
+            tokio::select! {
+                result = &mut commit => {
+                    return match result {
+                        Ok(_) => true,
+                        Err(e) => self.start_over(ctx, e).await,
+                    };
+                }
+                () = wake.notify.notified() => {}
+                _ = scan_timer.tick() => {}
+                () = ctx.stopped() => return false,
+            }
+            if !self.scan_if_due(ctx, wake).await {
+                return false;
+            }
+            let Some(opened) = self.call(Tailer::opened).await else {
+                return false;
+            };
+            if !opened.is_empty() {
+                let sub = Submission {
+                    state: opened,
+                    class: Class::Wait,
+                    ..Submission::default()
+                };
+                if let Err(e) = spool.submit(sub).await {
+                    return self.start_over(ctx, e).await;
+                }
+            }
+        }
+    }
+
+    /// The spool refused a commit: nothing of it was written. The tailer is rebuilt from the
+    /// committed positions, as after a crash, so the lines are read again.
+    async fn start_over(&mut self, ctx: &mut Context, e: crate::spool::SpoolError) -> bool {
+        ctx.reporter()
+            .failed(format!("cannot write to the spool: {e}"));
+        if ctx.sleep(Duration::from_secs(1)).await {
+            return false;
+        }
+        let Some(old) = self.tailer.take() else {
+            return false;
+        };
+        let state_name = old.state_name().to_owned();
+        match load_rows(ctx, &state_name).await {
+            Ok(rows) => {
+                self.tailer = Some(old.restarted(rows));
+                self.next_scan = Instant::now();
+                true
+            }
+            Err(e) => {
+                self.tailer = Some(old);
+                ctx.reporter()
+                    .failed(format!("cannot read its positions: {e}"));
+                !ctx.sleep(Duration::from_secs(1)).await
+            }
+        }
+    }
+
+    /// Publishes the tailer's telemetry.
+    async fn publish(&mut self, ctx: &Context) {
+        let Some((files, closed, redactions, open)) = self
+            .call(|t| {
+                let (files, closed) = t.stats();
+                (files, closed, t.redactions().to_vec(), t.open_files())
+            })
+            .await
+        else {
+            return;
+        };
+        let redactions = self
+            .redaction_names
+            .iter()
+            .cloned()
+            .zip(redactions.into_iter().chain(std::iter::repeat(0)))
+            .collect();
+        ctx.reporter().telemetry().emit(LogFilesRead {
+            source: &self.source,
+            files,
+            closed,
+            redactions,
+            open_files: open,
+        });
+    }
+
+    /// Runs `f` on the tailer on a blocking thread (files are read with blocking calls).
+    async fn call<R: Send + 'static>(
+        &mut self,
+        f: impl FnOnce(&mut Tailer) -> R + Send + 'static,
+    ) -> Option<R> {
+        let mut tailer = self.tailer.take()?;
+        match tokio::task::spawn_blocking(move || {
+            let r = f(&mut tailer);
+            (tailer, r)
+        })
+        .await
+        {
+            Ok((tailer, r)) => {
+                self.tailer = Some(tailer);
+                Some(r)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the log tailer failed; the source stops");
+                None
+            }
+        }
+    }
+}
+
+/// What the telemetry keeps of one source.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SourceStats {
+    /// Open files by path.
+    pub files: Vec<(String, FileStats)>,
+    /// Files closed since the agent started, summed.
+    pub closed: FileStats,
+    /// Replacements per redaction rule.
+    pub redactions: Vec<(String, u64)>,
+    pub open_files: usize,
+}
