@@ -13,6 +13,7 @@ use outpost_common::logging::LogConfig;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::collectors::journal::{self, Journal};
 use crate::collectors::metrics::{Metrics, MetricsConfig};
 use crate::collectors::self_status::{self, SelfStatus};
 use crate::collectors::synthetic::{self, Synthetic};
@@ -34,6 +35,8 @@ pub struct AgentConfig {
     pub metrics: MetricsConfig,
     /// The history of the agent's own status.
     pub status: self_status::Config,
+    /// The systemd journal, followed through journalctl.
+    pub journal: journal::Config,
 }
 
 impl Default for AgentConfig {
@@ -47,6 +50,7 @@ impl Default for AgentConfig {
             synthetic: synthetic::Config::default(),
             metrics: MetricsConfig::default(),
             status: self_status::Config::default(),
+            journal: journal::Config::default(),
         }
     }
 }
@@ -277,6 +281,7 @@ fn validate(path: &Path, config: AgentConfig) -> Result<Validated, ConfigError> 
     }
     Metrics::new(config.metrics.clone()).map_err(source)?;
     SelfStatus::new(config.status.clone()).map_err(source)?;
+    Journal::new(config.journal.clone()).map_err(source)?;
     Ok(Validated {
         endpoint: parsed,
         server_name,

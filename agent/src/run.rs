@@ -9,6 +9,7 @@ use outpost_common::tls;
 use tokio::sync::watch;
 use tracing::info;
 
+use crate::collectors::journal::Journal;
 use crate::collectors::metrics::Metrics;
 use crate::collectors::self_status::SelfStatus;
 use crate::collectors::synthetic::Synthetic;
@@ -116,6 +117,10 @@ pub fn run(v: Validated) -> anyhow::Result<()> {
         tasks.spawn(metrics.run(context(Metrics::NAME)));
         let status = SelfStatus::new(c.status.clone())?;
         tasks.spawn(status.run(context(SelfStatus::NAME)));
+        if c.journal.enabled {
+            let journal = Journal::new(c.journal.clone())?;
+            tasks.spawn(journal.run(context(Journal::NAME)));
+        }
         let shipper = Shipper::new(
             ShipConfig {
                 endpoint: v.endpoint.clone(),
