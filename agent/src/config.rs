@@ -13,6 +13,7 @@ use outpost_common::logging::LogConfig;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::collectors::journal::{self, Journal};
 use crate::collectors::logs::files::{Files, LogsConfig};
 use crate::collectors::metrics::{Metrics, MetricsConfig};
 use crate::collectors::self_status::{self, SelfStatus};
@@ -37,6 +38,8 @@ pub struct AgentConfig {
     pub status: self_status::Config,
     /// Log sources: `[[logs.files]]`.
     pub logs: LogsConfig,
+    /// The systemd journal, followed through journalctl.
+    pub journal: journal::Config,
 }
 
 impl Default for AgentConfig {
@@ -51,6 +54,7 @@ impl Default for AgentConfig {
             metrics: MetricsConfig::default(),
             status: self_status::Config::default(),
             logs: LogsConfig::default(),
+            journal: journal::Config::default(),
         }
     }
 }
@@ -291,6 +295,7 @@ fn validate(path: &Path, config: AgentConfig) -> Result<Validated, ConfigError> 
         }
         Files::new(files.clone()).map_err(source)?;
     }
+    Journal::new(config.journal.clone()).map_err(source)?;
     Ok(Validated {
         endpoint: parsed,
         server_name,

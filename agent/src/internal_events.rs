@@ -271,6 +271,49 @@ impl InternalEvent<Telemetry> for SamplesLost<'_> {
     }
 }
 
+/// A line journalctl printed is not a journal entry: it is skipped and counted, and the journal
+/// source goes on with the next line.
+#[derive(Debug)]
+pub struct JournalEntryMalformed<'a> {
+    pub error: &'a str,
+    /// The start of the line.
+    pub line: &'a str,
+}
+
+impl InternalEvent<Telemetry> for JournalEntryMalformed<'_> {
+    const NAME: &'static str = "journal_entry_malformed";
+
+    fn emit(self, t: &Telemetry) {
+        t.add(Counter::JournalEntriesMalformed, 1);
+        warn!(
+            error = self.error,
+            line = self.line,
+            "skipped a line of journalctl's output that is not a journal entry"
+        );
+    }
+}
+
+/// A journal entry longer than `journal.max_entry_bytes` (as journalctl prints it) was skipped
+/// and counted.
+#[derive(Debug)]
+pub struct JournalEntryTooLong {
+    pub bytes: u64,
+    pub max_bytes: u64,
+}
+
+impl InternalEvent<Telemetry> for JournalEntryTooLong {
+    const NAME: &'static str = "journal_entry_too_long";
+
+    fn emit(self, t: &Telemetry) {
+        t.add(Counter::JournalEntriesTooLong, 1);
+        warn!(
+            bytes = self.bytes,
+            max_bytes = self.max_bytes,
+            "skipped a journal entry longer than journal.max_entry_bytes"
+        );
+    }
+}
+
 /// Shutdown began on an established connection: nothing more is sent, and the acknowledgements of
 /// the `in_flight` batches are awaited until the grace period ends.
 #[derive(Debug)]

@@ -9,6 +9,7 @@ use outpost_common::tls;
 use tokio::sync::watch;
 use tracing::info;
 
+use crate::collectors::journal::Journal;
 use crate::collectors::logs::files::Files;
 use crate::collectors::metrics::Metrics;
 use crate::collectors::self_status::SelfStatus;
@@ -121,6 +122,10 @@ pub fn run(v: Validated) -> anyhow::Result<()> {
             let source = Files::new(files.clone())?;
             let ctx = context(&source.collector_name());
             tasks.spawn(source.run(ctx));
+        }
+        if c.journal.enabled {
+            let journal = Journal::new(c.journal.clone())?;
+            tasks.spawn(journal.run(context(Journal::NAME)));
         }
         let shipper = Shipper::new(
             ShipConfig {

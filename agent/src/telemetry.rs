@@ -55,6 +55,10 @@ outpost_common::counters! {
         connects => Connects,
         /// Established connections that ended.
         disconnects => Disconnects,
+        /// Lines of journalctl's output that were not journal entries, skipped.
+        journal_entries_malformed => JournalEntriesMalformed,
+        /// Journal entries longer than `journal.max_entry_bytes`, skipped.
+        journal_entries_too_long => JournalEntriesTooLong,
     }
 }
 

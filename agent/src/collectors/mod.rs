@@ -59,6 +59,7 @@
 //! }
 //! ```
 
+pub mod journal;
 pub mod logs;
 pub mod metrics;
 pub mod self_status;

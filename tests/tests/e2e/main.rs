@@ -12,6 +12,7 @@ mod delivery;
 mod disk_full;
 mod garbage;
 mod host_metrics;
+mod journal;
 mod limits;
 mod logs;
 mod quickstart;

@@ -92,6 +92,11 @@ fn telemetry(p: &mut Points, t: &Telemetry) {
     p.counter("outpost.agent.batches.sent", "{batch}", sent, &[]);
     let acked = counters.batches_acked as f64;
     p.counter("outpost.agent.batches.acked", "{batch}", acked, &[]);
+    let skipped = "outpost.agent.journal.skipped";
+    let malformed = counters.journal_entries_malformed as f64;
+    p.counter(skipped, "{entry}", malformed, &[("reason", "malformed")]);
+    let too_long = counters.journal_entries_too_long as f64;
+    p.counter(skipped, "{entry}", too_long, &[("reason", "too_long")]);
     if let Some(l) = t.ack_latency() {
         let seconds = |us: u64| us as f64 / 1e6;
         let latency = "outpost.agent.send.latency";

@@ -599,6 +599,12 @@ fn every_metric_has_its_name_unit_kind_and_attributes() {
         ("outpost.agent.send.latency", "s", Gauge, &[&["quantile"]]),
         ("outpost.agent.drops", "{event}", Counter, &[&["reason"]]),
         (
+            "outpost.agent.journal.skipped",
+            "{entry}",
+            Counter,
+            &[&["reason"]],
+        ),
+        (
             "outpost.agent.collector.errors",
             "{error}",
             Gauge,
