@@ -141,8 +141,8 @@ pub struct FilesConfig {
     pub json: JsonFields,
     /// Attributes added to every record of this source.
     pub attributes: BTreeMap<String, String>,
-    /// Redaction presets applied before a record leaves the host: "credit_card", "email",
-    /// "ipv4", "ipv6", "bearer_token".
+    /// Redaction presets applied before a record leaves the host: "card_numbers", "emails",
+    /// "ipv4", "ipv6", "bearer_tokens".
     pub redact: Vec<String>,
     /// Redaction rules of your own, applied after the presets.
     pub redact_rules: Vec<RedactRule>,
@@ -643,4 +643,86 @@ pub struct SourceStats {
     /// Replacements per redaction rule.
     pub redactions: Vec<(String, u64)>,
     pub open_files: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_config_documents_a_source_that_runs() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/agent.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let config = |text: &str| {
+            toml::from_str::<crate::config::AgentConfig>(text).unwrap_or_else(|e| panic!("{e}"))
+        };
+        assert!(
+            config(&text).logs.files.is_empty(),
+            "no log source by default"
+        );
+        // The commented block, uncommented (its prose aside), is a source that runs.
+        let lines: Vec<&str> = text.lines().collect();
+        let start = lines.iter().position(|l| *l == "#[[logs.files]]").unwrap();
+        let block: Vec<&str> = lines[start..]
+            .iter()
+            .take_while(|l| l.starts_with('#'))
+            .filter(|l| !l.starts_with("# "))
+            .map(|l| &l[1..])
+            .collect();
+        assert!(block.len() > 15, "{block:?}");
+        let c = config(&block.join("\n")).logs.files.remove(0);
+        assert_eq!(c.source_name(), "nginx");
+        assert_eq!(c.multiline.as_ref().unwrap().max_lines, 500);
+        let files = Files::new(c).unwrap();
+        assert_eq!(files.state_name(), "logs.files:nginx");
+        // The defaults it names are the defaults.
+        let d = FilesConfig::default();
+        assert_eq!(d.read_from, ReadFrom::End);
+        assert_eq!(d.max_line_bytes, ByteSize::kib(100));
+        assert_eq!(d.rescan_interval, Duration::from_secs(10));
+        assert_eq!(d.rotated_max_age, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn a_source_it_cannot_run_is_refused_with_the_option() {
+        let base = || FilesConfig {
+            include: vec!["/var/log/app/*.log".to_owned()],
+            ..FilesConfig::default()
+        };
+        let refused = |c: FilesConfig| Files::new(c).unwrap_err().to_string();
+        assert!(refused(FilesConfig::default()).contains("logs.files.include"));
+        let e = refused(FilesConfig {
+            include: vec!["relative/*.log".to_owned()],
+            ..base()
+        });
+        assert!(e.contains("include") && e.contains("absolute"), "{e}");
+        let e = refused(FilesConfig {
+            parser: ParserKind::Regex,
+            ..base()
+        });
+        assert!(
+            e.contains(".pattern") && e.contains("needs a pattern"),
+            "{e}"
+        );
+        let e = refused(FilesConfig {
+            parser: ParserKind::Regex,
+            pattern: Some("(".to_owned()),
+            ..base()
+        });
+        assert!(e.contains("logs.files[/var/log/app/*.log].pattern"), "{e}");
+        let e = refused(FilesConfig {
+            redact: vec!["passwords".to_owned()],
+            ..base()
+        });
+        assert!(
+            e.contains("unknown preset `passwords`") && e.contains("email"),
+            "{e}"
+        );
+        let e = refused(FilesConfig {
+            multiline: Some(MultilineConfig::default()),
+            ..base()
+        });
+        assert!(e.contains("exactly one of"), "{e}");
+        Files::new(base()).unwrap();
+    }
 }
