@@ -249,7 +249,31 @@ impl Telemetry {
             events_acked: c.events_acked,
             drops: spool.drops.clone(),
             collector_errors: self.collector_errors_with(spool),
+            logs: self.log_status(),
         }
+    }
+
+    /// The log file sources at a glance: files, lag, bytes lost, the files furthest behind.
+    fn log_status(&self) -> outpost_common::event::LogStatus {
+        /// Files named in a status at most.
+        const LAGGING: usize = 5;
+        let mut s = outpost_common::event::LogStatus::default();
+        let mut lagging = Vec::new();
+        for source in self.log_sources().values() {
+            s.files_open += source.open_files as u64;
+            s.lost_bytes += source.closed.lost.iter().sum::<u64>();
+            for (path, f) in &source.files {
+                s.lag_bytes += f.lag();
+                s.lost_bytes += f.lost.iter().sum::<u64>();
+                if f.lag() > 0 {
+                    lagging.push((path.clone(), f.lag()));
+                }
+            }
+        }
+        lagging.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        lagging.truncate(LAGGING);
+        s.lagging = lagging;
+        s
     }
 
     /// The failing collectors, with the spool's trouble as a collector named `spool`, so the
@@ -273,6 +297,47 @@ mod tests {
 
     use super::*;
     use crate::internal_events::{BatchAcked, CollectorFailed, CollectorRecovered};
+
+    #[test]
+    fn the_status_sums_the_log_sources_and_names_the_files_furthest_behind() {
+        use crate::collectors::logs::files::SourceStats;
+        use crate::collectors::logs::tailer::FileStats;
+        let t = Telemetry::new();
+        let file = |size, offset, lost| FileStats {
+            size,
+            offset,
+            lost: [lost, 0, 0],
+            ..FileStats::default()
+        };
+        let mut files: Vec<(String, FileStats)> = (0..8)
+            .map(|i| (format!("/var/log/app{i}.log"), file(1000 + i, 1000, 0)))
+            .collect();
+        files.push(("/var/log/caught-up.log".to_owned(), file(500, 500, 64)));
+        t.record_log_source(
+            "app",
+            SourceStats {
+                files,
+                closed: file(0, 0, 100),
+                redactions: Vec::new(),
+                open_files: 9,
+            },
+        );
+        let trouble = crate::spool::Trouble {
+            kind: crate::spool::TroubleKind::Unavailable,
+            message: String::new(),
+            since_ns: 0,
+        };
+        let logs = t.status(&SpoolStats::unavailable(1, trouble)).logs;
+        assert_eq!(logs.files_open, 9);
+        assert_eq!(logs.lag_bytes, (0..8).sum::<u64>());
+        assert_eq!(logs.lost_bytes, 164);
+        assert_eq!(
+            logs.lagging,
+            [7, 6, 5, 4, 3]
+                .map(|i| (format!("/var/log/app{i}.log"), i))
+                .to_vec()
+        );
+    }
 
     #[test]
     fn collector_errors_are_replaced_and_cleared() {

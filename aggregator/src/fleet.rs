@@ -73,6 +73,8 @@ pub struct FleetEntry {
     pub memory_percent: Option<f64>,
     /// The fullest filesystem of the latest collection.
     pub fullest_filesystem: Option<FilesystemUsage>,
+    /// Bytes written to the agent's log files and not read yet.
+    pub log_lag_bytes: Option<u64>,
 }
 
 /// How full one filesystem is.
@@ -137,18 +139,19 @@ pub fn fleet_status(
 /// Control characters in agent-supplied text (collector errors, disconnect reasons) are shown as
 /// spaces, so a hostile agent cannot drive the operator's terminal.
 pub fn render_table(entries: &[FleetEntry], now_ns: i64) -> String {
-    const HEADER: [&str; 9] = [
+    const HEADER: [&str; 10] = [
         "AGENT",
         "STATUS",
         "LAST SEEN",
         "VERSION",
         "BACKLOG",
+        "LOG LAG",
         "CPU",
         "MEM",
         "FULLEST FS",
         "REASON",
     ];
-    let rows: Vec<[String; 9]> = entries
+    let rows: Vec<[String; 10]> = entries
         .iter()
         .map(|e| {
             [
@@ -160,6 +163,10 @@ pub fn render_table(entries: &[FleetEntry], now_ns: i64) -> String {
                 ),
                 e.version.clone().unwrap_or_else(|| "-".to_owned()),
                 e.backlog_batches.map_or_else(|| "-".to_owned(), thousands),
+                e.log_lag_bytes.map_or_else(
+                    || "-".to_owned(),
+                    |b| bytesize::ByteSize::b(b).display().iec().to_string(),
+                ),
                 e.cpu_percent.map_or_else(|| "-".to_owned(), percent),
                 e.memory_percent.map_or_else(|| "-".to_owned(), percent),
                 e.fullest_filesystem.as_ref().map_or_else(
@@ -224,6 +231,7 @@ fn entry(
         connected: a.connected,
         backlog_batches: s.map(|s| s.backlog_batches),
         backlog_events: s.map(|s| s.spool_events),
+        log_lag_bytes: s.map(|s| s.logs.lag_bytes),
         drops_total: s.map(|s| drops_total(&s.drops)),
         failing_collectors: s
             .map(|s| {
@@ -264,6 +272,7 @@ fn never_seen(agent_id: &str) -> FleetEntry {
         cpu_percent: None,
         memory_percent: None,
         fullest_filesystem: None,
+        log_lag_bytes: None,
     }
 }
 
@@ -604,6 +613,7 @@ mod tests {
     fn the_table_lines_up_and_escapes_control_characters() {
         let mut odd = agent("web-1", 3);
         status_mut(&mut odd).collector_errors = vec![failing("logs", "bad\u{1b}[2Jthing\nhere")];
+        status_mut(&mut odd).logs.lag_bytes = 3 * 1024 * 1024 + 300 * 1024;
         odd.host_summary = Some(HostSummary {
             fullest_fs: Some(("/srv/\u{1b}[2J".to_owned(), 1.0, NOW)),
             ..loaded()
@@ -622,10 +632,10 @@ mod tests {
         );
         let table = render_table(&entries, NOW);
         let expected = "\
-AGENT  STATUS      LAST SEEN  VERSION  BACKLOG  CPU  MEM  FULLEST FS      REASON
-db-1   offline     10m ago    1.2.3    2        12%  -    /var 88%        no heartbeat for 10m
-new-1  never seen  never      -        -        -    -    -               certificate issued, never connected
-web-1  degraded    3s ago     1.2.3    2        12%  43%  /srv/ [2J 100%  collector logs failing: bad [2Jthing here
+AGENT  STATUS      LAST SEEN  VERSION  BACKLOG  LOG LAG  CPU  MEM  FULLEST FS      REASON
+db-1   offline     10m ago    1.2.3    2        0 B      12%  -    /var 88%        no heartbeat for 10m
+new-1  never seen  never      -        -        -        -    -    -               certificate issued, never connected
+web-1  degraded    3s ago     1.2.3    2        3.3 MiB  12%  43%  /srv/ [2J 100%  collector logs failing: bad [2Jthing here
 ";
         assert_eq!(table, expected);
     }
@@ -650,7 +660,8 @@ web-1  degraded    3s ago     1.2.3    2        12%  43%  /srv/ [2J 100%  collec
     "certificate_issued": true,
     "cpu_percent": null,
     "memory_percent": null,
-    "fullest_filesystem": null
+    "fullest_filesystem": null,
+    "log_lag_bytes": null
   }
 ]"#;
         assert_eq!(render_json(&entries), expected);

@@ -288,6 +288,23 @@ pub struct AgentStatus {
     pub drops: DropCounters,
     /// Collectors currently failing; empty when all is well.
     pub collector_errors: Vec<CollectorError>,
+    /// The log file sources at a glance (absent from statuses stored before protocol 4).
+    #[serde(default)]
+    pub logs: LogStatus,
+}
+
+/// The agent's log file sources at a glance.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogStatus {
+    /// Files open, rotated-away ones still being read included.
+    pub files_open: u64,
+    /// Bytes written to the files and not read yet.
+    pub lag_bytes: u64,
+    /// Bytes that could not be read since the agent started: truncated before they were read,
+    /// given up after a rotation, cut off over-long lines.
+    pub lost_bytes: u64,
+    /// The files furthest behind, with their lag in bytes (a few at most).
+    pub lagging: Vec<(String, u64)>,
 }
 
 /// Facts about the host, sent in Hello.

@@ -28,10 +28,11 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use crate::event::{AgentStatus, Event, HostFacts};
 
 /// The protocol version this build speaks. Version 2 added [`MetricPoint::unit`] and the
-/// `spool_write_failed` drop counter, version 3 the `disk_full` drop counter.
+/// `spool_write_failed` drop counter, version 3 the `disk_full` drop counter, version 4 the log
+/// sources in the agent's status ([`AgentStatus::logs`]).
 ///
 /// [`MetricPoint::unit`]: crate::event::MetricPoint::unit
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// The ALPN protocol identifier negotiated in the TLS handshake.
 pub const ALPN: &[u8] = b"outpost/1";
@@ -460,6 +461,12 @@ mod tests {
                     events_acked: ea,
                     drops,
                     collector_errors: errs,
+                    logs: crate::event::LogStatus {
+                        files_open: bb % 7,
+                        lag_bytes: cap,
+                        lost_bytes: bs,
+                        lagging: vec![("/var/log/syslog".to_owned(), ea)],
+                    },
                 }
             })
     }
