@@ -2,7 +2,8 @@
 //! them to the aggregator over mutually authenticated QUIC.
 //!
 //! Data flow: [`collectors`] → [`spool`] (events and source checkpoints in one transaction) →
-//! [`ship`] (bounded window of in-flight batches, delete on ack). [`run`] wires them together.
+//! [`ship`] (bounded window of in-flight batches, delete on ack). [`run`] wires them together;
+//! [`sources`] starts the sources and changes them on a reload.
 
 pub mod collectors;
 pub mod config;
@@ -10,5 +11,6 @@ pub mod host;
 pub mod internal_events;
 pub mod run;
 pub mod ship;
+pub mod sources;
 pub mod spool;
 pub mod telemetry;

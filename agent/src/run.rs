@@ -9,16 +9,11 @@ use outpost_common::tls;
 use tokio::sync::watch;
 use tracing::info;
 
-use crate::collectors::journal::Journal;
-use crate::collectors::logs::files::Files;
-use crate::collectors::metrics::Metrics;
-use crate::collectors::self_status::SelfStatus;
-use crate::collectors::synthetic::Synthetic;
-use crate::collectors::{Context, Source};
 use crate::config::Validated;
 use crate::host;
 use crate::internal_events::SpoolReporter;
 use crate::ship::{ShipConfig, Shipper};
+use crate::sources::{self, Running};
 use crate::spool::writer::{Reopen, spawn_reopening};
 use crate::spool::{Spool, SpoolConfig, Statvfs, TroubleKind};
 use crate::telemetry::Telemetry;
@@ -106,27 +101,12 @@ pub fn run(v: Validated) -> anyhow::Result<()> {
     runtime.block_on(async {
         let mut signals = outpost_common::shutdown::Signals::install()
             .context("cannot install the SIGTERM and SIGINT handlers")?;
+        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("cannot install the SIGHUP handler")?;
         let (stop_tx, stop) = watch::channel(false);
         let mut tasks = tokio::task::JoinSet::new();
-        let context =
-            |name: &str| Context::new(name, spool.clone(), stop.clone(), telemetry.clone());
-        if c.synthetic.enabled {
-            let source = Synthetic::new(c.synthetic.clone())?;
-            tasks.spawn(source.run(context(Synthetic::NAME)));
-        }
-        let metrics = Metrics::new(c.metrics.clone())?;
-        tasks.spawn(metrics.run(context(Metrics::NAME)));
-        let status = SelfStatus::new(c.status.clone())?;
-        tasks.spawn(status.run(context(SelfStatus::NAME)));
-        for files in &c.logs.files {
-            let source = Files::new(files.clone())?;
-            let ctx = context(&source.collector_name());
-            tasks.spawn(source.run(ctx));
-        }
-        if c.journal.enabled {
-            let journal = Journal::new(c.journal.clone())?;
-            tasks.spawn(journal.run(context(Journal::NAME)));
-        }
+        let mut running = Running::new(spool.clone(), telemetry.clone());
+        running.apply(sources::plan(c)?).await;
         let shipper = Shipper::new(
             ShipConfig {
                 endpoint: v.endpoint.clone(),
@@ -151,10 +131,16 @@ pub fn run(v: Validated) -> anyhow::Result<()> {
         // the agent is doing its job meanwhile.
         outpost_common::service::ready();
 
-        signals.recv().await;
+        loop {
+            tokio::select! {
+                () = signals.recv() => break,
+                _ = hangup.recv() => reload(&v, &mut running).await,
+            }
+        }
         info!("shutting down");
         outpost_common::service::stopping("waiting for outstanding acknowledgements");
         let _ = stop_tx.send(true);
+        running.stop_all().await;
         while tasks.join_next().await.is_some() {}
         anyhow::Ok(())
     })?;
@@ -175,6 +161,62 @@ pub fn run(v: Validated) -> anyhow::Result<()> {
     }
     info!("outpost-agent stopped");
     Ok(())
+}
+
+/// SIGHUP: reads the configuration file again and applies its sources. A configuration that
+/// does not load (or whose sources cannot run) is refused whole, and the running one stays.
+/// Changes outside the sources (compared with the configuration the agent started with) take
+/// effect at the next start, and the log says so at each reload.
+async fn reload(started: &Validated, running: &mut Running) {
+    info!(config = %started.path.display(), "SIGHUP: reloading the configuration");
+    let new = match crate::config::load(&started.path) {
+        Ok(new) => new,
+        Err(e) => {
+            tracing::error!(error = %e, "the new configuration is refused; the running one stays");
+            return;
+        }
+    };
+    let plan = match sources::plan(&new.config) {
+        Ok(plan) => plan,
+        Err(e) => {
+            tracing::error!(error = %e, "the new configuration is refused; the running one stays");
+            return;
+        }
+    };
+    let (old, next) = (&started.config, &new.config);
+    let fixed = [
+        (
+            "data_dir",
+            format!("{:?}", old.data_dir) != format!("{:?}", next.data_dir),
+        ),
+        (
+            "[aggregator]",
+            format!("{:?}", old.aggregator) != format!("{:?}", next.aggregator),
+        ),
+        (
+            "[spool]",
+            format!("{:?}", old.spool) != format!("{:?}", next.spool),
+        ),
+        (
+            "[ship]",
+            format!("{:?}", old.ship) != format!("{:?}", next.ship),
+        ),
+        (
+            "[log]",
+            format!("{:?}", old.log) != format!("{:?}", next.log),
+        ),
+    ];
+    for (section, _) in fixed.iter().filter(|(_, changed)| *changed) {
+        tracing::warn!(section, "changed; takes effect at the next start");
+    }
+    let changes = running.apply(plan).await;
+    info!(
+        started = ?changes.started,
+        stopped = ?changes.stopped,
+        restarted = ?changes.restarted,
+        unchanged = changes.kept.len(),
+        "configuration reloaded"
+    );
 }
 
 /// The async runtime: one thread, the one that runs [`run`].

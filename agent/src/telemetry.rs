@@ -177,6 +177,21 @@ impl Telemetry {
         self.errors().clone()
     }
 
+    /// Forgets a stopped source: its errors, its durations and (a log file source) its files.
+    pub(crate) fn forget_collector(&self, collector: &str, log_source: Option<&str>) {
+        self.errors().retain(|e| e.collector != collector);
+        self.collector_durations
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(collector);
+        if let Some(source) = log_source {
+            self.log_sources
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(source);
+        }
+    }
+
     /// Replaces what is known of the log file source `source`.
     pub(crate) fn record_log_source(
         &self,

@@ -136,6 +136,21 @@ impl Process {
         }
     }
 
+    /// SIGHUP: the agent reloads its configuration. Fails the test if the process is not
+    /// running.
+    pub fn hangup(&self) {
+        let pid = self
+            .shared
+            .child()
+            .as_ref()
+            .map(std::process::Child::id)
+            .unwrap_or_else(|| panic!("{}: hangup() while not running", self.shared.name));
+        let pid = i32::try_from(pid).unwrap_or_else(|e| panic!("pid out of range: {e}"));
+        if let Err(e) = kill(Pid::from_raw(pid), Signal::SIGHUP) {
+            panic!("{}: cannot send SIGHUP to {pid}: {e}", self.shared.name);
+        }
+    }
+
     /// SIGTERM, then wait for the exit; fails the test unless the process stops in time and
     /// cleanly (graceful shutdown is part of what is tested).
     pub fn terminate(&mut self) {

@@ -16,6 +16,7 @@ mod journal;
 mod limits;
 mod logs;
 mod quickstart;
+mod reload;
 mod service;
 mod spool_cap;
 mod status;
