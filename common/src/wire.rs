@@ -205,22 +205,35 @@ fn codec() -> impl Config {
     config::standard()
 }
 
-/// Decodes `T` from `bytes` with an allocation limit no smaller than the input.
+/// How much more memory than input bytes valid data can take once decoded: a log record of
+/// empty strings is 6 bytes on the wire and an [`Event`] in memory, an attribute pair 2 bytes and
+/// two `String`s.
+const EXPANSION: usize = 64;
+
+/// The fewest bytes an event takes on the wire (a log record of empty strings).
+const MIN_EVENT_BYTES: usize = 6;
+
+const _: () = assert!(std::mem::size_of::<Event>() <= EXPANSION * MIN_EVENT_BYTES);
+const _: () = assert!(std::mem::size_of::<(String, String)>() <= EXPANSION * 2);
+
+/// Decodes `T` from `bytes` with an allocation limit proportional to the input.
 ///
 /// bincode reserves a string's claimed length before checking that the bytes are there, so
-/// without a limit a 15-byte frame claiming a 2^60-byte string aborts the process. Nothing valid
-/// can claim more bytes than the input holds, so a limit just above the input's size refuses every
-/// such claim while accepting every valid message. The limit is a type parameter, hence the tiers.
+/// without a limit a 15-byte frame claiming a 2^60-byte string aborts the process. Valid data
+/// takes at most [`EXPANSION`] times its encoded size in memory, so a limit of that many times
+/// the input's size refuses every absurd claim while accepting every valid message. The limit is
+/// a type parameter, hence the tiers.
 fn decode_limited<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<(T, usize), WireError> {
     use bincode::serde::decode_from_slice as dec;
     const KIB: usize = 1024;
     const MIB: usize = 1024 * KIB;
+    const E: usize = EXPANSION;
     let std = config::standard();
     let result = match bytes.len() {
-        n if n <= 64 * KIB => dec(bytes, std.with_limit::<{ 64 * KIB }>()),
-        n if n <= MIB => dec(bytes, std.with_limit::<MIB>()),
-        n if n <= 16 * MIB => dec(bytes, std.with_limit::<{ 16 * MIB }>()),
-        n if n <= 256 * MIB => dec(bytes, std.with_limit::<{ 256 * MIB }>()),
+        n if n <= 64 * KIB => dec(bytes, std.with_limit::<{ 64 * KIB * E }>()),
+        n if n <= MIB => dec(bytes, std.with_limit::<{ MIB * E }>()),
+        n if n <= 16 * MIB => dec(bytes, std.with_limit::<{ 16 * MIB * E }>()),
+        n if n <= 256 * MIB => dec(bytes, std.with_limit::<{ 256 * MIB * E }>()),
         n => {
             return Err(WireError::FrameTooLarge {
                 len: n as u64,
@@ -754,6 +767,37 @@ mod tests {
             });
             let frame = encode(&msg).unwrap();
             assert_eq!(decode_frame(&frame, u32::MAX).unwrap(), msg);
+        }
+    }
+
+    #[test]
+    fn many_small_events_decode_though_they_take_more_memory_than_bytes() {
+        // Decoded, a short record takes more memory than its encoding (the event itself, the
+        // attribute pairs): the allocation limit must allow for it, at every tier.
+        for n in [10usize, 600, 10_000, 100_000] {
+            let events: Vec<Event> = (0..n)
+                .map(|i| {
+                    Event::Log(LogRecord {
+                        time_ns: 1,
+                        source: String::new(),
+                        severity: None,
+                        body: String::new(),
+                        attributes: vec![(String::new(), String::new()); i % 3],
+                    })
+                })
+                .collect();
+            let msg = Message::Batch(Batch {
+                seq: 1,
+                low_water_seq: 1,
+                created_ns: 0,
+                events: events.clone(),
+            });
+            let frame = encode(&msg).unwrap();
+            assert_eq!(decode_frame(&frame, u32::MAX).unwrap(), msg, "{n} events");
+            assert_eq!(
+                decode_events(&encode_events(&events).unwrap()).unwrap(),
+                events
+            );
         }
     }
 

@@ -1047,8 +1047,15 @@ fn truncated(tail: &mut Tail, pipeline: &Pipeline, now: Instant, records: &mut V
     let copy = find_copy(&tail.path, tail.id, tail.head, read, |f| {
         read_range(f, recent_from..read).is_ok_and(|b| b == tail.recent)
     });
+    tracing::debug!(
+        path = %tail.path.display(),
+        read,
+        checkpoint = tail.reader.checkpoint(),
+        seen = tail.seen_size,
+        copy = ?copy.as_ref().map(|(p, _, size)| (p.display().to_string(), *size)),
+        "a log file shrank or was rewritten"
+    );
     if let Some((_, copy, size)) = copy {
-        tracing::debug!(path = %tail.path.display(), "reading the rest of a truncated log file from its copy");
         let mut at = read;
         let mut buf = vec![0u8; 64 * 1024];
         while at < size {
