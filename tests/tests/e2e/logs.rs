@@ -332,3 +332,87 @@ fn logrotate_create_with_a_crash_loses_and_repeats_nothing() {
 fn logrotate_copytruncate_with_a_crash_stores_every_line_a_file_holds_once() {
     run(Mode::CopyTruncate, "logs-copytruncate");
 }
+
+/// Appends lines `from..from + n` to `path` at once.
+fn append_lines(path: &Path, from: u64, n: u64) {
+    let mut text = String::new();
+    for i in from..from + n {
+        let head = format!("line {i:08} ");
+        text.push_str(&head);
+        text.push_str(&"x".repeat(LINE - head.len() - 1));
+        text.push('\n');
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .expect("the log opens");
+    f.write_all(text.as_bytes())
+        .expect("the log takes the lines");
+}
+
+#[test]
+fn a_full_spool_pauses_reading_and_a_rotation_meanwhile_loses_nothing() {
+    const FIRST: u64 = 30_000;
+    const SECOND: u64 = 10_000;
+    let name = "logs-backpressure";
+    let env = Env::new(name);
+    // Started once to fix the port the agent will use, then stopped: nothing drains the spool.
+    let mut aggregator = env.start_aggregator();
+    aggregator.terminate();
+    let cert = env.issue_agent(name);
+    let dir = env.path().join("logs");
+    std::fs::create_dir_all(&dir).expect("the log directory is made");
+    let log = dir.join("app.log");
+    append_lines(&log, 0, FIRST);
+    let agent = env.start_agent(
+        &cert,
+        &aggregator,
+        AgentOptions {
+            spool_max_bytes: Some("256KiB".to_owned()),
+            max_batch_bytes: Some("64KiB".to_owned()),
+            extra_toml: format!(
+                "[[logs.files]]\ninclude = [{}]\nread_from = \"beginning\"\n",
+                toml_string(&log)
+            ),
+            ..AgentOptions::default()
+        },
+    );
+    // The spool fills and the source waits: far fewer lines spooled than the file holds.
+    env.wait_for("the spool to fill", || {
+        let spool = agent.spool()?;
+        if spool.events >= 1_000 {
+            Ok(())
+        } else {
+            Err(format!("{spool:?}"))
+        }
+    });
+    let spooled = agent.spool().map(|s| s.events).unwrap_or(0);
+    assert!(
+        spooled < FIRST / 2,
+        "{spooled} of {FIRST} spooled under a 256 KiB cap"
+    );
+    // Rotated while reading is paused: the old file must still be read to its end.
+    std::fs::rename(&log, dir.join("app.log.1")).expect("rotated");
+    append_lines(&log, FIRST, SECOND);
+
+    aggregator.restart();
+    let store = aggregator.store();
+    let source = log.display().to_string();
+    let total = FIRST + SECOND;
+    env.wait_for_every(Duration::from_millis(250), "every line stored once", || {
+        let seen = stored(&store, name, &source)?;
+        let twice: Vec<_> = seen.iter().filter(|(_, c)| **c > 1).take(5).collect();
+        assert!(twice.is_empty(), "lines stored twice: {twice:?}");
+        if seen.len() as u64 == total && seen.keys().next_back() == Some(&(total - 1)) {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} of {total} stored; missing {}",
+                seen.len(),
+                ranges((0..total).filter(|n| !seen.contains_key(n)))
+            ))
+        }
+    });
+    assert_eq!(lost_bytes(&agent), 0);
+}

@@ -376,11 +376,12 @@ impl Source for Files {
         // Kept alive for the source's life; without it the source polls.
         let _watcher = watch(self.selection.roots(), &wake);
         let names: Vec<String> = self.pipeline.redactor.names().map(str::to_owned).collect();
+        let options = fit_rounds(self.options.clone(), ctx.spool().stats().cap_bytes);
         let mut runner = Runner {
             tailer: Some(Tailer::new(
                 self.selection.clone(),
                 self.pipeline.clone(),
-                self.options.clone(),
+                options,
                 state_name,
                 rows,
             )),
@@ -392,6 +393,18 @@ impl Source for Files {
         runner.run(&mut ctx, &wake).await;
         info!(source = %self.name, "log file source stopped");
     }
+}
+
+/// Rounds small enough for the spool: a round is committed whole, so one larger than the spool's
+/// cap could never be. Lines are encoded with their source and attributes, so a round takes more
+/// room in the spool than in its files: a sixteenth of the cap in bytes, and a thousandth in
+/// events (short lines), leave room.
+fn fit_rounds(mut options: Options, cap_bytes: u64) -> Options {
+    let cap = usize::try_from(cap_bytes).unwrap_or(usize::MAX);
+    options.round_bytes = options.round_bytes.min((cap / 16).max(4096));
+    options.round_events = options.round_events.min((cap / 1024).max(16));
+    options.read_chunk = options.read_chunk.min(options.round_bytes);
+    options
 }
 
 /// A source's state rows, all of them.
@@ -681,6 +694,19 @@ mod tests {
         assert_eq!(d.max_line_bytes, ByteSize::kib(100));
         assert_eq!(d.rescan_interval, Duration::from_secs(10));
         assert_eq!(d.rotated_max_age, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn rounds_fit_a_small_spool_and_stay_as_they_are_in_a_large_one() {
+        let small = fit_rounds(Options::default(), 256 * 1024);
+        assert_eq!((small.round_bytes, small.round_events), (16 * 1024, 256));
+        assert_eq!(small.read_chunk, 16 * 1024);
+        let large = fit_rounds(Options::default(), 1 << 30);
+        let d = Options::default();
+        assert_eq!(
+            (large.round_bytes, large.round_events, large.read_chunk),
+            (d.round_bytes, d.round_events, d.read_chunk)
+        );
     }
 
     #[test]
