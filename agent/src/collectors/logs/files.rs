@@ -210,6 +210,13 @@ pub struct LogsConfig {
 /// How long to wait between looks at open files when nothing woke the source.
 const POLL: Duration = Duration::from_secs(1);
 
+/// The shortest time between two rounds that were not full: lines written one at a time are
+/// read and committed together, at most this late.
+const LINGER: Duration = Duration::from_millis(200);
+
+/// How often the telemetry of the files is published (at most).
+const PUBLISH_EVERY: Duration = Duration::from_secs(1);
+
 /// One `[[logs.files]]` source.
 #[derive(Debug)]
 pub struct Files {
@@ -472,6 +479,7 @@ struct Runner {
 
 impl Runner {
     async fn run(&mut self, ctx: &mut Context, wake: &Wake) {
+        let mut published = Instant::now();
         loop {
             if ctx.is_shutting_down() {
                 return;
@@ -479,6 +487,7 @@ impl Runner {
             if !self.scan_if_due(ctx, wake).await {
                 return;
             }
+            let started = Instant::now();
             let Some(round) = self.call(|t| t.read(Instant::now(), now_ns())).await else {
                 return;
             };
@@ -486,14 +495,17 @@ impl Runner {
             if !round.is_empty() && !self.commit(ctx, wake, round).await {
                 return;
             }
-            self.publish(ctx).await;
+            if published.elapsed() >= PUBLISH_EVERY {
+                self.publish(ctx);
+                published = Instant::now();
+            }
             if full {
                 continue;
             }
             let deadline = self
-                .call(|t| t.next_deadline())
-                .await
-                .flatten()
+                .tailer
+                .as_ref()
+                .and_then(Tailer::next_deadline)
                 .into_iter()
                 .chain([self.next_scan, Instant::now() + POLL])
                 .min()
@@ -501,6 +513,13 @@ impl Runner {
             tokio::select! {
                 () = wake.notify.notified() => {}
                 () = tokio::time::sleep_until(deadline.into()) => {}
+                () = ctx.stopped() => return,
+            }
+            // A writer's lines come one at a time: gather them for a moment rather than read and
+            // commit each on its own. A full round goes on at once.
+            let linger = (started + LINGER).max(Instant::now());
+            tokio::select! {
+                () = tokio::time::sleep_until(linger.into()) => {}
                 () = ctx.stopped() => return,
             }
         }
@@ -597,28 +616,23 @@ impl Runner {
     }
 
     /// Publishes the tailer's telemetry.
-    async fn publish(&mut self, ctx: &Context) {
-        let Some((files, closed, redactions, open)) = self
-            .call(|t| {
-                let (files, closed) = t.stats();
-                (files, closed, t.redactions().to_vec(), t.open_files())
-            })
-            .await
-        else {
+    fn publish(&self, ctx: &Context) {
+        let Some(t) = &self.tailer else {
             return;
         };
+        let (files, closed) = t.stats();
         let redactions = self
             .redaction_names
             .iter()
             .cloned()
-            .zip(redactions.into_iter().chain(std::iter::repeat(0)))
+            .zip(t.redactions().iter().copied().chain(std::iter::repeat(0)))
             .collect();
         ctx.reporter().telemetry().emit(LogFilesRead {
             source: &self.source,
             files,
             closed,
             redactions,
-            open_files: open,
+            open_files: t.open_files(),
         });
     }
 

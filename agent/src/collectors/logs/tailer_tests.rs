@@ -314,6 +314,41 @@ fn one_busy_file_does_not_starve_the_others() {
 }
 
 #[test]
+fn many_files_rotating_at_once_are_each_read_to_their_end() {
+    let mut h = Harness::new(Options {
+        read_chunk: 256,
+        round_bytes: 4096,
+        ..beginning()
+    });
+    let names: Vec<String> = (0..50).map(|i| format!("app{i:02}.log")).collect();
+    for name in &names {
+        h.append(name, &format!("{name} 1\n"));
+    }
+    h.step();
+    h.full = true;
+    // Every file gets a line unread, is rotated, and its successor gets one, all at once.
+    for name in &names {
+        h.append(name, &format!("{name} 2\n"));
+        std::fs::rename(h.path(name), h.path(&format!("{name}.1"))).unwrap();
+        h.append(name, &format!("{name} 3\n"));
+    }
+    h.step();
+    assert_eq!(h.tailer.open_files(), 100);
+    h.full = false;
+    h.step();
+    let mut expected: Vec<String> = names
+        .iter()
+        .flat_map(|n| (1..=3).map(move |i| format!("{n} {i}")))
+        .collect();
+    expected.sort();
+    assert_eq!(h.sorted(), expected);
+    h.advance(h.options.rotate_wait);
+    h.step();
+    assert_eq!(h.tailer.open_files(), 50);
+    assert_eq!(h.positions(), 50);
+}
+
+#[test]
 fn rotated_files_beyond_the_bounds_are_given_up_and_counted() {
     let mut h = Harness::new(Options {
         max_rotated_open: 1,
