@@ -68,7 +68,14 @@ impl Pipeline {
         read_ns: i64,
         redactions: &mut Vec<u64>,
     ) -> Event {
-        let mut parsed = self.parser.parse(&record.text, read_ns);
+        let mut parsed = match self.parser {
+            // The text is the message: moved, not copied.
+            Parser::Plain => super::parse::Parsed {
+                message: record.text,
+                ..super::parse::Parsed::default()
+            },
+            _ => self.parser.parse(&record.text, read_ns),
+        };
         self.redactor.redact(&mut parsed.message, redactions);
         let mut attributes = self.attributes.clone();
         attributes.reserve(parsed.attributes.len() + 1);

@@ -716,7 +716,7 @@ impl Tailer {
     fn find_missed(&mut self, path: &Path, before: &LastAt, after: FileId, now: Instant) {
         let heads = &before.heads;
         let before = before.id;
-        if before.born_ns == 0 || after.born_ns == 0 || after.born_ns <= before.born_ns {
+        if before.born_ns == 0 || after.born_ns == 0 || after.born_ns < before.born_ns {
             return;
         }
         let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
@@ -738,9 +738,13 @@ impl Tailer {
                 continue;
             };
             let id = FileId::of(&md);
+            // Birth times tick coarsely (a few milliseconds): files born in the same tick as
+            // either end are in the window too.
             if !md.is_file()
-                || id.born_ns <= before.born_ns
-                || id.born_ns >= after.born_ns
+                || id == before
+                || id == after
+                || id.born_ns < before.born_ns
+                || id.born_ns > after.born_ns
                 || self.tails.contains_key(&id)
                 || self.saved.contains_key(&id)
             {

@@ -629,3 +629,26 @@ proptest! {
         run(ops);
     }
 }
+
+#[test]
+fn a_file_made_between_a_rename_and_a_create_is_read() {
+    // logrotate's create: the old file renamed; the writer makes a new one before logrotate
+    // does, which logrotate then moves aside as a backup before making its own.
+    for look_between in [false, true] {
+        let mut h = Harness::new(beginning());
+        h.append("app.log", &"a\n".repeat(600));
+        h.step();
+        std::fs::rename(h.path("app.log"), h.path("app.log.1")).unwrap();
+        h.append("app.log", "x1\nx2\n");
+        if look_between {
+            h.step();
+        }
+        std::fs::rename(h.path("app.log"), h.path("app.log-2026120201.backup")).unwrap();
+        h.append("app.log", "y1\n");
+        h.step();
+        let got: Vec<&str> = h.bodies().into_iter().filter(|b| *b != "a").collect();
+        let mut got = got;
+        got.sort_unstable();
+        assert_eq!(got, ["x1", "x2", "y1"], "looked between: {look_between}");
+    }
+}
