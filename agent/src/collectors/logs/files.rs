@@ -484,7 +484,7 @@ impl Runner {
             if ctx.is_shutting_down() {
                 return;
             }
-            if !self.scan_if_due(ctx, wake).await {
+            if self.scan_if_due(ctx, wake).await.is_none() {
                 return;
             }
             let started = Instant::now();
@@ -526,22 +526,20 @@ impl Runner {
     }
 
     /// Scans when the rescan interval passed or inotify said files may have come or gone.
-    /// Returns false when the source cannot go on.
-    async fn scan_if_due(&mut self, ctx: &Context, wake: &Wake) -> bool {
+    /// Returns whether it scanned, or `None` when the source cannot go on.
+    async fn scan_if_due(&mut self, ctx: &Context, wake: &Wake) -> Option<bool> {
         let now = Instant::now();
         if !wake.structural.swap(false, Ordering::Relaxed) && now < self.next_scan {
-            return true;
+            return Some(false);
         }
         self.next_scan = now + self.rescan_interval;
-        let Some(errors) = self.call(move |t| t.scan(now)).await else {
-            return false;
-        };
+        let errors = self.call(move |t| t.scan(now)).await?;
         if errors.is_empty() {
             ctx.reporter().recovered();
         } else {
             ctx.reporter().failed(errors.join("; "));
         }
-        true
+        Some(true)
     }
 
     /// Commits `round`, scanning (and recording the files found) while it waits for space.
@@ -569,8 +567,11 @@ impl Runner {
                 _ = scan_timer.tick() => {}
                 () = ctx.stopped() => return false,
             }
-            if !self.scan_if_due(ctx, wake).await {
-                return false;
+            match self.scan_if_due(ctx, wake).await {
+                None => return false,
+                // Lines written meanwhile wait in their files; only new files matter now.
+                Some(false) => continue,
+                Some(true) => {}
             }
             let Some(opened) = self.call(Tailer::opened).await else {
                 return false;
