@@ -8,7 +8,6 @@
 //! meanwhile is still found after a crash.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -381,7 +380,7 @@ impl Source for Files {
         );
         let wake = Arc::new(Wake::default());
         // Kept alive for the source's life; without it the source polls.
-        let _watcher = watch(self.selection.roots(), &wake);
+        let _watcher = watch(&self.selection, &wake);
         let names: Vec<String> = self.pipeline.redactor.names().map(str::to_owned).collect();
         let options = fit_rounds(self.options.clone(), ctx.spool().stats().cap_bytes);
         let mut runner = Runner {
@@ -438,8 +437,9 @@ struct Wake {
     structural: AtomicBool,
 }
 
-/// Watches the roots (a root that does not exist yet is found by the periodic rescan).
-fn watch(roots: &[PathBuf], wake: &Arc<Wake>) -> Option<notify::RecommendedWatcher> {
+/// Watches the roots, recursively only where the globs reach below them (a root that does not
+/// exist yet is found by the periodic rescan).
+fn watch(selection: &Selection, wake: &Arc<Wake>) -> Option<notify::RecommendedWatcher> {
     use notify::{EventKind, RecursiveMode, Watcher};
     let w = wake.clone();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
@@ -458,8 +458,13 @@ fn watch(roots: &[PathBuf], wake: &Arc<Wake>) -> Option<notify::RecommendedWatch
     })
     .map_err(|e| warn!(error = %e, "cannot use inotify; polling log files instead"))
     .ok()?;
-    for root in roots {
-        if let Err(e) = watcher.watch(root, RecursiveMode::Recursive) {
+    for (root, deep) in selection.watches() {
+        let mode = if deep {
+            RecursiveMode::Recursive
+        } else {
+            RecursiveMode::NonRecursive
+        };
+        if let Err(e) = watcher.watch(root, mode) {
             // Missing until created; the rescan finds its files.
             tracing::debug!(root = %root.display(), error = %e, "not watching a log directory");
         }

@@ -76,6 +76,15 @@ impl Selection {
         &self.roots
     }
 
+    /// Each root with whether selected files lie below its top level: what to watch, and how
+    /// deep (a write deeper down is no hint for this source).
+    pub fn watches(&self) -> impl Iterator<Item = (&Path, bool)> {
+        self.roots
+            .iter()
+            .zip(&self.depths)
+            .map(|(root, depth)| (root.as_path(), depth.is_none_or(|d| d > 1)))
+    }
+
     /// Every selected file that exists now, with its metadata (a symbolic link's target's),
     /// walking only as deep under each root as the globs reach. Symbolic links to files are
     /// followed; links to directories are not (a `**` walk through them could loop). Directories
@@ -225,6 +234,13 @@ mod tests {
             ]
         );
         assert!(names(&[format!("{root}/nowhere/*.log")]).is_empty());
+        let watches = |include: &[String]| {
+            let s = Selection::new(include, &[]).unwrap();
+            s.watches().map(|(_, deep)| deep).collect::<Vec<_>>()
+        };
+        assert_eq!(watches(&[format!("{root}/*.log")]), [false]);
+        assert_eq!(watches(&[format!("{root}/*/*.log")]), [true]);
+        assert_eq!(watches(&[format!("{root}/**/*.log")]), [true]);
     }
 
     fn strings(s: &[&str]) -> Vec<String> {
