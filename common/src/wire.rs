@@ -320,6 +320,33 @@ pub fn encode_events(events: &[Event]) -> Result<Vec<u8>, WireError> {
     bincode::serde::encode_to_vec(events, codec()).map_err(|e| WireError::Malformed(e.to_string()))
 }
 
+/// Appends the encoding of one event to `out`, exactly as it appears among the events of a
+/// [`Batch`] frame, and returns how many bytes it took.
+///
+/// A list of events is its length followed by its events, so [`events_payload`] turns events
+/// encoded one by one into what [`encode_events`] produces for them together: the spool encodes
+/// each event once, to learn its size and to pack it.
+pub fn encode_event_into(event: &Event, out: &mut Vec<u8>) -> Result<usize, WireError> {
+    let before = out.len();
+    bincode::serde::encode_into_std_write(event, out, codec())
+        .map_err(|e| WireError::Malformed(e.to_string()))?;
+    Ok(out.len() - before)
+}
+
+/// Bytes the length of a one-event list takes in front of the event: the encoding of a list of
+/// `n` events is at most `n` bytes longer than its events encoded one by one.
+pub const ONE_EVENT_LIST_PREFIX: usize = 1;
+
+/// The list of `count` events whose encodings by [`encode_event_into`] lie back to back in
+/// `events`: byte for byte what [`encode_events`] produces for those events.
+pub fn events_payload(count: usize, events: &[u8]) -> Result<Vec<u8>, WireError> {
+    let mut out = Vec::with_capacity(events.len() + 9);
+    bincode::serde::encode_into_std_write(count as u64, &mut out, codec())
+        .map_err(|e| WireError::Malformed(e.to_string()))?;
+    out.extend_from_slice(events);
+    Ok(out)
+}
+
 /// Decodes a list produced by [`encode_events`]. Never panics.
 pub fn decode_events(bytes: &[u8]) -> Result<Vec<Event>, WireError> {
     let (events, used) = decode_limited::<Vec<Event>>(bytes)?;
@@ -699,6 +726,48 @@ mod tests {
             prop_assert_eq!(raw, encode(&msg).expect("encodes"));
             let back = decode_events(&blob).expect("decodes");
             prop_assert_eq!(encode_events(&back).expect("encodes"), blob);
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn events_encoded_one_by_one_join_into_the_list(events in prop::collection::vec(arb_event(), 0..8)) {
+            let mut joined = Vec::new();
+            for event in &events {
+                let n = encode_event_into(event, &mut joined).expect("encodes");
+                let alone = encode_events(std::slice::from_ref(event)).expect("encodes");
+                prop_assert_eq!(n + ONE_EVENT_LIST_PREFIX, alone.len());
+            }
+            let payload = events_payload(events.len(), &joined).expect("encodes");
+            prop_assert_eq!(payload, encode_events(&events).expect("encodes"));
+        }
+    }
+
+    /// The list's length grows from one byte to three, then five, at these counts; each list is
+    /// still no longer than its events encoded as one-event lists.
+    #[test]
+    fn joined_lists_match_the_codec_across_length_widths() {
+        let event = Event::Log(LogRecord {
+            time_ns: 1,
+            source: "a".to_owned(),
+            severity: None,
+            body: "b".to_owned(),
+            attributes: Attributes::default(),
+        });
+        let mut one = Vec::new();
+        let size = encode_event_into(&event, &mut one).expect("encodes");
+        for count in [250, 251, 65_535, 65_536] {
+            let events = vec![event.clone(); count];
+            let payload = events_payload(count, &one.repeat(count)).expect("encodes");
+            assert_eq!(
+                payload,
+                encode_events(&events).expect("encodes"),
+                "{count} events"
+            );
+            assert!(
+                payload.len() <= count * (size + ONE_EVENT_LIST_PREFIX),
+                "{count} events"
+            );
         }
     }
 

@@ -750,11 +750,11 @@ impl Spool {
         let mut oversized = 0;
         let written = match wire::decode_events(&batch.payload) {
             Ok(events) => {
-                let sizes = event_sizes(&events, path)?;
-                let repacked = plan::repack(class, events, &sizes, limits);
+                let (encoded, sizes) = encode_each(&events, path)?;
+                let repacked = plan::repack(class, &encoded, &sizes, limits);
                 oversized = repacked.oversized;
                 next.drops.add(DropReason::Oversized, oversized);
-                let encoded = encode_all(repacked.batches, limits.bytes, path)?;
+                let encoded = payloads(repacked.batches, path)?;
                 insert_batches(&tx, path, &mut next, batch.created_ns, &encoded)?
             }
             Err(error) => {
@@ -1105,7 +1105,7 @@ impl Spool {
         if plan.writes_nothing() {
             return Ok(plan.decisions);
         }
-        let encoded = encode_all(std::mem::take(&mut plan.batches), self.limits.bytes, path)?;
+        let encoded = payloads(std::mem::take(&mut plan.batches), path)?;
 
         let mut next = self.state.clone();
         let tx = begin(&mut self.conn, &mut self.sync, Sync::Full, path)?;
@@ -1555,63 +1555,53 @@ fn read_batches(
 }
 
 fn sized(sub: Submission, path: &Path) -> Result<SizedSubmission, SpoolError> {
-    let sizes = event_sizes(&sub.events, path)?;
-    Ok(SizedSubmission { sub, sizes })
-}
-
-/// The encoded size of each event on its own, which is what batches are packed by.
-fn event_sizes(events: &[Event], path: &Path) -> Result<Vec<usize>, SpoolError> {
-    events
-        .iter()
-        .map(|event| encode(std::slice::from_ref(event), path).map(|bytes| bytes.len()))
-        .collect()
-}
-
-fn encode(events: &[Event], path: &Path) -> Result<Vec<u8>, SpoolError> {
-    wire::encode_events(events).map_err(|source| SpoolError::Encode {
-        path: path.to_path_buf(),
-        source: Arc::new(source),
+    let (encoded, sizes) = encode_each(&sub.events, path)?;
+    Ok(SizedSubmission {
+        sub,
+        encoded,
+        sizes,
     })
 }
 
-/// Encodes planned batches, in order, splitting any whose payload exceeds `max_bytes`.
-fn encode_all(
-    batches: Vec<PlannedBatch>,
-    max_bytes: usize,
-    path: &Path,
-) -> Result<Vec<EncodedBatch>, SpoolError> {
-    let mut encoded = Vec::with_capacity(batches.len());
-    for batch in batches {
-        encode_batch(batch.class, batch.events, max_bytes, path, &mut encoded)?;
+/// Encodes each event on its own, back to back, with the size of each as a one-event list, which
+/// is what batches are packed by (see [`plan::SizedSubmission`]). Each event is encoded once:
+/// the batches are cut from these bytes.
+fn encode_each(events: &[Event], path: &Path) -> Result<(Vec<u8>, Vec<usize>), SpoolError> {
+    let mut encoded = Vec::new();
+    let mut sizes = Vec::with_capacity(events.len());
+    for event in events {
+        let bytes = wire::encode_event_into(event, &mut encoded).map_err(encode_error(path))?;
+        sizes.push(bytes + wire::ONE_EVENT_LIST_PREFIX);
     }
-    Ok(encoded)
+    Ok((encoded, sizes))
 }
 
-/// Encodes a planned batch, splitting it should the payload exceed `max_bytes`.
-///
-/// The planner packs by the sum of the events' individual sizes, which bounds the payload for
-/// the current codec, so the split is a guard against a codec change rather than a normal path.
-fn encode_batch(
-    class: Class,
-    mut events: Vec<Event>,
-    max_bytes: usize,
-    path: &Path,
-    out: &mut Vec<EncodedBatch>,
-) -> Result<(), SpoolError> {
-    let payload = encode(&events, path)?;
-    if payload.len() > max_bytes && events.len() > 1 {
-        let tail = events.split_off(events.len() / 2);
-        encode_batch(class, events, max_bytes, path, out)?;
-        return encode_batch(class, tail, max_bytes, path, out);
+fn encode_error(path: &Path) -> impl Fn(WireError) -> SpoolError + '_ {
+    move |source| SpoolError::Encode {
+        path: path.to_path_buf(),
+        source: Arc::new(source),
     }
-    out.push(EncodedBatch {
-        class,
-        // The planner caps a batch at `max_batch_events`, which `validate` keeps within u32 (and
-        // `split_batch` clamps its limit to).
-        events: u32::try_from(events.len()).unwrap_or(u32::MAX),
-        payload,
-    });
-    Ok(())
+}
+
+/// The payloads of planned batches, in order.
+///
+/// The planner packs by the sum of the events' sizes as one-event lists, and a list of `n` events
+/// is at most that long, so each payload is within the byte limit the batch was packed to.
+fn payloads(batches: Vec<PlannedBatch>, path: &Path) -> Result<Vec<EncodedBatch>, SpoolError> {
+    batches
+        .into_iter()
+        .map(|batch| {
+            let payload =
+                wire::events_payload(batch.events, &batch.body).map_err(encode_error(path))?;
+            Ok(EncodedBatch {
+                class: batch.class,
+                // The planner caps a batch at `max_batch_events`, which `validate` keeps within
+                // u32 (and `split_batch` clamps its limit to).
+                events: u32::try_from(batch.events).unwrap_or(u32::MAX),
+                payload,
+            })
+        })
+        .collect()
 }
 
 fn add_drops(into: &mut DropCounters, delta: &DropCounters) {

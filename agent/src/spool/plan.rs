@@ -9,7 +9,8 @@
 
 use std::collections::BTreeMap;
 
-use outpost_common::event::{DropCounters, DropReason, Event};
+use outpost_common::event::{DropCounters, DropReason};
+use outpost_common::wire;
 
 use super::{Checkpoint, Class, StateChange, Submission, SubmitOutcome};
 
@@ -66,13 +67,28 @@ impl Evictable {
     }
 }
 
-/// A submission with the encoded size of each of its events.
+/// A submission with each of its events encoded.
 #[derive(Debug)]
 pub(super) struct SizedSubmission {
     pub sub: Submission,
-    /// `sizes[i]` is the encoded size of `sub.events[i]` on its own, an upper bound of what it
-    /// adds to a batch payload.
+    /// The events of `sub`, each encoded on its own ([`wire::encode_event_into`]), back to back.
+    pub encoded: Vec<u8>,
+    /// `sizes[i]` is the encoded size of `sub.events[i]` as a one-event list: its bytes in
+    /// `encoded` plus [`wire::ONE_EVENT_LIST_PREFIX`], an upper bound of what it adds to a batch
+    /// payload.
     pub sizes: Vec<usize>,
+}
+
+/// The bytes of each event in `encoded`, given the events' `sizes` as one-event lists.
+fn each_event<'a>(
+    encoded: &'a [u8],
+    sizes: &'a [usize],
+) -> impl Iterator<Item = (&'a [u8], usize)> + 'a {
+    sizes.iter().scan(0, move |at: &mut usize, &size| {
+        let start = *at;
+        *at += size - wire::ONE_EVENT_LIST_PREFIX;
+        Some((&encoded[start..*at], size))
+    })
 }
 
 /// The byte cap an append plans against, and what sets it.
@@ -115,7 +131,11 @@ impl Decision {
 #[derive(Debug)]
 pub(super) struct PlannedBatch {
     pub class: Class,
-    pub events: Vec<Event>,
+    /// How many events `body` holds.
+    pub events: usize,
+    /// The events, each encoded on its own, back to back: [`wire::events_payload`] makes the
+    /// batch's payload of them.
+    pub body: Vec<u8>,
 }
 
 /// Everything one append changes.
@@ -206,18 +226,19 @@ pub(super) struct Repacked {
     pub oversized: u64,
 }
 
-/// Packs `events` (of one `class`, with their individual encoded `sizes`) into batches within
-/// `limits`, keeping their order, exactly as an append would have packed them under those limits.
+/// Packs events (of one `class`, `encoded` one by one with their `sizes` as in
+/// [`SizedSubmission`]) into batches within `limits`, keeping their order, exactly as an append
+/// would have packed them under those limits.
 pub(super) fn repack(
     class: Class,
-    events: Vec<Event>,
+    encoded: &[u8],
     sizes: &[usize],
     limits: BatchLimits,
 ) -> Repacked {
     let mut batches = Vec::new();
     let mut open = OpenBatch::new(class);
     let mut oversized = 0;
-    for (event, &size) in events.into_iter().zip(sizes) {
+    for (event, size) in each_event(encoded, sizes) {
         if size > limits.bytes {
             oversized += 1;
             continue;
@@ -227,7 +248,7 @@ pub(super) fn repack(
         }
         open.push(event, size);
     }
-    if !open.events.is_empty() {
+    if open.events > 0 {
         batches.push(open.seal());
     }
     Repacked { batches, oversized }
@@ -251,7 +272,8 @@ struct Planner<I> {
 
 struct OpenBatch {
     class: Class,
-    events: Vec<Event>,
+    events: usize,
+    body: Vec<u8>,
     /// Sum of the events' individual sizes.
     bytes: usize,
 }
@@ -260,7 +282,8 @@ impl OpenBatch {
     fn new(class: Class) -> OpenBatch {
         OpenBatch {
             class,
-            events: Vec::new(),
+            events: 0,
+            body: Vec::new(),
             bytes: 0,
         }
     }
@@ -268,11 +291,12 @@ impl OpenBatch {
     /// Whether an event of `size` encoded bytes still fits; an empty batch takes any event within
     /// the byte limit.
     fn takes(&self, size: usize, limits: BatchLimits) -> bool {
-        self.events.len() < limits.events && self.bytes + size <= limits.bytes
+        self.events < limits.events && self.bytes + size <= limits.bytes
     }
 
-    fn push(&mut self, event: Event, size: usize) {
-        self.events.push(event);
+    fn push(&mut self, event: &[u8], size: usize) {
+        self.events += 1;
+        self.body.extend_from_slice(event);
         self.bytes += size;
     }
 
@@ -280,6 +304,7 @@ impl OpenBatch {
         PlannedBatch {
             class: self.class,
             events: self.events,
+            body: self.body,
         }
     }
 }
@@ -310,11 +335,15 @@ impl<I: Iterator<Item = (u64, BatchSize)>> Planner<I> {
             Class::Drop => self.make_room(needed),
         };
         self.plan.drops.add(DropReason::Oversized, oversized);
-        let SizedSubmission { sub, sizes } = sized;
+        let SizedSubmission {
+            sub,
+            encoded,
+            sizes,
+        } = sized;
         self.plan.checkpoints.extend(sub.checkpoints);
         self.plan.state.extend(sub.state);
         let outcome = if accept {
-            for (event, size) in sub.events.into_iter().zip(sizes) {
+            for (event, size) in each_event(&encoded, &sizes) {
                 if size <= max_event {
                     self.push(sub.class, event, size);
                 }
@@ -361,7 +390,7 @@ impl<I: Iterator<Item = (u64, BatchSize)>> Planner<I> {
         true
     }
 
-    fn push(&mut self, class: Class, event: Event, size: usize) {
+    fn push(&mut self, class: Class, event: &[u8], size: usize) {
         let at = match self.open.iter().position(|b| b.class == class) {
             Some(at) if self.open[at].takes(size, self.limits) => at,
             found => {
