@@ -40,7 +40,8 @@
 //! returns, so an acknowledged batch survives power loss, not only a crashed process. Group
 //! commit amortises the fsync over every batch in the transaction. Registry writes run with
 //! `synchronous=NORMAL`: they are atomic but reach the disk with the next batch commit or
-//! checkpoint, which the [`StateStore`] contract allows.
+//! checkpoint, which the [`StateStore`] contract allows. WAL checkpoints run on a thread of
+//! their own ([`checkpoint`]), so no commit waits for one unless the log grows past a backstop.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -51,11 +52,14 @@ use std::time::Duration;
 use outpost_common::event::EventKind;
 use rusqlite::{Connection, OpenFlags};
 
+use self::checkpoint::Checkpointer;
+
 use super::{
     AgentRecord, BatchCommit, Cursor, EventPage, EventQuery, EventStore, HostSummary,
     IncomingBatch, RegistryUpdate, Retention, RetentionReport, StateStore, StoreError,
 };
 
+mod checkpoint;
 mod codec;
 mod commit;
 mod queries;
@@ -75,6 +79,12 @@ pub struct SqliteStore {
     read: Mutex<Connection>,
     /// Callers waiting for `write`; retention lets them in before each of its chunks.
     writers_waiting: AtomicUsize,
+    /// Last: its thread ends once the write connection, dropped before it, is closed.
+    #[cfg_attr(
+        not(test),
+        expect(dead_code, reason = "held for its thread; tests read its counts")
+    )]
+    checkpointer: Checkpointer,
 }
 
 /// The write connection and what it remembers between transactions.
@@ -111,10 +121,15 @@ impl SqliteStore {
     ///
     /// The directory must exist. Besides `path`, SQLite keeps `path-wal` and `path-shm` next to it.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        SqliteStore::open_with(path, checkpoint::Policy::default())
+    }
+
+    fn open_with(path: &Path, policy: checkpoint::Policy) -> Result<Self, StoreError> {
         let open_err = open_error(path);
         let mut conn = Connection::open(path).map_err(open_err)?;
         configure_writer(&conn, path)?;
         schema::migrate(&mut conn, path)?;
+        let checkpointer = Checkpointer::install(&mut conn, path, policy)?;
         let last_received_ns = schema::last_received_ns(&conn).map_err(open_err)?;
         let next_id = schema::next_event_id(&conn).map_err(open_err)?;
 
@@ -138,6 +153,7 @@ impl SqliteStore {
             }),
             read: Mutex::new(read),
             writers_waiting: AtomicUsize::new(0),
+            checkpointer,
         })
     }
 
