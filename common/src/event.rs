@@ -136,36 +136,126 @@ pub struct LogRecord {
     pub attributes: Attributes,
 }
 
-/// What happened to a watched file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// What happened to a watched path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum FimChange {
+    /// The path appeared.
     Created,
+    /// The content changed (its hash, or its size when it is not hashed); attributes may have
+    /// changed too ([`FimEvent::changed`] lists them all).
     Modified,
-    /// Only metadata (mode, owner) changed.
+    /// Only attributes changed: [`FimEvent::changed`] says which.
     MetadataChanged,
+    /// The path disappeared.
     Deleted,
+    /// The path was renamed: [`FimEvent::path`] is where it went, [`FimEvent::moved_from`] where
+    /// it was.
+    Moved,
+    /// The path is now of another [`FileKind`] (a file replaced by a symlink, say).
+    TypeChanged,
 }
 
-/// The state of a file as the integrity monitor saw it.
+/// What a path is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum FileKind {
+    File,
+    Directory,
+    Symlink,
+    /// A FIFO, socket or device.
+    Other,
+}
+
+/// How a change was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum FimDetection {
+    /// A filesystem notification (inotify), checked against the baseline.
+    Realtime,
+    /// A scheduled full scan.
+    Scheduled,
+    /// A rescan after notifications were lost (queue overflow, watch limit) or at start.
+    Rescan,
+}
+
+/// The state of a path as the integrity monitor saw it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileState {
+    pub kind: FileKind,
     pub size: u64,
+    /// The full `st_mode` (type and permission bits).
     pub mode: u32,
     pub uid: u32,
     pub gid: u32,
     pub mtime_ns: i64,
-    /// Hex SHA-256 of the content, when it was hashed.
-    pub sha256: Option<String>,
+    pub ctime_ns: i64,
+    pub inode: u64,
+    pub device: u64,
+    pub nlink: u64,
+    /// A symlink's target.
+    pub link_target: Option<String>,
+    /// Hex SHA-256 over the extended attributes (ACLs included), names sorted, when there are any.
+    pub xattrs: Option<String>,
+    /// The content hash as `algorithm:hex` (`sha256:…` or `blake3:…`), when it was hashed.
+    pub hash: Option<String>,
+    /// The file is larger than the configured hashing limit: it is compared by metadata only.
+    pub too_large_to_hash: bool,
 }
 
 /// A file-integrity change.
+///
+/// Every event of an agent carries its place in the agent's tamper-evident trail: `seq` counts
+/// the agent's FIM events from 1 without gaps, and `chain` is [`chain_hash`] of the previous
+/// event's `chain` and this event, so the aggregator can tell a lost, reordered, replayed or edited
+/// event.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FimEvent {
     pub time_ns: i64,
     pub path: String,
     pub change: FimChange,
-    pub before: Option<FileState>,
-    pub after: Option<FileState>,
+    /// The attributes that differ between `before` and `after`, by name: `kind`, `size`, `mode`,
+    /// `uid`, `gid`, `mtime`, `ctime`, `inode`, `device`, `nlink`, `link_target`, `xattrs`,
+    /// `hash`. Empty for created and deleted paths.
+    pub changed: Vec<String>,
+    /// For [`FimChange::Moved`]: the path it had before.
+    pub moved_from: Option<String>,
+    /// Boxed, so that an [`Event`] stays small.
+    pub before: Option<Box<FileState>>,
+    pub after: Option<Box<FileState>>,
+    pub detected_by: FimDetection,
+    /// The event's place in the agent's trail, from 1.
+    pub seq: u64,
+    /// Hex SHA-256 chaining this event to the previous one: see [`chain_hash`].
+    pub chain: String,
+}
+
+/// The `chain` of the event before the first: 64 zeros.
+pub const CHAIN_GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// The `chain` value of `event` following an event whose `chain` is `previous`: hex SHA-256 of
+/// `previous` (as text) and the event's encoding in the wire codec with its own `chain` empty.
+///
+/// The agent computes it when it emits the event; the aggregator computes it again as events
+/// arrive and when it re-verifies a stored trail.
+pub fn chain_hash(previous: &str, event: &FimEvent) -> String {
+    let unchained = FimEvent {
+        chain: String::new(),
+        ..event.clone()
+    };
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(previous.as_bytes());
+    // Encoding plain data into memory cannot fail; an empty encoding would still be chained.
+    ctx.update(&crate::wire::encode_fim_for_chain(&unchained));
+    hex(ctx.finish().as_ref())
+}
+
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for &b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    out
 }
 
 /// Why the agent dropped events; every drop is counted under one of these.
@@ -317,4 +407,72 @@ pub struct HostFacts {
     pub cpus: u32,
     pub memory_bytes: u64,
     pub boot_time_ns: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(seq: u64) -> FimEvent {
+        FimEvent {
+            time_ns: 1,
+            path: "/etc/passwd".to_owned(),
+            change: FimChange::Modified,
+            changed: vec!["hash".to_owned()],
+            moved_from: None,
+            before: None,
+            after: None,
+            detected_by: FimDetection::Realtime,
+            seq,
+            chain: String::new(),
+        }
+    }
+
+    #[test]
+    fn the_chain_covers_every_field_but_its_own() {
+        let first = event(1);
+        let hash = chain_hash(CHAIN_GENESIS, &first);
+        assert_eq!(hash.len(), 64);
+        assert_eq!(hash, chain_hash(CHAIN_GENESIS, &first), "deterministic");
+        let with_chain = FimEvent {
+            chain: hash.clone(),
+            ..first.clone()
+        };
+        assert_eq!(chain_hash(CHAIN_GENESIS, &with_chain), hash);
+        assert_ne!(chain_hash(&hash, &first), hash, "the previous link counts");
+        let edits = [
+            FimEvent {
+                path: "/etc/shadow".to_owned(),
+                ..first.clone()
+            },
+            FimEvent {
+                seq: 2,
+                ..first.clone()
+            },
+            FimEvent {
+                time_ns: 2,
+                ..first.clone()
+            },
+            FimEvent {
+                change: FimChange::Deleted,
+                ..first.clone()
+            },
+            FimEvent {
+                changed: Vec::new(),
+                ..first.clone()
+            },
+            FimEvent {
+                detected_by: FimDetection::Scheduled,
+                ..first.clone()
+            },
+        ];
+        for edited in edits {
+            assert_ne!(chain_hash(CHAIN_GENESIS, &edited), hash, "{edited:?}");
+        }
+    }
+
+    #[test]
+    fn hex_is_lower_case_two_digits_a_byte() {
+        assert_eq!(hex(&[0x00, 0x0f, 0xa5, 0xff]), "000fa5ff");
+    }
 }

@@ -29,10 +29,12 @@ use crate::event::{AgentStatus, Event, HostFacts};
 
 /// The protocol version this build speaks. Version 2 added [`MetricPoint::unit`] and the
 /// `spool_write_failed` drop counter, version 3 the `disk_full` drop counter, version 4 the log
-/// sources in the agent's status ([`AgentStatus::logs`]).
+/// sources in the agent's status ([`AgentStatus::logs`]), version 5 the file-integrity events'
+/// full state, moves, type changes and tamper-evident trail ([`FimEvent`]).
 ///
 /// [`MetricPoint::unit`]: crate::event::MetricPoint::unit
-pub const PROTOCOL_VERSION: u16 = 4;
+/// [`FimEvent`]: crate::event::FimEvent
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// The ALPN protocol identifier negotiated in the TLS handshake.
 pub const ALPN: &[u8] = b"outpost/1";
@@ -347,6 +349,11 @@ pub fn events_payload(count: usize, events: &[u8]) -> Result<Vec<u8>, WireError>
     Ok(out)
 }
 
+/// The bytes [`crate::event::chain_hash`] hashes for one FIM event: its encoding in this codec.
+pub(crate) fn encode_fim_for_chain(event: &crate::event::FimEvent) -> Vec<u8> {
+    bincode::serde::encode_to_vec(event, codec()).unwrap_or_default()
+}
+
 /// Decodes a list produced by [`encode_events`]. Never panics.
 pub fn decode_events(bytes: &[u8]) -> Result<Vec<Event>, WireError> {
     let (events, used) = decode_limited::<Vec<Event>>(bytes)?;
@@ -512,22 +519,50 @@ mod tests {
     }
 
     fn arb_file_state() -> impl Strategy<Value = FileState> {
+        let kind = prop::sample::select(vec![
+            FileKind::File,
+            FileKind::Directory,
+            FileKind::Symlink,
+            FileKind::Other,
+        ]);
         (
-            any::<u64>(),
-            any::<u32>(),
-            any::<u32>(),
-            any::<u32>(),
-            any::<i64>(),
-            prop::option::of("[0-9a-f]{64}"),
+            (kind, any::<u64>(), any::<u32>(), any::<u32>(), any::<u32>()),
+            (
+                any::<i64>(),
+                any::<i64>(),
+                any::<u64>(),
+                any::<u64>(),
+                any::<u64>(),
+            ),
+            (
+                prop::option::of(arb_string()),
+                prop::option::of("[0-9a-f]{64}"),
+                prop::option::of("sha256:[0-9a-f]{64}"),
+                any::<bool>(),
+            ),
         )
-            .prop_map(|(size, mode, uid, gid, mtime_ns, sha256)| FileState {
-                size,
-                mode,
-                uid,
-                gid,
-                mtime_ns,
-                sha256,
-            })
+            .prop_map(
+                |(
+                    (kind, size, mode, uid, gid),
+                    (mtime_ns, ctime_ns, inode, device, nlink),
+                    (link_target, xattrs, hash, too_large_to_hash),
+                )| FileState {
+                    kind,
+                    size,
+                    mode,
+                    uid,
+                    gid,
+                    mtime_ns,
+                    ctime_ns,
+                    inode,
+                    device,
+                    nlink,
+                    link_target,
+                    xattrs,
+                    hash,
+                    too_large_to_hash,
+                },
+            )
     }
 
     fn arb_event() -> impl Strategy<Value = Event> {
@@ -537,6 +572,13 @@ mod tests {
             FimChange::Modified,
             FimChange::MetadataChanged,
             FimChange::Deleted,
+            FimChange::Moved,
+            FimChange::TypeChanged,
+        ]);
+        let detection = prop::sample::select(vec![
+            FimDetection::Realtime,
+            FimDetection::Scheduled,
+            FimDetection::Rescan,
         ]);
         prop_oneof![
             (
@@ -578,21 +620,33 @@ mod tests {
                     }
                 )),
             (
-                any::<i64>(),
-                arb_string(),
-                change,
-                prop::option::of(arb_file_state()),
-                prop::option::of(arb_file_state())
+                (any::<i64>(), arb_string(), change),
+                (
+                    prop::collection::vec(arb_string(), 0..3),
+                    prop::option::of(arb_string()),
+                    prop::option::of(arb_file_state()),
+                    prop::option::of(arb_file_state()),
+                ),
+                (detection, any::<u64>(), "[0-9a-f]{64}"),
             )
-                .prop_map(|(time_ns, path, change, before, after)| Event::Fim(
-                    FimEvent {
+                .prop_map(
+                    |(
+                        (time_ns, path, change),
+                        (changed, moved_from, before, after),
+                        (detected_by, seq, chain),
+                    )| Event::Fim(FimEvent {
                         time_ns,
                         path,
                         change,
-                        before,
-                        after,
-                    }
-                )),
+                        changed,
+                        moved_from,
+                        before: before.map(Box::new),
+                        after: after.map(Box::new),
+                        detected_by,
+                        seq,
+                        chain,
+                    })
+                ),
             arb_status().prop_map(Event::Status),
         ]
     }

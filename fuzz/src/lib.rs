@@ -6,7 +6,7 @@
 //! are compared rather than values because a NaN metric is never equal to itself).
 
 use outpost_common::event::{
-    AgentStatus, Event, FileState, FimChange, FimEvent, HostFacts, LogRecord, MetricKind,
+    AgentStatus, Event, FileKind, FileState, FimChange, FimDetection, FimEvent, HostFacts, LogRecord, MetricKind,
     MetricPoint, Severity,
 };
 use outpost_common::wire::{
@@ -128,12 +128,20 @@ fn sample_status() -> AgentStatus {
 
 fn sample_events() -> Vec<Event> {
     let state = FileState {
+        kind: FileKind::File,
         size: 120,
         mode: 0o100644,
         uid: 0,
         gid: 0,
         mtime_ns: 1_700_000_000_000_000_000,
-        sha256: Some("ab".repeat(32)),
+        ctime_ns: 1_700_000_000_000_000_000,
+        inode: 42,
+        device: 2049,
+        nlink: 1,
+        link_target: None,
+        xattrs: None,
+        hash: Some(format!("sha256:{}", "ab".repeat(32))),
+        too_large_to_hash: false,
     };
     vec![
         Event::Metric(MetricPoint {
@@ -155,8 +163,13 @@ fn sample_events() -> Vec<Event> {
             time_ns: 1_700_000_001_000_000_000,
             path: "/etc/passwd".into(),
             change: FimChange::Modified,
-            before: Some(state.clone()),
-            after: Some(FileState { size: 121, ..state }),
+            changed: vec!["hash".into(), "size".into()],
+            moved_from: None,
+            before: Some(Box::new(state.clone())),
+            after: Some(Box::new(FileState { size: 121, ..state })),
+            detected_by: FimDetection::Realtime,
+            seq: 1,
+            chain: "cd".repeat(32),
         }),
         Event::Status(sample_status()),
     ]

@@ -1,8 +1,8 @@
 //! Builders shared by the store's tests.
 
 use outpost_common::event::{
-    AgentStatus, Event, FileState, FimChange, FimEvent, HostFacts, LogRecord, MetricKind,
-    MetricPoint, Severity,
+    AgentStatus, Event, FileKind, FileState, FimChange, FimDetection, FimEvent, HostFacts,
+    LogRecord, MetricKind, MetricPoint, Severity,
 };
 use outpost_common::time::NANOS_PER_SEC;
 use outpost_common::wire::{Hello, PROTOCOL_VERSION};
@@ -43,8 +43,13 @@ pub(crate) fn fim(time_ns: i64) -> Event {
         time_ns,
         path: "/etc/passwd".to_owned(),
         change: FimChange::Modified,
-        before: Some(file_state(1)),
-        after: Some(file_state(2)),
+        changed: vec!["hash".to_owned(), "size".to_owned()],
+        moved_from: None,
+        before: Some(Box::new(file_state(1))),
+        after: Some(Box::new(file_state(2))),
+        detected_by: FimDetection::Realtime,
+        seq: 1,
+        chain: "cd".repeat(32),
     })
 }
 
@@ -57,12 +62,20 @@ pub(crate) fn status_event(time_ns: i64) -> Event {
 
 fn file_state(size: u64) -> FileState {
     FileState {
+        kind: FileKind::File,
         size,
-        mode: 0o644,
+        mode: 0o100644,
         uid: 0,
         gid: 0,
         mtime_ns: T0,
-        sha256: Some("ab".repeat(32)),
+        ctime_ns: T0,
+        inode: 42,
+        device: 2049,
+        nlink: 1,
+        link_target: None,
+        xattrs: None,
+        hash: Some(format!("sha256:{}", "ab".repeat(32))),
+        too_large_to_hash: false,
     }
 }
 

@@ -84,6 +84,8 @@ pub(super) fn fim_change_name(c: FimChange) -> &'static str {
         FimChange::Modified => "modified",
         FimChange::MetadataChanged => "metadata_changed",
         FimChange::Deleted => "deleted",
+        FimChange::Moved => "moved",
+        FimChange::TypeChanged => "type_changed",
     }
 }
 
@@ -116,6 +118,8 @@ pub(super) fn fim_change_from_name(name: &str) -> Option<FimChange> {
         "modified" => Some(FimChange::Modified),
         "metadata_changed" => Some(FimChange::MetadataChanged),
         "deleted" => Some(FimChange::Deleted),
+        "moved" => Some(FimChange::Moved),
+        "type_changed" => Some(FimChange::TypeChanged),
         _ => None,
     }
 }

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use outpost_common::event::{
-    AgentStatus, Event, EventKind, FileState, FimEvent, LogRecord, MetricPoint,
+    AgentStatus, Event, EventKind, FileState, FimDetection, FimEvent, LogRecord, MetricPoint,
 };
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
@@ -123,8 +123,13 @@ fn stored_event(kind: EventKind, r: &Row<'_>) -> rusqlite::Result<StoredEvent> {
             time_ns,
             path: r.get(4)?,
             change: parse_column(5, "file change", r.get(5)?, fim_change_from_name)?,
-            before: from_json_column::<FileState>(r, 6)?,
-            after: from_json_column::<FileState>(r, 7)?,
+            changed: Vec::new(),
+            moved_from: None,
+            before: from_json_column::<FileState>(r, 6)?.map(Box::new),
+            after: from_json_column::<FileState>(r, 7)?.map(Box::new),
+            detected_by: FimDetection::Realtime,
+            seq: 0,
+            chain: String::new(),
         }),
         EventKind::Status => {
             let status: Option<AgentStatus> = from_json_column(r, 4)?;
