@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-use outpost_common::event::{Attributes, FimChange, MetricKind, Severity};
+use outpost_common::event::{Attributes, FimChange, FimDetection, MetricKind, Severity};
 use rusqlite::Row;
 use rusqlite::types::Type;
 use serde::de::{MapAccess, Visitor};
@@ -87,6 +87,37 @@ pub(super) fn fim_change_name(c: FimChange) -> &'static str {
         FimChange::Moved => "moved",
         FimChange::TypeChanged => "type_changed",
     }
+}
+
+pub(super) fn fim_detection_name(d: FimDetection) -> &'static str {
+    match d {
+        FimDetection::Realtime => "realtime",
+        FimDetection::Scheduled => "scheduled",
+        FimDetection::Rescan => "rescan",
+    }
+}
+
+pub(super) fn fim_detection_from_name(name: &str) -> Option<FimDetection> {
+    match name {
+        "realtime" => Some(FimDetection::Realtime),
+        "scheduled" => Some(FimDetection::Scheduled),
+        "rescan" => Some(FimDetection::Rescan),
+        _ => None,
+    }
+}
+
+/// The attributes a file-integrity change lists, as a JSON array; `None` when there are none.
+pub(super) fn changed_json(changed: &[String]) -> rusqlite::Result<Option<String>> {
+    if changed.is_empty() {
+        Ok(None)
+    } else {
+        to_json(&changed).map(Some)
+    }
+}
+
+/// The attributes from [`changed_json`]; NULL is none.
+pub(super) fn changed_column(r: &Row<'_>, idx: usize) -> rusqlite::Result<Vec<String>> {
+    Ok(from_json_column::<Vec<String>>(r, idx)?.unwrap_or_default())
 }
 
 /// The severity of a syslog level; `None` for a level no [`Severity`] has.
@@ -199,10 +230,20 @@ mod tests {
             FimChange::Modified,
             FimChange::MetadataChanged,
             FimChange::Deleted,
+            FimChange::Moved,
+            FimChange::TypeChanged,
         ] {
             assert_eq!(fim_change_from_name(fim_change_name(c)), Some(c));
         }
         assert_eq!(fim_change_from_name("renamed"), None);
+        for d in [
+            FimDetection::Realtime,
+            FimDetection::Scheduled,
+            FimDetection::Rescan,
+        ] {
+            assert_eq!(fim_detection_from_name(fim_detection_name(d)), Some(d));
+        }
+        assert_eq!(fim_detection_from_name("guess"), None);
     }
 
     #[test]

@@ -7,7 +7,10 @@ use std::collections::HashMap;
 use outpost_common::event::Event;
 use rusqlite::{CachedStatement, OptionalExtension, Row, Transaction, TransactionBehavior, params};
 
-use super::codec::{attributes_json, fim_change_name, metric_kind_name, severity_level, to_json};
+use super::codec::{
+    attributes_json, changed_json, fim_change_name, fim_detection_name, metric_kind_name,
+    severity_level, to_json,
+};
 use super::registry::agent_key;
 use super::{Pending, WriteState};
 use crate::store::dedup::{self, Admission};
@@ -203,8 +206,9 @@ impl<'c> RowInserter<'c> {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?,
             fim: tx.prepare_cached(
-                "INSERT INTO fim_events (id, agent_key, time_ns, received_ns, path, change, before, after)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT INTO fim_events (id, agent_key, time_ns, received_ns, path, change, before, after,
+                    changed, moved_from, detected_by, seq, chain)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
             )?,
             status: tx.prepare_cached(
                 "INSERT INTO agent_status (id, agent_key, time_ns, received_ns, status)
@@ -262,6 +266,11 @@ impl<'c> RowInserter<'c> {
                     fim_change_name(f.change),
                     before,
                     after,
+                    changed_json(&f.changed)?,
+                    f.moved_from,
+                    fim_detection_name(f.detected_by),
+                    f.seq.cast_signed(),
+                    f.chain,
                 ])?;
             }
             Event::Status(s) => {

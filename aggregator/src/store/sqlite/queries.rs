@@ -12,8 +12,8 @@ use outpost_common::event::{
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::codec::{
-    attributes_column, fim_change_from_name, from_json_column, metric_kind_from_name, parse_column,
-    severity_from_level,
+    attributes_column, changed_column, fim_change_from_name, fim_detection_from_name,
+    from_json_column, metric_kind_from_name, parse_column, severity_from_level,
 };
 use super::commit::{cursor_of, id_of, summary_from_row};
 use super::table;
@@ -90,7 +90,10 @@ fn columns(kind: EventKind) -> &'static str {
     match kind {
         EventKind::Metric => "e.name, e.unit, e.kind, e.value, e.attributes",
         EventKind::Log => "e.source, e.severity, e.body, e.attributes",
-        EventKind::Fim => "e.path, e.change, e.before, e.after",
+        EventKind::Fim => {
+            "e.path, e.change, e.before, e.after, e.changed, e.moved_from, e.detected_by, e.seq, \
+             e.chain"
+        }
         EventKind::Status => "e.status",
     }
 }
@@ -119,18 +122,7 @@ fn stored_event(kind: EventKind, r: &Row<'_>) -> rusqlite::Result<StoredEvent> {
             body: r.get(6)?,
             attributes: attributes_column(r, 7)?,
         }),
-        EventKind::Fim => Event::Fim(FimEvent {
-            time_ns,
-            path: r.get(4)?,
-            change: parse_column(5, "file change", r.get(5)?, fim_change_from_name)?,
-            changed: Vec::new(),
-            moved_from: None,
-            before: from_json_column::<FileState>(r, 6)?.map(Box::new),
-            after: from_json_column::<FileState>(r, 7)?.map(Box::new),
-            detected_by: FimDetection::Realtime,
-            seq: 0,
-            chain: String::new(),
-        }),
+        EventKind::Fim => Event::Fim(fim_event(r, time_ns, 4)?),
         EventKind::Status => {
             let status: Option<AgentStatus> = from_json_column(r, 4)?;
             Event::Status(status.ok_or(rusqlite::Error::InvalidColumnType(
@@ -145,6 +137,36 @@ fn stored_event(kind: EventKind, r: &Row<'_>) -> rusqlite::Result<StoredEvent> {
         agent_id: r.get(1)?,
         received_ns: r.get(3)?,
         event,
+    })
+}
+
+/// A file-integrity event from the nine columns from `first` on, as [`columns`] lists them.
+///
+/// Rows stored before schema 4 have NULL in the last five: read back with no attributes listed,
+/// no move, realtime detection and seq 0 (outside any trail).
+pub(super) fn fim_event(r: &Row<'_>, time_ns: i64, first: usize) -> rusqlite::Result<FimEvent> {
+    let detected_by = match r.get::<_, Option<String>>(first + 6)? {
+        None => FimDetection::Realtime,
+        Some(name) => parse_column(first + 6, "detection", name, fim_detection_from_name)?,
+    };
+    Ok(FimEvent {
+        time_ns,
+        path: r.get(first)?,
+        change: parse_column(
+            first + 1,
+            "file change",
+            r.get(first + 1)?,
+            fim_change_from_name,
+        )?,
+        before: from_json_column::<FileState>(r, first + 2)?.map(Box::new),
+        after: from_json_column::<FileState>(r, first + 3)?.map(Box::new),
+        changed: changed_column(r, first + 4)?,
+        moved_from: r.get(first + 5)?,
+        detected_by,
+        seq: r
+            .get::<_, Option<i64>>(first + 7)?
+            .map_or(0, i64::cast_unsigned),
+        chain: r.get::<_, Option<String>>(first + 8)?.unwrap_or_default(),
     })
 }
 
