@@ -42,6 +42,7 @@ pub mod marks;
 pub mod retention;
 pub mod sqlite;
 pub mod summary;
+pub mod trail;
 pub mod writer;
 
 pub use feed::{CommittedBatch, Feed, FeedItem, FeedSubscriber};
@@ -124,18 +125,33 @@ pub enum CommitOutcome {
 }
 
 /// What [`EventStore::commit_batches`] did with one batch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum BatchCommit {
     /// New and now durably stored; its events have the cursors from `start` on, one each, in
-    /// the batch's order.
-    Stored { start: Cursor },
+    /// the batch's order, and the `notices` the store added the cursors right after them.
+    Stored {
+        start: Cursor,
+        /// Events the store added to the batch, stored after its own: one critical log record
+        /// (source [`trail::NOTICE_SOURCE`]) for every break it found in the agent's
+        /// file-integrity trail ([`trail`]), so rules and queries see the break as they see the
+        /// agent's logs. Usually empty.
+        notices: Vec<Event>,
+    },
     /// Stored before (or below its spool's low-water mark); nothing was written.
     Duplicate,
 }
 
 impl BatchCommit {
+    /// Stored, with no notices added.
+    pub fn stored(start: Cursor) -> BatchCommit {
+        BatchCommit::Stored {
+            start,
+            notices: Vec::new(),
+        }
+    }
+
     /// The outcome the agent is told.
-    pub fn outcome(self) -> CommitOutcome {
+    pub fn outcome(&self) -> CommitOutcome {
         match self {
             BatchCommit::Stored { .. } => CommitOutcome::Stored,
             BatchCommit::Duplicate => CommitOutcome::Duplicate,
@@ -427,6 +443,11 @@ pub trait EventStore: Send + Sync + 'static {
     /// below its spool's low-water mark, is [`BatchCommit::Duplicate`] and writes nothing (this
     /// includes a repeat within the same call). Returns one answer per batch, in order. Cursors
     /// of new events follow those of every earlier commit.
+    ///
+    /// Checks every file-integrity event of a new batch against its agent's trail ([`trail`]),
+    /// in commit order, within the same commit: the trail's position commits with the events,
+    /// a duplicate batch does not touch it, and each break is recorded, logged, and stored as a
+    /// notice after the batch's events ([`BatchCommit::Stored`]). The event is stored either way.
     fn commit_batches(&self, batches: &[IncomingBatch]) -> Result<Vec<BatchCommit>, StoreError>;
 
     /// The cursor the next stored event will get: a query from it sees only what is committed
@@ -520,9 +541,7 @@ mod tests {
 
     #[test]
     fn batch_commits_tell_the_agent_stored_or_duplicate() {
-        let stored = BatchCommit::Stored {
-            start: Cursor::START,
-        };
+        let stored = BatchCommit::stored(Cursor::START);
         assert_eq!(stored.outcome(), CommitOutcome::Stored);
         assert_eq!(BatchCommit::Duplicate.outcome(), CommitOutcome::Duplicate);
     }

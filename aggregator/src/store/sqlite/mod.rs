@@ -13,6 +13,9 @@
 //! - `metrics`, `logs`, `fim_events`, `agent_status`: one row per event, with the agent, the
 //!   event's own time and the receive time. Attributes and nested values are JSON text, so they
 //!   can be queried with SQLite's JSON functions.
+//! - `fim_trails`: per agent, the `seq` and `chain` of the last file-integrity event received,
+//!   written in the commit that stores the event ([`trail`]); `fim_trail_breaks`: every break
+//!   found in a trail, with the event that showed it.
 //!
 //! Modules: [`schema`] (tables and migrations), [`commit`] (the group commit and deduplication),
 //! [`registry`] (the agent registry), [`retention`], [`queries`] (the reads), [`codec`] (how
@@ -56,7 +59,7 @@ use self::checkpoint::Checkpointer;
 
 use super::{
     AgentRecord, BatchCommit, Cursor, EventPage, EventQuery, EventStore, HostSummary,
-    IncomingBatch, RegistryUpdate, Retention, RetentionReport, StateStore, StoreError,
+    IncomingBatch, RegistryUpdate, Retention, RetentionReport, StateStore, StoreError, trail,
 };
 
 mod checkpoint;
@@ -104,6 +107,8 @@ struct WriteState {
     /// The stored host summary per agent key, read once per agent and then kept, so a commit
     /// writes each summary with one UPDATE and reads nothing.
     summaries: HashMap<i64, HostSummary>,
+    /// Each agent's file-integrity trail position, read once per agent and then kept.
+    trails: HashMap<i64, trail::Position>,
 }
 
 /// Cache changes of a transaction not yet committed.
@@ -114,6 +119,8 @@ struct Pending {
     /// Per agent key, the summary of the metric points this transaction stored; after
     /// [`commit::write_summaries`], the summary as written.
     summaries: HashMap<i64, HostSummary>,
+    /// Per agent key, the trail position after this transaction's file-integrity events.
+    trails: HashMap<i64, trail::Position>,
 }
 
 impl SqliteStore {
@@ -150,6 +157,7 @@ impl SqliteStore {
                 last_received_ns,
                 next_id,
                 summaries: HashMap::new(),
+                trails: HashMap::new(),
             }),
             read: Mutex::new(read),
             writers_waiting: AtomicUsize::new(0),
@@ -330,7 +338,7 @@ mod test_support {
             .commit_batches(batches)
             .unwrap()
             .into_iter()
-            .map(BatchCommit::outcome)
+            .map(|answer| answer.outcome())
             .collect()
     }
 

@@ -261,16 +261,11 @@ mod tests {
                 batch("b", 1, 1, second.clone()),
             ])
             .unwrap();
-        let BatchCommit::Stored { start } = answers[0] else {
+        let BatchCommit::Stored { start, .. } = answers[0] else {
             panic!("{answers:?}")
         };
         assert_eq!(answers[1], BatchCommit::Duplicate);
-        assert_eq!(
-            answers[2],
-            BatchCommit::Stored {
-                start: start.advance(4)
-            }
-        );
+        assert_eq!(answers[2], BatchCommit::stored(start.advance(4)));
         assert_eq!(store.end().unwrap(), start.advance(7));
 
         let page = store.events(&EventQuery::default()).unwrap();
@@ -381,7 +376,7 @@ mod tests {
         let answers = store
             .commit_batches(&[batch("a", 1, 2, vec![metric(T0, 1.0)])])
             .unwrap();
-        assert_eq!(answers, vec![BatchCommit::Stored { start: end }]);
+        assert_eq!(answers, vec![BatchCommit::stored(end)]);
     }
 
     #[test]
