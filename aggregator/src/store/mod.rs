@@ -32,7 +32,7 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
-use outpost_common::event::{AgentStatus, DropCounters, Event, EventKind, HostFacts};
+use outpost_common::event::{AgentStatus, DropCounters, Event, EventKind, FimChange, HostFacts};
 use outpost_common::wire::Hello;
 use serde::Serialize;
 
@@ -46,7 +46,7 @@ pub mod trail;
 pub mod writer;
 
 pub use feed::{CommittedBatch, Feed, FeedItem, FeedSubscriber};
-pub use sqlite::SqliteStore;
+pub use sqlite::{SqliteReader, SqliteStore};
 pub use summary::{CPU_UTILIZATION, FILESYSTEM_UTILIZATION, HostSummary, MEMORY_UTILIZATION};
 pub use writer::{StoreWriter, WriterConfig, WriterJoin, WriterStats};
 
@@ -239,6 +239,20 @@ impl Default for EventQuery {
             limit: 1000,
         }
     }
+}
+
+/// Which file-integrity changes [`SqliteReader::fim_changes`] lists: those matching every field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FimQuery {
+    /// One agent, or the whole fleet.
+    pub agent_id: Option<String>,
+    /// Paths starting with this text (`/etc/` for everything below `/etc`).
+    pub path_prefix: Option<String>,
+    pub change: Option<FimChange>,
+    /// Changes whose own time (`time_ns`, the agent's clock) lies in this range.
+    pub time_ns: Option<Range<i64>>,
+    /// The latest this many changes; zero counts as one.
+    pub limit: usize,
 }
 
 /// One page of an [`EventQuery`].

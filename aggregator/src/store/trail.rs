@@ -188,17 +188,30 @@ pub struct Verification {
 /// from [`CHAIN_GENESIS`] when the trail starts at 1, or from the first event's own chain when
 /// its beginning was removed.
 ///
-/// Unlike [`check`], which knows only the trail's end, this sees the whole trail at once: an
-/// event stored twice at one place is a replay, a missing place a gap, and a chain that does
-/// not follow from the event before it an edit (of that event, or of the one before it: a
-/// stored event changed after storage breaks its own link and, if its `chain` was changed to
-/// match, the next one's). A reset shows as events stored twice from `seq` 1 on, replays.
-pub fn verify<'a>(events: impl IntoIterator<Item = &'a FimEvent>) -> Verification {
-    let mut report = Verification::default();
-    let mut last: Option<Position> = None;
-    for event in events {
+/// Unlike [`check`], which knows only the trail's end, this sees the whole trail: an event
+/// stored twice at one place is a replay, a missing place a gap, and a chain that does not
+/// follow from the event before it an edit (of that event, or of the one before it: a stored
+/// event changed after storage breaks its own link and, if its `chain` was changed to match,
+/// the next one's). A reset shows as events stored twice from `seq` 1 on, replays.
+///
+/// Call order: [`Verifier::push`] for every event, in order, then [`Verifier::finish`]; the
+/// trail never has to be held in memory at once.
+#[derive(Debug, Default)]
+pub struct Verifier {
+    report: Verification,
+    last: Option<Position>,
+}
+
+impl Verifier {
+    pub fn new() -> Self {
+        Verifier::default()
+    }
+
+    /// Checks the next event of the trail.
+    pub fn push(&mut self, event: &FimEvent) {
+        let report = &mut self.report;
         report.events += 1;
-        let Some(previous) = &last else {
+        let Some(previous) = &self.last else {
             report.first_seq = Some(event.seq);
             if event.seq == 1 {
                 if chain_hash(CHAIN_GENESIS, event) != event.chain {
@@ -207,11 +220,11 @@ pub fn verify<'a>(events: impl IntoIterator<Item = &'a FimEvent>) -> Verificatio
             } else {
                 report.starts_late = true;
             }
-            last = Some(Position {
+            self.last = Some(Position {
                 seq: event.seq,
                 chain: event.chain.clone(),
             });
-            continue;
+            return;
         };
         let expected_seq = previous.seq.saturating_add(1);
         let found = if event.seq == expected_seq {
@@ -233,13 +246,26 @@ pub fn verify<'a>(events: impl IntoIterator<Item = &'a FimEvent>) -> Verificatio
             report.breaks.push((b, event.path.clone()));
         }
         if event.seq >= expected_seq {
-            last = Some(Position {
+            self.last = Some(Position {
                 seq: event.seq,
                 chain: event.chain.clone(),
             });
         }
     }
-    report
+
+    /// What the walk found.
+    pub fn finish(self) -> Verification {
+        self.report
+    }
+}
+
+/// Verifies a whole trail at once ([`Verifier`]).
+pub fn verify<'a>(events: impl IntoIterator<Item = &'a FimEvent>) -> Verification {
+    let mut verifier = Verifier::new();
+    for event in events {
+        verifier.push(event);
+    }
+    verifier.finish()
 }
 
 fn edit(event: &FimEvent, expected_seq: u64) -> Break {

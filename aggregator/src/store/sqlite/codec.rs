@@ -78,7 +78,9 @@ pub(super) fn metric_kind_name(k: MetricKind) -> &'static str {
     }
 }
 
-pub(super) fn fim_change_name(c: FimChange) -> &'static str {
+/// The name of a change, as stored and shown: `created`, `modified`, `metadata_changed`,
+/// `deleted`, `moved`, `type_changed`.
+pub fn fim_change_name(c: FimChange) -> &'static str {
     match c {
         FimChange::Created => "created",
         FimChange::Modified => "modified",
@@ -143,7 +145,8 @@ pub(super) fn metric_kind_from_name(name: &str) -> Option<MetricKind> {
     }
 }
 
-pub(super) fn fim_change_from_name(name: &str) -> Option<FimChange> {
+/// The change of a name from [`fim_change_name`].
+pub fn fim_change_from_name(name: &str) -> Option<FimChange> {
     match name {
         "created" => Some(FimChange::Created),
         "modified" => Some(FimChange::Modified),

@@ -18,8 +18,9 @@
 //!   found in a trail, with the event that showed it.
 //!
 //! Modules: [`schema`] (tables and migrations), [`commit`] (the group commit and deduplication),
-//! [`registry`] (the agent registry), [`retention`], [`queries`] (the reads), [`codec`] (how
-//! values are written into columns and read back).
+//! [`registry`] (the agent registry), [`retention`], [`queries`] (the reads), [`reader`] (the
+//! read-only store the CLI opens beside a running aggregator), [`codec`] (how values are
+//! written into columns and read back).
 //!
 //! # Invariants
 //!
@@ -56,6 +57,8 @@ use outpost_common::event::EventKind;
 use rusqlite::{Connection, OpenFlags};
 
 use self::checkpoint::Checkpointer;
+pub use self::codec::{fim_change_from_name, fim_change_name};
+pub use self::reader::SqliteReader;
 
 use super::{
     AgentRecord, BatchCommit, Cursor, EventPage, EventQuery, EventStore, HostSummary,
@@ -66,6 +69,7 @@ mod checkpoint;
 mod codec;
 mod commit;
 mod queries;
+mod reader;
 mod registry;
 mod retention;
 mod schema;

@@ -86,7 +86,7 @@ pub(super) fn events(conn: &Connection, query: &EventQuery) -> Result<EventPage,
 }
 
 /// The columns after `id, agent_id, time_ns, received_ns` that [`stored_event`] reads.
-fn columns(kind: EventKind) -> &'static str {
+pub(super) fn columns(kind: EventKind) -> &'static str {
     match kind {
         EventKind::Metric => "e.name, e.unit, e.kind, e.value, e.attributes",
         EventKind::Log => "e.source, e.severity, e.body, e.attributes",

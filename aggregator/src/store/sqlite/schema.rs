@@ -150,6 +150,11 @@ CREATE TABLE fim_trail_breaks (
 CREATE INDEX fim_trail_breaks_agent ON fim_trail_breaks (agent_key, seq);
 ";
 
+/// The schema version this build writes and reads.
+pub(super) fn current_version() -> i64 {
+    MIGRATIONS.len() as i64
+}
+
 pub(super) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
     let open_err = open_error(path);
     let found: i64 = conn
