@@ -91,7 +91,8 @@ pub fn fim_change_name(c: FimChange) -> &'static str {
     }
 }
 
-pub(super) fn fim_detection_name(d: FimDetection) -> &'static str {
+/// The name of how a change was found: `realtime`, `scheduled`, `rescan`.
+pub fn fim_detection_name(d: FimDetection) -> &'static str {
     match d {
         FimDetection::Realtime => "realtime",
         FimDetection::Scheduled => "scheduled",

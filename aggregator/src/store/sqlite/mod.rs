@@ -57,7 +57,7 @@ use outpost_common::event::EventKind;
 use rusqlite::{Connection, OpenFlags};
 
 use self::checkpoint::Checkpointer;
-pub use self::codec::{fim_change_from_name, fim_change_name};
+pub use self::codec::{fim_change_from_name, fim_change_name, fim_detection_name};
 pub use self::reader::SqliteReader;
 
 use super::{
