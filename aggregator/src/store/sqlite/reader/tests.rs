@@ -177,7 +177,10 @@ fn verify_starts_from_the_first_event_retention_left() {
         .enforce_retention(&Retention::default(), T0 + 400 * day)
         .unwrap();
     assert_eq!(report.fim, 3);
-    let reader = SqliteReader::open(store.path()).unwrap();
+    // The aggregator stopped: the reader opens the store on its own.
+    let path = store.path().to_owned();
+    drop(store);
+    let reader = SqliteReader::open(&path).unwrap();
     let report = reader.verify_trail("a").unwrap().unwrap();
     assert_eq!(
         (report.events, report.first_seq, report.starts_late),
