@@ -26,12 +26,15 @@
 //!
 //! - The four data tables share one id sequence: each new row gets the next id of all of them,
 //!   so `id` is the event's [`Cursor`] and grows in commit order across kinds. (Rows written
-//!   before schema 4 may share ids between tables; they are ordered by kind among themselves.)
+//!   by builds before the shared sequence may share ids between tables; they are ordered by kind
+//!   among themselves. Schema 4 is the file-integrity trail, not that change.)
 //! - Within each data table, `id` grows with `received_ns`: the store clamps `received_ns` to
 //!   never go below the last stored value, and retention deletes only from the low end.
 //!   Retention therefore finds its cut-off by binary search on `id` and deletes a prefix, with no
 //!   index on time at all: an insert touches one B-tree per row, which is what makes group
-//!   commits of hundreds of thousands of events a second possible.
+//!   commits of hundreds of thousands of events a second possible. `fim_events` alone carries
+//!   indexes (agent and seq, agent and time, time, path): file-integrity changes are few, and
+//!   they are read by trail position and by path.
 //! - `u64` values (spool ids, sequence numbers) are stored bit-for-bit as SQLite's signed
 //!   integers, so identity is preserved for every value; comparisons that need unsigned order are
 //!   done in Rust.

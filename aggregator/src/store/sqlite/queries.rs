@@ -2,7 +2,8 @@
 //!
 //! Event queries walk the shared id sequence (the rowid B-trees) from the cursor on and filter
 //! as they go: cheap for tailing and paging, a scan for a selective filter over a long range,
-//! since the tables carry no index but their ids (see the parent module for why).
+//! since the tables carry no index but their ids (see the parent module for why; `fim_events` has
+//! a few, which [`super::reader`] uses).
 
 use std::collections::BTreeMap;
 
