@@ -15,8 +15,8 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::config::Validated;
+use crate::store::fim_trail::Verification;
 use crate::store::sqlite::{fim_change_from_name, fim_change_name, fim_detection_name};
-use crate::store::trail::Verification;
 use crate::store::{FimQuery, SqliteReader, StoredEvent};
 
 /// `outpost-aggregator fim <command>`.

@@ -38,11 +38,11 @@ use serde::Serialize;
 
 pub mod dedup;
 pub mod feed;
+pub mod fim_trail;
 pub mod marks;
 pub mod retention;
 pub mod sqlite;
 pub mod summary;
-pub mod trail;
 pub mod writer;
 
 pub use feed::{CommittedBatch, Feed, FeedItem, FeedSubscriber};
@@ -132,8 +132,8 @@ pub enum BatchCommit {
     Stored {
         start: Cursor,
         /// Events the store added to the batch, stored after its own: one critical log record
-        /// (source [`trail::NOTICE_SOURCE`]) for every break it found in the agent's
-        /// file-integrity trail ([`trail`]), so rules and queries see the break as they see the
+        /// (source [`fim_trail::NOTICE_SOURCE`]) for every break it found in the agent's
+        /// file-integrity trail ([`fim_trail`]), so rules and queries see the break as they see the
         /// agent's logs. Usually empty.
         notices: Vec<Event>,
     },
@@ -458,7 +458,7 @@ pub trait EventStore: Send + Sync + 'static {
     /// includes a repeat within the same call). Returns one answer per batch, in order. Cursors
     /// of new events follow those of every earlier commit.
     ///
-    /// Checks every file-integrity event of a new batch against its agent's trail ([`trail`]),
+    /// Checks every file-integrity event of a new batch against its agent's trail ([`fim_trail`]),
     /// in commit order, within the same commit: the trail's position commits with the events,
     /// a duplicate batch does not touch it, and each break is recorded, logged, and stored as a
     /// notice after the batch's events ([`BatchCommit::Stored`]). The event is stored either way.

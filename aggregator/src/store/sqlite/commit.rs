@@ -14,7 +14,7 @@ use super::codec::{
 use super::registry::agent_key;
 use super::{Pending, WriteState};
 use crate::store::dedup::{self, Admission};
-use crate::store::trail::{self, Break, Position};
+use crate::store::fim_trail::{self, Break, Position};
 use crate::store::{BatchCommit, CommitOutcome, Cursor, HostSummary, IncomingBatch};
 
 /// The cursor of the event row `id` (ids start at 1; lower ones only in hand-made rows).
@@ -160,8 +160,8 @@ fn follow_trail(
         Some(p) => Some(p.clone()),
         None => stored_trail(tx, key)?,
     };
-    let copy = trail::needs_lookup(last.as_ref(), event) && stored_copy(tx, key, event)?;
-    let found = trail::check(last.as_ref(), event, copy);
+    let copy = fim_trail::needs_lookup(last.as_ref(), event) && stored_copy(tx, key, event)?;
+    let found = fim_trail::check(last.as_ref(), event, copy);
     pending
         .trails
         .insert(key, Position::after(last, event, found.as_ref()));
@@ -232,7 +232,7 @@ fn record_break(
 fn notice(agent_id: &str, b: &Break, path: &str, received_ns: i64) -> Event {
     Event::Log(LogRecord {
         time_ns: received_ns,
-        source: trail::NOTICE_SOURCE.to_owned(),
+        source: fim_trail::NOTICE_SOURCE.to_owned(),
         severity: Some(Severity::Critical),
         body: format!(
             "file-integrity trail of agent {agent_id} broken at event {} ({path}): {}: {}",
@@ -839,7 +839,7 @@ mod tests {
             .events
             .into_iter()
             .filter_map(|e| match e.event {
-                Event::Log(l) if l.source == trail::NOTICE_SOURCE => {
+                Event::Log(l) if l.source == fim_trail::NOTICE_SOURCE => {
                     assert_eq!(l.severity, Some(Severity::Critical), "{l:?}");
                     assert!(l.body.contains(&e.agent_id), "{l:?}");
                     Some((e.agent_id, attr(&l, "kind"), attr(&l, "seq")))
@@ -850,9 +850,9 @@ mod tests {
     }
 
     #[test]
-    fn an_intact_trail_records_nothing_and_ends_where_it_was_received() {
+    fn fim_trail_intact_records_nothing_and_ends_where_it_was_received() {
         let (_dir, store) = open();
-        let t = trail::chained::trail(5);
+        let t = fim_trail::chained::trail(5);
         let answers = store
             .commit_batches(&[
                 batch("a", 1, 1, fims(&t[..2])),
@@ -873,12 +873,12 @@ mod tests {
     }
 
     #[test]
-    fn each_kind_of_break_is_stored_recorded_logged_and_told_once() {
+    fn fim_trail_each_kind_of_break_is_stored_recorded_logged_and_told_once() {
         let (_dir, store) = open();
-        let t = trail::chained::trail(8);
+        let t = fim_trail::chained::trail(8);
         let mut edited = t[2].clone();
         edited.path = "/etc/shadow".to_owned();
-        let mut reset = trail::chained::unchained(1, "/etc/hosts");
+        let mut reset = fim_trail::chained::unchained(1, "/etc/hosts");
         reset.chain =
             outpost_common::event::chain_hash(outpost_common::event::CHAIN_GENESIS, &reset);
         let batches = [
@@ -988,9 +988,9 @@ mod tests {
     }
 
     #[test]
-    fn a_duplicate_batch_leaves_the_trail_alone() {
+    fn fim_trail_is_left_alone_by_a_duplicate_batch() {
         let (_dir, store) = open();
-        let t = trail::chained::trail(3);
+        let t = fim_trail::chained::trail(3);
         let first = batch("a", 1, 1, fims(&t[..2]));
         commit(&store, std::slice::from_ref(&first));
         let position = stored_position(&store, "a");
@@ -1012,10 +1012,10 @@ mod tests {
     }
 
     #[test]
-    fn the_trail_survives_reopening_and_a_failed_commit() {
+    fn fim_trail_survives_reopening_and_a_failed_commit() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("store.db");
-        let t = trail::chained::trail(6);
+        let t = fim_trail::chained::trail(6);
         {
             let store = SqliteStore::open(&path).unwrap();
             commit(&store, &[batch("a", 1, 1, fims(&t[..3]))]);

@@ -14,7 +14,7 @@
 //!   event's own time and the receive time. Attributes and nested values are JSON text, so they
 //!   can be queried with SQLite's JSON functions.
 //! - `fim_trails`: per agent, the `seq` and `chain` of the last file-integrity event received,
-//!   written in the commit that stores the event ([`trail`]); `fim_trail_breaks`: every break
+//!   written in the commit that stores the event ([`fim_trail`]); `fim_trail_breaks`: every break
 //!   found in a trail, with the event that showed it.
 //!
 //! Modules: [`schema`] (tables and migrations), [`commit`] (the group commit and deduplication),
@@ -65,7 +65,7 @@ pub use self::reader::SqliteReader;
 
 use super::{
     AgentRecord, BatchCommit, Cursor, EventPage, EventQuery, EventStore, HostSummary,
-    IncomingBatch, RegistryUpdate, Retention, RetentionReport, StateStore, StoreError, trail,
+    IncomingBatch, RegistryUpdate, Retention, RetentionReport, StateStore, StoreError, fim_trail,
 };
 
 mod checkpoint;
@@ -115,7 +115,7 @@ struct WriteState {
     /// writes each summary with one UPDATE and reads nothing.
     summaries: HashMap<i64, HostSummary>,
     /// Each agent's file-integrity trail position, read once per agent and then kept.
-    trails: HashMap<i64, trail::Position>,
+    trails: HashMap<i64, fim_trail::Position>,
 }
 
 /// Cache changes of a transaction not yet committed.
@@ -127,7 +127,7 @@ struct Pending {
     /// [`commit::write_summaries`], the summary as written.
     summaries: HashMap<i64, HostSummary>,
     /// Per agent key, the trail position after this transaction's file-integrity events.
-    trails: HashMap<i64, trail::Position>,
+    trails: HashMap<i64, fim_trail::Position>,
 }
 
 impl SqliteStore {

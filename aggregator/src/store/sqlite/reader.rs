@@ -17,7 +17,7 @@ use super::codec::fim_change_name;
 use super::commit::cursor_of;
 use super::queries::{columns, fim_event};
 use super::{BUSY_TIMEOUT, open_error, schema};
-use crate::store::trail::{Verification, Verifier};
+use crate::store::fim_trail::{Verification, Verifier};
 use crate::store::{FimQuery, StoreError, StoredEvent};
 
 /// Trail events read per page while verifying.
@@ -143,6 +143,10 @@ impl SqliteReader {
     /// Walks the agent's stored trail in `seq` order, recomputing every chain
     /// ([`Verifier`]); `None` when no agent of that id is registered. Rows stored before the
     /// trail existed (schema 4) have no place in it and are left out.
+    ///
+    /// The resets recorded on arrival split the trail into parts, each walked on its own from
+    /// the event that began it. (A reset row deleted from `fim_trail_breaks` only makes the two
+    /// parts show as one with every event stored twice, still broken.)
     pub fn verify_trail(&self, agent_id: &str) -> Result<Option<Verification>, StoreError> {
         let context = || format!("verifying the file-integrity trail of agent {agent_id}");
         let Some(key) = self
@@ -151,37 +155,58 @@ impl SqliteReader {
         else {
             return Ok(None);
         };
+        let resets: Vec<i64> = self
+            .conn
+            .prepare_cached(
+                "SELECT event_id FROM fim_trail_breaks WHERE agent_key = ?1 AND kind = 'reset'
+                 ORDER BY event_id",
+            )
+            .and_then(|mut s| {
+                s.query_map([key], |r| r.get(0))?
+                    .collect::<rusqlite::Result<_>>()
+            })
+            .map_err(|e| StoreError::backend(context(), e))?;
         let sql = format!(
             "SELECT e.id, a.agent_id, e.time_ns, e.received_ns, {columns}
              FROM fim_events e JOIN agents a USING (agent_key)
-             WHERE e.agent_key = ?1 AND e.seq IS NOT NULL AND (e.seq, e.id) > (?2, ?3)
-             ORDER BY e.seq, e.id LIMIT ?4",
+             WHERE e.agent_key = ?1 AND e.seq IS NOT NULL AND e.id >= ?2 AND e.id < ?3
+               AND (e.seq, e.id) > (?4, ?5)
+             ORDER BY e.seq, e.id LIMIT ?6",
             columns = columns(EventKind::Fim),
         );
         let mut verifier = Verifier::new();
-        // Seqs are stored as signed integers; a trail counts up from 1, far below the sign.
-        let mut after = (i64::MIN, i64::MIN);
-        loop {
-            let page = self
-                .conn
-                .prepare_cached(&sql)
-                .and_then(|mut s| {
-                    s.query_map(params![key, after.0, after.1, TRAIL_PAGE], |r| {
-                        Ok((r.get::<_, i64>(0)?, fim_event(r, r.get(2)?, 4)?))
-                    })?
-                    .collect::<rusqlite::Result<Vec<(i64, FimEvent)>>>()
-                })
-                .map_err(|e| StoreError::backend(context(), e))?;
-            for (_, event) in &page {
-                verifier.push(event);
+        let starts = std::iter::once(i64::MIN).chain(resets.iter().copied());
+        let ends = resets.iter().copied().chain(std::iter::once(i64::MAX));
+        for (part, (first_id, end_id)) in starts.zip(ends).enumerate() {
+            if part > 0 {
+                verifier.restart();
             }
-            match page.last() {
-                Some((id, event)) if page.len() as i64 == TRAIL_PAGE => {
-                    after = (event.seq.cast_signed(), *id);
+            // Seqs are stored as signed integers; a trail counts up from 1, far below the sign.
+            let mut after = (i64::MIN, i64::MIN);
+            loop {
+                let page = self
+                    .conn
+                    .prepare_cached(&sql)
+                    .and_then(|mut s| {
+                        let args = params![key, first_id, end_id, after.0, after.1, TRAIL_PAGE];
+                        s.query_map(args, |r| {
+                            Ok((r.get::<_, i64>(0)?, fim_event(r, r.get(2)?, 4)?))
+                        })?
+                        .collect::<rusqlite::Result<Vec<(i64, FimEvent)>>>()
+                    })
+                    .map_err(|e| StoreError::backend(context(), e))?;
+                for (_, event) in &page {
+                    verifier.push(event);
                 }
-                _ => return Ok(Some(verifier.finish())),
+                match page.last() {
+                    Some((id, event)) if page.len() as i64 == TRAIL_PAGE => {
+                        after = (event.seq.cast_signed(), *id);
+                    }
+                    _ => break,
+                }
             }
         }
+        Ok(Some(verifier.finish()))
     }
 
     /// How many breaks were recorded when the agent's events arrived.

@@ -287,7 +287,7 @@ mod tests {
     }
 
     #[test]
-    fn a_store_of_the_third_schema_keeps_its_file_changes_and_stores_every_field_after() {
+    fn a_store_of_the_third_schema_keeps_its_fim_rows_and_stores_every_field_after() {
         use outpost_common::event::{Event, FimDetection};
 
         use crate::store::EventQuery;

@@ -693,12 +693,12 @@ fn a_busy_agent_is_marked_seen_once_a_second_at_most() {
 }
 
 #[tokio::test]
-async fn trail_breaks_are_published_with_their_batch_and_counted() {
+async fn fim_trail_breaks_are_published_with_their_batch_and_counted() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(SqliteStore::open(&dir.path().join("store.db")).unwrap());
     let (writer, handle) = spawn(store.clone(), WriterConfig::default());
     let mut sub = writer.subscribe();
-    let t = crate::store::trail::chained::trail(4);
+    let t = crate::store::fim_trail::chained::trail(4);
     let fims = |range: std::ops::Range<usize>| t[range].iter().cloned().map(Event::Fim).collect();
     // 3 lost on the way.
     let sent = [batch("a", 1, 1, fims(0..2)), batch("a", 1, 2, fims(3..4))];
@@ -720,7 +720,7 @@ async fn trail_breaks_are_published_with_their_batch_and_counted() {
         panic!("{:?}", got[1])
     };
     assert_eq!(event, &sent[1].events[0]);
-    assert_eq!(notice.source, crate::store::trail::NOTICE_SOURCE);
+    assert_eq!(notice.source, crate::store::fim_trail::NOTICE_SOURCE);
     // What the feed said is what the store kept, cursor for cursor.
     let stored = store
         .events(&EventQuery {

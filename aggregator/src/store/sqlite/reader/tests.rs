@@ -2,10 +2,10 @@ use outpost_common::event::{Event, FimChange};
 use rusqlite::Connection;
 
 use super::*;
+use crate::store::fim_trail::BreakKind;
+use crate::store::fim_trail::chained::trail;
 use crate::store::sqlite::test_support::*;
 use crate::store::testutil::*;
-use crate::store::trail::BreakKind;
-use crate::store::trail::chained::trail;
 use crate::store::{EventStore, Retention};
 
 fn fims(events: &[FimEvent]) -> Vec<Event> {
@@ -33,7 +33,7 @@ fn all() -> FimQuery {
 }
 
 #[test]
-fn changes_are_listed_by_agent_path_prefix_change_and_time_latest_last() {
+fn fim_changes_are_listed_by_agent_path_prefix_change_and_time_latest_last() {
     let (_dir, store) = open();
     let mut t = trail(6);
     let names = [
@@ -114,7 +114,7 @@ fn changes_are_listed_by_agent_path_prefix_change_and_time_latest_last() {
 }
 
 #[test]
-fn verify_passes_an_intact_trail_and_finds_a_row_edited_after_storage() {
+fn fim_verify_passes_an_intact_trail_and_finds_a_row_edited_after_storage() {
     let (_dir, store) = open();
     let t = trail(2500);
     for (i, chunk) in t.chunks(700).enumerate() {
@@ -164,7 +164,7 @@ fn verify_passes_an_intact_trail_and_finds_a_row_edited_after_storage() {
 }
 
 #[test]
-fn verify_starts_from_the_first_event_retention_left() {
+fn fim_verify_starts_from_the_first_event_retention_left() {
     let (_dir, store) = open();
     let t = trail(6);
     let day = secs(86_400);
@@ -227,4 +227,30 @@ fn a_prefix_bound_is_the_least_text_above_it() {
     );
     assert_eq!(prefix_upper_bound("\u{10ffff}"), None);
     assert_eq!(prefix_upper_bound(""), None);
+}
+
+#[test]
+fn fim_verify_walks_each_part_of_a_reset_trail_on_its_own() {
+    let (_dir, store) = open();
+    let before = trail(3);
+    // The agent's state wiped: a new spool and a new trail from 1.
+    let mut after = trail(2);
+    let mut previous = outpost_common::event::CHAIN_GENESIS.to_owned();
+    for e in &mut after {
+        e.path = format!("/after{}", e.seq);
+        e.chain = outpost_common::event::chain_hash(&previous, e);
+        previous.clone_from(&e.chain);
+    }
+    commit(&store, &[batch("a", 1, 1, fims(&before))]);
+    commit(&store, &[batch("a", 2, 1, fims(&after))]);
+    let reader = SqliteReader::open(store.path()).unwrap();
+    assert_eq!(reader.recorded_trail_breaks("a").unwrap(), 1);
+    let report = reader.verify_trail("a").unwrap().unwrap();
+    let found: Vec<_> = report
+        .breaks
+        .iter()
+        .map(|(b, path)| (b.kind, b.seq, path.as_str()))
+        .collect();
+    assert_eq!(found, [(BreakKind::Reset, 1, "/after1")]);
+    assert_eq!(report.events, 5);
 }

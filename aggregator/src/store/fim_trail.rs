@@ -192,14 +192,22 @@ pub struct Verification {
 /// stored twice at one place is a replay, a missing place a gap, and a chain that does not
 /// follow from the event before it an edit (of that event, or of the one before it: a stored
 /// event changed after storage breaks its own link and, if its `chain` was changed to match,
-/// the next one's). A reset shows as events stored twice from `seq` 1 on, replays.
+/// the next one's).
 ///
-/// Call order: [`Verifier::push`] for every event, in order, then [`Verifier::finish`]; the
-/// trail never has to be held in memory at once.
+/// A reset splits the trail in parts, each numbered from 1 again; the caller walks each part in
+/// `seq` order and calls [`Verifier::restart`] between them, which reports the reset once and
+/// checks the next part from the genesis. (Walked as one, the parts would show as every event
+/// stored twice.)
+///
+/// Call order: [`Verifier::push`] for every event of a part, in order, [`Verifier::restart`]
+/// before each further part, then [`Verifier::finish`]; the trail never has to be held in memory
+/// at once.
 #[derive(Debug, Default)]
 pub struct Verifier {
     report: Verification,
     last: Option<Position>,
+    /// A new part begins with the next event.
+    restarting: bool,
 }
 
 impl Verifier {
@@ -207,10 +215,45 @@ impl Verifier {
         Verifier::default()
     }
 
+    /// The trail started again (the store recorded a reset when the next event arrived): the
+    /// next event begins a new part, numbered from 1 and chained from the genesis. Nothing
+    /// happens before the first event: a part removed whole by retention cannot be checked.
+    pub fn restart(&mut self) {
+        self.restarting = self.last.is_some();
+    }
+
     /// Checks the next event of the trail.
     pub fn push(&mut self, event: &FimEvent) {
         let report = &mut self.report;
         report.events += 1;
+        if self.restarting {
+            self.restarting = false;
+            let before = self.last.take().map_or(0, |p| p.seq);
+            report.breaks.push((
+                Break {
+                    kind: BreakKind::Reset,
+                    seq: event.seq,
+                    expected_seq: before.saturating_add(1),
+                    detail: format!(
+                        "the trail started again after event {before}: the agent's state was wiped"
+                    ),
+                },
+                event.path.clone(),
+            ));
+            let found = if event.seq == 1 {
+                (chain_hash(CHAIN_GENESIS, event) != event.chain).then(|| edit(event, 1))
+            } else {
+                check(None, event, false)
+            };
+            if let Some(b) = found {
+                report.breaks.push((b, event.path.clone()));
+            }
+            self.last = Some(Position {
+                seq: event.seq,
+                chain: event.chain.clone(),
+            });
+            return;
+        }
         let Some(previous) = &self.last else {
             report.first_seq = Some(event.seq);
             if event.seq == 1 {
@@ -444,6 +487,34 @@ mod tests {
             [(BreakKind::Edit, 1)]
         );
         assert_eq!(verify(&[]), Verification::default());
+    }
+
+    #[test]
+    fn verify_checks_each_part_of_a_reset_trail_on_its_own() {
+        let old = trail(4);
+        let mut new = trail(3);
+        new[2].path = "/etc/changed".to_owned();
+        let mut verifier = Verifier::new();
+        // A reset recorded before anything left by retention changes nothing.
+        verifier.restart();
+        old.iter().for_each(|e| verifier.push(e));
+        verifier.restart();
+        new[1..].iter().for_each(|e| verifier.push(e));
+        let report = verifier.finish();
+        assert_eq!((report.events, report.starts_late), (6, false));
+        let found: Vec<_> = report
+            .breaks
+            .iter()
+            .map(|(b, _)| (b.kind, b.seq, b.expected_seq))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                (BreakKind::Reset, 2, 5),
+                (BreakKind::Gap, 2, 1),
+                (BreakKind::Edit, 3, 3)
+            ]
+        );
     }
 
     #[test]
