@@ -175,20 +175,30 @@ pub fn render_table(entries: &[FleetEntry], now_ns: i64) -> String {
                 ),
                 e.reason.clone(),
             ]
-            .map(|cell| printable(&cell))
         })
         .collect();
-    let mut widths = HEADER.map(|h| h.chars().count());
+    let rows: Vec<Vec<String>> = rows.into_iter().map(Vec::from).collect();
+    render_columns(&HEADER, &rows)
+}
+
+/// A plain-text table: the header, then one line per row, columns padded to their widest cell
+/// and two spaces apart, the last column unpadded. Control characters in cells print as spaces.
+pub(crate) fn render_columns(header: &[&str], rows: &[Vec<String>]) -> String {
+    let header: Vec<String> = header.iter().map(|h| (*h).to_owned()).collect();
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| row.iter().map(|cell| printable(cell)).collect())
+        .collect();
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
     }
-    let header = HEADER.map(str::to_owned);
     let mut out = String::new();
     for row in std::iter::once(&header).chain(&rows) {
         let mut line = String::new();
-        for (i, (cell, width)) in row.iter().zip(widths).enumerate() {
+        for (i, (cell, width)) in row.iter().zip(&widths).enumerate() {
             if i + 1 == row.len() {
                 line.push_str(cell);
             } else {

@@ -588,6 +588,9 @@ pub struct IngestSummary {
     pub counters: Counters,
     /// Agents with an established session now.
     pub sessions: usize,
+    /// Breaks found in agents' file-integrity trails since the aggregator started (each also
+    /// logged as a warning by the store, and stored).
+    pub fim_trail_breaks: u64,
     /// The last summary, written at shutdown.
     pub last: bool,
 }
@@ -617,6 +620,7 @@ impl InternalEvent<Telemetry> for IngestSummary {
             store_failures = c.store_failures,
             tls_reloads = c.tls_reloads,
             tls_reload_failures = c.tls_reload_failures,
+            fim_trail_breaks = self.fim_trail_breaks,
             "{}",
             if self.last {
                 "ingest summary at shutdown"

@@ -6,6 +6,7 @@
 //! [`internal_events`]. [`pki`] makes the certificates; [`run`] wires it together.
 
 pub mod config;
+pub mod fim;
 pub mod fleet;
 pub mod ingest;
 pub mod internal_events;

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use outpost_aggregator::{config, pki, quickstart, status};
+use outpost_aggregator::{config, fim, pki, quickstart, status};
 
 /// Exit status for usage and configuration errors (EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
@@ -36,6 +36,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// File-integrity changes and the trail of each agent's changes.
+    #[command(subcommand)]
+    Fim(fim::FimCommand),
     /// Manage certificates: the CA, the server certificate, agent certificates, revocations.
     #[command(subcommand)]
     Pki(pki::PkiCommand),
@@ -81,6 +84,19 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             status::render(&v, json).map(|out| print!("{out}"))
+        }
+        Command::Fim(cmd) => {
+            let v = match load(&cli.config) {
+                Ok(v) => v,
+                Err(code) => return code,
+            };
+            let now = outpost_common::time::now_ns();
+            match fim::run(&v, cmd, &mut std::io::stdout().lock(), now) {
+                // A broken trail: reported on stdout, and the exit status says so.
+                Ok(false) => return ExitCode::FAILURE,
+                Ok(true) => Ok(()),
+                Err(e) => Err(e),
+            }
         }
         Command::Run => {
             let v = match load(&cli.config) {

@@ -208,7 +208,8 @@ impl Ingest {
                     let counters = self.counters();
                     if gate.changed(counters) {
                         let sessions = self.shared.sessions().len();
-                        self.shared.telemetry.emit(IngestSummary { counters, sessions, last: false });
+                        let fim_trail_breaks = self.shared.writer.stats().fim_trail_breaks;
+                        self.shared.telemetry.emit(IngestSummary { counters, sessions, fim_trail_breaks, last: false });
                     }
                 }
                 _ = shutdown.wait_for(|s| *s) => break,
@@ -220,6 +221,7 @@ impl Ingest {
         self.shared.telemetry.emit(IngestSummary {
             counters: self.counters(),
             sessions: self.shared.sessions().len(),
+            fim_trail_breaks: self.shared.writer.stats().fim_trail_breaks,
             last: true,
         });
     }

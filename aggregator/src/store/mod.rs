@@ -32,12 +32,13 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
-use outpost_common::event::{AgentStatus, DropCounters, Event, EventKind, HostFacts};
+use outpost_common::event::{AgentStatus, DropCounters, Event, EventKind, FimChange, HostFacts};
 use outpost_common::wire::Hello;
 use serde::Serialize;
 
 pub mod dedup;
 pub mod feed;
+pub mod fim_trail;
 pub mod marks;
 pub mod retention;
 pub mod sqlite;
@@ -45,7 +46,7 @@ pub mod summary;
 pub mod writer;
 
 pub use feed::{CommittedBatch, Feed, FeedItem, FeedSubscriber};
-pub use sqlite::SqliteStore;
+pub use sqlite::{SqliteReader, SqliteStore};
 pub use summary::{CPU_UTILIZATION, FILESYSTEM_UTILIZATION, HostSummary, MEMORY_UTILIZATION};
 pub use writer::{StoreWriter, WriterConfig, WriterJoin, WriterStats};
 
@@ -124,18 +125,33 @@ pub enum CommitOutcome {
 }
 
 /// What [`EventStore::commit_batches`] did with one batch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum BatchCommit {
     /// New and now durably stored; its events have the cursors from `start` on, one each, in
-    /// the batch's order.
-    Stored { start: Cursor },
+    /// the batch's order, and the `notices` the store added the cursors right after them.
+    Stored {
+        start: Cursor,
+        /// Events the store added to the batch, stored after its own: one critical log record
+        /// (source [`fim_trail::NOTICE_SOURCE`]) for every break it found in the agent's
+        /// file-integrity trail ([`fim_trail`]), so rules and queries see the break as they see the
+        /// agent's logs. Usually empty.
+        notices: Vec<Event>,
+    },
     /// Stored before (or below its spool's low-water mark); nothing was written.
     Duplicate,
 }
 
 impl BatchCommit {
+    /// Stored, with no notices added.
+    pub fn stored(start: Cursor) -> BatchCommit {
+        BatchCommit::Stored {
+            start,
+            notices: Vec::new(),
+        }
+    }
+
     /// The outcome the agent is told.
-    pub fn outcome(self) -> CommitOutcome {
+    pub fn outcome(&self) -> CommitOutcome {
         match self {
             BatchCommit::Stored { .. } => CommitOutcome::Stored,
             BatchCommit::Duplicate => CommitOutcome::Duplicate,
@@ -223,6 +239,20 @@ impl Default for EventQuery {
             limit: 1000,
         }
     }
+}
+
+/// Which file-integrity changes [`SqliteReader::fim_changes`] lists: those matching every field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FimQuery {
+    /// One agent, or the whole fleet.
+    pub agent_id: Option<String>,
+    /// Paths starting with this text (`/etc/` for everything below `/etc`).
+    pub path_prefix: Option<String>,
+    pub change: Option<FimChange>,
+    /// Changes whose own time (`time_ns`, the agent's clock) lies in this range.
+    pub time_ns: Option<Range<i64>>,
+    /// The latest this many changes; zero counts as one.
+    pub limit: usize,
 }
 
 /// One page of an [`EventQuery`].
@@ -427,6 +457,11 @@ pub trait EventStore: Send + Sync + 'static {
     /// below its spool's low-water mark, is [`BatchCommit::Duplicate`] and writes nothing (this
     /// includes a repeat within the same call). Returns one answer per batch, in order. Cursors
     /// of new events follow those of every earlier commit.
+    ///
+    /// Checks every file-integrity event of a new batch against its agent's trail ([`fim_trail`]),
+    /// in commit order, within the same commit: the trail's position commits with the events,
+    /// a duplicate batch does not touch it, and each break is recorded, logged, and stored as a
+    /// notice after the batch's events ([`BatchCommit::Stored`]). The event is stored either way.
     fn commit_batches(&self, batches: &[IncomingBatch]) -> Result<Vec<BatchCommit>, StoreError>;
 
     /// The cursor the next stored event will get: a query from it sees only what is committed
@@ -520,9 +555,7 @@ mod tests {
 
     #[test]
     fn batch_commits_tell_the_agent_stored_or_duplicate() {
-        let stored = BatchCommit::Stored {
-            start: Cursor::START,
-        };
+        let stored = BatchCommit::stored(Cursor::START);
         assert_eq!(stored.outcome(), CommitOutcome::Stored);
         assert_eq!(BatchCommit::Duplicate.outcome(), CommitOutcome::Duplicate);
     }

@@ -1,8 +1,8 @@
 //! Builders shared by the store's tests.
 
 use outpost_common::event::{
-    AgentStatus, Event, FileKind, FileState, FimChange, FimDetection, FimEvent, HostFacts,
-    LogRecord, MetricKind, MetricPoint, Severity,
+    AgentStatus, CHAIN_GENESIS, Event, FileKind, FileState, FimChange, FimDetection, FimEvent,
+    HostFacts, LogRecord, MetricKind, MetricPoint, Severity, chain_hash,
 };
 use outpost_common::time::NANOS_PER_SEC;
 use outpost_common::wire::{Hello, PROTOCOL_VERSION};
@@ -38,8 +38,9 @@ pub(crate) fn metric(time_ns: i64, value: f64) -> Event {
     })
 }
 
+/// The first event of an agent's file-integrity trail, chained from the genesis.
 pub(crate) fn fim(time_ns: i64) -> Event {
-    Event::Fim(FimEvent {
+    let mut event = FimEvent {
         time_ns,
         path: "/etc/passwd".to_owned(),
         change: FimChange::Modified,
@@ -49,8 +50,25 @@ pub(crate) fn fim(time_ns: i64) -> Event {
         after: Some(Box::new(file_state(2))),
         detected_by: FimDetection::Realtime,
         seq: 1,
-        chain: "cd".repeat(32),
-    })
+        chain: String::new(),
+    };
+    event.chain = chain_hash(CHAIN_GENESIS, &event);
+    Event::Fim(event)
+}
+
+/// The file-integrity event after `previous` in its trail, at `time_ns`.
+pub(crate) fn fim_next(previous: &Event, time_ns: i64) -> Event {
+    let Event::Fim(previous) = previous else {
+        panic!("not a file-integrity event: {previous:?}")
+    };
+    let mut event = FimEvent {
+        time_ns,
+        seq: previous.seq + 1,
+        chain: String::new(),
+        ..previous.clone()
+    };
+    event.chain = chain_hash(&previous.chain, &event);
+    Event::Fim(event)
 }
 
 pub(crate) fn status_event(time_ns: i64) -> Event {

@@ -78,6 +78,9 @@ pub struct WriterStats {
     pub published: u64,
     /// Batches the feed dropped for subscribers that fell behind, over all of them.
     pub feed_lagged: u64,
+    /// Breaks found in agents' file-integrity trails: the notices the store added to batches
+    /// ([`BatchCommit::Stored`]), which are published on the feed with their batch.
+    pub fim_trail_breaks: u64,
 }
 
 /// A cloneable handle to the writer thread.
@@ -115,6 +118,7 @@ struct Counters {
     registry_writes: AtomicU64,
     failed_registry_writes: AtomicU64,
     published: AtomicU64,
+    fim_trail_breaks: AtomicU64,
 }
 
 /// The stores the writer thread writes to.
@@ -219,6 +223,7 @@ impl Counters {
             failed_registry_writes: get(&self.failed_registry_writes),
             published: get(&self.published),
             feed_lagged: 0,
+            fim_trail_breaks: get(&self.fim_trail_breaks),
         }
     }
 }
@@ -331,15 +336,21 @@ fn handle_round(
         }
     };
     // Published before anyone is answered: once `commit` returns, the batch is on the feed.
-    for (batch, &answer) in batches.into_iter().zip(&answers) {
-        if let BatchCommit::Stored { start } = answer {
+    for (batch, answer) in batches.into_iter().zip(&answers) {
+        if let BatchCommit::Stored { start, notices } = answer {
+            // The store's notices have the cursors right after the batch's events.
+            let mut events = batch.events;
+            events.extend_from_slice(notices);
+            stats
+                .fim_trail_breaks
+                .fetch_add(notices.len() as u64, Ordering::Relaxed);
             publisher.publish(CommittedBatch {
                 agent_id: batch.agent_id,
                 spool_id: batch.spool_id,
                 seq: batch.seq,
                 received_ns: batch.received_ns,
-                start,
-                events: batch.events,
+                start: *start,
+                events,
             });
             stats.published.fetch_add(1, Ordering::Relaxed);
         }

@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-use outpost_common::event::{Attributes, FimChange, MetricKind, Severity};
+use outpost_common::event::{Attributes, FimChange, FimDetection, MetricKind, Severity};
 use rusqlite::Row;
 use rusqlite::types::Type;
 use serde::de::{MapAccess, Visitor};
@@ -78,7 +78,9 @@ pub(super) fn metric_kind_name(k: MetricKind) -> &'static str {
     }
 }
 
-pub(super) fn fim_change_name(c: FimChange) -> &'static str {
+/// The name of a change, as stored and shown: `created`, `modified`, `metadata_changed`,
+/// `deleted`, `moved`, `type_changed`.
+pub fn fim_change_name(c: FimChange) -> &'static str {
     match c {
         FimChange::Created => "created",
         FimChange::Modified => "modified",
@@ -87,6 +89,38 @@ pub(super) fn fim_change_name(c: FimChange) -> &'static str {
         FimChange::Moved => "moved",
         FimChange::TypeChanged => "type_changed",
     }
+}
+
+/// The name of how a change was found: `realtime`, `scheduled`, `rescan`.
+pub fn fim_detection_name(d: FimDetection) -> &'static str {
+    match d {
+        FimDetection::Realtime => "realtime",
+        FimDetection::Scheduled => "scheduled",
+        FimDetection::Rescan => "rescan",
+    }
+}
+
+pub(super) fn fim_detection_from_name(name: &str) -> Option<FimDetection> {
+    match name {
+        "realtime" => Some(FimDetection::Realtime),
+        "scheduled" => Some(FimDetection::Scheduled),
+        "rescan" => Some(FimDetection::Rescan),
+        _ => None,
+    }
+}
+
+/// The attributes a file-integrity change lists, as a JSON array; `None` when there are none.
+pub(super) fn changed_json(changed: &[String]) -> rusqlite::Result<Option<String>> {
+    if changed.is_empty() {
+        Ok(None)
+    } else {
+        to_json(&changed).map(Some)
+    }
+}
+
+/// The attributes from [`changed_json`]; NULL is none.
+pub(super) fn changed_column(r: &Row<'_>, idx: usize) -> rusqlite::Result<Vec<String>> {
+    Ok(from_json_column::<Vec<String>>(r, idx)?.unwrap_or_default())
 }
 
 /// The severity of a syslog level; `None` for a level no [`Severity`] has.
@@ -112,7 +146,8 @@ pub(super) fn metric_kind_from_name(name: &str) -> Option<MetricKind> {
     }
 }
 
-pub(super) fn fim_change_from_name(name: &str) -> Option<FimChange> {
+/// The change of a name from [`fim_change_name`].
+pub fn fim_change_from_name(name: &str) -> Option<FimChange> {
     match name {
         "created" => Some(FimChange::Created),
         "modified" => Some(FimChange::Modified),
@@ -199,10 +234,20 @@ mod tests {
             FimChange::Modified,
             FimChange::MetadataChanged,
             FimChange::Deleted,
+            FimChange::Moved,
+            FimChange::TypeChanged,
         ] {
             assert_eq!(fim_change_from_name(fim_change_name(c)), Some(c));
         }
         assert_eq!(fim_change_from_name("renamed"), None);
+        for d in [
+            FimDetection::Realtime,
+            FimDetection::Scheduled,
+            FimDetection::Rescan,
+        ] {
+            assert_eq!(fim_detection_from_name(fim_detection_name(d)), Some(d));
+        }
+        assert_eq!(fim_detection_from_name("guess"), None);
     }
 
     #[test]

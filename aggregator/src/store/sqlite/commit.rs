@@ -4,13 +4,17 @@
 
 use std::collections::HashMap;
 
-use outpost_common::event::Event;
+use outpost_common::event::{Event, FimEvent, LogRecord, Severity};
 use rusqlite::{CachedStatement, OptionalExtension, Row, Transaction, TransactionBehavior, params};
 
-use super::codec::{attributes_json, fim_change_name, metric_kind_name, severity_level, to_json};
+use super::codec::{
+    attributes_json, changed_json, fim_change_name, fim_detection_name, metric_kind_name,
+    severity_level, to_json,
+};
 use super::registry::agent_key;
 use super::{Pending, WriteState};
 use crate::store::dedup::{self, Admission};
+use crate::store::fim_trail::{self, Break, Position};
 use crate::store::{BatchCommit, CommitOutcome, Cursor, HostSummary, IncomingBatch};
 
 /// The cursor of the event row `id` (ids start at 1; lower ones only in hand-made rows).
@@ -36,11 +40,14 @@ impl WriteState {
             last_received_ns,
             next_id,
             summaries,
+            trails,
         } = self;
         let mut pending = Pending::default();
         let mut received = *last_received_ns;
         let mut id = *next_id;
         let mut answers = Vec::with_capacity(batches.len());
+        // Logged once the commit holds, so a failed commit retried does not log twice.
+        let mut breaks: Vec<(&str, Break, &str)> = Vec::new();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         {
             let mut rows = RowInserter::prepare(&tx)?;
@@ -86,30 +93,158 @@ impl WriteState {
                 }
                 let start = cursor_of(id);
                 let mut summary = HostSummary::default();
+                let mut found = Vec::new();
                 for event in &batch.events {
+                    if let Event::Fim(f) = event
+                        && let Some(b) = follow_trail(&tx, trails, &mut pending, key, f)?
+                    {
+                        found.push((id, b, f.path.as_str()));
+                    }
                     rows.insert(id, key, received, event)?;
                     id += 1;
                     if let Event::Metric(m) = event {
                         summary.observe(m);
                     }
                 }
+                let mut notices = Vec::with_capacity(found.len());
+                for (event_id, b, path) in found {
+                    record_break(&tx, key, event_id, &b, received)?;
+                    let notice = notice(&batch.agent_id, &b, path, received);
+                    rows.insert(id, key, received, &notice)?;
+                    id += 1;
+                    notices.push(notice);
+                    breaks.push((&batch.agent_id, b, path));
+                }
                 if !summary.is_empty() {
                     pending.summaries.entry(key).or_default().merge(&summary);
                 }
                 advance.execute(params![spool.0, spool.1, lw.cast_signed(), received])?;
                 pending.low_water.insert(spool, lw);
-                answers.push(BatchCommit::Stored { start });
+                answers.push(BatchCommit::Stored { start, notices });
             }
         }
         write_summaries(&tx, summaries, &mut pending.summaries)?;
+        write_trails(&tx, &pending.trails)?;
         tx.commit()?;
+        for (agent_id, b, path) in breaks {
+            tracing::warn!(
+                agent_id,
+                seq = b.seq,
+                expected_seq = b.expected_seq,
+                kind = %b.kind,
+                path,
+                detail = %b.detail,
+                "An agent's file-integrity trail is broken; the event is stored and the break recorded."
+            );
+        }
         agent_keys.extend(pending.agent_keys);
         low_water.extend(pending.low_water);
         summaries.extend(pending.summaries);
+        trails.extend(pending.trails);
         *last_received_ns = received;
         *next_id = id;
         Ok(answers)
     }
+}
+
+/// Checks a file-integrity event against its agent's trail (reading the stored position the
+/// first time) and moves the trail on; answers the break, if any.
+fn follow_trail(
+    tx: &Transaction<'_>,
+    committed: &HashMap<i64, Position>,
+    pending: &mut Pending,
+    key: i64,
+    event: &FimEvent,
+) -> rusqlite::Result<Option<Break>> {
+    let last = match pending.trails.get(&key).or(committed.get(&key)) {
+        Some(p) => Some(p.clone()),
+        None => stored_trail(tx, key)?,
+    };
+    let copy = fim_trail::needs_lookup(last.as_ref(), event) && stored_copy(tx, key, event)?;
+    let found = fim_trail::check(last.as_ref(), event, copy);
+    pending
+        .trails
+        .insert(key, Position::after(last, event, found.as_ref()));
+    Ok(found)
+}
+
+fn stored_trail(tx: &Transaction<'_>, key: i64) -> rusqlite::Result<Option<Position>> {
+    tx.prepare_cached("SELECT seq, chain FROM fim_trails WHERE agent_key = ?1")?
+        .query_row([key], |r| {
+            Ok(Position {
+                seq: r.get::<_, i64>(0)?.cast_unsigned(),
+                chain: r.get(1)?,
+            })
+        })
+        .optional()
+}
+
+/// Whether the agent has an event with the same `seq` and `chain` stored already.
+fn stored_copy(tx: &Transaction<'_>, key: i64, event: &FimEvent) -> rusqlite::Result<bool> {
+    tx.prepare_cached(
+        "SELECT EXISTS (SELECT 1 FROM fim_events WHERE agent_key = ?1 AND seq = ?2 AND chain = ?3)",
+    )?
+    .query_row(params![key, event.seq.cast_signed(), event.chain], |r| {
+        r.get(0)
+    })
+}
+
+/// Writes the trail positions this transaction moved.
+fn write_trails(tx: &Transaction<'_>, trails: &HashMap<i64, Position>) -> rusqlite::Result<()> {
+    if trails.is_empty() {
+        return Ok(());
+    }
+    let mut upsert = tx.prepare_cached(
+        "INSERT INTO fim_trails (agent_key, seq, chain) VALUES (?1, ?2, ?3)
+         ON CONFLICT (agent_key) DO UPDATE SET seq = excluded.seq, chain = excluded.chain",
+    )?;
+    for (key, p) in trails {
+        upsert.execute(params![key, p.seq.cast_signed(), p.chain])?;
+    }
+    Ok(())
+}
+
+fn record_break(
+    tx: &Transaction<'_>,
+    key: i64,
+    event_id: i64,
+    b: &Break,
+    received_ns: i64,
+) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO fim_trail_breaks
+            (agent_key, event_id, seq, kind, expected_seq, detail, received_ns)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        key,
+        event_id,
+        b.seq.cast_signed(),
+        b.kind.as_str(),
+        b.expected_seq.cast_signed(),
+        b.detail,
+        received_ns,
+    ])?;
+    Ok(())
+}
+
+/// The critical log record that makes a break visible to log rules and queries.
+fn notice(agent_id: &str, b: &Break, path: &str, received_ns: i64) -> Event {
+    Event::Log(LogRecord {
+        time_ns: received_ns,
+        source: fim_trail::NOTICE_SOURCE.to_owned(),
+        severity: Some(Severity::Critical),
+        body: format!(
+            "file-integrity trail of agent {agent_id} broken at event {} ({path}): {}: {}",
+            b.seq, b.kind, b.detail
+        ),
+        attributes: vec![
+            ("kind".to_owned(), b.kind.as_str().to_owned()),
+            ("seq".to_owned(), b.seq.to_string()),
+            ("expected_seq".to_owned(), b.expected_seq.to_string()),
+            ("path".to_owned(), path.to_owned()),
+        ],
+    })
 }
 
 /// Merges the summaries of this transaction's metric points into the stored ones, with one
@@ -203,8 +338,9 @@ impl<'c> RowInserter<'c> {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?,
             fim: tx.prepare_cached(
-                "INSERT INTO fim_events (id, agent_key, time_ns, received_ns, path, change, before, after)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT INTO fim_events (id, agent_key, time_ns, received_ns, path, change, before, after,
+                    changed, moved_from, detected_by, seq, chain)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
             )?,
             status: tx.prepare_cached(
                 "INSERT INTO agent_status (id, agent_key, time_ns, received_ns, status)
@@ -262,6 +398,11 @@ impl<'c> RowInserter<'c> {
                     fim_change_name(f.change),
                     before,
                     after,
+                    changed_json(&f.changed)?,
+                    f.moved_from,
+                    fim_detection_name(f.detected_by),
+                    f.seq.cast_signed(),
+                    f.chain,
                 ])?;
             }
             Event::Status(s) => {
@@ -290,9 +431,7 @@ mod tests {
     use std::process::{Command, Stdio};
     use std::time::{Duration, Instant};
 
-    use outpost_common::event::{
-        AgentStatus, DropCounters, EventKind, LogRecord, MetricKind, MetricPoint, Severity,
-    };
+    use outpost_common::event::{AgentStatus, DropCounters, EventKind, MetricKind, MetricPoint};
     use proptest::prelude::*;
     use rusqlite::Connection;
 
@@ -636,6 +775,273 @@ mod tests {
         record_hello(&store, "a", &hello(1, AgentStatus::default()), t3).unwrap();
         record_disconnect(&store, "a", "bye", t3).unwrap();
         assert_eq!(summary(&store, "a").unwrap().cpu_busy.unwrap().1, t3);
+    }
+
+    /// The FIM events of a trail, as events.
+    fn fims(events: &[FimEvent]) -> Vec<Event> {
+        events.iter().cloned().map(Event::Fim).collect()
+    }
+
+    /// Every recorded break: (agent, seq, kind, expected seq, path of its event).
+    fn recorded_breaks(store: &SqliteStore) -> Vec<(String, u64, String, u64, String)> {
+        let conn = Connection::open(store.path()).unwrap();
+        let mut q = conn
+            .prepare(
+                "SELECT a.agent_id, b.seq, b.kind, b.expected_seq, f.path
+                 FROM fim_trail_breaks b JOIN agents a USING (agent_key)
+                 JOIN fim_events f ON f.id = b.event_id ORDER BY b.id",
+            )
+            .unwrap();
+        q.query_map([], |r| {
+            Ok((
+                r.get(0)?,
+                r.get::<_, i64>(1)?.cast_unsigned(),
+                r.get(2)?,
+                r.get::<_, i64>(3)?.cast_unsigned(),
+                r.get(4)?,
+            ))
+        })
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+    }
+
+    /// The stored trail position of an agent.
+    fn stored_position(store: &SqliteStore, agent: &str) -> Option<(u64, String)> {
+        Connection::open(store.path())
+            .unwrap()
+            .query_row(
+                "SELECT t.seq, t.chain FROM fim_trails t JOIN agents a USING (agent_key)
+                 WHERE a.agent_id = ?1",
+                [agent],
+                |r| Ok((r.get::<_, i64>(0)?.cast_unsigned(), r.get(1)?)),
+            )
+            .optional()
+            .unwrap()
+    }
+
+    /// The breaks told by log records, as (agent, kind, seq) from their attributes.
+    fn trail_notices(store: &SqliteStore) -> Vec<(String, String, String)> {
+        let query = crate::store::EventQuery {
+            kind: Some(EventKind::Log),
+            ..crate::store::EventQuery::default()
+        };
+        let attr = |l: &LogRecord, k: &str| {
+            l.attributes
+                .iter()
+                .find(|(name, _)| name == k)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
+        };
+        store
+            .events(&query)
+            .unwrap()
+            .events
+            .into_iter()
+            .filter_map(|e| match e.event {
+                Event::Log(l) if l.source == fim_trail::NOTICE_SOURCE => {
+                    assert_eq!(l.severity, Some(Severity::Critical), "{l:?}");
+                    assert!(l.body.contains(&e.agent_id), "{l:?}");
+                    Some((e.agent_id, attr(&l, "kind"), attr(&l, "seq")))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn fim_trail_intact_records_nothing_and_ends_where_it_was_received() {
+        let (_dir, store) = open();
+        let t = fim_trail::chained::trail(5);
+        let answers = store
+            .commit_batches(&[
+                batch("a", 1, 1, fims(&t[..2])),
+                batch("a", 1, 2, vec![log(T0, 3), Event::Fim(t[2].clone())]),
+                batch("b", 1, 1, fims(&t[..1])),
+                batch("a", 1, 3, fims(&t[3..])),
+            ])
+            .unwrap();
+        assert!(
+            answers
+                .iter()
+                .all(|a| matches!(a, BatchCommit::Stored { notices, .. } if notices.is_empty())),
+            "{answers:?}"
+        );
+        assert_eq!(recorded_breaks(&store), []);
+        assert_eq!(stored_position(&store, "a"), Some((5, t[4].chain.clone())));
+        assert_eq!(stored_position(&store, "b"), Some((1, t[0].chain.clone())));
+    }
+
+    #[test]
+    fn fim_trail_each_kind_of_break_is_stored_recorded_logged_and_told_once() {
+        let (_dir, store) = open();
+        let t = fim_trail::chained::trail(8);
+        let mut edited = t[2].clone();
+        edited.path = "/etc/shadow".to_owned();
+        let mut reset = fim_trail::chained::unchained(1, "/etc/hosts");
+        reset.chain =
+            outpost_common::event::chain_hash(outpost_common::event::CHAIN_GENESIS, &reset);
+        let batches = [
+            batch("a", 1, 1, fims(&t[..2])),
+            // 3 altered on the way; 4 follows 3 as the agent chained it.
+            batch(
+                "a",
+                1,
+                2,
+                vec![Event::Fim(edited), Event::Fim(t[3].clone())],
+            ),
+            // 5 and 6 lost.
+            batch("a", 1, 3, fims(&t[6..7])),
+            // 2 sent again, inside a batch that is itself new.
+            batch("a", 1, 4, vec![log(T0, 1), Event::Fim(t[1].clone())]),
+            // 8 follows 7: the replay left the trail where it was.
+            batch("a", 1, 5, fims(&t[7..8])),
+        ];
+        let answers = store.commit_batches(&batches).unwrap();
+        // The agent's state wiped, in a later commit.
+        let wiped = store
+            .commit_batches(&[batch("a", 1, 6, vec![Event::Fim(reset.clone())])])
+            .unwrap();
+
+        let expected = [
+            (
+                "a".to_owned(),
+                3,
+                "edit".to_owned(),
+                3,
+                "/etc/shadow".to_owned(),
+            ),
+            ("a".to_owned(), 7, "gap".to_owned(), 5, "/etc/f7".to_owned()),
+            (
+                "a".to_owned(),
+                2,
+                "replay".to_owned(),
+                8,
+                "/etc/f2".to_owned(),
+            ),
+            (
+                "a".to_owned(),
+                1,
+                "reset".to_owned(),
+                9,
+                "/etc/hosts".to_owned(),
+            ),
+        ];
+        assert_eq!(recorded_breaks(&store), expected);
+        // Every event is stored, broken or not.
+        assert_eq!(
+            count(&store, EventKind::Fim, Some("a")),
+            2 + 2 + 1 + 1 + 1 + 1
+        );
+        let told: Vec<_> = expected
+            .iter()
+            .map(|(agent, seq, kind, ..)| (agent.clone(), kind.clone(), seq.to_string()))
+            .collect();
+        assert_eq!(trail_notices(&store), told);
+        assert_eq!(stored_position(&store, "a"), Some((1, reset.chain.clone())));
+
+        // Each batch's notices follow its own events, and the next batch's cursors follow them.
+        let notices: Vec<usize> = answers
+            .iter()
+            .chain(&wiped)
+            .map(|a| match a {
+                BatchCommit::Stored { notices, .. } => notices.len(),
+                BatchCommit::Duplicate => panic!("{a:?}"),
+            })
+            .collect();
+        assert_eq!(notices, [0, 1, 1, 1, 0, 1]);
+        let starts: Vec<Cursor> = answers
+            .iter()
+            .map(|a| match a {
+                BatchCommit::Stored { start, .. } => *start,
+                BatchCommit::Duplicate => unreachable!(),
+            })
+            .collect();
+        for (i, b) in batches.iter().enumerate().skip(1) {
+            let previous = starts[i - 1].advance(batches[i - 1].events.len() + notices[i - 1]);
+            assert_eq!(starts[i], previous, "batch {} ({b:?})", i + 1);
+        }
+        let BatchCommit::Stored { notices, .. } = &answers[2] else {
+            unreachable!()
+        };
+        let stored_notice = store
+            .events(&crate::store::EventQuery {
+                from: starts[2].advance(1),
+                limit: 1,
+                ..crate::store::EventQuery::default()
+            })
+            .unwrap()
+            .events;
+        assert_eq!(stored_notice[0].event, notices[0]);
+        let Event::Log(l) = &notices[0] else {
+            panic!("{notices:?}")
+        };
+        assert!(
+            l.body.contains("gap") && l.body.contains("2 events missing"),
+            "{l:?}"
+        );
+        assert!(
+            l.attributes
+                .contains(&("expected_seq".to_owned(), "5".to_owned())),
+            "{l:?}"
+        );
+    }
+
+    #[test]
+    fn fim_trail_is_left_alone_by_a_duplicate_batch() {
+        let (_dir, store) = open();
+        let t = fim_trail::chained::trail(3);
+        let first = batch("a", 1, 1, fims(&t[..2]));
+        commit(&store, std::slice::from_ref(&first));
+        let position = stored_position(&store, "a");
+        // Sent again, alone and beside a new batch in one group: acknowledged, nothing checked.
+        assert_eq!(
+            commit(&store, std::slice::from_ref(&first)),
+            vec![Duplicate]
+        );
+        let next = batch("a", 1, 2, fims(&t[2..]));
+        assert_eq!(
+            commit(&store, &[first.clone(), next.clone(), next]),
+            vec![Duplicate, Stored, Duplicate]
+        );
+        assert_eq!(recorded_breaks(&store), []);
+        assert_eq!(trail_notices(&store), []);
+        assert_ne!(stored_position(&store, "a"), position);
+        assert_eq!(stored_position(&store, "a"), Some((3, t[2].chain.clone())));
+        assert_eq!(count(&store, EventKind::Fim, Some("a")), 3);
+    }
+
+    #[test]
+    fn fim_trail_survives_reopening_and_a_failed_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.db");
+        let t = fim_trail::chained::trail(6);
+        {
+            let store = SqliteStore::open(&path).unwrap();
+            commit(&store, &[batch("a", 1, 1, fims(&t[..3]))]);
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        assert_eq!(stored_position(&store, "a"), Some((3, t[2].chain.clone())));
+        // A commit that fails moves neither the stored nor the cached trail.
+        let admin = Connection::open(&path).unwrap();
+        admin
+            .execute_batch(
+                "CREATE TRIGGER boom BEFORE INSERT ON logs
+                 BEGIN SELECT RAISE(ABORT, 'refused by test trigger'); END;",
+            )
+            .unwrap();
+        let poisoned = batch("a", 1, 2, vec![Event::Fim(t[3].clone()), log(T0, 1)]);
+        store.commit_batches(&[poisoned]).unwrap_err();
+        admin.execute_batch("DROP TRIGGER boom").unwrap();
+        assert_eq!(stored_position(&store, "a"), Some((3, t[2].chain.clone())));
+        // After the restart and the failure, 4 still follows 3, and 6 after it is a gap.
+        commit(&store, &[batch("a", 1, 2, fims(&t[3..4]))]);
+        assert_eq!(recorded_breaks(&store), []);
+        commit(&store, &[batch("a", 1, 3, fims(&t[5..6]))]);
+        assert_eq!(
+            recorded_breaks(&store),
+            [("a".to_owned(), 6, "gap".to_owned(), 5, "/etc/f6".to_owned())]
+        );
     }
 
     #[derive(Debug, Clone)]

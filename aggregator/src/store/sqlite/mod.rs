@@ -13,21 +13,28 @@
 //! - `metrics`, `logs`, `fim_events`, `agent_status`: one row per event, with the agent, the
 //!   event's own time and the receive time. Attributes and nested values are JSON text, so they
 //!   can be queried with SQLite's JSON functions.
+//! - `fim_trails`: per agent, the `seq` and `chain` of the last file-integrity event received,
+//!   written in the commit that stores the event ([`fim_trail`]); `fim_trail_breaks`: every break
+//!   found in a trail, with the event that showed it.
 //!
 //! Modules: [`schema`] (tables and migrations), [`commit`] (the group commit and deduplication),
-//! [`registry`] (the agent registry), [`retention`], [`queries`] (the reads), [`codec`] (how
-//! values are written into columns and read back).
+//! [`registry`] (the agent registry), [`retention`], [`queries`] (the reads), [`reader`] (the
+//! read-only store the CLI opens beside a running aggregator), [`codec`] (how values are
+//! written into columns and read back).
 //!
 //! # Invariants
 //!
 //! - The four data tables share one id sequence: each new row gets the next id of all of them,
 //!   so `id` is the event's [`Cursor`] and grows in commit order across kinds. (Rows written
-//!   before schema 4 may share ids between tables; they are ordered by kind among themselves.)
+//!   by builds before the shared sequence may share ids between tables; they are ordered by kind
+//!   among themselves. Schema 4 is the file-integrity trail, not that change.)
 //! - Within each data table, `id` grows with `received_ns`: the store clamps `received_ns` to
 //!   never go below the last stored value, and retention deletes only from the low end.
 //!   Retention therefore finds its cut-off by binary search on `id` and deletes a prefix, with no
 //!   index on time at all: an insert touches one B-tree per row, which is what makes group
-//!   commits of hundreds of thousands of events a second possible.
+//!   commits of hundreds of thousands of events a second possible. `fim_events` alone carries
+//!   indexes (agent and seq, agent and time, time, path): file-integrity changes are few, and
+//!   they are read by trail position and by path.
 //! - `u64` values (spool ids, sequence numbers) are stored bit-for-bit as SQLite's signed
 //!   integers, so identity is preserved for every value; comparisons that need unsigned order are
 //!   done in Rust.
@@ -53,16 +60,19 @@ use outpost_common::event::EventKind;
 use rusqlite::{Connection, OpenFlags};
 
 use self::checkpoint::Checkpointer;
+pub use self::codec::{fim_change_from_name, fim_change_name, fim_detection_name};
+pub use self::reader::SqliteReader;
 
 use super::{
     AgentRecord, BatchCommit, Cursor, EventPage, EventQuery, EventStore, HostSummary,
-    IncomingBatch, RegistryUpdate, Retention, RetentionReport, StateStore, StoreError,
+    IncomingBatch, RegistryUpdate, Retention, RetentionReport, StateStore, StoreError, fim_trail,
 };
 
 mod checkpoint;
 mod codec;
 mod commit;
 mod queries;
+mod reader;
 mod registry;
 mod retention;
 mod schema;
@@ -104,6 +114,8 @@ struct WriteState {
     /// The stored host summary per agent key, read once per agent and then kept, so a commit
     /// writes each summary with one UPDATE and reads nothing.
     summaries: HashMap<i64, HostSummary>,
+    /// Each agent's file-integrity trail position, read once per agent and then kept.
+    trails: HashMap<i64, fim_trail::Position>,
 }
 
 /// Cache changes of a transaction not yet committed.
@@ -114,6 +126,8 @@ struct Pending {
     /// Per agent key, the summary of the metric points this transaction stored; after
     /// [`commit::write_summaries`], the summary as written.
     summaries: HashMap<i64, HostSummary>,
+    /// Per agent key, the trail position after this transaction's file-integrity events.
+    trails: HashMap<i64, fim_trail::Position>,
 }
 
 impl SqliteStore {
@@ -150,6 +164,7 @@ impl SqliteStore {
                 last_received_ns,
                 next_id,
                 summaries: HashMap::new(),
+                trails: HashMap::new(),
             }),
             read: Mutex::new(read),
             writers_waiting: AtomicUsize::new(0),
@@ -330,7 +345,7 @@ mod test_support {
             .commit_batches(batches)
             .unwrap()
             .into_iter()
-            .map(BatchCommit::outcome)
+            .map(|answer| answer.outcome())
             .collect()
     }
 

@@ -2,7 +2,8 @@
 //!
 //! Event queries walk the shared id sequence (the rowid B-trees) from the cursor on and filter
 //! as they go: cheap for tailing and paging, a scan for a selective filter over a long range,
-//! since the tables carry no index but their ids (see the parent module for why).
+//! since the tables carry no index but their ids (see the parent module for why; `fim_events` has
+//! a few, which [`super::reader`] uses).
 
 use std::collections::BTreeMap;
 
@@ -12,8 +13,8 @@ use outpost_common::event::{
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::codec::{
-    attributes_column, fim_change_from_name, from_json_column, metric_kind_from_name, parse_column,
-    severity_from_level,
+    attributes_column, changed_column, fim_change_from_name, fim_detection_from_name,
+    from_json_column, metric_kind_from_name, parse_column, severity_from_level,
 };
 use super::commit::{cursor_of, id_of, summary_from_row};
 use super::table;
@@ -86,11 +87,14 @@ pub(super) fn events(conn: &Connection, query: &EventQuery) -> Result<EventPage,
 }
 
 /// The columns after `id, agent_id, time_ns, received_ns` that [`stored_event`] reads.
-fn columns(kind: EventKind) -> &'static str {
+pub(super) fn columns(kind: EventKind) -> &'static str {
     match kind {
         EventKind::Metric => "e.name, e.unit, e.kind, e.value, e.attributes",
         EventKind::Log => "e.source, e.severity, e.body, e.attributes",
-        EventKind::Fim => "e.path, e.change, e.before, e.after",
+        EventKind::Fim => {
+            "e.path, e.change, e.before, e.after, e.changed, e.moved_from, e.detected_by, e.seq, \
+             e.chain"
+        }
         EventKind::Status => "e.status",
     }
 }
@@ -119,18 +123,7 @@ fn stored_event(kind: EventKind, r: &Row<'_>) -> rusqlite::Result<StoredEvent> {
             body: r.get(6)?,
             attributes: attributes_column(r, 7)?,
         }),
-        EventKind::Fim => Event::Fim(FimEvent {
-            time_ns,
-            path: r.get(4)?,
-            change: parse_column(5, "file change", r.get(5)?, fim_change_from_name)?,
-            changed: Vec::new(),
-            moved_from: None,
-            before: from_json_column::<FileState>(r, 6)?.map(Box::new),
-            after: from_json_column::<FileState>(r, 7)?.map(Box::new),
-            detected_by: FimDetection::Realtime,
-            seq: 0,
-            chain: String::new(),
-        }),
+        EventKind::Fim => Event::Fim(fim_event(r, time_ns, 4)?),
         EventKind::Status => {
             let status: Option<AgentStatus> = from_json_column(r, 4)?;
             Event::Status(status.ok_or(rusqlite::Error::InvalidColumnType(
@@ -145,6 +138,36 @@ fn stored_event(kind: EventKind, r: &Row<'_>) -> rusqlite::Result<StoredEvent> {
         agent_id: r.get(1)?,
         received_ns: r.get(3)?,
         event,
+    })
+}
+
+/// A file-integrity event from the nine columns from `first` on, as [`columns`] lists them.
+///
+/// Rows stored before schema 4 have NULL in the last five: read back with no attributes listed,
+/// no move, realtime detection and seq 0 (outside any trail).
+pub(super) fn fim_event(r: &Row<'_>, time_ns: i64, first: usize) -> rusqlite::Result<FimEvent> {
+    let detected_by = match r.get::<_, Option<String>>(first + 6)? {
+        None => FimDetection::Realtime,
+        Some(name) => parse_column(first + 6, "detection", name, fim_detection_from_name)?,
+    };
+    Ok(FimEvent {
+        time_ns,
+        path: r.get(first)?,
+        change: parse_column(
+            first + 1,
+            "file change",
+            r.get(first + 1)?,
+            fim_change_from_name,
+        )?,
+        before: from_json_column::<FileState>(r, first + 2)?.map(Box::new),
+        after: from_json_column::<FileState>(r, first + 3)?.map(Box::new),
+        changed: changed_column(r, first + 4)?,
+        moved_from: r.get(first + 5)?,
+        detected_by,
+        seq: r
+            .get::<_, Option<i64>>(first + 7)?
+            .map_or(0, i64::cast_unsigned),
+        chain: r.get::<_, Option<String>>(first + 8)?.unwrap_or_default(),
     })
 }
 
@@ -239,16 +262,11 @@ mod tests {
                 batch("b", 1, 1, second.clone()),
             ])
             .unwrap();
-        let BatchCommit::Stored { start } = answers[0] else {
+        let BatchCommit::Stored { start, .. } = answers[0] else {
             panic!("{answers:?}")
         };
         assert_eq!(answers[1], BatchCommit::Duplicate);
-        assert_eq!(
-            answers[2],
-            BatchCommit::Stored {
-                start: start.advance(4)
-            }
-        );
+        assert_eq!(answers[2], BatchCommit::stored(start.advance(4)));
         assert_eq!(store.end().unwrap(), start.advance(7));
 
         let page = store.events(&EventQuery::default()).unwrap();
@@ -359,7 +377,7 @@ mod tests {
         let answers = store
             .commit_batches(&[batch("a", 1, 2, vec![metric(T0, 1.0)])])
             .unwrap();
-        assert_eq!(answers, vec![BatchCommit::Stored { start: end }]);
+        assert_eq!(answers, vec![BatchCommit::stored(end)]);
     }
 
     #[test]

@@ -228,10 +228,12 @@ mod tests {
     fn retention_deletes_only_old_rows_of_each_kind() {
         let (_dir, store) = open();
         let day = secs(86_400);
-        let all_kinds = |t| vec![metric(t, 1.0), log(t, 5), fim(t), status_event(t)];
-        let mut old = batch("a", 1, 1, all_kinds(T0));
+        let all_kinds = |t, fim| vec![metric(t, 1.0), log(t, 5), fim, status_event(t)];
+        let first = fim(T0);
+        let second = fim_next(&first, T0 + 20 * day);
+        let mut old = batch("a", 1, 1, all_kinds(T0, first));
         old.received_ns = T0;
-        let mut new = batch("a", 1, 2, all_kinds(T0 + 20 * day));
+        let mut new = batch("a", 1, 2, all_kinds(T0 + 20 * day, second));
         new.received_ns = T0 + 20 * day;
         commit(&store, &[old, new]);
 

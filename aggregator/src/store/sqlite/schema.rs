@@ -10,7 +10,12 @@ use super::{open_error, table};
 use crate::store::StoreError;
 
 /// Schema migrations; `PRAGMA user_version` counts how many have been applied.
-const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2_HOST_SUMMARY, SCHEMA_V3_METRIC_UNIT];
+const MIGRATIONS: &[&str] = &[
+    SCHEMA_V1,
+    SCHEMA_V2_HOST_SUMMARY,
+    SCHEMA_V3_METRIC_UNIT,
+    SCHEMA_V4_FIM_TRAIL,
+];
 
 pub(super) const SCHEMA_V1: &str = "
 CREATE TABLE agents (
@@ -109,6 +114,47 @@ const SCHEMA_V3_METRIC_UNIT: &str = "
 ALTER TABLE metrics ADD COLUMN unit TEXT NOT NULL DEFAULT '';
 ";
 
+/// Every field of a file-integrity event (protocol 5), each agent's place in its tamper-evident
+/// trail, and the breaks found in it.
+///
+/// Rows stored before keep NULL in the new columns: no attributes listed, no move, detection
+/// unknown (read back as realtime), and no place in a trail (`seq` NULL, read back as 0, which no
+/// trail uses). `fim_events` is the one data table with indexes beyond its ids: file-integrity
+/// changes are few next to logs and metrics, and they are read by agent and trail position, by
+/// agent and time, and by path prefix.
+pub(super) const SCHEMA_V4_FIM_TRAIL: &str = "
+ALTER TABLE fim_events ADD COLUMN changed TEXT;      -- attribute names, JSON array; NULL when none
+ALTER TABLE fim_events ADD COLUMN moved_from TEXT;
+ALTER TABLE fim_events ADD COLUMN detected_by TEXT;  -- realtime | scheduled | rescan
+ALTER TABLE fim_events ADD COLUMN seq INTEGER;       -- the event's place in its agent's trail
+ALTER TABLE fim_events ADD COLUMN chain TEXT;        -- hex SHA-256 chaining it to the one before
+CREATE INDEX fim_events_trail ON fim_events (agent_key, seq);
+CREATE INDEX fim_events_agent_time ON fim_events (agent_key, time_ns);
+CREATE INDEX fim_events_time ON fim_events (time_ns);
+CREATE INDEX fim_events_path ON fim_events (path);
+CREATE TABLE fim_trails (
+    agent_key INTEGER PRIMARY KEY,
+    seq       INTEGER NOT NULL,  -- the last event received
+    chain     TEXT NOT NULL      -- and its chain
+);
+CREATE TABLE fim_trail_breaks (
+    id           INTEGER PRIMARY KEY,
+    agent_key    INTEGER NOT NULL,
+    event_id     INTEGER NOT NULL, -- the fim_events row that showed the break
+    seq          INTEGER NOT NULL,
+    kind         TEXT NOT NULL,    -- gap | replay | edit | reset
+    expected_seq INTEGER NOT NULL,
+    detail       TEXT NOT NULL,
+    received_ns  INTEGER NOT NULL
+);
+CREATE INDEX fim_trail_breaks_agent ON fim_trail_breaks (agent_key, seq);
+";
+
+/// The schema version this build writes and reads.
+pub(super) fn current_version() -> i64 {
+    MIGRATIONS.len() as i64
+}
+
 pub(super) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
     let open_err = open_error(path);
     let found: i64 = conn
@@ -202,7 +248,7 @@ mod tests {
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
         assert_eq!(version, MIGRATIONS.len() as i64);
-        assert_eq!(version, 3);
+        assert_eq!(version, 4);
         let units = |store: &SqliteStore| -> Vec<(String, String)> {
             let conn = Connection::open(store.path()).unwrap();
             let mut q = conn
@@ -238,6 +284,94 @@ mod tests {
         drop(store);
         let store = SqliteStore::open(&path).unwrap();
         assert_eq!(summary(&store, "old"), Some(expected));
+    }
+
+    #[test]
+    fn a_store_of_the_third_schema_keeps_its_fim_rows_and_stores_every_field_after() {
+        use outpost_common::event::{Event, FimDetection};
+
+        use crate::store::EventQuery;
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.db");
+        let Event::Fim(old) = fim(T0) else {
+            unreachable!()
+        };
+        {
+            let conn = Connection::open(&path).unwrap();
+            for sql in [SCHEMA_V1, SCHEMA_V2_HOST_SUMMARY, SCHEMA_V3_METRIC_UNIT] {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.pragma_update(None, "user_version", 3).unwrap();
+            conn.execute(
+                "INSERT INTO agents (agent_id, first_seen_ns, last_seen_ns) VALUES ('old', ?1, ?1)",
+                [T0],
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO fim_events (id, agent_key, time_ns, received_ns, path, change, before, after)
+                 VALUES (1, 1, ?1, ?1, ?2, 'modified', ?3, ?4)",
+                rusqlite::params![
+                    T0,
+                    old.path,
+                    serde_json::to_string(&old.before).unwrap(),
+                    serde_json::to_string(&old.after).unwrap(),
+                ],
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        let read = |store: &SqliteStore| -> Vec<Event> {
+            let query = EventQuery {
+                kind: Some(EventKind::Fim),
+                ..EventQuery::default()
+            };
+            let page = store.events(&query).unwrap();
+            page.events.into_iter().map(|e| e.event).collect()
+        };
+        // The old row reads back with what it had, and defaults for what it never had.
+        let as_stored_before = outpost_common::event::FimEvent {
+            changed: Vec::new(),
+            detected_by: FimDetection::Realtime,
+            seq: 0,
+            chain: String::new(),
+            ..old.clone()
+        };
+        assert_eq!(read(&store), [Event::Fim(as_stored_before.clone())]);
+
+        let new = outpost_common::event::FimEvent {
+            change: outpost_common::event::FimChange::Moved,
+            moved_from: Some("/etc/passwd-".to_owned()),
+            detected_by: FimDetection::Rescan,
+            seq: 7,
+            ..old
+        };
+        store
+            .commit_batches(&[batch("old", 1, 1, vec![Event::Fim(new.clone())])])
+            .unwrap();
+        drop(store);
+        let store = SqliteStore::open(&path).unwrap();
+        assert_eq!(
+            read(&store),
+            [Event::Fim(as_stored_before), Event::Fim(new)]
+        );
+        let indexes: Vec<String> = Connection::open(&path)
+            .unwrap()
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'fim_events' ORDER BY name")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(
+            indexes,
+            [
+                "fim_events_agent_time",
+                "fim_events_path",
+                "fim_events_time",
+                "fim_events_trail"
+            ]
+        );
     }
 
     #[test]

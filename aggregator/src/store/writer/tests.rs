@@ -75,7 +75,7 @@ impl EventStore for FakeStore {
                 if seen.insert((b.agent_id.clone(), b.spool_id, b.seq)) {
                     let start = *next;
                     *next = next.advance(b.events.len());
-                    BatchCommit::Stored { start }
+                    BatchCommit::stored(start)
                 } else {
                     BatchCommit::Duplicate
                 }
@@ -690,4 +690,47 @@ fn a_busy_agent_is_marked_seen_once_a_second_at_most() {
         ])),
         [("a".to_owned(), T0 + 9 + SEEN_EVERY_NS)]
     );
+}
+
+#[tokio::test]
+async fn fim_trail_breaks_are_published_with_their_batch_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open(&dir.path().join("store.db")).unwrap());
+    let (writer, handle) = spawn(store.clone(), WriterConfig::default());
+    let mut sub = writer.subscribe();
+    let t = crate::store::fim_trail::chained::trail(4);
+    let fims = |range: std::ops::Range<usize>| t[range].iter().cloned().map(Event::Fim).collect();
+    // 3 lost on the way.
+    let sent = [batch("a", 1, 1, fims(0..2)), batch("a", 1, 2, fims(3..4))];
+    for b in &sent {
+        writer.commit(b.clone()).await.unwrap();
+    }
+    let stats = writer.stats();
+    join(writer, handle).await;
+    let got: Vec<_> = drain(&mut sub)
+        .await
+        .into_iter()
+        .map(|item| match item {
+            FeedItem::Committed(b) => b,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(got[0].events, sent[0].events);
+    let [event, Event::Log(notice)] = &got[1].events[..] else {
+        panic!("{:?}", got[1])
+    };
+    assert_eq!(event, &sent[1].events[0]);
+    assert_eq!(notice.source, crate::store::fim_trail::NOTICE_SOURCE);
+    // What the feed said is what the store kept, cursor for cursor.
+    let stored = store
+        .events(&EventQuery {
+            from: got[0].start,
+            ..EventQuery::default()
+        })
+        .unwrap();
+    let read_back: Vec<Event> = stored.events.into_iter().map(|e| e.event).collect();
+    let published: Vec<Event> = got.iter().flat_map(|b| b.events.clone()).collect();
+    assert_eq!(read_back, published);
+    assert_eq!(got[1].end(), store.end().unwrap());
+    assert_eq!(stats.fim_trail_breaks, 1);
 }

@@ -1,0 +1,528 @@
+//! The tamper-evident trail of each agent's file-integrity events, checked as events arrive and
+//! walked again on demand, free of any backend.
+//!
+//! An agent numbers its FIM events from 1 without gaps (`seq`) and chains each to the one before
+//! (`chain`, see [`chain_hash`]). The store keeps, per agent, the [`Position`] of the last event
+//! received and hands every new event to [`check`] in commit order, then moves the position on
+//! with [`Position::after`]. A [`Break`] is recorded and reported, never a reason to drop the
+//! event: the event is stored all the same.
+//!
+//! [`verify`] walks a stored trail again, recomputing every chain, to find events altered or
+//! removed after they were stored.
+
+use std::fmt;
+
+use outpost_common::event::{CHAIN_GENESIS, FimEvent, chain_hash};
+
+/// The `source` of the log record the store adds for every break, so log rules can alert on it.
+pub const NOTICE_SOURCE: &str = "outpost.fim.trail";
+
+/// Where an agent's trail stands: the last event received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Position {
+    pub seq: u64,
+    pub chain: String,
+}
+
+impl Position {
+    /// The position after `event` was received with `found` (what [`check`] said of it).
+    ///
+    /// The trail goes on from the received event, so one break is reported once: after a gap
+    /// the next event is expected to follow the one that came, after an edit to chain to the
+    /// edited event's own `chain` (the agent chained the next one to it), after a reset to
+    /// follow the new trail. A replayed or reordered event is the exception: the trail stays
+    /// where it was, since moving it back would report every event after it again as a gap.
+    pub fn after(last: Option<Position>, event: &FimEvent, found: Option<&Break>) -> Position {
+        match (last, found) {
+            (Some(last), Some(b)) if b.kind == BreakKind::Replay => last,
+            _ => Position {
+                seq: event.seq,
+                chain: event.chain.clone(),
+            },
+        }
+    }
+}
+
+/// How a trail broke.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BreakKind {
+    /// Events are missing before this one: lost on the way, or deleted.
+    Gap,
+    /// The event's place lies at or before the trail's end: sent again, or out of order.
+    Replay,
+    /// The event is in its place but its chain does not match: it was altered.
+    Edit,
+    /// The trail started again at 1 after a longer one: the agent's state was wiped.
+    Reset,
+}
+
+impl BreakKind {
+    /// Every kind.
+    pub const ALL: [BreakKind; 4] = [
+        BreakKind::Gap,
+        BreakKind::Replay,
+        BreakKind::Edit,
+        BreakKind::Reset,
+    ];
+
+    /// The lower-case name stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BreakKind::Gap => "gap",
+            BreakKind::Replay => "replay",
+            BreakKind::Edit => "edit",
+            BreakKind::Reset => "reset",
+        }
+    }
+
+    /// The kind of a name from [`BreakKind::as_str`].
+    pub fn from_name(name: &str) -> Option<BreakKind> {
+        BreakKind::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+}
+
+impl fmt::Display for BreakKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A break in a trail, found at the event with `seq`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Break {
+    pub kind: BreakKind,
+    /// The `seq` of the event that showed the break.
+    pub seq: u64,
+    /// The `seq` the trail expected there.
+    pub expected_seq: u64,
+    /// What happened, in a sentence.
+    pub detail: String,
+}
+
+/// Checks a newly received event against its agent's trail.
+///
+/// `last` is the trail's position (`None` before the agent's first FIM event); `stored_before`
+/// says whether an event of this agent with the same `seq` and `chain` is already stored, which
+/// tells an old event sent again apart from a new trail starting at 1. It matters only when the
+/// event's `seq` lies at or before the trail's end ([`needs_lookup`]), so callers may look it up
+/// only then.
+pub fn check(last: Option<&Position>, event: &FimEvent, stored_before: bool) -> Option<Break> {
+    let last_seq = last.map_or(0, |p| p.seq);
+    let expected_seq = last_seq.saturating_add(1);
+    let broken = |kind, detail: String| {
+        Some(Break {
+            kind,
+            seq: event.seq,
+            expected_seq,
+            detail,
+        })
+    };
+    if event.seq == expected_seq {
+        let previous = last.map_or(CHAIN_GENESIS, |p| p.chain.as_str());
+        if chain_hash(previous, event) == event.chain {
+            return None;
+        }
+        return broken(
+            BreakKind::Edit,
+            format!(
+                "event {} does not match its chain: it was altered after the agent recorded it",
+                event.seq
+            ),
+        );
+    }
+    if event.seq > expected_seq {
+        let missing = event.seq - expected_seq;
+        let plural = if missing == 1 { "" } else { "s" };
+        return broken(
+            BreakKind::Gap,
+            format!(
+                "{missing} event{plural} missing before event {} (expected {expected_seq})",
+                event.seq
+            ),
+        );
+    }
+    // At or before the trail's end.
+    let copy = stored_before;
+    if event.seq == 1 && !copy {
+        return broken(
+            BreakKind::Reset,
+            format!(
+                "the trail started again at 1 after {last_seq} events: the agent's state was wiped"
+            ),
+        );
+    }
+    let what = if copy {
+        "a copy of the stored event"
+    } else {
+        "not the stored event"
+    };
+    broken(
+        BreakKind::Replay,
+        format!(
+            "event {} came again after event {last_seq} ({what}): replayed or out of order",
+            event.seq
+        ),
+    )
+}
+
+/// Whether [`check`] needs to know if a copy of `event` is stored already.
+pub fn needs_lookup(last: Option<&Position>, event: &FimEvent) -> bool {
+    event.seq <= last.map_or(0, |p| p.seq)
+}
+
+/// What [`verify`] found in a stored trail.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Verification {
+    /// Events walked.
+    pub events: u64,
+    /// The first stored `seq`, when there is one.
+    pub first_seq: Option<u64>,
+    /// The trail does not start at 1: the older part was removed (by retention) and cannot be
+    /// checked; the walk starts from the first stored event's own chain.
+    pub starts_late: bool,
+    /// Every break, in trail order, with the path of the event that showed it.
+    pub breaks: Vec<(Break, String)>,
+}
+
+/// Walks a stored trail in `seq` order (equal `seq`s in storage order), recomputing every chain
+/// from [`CHAIN_GENESIS`] when the trail starts at 1, or from the first event's own chain when
+/// its beginning was removed.
+///
+/// Unlike [`check`], which knows only the trail's end, this sees the whole trail: an event
+/// stored twice at one place is a replay, a missing place a gap, and a chain that does not
+/// follow from the event before it an edit (of that event, or of the one before it: a stored
+/// event changed after storage breaks its own link and, if its `chain` was changed to match,
+/// the next one's).
+///
+/// A reset splits the trail in parts, each numbered from 1 again; the caller walks each part in
+/// `seq` order and calls [`Verifier::restart`] between them, which reports the reset once and
+/// checks the next part from the genesis. (Walked as one, the parts would show as every event
+/// stored twice.)
+///
+/// Call order: [`Verifier::push`] for every event of a part, in order, [`Verifier::restart`]
+/// before each further part, then [`Verifier::finish`]; the trail never has to be held in memory
+/// at once.
+#[derive(Debug, Default)]
+pub struct Verifier {
+    report: Verification,
+    last: Option<Position>,
+    /// A new part begins with the next event.
+    restarting: bool,
+}
+
+impl Verifier {
+    pub fn new() -> Self {
+        Verifier::default()
+    }
+
+    /// The trail started again (the store recorded a reset when the next event arrived): the
+    /// next event begins a new part, numbered from 1 and chained from the genesis. Nothing
+    /// happens before the first event: a part removed whole by retention cannot be checked.
+    pub fn restart(&mut self) {
+        self.restarting = self.last.is_some();
+    }
+
+    /// Checks the next event of the trail.
+    pub fn push(&mut self, event: &FimEvent) {
+        let report = &mut self.report;
+        report.events += 1;
+        if self.restarting {
+            self.restarting = false;
+            let before = self.last.take().map_or(0, |p| p.seq);
+            report.breaks.push((
+                Break {
+                    kind: BreakKind::Reset,
+                    seq: event.seq,
+                    expected_seq: before.saturating_add(1),
+                    detail: format!(
+                        "the trail started again after event {before}: the agent's state was wiped"
+                    ),
+                },
+                event.path.clone(),
+            ));
+            let found = if event.seq == 1 {
+                (chain_hash(CHAIN_GENESIS, event) != event.chain).then(|| edit(event, 1))
+            } else {
+                check(None, event, false)
+            };
+            if let Some(b) = found {
+                report.breaks.push((b, event.path.clone()));
+            }
+            self.last = Some(Position {
+                seq: event.seq,
+                chain: event.chain.clone(),
+            });
+            return;
+        }
+        let Some(previous) = &self.last else {
+            report.first_seq = Some(event.seq);
+            if event.seq == 1 {
+                if chain_hash(CHAIN_GENESIS, event) != event.chain {
+                    report.breaks.push((edit(event, 1), event.path.clone()));
+                }
+            } else {
+                report.starts_late = true;
+            }
+            self.last = Some(Position {
+                seq: event.seq,
+                chain: event.chain.clone(),
+            });
+            return;
+        };
+        let expected_seq = previous.seq.saturating_add(1);
+        let found = if event.seq == expected_seq {
+            (chain_hash(&previous.chain, event) != event.chain).then(|| edit(event, expected_seq))
+        } else if event.seq > expected_seq {
+            check(Some(previous), event, false)
+        } else {
+            Some(Break {
+                kind: BreakKind::Replay,
+                seq: event.seq,
+                expected_seq,
+                detail: format!(
+                    "event {} is stored again after event {}",
+                    event.seq, previous.seq
+                ),
+            })
+        };
+        if let Some(b) = found {
+            report.breaks.push((b, event.path.clone()));
+        }
+        if event.seq >= expected_seq {
+            self.last = Some(Position {
+                seq: event.seq,
+                chain: event.chain.clone(),
+            });
+        }
+    }
+
+    /// What the walk found.
+    pub fn finish(self) -> Verification {
+        self.report
+    }
+}
+
+/// Verifies a whole trail at once ([`Verifier`]).
+pub fn verify<'a>(events: impl IntoIterator<Item = &'a FimEvent>) -> Verification {
+    let mut verifier = Verifier::new();
+    for event in events {
+        verifier.push(event);
+    }
+    verifier.finish()
+}
+
+fn edit(event: &FimEvent, expected_seq: u64) -> Break {
+    Break {
+        kind: BreakKind::Edit,
+        seq: event.seq,
+        expected_seq,
+        detail: format!(
+            "event {} does not match its chain: it, or the event before it, was altered",
+            event.seq
+        ),
+    }
+}
+
+/// Builds chained events for tests.
+#[cfg(test)]
+pub(crate) mod chained {
+    use outpost_common::event::{FimChange, FimDetection};
+
+    use super::*;
+
+    /// An event at `seq` about `path`, not yet chained.
+    pub(crate) fn unchained(seq: u64, path: &str) -> FimEvent {
+        FimEvent {
+            time_ns: 1_700_000_000_000_000_000 + i64::try_from(seq).unwrap_or(0),
+            path: path.to_owned(),
+            change: FimChange::Modified,
+            changed: vec!["hash".to_owned()],
+            moved_from: None,
+            before: None,
+            after: None,
+            detected_by: FimDetection::Realtime,
+            seq,
+            chain: String::new(),
+        }
+    }
+
+    /// A trail of `n` events from seq 1, each chained to the one before, paths `/etc/f<seq>`.
+    pub(crate) fn trail(n: u64) -> Vec<FimEvent> {
+        let mut previous = CHAIN_GENESIS.to_owned();
+        (1..=n)
+            .map(|seq| {
+                let mut e = unchained(seq, &format!("/etc/f{seq}"));
+                e.chain = chain_hash(&previous, &e);
+                previous.clone_from(&e.chain);
+                e
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chained::trail;
+    use super::*;
+
+    /// Feeds events to [`check`] as the store does; answers the breaks.
+    fn receive(events: &[FimEvent]) -> Vec<Break> {
+        let mut last: Option<Position> = None;
+        let mut seen: Vec<(u64, String)> = Vec::new();
+        let mut breaks = Vec::new();
+        for e in events {
+            let copy = needs_lookup(last.as_ref(), e) && seen.contains(&(e.seq, e.chain.clone()));
+            let found = check(last.as_ref(), e, copy);
+            last = Some(Position::after(last, e, found.as_ref()));
+            seen.push((e.seq, e.chain.clone()));
+            breaks.extend(found);
+        }
+        breaks
+    }
+
+    fn kinds(breaks: &[Break]) -> Vec<(BreakKind, u64, u64)> {
+        breaks
+            .iter()
+            .map(|b| (b.kind, b.seq, b.expected_seq))
+            .collect()
+    }
+
+    #[test]
+    fn an_intact_trail_has_no_break() {
+        assert_eq!(receive(&trail(5)), []);
+        assert_eq!(verify(&trail(5)).breaks, []);
+    }
+
+    #[test]
+    fn each_break_is_told_once_and_the_trail_goes_on() {
+        let t = trail(10);
+        // 3 and 4 lost: one gap, then the trail goes on from 5.
+        let lost: Vec<_> = t
+            .iter()
+            .filter(|e| ![3, 4].contains(&e.seq))
+            .cloned()
+            .collect();
+        let breaks = receive(&lost);
+        assert_eq!(kinds(&breaks), [(BreakKind::Gap, 5, 3)]);
+        assert!(breaks[0].detail.contains("2 events missing"), "{breaks:?}");
+
+        // 6 altered on the way: an edit, and 7 (chained to 6 as sent) is fine.
+        let mut edited = t.clone();
+        edited[5].path = "/etc/elsewhere".to_owned();
+        assert_eq!(kinds(&receive(&edited)), [(BreakKind::Edit, 6, 6)]);
+
+        // 4 sent again after 6, and 5 and 7 swapped: replays that leave the trail where it was.
+        let mut order: Vec<_> = t[..6].to_vec();
+        order.push(t[3].clone());
+        order.extend([t[7].clone(), t[6].clone(), t[8].clone()]);
+        let breaks = receive(&order);
+        assert_eq!(
+            kinds(&breaks),
+            [
+                (BreakKind::Replay, 4, 7),
+                (BreakKind::Gap, 8, 7),
+                (BreakKind::Replay, 7, 9)
+            ]
+        );
+        assert!(breaks[0].detail.contains("a copy of the stored event"));
+        assert!(breaks[2].detail.contains("not the stored event"));
+
+        // The agent's state wiped: a new trail from 1, told once, then followed.
+        let mut wiped = t[..4].to_vec();
+        let mut previous = CHAIN_GENESIS.to_owned();
+        for mut e in trail(3) {
+            e.path = format!("/new{}", e.seq);
+            e.chain = chain_hash(&previous, &e);
+            previous.clone_from(&e.chain);
+            wiped.push(e);
+        }
+        let breaks = receive(&wiped);
+        assert_eq!(kinds(&breaks), [(BreakKind::Reset, 1, 5)]);
+        assert!(breaks[0].detail.contains("after 4 events"), "{breaks:?}");
+
+        // Event 1 itself sent again is a replay, not a reset.
+        let again = vec![t[0].clone(), t[1].clone(), t[0].clone(), t[2].clone()];
+        assert_eq!(kinds(&receive(&again)), [(BreakKind::Replay, 1, 3)]);
+
+        // The first event seen already far along: the start is missing.
+        assert_eq!(kinds(&receive(&t[3..5])), [(BreakKind::Gap, 4, 1)]);
+    }
+
+    #[test]
+    fn verify_finds_edits_gaps_and_doubles_and_says_when_the_start_is_gone() {
+        let t = trail(8);
+        let mut stored = t.clone();
+        stored[2].path = "/etc/changed".to_owned();
+        stored.remove(5);
+        stored.insert(6, t[6].clone());
+        let report = verify(&stored);
+        assert_eq!(report.events, 8);
+        assert!(!report.starts_late);
+        let found: Vec<_> = report
+            .breaks
+            .iter()
+            .map(|(b, path)| (b.kind, b.seq, path.as_str()))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                (BreakKind::Edit, 3, "/etc/changed"),
+                (BreakKind::Gap, 7, "/etc/f7"),
+                (BreakKind::Replay, 7, "/etc/f7"),
+            ]
+        );
+
+        // Retention removed the start: checked from the first event kept.
+        let report = verify(&t[3..]);
+        assert_eq!((report.first_seq, report.starts_late), (Some(4), true));
+        assert_eq!(report.breaks, []);
+        let mut first_altered = t.clone();
+        first_altered[0].path = "/etc/changed".to_owned();
+        assert_eq!(
+            verify(&first_altered)
+                .breaks
+                .iter()
+                .map(|(b, _)| (b.kind, b.seq))
+                .collect::<Vec<_>>(),
+            [(BreakKind::Edit, 1)]
+        );
+        assert_eq!(verify(&[]), Verification::default());
+    }
+
+    #[test]
+    fn verify_checks_each_part_of_a_reset_trail_on_its_own() {
+        let old = trail(4);
+        let mut new = trail(3);
+        new[2].path = "/etc/changed".to_owned();
+        let mut verifier = Verifier::new();
+        // A reset recorded before anything left by retention changes nothing.
+        verifier.restart();
+        old.iter().for_each(|e| verifier.push(e));
+        verifier.restart();
+        new[1..].iter().for_each(|e| verifier.push(e));
+        let report = verifier.finish();
+        assert_eq!((report.events, report.starts_late), (6, false));
+        let found: Vec<_> = report
+            .breaks
+            .iter()
+            .map(|(b, _)| (b.kind, b.seq, b.expected_seq))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                (BreakKind::Reset, 2, 5),
+                (BreakKind::Gap, 2, 1),
+                (BreakKind::Edit, 3, 3)
+            ]
+        );
+    }
+
+    #[test]
+    fn break_kinds_have_names_that_read_back() {
+        for k in BreakKind::ALL {
+            assert_eq!(BreakKind::from_name(k.as_str()), Some(k));
+            assert_eq!(k.to_string(), k.as_str());
+        }
+        assert_eq!(BreakKind::from_name("order"), None);
+    }
+}
