@@ -13,6 +13,7 @@ use outpost_common::logging::LogConfig;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::collectors::fim::{self, Fim};
 use crate::collectors::journal::{self, Journal};
 use crate::collectors::logs::files::{Files, LogsConfig};
 use crate::collectors::metrics::{Metrics, MetricsConfig};
@@ -40,6 +41,8 @@ pub struct AgentConfig {
     pub logs: LogsConfig,
     /// The systemd journal, followed through journalctl.
     pub journal: journal::Config,
+    /// File integrity: `[fim]` and `[[fim.paths]]`.
+    pub fim: fim::Config,
 }
 
 impl Default for AgentConfig {
@@ -55,6 +58,7 @@ impl Default for AgentConfig {
             status: self_status::Config::default(),
             logs: LogsConfig::default(),
             journal: journal::Config::default(),
+            fim: fim::Config::default(),
         }
     }
 }
@@ -296,6 +300,7 @@ fn validate(path: &Path, config: AgentConfig) -> Result<Validated, ConfigError> 
         Files::new(files.clone()).map_err(source)?;
     }
     Journal::new(config.journal.clone()).map_err(source)?;
+    Fim::new(config.fim.clone()).map_err(source)?;
     Ok(Validated {
         endpoint: parsed,
         server_name,

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::collectors::fim::Fim;
 use crate::collectors::journal::Journal;
 use crate::collectors::logs::files::Files;
 use crate::collectors::metrics::Metrics;
@@ -93,6 +94,15 @@ pub fn plan(c: &AgentConfig) -> Result<Vec<Planned>, SourceError> {
             &c.journal,
             Journal::NAME.to_owned(),
             j,
+        ));
+    }
+    if c.fim.enabled {
+        let f = Fim::new(c.fim.clone())?;
+        plan.push(planned(
+            Fim::NAME.to_owned(),
+            &c.fim,
+            Fim::NAME.to_owned(),
+            f,
         ));
     }
     for files in &c.logs.files {
