@@ -27,7 +27,7 @@ pub mod schedule;
 pub mod state;
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -343,11 +343,8 @@ impl Fim {
         let realtime = engine.roots().iter().any(|r| r.realtime);
         if realtime && feed.is_none() {
             warn!(
-                "fim: realtime watching is not available; realtime paths are checked by the scheduled scans"
+                "fim: realtime watching is not available in this build; realtime paths are checked by the scans"
             );
-            ctx.reporter()
-                .part("realtime")
-                .failed("realtime watching is not available: realtime paths are checked by the scheduled scans only".to_owned());
         }
         let mut feed = feed;
         let phase = schedule::phase(&schedule::host_identity(), self.config.scan_jitter);
@@ -613,11 +610,17 @@ fn report_scan(ctx: &Context, summary: &Summary, detection: FimDetection) {
         took: summary.took,
     });
     ctx.reporter().collected(summary.took);
-}
-
-/// Whether `path` names a root of `roots`.
-pub fn is_root(roots: &[Root], path: &Path) -> bool {
-    roots.iter().any(|r| r.path == path)
+    // Paths a scan could not read keep their baseline rows; the status says so until a scan
+    // reads everything again.
+    let unreadable = ctx.reporter().part("scan");
+    if summary.unreadable > 0 {
+        unreadable.failed(format!(
+            "{} paths could not be read (their baseline is kept; the agent's log names them)",
+            summary.unreadable
+        ));
+    } else {
+        unreadable.recovered();
+    }
 }
 
 #[cfg(test)]

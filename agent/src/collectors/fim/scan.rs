@@ -657,7 +657,12 @@ impl Merge<'_> {
 
     fn unreadable(&mut self, path: &Path, e: &io::Error) {
         self.summary.unreadable += 1;
-        tracing::debug!(path = %path.display(), error = %e, "fim: cannot read a path; its baseline is kept");
+        // The first few of a scan are worth a warning; the rest are counted.
+        if self.summary.unreadable <= 10 {
+            tracing::warn!(path = %path.display(), error = %e, "fim: cannot read a path; its baseline is kept");
+        } else {
+            tracing::debug!(path = %path.display(), error = %e, "fim: cannot read a path; its baseline is kept");
+        }
     }
 }
 
