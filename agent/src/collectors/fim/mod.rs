@@ -29,6 +29,7 @@ pub mod state;
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytesize::ByteSize;
@@ -332,21 +333,56 @@ impl Source for Fim {
     }
 
     async fn run(self, ctx: Context) {
-        self.run_with::<realtime::NoFeed>(ctx, None).await;
+        // The watcher plugs in here: `|roots| Some(watch::Watcher::start(roots, max_watches))`
+        // with its `WatchRoot`s made from `roots` (see `realtime::RealtimeRoot`).
+        self.run_with(ctx, |_| None::<realtime::NoFeed>).await;
     }
 }
 
 impl Fim {
-    /// Runs the source, with `feed` reporting the realtime paths' changes when there is one.
-    pub async fn run_with<F: Feed>(self, mut ctx: Context, feed: Option<F>) {
-        let engine = Arc::new(self.engine());
-        let realtime = engine.roots().iter().any(|r| r.realtime);
+    /// Runs the source. `start_feed` is given the realtime roots (if there are any) before the
+    /// first scan, on a blocking thread, and returns what reports their changes (the watcher),
+    /// or `None` if there is nothing to watch them with.
+    pub async fn run_with<F: Feed>(
+        self,
+        mut ctx: Context,
+        start_feed: impl FnOnce(Vec<realtime::RealtimeRoot>) -> Option<F> + Send + 'static,
+    ) {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut stopped = ctx.clone();
+        let flag = stop.clone();
+        tokio::spawn(async move {
+            stopped.stopped().await;
+            flag.store(true, Ordering::Relaxed);
+        });
+        let engine = Arc::new(self.engine(stop));
+        let realtime_roots: Vec<realtime::RealtimeRoot> = engine
+            .roots()
+            .iter()
+            .filter(|r| r.realtime)
+            .map(|r| realtime::RealtimeRoot {
+                path: r.path.clone(),
+                recursive: r.recursive,
+                exclude: r.exclude.clone(),
+            })
+            .collect();
+        let realtime = !realtime_roots.is_empty();
+        // Watching starts before the first scan, so nothing changed during it goes unseen.
+        let feed = if realtime {
+            tokio::task::spawn_blocking(move || start_feed(realtime_roots))
+                .await
+                .ok()
+                .flatten()
+        } else {
+            None
+        };
         if realtime && feed.is_none() {
             warn!(
                 "fim: realtime watching is not available in this build; realtime paths are checked by the scans"
             );
         }
         let mut feed = feed;
+        let mut blind = realtime::Blind::default();
         let phase = schedule::phase(&schedule::host_identity(), self.config.scan_jitter);
         // The first scan: the initial baseline, or a rescan of what changed while stopped.
         let mut kind = FimDetection::Rescan;
@@ -392,7 +428,7 @@ impl Fim {
                     );
                     continue;
                 };
-                match realtime::handle(&engine, &ctx, changes).await {
+                match realtime::handle(&engine, &ctx, &mut blind, changes).await {
                     Ok(()) => {}
                     Err(Stop::Shutdown) => return,
                     Err(Stop::Failed(reason)) => {
@@ -407,7 +443,7 @@ impl Fim {
 
     /// The engine over the roots as they are on this host now: a default path that does not
     /// exist, or is a symlink to another default path, is left out.
-    fn engine(&self) -> Engine {
+    fn engine(&self, stop: Arc<AtomicBool>) -> Engine {
         let mut roots = self.roots.clone();
         if self.defaults {
             let canon: Vec<Option<PathBuf>> = roots
@@ -440,8 +476,11 @@ impl Fim {
         Engine::new(
             roots,
             skip,
-            Budget::per_second(self.config.hash_mib_per_sec.saturating_mul(1024 * 1024)),
-            Budget::per_second(self.config.files_per_sec),
+            Budget::stoppable(
+                self.config.hash_mib_per_sec.saturating_mul(1024 * 1024),
+                stop.clone(),
+            ),
+            Budget::stoppable(self.config.files_per_sec, stop),
             CHUNK,
         )
     }

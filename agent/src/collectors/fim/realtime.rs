@@ -56,6 +56,14 @@ pub enum TreeReason {
     WatchFailed(String),
 }
 
+/// A realtime path to watch: the fields of the watcher's `WatchRoot`.
+#[derive(Debug, Clone)]
+pub struct RealtimeRoot {
+    pub path: PathBuf,
+    pub recursive: bool,
+    pub exclude: globset::GlobSet,
+}
+
 /// What reports the realtime paths' changes: the watcher.
 pub trait Feed: Send + 'static {
     /// Waits for changes, then coalesces until `quiet` passes with no new one (at most
@@ -77,18 +85,69 @@ impl Feed for NoFeed {
     }
 }
 
-/// Checks `changes` on the job thread, then reports lost notifications in the agent's status.
+/// Subtrees the watcher does not watch (refused at the watch limit, or failed), until a later
+/// [`TreeReason::NewDirectory`] or [`TreeReason::Overflow`] names them or an ancestor: the
+/// scheduled scans alone check them meanwhile, and the agent's status says so.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Blind {
+    paths: std::collections::BTreeMap<PathBuf, String>,
+}
+
+impl Blind {
+    /// Takes a batch of changes into account, in order.
+    pub fn update(&mut self, changes: &[Dirty]) {
+        for d in changes {
+            if let Dirty::Tree { path, reason } = d {
+                match reason {
+                    TreeReason::WatchLimit | TreeReason::WatchFailed(_) => {
+                        self.paths.insert(path.clone(), describe(reason));
+                    }
+                    TreeReason::NewDirectory | TreeReason::Overflow => {
+                        self.paths.retain(|p, _| !p.starts_with(path));
+                    }
+                }
+            }
+        }
+    }
+
+    /// What the status reports: the subtrees not watched, or `None`.
+    pub fn report(&self) -> Option<String> {
+        const SHOWN: usize = 5;
+        if self.paths.is_empty() {
+            return None;
+        }
+        let mut shown: Vec<String> = self
+            .paths
+            .iter()
+            .take(SHOWN)
+            .map(|(p, why)| format!("{} ({why})", p.display()))
+            .collect();
+        if self.paths.len() > SHOWN {
+            shown.push(format!("and {} more", self.paths.len() - SHOWN));
+        }
+        Some(format!(
+            "not watched in realtime, checked by the scheduled scans only: {}",
+            shown.join(", ")
+        ))
+    }
+}
+
+/// Checks `changes` on the job thread, reporting lost notifications and unwatched subtrees in
+/// the agent's status (collector `fim.realtime`): lost notifications until their rescan is
+/// done, unwatched subtrees until the watcher watches them again.
 pub(super) async fn handle(
     engine: &Arc<Engine>,
     ctx: &Context,
+    blind: &mut Blind,
     changes: Vec<Dirty>,
 ) -> Result<(), Stop> {
     let lost: Vec<String> = changes
         .iter()
         .filter_map(|d| match d {
-            Dirty::Tree { path, reason } if *reason != TreeReason::NewDirectory => {
-                Some(format!("{}: {}", path.display(), describe(reason)))
-            }
+            Dirty::Tree {
+                path,
+                reason: TreeReason::Overflow,
+            } => Some(path.display().to_string()),
             _ => None,
         })
         .collect();
@@ -96,19 +155,12 @@ pub(super) async fn handle(
     if !lost.is_empty() {
         // Never silent: the status shows the loss until the rescan has found what it hid.
         realtime.failed(format!(
-            "notifications lost, rescanning: {}",
-            lost.join("; ")
+            "notifications lost (the event queue overflowed), rescanning {}",
+            lost.join(", ")
         ));
     }
-    let limited = changes.iter().any(|d| {
-        matches!(
-            d,
-            Dirty::Tree {
-                reason: TreeReason::WatchLimit | TreeReason::WatchFailed(_),
-                ..
-            }
-        )
-    });
+    let was_blind = blind.report().is_some();
+    blind.update(&changes);
     let summary = super::job(engine, ctx, move |e, store| {
         apply(e, store, &changes, now_ns())
     })
@@ -125,13 +177,10 @@ pub(super) async fn handle(
         unreadable: summary.unreadable,
         took: summary.took,
     });
-    if limited {
-        realtime.failed(format!(
-            "not watched in realtime (scanned on schedule): {}",
-            lost.join("; ")
-        ));
-    } else if !lost.is_empty() {
-        realtime.recovered();
+    match blind.report() {
+        Some(reason) => realtime.failed(reason),
+        None if was_blind || !lost.is_empty() => realtime.recovered(),
+        None => {}
     }
     Ok(())
 }
@@ -182,7 +231,10 @@ pub fn apply(
     Ok(total)
 }
 
-/// One path (and what lies below it if it is or was a directory).
+/// One path; and what lies below it when a directory appeared or vanished there. A directory
+/// that is one before and after is checked alone: its entries are reported on their own, and a
+/// directory replaced by a new one comes as a [`TreeReason::NewDirectory`] (inode numbers are
+/// reused at once, so they cannot tell).
 fn path(
     engine: &Engine,
     store: &mut impl Store,
@@ -203,7 +255,7 @@ fn path(
     let target = Target::Subtree {
         root,
         key: k,
-        descend: was_dir || is_dir,
+        descend: was_dir != is_dir,
     };
     engine.scan(store, &target, FimDetection::Realtime, now_ns)
 }

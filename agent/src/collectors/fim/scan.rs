@@ -100,10 +100,12 @@ impl Default for Trail {
 }
 
 /// How far the scans have got.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Progress {
-    /// The initial baseline was completed: paths seen from now on are new.
-    pub baseline_complete: bool,
+    /// The keys of the roots whose initial baseline is complete: paths that appear below them
+    /// from now on are new. A root added to the configuration later gets its own baseline,
+    /// without events, at the next full scan.
+    pub baselined: Vec<Vec<u8>>,
     /// When the last full scan ended.
     pub last_scan_ns: i64,
 }
@@ -117,8 +119,10 @@ pub struct Summary {
     pub events: u64,
     /// Paths that could not be read (permissions, I/O errors): their rows were kept.
     pub unreadable: u64,
-    /// It was (the end of) the initial baseline.
+    /// It recorded (or finished recording) the initial baseline of a root.
     pub initial: bool,
+    /// Paths below roots whose initial baseline it recorded.
+    pub baseline_paths: u64,
     pub took: Duration,
 }
 
@@ -220,8 +224,9 @@ impl Engine {
         Ok((trail, progress))
     }
 
-    /// Compares `target` with the baseline, committing events and rows. A full scan before the
-    /// initial baseline is complete records new paths without events, and completes it.
+    /// Compares `target` with the baseline, committing events and rows. Below a root whose
+    /// initial baseline is not complete (a first start, a start after a crash interrupted it, a
+    /// root added since) new paths are recorded without events; a full scan completes it.
     pub fn scan(
         &self,
         store: &mut impl Store,
@@ -231,11 +236,16 @@ impl Engine {
     ) -> Result<Summary, Stop> {
         let started = Instant::now();
         let (trail, progress) = self.load(store)?;
-        let initial = !progress.baseline_complete && *target == Target::All;
+        let fresh: Vec<bool> = self
+            .roots
+            .iter()
+            .map(|r| !progress.baselined.contains(&r.key))
+            .collect();
+        let initial = *target == Target::All && fresh.iter().any(|&f| f);
         let mut out = Out::new(self.chunk, trail, now_ns, detection);
         let mut merge = Merge {
             engine: self,
-            initial,
+            fresh,
             pending: Pending::default(),
             keep: None,
             summary: Summary {
@@ -282,7 +292,7 @@ impl Engine {
         summary.took = started.elapsed();
         if *target == Target::All {
             let done = Progress {
-                baseline_complete: true,
+                baselined: self.roots.iter().map(|r| r.key.clone()).collect(),
                 last_scan_ns: now_ns,
             };
             out.state.push(StateChange::Put {
@@ -297,7 +307,7 @@ impl Engine {
                     severity: Some(Severity::Info),
                     body: format!(
                         "baseline complete: {} paths, {} bytes hashed in {:.1} s",
-                        summary.paths,
+                        summary.baseline_paths,
                         summary.bytes_hashed,
                         summary.took.as_secs_f64()
                     ),
@@ -544,7 +554,8 @@ fn compare_of(roots: &[Root], path_key: &[u8]) -> Attrs {
 /// The decisions of one merge join.
 struct Merge<'e> {
     engine: &'e Engine,
-    initial: bool,
+    /// By root: its initial baseline is being recorded.
+    fresh: Vec<bool>,
     pending: Pending,
     /// Rows below this key are kept: its directory could not be read.
     keep: Option<Vec<u8>>,
@@ -564,7 +575,8 @@ impl Merge<'_> {
         {
             Ok(Some((now, hashed))) => {
                 self.summary.bytes_hashed += hashed;
-                if self.initial {
+                if self.fresh[entry.root] {
+                    self.summary.baseline_paths += 1;
                     out.put(entry.key, &now);
                 } else {
                     self.pending.appeared.push((entry.key, now));
@@ -590,6 +602,9 @@ impl Merge<'_> {
         {
             Ok(Some((now, hashed))) => {
                 self.summary.bytes_hashed += hashed;
+                if self.fresh[entry.root] {
+                    self.summary.baseline_paths += 1;
+                }
                 let Some(before) = before else {
                     out.put(entry.key, &now);
                     return;
@@ -656,6 +671,10 @@ impl Merge<'_> {
     }
 
     fn unreadable(&mut self, path: &Path, e: &io::Error) {
+        if self.engine.hash_budget.stopped() {
+            // Hashing gave up for the shutdown: the scan ends at the next step.
+            return;
+        }
         self.summary.unreadable += 1;
         // The first few of a scan are worth a warning; the rest are counted.
         if self.summary.unreadable <= 10 {

@@ -6,6 +6,8 @@ use std::io::{self, Read};
 use std::num::NonZeroU32;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use governor::clock::DefaultClock;
@@ -22,23 +24,36 @@ pub const HASH_BUFFER: usize = 64 * 1024;
 type Limiter = RateLimiter<NotKeyed, InMemoryState, DefaultClock, NoOpMiddleware>;
 
 /// A rate budget of units per second (bytes hashed, files looked at); unlimited when built
-/// with 0. Waiting blocks the calling thread, which is a scan's own.
+/// with 0. Waiting blocks the calling thread, which is a scan's own. A stop flag, once set,
+/// ends the waiting and makes hashing give up, so that shutdown does not wait for a large file.
 #[derive(Debug)]
 pub struct Budget {
     limiter: Option<Limiter>,
     burst: u32,
+    stop: Arc<AtomicBool>,
 }
 
 impl Budget {
     /// At most `per_second` units a second, with bursts of up to one second's worth.
     pub fn per_second(per_second: u32) -> Budget {
+        Budget::stoppable(per_second, Arc::new(AtomicBool::new(false)))
+    }
+
+    /// [`Budget::per_second`], given up once `stop` is set.
+    pub fn stoppable(per_second: u32, stop: Arc<AtomicBool>) -> Budget {
         Budget {
             limiter: NonZeroU32::new(per_second).map(|n| RateLimiter::direct(Quota::per_second(n))),
             burst: per_second,
+            stop,
         }
     }
 
-    /// Waits until `n` units may be spent, and spends them.
+    /// Whether the work it budgets is to stop.
+    pub fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    /// Waits until `n` units may be spent, and spends them (at once once stopped).
     pub fn spend(&self, n: u64) {
         let Some(limiter) = &self.limiter else {
             return;
@@ -52,6 +67,7 @@ impl Budget {
             loop {
                 match limiter.check_n(cells) {
                     Ok(Ok(())) => break,
+                    Ok(Err(_)) if self.stopped() => return,
                     Ok(Err(not_until)) => {
                         use governor::clock::Clock as _;
                         let wait = not_until.wait_time_from(DefaultClock::default().now());
@@ -179,6 +195,12 @@ pub fn hash_file(
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         };
+        if budget.stopped() {
+            return Err(io::Error::new(
+                io::ErrorKind::Interrupted,
+                "the agent is shutting down",
+            ));
+        }
         budget.spend(n as u64);
         match algorithm {
             HashAlgorithm::Sha256 => sha.update(&buf[..n]),

@@ -711,7 +711,7 @@ fn configuration_defaults_and_errors_name_the_option() {
 #[test]
 fn default_paths_skip_the_missing_and_symlinks_to_another_default() {
     let f = Fim::new(Config::default()).unwrap();
-    let e = f.engine();
+    let e = f.engine(Default::default());
     let paths: Vec<&Path> = e.roots().iter().map(|r| r.path.as_path()).collect();
     for (p, _) in DEFAULT_PATHS {
         let p = Path::new(p);
@@ -739,4 +739,242 @@ fn mount_points_of_skipped_types_are_found_but_a_named_root_is_kept() {
         .map(PathBuf::from)
         .collect();
     assert_eq!(skip, want);
+}
+
+#[test]
+fn a_root_added_later_gets_its_own_baseline_without_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let (t, u) = (dir.path().join("t"), dir.path().join("u"));
+    tree(&t);
+    tree(&u);
+    let mut s = TestStore::open(dir.path());
+    full(
+        &engine(vec![root(&t, false)], 100),
+        &mut s,
+        FimDetection::Rescan,
+    );
+    assert_eq!(s.logs.len(), 1);
+    write(&t.join("a"), "changed meanwhile");
+    let both = engine(vec![root(&t, false), root(&u, false)], 100);
+    let summary = full(&both, &mut s, FimDetection::Rescan);
+    // The change under the known root is reported; the new root's paths are its baseline.
+    assert_eq!(
+        s.take(),
+        [(
+            t.join("a").to_string_lossy().into_owned(),
+            FimChange::Modified
+        )]
+    );
+    assert!(summary.initial);
+    assert_eq!(summary.baseline_paths, 13);
+    assert_eq!(s.logs.len(), 2);
+    assert!(s.logs[1].body.starts_with("baseline complete: 13 paths"));
+    write(&u.join("new"), "x");
+    full(&both, &mut s, FimDetection::Scheduled);
+    assert_eq!(
+        s.take(),
+        [(
+            u.join("new").to_string_lossy().into_owned(),
+            FimChange::Created
+        )]
+    );
+}
+
+#[test]
+fn hashing_gives_up_once_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("f");
+    write(&f, "content");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    // Even at one byte a second, a stopped budget neither waits nor hashes.
+    let budget = Budget::stoppable(1, stop);
+    let err = super::state::hash_file(&f, HashAlgorithm::Sha256, &budget).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::Interrupted);
+    budget.spend(1_000_000);
+}
+
+#[test]
+fn a_directory_path_is_checked_alone_unless_it_came_or_went() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = dir.path().join("t");
+    tree(&t);
+    let mut s = TestStore::open(dir.path());
+    let e = engine(vec![root(&t, true)], 100);
+    full(&e, &mut s, FimDetection::Rescan);
+    let ps = |n: &str| t.join(n).to_string_lossy().into_owned();
+    // The same directory, chmod-ed: only it is reported, not an entry nobody reported.
+    fs::set_permissions(t.join("sub"), fs::Permissions::from_mode(0o700)).unwrap();
+    write(&t.join("sub/x"), "unreported");
+    realtime::apply(&e, &mut s, &[Dirty::Path(t.join("sub"))], 1).unwrap();
+    assert_eq!(s.take(), [(ps("sub"), FimChange::MetadataChanged)]);
+    // Gone: so is everything below it.
+    fs::remove_dir_all(t.join("sub")).unwrap();
+    realtime::apply(&e, &mut s, &[Dirty::Path(t.join("sub"))], 1).unwrap();
+    assert_eq!(
+        s.take(),
+        [
+            (ps("sub"), FimChange::Deleted),
+            (ps("sub/x"), FimChange::Deleted),
+            (ps("sub/y"), FimChange::Deleted),
+        ]
+    );
+    // A file replaced by a directory with entries: all of it.
+    fs::remove_file(t.join("a")).unwrap();
+    fs::create_dir(t.join("a")).unwrap();
+    write(&t.join("a/w"), "w");
+    realtime::apply(&e, &mut s, &[Dirty::Path(t.join("a"))], 1).unwrap();
+    assert_eq!(
+        s.take(),
+        [
+            (ps("a"), FimChange::TypeChanged),
+            (ps("a/w"), FimChange::Created)
+        ]
+    );
+}
+
+#[test]
+fn unwatched_subtrees_are_reported_until_watched_again() {
+    let tree = |p: &str, reason: TreeReason| Dirty::Tree {
+        path: PathBuf::from(p),
+        reason,
+    };
+    let mut blind = realtime::Blind::default();
+    blind.update(&[Dirty::Path(PathBuf::from("/etc/x"))]);
+    assert_eq!(blind.report(), None);
+    blind.update(&[
+        tree("/etc/a", TreeReason::WatchLimit),
+        tree(
+            "/etc/b/c",
+            TreeReason::WatchFailed("permission denied".to_owned()),
+        ),
+        tree("/etc/d", TreeReason::WatchLimit),
+    ]);
+    assert_eq!(
+        blind.report().unwrap(),
+        "not watched in realtime, checked by the scheduled scans only: /etc/a (the watch limit \
+         was reached), /etc/b/c (watching failed: permission denied), /etc/d (the watch limit \
+         was reached)"
+    );
+    // Watched again: a new directory for one, an overflow of an ancestor for another.
+    blind.update(&[
+        tree("/etc/a", TreeReason::NewDirectory),
+        tree("/etc/b", TreeReason::Overflow),
+    ]);
+    assert!(
+        blind
+            .report()
+            .unwrap()
+            .ends_with(": /etc/d (the watch limit was reached)")
+    );
+    // The last report of a path tells its state.
+    blind.update(&[
+        tree("/etc/d", TreeReason::NewDirectory),
+        tree("/etc/d", TreeReason::WatchLimit),
+    ]);
+    assert!(blind.report().is_some());
+    blind.update(&[tree("/etc", TreeReason::Overflow)]);
+    assert_eq!(blind.report(), None);
+}
+
+/// A watcher double: hands out the batches the test sends, and ends when the test drops its
+/// sender.
+struct Scripted(tokio::sync::mpsc::UnboundedReceiver<Vec<Dirty>>);
+
+impl realtime::Feed for Scripted {
+    async fn next(&mut self, _: std::time::Duration, _: std::time::Duration) -> Option<Vec<Dirty>> {
+        self.0.recv().await
+    }
+}
+
+/// Waits (polling, with a generous deadline) until `cond` holds.
+async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_source_checks_what_its_feed_reports_and_reports_lost_notifications() {
+    use std::sync::Arc;
+
+    use crate::collectors::Context;
+    use crate::telemetry::Telemetry;
+
+    let dir = tempfile::tempdir().unwrap();
+    let t = dir.path().join("t");
+    tree(&t);
+    let spool = Spool::open(SpoolConfig::new(dir.path().join("spool.db"), 1 << 30)).unwrap();
+    let (handle, join) = crate::spool::spawn(spool);
+    let telemetry = Arc::new(Telemetry::recording());
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let ctx = Context::new("fim", handle.clone(), shutdown, telemetry.clone());
+    let config: Config = toml::from_str(&format!(
+        "[[paths]]\npath = {:?}\nmode = \"realtime\"\n",
+        t.to_str().unwrap()
+    ))
+    .unwrap();
+    let fim = Fim::new(config).unwrap();
+    let (batches, rx) = tokio::sync::mpsc::unbounded_channel();
+    let watched = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let w = watched.clone();
+    let task = tokio::spawn(fim.run_with(ctx, move |roots| {
+        *w.lock().unwrap() = roots.iter().map(|r| r.path.clone()).collect();
+        Some(Scripted(rx))
+    }));
+    let t2 = telemetry.clone();
+    until("the baseline", move || t2.counters().fim_scans == 1).await;
+    assert_eq!(telemetry.counters().fim_events, 0);
+    assert_eq!(*watched.lock().unwrap(), vec![t.clone()], "the realtime roots");
+
+    // A change the watcher reports.
+    write(&t.join("a"), "changed");
+    batches.send(vec![Dirty::Path(t.join("a"))]).unwrap();
+    let t2 = telemetry.clone();
+    until("the realtime event", move || t2.counters().fim_events == 1).await;
+
+    // A change the watcher lost: the overflow's rescan finds it; the status shows the loss
+    // until then.
+    write(&t.join("d"), "lost");
+    batches
+        .send(vec![Dirty::Tree {
+            path: t.clone(),
+            reason: TreeReason::Overflow,
+        }])
+        .unwrap();
+    let t2 = telemetry.clone();
+    until("the rescan", move || t2.counters().fim_rescans == 1).await;
+    assert_eq!(telemetry.counters().fim_events, 2);
+    let t2 = telemetry.clone();
+    until("the recovery", move || {
+        let recorded = t2.recorded();
+        let failed = recorded.iter().position(|n| *n == "collector_failed");
+        let recovered = recorded.iter().rposition(|n| *n == "collector_recovered");
+        failed.is_some() && recovered > failed
+    })
+    .await;
+    assert!(telemetry.collector_errors().is_empty());
+
+    // The watcher ends: said in the status; the scans carry on.
+    drop(batches);
+    let t2 = telemetry.clone();
+    until("the report of the end", move || {
+        t2.collector_errors()
+            .iter()
+            .any(|e| e.collector == "fim.realtime" && e.reason.contains("the watcher ended"))
+    })
+    .await;
+    stop.send(true).unwrap();
+    task.await.unwrap();
+    // Both events are in the spool, numbered 1 and 2.
+    let trail = handle.state(scan::META, b"trail").await.unwrap().unwrap();
+    let (trail, _): (scan::Trail, usize) =
+        bincode::serde::decode_from_slice(&trail, bincode::config::standard()).unwrap();
+    assert_eq!(trail.seq, 2);
+    drop(handle);
+    join.join().unwrap();
 }
