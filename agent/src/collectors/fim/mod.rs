@@ -616,11 +616,16 @@ async fn run_job(
 }
 
 /// Nice 10 for the calling thread (Linux applies `setpriority` to a thread id alone); its I/O
-/// priority, unless set otherwise, follows the nice value. Best effort: a failure is logged.
+/// priority, unless set otherwise, follows the nice value. Best effort: a system call filter
+/// may forbid it (the packaged unit's does, with `@resources`); the budgets bound the cost then.
+/// The first failure is logged.
 fn lower_priority() {
+    static SAID: AtomicBool = AtomicBool::new(false);
     let tid = rustix::thread::gettid();
-    if let Err(e) = rustix::process::setpriority_process(Some(tid), 10) {
-        tracing::debug!(error = %e, "fim: cannot lower the scan thread's priority");
+    if let Err(e) = rustix::process::setpriority_process(Some(tid), 10)
+        && !SAID.swap(true, Ordering::Relaxed)
+    {
+        info!(error = %e, "fim: cannot lower the scans' priority; the hashing and file budgets still bound them");
     }
 }
 

@@ -929,7 +929,11 @@ async fn the_source_checks_what_its_feed_reports_and_reports_lost_notifications(
     let t2 = telemetry.clone();
     until("the baseline", move || t2.counters().fim_scans == 1).await;
     assert_eq!(telemetry.counters().fim_events, 0);
-    assert_eq!(*watched.lock().unwrap(), vec![t.clone()], "the realtime roots");
+    assert_eq!(
+        *watched.lock().unwrap(),
+        vec![t.clone()],
+        "the realtime roots"
+    );
 
     // A change the watcher reports.
     write(&t.join("a"), "changed");
