@@ -300,7 +300,7 @@ fn validate(path: &Path, config: AgentConfig) -> Result<Validated, ConfigError> 
         Files::new(files.clone()).map_err(source)?;
     }
     Journal::new(config.journal.clone()).map_err(source)?;
-    Fim::new(config.fim.clone()).map_err(source)?;
+    Fim::new(crate::sources::fim_config(&config)).map_err(source)?;
     Ok(Validated {
         endpoint: parsed,
         server_name,

@@ -115,6 +115,15 @@ pub fn plan(c: &AgentConfig) -> Result<Vec<Planned>, SourceError> {
     Ok(plan)
 }
 
+/// The `[fim]` section, with the agent's own directories (state, logs) never to be watched.
+pub fn fim_config(c: &AgentConfig) -> crate::collectors::fim::Config {
+    let mut config = c.fim.clone();
+    config.own_paths = std::iter::once(c.data_dir.clone())
+        .chain(c.log.dir.clone())
+        .collect();
+    config
+}
+
 /// What a reload changed, by source key.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Changes {

@@ -155,6 +155,10 @@ pub struct Config {
     /// Inotify watches the realtime paths may use at most; beyond, what is left is scanned on
     /// schedule only, and the agent's status says so.
     pub max_watches: usize,
+    /// The agent's own state and log directories, never watched (its own writes would be
+    /// reported): set from `data_dir` and `log.dir`, not read from the file.
+    #[serde(skip)]
+    pub own_paths: Vec<PathBuf>,
 }
 
 impl Default for Config {
@@ -195,6 +199,7 @@ impl Default for Config {
             .map(str::to_owned)
             .to_vec(),
             max_watches: 65_536,
+            own_paths: Vec::new(),
         }
     }
 }
@@ -473,6 +478,13 @@ impl Fim {
             &self.config.skip_fs_types,
             &roots,
         );
+        let own: Vec<PathBuf> = self
+            .config
+            .own_paths
+            .iter()
+            .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()))
+            .chain(self.config.own_paths.iter().cloned())
+            .collect();
         Engine::new(
             roots,
             skip,
@@ -483,6 +495,7 @@ impl Fim {
             Budget::stoppable(self.config.files_per_sec, stop),
             CHUNK,
         )
+        .excluding(&own)
     }
 }
 

@@ -144,6 +144,8 @@ pub enum Target {
 pub struct Engine {
     roots: Vec<Root>,
     skip_mounts: HashSet<PathBuf>,
+    /// Keys of paths never watched: the agent's own state and logs.
+    own: Vec<Vec<u8>>,
     hash_budget: Budget,
     file_budget: Budget,
     chunk: usize,
@@ -163,10 +165,22 @@ impl Engine {
         Engine {
             roots,
             skip_mounts,
+            own: Vec::new(),
             hash_budget,
             file_budget,
             chunk: chunk.max(2),
         }
+    }
+
+    /// Never watches `paths` (absolute) or what lies below them: the agent's own state and
+    /// logs, which change all the time and would report the agent's own writes.
+    pub fn excluding(mut self, paths: &[PathBuf]) -> Engine {
+        self.own = paths.iter().filter_map(|p| key::of(p)).collect();
+        self
+    }
+
+    fn own(&self, path_key: &[u8]) -> bool {
+        self.own.iter().any(|o| key::within(path_key, o))
     }
 
     pub fn roots(&self) -> &[Root] {
@@ -189,6 +203,9 @@ impl Engine {
     }
 
     fn covers(&self, i: usize, path_key: &[u8]) -> bool {
+        if self.own(path_key) {
+            return false;
+        }
         let root = &self.roots[i];
         let depth = key::depth_below(path_key, &root.key);
         if !root.recursive && depth > 1 {
@@ -750,7 +767,7 @@ impl<'e> Walk<'e> {
                 let path = level.dir.join(&name);
                 let key = key::child(&level.key, &name);
                 let (root, depth) = (level.root, level.depth + 1);
-                if self.engine.roots[root].exclude.is_match(&path) {
+                if self.engine.roots[root].exclude.is_match(&path) || self.engine.own(&key) {
                     continue;
                 }
                 if let Some(e) = self.visit(root, path, key, depth, true) {

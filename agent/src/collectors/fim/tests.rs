@@ -24,6 +24,9 @@ struct TestStore {
     logs: Vec<LogRecord>,
     subs: Vec<Submission>,
     fail_after: Option<usize>,
+    /// Pages read, and the largest limit asked for.
+    pages: usize,
+    max_limit: usize,
 }
 
 impl TestStore {
@@ -34,6 +37,8 @@ impl TestStore {
             logs: Vec::new(),
             subs: Vec::new(),
             fail_after: None,
+            pages: 0,
+            max_limit: 0,
         }
     }
 
@@ -59,6 +64,8 @@ impl Store for TestStore {
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<StateRow>, Stop> {
+        self.pages += 1;
+        self.max_limit = self.max_limit.max(limit);
         self.spool
             .state_page(source, after, limit)
             .map_err(|e| Stop::Failed(e.to_string()))
@@ -981,4 +988,61 @@ async fn the_source_checks_what_its_feed_reports_and_reports_lost_notifications(
     assert_eq!(trail.seq, 2);
     drop(handle);
     join.join().unwrap();
+}
+
+#[test]
+fn the_agents_own_directories_are_never_watched() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = dir.path().join("t");
+    tree(&t);
+    fs::create_dir(t.join("spool")).unwrap();
+    write(&t.join("spool/spool.db"), "state");
+    let mut s = TestStore::open(dir.path());
+    let e = engine(vec![root(&t, true)], 100).excluding(&[t.join("spool")]);
+    full(&e, &mut s, FimDetection::Rescan);
+    let keys: Vec<PathBuf> = s.rows().iter().map(|(k, _)| key::path(k)).collect();
+    assert!(
+        !keys.iter().any(|k| k.starts_with(t.join("spool"))),
+        "{keys:?}"
+    );
+    write(&t.join("spool/spool.db"), "more state");
+    write(&t.join("spool/spool.db-wal"), "log");
+    full(&e, &mut s, FimDetection::Scheduled);
+    realtime::apply(&e, &mut s, &[Dirty::Path(t.join("spool/spool.db-wal"))], 1).unwrap();
+    assert_eq!(s.take(), []);
+    // The configuration carries data_dir and log.dir to the source.
+    let c: crate::config::AgentConfig =
+        toml::from_str("data_dir = \"/srv/outpost\"\n[log]\ndir = \"/srv/logs\"\n").unwrap();
+    assert_eq!(
+        crate::sources::fim_config(&c).own_paths,
+        [PathBuf::from("/srv/outpost"), PathBuf::from("/srv/logs")]
+    );
+}
+
+#[test]
+fn a_scan_reads_the_baseline_a_page_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = dir.path().join("t");
+    for d in 0..3 {
+        fs::create_dir_all(t.join(format!("d{d}"))).unwrap();
+        for f in 0..400 {
+            write(&t.join(format!("d{d}/f{f:03}")), "x");
+        }
+    }
+    let mut s = TestStore::open(dir.path());
+    let e = engine(vec![root(&t, false)], 1000);
+    full(&e, &mut s, FimDetection::Rescan);
+    assert_eq!(s.rows().len(), 1204);
+    s.pages = 0;
+    write(&t.join("d2/f399"), "changed");
+    full(&e, &mut s, FimDetection::Scheduled);
+    assert_eq!(
+        s.take(),
+        [(
+            t.join("d2/f399").to_string_lossy().into_owned(),
+            FimChange::Modified
+        )]
+    );
+    assert_eq!(s.max_limit, scan::PAGE);
+    assert_eq!(s.pages, 1204 / scan::PAGE + 1);
 }
