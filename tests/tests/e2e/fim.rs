@@ -272,3 +272,72 @@ fn fim_a_kill9_during_a_rescan_neither_loses_nor_repeats_a_change() {
     assert_eq!(paths, want);
     assert!(got.iter().all(|(_, c)| c == "modified"));
 }
+
+/// Baseline rows in the agent's spool (read-only; `Err` while it is not there yet).
+fn baseline_rows(agent: &Agent) -> Result<u64, String> {
+    let path = agent.spool_path();
+    if !path.exists() {
+        return Err("no spool yet".to_owned());
+    }
+    let conn =
+        rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|e| e.to_string())?;
+    conn.busy_timeout(Duration::from_secs(5))
+        .map_err(|e| e.to_string())?;
+    conn.query_row(
+        "SELECT count(*) FROM source_state WHERE source = 'fim'",
+        [],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(i64::cast_unsigned)
+    .map_err(|e| e.to_string())
+}
+
+#[test]
+fn fim_a_kill9_during_the_initial_baseline_resumes_it_without_events() {
+    const FILES: u64 = 2000;
+    let env = Env::new("fim-baseline-kill9");
+    let t = env.path().join("watched");
+    fs::create_dir_all(&t).unwrap();
+    for i in 0..FILES {
+        write(&t.join(format!("f{i:05}")), "original");
+    }
+    let aggregator = env.start_aggregator();
+    let cert = env.issue_agent(AGENT);
+    let mut agent = env.start_agent(&cert, &aggregator, options(&t, 400));
+    let committed = env.wait_for("part of the baseline committed", || {
+        let n = baseline_rows(&agent)?;
+        if n > 0 {
+            Ok(n)
+        } else {
+            Err("no rows yet".to_owned())
+        }
+    });
+    agent.kill9();
+    assert!(
+        committed <= FILES,
+        "the baseline had ended ({committed} rows)"
+    );
+    // Created before the baseline is complete: part of it, not an event.
+    write(&t.join("late"), "late");
+    agent.restart();
+    let store = aggregator.store();
+    wait_baseline(&env, &store);
+    assert_eq!(
+        baseline_rows(&agent).unwrap(),
+        FILES + 2,
+        "the root, the files, late"
+    );
+    let summaries: Vec<String> = store
+        .logs(AGENT, "fim")
+        .unwrap()
+        .into_iter()
+        .map(|l| l.body)
+        .collect();
+    assert_eq!(summaries.len(), 1, "{summaries:?}");
+    assert!(
+        summaries[0].starts_with(&format!("baseline complete: {} paths", FILES + 2)),
+        "{summaries:?}"
+    );
+    assert_eq!(stored(&store, &t), [], "a baseline reports nothing");
+}
