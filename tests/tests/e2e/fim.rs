@@ -341,3 +341,44 @@ fn fim_a_kill9_during_the_initial_baseline_resumes_it_without_events() {
     );
     assert_eq!(stored(&store, &t), [], "a baseline reports nothing");
 }
+
+#[test]
+fn fim_scheduled_scans_find_changes_while_the_agent_runs() {
+    let env = Env::new("fim-scheduled");
+    let t = env.path().join("watched");
+    tree(&t);
+    let aggregator = env.start_aggregator();
+    let cert = env.issue_agent(AGENT);
+    let mut options = options(&t, 0);
+    if let Some(fim) = options.fim_toml.as_mut() {
+        *fim = format!("scan_interval = \"1s\"\nscan_jitter = \"0s\"\n{fim}");
+    }
+    let agent = env.start_agent(&cert, &aggregator, options);
+    let store = aggregator.store();
+    wait_baseline(&env, &store);
+    write(&t.join("a"), "changed while running");
+    fs::remove_file(t.join("f")).unwrap();
+    let want = [
+        ("a".to_owned(), "modified".to_owned()),
+        ("f".to_owned(), "deleted".to_owned()),
+    ];
+    env.wait_for("the scheduled scan's events", || {
+        let mut got = stored(&store, &t);
+        got.sort();
+        if got == want {
+            Ok(())
+        } else {
+            Err(format!("{got:?}"))
+        }
+    });
+    // Later scans find nothing more.
+    let scans = |a: &Agent| {
+        a.log()
+            .lines()
+            .filter(|l| l.contains("fim: scan finished") && l.contains("kind=Scheduled"))
+            .count()
+    };
+    let seen = scans(&agent);
+    env.wait_until("two more scheduled scans", || scans(&agent) >= seen + 2);
+    assert_eq!(stored(&store, &t).len(), 2);
+}

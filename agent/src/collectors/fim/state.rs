@@ -1,10 +1,10 @@
 //! What a path is now: its metadata, symlink target, extended attributes and content hash, and
 //! the compact encoding of a [`FileState`] in a baseline row.
 
-use std::fs::{File, Metadata};
+use std::fs::Metadata;
 use std::io::{self, Read};
 use std::num::NonZeroU32;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -176,14 +176,36 @@ fn time_ns(secs: i64, nsec: i64) -> i64 {
     secs.saturating_mul(1_000_000_000).saturating_add(nsec)
 }
 
-/// The content hash of the file at `path` as `algorithm:hex`, read through one fixed buffer
-/// within `budget`; and the bytes read.
+/// The content hash of the regular file at `path` as `algorithm:hex`, read through one fixed
+/// buffer within `budget`; and the bytes read.
+///
+/// The file is opened without following a symlink and without blocking (a FIFO swapped in since
+/// the `lstat` would block a plain open forever), and must still be a regular file: otherwise
+/// the path changed under the scan, reported as not found (the next look sees what it is).
 pub fn hash_file(
     path: &Path,
     algorithm: HashAlgorithm,
     budget: &Budget,
 ) -> io::Result<(String, u64)> {
-    let mut file = File::open(path)?;
+    let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK;
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(i32::try_from(flags.bits()).unwrap_or(0))
+        .open(path)
+        .map_err(|e| {
+            // ELOOP: a symlink now stands there.
+            if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) {
+                io::Error::new(io::ErrorKind::NotFound, "replaced by a symlink")
+            } else {
+                e
+            }
+        })?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            "no longer a regular file",
+        ));
+    }
     let mut buf = vec![0u8; HASH_BUFFER];
     let mut total = 0u64;
     let mut sha = ring::digest::Context::new(&ring::digest::SHA256);
@@ -345,6 +367,22 @@ mod tests {
             b3,
             "blake3:6437b3ac38465133ffb63b75273a8db548c558465d79db03fd359c6cd5bd9d85"
         );
+        // Not a regular file (any more): as if gone.
+        let fifo = dir.path().join("fifo");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        let err = hash_file(&fifo, HashAlgorithm::Sha256, &budget).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound);
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&f, &link).unwrap();
+        let err = hash_file(&link, HashAlgorithm::Sha256, &budget).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound);
         let big = dir.path().join("big");
         std::fs::write(&big, vec![7u8; HASH_BUFFER * 3 + 5]).unwrap();
         let (_, n) = hash_file(&big, HashAlgorithm::Sha256, &budget).unwrap();
