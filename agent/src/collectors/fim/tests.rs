@@ -1046,3 +1046,223 @@ fn a_scan_reads_the_baseline_a_page_at_a_time() {
     assert_eq!(s.max_limit, scan::PAGE);
     assert_eq!(s.pages, 1204 / scan::PAGE + 1);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Random changes against a model: whatever happens to a tree, and wherever a scan crashes, the
+// next complete scan leaves a baseline that matches the tree, each path that changed has an
+// event, no path has two in a round, and the trail has no gap.
+
+mod model {
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Names with bytes below and around `/` and the key separator's neighbours.
+    const NAMES: [&str; 4] = ["a", "a.b", "a b", "b"];
+
+    fn candidates() -> Vec<String> {
+        let mut out: Vec<String> = NAMES.iter().map(|n| (*n).to_owned()).collect();
+        for a in NAMES {
+            for b in NAMES {
+                out.push(format!("{a}/{b}"));
+            }
+        }
+        out
+    }
+
+    #[derive(Debug, Clone)]
+    pub enum Op {
+        Write(usize),
+        Mkdir(usize),
+        Remove(usize),
+        Rename(usize, usize),
+        Chmod(usize, bool),
+        Scan { crash_after: Option<usize> },
+    }
+
+    fn arb_op() -> impl Strategy<Value = Op> {
+        let n = NAMES.len() * (NAMES.len() + 1);
+        prop_oneof![
+            3 => (0..n).prop_map(Op::Write),
+            2 => (0..n).prop_map(Op::Mkdir),
+            2 => (0..n).prop_map(Op::Remove),
+            3 => (0..n, 0..n).prop_map(|(a, b)| Op::Rename(a, b)),
+            1 => (0..n, any::<bool>()).prop_map(|(a, x)| Op::Chmod(a, x)),
+            2 => proptest::option::of(0..4usize).prop_map(|crash_after| Op::Scan { crash_after }),
+        ]
+    }
+
+    /// What the tree holds: path → (is a directory, content, mode).
+    fn snapshot(t: &Path) -> BTreeMap<String, (bool, Vec<u8>, u32)> {
+        let mut out = BTreeMap::new();
+        fn walk(t: &Path, p: &Path, out: &mut BTreeMap<String, (bool, Vec<u8>, u32)>) {
+            for e in fs::read_dir(p).unwrap() {
+                let path = e.unwrap().path();
+                let m = fs::symlink_metadata(&path).unwrap();
+                let rel = path.strip_prefix(t).unwrap().to_string_lossy().into_owned();
+                let mode = m.permissions().mode() & 0o7777;
+                if m.is_dir() {
+                    out.insert(rel, (true, Vec::new(), mode));
+                    walk(t, &path, out);
+                } else {
+                    out.insert(rel, (false, fs::read(&path).unwrap(), mode));
+                }
+            }
+        }
+        walk(t, t, &mut out);
+        out
+    }
+
+    /// Makes the directories above `q` (below `t`); false if a file stands in the way.
+    fn parents(t: &Path, q: &Path) -> bool {
+        let Some(parent) = q.parent() else {
+            return false;
+        };
+        if parent
+            .ancestors()
+            .take_while(|a| *a != t)
+            .any(|a| a.is_file())
+        {
+            return false;
+        }
+        fs::create_dir_all(parent).unwrap();
+        true
+    }
+
+    fn apply(t: &Path, op: &Op, n: &mut u64) {
+        let c = candidates();
+        let p = |i: usize| t.join(&c[i]);
+        *n += 1;
+        match *op {
+            Op::Write(i) => {
+                if !p(i).is_dir() && parents(t, &p(i)) {
+                    write(&p(i), &format!("content {n}"));
+                }
+            }
+            Op::Mkdir(i) => {
+                if fs::symlink_metadata(p(i)).is_err() && parents(t, &p(i)) {
+                    fs::create_dir(p(i)).unwrap();
+                }
+            }
+            Op::Remove(i) => match fs::symlink_metadata(p(i)) {
+                Ok(m) if m.is_dir() => fs::remove_dir_all(p(i)).unwrap(),
+                Ok(_) => fs::remove_file(p(i)).unwrap(),
+                Err(_) => {}
+            },
+            Op::Rename(a, b) => {
+                let (from, to) = (p(a), p(b));
+                // Over a file is allowed (it replaces it); into itself or over a directory not.
+                let dir_over_file = from.is_dir() && to.is_file();
+                if fs::symlink_metadata(&from).is_ok()
+                    && !to.is_dir()
+                    && !to.starts_with(&from)
+                    && !dir_over_file
+                    && parents(t, &to)
+                {
+                    fs::rename(from, to).unwrap();
+                }
+            }
+            Op::Chmod(i, x) => {
+                if fs::symlink_metadata(p(i)).is_ok() {
+                    let mode = match (p(i).is_dir(), x) {
+                        (true, true) => 0o750,
+                        (true, false) => 0o755,
+                        (false, true) => 0o600,
+                        (false, false) => 0o644,
+                    };
+                    fs::set_permissions(p(i), fs::Permissions::from_mode(mode)).unwrap();
+                }
+            }
+            Op::Scan { .. } => {}
+        }
+    }
+
+    fn run(ops: Vec<Op>) {
+        let dir = tempfile::tempdir().unwrap();
+        let t = dir.path().join("t");
+        fs::create_dir_all(t.join("a")).unwrap();
+        fs::create_dir_all(t.join("a b")).unwrap();
+        for f in ["a/a", "a/b", "a.b", "a b/a", "b"] {
+            write(&t.join(f), f);
+        }
+        let mut s = TestStore::open(dir.path());
+        // Small chunks: many submissions, so crashes land between them.
+        let e = engine(vec![root(&t, false)], 3);
+        full(&e, &mut s, FimDetection::Rescan);
+        let mut before = snapshot(&t);
+        let mut all: Vec<FimEvent> = Vec::new();
+        let mut n = 0;
+        let ops = ops.into_iter().chain([Op::Scan { crash_after: None }]);
+        for op in ops {
+            let Op::Scan { crash_after } = op else {
+                apply(&t, &op, &mut n);
+                continue;
+            };
+            if let Some(k) = crash_after {
+                s.fail_after = Some(k);
+                let _ = e.scan(&mut s, &Target::All, FimDetection::Rescan, 1);
+                s.fail_after = None;
+            }
+            full(&e, &mut s, FimDetection::Scheduled);
+            let round = std::mem::take(&mut s.events);
+            let now = snapshot(&t);
+            // Each path once in a round.
+            let mut paths: Vec<&str> = round.iter().map(|e| e.path.as_str()).collect();
+            paths.sort_unstable();
+            let len = paths.len();
+            paths.dedup();
+            assert_eq!(paths.len(), len, "a path twice: {round:#?}");
+            // Every change has an event naming the path.
+            let named = |rel: &str| {
+                let abs = t.join(rel).to_string_lossy().into_owned();
+                round
+                    .iter()
+                    .any(|e| e.path == abs || e.moved_from.as_deref() == Some(abs.as_str()))
+            };
+            for (rel, was) in &before {
+                if now.get(rel) != Some(was) {
+                    assert!(
+                        named(rel),
+                        "{rel}: {was:?} → {:?}; {round:#?}",
+                        now.get(rel)
+                    );
+                }
+            }
+            for rel in now.keys().filter(|r| !before.contains_key(*r)) {
+                assert!(named(rel), "{rel} appeared; {round:#?}");
+            }
+            // The baseline is the tree.
+            let mut keys: Vec<String> = s
+                .rows()
+                .iter()
+                .filter(|(k, _)| key::path(k) != t)
+                .map(|(k, _)| {
+                    key::path(k)
+                        .strip_prefix(&t)
+                        .unwrap()
+                        .to_string_lossy()
+                        .into_owned()
+                })
+                .collect();
+            keys.sort();
+            assert_eq!(keys, now.keys().cloned().collect::<Vec<_>>());
+            // And agrees with it: a scan now finds nothing.
+            full(&e, &mut s, FimDetection::Scheduled);
+            assert_eq!(s.take(), []);
+            all.extend(round);
+            before = now;
+        }
+        verify_trail(&all);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn scans_agree_with_the_tree_whatever_happens(ops in prop::collection::vec(arb_op(), 1..40)) {
+            run(ops);
+        }
+    }
+}
