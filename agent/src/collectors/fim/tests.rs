@@ -1131,41 +1131,54 @@ mod model {
         true
     }
 
-    fn apply(t: &Path, op: &Op, n: &mut u64) {
+    /// Applies `op` if it can be; returns whether it was.
+    fn apply(t: &Path, op: &Op, n: &mut u64) -> bool {
         let c = candidates();
         let p = |i: usize| t.join(&c[i]);
         *n += 1;
         match *op {
             Op::Write(i) => {
-                if !p(i).is_dir() && parents(t, &p(i)) {
+                let ok = !p(i).is_dir() && parents(t, &p(i));
+                if ok {
                     write(&p(i), &format!("content {n}"));
                 }
+                ok
             }
             Op::Mkdir(i) => {
-                if fs::symlink_metadata(p(i)).is_err() && parents(t, &p(i)) {
+                let ok = fs::symlink_metadata(p(i)).is_err() && parents(t, &p(i));
+                if ok {
                     fs::create_dir(p(i)).unwrap();
                 }
+                ok
             }
             Op::Remove(i) => match fs::symlink_metadata(p(i)) {
-                Ok(m) if m.is_dir() => fs::remove_dir_all(p(i)).unwrap(),
-                Ok(_) => fs::remove_file(p(i)).unwrap(),
-                Err(_) => {}
+                Ok(m) if m.is_dir() => {
+                    fs::remove_dir_all(p(i)).unwrap();
+                    true
+                }
+                Ok(_) => {
+                    fs::remove_file(p(i)).unwrap();
+                    true
+                }
+                Err(_) => false,
             },
             Op::Rename(a, b) => {
                 let (from, to) = (p(a), p(b));
                 // Over a file is allowed (it replaces it); into itself or over a directory not.
                 let dir_over_file = from.is_dir() && to.is_file();
-                if fs::symlink_metadata(&from).is_ok()
+                let ok = fs::symlink_metadata(&from).is_ok()
                     && !to.is_dir()
                     && !to.starts_with(&from)
                     && !dir_over_file
-                    && parents(t, &to)
-                {
+                    && parents(t, &to);
+                if ok {
                     fs::rename(from, to).unwrap();
                 }
+                ok
             }
             Op::Chmod(i, x) => {
-                if fs::symlink_metadata(p(i)).is_ok() {
+                let ok = fs::symlink_metadata(p(i)).is_ok();
+                if ok {
                     let mode = match (p(i).is_dir(), x) {
                         (true, true) => 0o750,
                         (true, false) => 0o755,
@@ -1174,8 +1187,9 @@ mod model {
                     };
                     fs::set_permissions(p(i), fs::Permissions::from_mode(mode)).unwrap();
                 }
+                ok
             }
-            Op::Scan { .. } => {}
+            Op::Scan { .. } => false,
         }
     }
 
@@ -1197,7 +1211,7 @@ mod model {
         let ops = ops.into_iter().chain([Op::Scan { crash_after: None }]);
         for op in ops {
             let Op::Scan { crash_after } = op else {
-                apply(&t, &op, &mut n);
+                let _ = apply(&t, &op, &mut n);
                 continue;
             };
             if let Some(k) = crash_after {
@@ -1257,12 +1271,112 @@ mod model {
         verify_trail(&all);
     }
 
+    /// The highest directory `parents` would create above `q`.
+    fn first_missing(t: &Path, q: &Path) -> Option<PathBuf> {
+        q.parent()?
+            .ancestors()
+            .take_while(|a| *a != t)
+            .filter(|a| fs::symlink_metadata(a).is_err())
+            .last()
+            .map(Path::to_path_buf)
+    }
+
+    /// What a complete watcher would report for `op`, applied after it.
+    fn dirty(t: &Path, op: &Op, n: &mut u64) -> Vec<Dirty> {
+        let c = candidates();
+        let p = |i: usize| t.join(&c[i]);
+        let new_dir = |d: PathBuf| Dirty::Tree {
+            path: d,
+            reason: TreeReason::NewDirectory,
+        };
+        let (created, mut out) = match *op {
+            Op::Write(i) | Op::Chmod(i, _) | Op::Remove(i) => {
+                (first_missing(t, &p(i)), vec![Dirty::Path(p(i))])
+            }
+            Op::Mkdir(i) => (first_missing(t, &p(i)), vec![new_dir(p(i))]),
+            Op::Rename(a, b) => (
+                first_missing(t, &p(b)),
+                vec![Dirty::Moved {
+                    from: Some(p(a)),
+                    to: Some(p(b)),
+                }],
+            ),
+            Op::Scan { .. } => (None, Vec::new()),
+        };
+        if !apply(t, op, n) {
+            return Vec::new();
+        }
+        if let Some(d) = created.filter(|d| d.is_dir()) {
+            out.push(new_dir(d));
+        }
+        out
+    }
+
+    fn run_realtime(ops: Vec<Op>) {
+        let dir = tempfile::tempdir().unwrap();
+        let t = dir.path().join("t");
+        fs::create_dir_all(t.join("a")).unwrap();
+        for f in ["a/a", "a/b", "a.b", "b"] {
+            write(&t.join(f), f);
+        }
+        let mut s = TestStore::open(dir.path());
+        let e = engine(vec![root(&t, true)], 3);
+        full(&e, &mut s, FimDetection::Rescan);
+        let mut n = 0;
+        for op in ops {
+            if let Op::Scan { .. } = op {
+                // The watcher reported everything: a scan finds nothing more.
+                full(&e, &mut s, FimDetection::Scheduled);
+                let found: Vec<_> = s
+                    .events
+                    .iter()
+                    .filter(|e| e.detected_by == FimDetection::Scheduled)
+                    .collect();
+                assert!(
+                    found.is_empty(),
+                    "missed by the realtime checks: {found:#?}"
+                );
+                continue;
+            }
+            let d = dirty(&t, &op, &mut n);
+            realtime::apply(&e, &mut s, &d, 1).unwrap();
+        }
+        full(&e, &mut s, FimDetection::Scheduled);
+        assert!(
+            s.events
+                .iter()
+                .all(|e| e.detected_by == FimDetection::Realtime),
+            "missed by the realtime checks: {:#?}",
+            s.events
+        );
+        verify_trail(&s.events);
+        let mut keys: Vec<String> = s
+            .rows()
+            .iter()
+            .filter(|(k, _)| key::path(k) != t)
+            .map(|(k, _)| {
+                key::path(k)
+                    .strip_prefix(&t)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        keys.sort();
+        assert_eq!(keys, snapshot(&t).keys().cloned().collect::<Vec<_>>());
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
 
         #[test]
         fn scans_agree_with_the_tree_whatever_happens(ops in prop::collection::vec(arb_op(), 1..40)) {
             run(ops);
+        }
+
+        #[test]
+        fn realtime_checks_keep_the_baseline_equal_to_the_tree(ops in prop::collection::vec(arb_op(), 1..40)) {
+            run_realtime(ops);
         }
     }
 }
