@@ -294,7 +294,7 @@ fn baseline_rows(agent: &Agent) -> Result<u64, String> {
 }
 
 #[test]
-fn fim_a_kill9_during_the_initial_baseline_resumes_it_without_events() {
+fn fim_a_stop_and_a_kill9_during_the_initial_baseline_resume_it_without_events() {
     const FILES: u64 = 2000;
     let env = Env::new("fim-baseline-kill9");
     let t = env.path().join("watched");
