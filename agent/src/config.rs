@@ -13,6 +13,7 @@ use outpost_common::logging::LogConfig;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::collectors::fim::{self, Fim};
 use crate::collectors::journal::{self, Journal};
 use crate::collectors::logs::files::{Files, LogsConfig};
 use crate::collectors::metrics::{Metrics, MetricsConfig};
@@ -40,6 +41,8 @@ pub struct AgentConfig {
     pub logs: LogsConfig,
     /// The systemd journal, followed through journalctl.
     pub journal: journal::Config,
+    /// File integrity: `[fim]` and `[[fim.paths]]`.
+    pub fim: fim::Config,
 }
 
 impl Default for AgentConfig {
@@ -55,6 +58,7 @@ impl Default for AgentConfig {
             status: self_status::Config::default(),
             logs: LogsConfig::default(),
             journal: journal::Config::default(),
+            fim: fim::Config::default(),
         }
     }
 }
@@ -296,6 +300,7 @@ fn validate(path: &Path, config: AgentConfig) -> Result<Validated, ConfigError> 
         Files::new(files.clone()).map_err(source)?;
     }
     Journal::new(config.journal.clone()).map_err(source)?;
+    Fim::new(crate::sources::fim_config(&config)).map_err(source)?;
     Ok(Validated {
         endpoint: parsed,
         server_name,
@@ -416,6 +421,7 @@ mod tests {
                 .collect::<Vec<_>>()
         };
         assert_eq!(families(m), families(dm));
+        assert_eq!(v.config.fim, d.fim);
         // The commented list of pseudo filesystems is the default list.
         let f = write(
             &text
@@ -430,6 +436,30 @@ mod tests {
             .exclude_types;
         let defaults = crate::collectors::metrics::defaults::FILESYSTEM_EXCLUDE_TYPES;
         assert_eq!(listed.unwrap(), defaults);
+        // The commented [fim] options are the defaults, and the example path entry is valid.
+        let f = write(
+            &text
+                .replace("#endpoint = ", "endpoint = ")
+                .replace("#skip_fs_types = ", "skip_fs_types = ")
+                .replace("#[[fim.paths]]", "[[fim.paths]]")
+                .replace("#path = ", "path = ")
+                .replace("#recursive = ", "recursive = ")
+                .replace("#exclude = [\"/etc", "exclude = [\"/etc")
+                .replace("#mode = \"scheduled\"", "mode = \"scheduled\"")
+                .replace("#compare = ", "compare = ")
+                .replace("#hash = ", "hash = ")
+                .replace("#hash_algorithm = ", "hash_algorithm = ")
+                .replace("#max_hash_size = ", "max_hash_size = ")
+                .replace("#always_hash = ", "always_hash = "),
+        );
+        let fim = load(f.path()).unwrap().config.fim;
+        assert_eq!(fim.skip_fs_types, d.fim.skip_fs_types);
+        let path = crate::collectors::fim::PathConfig {
+            path: "/etc".into(),
+            exclude: vec!["/etc/*.swp".to_owned(), "**/cache".to_owned()],
+            ..Default::default()
+        };
+        assert_eq!(fim.paths, [path]);
     }
 
     #[test]

@@ -507,3 +507,60 @@ impl crate::spool::DiskReporter for SpoolReporter {
         }
     }
 }
+
+/// Which kind of file-integrity scan finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FimScanKind {
+    /// The initial baseline: no events.
+    Baseline,
+    /// A scheduled full scan.
+    Scheduled,
+    /// A full scan at start, or a subtree whose notifications were lost.
+    Rescan,
+    /// Paths reported by the watcher.
+    Realtime,
+}
+
+/// A file-integrity scan (or a round of realtime checks) finished.
+#[derive(Debug)]
+pub struct FimScanFinished {
+    pub kind: FimScanKind,
+    pub paths: u64,
+    pub bytes_hashed: u64,
+    pub events: u64,
+    pub unreadable: u64,
+    pub took: Duration,
+}
+
+impl InternalEvent<Telemetry> for FimScanFinished {
+    const NAME: &'static str = "fim_scan_finished";
+
+    fn emit(self, t: &Telemetry) {
+        t.add(Counter::FimPathsScanned, self.paths);
+        t.add(Counter::FimBytesHashed, self.bytes_hashed);
+        t.add(Counter::FimEvents, self.events);
+        t.add(Counter::FimUnreadable, self.unreadable);
+        match self.kind {
+            FimScanKind::Baseline | FimScanKind::Scheduled => t.add(Counter::FimScans, 1),
+            FimScanKind::Rescan => t.add(Counter::FimRescans, 1),
+            FimScanKind::Realtime => {}
+        }
+        if self.kind == FimScanKind::Realtime {
+            debug!(
+                paths = self.paths,
+                events = self.events,
+                "fim: realtime changes checked"
+            );
+        } else {
+            info!(
+                kind = ?self.kind,
+                paths = self.paths,
+                bytes_hashed = self.bytes_hashed,
+                events = self.events,
+                unreadable = self.unreadable,
+                took_s = self.took.as_secs_f64(),
+                "fim: scan finished"
+            );
+        }
+    }
+}

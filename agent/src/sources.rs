@@ -14,6 +14,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::collectors::fim::Fim;
 use crate::collectors::journal::Journal;
 use crate::collectors::logs::files::Files;
 use crate::collectors::metrics::Metrics;
@@ -95,6 +96,15 @@ pub fn plan(c: &AgentConfig) -> Result<Vec<Planned>, SourceError> {
             j,
         ));
     }
+    if c.fim.enabled {
+        let f = Fim::new(c.fim.clone())?;
+        plan.push(planned(
+            Fim::NAME.to_owned(),
+            &c.fim,
+            Fim::NAME.to_owned(),
+            f,
+        ));
+    }
     for files in &c.logs.files {
         let source = Files::new(files.clone())?;
         let collector = source.collector_name();
@@ -103,6 +113,15 @@ pub fn plan(c: &AgentConfig) -> Result<Vec<Planned>, SourceError> {
         plan.push(p);
     }
     Ok(plan)
+}
+
+/// The `[fim]` section, with the agent's own directories (state, logs) never to be watched.
+pub fn fim_config(c: &AgentConfig) -> crate::collectors::fim::Config {
+    let mut config = c.fim.clone();
+    config.own_paths = std::iter::once(c.data_dir.clone())
+        .chain(c.log.dir.clone())
+        .collect();
+    config
 }
 
 /// What a reload changed, by source key.

@@ -59,6 +59,18 @@ outpost_common::counters! {
         journal_entries_malformed => JournalEntriesMalformed,
         /// Journal entries longer than `journal.max_entry_bytes`, skipped.
         journal_entries_too_long => JournalEntriesTooLong,
+        /// Paths the file-integrity scans looked at.
+        fim_paths_scanned => FimPathsScanned,
+        /// Bytes of file content the file-integrity monitor hashed.
+        fim_bytes_hashed => FimBytesHashed,
+        /// File-integrity events produced.
+        fim_events => FimEvents,
+        /// Full file-integrity scans finished: the initial baseline and scheduled scans.
+        fim_scans => FimScans,
+        /// File-integrity rescans finished: at start, and of subtrees whose notifications were lost.
+        fim_rescans => FimRescans,
+        /// Paths a file-integrity scan could not read (their baseline was kept).
+        fim_unreadable => FimUnreadable,
     }
 }
 

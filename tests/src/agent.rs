@@ -80,6 +80,9 @@ pub struct AgentOptions {
     pub data_dir: Option<PathBuf>,
     /// `spool.reserve_bytes`, e.g. "1MiB".
     pub reserve_bytes: Option<String>,
+    /// The body of the `[fim]` section (without its header; `[[fim.paths]]` tables may follow);
+    /// `None` turns file integrity off, so that tests which count events see only their sources.
+    pub fim_toml: Option<String>,
     /// More of `agent.toml`, appended as written (sources such as `[[logs.files]]`).
     pub extra_toml: String,
 }
@@ -137,6 +140,10 @@ impl Agent {
             Some(secs) => format!("[metrics]\ninterval = \"{secs}s\"\n\n"),
             None => "[metrics]\nenabled = false\n\n".to_owned(),
         };
+        let fim = match &options.fim_toml {
+            Some(body) => format!("[fim]\n{body}\n"),
+            None => "[fim]\nenabled = false\n\n".to_owned(),
+        };
         let text = format!(
             "data_dir = {data}\n\n\
              [aggregator]\nendpoint = \"quic://127.0.0.1:{port}\"\nserver_name = \"localhost\"\n\
@@ -145,7 +152,7 @@ impl Agent {
              [spool]\n{spool}\n\
              [ship]\nheartbeat_interval = \"1s\"\nreconnect_min = \"50ms\"\nreconnect_max = \"1s\"\n\
              catchup_events_per_sec = 0\n\n[status]\ninterval = \"1h\"\n\n\
-             [log]\ndir = {logs}\n\n{metrics}{synthetic}\n{extra}",
+             [log]\ndir = {logs}\n\n{metrics}{synthetic}\n{extra}\n{fim}",
             data = toml_string(&data_dir),
             ca = toml_string(&cert.ca),
             cert = toml_string(&cert.cert),

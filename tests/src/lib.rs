@@ -37,7 +37,7 @@ pub use aggregator::{Aggregator, AggregatorOptions};
 pub use env::{AgentCert, DEADLINE, Env, binary};
 pub use process::Process;
 pub use seqs::SeqReport;
-pub use store::{Store, StoredLog};
+pub use store::{Store, StoredFim, StoredLog};
 
 /// A path as a TOML basic string, quotes included. JSON string escapes are valid TOML.
 pub fn toml_string(path: &std::path::Path) -> String {

@@ -150,6 +150,35 @@ impl Store {
         Ok(total)
     }
 
+    /// The file-integrity events of `agent_id`, in the order stored: path, change
+    /// (`created`, `modified`, …), and the states before and after (JSON, `Null` when absent).
+    pub fn fim_events(&self, agent_id: &str) -> Result<Vec<StoredFim>, String> {
+        let conn = self.open()?;
+        let mut stmt = conn
+            .prepare(
+                "SELECT path, change, before, after FROM fim_events
+                  WHERE agent_key = (SELECT agent_key FROM agents WHERE agent_id = ?1)
+                  ORDER BY id",
+            )
+            .map_err(|e| self.error(e))?;
+        let json = |s: Option<String>| {
+            s.and_then(|s| serde_json::from_str(&s).ok())
+                .unwrap_or(serde_json::Value::Null)
+        };
+        let rows = stmt
+            .query_map([agent_id], |r| {
+                Ok(StoredFim {
+                    path: r.get(0)?,
+                    change: r.get(1)?,
+                    before: json(r.get(2)?),
+                    after: json(r.get(3)?),
+                })
+            })
+            .map_err(|e| self.error(e))?;
+        rows.collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.error(e))
+    }
+
     /// How many metric points named `name` are stored, from any agent.
     pub fn metric_count(&self, name: &str) -> Result<u64, String> {
         self.count("SELECT count(*) FROM metrics WHERE name = ?1", name)
@@ -213,4 +242,13 @@ pub struct StoredLog {
     pub severity: Option<u8>,
     pub attributes: serde_json::Value,
     pub time_ns: i64,
+}
+
+/// A file-integrity event as the store keeps it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredFim {
+    pub path: String,
+    pub change: String,
+    pub before: serde_json::Value,
+    pub after: serde_json::Value,
 }

@@ -10,6 +10,7 @@ mod auth;
 mod check_config;
 mod delivery;
 mod disk_full;
+mod fim;
 mod fim_trail;
 mod garbage;
 mod host_metrics;

@@ -97,6 +97,29 @@ fn telemetry(p: &mut Points, t: &Telemetry) {
     p.counter(skipped, "{entry}", malformed, &[("reason", "malformed")]);
     let too_long = counters.journal_entries_too_long as f64;
     p.counter(skipped, "{entry}", too_long, &[("reason", "too_long")]);
+    let fim = [
+        (
+            "outpost.agent.fim.paths_scanned",
+            "{path}",
+            counters.fim_paths_scanned,
+        ),
+        (
+            "outpost.agent.fim.bytes_hashed",
+            "By",
+            counters.fim_bytes_hashed,
+        ),
+        ("outpost.agent.fim.events", "{event}", counters.fim_events),
+        ("outpost.agent.fim.scans", "{scan}", counters.fim_scans),
+        ("outpost.agent.fim.rescans", "{scan}", counters.fim_rescans),
+        (
+            "outpost.agent.fim.unreadable",
+            "{path}",
+            counters.fim_unreadable,
+        ),
+    ];
+    for (name, unit, n) in fim {
+        p.counter(name, unit, n as f64, &[]);
+    }
     if let Some(l) = t.ack_latency() {
         let seconds = |us: u64| us as f64 / 1e6;
         let latency = "outpost.agent.send.latency";

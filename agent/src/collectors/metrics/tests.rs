@@ -604,6 +604,12 @@ fn every_metric_has_its_name_unit_kind_and_attributes() {
             Counter,
             &[&["reason"]],
         ),
+        ("outpost.agent.fim.paths_scanned", "{path}", Counter, &[&[]]),
+        ("outpost.agent.fim.bytes_hashed", "By", Counter, &[&[]]),
+        ("outpost.agent.fim.events", "{event}", Counter, &[&[]]),
+        ("outpost.agent.fim.scans", "{scan}", Counter, &[&[]]),
+        ("outpost.agent.fim.rescans", "{scan}", Counter, &[&[]]),
+        ("outpost.agent.fim.unreadable", "{path}", Counter, &[&[]]),
         (
             "outpost.agent.collector.errors",
             "{error}",
