@@ -59,6 +59,7 @@
 //! }
 //! ```
 
+pub mod fim;
 pub mod journal;
 pub mod logs;
 pub mod metrics;
