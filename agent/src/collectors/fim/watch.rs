@@ -47,7 +47,8 @@
 //!   exist, or was removed or moved away, is reported so too).
 //!
 //! A `Tree` covers its own path and everything below it; paths below it reported in the same
-//! batch are folded into it.
+//! batch are folded into it. Entries come in the order of their first occurrence, except that a
+//! `Tree` reported again moves to the end: the last `Tree` naming a path tells its state.
 //!
 //! # Unwatched subtrees: what the consumer must do
 //!
@@ -56,9 +57,11 @@
 //! later [`TreeReason::NewDirectory`] or [`TreeReason::Overflow`] names it or an ancestor.** The
 //! watcher tries again on its own: a directory refused at the limit is retried whenever watches
 //! have been released (a watched directory deleted or moved out), and comes back as
-//! `NewDirectory` once it is watched; a root that was missing, removed or moved away is retried
-//! at the end of each batch and comes back as `NewDirectory` once it exists and is watched; after
-//! an overflow every root is walked again.
+//! `NewDirectory` once it is watched; a root that was missing, removed or moved away is looked
+//! for at the end of each batch and every `max_delay` (of [`Watcher::next`]) while nothing else
+//! happens, and comes back as `NewDirectory` once it exists again (followed by a refusal if it
+//! cannot be watched); after an overflow every root is walked again. A root or directory refused
+//! for another reason (permissions, say) is tried again only after an overflow.
 //!
 //! # Roots
 //!
@@ -149,7 +152,19 @@ impl Watcher {
     pub async fn next(&mut self, quiet: Duration, max_delay: Duration) -> Option<Vec<Dirty>> {
         let mut ended = false;
         while !self.state.has_changes() {
-            match self.events.recv().await {
+            let event = if self.state.lost.is_empty() {
+                self.events.recv().await
+            } else {
+                // Nothing reports a lost root coming back: look for it every `max_delay`.
+                match tokio::time::timeout(max_delay, self.events.recv()).await {
+                    Ok(event) => event,
+                    Err(_) => {
+                        self.state.retry_lost(&mut self.backend);
+                        continue;
+                    }
+                }
+            };
+            match event {
                 Some(event) => {
                     self.take(event);
                 }
@@ -352,7 +367,8 @@ struct State {
     blind: BTreeSet<PathBuf>,
     /// Set when watches were released since `blind` was last retried.
     released: bool,
-    /// Roots (by index) that are unwatched because they were missing, removed or moved away.
+    /// Roots (by index) that are unwatched because they were missing, removed or moved away;
+    /// looked for at the end of each batch and every `max_delay` while there is none.
     lost: BTreeSet<usize>,
     /// File roots (by index) replaced or removed in this batch, whose own watch is re-added.
     touched: BTreeSet<usize>,
@@ -507,11 +523,7 @@ impl State {
 
     fn created(&mut self, w: &mut dyn Watches, path: PathBuf, dir: bool) {
         if dir && self.grows(&path) {
-            self.watch_tree(w, path.clone());
-            self.dirt.push(Dirty::Tree {
-                path,
-                reason: TreeReason::NewDirectory,
-            });
+            self.new_directory(w, path);
             return;
         }
         let files: Vec<usize> = self.file_roots(&path).collect();
@@ -561,13 +573,19 @@ impl State {
             let files: Vec<usize> = self.file_roots(&to).collect();
             self.touched.extend(files);
             if self.grows(&to) && fs::symlink_metadata(&to).is_ok_and(|m| m.is_dir()) {
-                self.watch_tree(w, to.clone());
-                self.dirt.push(Dirty::Tree {
-                    path: to,
-                    reason: TreeReason::NewDirectory,
-                });
+                self.new_directory(w, to);
             }
         }
+    }
+
+    /// A directory to watch with what is below it. `NewDirectory` comes first, so that the
+    /// refusals the walk reports after it prevail.
+    fn new_directory(&mut self, w: &mut dyn Watches, path: PathBuf) {
+        self.dirt.push(Dirty::Tree {
+            path: path.clone(),
+            reason: TreeReason::NewDirectory,
+        });
+        self.watch_tree(w, path);
     }
 
     /// Resolves a rename half whose other half did not come: it was a move out of or into the
@@ -611,17 +629,7 @@ impl State {
     /// replaced file roots watched again.
     fn finish_batch(&mut self, w: &mut dyn Watches) {
         self.resolve(w);
-        for i in self.lost.clone() {
-            if fs::symlink_metadata(&self.roots[i].path).is_ok() {
-                self.lost.remove(&i);
-                if self.watch_root(w, i) {
-                    self.dirt.push(Dirty::Tree {
-                        path: self.roots[i].path.clone(),
-                        reason: TreeReason::NewDirectory,
-                    });
-                }
-            }
-        }
+        self.retry_lost(w);
         for i in std::mem::take(&mut self.touched) {
             let path = self.roots[i].path.clone();
             if self.roots[i].file && !self.lost.contains(&i) && fs::symlink_metadata(&path).is_ok()
@@ -635,20 +643,31 @@ impl State {
                     break;
                 }
                 self.blind.remove(&path);
-                let root = self.roots.iter().position(|r| r.path == path);
-                let watched = match root {
-                    Some(i) => self.watch_root(w, i),
-                    None => {
-                        self.watch_tree(w, path.clone());
-                        self.watched.contains(&path)
+                match self.roots.iter().position(|r| r.path == path) {
+                    Some(i) => {
+                        self.dirt.push(Dirty::Tree {
+                            path,
+                            reason: TreeReason::NewDirectory,
+                        });
+                        self.watch_root(w, i);
                     }
-                };
-                if watched {
-                    self.dirt.push(Dirty::Tree {
-                        path,
-                        reason: TreeReason::NewDirectory,
-                    });
+                    None => self.new_directory(w, path),
                 }
+            }
+        }
+    }
+
+    /// Watches again the roots that were missing, removed or moved away and exist now.
+    fn retry_lost(&mut self, w: &mut dyn Watches) {
+        for i in self.lost.clone() {
+            let path = self.roots[i].path.clone();
+            if fs::symlink_metadata(&path).is_ok() {
+                self.lost.remove(&i);
+                self.dirt.push(Dirty::Tree {
+                    path,
+                    reason: TreeReason::NewDirectory,
+                });
+                self.watch_root(w, i);
             }
         }
     }
@@ -659,7 +678,9 @@ impl State {
         let is_dir = match fs::metadata(&path) {
             Ok(meta) => meta.is_dir(),
             Err(e) => {
-                self.lost.insert(i);
+                if e.kind() == io::ErrorKind::NotFound {
+                    self.lost.insert(i);
+                }
                 self.dirt.push(Dirty::Tree {
                     path,
                     reason: TreeReason::WatchFailed(e.to_string()),
@@ -698,10 +719,7 @@ impl State {
             Refusal::Gone => {
                 self.lost.insert(i);
             }
-            Refusal::Failed(reason) => {
-                self.lost.insert(i);
-                self.refuse(path, Refusal::Failed(reason));
-            }
+            Refusal::Failed(reason) => self.refuse(path, Refusal::Failed(reason)),
         }
     }
 
@@ -828,9 +846,8 @@ impl Dirt {
                 }
             }
             Dirty::Tree { path, .. } => {
-                if self.entries.contains(&dirty) {
-                    return;
-                }
+                // A later report on a subtree supersedes an earlier one: it moves to the end.
+                self.entries.retain(|e| *e != dirty);
                 self.entries
                     .retain(|e| !matches!(e, Dirty::Path(p) if p.starts_with(path)));
                 self.paths.retain(|p| !p.starts_with(path));
@@ -1199,6 +1216,35 @@ mod tests {
         fs::write(&written, "x").unwrap();
         until(&mut w, |seen| has_path(seen, &written)).await;
         assert_eq!(w.stats().watches, 2);
+    }
+
+    #[tokio::test]
+    async fn a_removed_root_is_reported_and_watched_again_once_it_is_back() {
+        let (_dir, parent) = tempdir();
+        let dir = parent.join("root");
+        fs::create_dir(&dir).unwrap();
+        fs::write(dir.join("f"), "x").unwrap();
+        let mut w = start(vec![root(&dir, true, &[])], 100);
+        assert_eq!(w.stats().watches, 1);
+
+        fs::remove_dir_all(&dir).unwrap();
+        let failed = |seen: &[Dirty]| {
+            seen.iter().any(|d| {
+                matches!(d, Dirty::Tree { path, reason: TreeReason::WatchFailed(_) } if *path == dir)
+            })
+        };
+        until(&mut w, failed).await;
+        assert_eq!(w.stats().watches, 0);
+
+        fs::create_dir(&dir).unwrap();
+        until(&mut w, |seen| {
+            seen.contains(&tree(&dir, TreeReason::NewDirectory))
+        })
+        .await;
+        let written = dir.join("g");
+        fs::write(&written, "x").unwrap();
+        until(&mut w, |seen| has_path(seen, &written)).await;
+        assert_eq!(w.stats().watches, 1);
     }
 
     /// Lowers the kernel's inotify queue size while it lives.
