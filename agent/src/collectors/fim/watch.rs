@@ -135,7 +135,55 @@ impl Watcher {
             format!("cannot use inotify: {e}")
         });
         // Without inotify nothing will ever send: `next` reports the roots once, then ends.
-        let mut backend = Backend { inner };
+        Watcher::with_backend(Backend { inner }, events, dropped, roots, max_watches)
+    }
+
+    /// Waits for changes, then coalesces until `quiet` passes with no new one (at most `max_delay` after the first); None once it has ended.
+    pub async fn next(&mut self, quiet: Duration, max_delay: Duration) -> Option<Vec<Dirty>> {
+        // Cancel-safe: what was collected stays in `self.state` for the next call.
+        loop {
+            let ended = !self.wait_for_change(max_delay).await;
+            if !ended {
+                let last = Instant::now() + max_delay;
+                let mut changed = Instant::now();
+                loop {
+                    let deadline = (changed + quiet).min(last);
+                    match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                        Ok(Some(event)) => {
+                            if self.take(event) {
+                                changed = Instant::now();
+                            }
+                        }
+                        Ok(None) | Err(_) => break,
+                    }
+                }
+            }
+            self.state.finish_batch(&mut self.backend);
+            let batch = self.state.dirt.take();
+            // A batch can come out empty: a rename half of a sibling of a file root, say.
+            if !batch.is_empty() {
+                return Some(batch);
+            }
+            if ended {
+                return None;
+            }
+        }
+    }
+
+    pub fn stats(&self) -> WatchStats {
+        WatchStats {
+            watches: self.state.watched.len(),
+            ..self.state.stats
+        }
+    }
+
+    fn with_backend(
+        mut backend: Backend,
+        events: mpsc::Receiver<notify::Result<notify::Event>>,
+        dropped: Arc<AtomicBool>,
+        roots: Vec<WatchRoot>,
+        max_watches: usize,
+    ) -> Watcher {
         let mut state = State::new(roots, max_watches);
         for i in 0..state.roots.len() {
             state.watch_root(&mut backend, i);
@@ -148,9 +196,8 @@ impl Watcher {
         }
     }
 
-    /// Waits for changes, then coalesces until `quiet` passes with no new one (at most `max_delay` after the first); None once it has ended.
-    pub async fn next(&mut self, quiet: Duration, max_delay: Duration) -> Option<Vec<Dirty>> {
-        let mut ended = false;
+    /// Waits until something is to be reported; false if no event will ever come.
+    async fn wait_for_change(&mut self, max_delay: Duration) -> bool {
         while !self.state.has_changes() {
             let event = if self.state.lost.is_empty() {
                 self.events.recv().await
@@ -168,41 +215,10 @@ impl Watcher {
                 Some(event) => {
                     self.take(event);
                 }
-                None => {
-                    ended = true;
-                    break;
-                }
+                None => return false,
             }
         }
-        if !ended {
-            let last = Instant::now() + max_delay;
-            let mut changed = Instant::now();
-            loop {
-                let deadline = (changed + quiet).min(last);
-                match tokio::time::timeout_at(deadline, self.events.recv()).await {
-                    Ok(Some(event)) => {
-                        if self.take(event) {
-                            changed = Instant::now();
-                        }
-                    }
-                    Ok(None) | Err(_) => break,
-                }
-            }
-        }
-        self.state.finish_batch(&mut self.backend);
-        let batch = self.state.dirt.take();
-        if batch.is_empty() && ended {
-            None
-        } else {
-            Some(batch)
-        }
-    }
-
-    pub fn stats(&self) -> WatchStats {
-        WatchStats {
-            watches: self.state.watched.len(),
-            ..self.state.stats
-        }
+        true
     }
 
     /// Handles one notify event; returns whether it concerned the roots.
@@ -1245,6 +1261,40 @@ mod tests {
         fs::write(&written, "x").unwrap();
         until(&mut w, |seen| has_path(seen, &written)).await;
         assert_eq!(w.stats().watches, 1);
+    }
+
+    #[tokio::test]
+    async fn without_inotify_every_root_comes_back_unwatched_and_the_watcher_ends() {
+        let (_dir, dir) = tempdir();
+        let file = dir.join("f");
+        fs::write(&file, "x").unwrap();
+        let missing = dir.join("missing");
+        let (tx, events) = mpsc::channel(1);
+        drop(tx);
+        let backend = Backend {
+            inner: Err("cannot use inotify: too many instances".to_owned()),
+        };
+        let roots = vec![
+            root(&dir, true, &[]),
+            root(&file, false, &[]),
+            root(&missing, true, &[]),
+        ];
+        let mut w = Watcher::with_backend(backend, events, Arc::default(), roots, 100);
+
+        let failed = |path: &Path| {
+            tree(
+                path,
+                TreeReason::WatchFailed("cannot use inotify: too many instances".to_owned()),
+            )
+        };
+        let batch = w.next(QUIET, MAX_DELAY).await.unwrap();
+        assert_eq!(batch.len(), 3, "{batch:#?}");
+        assert_eq!(batch[..2], [failed(&dir), failed(&file)]);
+        assert!(
+            matches!(&batch[2], Dirty::Tree { path, reason: TreeReason::WatchFailed(_) } if *path == missing)
+        );
+        assert_eq!(w.next(QUIET, MAX_DELAY).await, None);
+        assert_eq!(w.stats(), WatchStats::default());
     }
 
     /// Lowers the kernel's inotify queue size while it lives.
