@@ -1297,6 +1297,34 @@ mod tests {
         assert_eq!(w.stats(), WatchStats::default());
     }
 
+    #[tokio::test]
+    async fn directories_moved_out_or_deleted_release_their_watches() {
+        let (_dir, dir) = tempdir();
+        let (_outside, outside) = tempdir();
+        let (leaving, deleted) = (dir.join("leaving"), dir.join("deleted"));
+        fs::create_dir_all(leaving.join("sub")).unwrap();
+        fs::create_dir_all(deleted.join("sub")).unwrap();
+        let mut w = start(vec![root(&dir, true, &[])], 100);
+        assert_eq!(w.stats().watches, 5);
+
+        let gone = outside.join("leaving");
+        fs::rename(&leaving, &gone).unwrap();
+        fs::remove_dir_all(&deleted).unwrap();
+        until(&mut w, |seen| {
+            seen.contains(&moved(Some(&leaving), None)) && has_path(seen, &deleted)
+        })
+        .await;
+        assert_eq!(w.stats().watches, 1);
+
+        // No longer watched: writes there produce nothing, and the marker comes after them.
+        fs::write(gone.join("x"), "x").unwrap();
+        fs::write(gone.join("sub").join("y"), "x").unwrap();
+        let marker = dir.join("marker");
+        fs::write(&marker, "x").unwrap();
+        let seen = until(&mut w, |seen| has_path(seen, &marker)).await;
+        assert_eq!(seen, [Dirty::Path(marker)]);
+    }
+
     /// Lowers the kernel's inotify queue size while it lives.
     struct LoweredQueue {
         old: String,
@@ -1368,14 +1396,21 @@ mod tests {
         Watcher::start(roots, 100)
     }
 
-    /// Records the watches asked for; refuses none.
+    /// Records the watches asked for; refuses those beyond `kernel_limit` as the kernel does.
     #[derive(Debug, Default)]
     struct Recorded {
         added: Vec<PathBuf>,
+        kernel_limit: Option<usize>,
     }
 
     impl Watches for Recorded {
         fn add(&mut self, path: &Path) -> Result<(), Refusal> {
+            if self
+                .kernel_limit
+                .is_some_and(|limit| self.added.len() >= limit)
+            {
+                return Err(Refusal::Limit);
+            }
             self.added.push(path.to_owned());
             Ok(())
         }
@@ -1411,6 +1446,30 @@ mod tests {
         );
         assert!(state.watched.contains(&dir.join("sub").join("new")));
         assert_eq!(state.watched.len(), 4);
+    }
+
+    #[test]
+    fn the_kernels_watch_limit_is_reported_like_max_watches() {
+        let (_dir, dir) = tempdir();
+        for name in ["a", "b", "c"] {
+            fs::create_dir(dir.join(name)).unwrap();
+        }
+        let mut watches = Recorded {
+            kernel_limit: Some(2),
+            ..Recorded::default()
+        };
+        let mut state = State::new(vec![root(&dir, true, &[])], 100);
+        assert!(state.watch_root(&mut watches, 0));
+        assert_eq!(watches.added, [dir.clone(), dir.join("a")]);
+        assert_eq!(
+            state.dirt.take(),
+            [
+                tree(&dir.join("b"), TreeReason::WatchLimit),
+                tree(&dir.join("c"), TreeReason::WatchLimit)
+            ]
+        );
+        assert_eq!(state.stats.limit_hits, 2);
+        assert_eq!(state.watched.len(), 2);
     }
 
     #[test]
