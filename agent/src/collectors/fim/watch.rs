@@ -79,6 +79,9 @@
 //! overflow likelier. Adding watches (at start, for new directories, after an overflow) walks the
 //! directories on the calling task: [`Watcher::start`] blocks, and [`Watcher::next`] may briefly
 //! block while a large directory tree is moved in.
+//!
+//! [`Watcher::next`] is cancel-safe (it can sit in a `select!` with shutdown): what it collected
+//! before being dropped comes back from the next call.
 
 use std::collections::{BTreeSet, HashSet};
 use std::fs;
@@ -383,6 +386,8 @@ struct State {
     blind: BTreeSet<PathBuf>,
     /// Set when watches were released since `blind` was last retried.
     released: bool,
+    /// Set by an overflow: the roots are walked again at the end of the batch.
+    resync: bool,
     /// Roots (by index) that are unwatched because they were missing, removed or moved away;
     /// looked for at the end of each batch and every `max_delay` while there is none.
     lost: BTreeSet<usize>,
@@ -412,6 +417,7 @@ impl State {
             watched: BTreeSet::new(),
             blind: BTreeSet::new(),
             released: false,
+            resync: false,
             lost: BTreeSet::new(),
             touched: BTreeSet::new(),
             pending: None,
@@ -614,7 +620,8 @@ impl State {
         }
     }
 
-    /// Events were lost: every root is dirty, and watched again from scratch.
+    /// Events were lost: every root is dirty, and is walked again at the end of the batch (once,
+    /// however many overflows a storm brings).
     fn overflow(&mut self, w: &mut dyn Watches) {
         self.stats.overflows += 1;
         self.resolve(w);
@@ -624,6 +631,12 @@ impl State {
                 reason: TreeReason::Overflow,
             });
         }
+        self.resync = true;
+    }
+
+    /// Watches the directories created while events were lost and drops the watches of those
+    /// gone meanwhile.
+    fn resync(&mut self, w: &mut dyn Watches) {
         let gone: Vec<PathBuf> = self
             .watched
             .iter()
@@ -641,10 +654,13 @@ impl State {
         }
     }
 
-    /// The end of a batch: pending renames resolved, lost roots and blind directories retried,
-    /// replaced file roots watched again.
+    /// The end of a batch: pending renames resolved, the roots walked again after an overflow,
+    /// lost roots and blind directories retried, replaced file roots watched again.
     fn finish_batch(&mut self, w: &mut dyn Watches) {
         self.resolve(w);
+        if std::mem::take(&mut self.resync) {
+            self.resync(w);
+        }
         self.retry_lost(w);
         for i in std::mem::take(&mut self.touched) {
             let path = self.roots[i].path.clone();
@@ -845,6 +861,7 @@ impl State {
 struct Dirt {
     entries: Vec<Dirty>,
     paths: HashSet<PathBuf>,
+    moves: HashSet<(Option<PathBuf>, Option<PathBuf>)>,
     trees: Vec<PathBuf>,
     /// Calls to `push`, deduplicated or not: whether something happened.
     pushes: u64,
@@ -869,8 +886,8 @@ impl Dirt {
                 self.paths.retain(|p| !p.starts_with(path));
                 self.trees.push(path.clone());
             }
-            Dirty::Moved { .. } => {
-                if self.entries.contains(&dirty) {
+            Dirty::Moved { from, to } => {
+                if !self.moves.insert((from.clone(), to.clone())) {
                     return;
                 }
             }
@@ -884,6 +901,7 @@ impl Dirt {
 
     fn take(&mut self) -> Vec<Dirty> {
         self.paths.clear();
+        self.moves.clear();
         self.trees.clear();
         std::mem::take(&mut self.entries)
     }
@@ -1435,8 +1453,10 @@ mod tests {
 
         // What notify's inotify backend sends for IN_Q_OVERFLOW.
         let event = notify::Event::new(EventKind::Other).set_flag(Flag::Rescan);
+        assert!(state.handle(&mut watches, event.clone()));
         assert!(state.handle(&mut watches, event));
-        assert_eq!(state.stats.overflows, 1);
+        assert_eq!(state.stats.overflows, 2);
+        state.finish_batch(&mut watches);
         assert_eq!(
             state.dirt.take(),
             [
@@ -1446,6 +1466,8 @@ mod tests {
         );
         assert!(state.watched.contains(&dir.join("sub").join("new")));
         assert_eq!(state.watched.len(), 4);
+        // Walked again once for the two overflows: the three watches again, and the new one.
+        assert_eq!(watches.added.len(), 3 + 4);
     }
 
     #[test]
