@@ -25,6 +25,7 @@ pub mod realtime;
 pub mod scan;
 pub mod schedule;
 pub mod state;
+pub mod watch;
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -338,9 +339,19 @@ impl Source for Fim {
     }
 
     async fn run(self, ctx: Context) {
-        // The watcher plugs in here: `|roots| Some(watch::Watcher::start(roots, max_watches))`
-        // with its `WatchRoot`s made from `roots` (see `realtime::RealtimeRoot`).
-        self.run_with(ctx, |_| None::<realtime::NoFeed>).await;
+        let max_watches = self.config.max_watches;
+        self.run_with(ctx, move |roots| {
+            let roots = roots
+                .into_iter()
+                .map(|root| watch::WatchRoot {
+                    path: root.path,
+                    recursive: root.recursive,
+                    exclude: root.exclude,
+                })
+                .collect();
+            Some(watch::Watcher::start(roots, max_watches))
+        })
+        .await;
     }
 }
 
@@ -383,7 +394,7 @@ impl Fim {
         };
         if realtime && feed.is_none() {
             warn!(
-                "fim: realtime watching is not available in this build; realtime paths are checked by the scans"
+                "fim: the realtime paths cannot be watched; they are checked by the scans"
             );
         }
         let mut feed = feed;

@@ -29,32 +29,7 @@ use super::state;
 use crate::collectors::Context;
 use crate::internal_events::{FimScanFinished, FimScanKind};
 
-/// A path, rename or subtree that may have changed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Dirty {
-    /// Check this one path against the baseline.
-    Path(PathBuf),
-    /// A rename the kernel paired (a side outside the watched paths is `None`).
-    Moved {
-        from: Option<PathBuf>,
-        to: Option<PathBuf>,
-    },
-    /// Rescan this subtree against the baseline.
-    Tree { path: PathBuf, reason: TreeReason },
-}
-
-/// Why a subtree must be rescanned.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TreeReason {
-    /// A directory appeared: its entries were not watched yet.
-    NewDirectory,
-    /// The kernel's event queue overflowed: changes were lost.
-    Overflow,
-    /// The watch limit was reached: the subtree is not watched.
-    WatchLimit,
-    /// Watching failed.
-    WatchFailed(String),
-}
+pub use super::watch::{Dirty, TreeReason};
 
 /// A realtime path to watch: the fields of the watcher's `WatchRoot`.
 #[derive(Debug, Clone)]
@@ -75,13 +50,13 @@ pub trait Feed: Send + 'static {
     ) -> impl Future<Output = Option<Vec<Dirty>>> + Send;
 }
 
-/// No watcher: realtime paths are checked by the scans alone.
-#[derive(Debug)]
-pub enum NoFeed {}
-
-impl Feed for NoFeed {
-    async fn next(&mut self, _: Duration, _: Duration) -> Option<Vec<Dirty>> {
-        match *self {}
+impl Feed for super::watch::Watcher {
+    fn next(
+        &mut self,
+        quiet: Duration,
+        max_delay: Duration,
+    ) -> impl Future<Output = Option<Vec<Dirty>>> + Send {
+        super::watch::Watcher::next(self, quiet, max_delay)
     }
 }
 
