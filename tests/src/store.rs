@@ -156,7 +156,7 @@ impl Store {
         let conn = self.open()?;
         let mut stmt = conn
             .prepare(
-                "SELECT path, change, before, after FROM fim_events
+                "SELECT path, change, before, after, changed, moved_from, detected_by, seq FROM fim_events
                   WHERE agent_key = (SELECT agent_key FROM agents WHERE agent_id = ?1)
                   ORDER BY id",
             )
@@ -172,6 +172,13 @@ impl Store {
                     change: r.get(1)?,
                     before: json(r.get(2)?),
                     after: json(r.get(3)?),
+                    changed: r
+                        .get::<_, Option<String>>(4)?
+                        .and_then(|s| serde_json::from_str(&s).ok())
+                        .unwrap_or_default(),
+                    moved_from: r.get(5)?,
+                    detected_by: r.get::<_, Option<String>>(6)?.unwrap_or_default(),
+                    seq: r.get::<_, Option<i64>>(7)?.unwrap_or(0).cast_unsigned(),
                 })
             })
             .map_err(|e| self.error(e))?;
@@ -251,4 +258,10 @@ pub struct StoredFim {
     pub change: String,
     pub before: serde_json::Value,
     pub after: serde_json::Value,
+    /// The names of the attributes that changed.
+    pub changed: Vec<String>,
+    pub moved_from: Option<String>,
+    /// `realtime`, `scheduled` or `rescan`.
+    pub detected_by: String,
+    pub seq: u64,
 }

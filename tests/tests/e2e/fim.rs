@@ -1,7 +1,9 @@
-//! File integrity end to end: the agent records a baseline of a test tree, is stopped, a
-//! scripted set of changes is made, and at its restart the rescan must report each change
-//! exactly once, of the right kind, in the aggregator's store. A SIGKILL in the middle of a
-//! rescan must neither lose a change nor report one twice.
+//! File integrity end to end: the agent records a baseline of a test tree, then a scripted set
+//! of changes is made — while the agent watches the tree (realtime), or while it is stopped (the
+//! rescan at its restart) — and each change must be reported exactly once, of the right kind, in
+//! the aggregator's store. A SIGKILL in the middle of a rescan must neither lose a change nor
+//! report one twice, and lost notifications (an inotify queue overflow) must lead to a rescan that
+//! still reports every change.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -63,6 +65,71 @@ fn wait_rescanned(env: &Env, agent: &Agent, scans: usize) {
     });
 }
 
+fn realtime_options(root: &Path) -> AgentOptions {
+    AgentOptions {
+        // A generous quiet period: a burst of changes to one path is checked once, even on a
+        // busy machine that pauses the script between them.
+        fim_toml: Some(format!(
+            "hash_mib_per_sec = 0\ncoalesce = \"2s\"\ncoalesce_max = \"60s\"\n\n\
+             [[fim.paths]]\npath = {}\nmode = \"realtime\"\n",
+            toml_string(root)
+        )),
+        ..AgentOptions::default()
+    }
+}
+
+/// Waits until the store holds exactly the events `want` (by relative path, one each), then
+/// creates a last file and waits for its event: events arrive in order, so once it is there,
+/// anything reported twice would be too.
+fn wait_exactly(env: &Env, store: &Store, t: &Path, want: &BTreeMap<String, &'static str>) {
+    env.wait_for("the changes' events", || {
+        let got = stored(store, t);
+        let by_path: BTreeMap<String, &str> =
+            got.iter().map(|(p, c)| (p.clone(), c.as_str())).collect();
+        if by_path.len() == want.len() && by_path.iter().all(|(p, c)| want.get(p) == Some(c)) {
+            Ok(())
+        } else {
+            Err(format!("{got:?}"))
+        }
+    });
+    write(&t.join("zz-last"), "the last change");
+    env.wait_for("the last change's event", || {
+        let got = stored(store, t);
+        if got.iter().any(|(p, _)| p == "zz-last") {
+            Ok(())
+        } else {
+            Err(format!("{} events", got.len()))
+        }
+    });
+    let got = stored(store, t);
+    let mut want: Vec<(String, String)> = want
+        .iter()
+        .map(|(p, c)| (p.clone(), (*c).to_owned()))
+        .collect();
+    want.push(("zz-last".to_owned(), "created".to_owned()));
+    want.sort();
+    let mut sorted = got.clone();
+    sorted.sort();
+    assert_eq!(
+        sorted,
+        want,
+        "[{}] events stored, in order: {got:?}",
+        env.name()
+    );
+}
+
+/// The trail of the stored events is 1, 2, … without a gap.
+fn assert_trail(store: &Store) {
+    let seqs: Vec<u64> = store
+        .fim_events(AGENT)
+        .unwrap_or_else(|e| panic!("cannot read the store: {e}"))
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    let want: Vec<u64> = (1..=seqs.len() as u64).collect();
+    assert_eq!(seqs, want);
+}
+
 /// Path (relative to `root`) and change of each stored event, in order.
 fn stored(store: &Store, root: &Path) -> Vec<(String, String)> {
     store
@@ -78,8 +145,19 @@ fn stored(store: &Store, root: &Path) -> Vec<(String, String)> {
         .collect()
 }
 
+/// How the changes are watched.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Watched {
+    /// By a scan (or a rescan) that compares everything.
+    Scan,
+    /// By inotify: a hard link made to a file changes the file's link count, which the kernel
+    /// tells only watches on the file itself, not those on its directory, so the file's own
+    /// event waits for the next scan.
+    Realtime,
+}
+
 /// The scripted changes; returns the events they must yield, by relative path.
-fn make_changes(t: &Path) -> BTreeMap<String, &'static str> {
+fn make_changes(t: &Path, watched: Watched) -> BTreeMap<String, &'static str> {
     let mut want = BTreeMap::new();
     let mut expect = |p: &str, c: &'static str| {
         assert!(want.insert(p.to_owned(), c).is_none(), "{p} twice");
@@ -144,7 +222,9 @@ fn make_changes(t: &Path) -> BTreeMap<String, &'static str> {
     // A hard link added: the new name is created, the file's link count changes.
     fs::hard_link(t.join("i"), t.join("i-link")).expect("a change to the test tree");
     expect("i-link", "created");
-    expect("i", "metadata_changed");
+    if watched == Watched::Scan {
+        expect("i", "metadata_changed");
+    }
     // An extended attribute changed (where the filesystem keeps user attributes).
     if rustix::fs::lsetxattr(
         t.join("j"),
@@ -188,7 +268,7 @@ fn fim_a_rescan_at_restart_reports_each_change_made_while_stopped_once() {
     assert_eq!(stored(&store, &t), [], "a baseline reports nothing");
 
     agent.terminate();
-    let want = make_changes(&t);
+    let want = make_changes(&t, Watched::Scan);
     agent.restart();
     wait_rescanned(&env, &agent, 1);
     let got = stored(&store, &t);
@@ -203,10 +283,22 @@ fn fim_a_rescan_at_restart_reports_each_change_made_while_stopped_once() {
     );
     // What the store keeps of a move and a modification.
     let events = store.fim_events(AGENT).unwrap();
+    assert!(events.iter().all(|e| e.detected_by == "rescan"));
+    assert_trail(&store);
     let renamed = events
         .iter()
         .find(|e| e.path.ends_with("g-renamed"))
         .unwrap();
+    assert_eq!(
+        renamed.moved_from.as_deref(),
+        Some(t.join("g").to_str().unwrap())
+    );
+    let chmodded = events.iter().find(|e| e.path.ends_with("/c")).unwrap();
+    assert!(
+        chmodded.changed.iter().any(|c| c == "mode"),
+        "{:?}",
+        chmodded.changed
+    );
     assert_eq!(renamed.before["hash"], renamed.after["hash"]);
     assert!(
         renamed.before["hash"]
@@ -381,4 +473,104 @@ fn fim_scheduled_scans_find_changes_while_the_agent_runs() {
     let seen = scans(&agent);
     env.wait_until("two more scheduled scans", || scans(&agent) >= seen + 2);
     assert_eq!(stored(&store, &t).len(), 2);
+}
+
+#[test]
+fn fim_realtime_reports_each_change_once_as_it_happens() {
+    let env = Env::new("fim-realtime");
+    let t = env.path().join("watched");
+    tree(&t);
+    let aggregator = env.start_aggregator();
+    let cert = env.issue_agent(AGENT);
+    let agent = env.start_agent(&cert, &aggregator, realtime_options(&t));
+    let store = aggregator.store();
+    wait_baseline(&env, &store);
+    assert_eq!(stored(&store, &t), [], "a baseline reports nothing");
+
+    let want = make_changes(&t, Watched::Realtime);
+    wait_exactly(&env, &store, &t, &want);
+    let events = store.fim_events(AGENT).unwrap();
+    let not_realtime: Vec<&str> = events
+        .iter()
+        .filter(|e| e.detected_by != "realtime")
+        .map(|e| e.path.as_str())
+        .collect();
+    assert_eq!(
+        not_realtime,
+        Vec::<&str>::new(),
+        "found by a scan, not the watcher"
+    );
+    assert_trail(&store);
+    let renamed = events
+        .iter()
+        .find(|e| e.path.ends_with("dir-renamed/x"))
+        .unwrap();
+    assert_eq!(
+        renamed.moved_from.as_deref(),
+        Some(t.join("dir/x").to_str().unwrap())
+    );
+    assert_eq!(agent.log_count("collector failing"), 0, "{}", agent.log());
+}
+
+/// Sets `/proc/sys/fs/inotify/max_queued_events` and puts the old value back when dropped.
+struct QueueSize {
+    old: String,
+}
+
+const QUEUE_SIZE: &str = "/proc/sys/fs/inotify/max_queued_events";
+
+impl QueueSize {
+    fn set(events: u32) -> Option<QueueSize> {
+        let old = fs::read_to_string(QUEUE_SIZE).ok()?;
+        fs::write(QUEUE_SIZE, events.to_string()).ok()?;
+        Some(QueueSize { old })
+    }
+}
+
+impl Drop for QueueSize {
+    fn drop(&mut self) {
+        let _ = fs::write(QUEUE_SIZE, self.old.trim());
+    }
+}
+
+#[test]
+fn fim_an_inotify_overflow_leads_to_a_rescan_that_reports_every_change() {
+    const FILES: usize = 300;
+    let env = Env::new("fim-overflow");
+    let t = env.path().join("watched");
+    fs::create_dir_all(&t).unwrap();
+    for i in 0..FILES {
+        write(&t.join(format!("f{i:03}")), "original");
+    }
+    let aggregator = env.start_aggregator();
+    let cert = env.issue_agent(AGENT);
+    // The kernel sizes an inotify queue when the instance is made: lowered until the agent's
+    // watcher has made its own (which is before its baseline starts), then put back.
+    let queue = QueueSize::set(16).expect("this test lowers the inotify queue size, as root");
+    let agent = env.start_agent(&cert, &aggregator, realtime_options(&t));
+    let store = aggregator.store();
+    wait_baseline(&env, &store);
+    drop(queue);
+
+    // Far more notifications than the queue holds, in one burst.
+    let mut want = BTreeMap::new();
+    for i in 0..FILES {
+        let name = format!("f{i:03}");
+        write(&t.join(&name), "modified!");
+        want.insert(name, "modified");
+    }
+    wait_exactly(&env, &store, &t, &want);
+    let events = store.fim_events(AGENT).unwrap();
+    assert!(
+        events.iter().any(|e| e.detected_by == "rescan"),
+        "no change was found by a rescan: {:?}",
+        events.iter().map(|e| &e.detected_by).collect::<Vec<_>>()
+    );
+    assert_trail(&store);
+    // The status said so while the rescan ran.
+    assert!(
+        agent.log().contains("fim.realtime"),
+        "the agent's log does not mention the lost notifications:\n{}",
+        agent.log()
+    );
 }

@@ -393,9 +393,7 @@ impl Fim {
             None
         };
         if realtime && feed.is_none() {
-            warn!(
-                "fim: the realtime paths cannot be watched; they are checked by the scans"
-            );
+            warn!("fim: the realtime paths cannot be watched; they are checked by the scans");
         }
         let mut feed = feed;
         let mut blind = realtime::Blind::default();
