@@ -21,6 +21,7 @@
 
 pub mod compare;
 pub mod key;
+mod prefetch;
 pub mod realtime;
 pub mod scan;
 pub mod schedule;

@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use super::compare::{self, Attrs};
 use super::key;
+use super::prefetch::Prefetch;
 use super::state::{self, Budget, Observe};
 use crate::spool::{Class, StateChange, StateRow, Submission};
 
@@ -271,6 +272,9 @@ impl Engine {
             },
         };
         let mut walk = Walk::new(self, target);
+        if initial {
+            walk.read_ahead = Some((Prefetch::start(), merge.fresh.clone()));
+        }
         let mut rows = Rows::new(target);
         let mut entry = walk.next();
         loop {
@@ -737,6 +741,9 @@ struct Walk<'e> {
     starts: VecDeque<(usize, Vec<u8>, bool)>,
     stack: Vec<Level>,
     visited: u64,
+    /// During a baseline: the read-ahead, and by root whether its baseline is being recorded
+    /// (the files of those roots are all hashed, so they are read ahead).
+    read_ahead: Option<(Prefetch, Vec<bool>)>,
 }
 
 impl<'e> Walk<'e> {
@@ -754,6 +761,7 @@ impl<'e> Walk<'e> {
             starts,
             stack: Vec::new(),
             visited: 0,
+            read_ahead: None,
         }
     }
 
@@ -764,6 +772,11 @@ impl<'e> Walk<'e> {
                     self.stack.pop();
                     continue;
                 };
+                if let Some((prefetch, fresh)) = &self.read_ahead
+                    && fresh[level.root]
+                {
+                    prefetch.reached();
+                }
                 let path = level.dir.join(&name);
                 let key = key::child(&level.key, &name);
                 let (root, depth) = (level.root, level.depth + 1);
@@ -821,6 +834,11 @@ impl<'e> Walk<'e> {
             match list(&path) {
                 Ok(mut names) => {
                     names.sort_by(|a, b| b.as_bytes().cmp(a.as_bytes()));
+                    if let Some((prefetch, fresh)) = &self.read_ahead
+                        && fresh[root]
+                    {
+                        prefetch.queue(names.iter().rev().map(|name| path.join(name)));
+                    }
                     self.stack.push(Level {
                         dir: path.clone(),
                         key: key.clone(),
