@@ -574,3 +574,49 @@ fn fim_an_inotify_overflow_leads_to_a_rescan_that_reports_every_change() {
         agent.log()
     );
 }
+
+#[test]
+fn fim_a_kill9_during_a_burst_of_changes_neither_loses_nor_repeats_one() {
+    const FILES: usize = 2000;
+    let env = Env::new("fim-burst-kill9");
+    let t = env.path().join("watched");
+    fs::create_dir_all(&t).unwrap();
+    for i in 0..FILES {
+        write(&t.join(format!("f{i:05}")), "original");
+    }
+    let aggregator = env.start_aggregator();
+    let cert = env.issue_agent(AGENT);
+    let mut options = realtime_options(&t);
+    if let Some(fim) = options.fim_toml.as_mut() {
+        // Checks of 400 paths a second: the burst's checks span several submissions.
+        *fim = format!("files_per_sec = 400\n{fim}");
+        *fim = fim.replace("coalesce = \"2s\"", "coalesce = \"200ms\"");
+    }
+    let mut agent = env.start_agent(&cert, &aggregator, options);
+    let store = aggregator.store();
+    wait_baseline(&env, &store);
+
+    let mut want = BTreeMap::new();
+    for i in 0..FILES {
+        let name = format!("f{i:05}");
+        write(&t.join(&name), "modified!");
+        want.insert(name, "modified");
+    }
+    let first = env.wait_for("the first events of the burst", || {
+        let n = store.fim_events(AGENT)?.len();
+        if n > 0 {
+            Ok(n)
+        } else {
+            Err("none yet".to_owned())
+        }
+    });
+    agent.kill9();
+    assert!(
+        first < FILES,
+        "the burst was all reported before the kill ({first} events)"
+    );
+    // The rescan at restart finds what the watcher had not reported yet.
+    agent.restart();
+    wait_exactly(&env, &store, &t, &want);
+    assert_trail(&store);
+}

@@ -141,7 +141,8 @@ pub struct Config {
     /// the host's identity, so that a fleet does not scan all at once (at most `scan_interval`).
     #[serde(with = "humantime_serde")]
     pub scan_jitter: Duration,
-    /// Realtime changes are checked once none came for this long.
+    /// Realtime changes are checked once none came for this long to a path already collected
+    /// (changes to other paths join the batch without delaying it).
     #[serde(with = "humantime_serde")]
     pub coalesce: Duration,
     /// … but no later than this after the first.
@@ -171,7 +172,7 @@ impl Default for Config {
             scan_interval: Duration::from_secs(12 * 3600),
             scan_jitter: Duration::from_secs(3600),
             coalesce: Duration::from_millis(200),
-            coalesce_max: Duration::from_secs(2),
+            coalesce_max: Duration::from_millis(500),
             hash_mib_per_sec: 50,
             files_per_sec: 5000,
             skip_fs_types: [

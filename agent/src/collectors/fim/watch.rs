@@ -141,7 +141,12 @@ impl Watcher {
         Watcher::with_backend(Backend { inner }, events, dropped, roots, max_watches)
     }
 
-    /// Waits for changes, then coalesces until `quiet` passes with no new one (at most `max_delay` after the first); None once it has ended.
+    /// Waits for changes, then coalesces until `quiet` passes with nothing already collected
+    /// changing again (at most `max_delay` after the first); None once it has ended.
+    ///
+    /// Changes to paths not yet collected join the batch without extending it: under a steady
+    /// stream of changes to different files, each is reported about `quiet` after it happened,
+    /// not `max_delay`; a path that keeps changing (an editor's burst) is held until it settles.
     pub async fn next(&mut self, quiet: Duration, max_delay: Duration) -> Option<Vec<Dirty>> {
         // Cancel-safe: what was collected stays in `self.state` for the next call.
         loop {
@@ -153,7 +158,8 @@ impl Watcher {
                     let deadline = (changed + quiet).min(last);
                     match tokio::time::timeout_at(deadline, self.events.recv()).await {
                         Ok(Some(event)) => {
-                            if self.take(event) {
+                            let (pushes, entries) = self.state.dirt.counts();
+                            if self.take(event) && self.state.dirt.changed_again(pushes, entries) {
                                 changed = Instant::now();
                             }
                         }
@@ -899,6 +905,20 @@ impl Dirt {
         self.entries.is_empty()
     }
 
+    /// Pushes so far and entries held, to tell afterwards what a change did.
+    fn counts(&self) -> (u64, usize) {
+        (self.pushes, self.entries.len())
+    }
+
+    /// Whether what was pushed since `counts` gave `(pushes, entries)` concerned something the
+    /// batch already held (a repeat, or a subtree replacing entries), rather than only adding new
+    /// entries.
+    fn changed_again(&self, pushes: u64, entries: usize) -> bool {
+        let pushed = self.pushes - pushes;
+        let added = self.entries.len().saturating_sub(entries) as u64;
+        pushed > added
+    }
+
     fn take(&mut self) -> Vec<Dirty> {
         self.paths.clear();
         self.moves.clear();
@@ -922,6 +942,33 @@ mod tests {
     /// A watcher takes the kernel's queue size when it is created: the overflow test lowers it
     /// under the write lock, every other test creates its watcher under the read lock.
     static QUEUE_SIZE: RwLock<()> = RwLock::new(());
+
+    /// What extends a batch: a change to something it holds, not a change to a new path.
+    #[test]
+    fn only_a_change_to_what_the_batch_holds_delays_it() {
+        let mut dirt = Dirt::default();
+        let (p, e) = dirt.counts();
+        dirt.push(Dirty::Path("/w/a".into()));
+        assert!(!dirt.changed_again(p, e), "a new path");
+        let (p, e) = dirt.counts();
+        dirt.push(Dirty::Path("/w/a".into()));
+        assert!(dirt.changed_again(p, e), "the same path again");
+        let (p, e) = dirt.counts();
+        dirt.push(Dirty::Path("/w/b".into()));
+        assert!(!dirt.changed_again(p, e), "another new path");
+        let (p, e) = dirt.counts();
+        dirt.push(Dirty::Tree {
+            path: "/w".into(),
+            reason: TreeReason::NewDirectory,
+        });
+        assert!(dirt.changed_again(p, e), "a subtree over what it holds");
+        let (p, e) = dirt.counts();
+        dirt.push(Dirty::Moved {
+            from: Some("/x/c".into()),
+            to: Some("/x/d".into()),
+        });
+        assert!(!dirt.changed_again(p, e), "a new rename");
+    }
     const MAX_QUEUED_EVENTS: &str = "/proc/sys/fs/inotify/max_queued_events";
 
     const QUIET: Duration = Duration::from_millis(50);
