@@ -641,7 +641,8 @@ async fn run_job(
 
 /// Nice 10 for the calling thread (Linux applies `setpriority` to a thread id alone); its I/O
 /// priority, unless set otherwise, follows the nice value. Best effort: a system call filter
-/// may forbid it (the packaged unit's does, with `@resources`); the budgets bound the cost then.
+/// may forbid it (the packaged unit allows it back from `@resources`); the budgets bound the cost
+/// then.
 /// The first failure is logged.
 fn lower_priority() {
     static SAID: AtomicBool = AtomicBool::new(false);

@@ -18,9 +18,7 @@ use std::ffi::OsString;
 use std::fs::Metadata;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use globset::GlobSet;
@@ -32,7 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use super::compare::{self, Attrs};
 use super::key;
-use super::prefetch::{HashWith, Prefetch};
+use super::prefetch::Prefetch;
 use super::state::{self, Budget, Observe};
 use crate::spool::{Class, StateChange, StateRow, Submission};
 
@@ -149,7 +147,7 @@ pub struct Engine {
     skip_mounts: HashSet<PathBuf>,
     /// Keys of paths never watched: the agent's own state and logs.
     own: Vec<Vec<u8>>,
-    hash_budget: Arc<Budget>,
+    hash_budget: Budget,
     file_budget: Budget,
     chunk: usize,
 }
@@ -169,7 +167,7 @@ impl Engine {
             roots,
             skip_mounts,
             own: Vec::new(),
-            hash_budget: Arc::new(hash_budget),
+            hash_budget,
             file_budget,
             chunk: chunk.max(2),
         }
@@ -272,25 +270,10 @@ impl Engine {
                 initial,
                 ..Summary::default()
             },
-            prefetch: None,
         };
         let mut walk = Walk::new(self, target);
         if initial {
-            let prefetch = Arc::new(Prefetch::start(Arc::clone(&self.hash_budget)));
-            // Ahead: the files of the roots whose baseline is recorded, all of them hashed.
-            let ahead = self
-                .roots
-                .iter()
-                .zip(&merge.fresh)
-                .map(|(r, &fresh)| {
-                    r.observe.hash.filter(|_| fresh).map(|algorithm| HashWith {
-                        algorithm,
-                        max_size: r.observe.max_hash_size,
-                    })
-                })
-                .collect();
-            merge.prefetch = Some(Arc::clone(&prefetch));
-            walk.read_ahead = Some((prefetch, ahead));
+            walk.read_ahead = Some((Prefetch::start(), merge.fresh.clone()));
         }
         let mut rows = Rows::new(target);
         let mut entry = walk.next();
@@ -598,64 +581,21 @@ struct Merge<'e> {
     /// Rows below this key are kept: its directory could not be read.
     keep: Option<Vec<u8>>,
     summary: Summary,
-    /// During a baseline: the threads hashing ahead of the walk.
-    prefetch: Option<Arc<Prefetch>>,
 }
 
 impl Merge<'_> {
-    /// What a thread hashing ahead found of the file `meta` describes, as the previous state
-    /// whose hash a scan keeps for unchanged content; and the bytes it read.
-    fn hashed_ahead(&self, path: &Path, meta: &Metadata) -> Option<(FileState, u64)> {
-        if !meta.is_file() {
-            return None;
-        }
-        let time = |s: i64, ns: i64| s.saturating_mul(1_000_000_000).saturating_add(ns);
-        let stamp = (
-            meta.dev(),
-            meta.ino(),
-            meta.size(),
-            time(meta.mtime(), meta.mtime_nsec()),
-            time(meta.ctime(), meta.ctime_nsec()),
-        );
-        let (hash, bytes) = self.prefetch.as_ref()?.take(path, stamp)?;
-        let state = FileState {
-            kind: FileKind::File,
-            size: stamp.2,
-            mode: meta.mode(),
-            uid: meta.uid(),
-            gid: meta.gid(),
-            mtime_ns: stamp.3,
-            ctime_ns: stamp.4,
-            inode: stamp.1,
-            device: stamp.0,
-            nlink: meta.nlink(),
-            link_target: None,
-            xattrs: None,
-            hash: Some(hash),
-            too_large_to_hash: false,
-        };
-        Some((state, bytes))
-    }
-
     /// A path that has no row.
     fn appeared(&mut self, entry: Option<Entry>, out: &mut Out) {
         let Some(entry) = entry else { return };
         let Some(meta) = self.usable(&entry) else {
             return;
         };
-        let ahead = self.hashed_ahead(&entry.path, meta);
-        let previous = ahead.as_ref().map(|(state, _)| state);
         match self
             .engine
-            .observe_meta(entry.root, &entry.path, meta, previous)
+            .observe_meta(entry.root, &entry.path, meta, None)
         {
             Ok(Some((now, hashed))) => {
-                // A hash made ahead was read by a thread, not by the scan.
-                let ahead_bytes = match (&ahead, hashed) {
-                    (Some((_, bytes)), 0) => *bytes,
-                    _ => 0,
-                };
-                self.summary.bytes_hashed += hashed + ahead_bytes;
+                self.summary.bytes_hashed += hashed;
                 if self.fresh[entry.root] {
                     self.summary.baseline_paths += 1;
                     out.put(entry.key, &now);
@@ -801,9 +741,9 @@ struct Walk<'e> {
     starts: VecDeque<(usize, Vec<u8>, bool)>,
     stack: Vec<Level>,
     visited: u64,
-    /// During a baseline: the threads hashing ahead, and by root how, for the roots whose
-    /// baseline is being recorded and hashed.
-    read_ahead: Option<(Arc<Prefetch>, Vec<Option<HashWith>>)>,
+    /// During a baseline: the read-ahead, and by root whether its baseline is being recorded
+    /// (the files of those roots are all hashed, so they are read ahead).
+    read_ahead: Option<(Prefetch, Vec<bool>)>,
 }
 
 impl<'e> Walk<'e> {
@@ -832,8 +772,8 @@ impl<'e> Walk<'e> {
                     self.stack.pop();
                     continue;
                 };
-                if let Some((prefetch, ahead)) = &self.read_ahead
-                    && ahead[level.root].is_some()
+                if let Some((prefetch, fresh)) = &self.read_ahead
+                    && fresh[level.root]
                 {
                     prefetch.reached();
                 }
@@ -894,10 +834,10 @@ impl<'e> Walk<'e> {
             match list(&path) {
                 Ok(mut names) => {
                     names.sort_by(|a, b| b.as_bytes().cmp(a.as_bytes()));
-                    if let Some((prefetch, ahead)) = &self.read_ahead
-                        && let Some(with) = ahead[root]
+                    if let Some((prefetch, fresh)) = &self.read_ahead
+                        && fresh[root]
                     {
-                        prefetch.queue(names.iter().rev().map(|name| path.join(name)), with);
+                        prefetch.queue(names.iter().rev().map(|name| path.join(name)));
                     }
                     self.stack.push(Level {
                         dir: path.clone(),

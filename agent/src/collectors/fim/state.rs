@@ -206,16 +206,6 @@ pub fn hash_file(
             "no longer a regular file",
         ));
     }
-    hash_reader(&mut file, algorithm, budget)
-}
-
-/// The content hash of what `file` reads from its current position to its end, as
-/// `algorithm:hex`, read through one fixed buffer within `budget`; and the bytes read.
-pub fn hash_reader(
-    file: &mut impl Read,
-    algorithm: HashAlgorithm,
-    budget: &Budget,
-) -> io::Result<(String, u64)> {
     let mut buf = vec![0u8; HASH_BUFFER];
     let mut total = 0u64;
     let mut sha = ring::digest::Context::new(&ring::digest::SHA256);
