@@ -235,6 +235,8 @@ struct LastAt {
 struct Rotated {
     since: Instant,
     last_growth: Instant,
+    /// Rotations seen before this one: which of two files rotated at the same instant is older.
+    order: u64,
 }
 
 /// One open file.
@@ -294,6 +296,8 @@ pub struct Tailer {
     undecodable: Vec<Vec<u8>>,
     /// Stats of files closed since the source started, summed.
     closed: FileStats,
+    /// Rotations seen so far, to order files rotated at the same instant.
+    rotations_seen: u64,
     redactions: Vec<u64>,
     /// Paths that could not be opened, with why; reported until they can.
     unreadable: BTreeMap<PathBuf, String>,
@@ -365,6 +369,7 @@ impl Tailer {
             deletes: Vec::new(),
             undecodable: Vec::new(),
             closed: FileStats::default(),
+            rotations_seen: 0,
             redactions: Vec::new(),
             unreadable: BTreeMap::new(),
             buf: Vec::new(),
@@ -703,10 +708,7 @@ impl Tailer {
         if self.tails.contains_key(&id) {
             return;
         }
-        let rotated = Some(Rotated {
-            since: now,
-            last_growth: now,
-        });
+        let rotated = Some(self.rotated_at(now));
         let _ = self.insert(id, copy_path, saved.source.clone(), file, p.offset, rotated);
     }
 
@@ -763,12 +765,19 @@ impl Tailer {
                 path = %candidate.display(),
                 "reading a log file rotated away before it was seen"
             );
-            let rotated = Some(Rotated {
-                since: now,
-                last_growth: now,
-            });
+            let rotated = Some(self.rotated_at(now));
             let source = path.display().to_string();
             let _ = self.insert(id, candidate, source, file, 0, rotated);
+        }
+    }
+
+    /// The rotation of a file seen rotated now.
+    fn rotated_at(&mut self, now: Instant) -> Rotated {
+        self.rotations_seen += 1;
+        Rotated {
+            since: now,
+            last_growth: now,
+            order: self.rotations_seen,
         }
     }
 
@@ -787,10 +796,7 @@ impl Tailer {
                         Ok(Resume::At(offset)) => offset,
                         _ => 0,
                     };
-                    let rotated = Some(Rotated {
-                        since: now,
-                        last_growth: now,
-                    });
+                    let rotated = Some(self.rotated_at(now));
                     match self.insert(id, path, saved.source, file, offset, rotated) {
                         Ok(()) => self.set_past_heads(id, saved.past_heads),
                         Err(_) => self.deletes.push(id),
@@ -806,9 +812,11 @@ impl Tailer {
         if let Some(tail) = self.tails.get_mut(&id)
             && tail.rotated.is_none()
         {
+            self.rotations_seen += 1;
             tail.rotated = Some(Rotated {
                 since: now,
                 last_growth: now,
+                order: self.rotations_seen,
             });
             tail.stats.rotated = true;
             tail.stats.rotations += 1;
@@ -827,9 +835,11 @@ impl Tailer {
         let size = md.len();
         if md.nlink() == 0 && tail.rotated.is_none() {
             // Deleted while open: what it holds can still be read.
+            self.rotations_seen += 1;
             tail.rotated = Some(Rotated {
                 since: now,
                 last_growth: now,
+                order: self.rotations_seen,
             });
             tail.stats.rotated = true;
             tail.stats.rotations += 1;
@@ -928,14 +938,14 @@ impl Tailer {
     /// Gives up rotated-away files held longer than `rotated_max_age`, and the oldest beyond
     /// `max_rotated_open`, counting what was not read of them.
     fn give_up_beyond_bounds(&mut self, now: Instant) {
-        let mut rotated: Vec<(Instant, FileId)> = self
+        let mut rotated: Vec<(Instant, u64, FileId)> = self
             .tails
             .values()
-            .filter_map(|t| t.rotated.map(|r| (r.since, t.id)))
+            .filter_map(|t| t.rotated.map(|r| (r.since, r.order, t.id)))
             .collect();
         rotated.sort();
         let excess = rotated.len().saturating_sub(self.options.max_rotated_open);
-        for (i, (since, id)) in rotated.into_iter().enumerate() {
+        for (i, (since, _, id)) in rotated.into_iter().enumerate() {
             if i >= excess && now.saturating_duration_since(since) < self.options.rotated_max_age {
                 continue;
             }
