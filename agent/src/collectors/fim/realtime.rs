@@ -206,6 +206,12 @@ pub fn apply(
     Ok(total)
 }
 
+/// The root `p` lies in and its key; `None` for a path outside every root.
+fn watched(engine: &Engine, p: &std::path::Path) -> Option<(usize, Vec<u8>)> {
+    let k = key::of(p)?;
+    Some((engine.root_of(&k)?, k))
+}
+
 /// One path; and what lies below it when a directory appeared or vanished there. A directory
 /// that is one before and after is checked alone: its entries are reported on their own, and a
 /// directory replaced by a new one comes as a [`TreeReason::NewDirectory`] (inode numbers are
@@ -216,10 +222,7 @@ fn path(
     p: &std::path::Path,
     now_ns: i64,
 ) -> Result<Summary, Stop> {
-    let Some(k) = key::of(p) else {
-        return Ok(Summary::default());
-    };
-    let Some(root) = engine.root_of(&k) else {
+    let Some((root, k)) = watched(engine, p) else {
         return Ok(Summary::default());
     };
     let was_dir = store
@@ -242,10 +245,7 @@ fn tree(
     detection: FimDetection,
     now_ns: i64,
 ) -> Result<Summary, Stop> {
-    let Some(k) = key::of(p) else {
-        return Ok(Summary::default());
-    };
-    let Some(root) = engine.root_of(&k) else {
+    let Some((root, k)) = watched(engine, p) else {
         return Ok(Summary::default());
     };
     let target = Target::Subtree {
