@@ -2,14 +2,22 @@
 //! walked again on demand, free of any backend.
 //!
 //! An agent numbers its FIM events from 1 without gaps (`seq`) and chains each to the one before
-//! (`chain`, see [`chain_hash`]). The store keeps, per agent, the [`Position`] of the last event
-//! received and hands every new event to [`check`] in commit order, then moves the position on
-//! with [`Position::after`]. A [`Break`] is recorded and reported, never a reason to drop the
+//! (`chain`, see [`chain_hash`]). The store keeps a [`Trail`] per agent and hands it every new
+//! event with [`Trail::receive`], then, after each of the agent's batches, the spool's low-water
+//! mark with [`Trail::settle`]. A [`Break`] is recorded and reported, never a reason to drop the
 //! event: the event is stored all the same.
+//!
+//! Batches of one agent can be stored out of order (several are in flight at once, and a batch
+//! sent again after a reconnect can arrive after later ones), so an event that arrives ahead of
+//! its place is held, not taken for a gap. It is checked once the events before it arrive, or
+//! reported as a gap once the agent's low-water mark shows they never will: the mark is the
+//! oldest batch the agent still holds, so every batch below it was acknowledged, and so stored,
+//! before the batch carrying the mark was sent.
 //!
 //! [`verify`] walks a stored trail again, recomputing every chain, to find events altered or
 //! removed after they were stored.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use outpost_common::event::{CHAIN_GENESIS, FimEvent, chain_hash};
@@ -17,7 +25,12 @@ use outpost_common::event::{CHAIN_GENESIS, FimEvent, chain_hash};
 /// The `source` of the log record the store adds for every break, so log rules can alert on it.
 pub const NOTICE_SOURCE: &str = "outpost.fim.trail";
 
-/// Where an agent's trail stands: the last event received.
+/// At most this many events are held ahead of an agent's trail; past it the oldest held event is
+/// reported as a gap at once, so an agent that sends only events far ahead cannot make the store
+/// hold them without bound.
+pub const MAX_AHEAD: usize = 4096;
+
+/// Where an agent's trail stands: the last event in its place.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Position {
     pub seq: u64,
@@ -25,21 +38,169 @@ pub struct Position {
 }
 
 impl Position {
-    /// The position after `event` was received with `found` (what [`check`] said of it).
-    ///
-    /// The trail goes on from the received event, so one break is reported once: after a gap
-    /// the next event is expected to follow the one that came, after an edit to chain to the
-    /// edited event's own `chain` (the agent chained the next one to it), after a reset to
-    /// follow the new trail. A replayed or reordered event is the exception: the trail stays
-    /// where it was, since moving it back would report every event after it again as a gap.
-    pub fn after(last: Option<Position>, event: &FimEvent, found: Option<&Break>) -> Position {
-        match (last, found) {
-            (Some(last), Some(b)) if b.kind == BreakKind::Replay => last,
-            _ => Position {
-                seq: event.seq,
-                chain: event.chain.clone(),
-            },
+    fn of(event: &FimEvent) -> Position {
+        Position {
+            seq: event.seq,
+            chain: event.chain.clone(),
         }
+    }
+}
+
+/// Where an event was stored: the id of its row and the batch that brought it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Arrival {
+    /// The store's id of the event's row.
+    pub row: i64,
+    pub spool_id: u64,
+    pub batch_seq: u64,
+}
+
+/// An event received ahead of its place, waiting for the events before it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Held {
+    pub arrival: Arrival,
+    pub event: FimEvent,
+}
+
+/// A break found, with the row of the event that showed it and that event's path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    pub row: i64,
+    pub path: String,
+    pub brk: Break,
+}
+
+/// One agent's trail: its end and the events held ahead of it, by `seq`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Trail {
+    /// The last event in its place; `None` before the first.
+    pub end: Option<Position>,
+    pub ahead: BTreeMap<u64, Held>,
+}
+
+impl Trail {
+    /// Whether [`Trail::receive`] needs to know if a copy of `event` is stored already: only
+    /// for an event at or before the trail's end.
+    pub fn needs_lookup(&self, event: &FimEvent) -> bool {
+        event.seq <= self.end_seq()
+    }
+
+    fn end_seq(&self) -> u64 {
+        self.end.as_ref().map_or(0, |p| p.seq)
+    }
+
+    /// Receives an event stored at `arrival`; answers the breaks found, at it or at held events
+    /// it let into their places. `stored_before` says whether an event of the agent with the
+    /// same `seq` and `chain` is stored already (see [`Trail::needs_lookup`]).
+    ///
+    /// Each break is reported once and the trail goes on: after an edit the next event is
+    /// expected to chain to the edited one's own `chain` (the agent chained it so), after a reset
+    /// to follow the new trail. A replayed event leaves the trail where it was, since moving it
+    /// back would report every event after it again.
+    pub fn receive(
+        &mut self,
+        event: &FimEvent,
+        arrival: Arrival,
+        stored_before: bool,
+    ) -> Vec<Found> {
+        let expected_seq = self.end_seq().saturating_add(1);
+        let mut found = Vec::new();
+        let mut report = |brk: Option<Break>| {
+            found.extend(brk.map(|brk| Found {
+                row: arrival.row,
+                path: event.path.clone(),
+                brk,
+            }));
+        };
+        if event.seq > expected_seq {
+            match self.ahead.get(&event.seq) {
+                Some(held) => report(Some(replay(
+                    event,
+                    expected_seq,
+                    if held.event.chain == event.chain {
+                        "a copy of an event already received ahead of its place"
+                    } else {
+                        "not the event already received at that place"
+                    },
+                ))),
+                None => {
+                    self.ahead.insert(
+                        event.seq,
+                        Held {
+                            arrival,
+                            event: event.clone(),
+                        },
+                    );
+                    if self.ahead.len() > MAX_AHEAD {
+                        return self.fill_first_gap();
+                    }
+                }
+            }
+            return found;
+        }
+        report(check(self.end.as_ref(), event, stored_before));
+        match found.first().map(|f| f.brk.kind) {
+            Some(BreakKind::Replay) => return found,
+            Some(BreakKind::Reset) => {
+                // The events held ahead belonged to the wiped trail.
+                self.ahead.clear();
+            }
+            _ => {}
+        }
+        self.end = Some(Position::of(event));
+        found.extend(self.let_in());
+        found
+    }
+
+    /// The agent's batches below `low_water` in spool `spool_id` are all stored: every event
+    /// held ahead that came in a batch at or below it (or from another spool, which the agent
+    /// no longer sends from) is past waiting for, and the events missing before it are reported
+    /// as a gap.
+    pub fn settle(&mut self, spool_id: u64, low_water: u64) -> Vec<Found> {
+        let mut found = Vec::new();
+        while let Some((_, held)) = self.ahead.first_key_value() {
+            let a = held.arrival;
+            if a.spool_id == spool_id && a.batch_seq > low_water {
+                break;
+            }
+            found.extend(self.fill_first_gap());
+        }
+        found
+    }
+
+    /// Takes the first held event as the trail's next, reporting the events missing before it.
+    fn fill_first_gap(&mut self) -> Vec<Found> {
+        let Some((_, held)) = self.ahead.pop_first() else {
+            return Vec::new();
+        };
+        let brk = check(self.end.as_ref(), &held.event, false);
+        self.end = Some(Position::of(&held.event));
+        let mut found: Vec<Found> = brk
+            .map(|brk| Found {
+                row: held.arrival.row,
+                path: held.event.path,
+                brk,
+            })
+            .into_iter()
+            .collect();
+        found.extend(self.let_in());
+        found
+    }
+
+    /// Moves the trail through the held events that now follow its end.
+    fn let_in(&mut self) -> Vec<Found> {
+        let mut found = Vec::new();
+        while let Some(held) = self.ahead.remove(&self.end_seq().saturating_add(1)) {
+            if let Some(brk) = check(self.end.as_ref(), &held.event, false) {
+                found.push(Found {
+                    row: held.arrival.row,
+                    path: held.event.path.clone(),
+                    brk,
+                });
+            }
+            self.end = Some(Position::of(&held.event));
+        }
+        found
     }
 }
 
@@ -99,14 +260,11 @@ pub struct Break {
     pub detail: String,
 }
 
-/// Checks a newly received event against its agent's trail.
-///
-/// `last` is the trail's position (`None` before the agent's first FIM event); `stored_before`
-/// says whether an event of this agent with the same `seq` and `chain` is already stored, which
-/// tells an old event sent again apart from a new trail starting at 1. It matters only when the
-/// event's `seq` lies at or before the trail's end ([`needs_lookup`]), so callers may look it up
-/// only then.
-pub fn check(last: Option<&Position>, event: &FimEvent, stored_before: bool) -> Option<Break> {
+/// Checks an event against the trail's end `last` (`None` before the first event), for an event
+/// at or before its place: one ahead of it is a gap here. `stored_before` says whether a copy
+/// of the event is stored already, which tells an old event sent again apart from a new trail
+/// starting at 1; it matters only at or before the trail's end.
+fn check(last: Option<&Position>, event: &FimEvent, stored_before: bool) -> Option<Break> {
     let last_seq = last.map_or(0, |p| p.seq);
     let expected_seq = last_seq.saturating_add(1);
     let broken = |kind, detail: String| {
@@ -156,18 +314,19 @@ pub fn check(last: Option<&Position>, event: &FimEvent, stored_before: bool) -> 
     } else {
         "not the stored event"
     };
-    broken(
-        BreakKind::Replay,
-        format!(
-            "event {} came again after event {last_seq} ({what}): replayed or out of order",
-            event.seq
-        ),
-    )
+    Some(replay(event, expected_seq, what))
 }
 
-/// Whether [`check`] needs to know if a copy of `event` is stored already.
-pub fn needs_lookup(last: Option<&Position>, event: &FimEvent) -> bool {
-    event.seq <= last.map_or(0, |p| p.seq)
+fn replay(event: &FimEvent, expected_seq: u64, what: &str) -> Break {
+    Break {
+        kind: BreakKind::Replay,
+        seq: event.seq,
+        expected_seq,
+        detail: format!(
+            "event {} came again when event {expected_seq} was expected ({what}): replayed",
+            event.seq
+        ),
+    }
 }
 
 /// What [`verify`] found in a stored trail.
@@ -365,19 +524,183 @@ mod tests {
     use super::chained::trail;
     use super::*;
 
-    /// Feeds events to [`check`] as the store does; answers the breaks.
+    /// Feeds events to a [`Trail`] as the store does, one batch each, every batch the oldest
+    /// the agent holds; answers the breaks.
     fn receive(events: &[FimEvent]) -> Vec<Break> {
-        let mut last: Option<Position> = None;
-        let mut seen: Vec<(u64, String)> = Vec::new();
-        let mut breaks = Vec::new();
-        for e in events {
-            let copy = needs_lookup(last.as_ref(), e) && seen.contains(&(e.seq, e.chain.clone()));
-            let found = check(last.as_ref(), e, copy);
-            last = Some(Position::after(last, e, found.as_ref()));
-            seen.push((e.seq, e.chain.clone()));
-            breaks.extend(found);
+        let batches: Vec<Batch> = (1..)
+            .zip(events)
+            .map(|(seq, e)| Batch {
+                spool: 1,
+                seq,
+                low_water: seq,
+                events: vec![e.clone()],
+            })
+            .collect();
+        deliver(&batches).into_iter().map(|f| f.brk).collect()
+    }
+
+    struct Batch {
+        spool: u64,
+        seq: u64,
+        low_water: u64,
+        events: Vec<FimEvent>,
+    }
+
+    fn batch(seq: u64, low_water: u64, events: &[FimEvent]) -> Batch {
+        Batch {
+            spool: 1,
+            seq,
+            low_water,
+            events: events.to_vec(),
         }
-        breaks
+    }
+
+    /// Feeds batches to a [`Trail`] in the order given, as the store does; answers what was
+    /// found. Rows are numbered from 1 in the order of arrival.
+    fn deliver(batches: &[Batch]) -> Vec<Found> {
+        let mut trail = Trail::default();
+        let mut seen: Vec<(u64, String)> = Vec::new();
+        let mut found = Vec::new();
+        let mut row = 0;
+        for b in batches {
+            for e in &b.events {
+                row += 1;
+                let arrival = Arrival {
+                    row,
+                    spool_id: b.spool,
+                    batch_seq: b.seq,
+                };
+                let copy = trail.needs_lookup(e) && seen.contains(&(e.seq, e.chain.clone()));
+                found.extend(trail.receive(e, arrival, copy));
+                seen.push((e.seq, e.chain.clone()));
+            }
+            found.extend(trail.settle(b.spool, b.low_water));
+        }
+        found
+    }
+
+    fn found(found: &[Found]) -> Vec<(BreakKind, u64, u64, i64)> {
+        found
+            .iter()
+            .map(|f| (f.brk.kind, f.brk.seq, f.brk.expected_seq, f.row))
+            .collect()
+    }
+
+    #[test]
+    fn batches_stored_out_of_order_break_nothing() {
+        let t = trail(9);
+        // Batches 1..4 in flight at once (low-water 1), stored 3, 1, 4, 2.
+        let order = [
+            batch(3, 1, &t[4..6]),
+            batch(1, 1, &t[..2]),
+            batch(4, 1, &t[6..9]),
+            batch(2, 1, &t[2..4]),
+        ];
+        assert_eq!(found(&deliver(&order)), []);
+        // Edits are still found in events let in late, at their own rows.
+        let mut edited = t.clone();
+        edited[5].path = "/etc/elsewhere".to_owned();
+        let order = [
+            batch(3, 1, &edited[4..6]),
+            batch(1, 1, &edited[..2]),
+            batch(2, 1, &edited[2..4]),
+        ];
+        assert_eq!(found(&deliver(&order)), [(BreakKind::Edit, 6, 6, 2)]);
+    }
+
+    #[test]
+    fn a_gap_is_told_once_the_low_water_mark_shows_the_events_cannot_come() {
+        let t = trail(8);
+        // 3 and 4 never come; 5 and 6 arrive in batch 3 while batch 2 may still be in flight.
+        let mut batches = vec![batch(1, 1, &t[..2]), batch(3, 2, &t[4..6])];
+        assert_eq!(found(&deliver(&batches)), []);
+        // A batch with the mark still at 2: nothing yet.
+        batches.push(batch(4, 2, &t[6..7]));
+        assert_eq!(found(&deliver(&batches)), []);
+        // The mark passes batch 2 without 3 and 4: one gap at 5, and 6 and 7 follow it.
+        batches.push(batch(5, 3, &[]));
+        let gap = deliver(&batches);
+        assert_eq!(found(&gap), [(BreakKind::Gap, 5, 3, 3)]);
+        assert!(gap[0].brk.detail.contains("2 events missing"), "{gap:?}");
+        assert_eq!(gap[0].path, "/etc/f5");
+        // Then the trail goes on from 7.
+        batches.push(batch(6, 6, &t[7..8]));
+        assert_eq!(found(&deliver(&batches)), [(BreakKind::Gap, 5, 3, 3)]);
+
+        // A batch that is itself the oldest held shows a gap inside or before it at once.
+        let lost_inside = [batch(1, 1, &[t[0].clone(), t[2].clone()])];
+        assert_eq!(found(&deliver(&lost_inside)), [(BreakKind::Gap, 3, 2, 2)]);
+        // A trail first seen far along: the start is missing.
+        assert_eq!(
+            found(&deliver(&[batch(7, 7, &t[3..5])])),
+            [(BreakKind::Gap, 4, 1, 1)]
+        );
+    }
+
+    #[test]
+    fn held_events_settle_when_the_agent_sends_from_another_spool_or_hold_too_many() {
+        let t = trail(6);
+        let mut batches = vec![batch(1, 1, &t[..1]), batch(3, 1, &t[3..4])];
+        batches.push(Batch {
+            spool: 2,
+            seq: 1,
+            low_water: 1,
+            events: t[4..6].to_vec(),
+        });
+        assert_eq!(found(&deliver(&batches)), [(BreakKind::Gap, 4, 2, 2)]);
+
+        let mut held = Trail::default();
+        let far = trail(MAX_AHEAD as u64 + 3);
+        let arrival = |row| Arrival {
+            row,
+            spool_id: 1,
+            batch_seq: 9,
+        };
+        let mut found = Vec::new();
+        for (row, e) in (1..).zip(&far[2..]) {
+            found.extend(held.receive(e, arrival(row), false));
+        }
+        // Past the bound, the oldest held is taken as the next with the gap before it, and
+        // every held event after it follows.
+        assert_eq!(
+            found
+                .iter()
+                .map(|f| (f.brk.kind, f.brk.seq))
+                .collect::<Vec<_>>(),
+            [(BreakKind::Gap, 3)]
+        );
+        assert!(held.ahead.is_empty());
+        assert_eq!(held.end.map(|p| p.seq), Some(MAX_AHEAD as u64 + 3));
+    }
+
+    #[test]
+    fn an_event_held_ahead_sent_again_is_a_replay_and_a_reset_drops_what_was_held() {
+        let t = trail(6);
+        let batches = [
+            batch(1, 1, &t[..2]),
+            batch(3, 1, &t[4..5]),
+            batch(4, 1, &t[4..5]),
+        ];
+        let got = deliver(&batches);
+        assert_eq!(found(&got), [(BreakKind::Replay, 5, 3, 4)]);
+        assert!(got[0].brk.detail.contains("a copy"), "{got:?}");
+
+        let mut restarted = trail(2);
+        for e in &mut restarted {
+            e.path = format!("/new{}", e.seq);
+        }
+        let mut previous = CHAIN_GENESIS.to_owned();
+        for e in &mut restarted {
+            e.chain = chain_hash(&previous, e);
+            previous.clone_from(&e.chain);
+        }
+        let batches = [
+            batch(1, 1, &t[..3]),
+            batch(3, 1, &t[4..5]),
+            batch(4, 1, &restarted),
+            batch(5, 5, &[]),
+        ];
+        assert_eq!(found(&deliver(&batches)), [(BreakKind::Reset, 1, 4, 5)]);
     }
 
     fn kinds(breaks: &[Break]) -> Vec<(BreakKind, u64, u64)> {

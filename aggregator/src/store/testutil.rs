@@ -109,6 +109,15 @@ pub(crate) fn batch(agent: &str, spool: u64, seq: u64, events: Vec<Event>) -> In
     }
 }
 
+/// A batch sent when it was the oldest its agent held: its low-water mark is its own `seq`, so
+/// every earlier batch was stored before it.
+pub(crate) fn oldest_batch(agent: &str, spool: u64, seq: u64, events: Vec<Event>) -> IncomingBatch {
+    IncomingBatch {
+        low_water_seq: seq,
+        ..batch(agent, spool, seq, events)
+    }
+}
+
 /// A batch of `n` small log events.
 pub(crate) fn logs(agent: &str, spool: u64, seq: u64, n: usize) -> IncomingBatch {
     batch(agent, spool, seq, (0..n).map(|_| log(T0, 20)).collect())

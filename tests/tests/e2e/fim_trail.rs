@@ -44,12 +44,14 @@ fn trail(changes: &[(&str, FimChange, Option<&str>, i64)]) -> Vec<FimEvent> {
         .collect()
 }
 
+/// A batch sent as the oldest its agent held (every batch before it stored), as one is when the
+/// agent sends one batch at a time.
 fn batch(agent: &str, seq: u64, events: &[FimEvent]) -> IncomingBatch {
     IncomingBatch {
         agent_id: agent.to_owned(),
         spool_id: 1,
         seq,
-        low_water_seq: 0,
+        low_water_seq: seq,
         received_ns: now_ns(),
         events: events.iter().cloned().map(Event::Fim).collect(),
     }

@@ -3,18 +3,20 @@
 //! date on the way.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 
-use outpost_common::event::{Event, FimEvent, LogRecord, Severity};
+use outpost_common::event::{Event, EventKind, FimEvent, LogRecord, Severity};
 use rusqlite::{CachedStatement, OptionalExtension, Row, Transaction, TransactionBehavior, params};
 
 use super::codec::{
     attributes_json, changed_json, fim_change_name, fim_detection_name, metric_kind_name,
     severity_level, to_json,
 };
+use super::queries;
 use super::registry::agent_key;
 use super::{Pending, WriteState};
 use crate::store::dedup::{self, Admission};
-use crate::store::fim_trail::{self, Break, Position};
+use crate::store::fim_trail::{self, Arrival, Break, Found, Held, Position, Trail};
 use crate::store::{BatchCommit, CommitOutcome, Cursor, HostSummary, IncomingBatch};
 
 /// The cursor of the event row `id` (ids start at 1; lower ones only in hand-made rows).
@@ -47,7 +49,7 @@ impl WriteState {
         let mut id = *next_id;
         let mut answers = Vec::with_capacity(batches.len());
         // Logged once the commit holds, so a failed commit retried does not log twice.
-        let mut breaks: Vec<(&str, Break, &str)> = Vec::new();
+        let mut breaks: Vec<(&str, Found)> = Vec::new();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         {
             let mut rows = RowInserter::prepare(&tx)?;
@@ -95,10 +97,15 @@ impl WriteState {
                 let mut summary = HostSummary::default();
                 let mut found = Vec::new();
                 for event in &batch.events {
-                    if let Event::Fim(f) = event
-                        && let Some(b) = follow_trail(&tx, trails, &mut pending, key, f)?
-                    {
-                        found.push((id, b, f.path.as_str()));
+                    if let Event::Fim(f) = event {
+                        let arrival = Arrival {
+                            row: id,
+                            spool_id: batch.spool_id,
+                            batch_seq: batch.seq,
+                        };
+                        let trail = trail_mut(&tx, trails, &mut pending.trails, key)?;
+                        let copy = trail.needs_lookup(f) && stored_copy(&tx, key, f)?;
+                        found.extend(trail.receive(f, arrival, copy));
                     }
                     rows.insert(id, key, received, event)?;
                     id += 1;
@@ -106,14 +113,22 @@ impl WriteState {
                         summary.observe(m);
                     }
                 }
+                found.extend(settle_trail(
+                    &tx,
+                    trails,
+                    &mut pending.trails,
+                    key,
+                    batch.spool_id,
+                    lw,
+                )?);
                 let mut notices = Vec::with_capacity(found.len());
-                for (event_id, b, path) in found {
-                    record_break(&tx, key, event_id, &b, received)?;
-                    let notice = notice(&batch.agent_id, &b, path, received);
+                for f in found {
+                    record_break(&tx, key, f.row, &f.brk, received)?;
+                    let notice = notice(&batch.agent_id, &f.brk, &f.path, received);
                     rows.insert(id, key, received, &notice)?;
                     id += 1;
                     notices.push(notice);
-                    breaks.push((&batch.agent_id, b, path));
+                    breaks.push((&batch.agent_id, f));
                 }
                 if !summary.is_empty() {
                     pending.summaries.entry(key).or_default().merge(&summary);
@@ -126,7 +141,7 @@ impl WriteState {
         write_summaries(&tx, summaries, &mut pending.summaries)?;
         write_trails(&tx, &pending.trails)?;
         tx.commit()?;
-        for (agent_id, b, path) in breaks {
+        for (agent_id, Found { path, brk: b, .. }) in breaks {
             tracing::warn!(
                 agent_id,
                 seq = b.seq,
@@ -147,36 +162,84 @@ impl WriteState {
     }
 }
 
-/// Checks a file-integrity event against its agent's trail (reading the stored position the
-/// first time) and moves the trail on; answers the break, if any.
-fn follow_trail(
+/// The trail of agent `key` for this transaction to change: the one it changed already, else a
+/// copy of the committed one (read from the store the first time, which is committed state and
+/// so goes to the cache at once).
+fn trail_mut<'p>(
     tx: &Transaction<'_>,
-    committed: &HashMap<i64, Position>,
-    pending: &mut Pending,
+    committed: &mut HashMap<i64, Trail>,
+    pending: &'p mut HashMap<i64, Trail>,
     key: i64,
-    event: &FimEvent,
-) -> rusqlite::Result<Option<Break>> {
-    let last = match pending.trails.get(&key).or(committed.get(&key)) {
-        Some(p) => Some(p.clone()),
-        None => stored_trail(tx, key)?,
-    };
-    let copy = fim_trail::needs_lookup(last.as_ref(), event) && stored_copy(tx, key, event)?;
-    let found = fim_trail::check(last.as_ref(), event, copy);
-    pending
-        .trails
-        .insert(key, Position::after(last, event, found.as_ref()));
-    Ok(found)
+) -> rusqlite::Result<&'p mut Trail> {
+    Ok(match pending.entry(key) {
+        Entry::Occupied(held) => held.into_mut(),
+        Entry::Vacant(place) => place.insert(committed_trail(tx, committed, key)?.clone()),
+    })
 }
 
-fn stored_trail(tx: &Transaction<'_>, key: i64) -> rusqlite::Result<Option<Position>> {
-    tx.prepare_cached("SELECT seq, chain FROM fim_trails WHERE agent_key = ?1")?
+fn committed_trail<'c>(
+    tx: &Transaction<'_>,
+    committed: &'c mut HashMap<i64, Trail>,
+    key: i64,
+) -> rusqlite::Result<&'c Trail> {
+    Ok(match committed.entry(key) {
+        Entry::Occupied(cached) => cached.into_mut(),
+        Entry::Vacant(place) => place.insert(stored_trail(tx, key)?),
+    })
+}
+
+/// After a batch of agent `key` from `spool_id` moved the spool's low-water mark to `low_water`:
+/// reports the gaps before events held ahead that can no longer be filled.
+fn settle_trail(
+    tx: &Transaction<'_>,
+    committed: &mut HashMap<i64, Trail>,
+    pending: &mut HashMap<i64, Trail>,
+    key: i64,
+    spool_id: u64,
+    low_water: u64,
+) -> rusqlite::Result<Vec<Found>> {
+    let holds = match pending.get(&key) {
+        Some(trail) => !trail.ahead.is_empty(),
+        None => !committed_trail(tx, committed, key)?.ahead.is_empty(),
+    };
+    if !holds {
+        return Ok(Vec::new());
+    }
+    Ok(trail_mut(tx, committed, pending, key)?.settle(spool_id, low_water))
+}
+
+/// An agent's stored trail: its end, and the events held ahead of it read back from their rows.
+fn stored_trail(tx: &Transaction<'_>, key: i64) -> rusqlite::Result<Trail> {
+    let end = tx
+        .prepare_cached("SELECT seq, chain FROM fim_trails WHERE agent_key = ?1")?
         .query_row([key], |r| {
             Ok(Position {
                 seq: r.get::<_, i64>(0)?.cast_unsigned(),
                 chain: r.get(1)?,
             })
         })
-        .optional()
+        .optional()?;
+    let sql = format!(
+        "SELECT h.seq, h.spool_id, h.batch_seq, e.id, e.time_ns, {}
+         FROM fim_trail_ahead h JOIN fim_events e ON e.id = h.event_id
+         WHERE h.agent_key = ?1",
+        queries::columns(EventKind::Fim)
+    );
+    let ahead = tx
+        .prepare_cached(&sql)?
+        .query_map([key], |r| {
+            let held = Held {
+                arrival: Arrival {
+                    row: r.get(3)?,
+                    spool_id: r.get::<_, i64>(1)?.cast_unsigned(),
+                    batch_seq: r.get::<_, i64>(2)?.cast_unsigned(),
+                },
+                event: queries::fim_event(r, r.get(4)?, 5)?,
+            };
+            Ok((r.get::<_, i64>(0)?.cast_unsigned(), held))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(Trail { end, ahead })
 }
 
 /// Whether the agent has an event with the same `seq` and `chain` stored already.
@@ -189,8 +252,8 @@ fn stored_copy(tx: &Transaction<'_>, key: i64, event: &FimEvent) -> rusqlite::Re
     })
 }
 
-/// Writes the trail positions this transaction moved.
-fn write_trails(tx: &Transaction<'_>, trails: &HashMap<i64, Position>) -> rusqlite::Result<()> {
+/// Writes the trails this transaction changed: each one's end, and the events it holds ahead.
+fn write_trails(tx: &Transaction<'_>, trails: &HashMap<i64, Trail>) -> rusqlite::Result<()> {
     if trails.is_empty() {
         return Ok(());
     }
@@ -198,8 +261,26 @@ fn write_trails(tx: &Transaction<'_>, trails: &HashMap<i64, Position>) -> rusqli
         "INSERT INTO fim_trails (agent_key, seq, chain) VALUES (?1, ?2, ?3)
          ON CONFLICT (agent_key) DO UPDATE SET seq = excluded.seq, chain = excluded.chain",
     )?;
-    for (key, p) in trails {
-        upsert.execute(params![key, p.seq.cast_signed(), p.chain])?;
+    let mut forget = tx.prepare_cached("DELETE FROM fim_trail_ahead WHERE agent_key = ?1")?;
+    let mut hold = tx.prepare_cached(
+        "INSERT INTO fim_trail_ahead (agent_key, seq, event_id, spool_id, batch_seq)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    for (key, trail) in trails {
+        if let Some(p) = &trail.end {
+            upsert.execute(params![key, p.seq.cast_signed(), p.chain])?;
+        }
+        forget.execute([key])?;
+        for (seq, held) in &trail.ahead {
+            let a = held.arrival;
+            hold.execute(params![
+                key,
+                seq.cast_signed(),
+                a.row,
+                a.spool_id.cast_signed(),
+                a.batch_seq.cast_signed()
+            ])?;
+        }
     }
     Ok(())
 }
@@ -882,25 +963,25 @@ mod tests {
         reset.chain =
             outpost_common::event::chain_hash(outpost_common::event::CHAIN_GENESIS, &reset);
         let batches = [
-            batch("a", 1, 1, fims(&t[..2])),
+            oldest_batch("a", 1, 1, fims(&t[..2])),
             // 3 altered on the way; 4 follows 3 as the agent chained it.
-            batch(
+            oldest_batch(
                 "a",
                 1,
                 2,
                 vec![Event::Fim(edited), Event::Fim(t[3].clone())],
             ),
             // 5 and 6 lost.
-            batch("a", 1, 3, fims(&t[6..7])),
+            oldest_batch("a", 1, 3, fims(&t[6..7])),
             // 2 sent again, inside a batch that is itself new.
-            batch("a", 1, 4, vec![log(T0, 1), Event::Fim(t[1].clone())]),
+            oldest_batch("a", 1, 4, vec![log(T0, 1), Event::Fim(t[1].clone())]),
             // 8 follows 7: the replay left the trail where it was.
-            batch("a", 1, 5, fims(&t[7..8])),
+            oldest_batch("a", 1, 5, fims(&t[7..8])),
         ];
         let answers = store.commit_batches(&batches).unwrap();
         // The agent's state wiped, in a later commit.
         let wiped = store
-            .commit_batches(&[batch("a", 1, 6, vec![Event::Fim(reset.clone())])])
+            .commit_batches(&[oldest_batch("a", 1, 6, vec![Event::Fim(reset.clone())])])
             .unwrap();
 
         let expected = [
@@ -991,7 +1072,7 @@ mod tests {
     fn fim_trail_is_left_alone_by_a_duplicate_batch() {
         let (_dir, store) = open();
         let t = fim_trail::chained::trail(3);
-        let first = batch("a", 1, 1, fims(&t[..2]));
+        let first = oldest_batch("a", 1, 1, fims(&t[..2]));
         commit(&store, std::slice::from_ref(&first));
         let position = stored_position(&store, "a");
         // Sent again, alone and beside a new batch in one group: acknowledged, nothing checked.
@@ -999,7 +1080,7 @@ mod tests {
             commit(&store, std::slice::from_ref(&first)),
             vec![Duplicate]
         );
-        let next = batch("a", 1, 2, fims(&t[2..]));
+        let next = oldest_batch("a", 1, 2, fims(&t[2..]));
         assert_eq!(
             commit(&store, &[first.clone(), next.clone(), next]),
             vec![Duplicate, Stored, Duplicate]
@@ -1018,7 +1099,7 @@ mod tests {
         let t = fim_trail::chained::trail(6);
         {
             let store = SqliteStore::open(&path).unwrap();
-            commit(&store, &[batch("a", 1, 1, fims(&t[..3]))]);
+            commit(&store, &[oldest_batch("a", 1, 1, fims(&t[..3]))]);
         }
         let store = SqliteStore::open(&path).unwrap();
         assert_eq!(stored_position(&store, "a"), Some((3, t[2].chain.clone())));
@@ -1030,18 +1111,52 @@ mod tests {
                  BEGIN SELECT RAISE(ABORT, 'refused by test trigger'); END;",
             )
             .unwrap();
-        let poisoned = batch("a", 1, 2, vec![Event::Fim(t[3].clone()), log(T0, 1)]);
+        let poisoned = oldest_batch("a", 1, 2, vec![Event::Fim(t[3].clone()), log(T0, 1)]);
         store.commit_batches(&[poisoned]).unwrap_err();
         admin.execute_batch("DROP TRIGGER boom").unwrap();
         assert_eq!(stored_position(&store, "a"), Some((3, t[2].chain.clone())));
         // After the restart and the failure, 4 still follows 3, and 6 after it is a gap.
-        commit(&store, &[batch("a", 1, 2, fims(&t[3..4]))]);
+        commit(&store, &[oldest_batch("a", 1, 2, fims(&t[3..4]))]);
         assert_eq!(recorded_breaks(&store), []);
-        commit(&store, &[batch("a", 1, 3, fims(&t[5..6]))]);
+        commit(&store, &[oldest_batch("a", 1, 3, fims(&t[5..6]))]);
         assert_eq!(
             recorded_breaks(&store),
             [("a".to_owned(), 6, "gap".to_owned(), 5, "/etc/f6".to_owned())]
         );
+    }
+
+    #[test]
+    fn fim_trail_batches_stored_out_of_order_across_commits_and_restarts_break_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.db");
+        let t = fim_trail::chained::trail(8);
+        // Batches 1..3 in flight at once (low-water 1): 3 is stored first, then the aggregator
+        // restarts, then 2, then 1 sent again after a reconnect.
+        let in_flight = |seq, events: &[FimEvent]| IncomingBatch {
+            low_water_seq: 1,
+            ..batch("a", 1, seq, fims(events))
+        };
+        {
+            let store = SqliteStore::open(&path).unwrap();
+            commit(&store, &[in_flight(3, &t[4..6])]);
+            assert_eq!(stored_position(&store, "a"), None);
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        commit(&store, &[in_flight(2, &t[2..4])]);
+        commit(&store, &[in_flight(1, &t[..2])]);
+        assert_eq!(recorded_breaks(&store), []);
+        assert_eq!(stored_position(&store, "a"), Some((6, t[5].chain.clone())));
+        // Held again across a restart, then given up when the mark passes the missing batch.
+        commit(&store, &[in_flight(5, &t[7..8])]);
+        drop(store);
+        let store = SqliteStore::open(&path).unwrap();
+        commit(&store, &[oldest_batch("a", 1, 6, vec![log(T0, 1)])]);
+        assert_eq!(
+            recorded_breaks(&store),
+            [("a".to_owned(), 8, "gap".to_owned(), 7, "/etc/f8".to_owned())]
+        );
+        assert_eq!(trail_notices(&store).len(), 1);
+        assert_eq!(count(&store, EventKind::Fim, Some("a")), 7);
     }
 
     #[derive(Debug, Clone)]

@@ -14,8 +14,9 @@
 //!   event's own time and the receive time. Attributes and nested values are JSON text, so they
 //!   can be queried with SQLite's JSON functions.
 //! - `fim_trails`: per agent, the `seq` and `chain` of the last file-integrity event received,
-//!   written in the commit that stores the event ([`fim_trail`]); `fim_trail_breaks`: every break
-//!   found in a trail, with the event that showed it.
+//!   written in the commit that stores the event ([`fim_trail`]); `fim_trail_ahead`: the events
+//!   stored ahead of their place in a trail, held until the events before them come or are known
+//!   lost; `fim_trail_breaks`: every break found in a trail, with the event that showed it.
 //!
 //! Modules: [`schema`] (tables and migrations), [`commit`] (the group commit and deduplication),
 //! [`registry`] (the agent registry), [`retention`], [`queries`] (the reads), [`reader`] (the
@@ -114,8 +115,8 @@ struct WriteState {
     /// The stored host summary per agent key, read once per agent and then kept, so a commit
     /// writes each summary with one UPDATE and reads nothing.
     summaries: HashMap<i64, HostSummary>,
-    /// Each agent's file-integrity trail position, read once per agent and then kept.
-    trails: HashMap<i64, fim_trail::Position>,
+    /// Each agent's file-integrity trail, read once per agent and then kept.
+    trails: HashMap<i64, fim_trail::Trail>,
 }
 
 /// Cache changes of a transaction not yet committed.
@@ -126,8 +127,8 @@ struct Pending {
     /// Per agent key, the summary of the metric points this transaction stored; after
     /// [`commit::write_summaries`], the summary as written.
     summaries: HashMap<i64, HostSummary>,
-    /// Per agent key, the trail position after this transaction's file-integrity events.
-    trails: HashMap<i64, fim_trail::Position>,
+    /// Per agent key, the trail after this transaction's file-integrity events and batches.
+    trails: HashMap<i64, fim_trail::Trail>,
 }
 
 impl SqliteStore {

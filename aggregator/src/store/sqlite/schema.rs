@@ -15,6 +15,7 @@ const MIGRATIONS: &[&str] = &[
     SCHEMA_V2_HOST_SUMMARY,
     SCHEMA_V3_METRIC_UNIT,
     SCHEMA_V4_FIM_TRAIL,
+    SCHEMA_V5_FIM_TRAIL_AHEAD,
 ];
 
 pub(super) const SCHEMA_V1: &str = "
@@ -150,6 +151,20 @@ CREATE TABLE fim_trail_breaks (
 CREATE INDEX fim_trail_breaks_agent ON fim_trail_breaks (agent_key, seq);
 ";
 
+/// The file-integrity events received ahead of their place in their agent's trail (a later
+/// batch stored before an earlier one), held until the events before them arrive or are known
+/// lost. Few rows: the events of the batches one agent has in flight at once.
+const SCHEMA_V5_FIM_TRAIL_AHEAD: &str = "
+CREATE TABLE fim_trail_ahead (
+    agent_key INTEGER NOT NULL,
+    seq       INTEGER NOT NULL,  -- the event's place in the trail
+    event_id  INTEGER NOT NULL,  -- its fim_events row
+    spool_id  INTEGER NOT NULL,  -- and the batch that brought it
+    batch_seq INTEGER NOT NULL,
+    PRIMARY KEY (agent_key, seq)
+) WITHOUT ROWID;
+";
+
 /// The schema version this build writes and reads.
 pub(super) fn current_version() -> i64 {
     MIGRATIONS.len() as i64
@@ -248,7 +263,7 @@ mod tests {
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
         assert_eq!(version, MIGRATIONS.len() as i64);
-        assert_eq!(version, 4);
+        assert_eq!(version, 5);
         let units = |store: &SqliteStore| -> Vec<(String, String)> {
             let conn = Connection::open(store.path()).unwrap();
             let mut q = conn

@@ -5,7 +5,7 @@ use std::sync::mpsc as std_mpsc;
 use outpost_common::event::{AgentStatus, Event, EventKind};
 
 use super::*;
-use crate::store::testutil::{T0, batch, bench_batch, hello, log, logs};
+use crate::store::testutil::{T0, batch, bench_batch, hello, log, logs, oldest_batch};
 use crate::store::{
     AgentRecord, Cursor, EventPage, EventQuery, FeedItem, HostSummary, Retention, RetentionReport,
     SqliteStore,
@@ -701,7 +701,10 @@ async fn fim_trail_breaks_are_published_with_their_batch_and_counted() {
     let t = crate::store::fim_trail::chained::trail(4);
     let fims = |range: std::ops::Range<usize>| t[range].iter().cloned().map(Event::Fim).collect();
     // 3 lost on the way.
-    let sent = [batch("a", 1, 1, fims(0..2)), batch("a", 1, 2, fims(3..4))];
+    let sent = [
+        oldest_batch("a", 1, 1, fims(0..2)),
+        oldest_batch("a", 1, 2, fims(3..4)),
+    ];
     for b in &sent {
         writer.commit(b.clone()).await.unwrap();
     }
