@@ -20,6 +20,7 @@
 //! hashing and a file budget.
 
 pub mod compare;
+mod hashers;
 pub mod key;
 mod prefetch;
 pub mod realtime;
@@ -152,6 +153,10 @@ pub struct Config {
     pub hash_mib_per_sec: u32,
     /// Scans look at most at this many paths a second (0: unlimited).
     pub files_per_sec: u32,
+    /// Threads that hash files larger than 64 KiB beside a scan, so that a tree of large files
+    /// is hashed on several cores (0: the scan hashes everything on its own thread). The hashing
+    /// budget is shared by all.
+    pub hash_threads: usize,
     /// Filesystem types not entered below a watched path (a watched path that is itself such a
     /// mount point is scanned); a trailing `*` matches any suffix (`fuse.*`).
     pub skip_fs_types: Vec<String>,
@@ -175,6 +180,7 @@ impl Default for Config {
             coalesce_max: Duration::from_millis(500),
             hash_mib_per_sec: 50,
             files_per_sec: 5000,
+            hash_threads: 2,
             skip_fs_types: [
                 "proc",
                 "sysfs",
@@ -220,6 +226,8 @@ pub const DEFAULT_PATHS: [(&str, Mode); 7] = [
 
 /// Events and rows per submission at most.
 const CHUNK: usize = 1000;
+/// `hash_threads` at most.
+const MAX_HASH_THREADS: usize = 16;
 
 /// The file-integrity source.
 #[derive(Debug)]
@@ -325,6 +333,12 @@ impl Source for Fim {
             return Err(SourceError::new(
                 option("hash_mib_per_sec"),
                 "must be at most 4095 (0: unlimited)",
+            ));
+        }
+        if config.hash_threads > MAX_HASH_THREADS {
+            return Err(SourceError::new(
+                option("hash_threads"),
+                format!("must be at most {MAX_HASH_THREADS}"),
             ));
         }
         if config.skip_fs_types.iter().any(|t| t.trim().is_empty()) {
@@ -507,6 +521,7 @@ impl Fim {
             CHUNK,
         )
         .excluding(&own)
+        .hashing_on(self.config.hash_threads)
     }
 }
 

@@ -23,6 +23,10 @@ use rustix::fs::{Advice, Mode, OFlags};
 /// Files read ahead of the scan at most.
 pub(super) const WINDOW: u64 = 512;
 
+/// Once the window is full, the threads wait until the scan has made this much room again, so
+/// that they are woken once per this many files rather than once per file.
+const REFILL: u64 = WINDOW / 8;
+
 /// Files larger than this are not read ahead.
 pub(super) const MAX_FILE: u64 = 8 << 20;
 
@@ -50,6 +54,8 @@ struct Queue {
     taken: u64,
     /// Paths the scan has reached so far.
     reached: u64,
+    /// Threads waiting for room in the window and not woken yet.
+    waiting: usize,
     closed: bool,
 }
 
@@ -82,8 +88,12 @@ impl Prefetch {
     pub(super) fn reached(&self) {
         let mut q = lock(&self.shared.queue);
         q.reached += 1;
-        drop(q);
-        self.shared.wake.notify_all();
+        let room = q.taken + REFILL <= q.reached + WINDOW;
+        if q.waiting > 0 && room && !q.paths.is_empty() {
+            q.waiting = 0;
+            drop(q);
+            self.shared.wake.notify_all();
+        }
     }
 }
 
@@ -113,9 +123,11 @@ fn run(shared: &Shared) {
                     && let Some(path) = q.paths.pop_front()
                 {
                     q.taken += 1;
-                    drop(q);
-                    shared.wake.notify_all();
                     break path;
+                }
+                if !q.paths.is_empty() {
+                    // The window is full: [`Prefetch::reached`] wakes it once there is room.
+                    q.waiting += 1;
                 }
                 q = shared.wake.wait(q).unwrap_or_else(PoisonError::into_inner);
             }
@@ -145,8 +157,21 @@ fn read_ahead(path: &std::path::Path) {
 mod tests {
     use super::*;
 
-    /// The threads never take more than `WINDOW` paths beyond what the scan reached, take them
-    /// all once it reaches them, and end when dropped.
+    /// Waits (10 s at most) until the threads have taken `want` paths; answers how many they took.
+    fn wait_taken(prefetch: &Prefetch, want: u64) -> u64 {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let taken = lock(&prefetch.shared.queue).taken;
+            if taken >= want || std::time::Instant::now() > deadline {
+                return taken;
+            }
+            std::thread::yield_now();
+        }
+    }
+
+    /// The threads never take more than `WINDOW` paths beyond what the scan reached, are woken
+    /// again once it has made `REFILL` room, take them all once it reaches them, and end when
+    /// dropped.
     #[test]
     fn the_threads_stay_within_the_window_of_the_scan() {
         let dir = tempfile::tempdir().unwrap();
@@ -158,28 +183,25 @@ mod tests {
         }
         let prefetch = Prefetch::start();
         prefetch.queue(paths.clone());
-        let wait_taken = |want: u64| {
-            let mut q = lock(&prefetch.shared.queue);
-            while q.taken < want {
-                q = prefetch.shared.wake.wait(q).unwrap();
-            }
-            assert_eq!(q.taken, want, "no more than the window");
-        };
-        wait_taken(WINDOW);
-        for _ in 0..10 {
+        assert_eq!(wait_taken(&prefetch, WINDOW), WINDOW);
+        // Less room than REFILL wakes no thread (one coming back from a file may take some).
+        for _ in 0..REFILL - 1 {
             prefetch.reached();
         }
-        wait_taken(WINDOW + 10);
-        for _ in 0..WINDOW {
+        assert!(lock(&prefetch.shared.queue).taken < WINDOW + REFILL);
+        prefetch.reached();
+        assert_eq!(wait_taken(&prefetch, WINDOW + REFILL), WINDOW + REFILL);
+        assert_eq!(
+            lock(&prefetch.shared.queue).taken,
+            WINDOW + REFILL,
+            "no more than the window"
+        );
+        for _ in 0..WINDOW + 10 {
             prefetch.reached();
         }
         let total = paths.len() as u64;
-        let mut q = lock(&prefetch.shared.queue);
-        while q.taken < total {
-            q = prefetch.shared.wake.wait(q).unwrap();
-        }
-        assert!(q.paths.is_empty());
-        drop(q);
+        assert_eq!(wait_taken(&prefetch, total), total);
+        assert!(lock(&prefetch.shared.queue).paths.is_empty());
         drop(prefetch);
     }
 

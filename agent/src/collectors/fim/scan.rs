@@ -29,6 +29,7 @@ use outpost_common::event::{
 use serde::{Deserialize, Serialize};
 
 use super::compare::{self, Attrs};
+use super::hashers::{self, Hashers, Job, Observed};
 use super::key;
 use super::prefetch::Prefetch;
 use super::state::{self, Budget, Observe};
@@ -45,6 +46,8 @@ const PROGRESS_KEY: &[u8] = b"progress";
 pub const PAGE: usize = 512;
 /// Appeared and vanished paths held for move pairing at most.
 pub const PENDING_CAP: usize = 10_000;
+/// Paths a scan may look at beyond the oldest one whose hash it is still waiting for.
+const WINDOW: usize = 4096;
 
 /// Why a job stopped before its end.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -150,6 +153,10 @@ pub struct Engine {
     hash_budget: Budget,
     file_budget: Budget,
     chunk: usize,
+    /// Threads hashing large files beside a scan ([`super::hashers`]); 0: the scan hashes all.
+    hash_threads: usize,
+    /// Paths a scan may look at beyond the oldest one whose hash it is still waiting for.
+    window: usize,
 }
 
 impl Engine {
@@ -170,7 +177,23 @@ impl Engine {
             hash_budget,
             file_budget,
             chunk: chunk.max(2),
+            hash_threads: 0,
+            window: WINDOW,
         }
+    }
+
+    /// Hashes the large files of a scan on `threads` threads beside it (0: on the scan's own).
+    pub fn hashing_on(mut self, threads: usize) -> Engine {
+        self.hash_threads = threads;
+        self
+    }
+
+    /// [`Engine::hashing_on`] with a window of `window` paths instead of [`WINDOW`].
+    #[cfg(test)]
+    pub(super) fn hashing_within(mut self, threads: usize, window: usize) -> Engine {
+        self.hash_threads = threads;
+        self.window = window.max(1);
+        self
     }
 
     /// Never watches `paths` (absolute) or what lies below them: the agent's own state and
@@ -252,6 +275,21 @@ impl Engine {
         detection: FimDetection,
         now_ns: i64,
     ) -> Result<Summary, Stop> {
+        std::thread::scope(|scope| {
+            let hashers =
+                (self.hash_threads > 0).then(|| Hashers::start(scope, self.hash_threads, self));
+            self.scan_with(store, target, detection, now_ns, hashers)
+        })
+    }
+
+    fn scan_with(
+        &self,
+        store: &mut impl Store,
+        target: &Target,
+        detection: FimDetection,
+        now_ns: i64,
+        hashers: Option<Hashers>,
+    ) -> Result<Summary, Stop> {
         let started = Instant::now();
         let (trail, progress) = self.load(store)?;
         let fresh: Vec<bool> = self
@@ -270,6 +308,8 @@ impl Engine {
                 initial,
                 ..Summary::default()
             },
+            hashers,
+            slots: VecDeque::new(),
         };
         let mut walk = Walk::new(self, target);
         if initial {
@@ -283,28 +323,37 @@ impl Engine {
             }
             let row_key = rows.peek(store)?.map(|r| r.0.clone());
             let order = match (&entry, &row_key) {
-                (None, None) => break,
-                (Some(_), None) => std::cmp::Ordering::Less,
-                (None, Some(_)) => std::cmp::Ordering::Greater,
-                (Some(e), Some(r)) => e.key.as_slice().cmp(r.as_slice()),
+                (None, None) => None,
+                (Some(_), None) => Some(std::cmp::Ordering::Less),
+                (None, Some(_)) => Some(std::cmp::Ordering::Greater),
+                (Some(e), Some(r)) => Some(e.key.as_slice().cmp(r.as_slice())),
             };
             match order {
-                std::cmp::Ordering::Less => {
-                    merge.appeared(entry.take(), &mut out);
+                Some(std::cmp::Ordering::Less) => {
+                    merge.push(entry.take(), None);
                     entry = walk.next();
                 }
-                std::cmp::Ordering::Equal => {
+                Some(std::cmp::Ordering::Equal) => {
                     let row = rows.pop();
-                    merge.both(entry.take(), row, &mut out);
+                    merge.push(entry.take(), Some(row));
                     entry = walk.next();
                 }
-                std::cmp::Ordering::Greater => {
-                    let row = rows.pop();
-                    merge.vanished(row, &mut out);
+                Some(std::cmp::Ordering::Greater) => {
+                    merge.push(None, Some(rows.pop()));
                 }
+                None => {}
             }
-            merge.resolve_if_full(&mut out, store)?;
-            out.flush_if_full(store)?;
+            // Everything looked at so far is decided in walk order; the scan waits for a hash
+            // only when it is too far ahead of it, or at its end.
+            let finishing = order.is_none();
+            while let Some((step, found)) = merge.next_ready(finishing) {
+                merge.decide(step, found, &mut out);
+                merge.resolve_if_full(&mut out, store)?;
+                out.flush_if_full(store)?;
+            }
+            if finishing {
+                break;
+            }
         }
         merge.pending.resolve(&mut out, &self.roots, store)?;
         let mut summary = merge.summary;
@@ -356,7 +405,7 @@ impl Engine {
         self.observe_meta(root, path, &meta, previous)
     }
 
-    fn observe_meta(
+    pub(super) fn observe_meta(
         &self,
         root: usize,
         path: &Path,
@@ -581,19 +630,122 @@ struct Merge<'e> {
     /// Rows below this key are kept: its directory could not be read.
     keep: Option<Vec<u8>>,
     summary: Summary,
+    hashers: Option<Hashers>,
+    /// The steps looked at and not decided yet, in walk order.
+    slots: VecDeque<(Step, Look)>,
+}
+
+/// One step of the merge join.
+#[derive(Debug)]
+enum Step {
+    /// A path that has no row.
+    Appeared(Entry),
+    /// A path with a row, and the row's state (`None`: unreadable).
+    Both(Entry, Option<FileState>),
+    /// A row whose path was not found.
+    Vanished(StateRow),
+}
+
+/// What looking at a step's path found, or where it is being looked at.
+#[derive(Debug)]
+enum Look {
+    /// Nothing to look at (a vanished row, a path whose `lstat` failed).
+    Nothing,
+    Found(Observed),
+    /// With the hashing threads, under this ticket.
+    Hashing(u64),
 }
 
 impl Merge<'_> {
-    /// A path that has no row.
-    fn appeared(&mut self, entry: Option<Entry>, out: &mut Out) {
-        let Some(entry) = entry else { return };
-        let Some(meta) = self.usable(&entry) else {
+    /// Looks at the path of the step the merge join came to (small files on this thread, large
+    /// ones on the hashing threads), and queues the step to be decided in walk order.
+    fn push(&mut self, entry: Option<Entry>, row: Option<Option<StateRow>>) {
+        let step = match (entry, row) {
+            (Some(entry), None) => Step::Appeared(entry),
+            (Some(entry), Some(Some((_, value)))) => Step::Both(entry, state::decode(&value)),
+            (None, Some(Some(row))) => Step::Vanished(row),
+            _ => return,
+        };
+        let (entry, before) = match &step {
+            Step::Appeared(entry) => (entry, None),
+            Step::Both(entry, before) => (entry, before.as_ref()),
+            Step::Vanished(_) => {
+                self.slots.push_back((step, Look::Nothing));
+                return;
+            }
+        };
+        let Found::Meta { meta, .. } = &entry.found else {
+            self.slots.push_back((step, Look::Nothing));
             return;
         };
-        match self
-            .engine
-            .observe_meta(entry.root, &entry.path, meta, None)
-        {
+        let observe = &self.engine.roots[entry.root].observe;
+        let large = meta.is_file() && meta.len() > hashers::MIN_SIZE;
+        let found = match &mut self.hashers {
+            Some(hashers) if large && state::will_hash(meta, observe, before) => {
+                let job = Job {
+                    root: entry.root,
+                    path: entry.path.clone(),
+                    meta: meta.clone(),
+                    previous: before.cloned(),
+                };
+                if let Some(ticket) = hashers.submit(job) {
+                    self.slots.push_back((step, Look::Hashing(ticket)));
+                    return;
+                }
+                self.engine
+                    .observe_meta(entry.root, &entry.path, meta, before)
+            }
+            _ => self
+                .engine
+                .observe_meta(entry.root, &entry.path, meta, before),
+        };
+        self.slots.push_back((step, Look::Found(found)));
+    }
+
+    /// The oldest step not decided yet, once what was looked at for it is there; waiting for
+    /// its hash when `finishing` or when the window is full.
+    fn next_ready(&mut self, finishing: bool) -> Option<(Step, Option<Observed>)> {
+        let must_wait = finishing || self.slots.len() > self.engine.window;
+        let ticket = match self.slots.front()? {
+            (_, Look::Hashing(ticket)) => *ticket,
+            _ => {
+                let (step, look) = self.slots.pop_front()?;
+                let found = match look {
+                    Look::Found(found) => Some(found),
+                    _ => None,
+                };
+                return Some((step, found));
+            }
+        };
+        let hashers = self.hashers.as_mut()?;
+        let found = if must_wait {
+            hashers.wait(ticket)
+        } else {
+            hashers.poll(ticket)?
+        };
+        let (step, _) = self.slots.pop_front()?;
+        Some((step, Some(found)))
+    }
+
+    /// Decides a step in walk order, with what looking at its path found.
+    fn decide(&mut self, step: Step, found: Option<Observed>, out: &mut Out) {
+        match (step, found) {
+            (Step::Appeared(entry), Some(found)) => self.appeared(entry, found, out),
+            (Step::Both(entry, before), Some(found)) => self.both(entry, before, found, out),
+            // Its `lstat` failed: counted, and a row below it kept.
+            (Step::Appeared(entry) | Step::Both(entry, _), None) => {
+                self.usable(&entry);
+            }
+            (Step::Vanished(row), _) => self.vanished(row, out),
+        }
+    }
+
+    /// A path that has no row.
+    fn appeared(&mut self, entry: Entry, found: Observed, out: &mut Out) {
+        if self.usable(&entry).is_none() {
+            return;
+        }
+        match found {
             Ok(Some((now, hashed))) => {
                 self.summary.bytes_hashed += hashed;
                 if self.fresh[entry.root] {
@@ -609,18 +761,11 @@ impl Merge<'_> {
     }
 
     /// A path with a row.
-    fn both(&mut self, entry: Option<Entry>, row: Option<StateRow>, out: &mut Out) {
-        let (Some(entry), Some((_, value))) = (entry, row) else {
+    fn both(&mut self, entry: Entry, before: Option<FileState>, found: Observed, out: &mut Out) {
+        if self.usable(&entry).is_none() {
             return;
-        };
-        let Some(meta) = self.usable(&entry) else {
-            return;
-        };
-        let before = state::decode(&value);
-        match self
-            .engine
-            .observe_meta(entry.root, &entry.path, meta, before.as_ref())
-        {
+        }
+        match found {
             Ok(Some((now, hashed))) => {
                 self.summary.bytes_hashed += hashed;
                 if self.fresh[entry.root] {
@@ -654,8 +799,8 @@ impl Merge<'_> {
     }
 
     /// A row whose path was not found.
-    fn vanished(&mut self, row: Option<StateRow>, out: &mut Out) {
-        let Some((k, value)) = row else { return };
+    fn vanished(&mut self, row: StateRow, out: &mut Out) {
+        let (k, value) = row;
         if self.keep.as_ref().is_some_and(|keep| key::within(&k, keep)) {
             return;
         }

@@ -146,12 +146,8 @@ pub fn observe(
     if let (FileKind::File, Some(algorithm)) = (kind, how.hash) {
         if state.size > how.max_hash_size {
             state.too_large_to_hash = true;
-        } else if let Some(hash) = previous
-            .filter(|p| !how.always_hash && unchanged_content(p, &state))
-            .and_then(|p| p.hash.clone())
-            .filter(|h| h.starts_with(algorithm.prefix()))
-        {
-            state.hash = Some(hash);
+        } else if let Some(hash) = lent_hash(previous, meta, how, algorithm) {
+            state.hash = Some(hash.clone());
         } else {
             let (hash, n) = hash_file(path, algorithm, budget)?;
             state.hash = Some(hash);
@@ -161,15 +157,37 @@ pub fn observe(
     Ok((state, hashed))
 }
 
-/// Whether the content of a file in state `now` is the one hashed in `before`: same size, mtime,
-/// ctime and inode (a write changes mtime and ctime; `touch -r` restores mtime, not ctime).
-fn unchanged_content(before: &FileState, now: &FileState) -> bool {
+/// Whether [`observe`] would read and hash the content of the file whose `lstat` is `meta`.
+pub fn will_hash(meta: &Metadata, how: &Observe, previous: Option<&FileState>) -> bool {
+    kind(meta) == FileKind::File
+        && how.hash.is_some_and(|algorithm| {
+            meta.size() <= how.max_hash_size && lent_hash(previous, meta, how, algorithm).is_none()
+        })
+}
+
+/// The hash of `previous` when it still holds for the file whose `lstat` is `meta`.
+fn lent_hash<'p>(
+    previous: Option<&'p FileState>,
+    meta: &Metadata,
+    how: &Observe,
+    algorithm: HashAlgorithm,
+) -> Option<&'p String> {
+    previous
+        .filter(|p| !how.always_hash && unchanged_content(p, meta))
+        .and_then(|p| p.hash.as_ref())
+        .filter(|h| h.starts_with(algorithm.prefix()))
+}
+
+/// Whether the content of the file whose `lstat` is `now` is the one hashed in `before`: same
+/// size, mtime, ctime and inode (a write changes mtime and ctime; `touch -r` restores mtime, not
+/// ctime).
+fn unchanged_content(before: &FileState, now: &Metadata) -> bool {
     before.kind == FileKind::File
-        && before.size == now.size
-        && before.mtime_ns == now.mtime_ns
-        && before.ctime_ns == now.ctime_ns
-        && before.inode == now.inode
-        && before.device == now.device
+        && before.size == now.size()
+        && before.mtime_ns == time_ns(now.mtime(), now.mtime_nsec())
+        && before.ctime_ns == time_ns(now.ctime(), now.ctime_nsec())
+        && before.inode == now.ino()
+        && before.device == now.dev()
 }
 
 fn time_ns(secs: i64, nsec: i64) -> i64 {

@@ -165,14 +165,7 @@ fn change(t: &Path) -> BTreeSet<(String, String)> {
     write(&t.join("a"), "a-content, longer now");
     want.insert(ev(p("a"), FimChange::Modified));
     // Same size, mtime put back: only the hash (and ctime) tell.
-    let mtime = fs::metadata(t.join("b")).unwrap().modified().unwrap();
-    write(&t.join("b"), "B-content");
-    fs::File::options()
-        .write(true)
-        .open(t.join("b"))
-        .unwrap()
-        .set_modified(mtime)
-        .unwrap();
+    rewrite_keeping_mtime(&t.join("b"), b"B-content");
     want.insert(ev(p("b"), FimChange::Modified));
     fs::set_permissions(t.join("c"), fs::Permissions::from_mode(0o600)).unwrap();
     want.insert(ev(p("c"), FimChange::MetadataChanged));
@@ -207,6 +200,149 @@ fn change(t: &Path) -> BTreeSet<(String, String)> {
         want.insert(ev(p("i"), FimChange::MetadataChanged));
     }
     want
+}
+
+/// A tree of small files and files large enough for the hashing threads, in two directories.
+fn mixed_tree(t: &Path) {
+    for d in ["one", "two"] {
+        fs::create_dir_all(t.join(d)).unwrap();
+        for i in 0..24u8 {
+            let len = if i % 3 == 0 {
+                70_000 + usize::from(i) * 9_000
+            } else {
+                10 + usize::from(i)
+            };
+            fs::write(t.join(d).join(format!("f{i:02}")), vec![i; len]).unwrap();
+        }
+    }
+}
+
+/// Changes to large and small files of [`mixed_tree`].
+fn change_mixed(t: &Path) {
+    fs::write(t.join("one/f00"), vec![7; 90_000]).unwrap();
+    fs::write(t.join("one/f01"), b"small, changed").unwrap();
+    fs::remove_file(t.join("one/f03")).unwrap();
+    fs::rename(t.join("one/f06"), t.join("two/moved")).unwrap();
+    fs::write(t.join("two/new-large"), vec![1; 200_000]).unwrap();
+    fs::set_permissions(t.join("two/f09"), fs::Permissions::from_mode(0o600)).unwrap();
+    // Same size and mtime: only the hash tells.
+    let mut content = fs::read(t.join("two/f12")).unwrap();
+    content[1000] ^= 0xff;
+    rewrite_keeping_mtime(&t.join("two/f12"), &content);
+}
+
+/// Writes `content` to `path` and puts its mtime back: only the hash (and ctime) tell.
+fn rewrite_keeping_mtime(path: &Path, content: &[u8]) {
+    let mtime = fs::metadata(path).unwrap().modified().unwrap();
+    fs::write(path, content).unwrap();
+    fs::File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+}
+
+#[test]
+fn hashing_threads_change_who_hashes_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = dir.path().join("t");
+    mixed_tree(&t);
+    let (a, b, c) = (
+        dir.path().join("a"),
+        dir.path().join("b"),
+        dir.path().join("c"),
+    );
+    for d in [&a, &b, &c] {
+        fs::create_dir_all(d).unwrap();
+    }
+    let mut stores = [
+        TestStore::open(&a),
+        TestStore::open(&b),
+        TestStore::open(&c),
+    ];
+    // The scan alone; two threads; one thread with a window of 2 paths, so that the scan waits
+    // for hashes in the middle of the walk. Submissions of 5, so that commits fall between.
+    let engines = [
+        engine(vec![root(&t, false)], 5),
+        engine(vec![root(&t, false)], 5).hashing_on(2),
+        engine(vec![root(&t, false)], 5).hashing_within(1, 2),
+    ];
+    let baselines: Vec<Summary> = engines
+        .iter()
+        .zip(&mut stores)
+        .map(|(e, s)| full(e, s, FimDetection::Rescan))
+        .collect();
+    for (i, s) in stores.iter().enumerate().skip(1) {
+        assert_eq!(s.rows(), stores[0].rows(), "baseline rows of engine {i}");
+        assert_eq!(
+            (
+                baselines[i].paths,
+                baselines[i].bytes_hashed,
+                baselines[i].baseline_paths
+            ),
+            (
+                baselines[0].paths,
+                baselines[0].bytes_hashed,
+                baselines[0].baseline_paths
+            ),
+        );
+    }
+    assert!(
+        baselines[0].bytes_hashed > 16 * 70_000,
+        "{:?}",
+        baselines[0]
+    );
+
+    change_mixed(&t);
+    let scans: Vec<Summary> = engines
+        .iter()
+        .zip(&mut stores)
+        .map(|(e, s)| full(e, s, FimDetection::Scheduled))
+        .collect();
+    let changes = stores[0].events.clone();
+    let mut got: Vec<_> = changes
+        .iter()
+        .map(|e| {
+            (
+                e.path
+                    .strip_prefix(&*t.to_string_lossy())
+                    .unwrap_or(&e.path)
+                    .to_owned(),
+                format!("{:?}", e.change),
+            )
+        })
+        .collect();
+    got.sort();
+    let want = [
+        ("/one/f00", FimChange::Modified),
+        ("/one/f01", FimChange::Modified),
+        ("/one/f03", FimChange::Deleted),
+        ("/two/f09", FimChange::MetadataChanged),
+        ("/two/f12", FimChange::Modified),
+        ("/two/moved", FimChange::Moved),
+        ("/two/new-large", FimChange::Created),
+    ];
+    assert_eq!(
+        got,
+        want.map(|(p, c)| (p.to_owned(), format!("{c:?}"))).to_vec(),
+        "{changes:#?}"
+    );
+    for (i, s) in stores.iter().enumerate().skip(1) {
+        // The same events, chained the same, in the same order, and the same rows after.
+        assert_eq!(s.events, changes, "events of engine {i}");
+        assert_eq!(s.rows(), stores[0].rows(), "rows of engine {i}");
+        assert_eq!(scans[i].bytes_hashed, scans[0].bytes_hashed);
+        let sizes: Vec<usize> = s
+            .subs
+            .iter()
+            .map(|sub| sub.events.len() + sub.state.len())
+            .collect();
+        assert!(
+            sizes.iter().all(|&n| n <= 5 + 1),
+            "submissions of engine {i}: {sizes:?}"
+        );
+    }
 }
 
 #[test]
