@@ -137,7 +137,8 @@ fn run(shared: &Shared) {
 }
 
 /// Opens `path` (never following a symlink, never waiting on a FIFO) and, if it is a regular file
-/// no larger than [`MAX_FILE`], asks the kernel to read it into the page cache.
+/// no larger than [`MAX_FILE`], asks the kernel to read it into the page cache; a directory it
+/// lists.
 fn read_ahead(path: &std::path::Path) {
     let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
     let Ok(fd) = rustix::fs::open(path, flags, Mode::empty()) else {
@@ -146,10 +147,16 @@ fn read_ahead(path: &std::path::Path) {
     let Ok(stat) = rustix::fs::fstat(&fd) else {
         return;
     };
-    let regular = rustix::fs::FileType::from_raw_mode(stat.st_mode).is_file();
+    let kind = rustix::fs::FileType::from_raw_mode(stat.st_mode);
     let size = u64::try_from(stat.st_size).unwrap_or(0);
-    if regular && size > 0 && size <= MAX_FILE {
+    if kind.is_file() && size > 0 && size <= MAX_FILE {
         let _ = rustix::fs::fadvise(&fd, 0, std::num::NonZeroU64::new(size), Advice::WillNeed);
+    } else if kind.is_dir() {
+        // Listing it reads its blocks into the cache, so the scan's own listing when it gets
+        // there does not wait for the disk.
+        if let Ok(mut dir) = rustix::fs::Dir::read_from(&fd) {
+            while let Some(Ok(_)) = dir.next() {}
+        }
     }
 }
 
