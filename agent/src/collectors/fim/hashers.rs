@@ -1,13 +1,13 @@
-//! Hashing large files beside a scan.
+//! Hashing files beside a scan.
 //!
 //! A scan looks at its paths one after the other, and a file's hash costs far more than its
-//! metadata once the file is larger than a read or two: on a tree of large files (`/usr`) one
-//! thread hashing everything is the limit, while the disk could read several files at once and
-//! the machine has other cores. So the scan hands each file that needs hashing and is larger
-//! than [`MIN_SIZE`] to one of a few threads here, goes on with the paths after it (hashing the
-//! small ones itself), and takes the results back in its own order ([`super::scan`] keeps the
-//! window). Every file is hashed once, by exactly one thread; nothing here decides anything
-//! about the result.
+//! metadata: its content must be read, often from a cold disk. One thread hashing everything is
+//! the limit on a tree of large files (`/usr`), and on small files it waits for the disk one
+//! file at a time while the disk could serve several and the machine has other cores. So the
+//! scan hands each file that needs hashing to one of a few threads here, goes on with the paths
+//! after it, and takes the results back in its own order ([`super::scan`] keeps the window).
+//! Every file is hashed once, by exactly one thread; nothing here decides anything about the
+//! result.
 //!
 //! The threads are scoped to the scan: they end when the [`Hashers`] is dropped (a file being
 //! hashed then is finished, or given up at once when the agent is stopping, as the scan's own
@@ -24,11 +24,6 @@ use std::thread::Scope;
 use outpost_common::event::FileState;
 
 use super::scan::Engine;
-use super::state::HASH_BUFFER;
-
-/// Files this large or smaller are hashed by the scan itself: one read, where handing them over
-/// would cost more than it saves.
-pub(super) const MIN_SIZE: u64 = HASH_BUFFER as u64;
 
 /// What looking at a path found: its state and the bytes hashed, `None` if it is gone.
 pub(super) type Observed = io::Result<Option<(FileState, u64)>>;

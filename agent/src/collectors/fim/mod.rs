@@ -153,9 +153,9 @@ pub struct Config {
     pub hash_mib_per_sec: u32,
     /// Scans look at most at this many paths a second (0: unlimited).
     pub files_per_sec: u32,
-    /// Threads that hash files larger than 64 KiB beside a scan, so that a tree of large files
-    /// is hashed on several cores (0: the scan hashes everything on its own thread). The hashing
-    /// budget is shared by all.
+    /// Threads that hash files beside a scan, so that several files are read from the disk at
+    /// once and hashed on several cores (0: the scan hashes on its own thread). They share the
+    /// hashing budget.
     pub hash_threads: usize,
     /// Filesystem types not entered below a watched path (a watched path that is itself such a
     /// mount point is scanned); a trailing `*` matches any suffix (`fuse.*`).
@@ -180,7 +180,7 @@ impl Default for Config {
             coalesce_max: Duration::from_millis(500),
             hash_mib_per_sec: 50,
             files_per_sec: 5000,
-            hash_threads: 2,
+            hash_threads: 4,
             skip_fs_types: [
                 "proc",
                 "sysfs",

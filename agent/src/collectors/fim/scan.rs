@@ -29,7 +29,7 @@ use outpost_common::event::{
 use serde::{Deserialize, Serialize};
 
 use super::compare::{self, Attrs};
-use super::hashers::{self, Hashers, Job, Observed};
+use super::hashers::{Hashers, Job, Observed};
 use super::key;
 use super::prefetch::Prefetch;
 use super::state::{self, Budget, Observe};
@@ -153,7 +153,7 @@ pub struct Engine {
     hash_budget: Budget,
     file_budget: Budget,
     chunk: usize,
-    /// Threads hashing large files beside a scan ([`super::hashers`]); 0: the scan hashes all.
+    /// Threads hashing files beside a scan ([`super::hashers`]); 0: the scan hashes them itself.
     hash_threads: usize,
     /// Paths a scan may look at beyond the oldest one whose hash it is still waiting for.
     window: usize,
@@ -182,7 +182,7 @@ impl Engine {
         }
     }
 
-    /// Hashes the large files of a scan on `threads` threads beside it (0: on the scan's own).
+    /// Hashes the files of a scan on `threads` threads beside it (0: on the scan's own).
     pub fn hashing_on(mut self, threads: usize) -> Engine {
         self.hash_threads = threads;
         self
@@ -657,8 +657,8 @@ enum Look {
 }
 
 impl Merge<'_> {
-    /// Looks at the path of the step the merge join came to (small files on this thread, large
-    /// ones on the hashing threads), and queues the step to be decided in walk order.
+    /// Looks at the path of the step the merge join came to (on this thread, or on the hashing
+    /// threads for a file to hash), and queues the step to be decided in walk order.
     fn push(&mut self, entry: Option<Entry>, row: Option<Option<StateRow>>) {
         let step = match (entry, row) {
             (Some(entry), None) => Step::Appeared(entry),
@@ -679,9 +679,8 @@ impl Merge<'_> {
             return;
         };
         let observe = &self.engine.roots[entry.root].observe;
-        let large = meta.is_file() && meta.len() > hashers::MIN_SIZE;
         let found = match &mut self.hashers {
-            Some(hashers) if large && state::will_hash(meta, observe, before) => {
+            Some(hashers) if state::will_hash(meta, observe, before) => {
                 let job = Job {
                     root: entry.root,
                     path: entry.path.clone(),

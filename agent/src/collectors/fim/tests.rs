@@ -202,7 +202,7 @@ fn change(t: &Path) -> BTreeSet<(String, String)> {
     want
 }
 
-/// A tree of small files and files large enough for the hashing threads, in two directories.
+/// A tree of small and larger files (several reads each), in two directories.
 fn mixed_tree(t: &Path) {
     for d in ["one", "two"] {
         fs::create_dir_all(t.join(d)).unwrap();
