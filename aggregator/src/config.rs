@@ -25,6 +25,7 @@ pub struct AggregatorConfig {
     pub ingest: IngestSection,
     pub fleet: FleetSection,
     pub retention: RetentionSection,
+    pub api: ApiSection,
     pub log: LogConfig,
 }
 
@@ -37,6 +38,7 @@ impl Default for AggregatorConfig {
             ingest: IngestSection::default(),
             fleet: FleetSection::default(),
             retention: RetentionSection::default(),
+            api: ApiSection::default(),
             log: LogConfig::default(),
         }
     }
@@ -183,11 +185,50 @@ impl Default for RetentionSection {
     }
 }
 
+/// `[api]`: the HTTP API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiSection {
+    pub enabled: bool,
+    /// TCP address of the API. Port 0 picks a free port; the bound address is written to
+    /// `<data_dir>/api.addr`.
+    pub listen: Spanned<String>,
+    /// Serve HTTPS with this certificate chain (PEM) and key; both or neither.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// A request taking longer is answered 503.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Largest request body accepted.
+    pub max_body: ByteSize,
+    /// Requests a second one token may make, with bursts of twice as many.
+    pub requests_per_sec_per_token: u32,
+    /// Requests a second one client address may make (with or without a token).
+    pub requests_per_sec_per_address: u32,
+}
+
+impl Default for ApiSection {
+    fn default() -> Self {
+        ApiSection {
+            enabled: true,
+            listen: Spanned::new(0..0, "127.0.0.1:9440".to_owned()),
+            tls_cert: None,
+            tls_key: None,
+            request_timeout: Duration::from_secs(30),
+            max_body: ByteSize::kib(256),
+            requests_per_sec_per_token: 50,
+            requests_per_sec_per_address: 100,
+        }
+    }
+}
+
 /// A loaded and validated configuration.
 #[derive(Debug, Clone)]
 pub struct Validated {
     pub config: AggregatorConfig,
     pub listen: SocketAddr,
+    /// The API's address.
+    pub api_listen: SocketAddr,
     pub path: PathBuf,
 }
 
@@ -198,25 +239,40 @@ impl Validated {
     pub fn listen_file(&self) -> PathBuf {
         self.config.data_dir.join("listen.addr")
     }
+    /// Where the API's bound address is written.
+    pub fn api_listen_file(&self) -> PathBuf {
+        self.config.data_dir.join("api.addr")
+    }
+}
+
+/// Parses a socket address option, locating the error in the file.
+fn socket_address(
+    path: &Path,
+    option: &str,
+    value: &Spanned<String>,
+    example: &str,
+) -> Result<SocketAddr, ConfigError> {
+    value.get_ref().parse::<SocketAddr>().map_err(|e| {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let (line, column) = line_column(&text, value.span().start);
+        ConfigError::Parse {
+            path: path.to_owned(),
+            line,
+            column,
+            message: format!(
+                "{option}: `{}` is not a socket address ({e}); expected e.g. \"{example}\"",
+                value.get_ref()
+            ),
+        }
+    })
 }
 
 /// Loads and validates `path`.
 pub fn load(path: &Path) -> Result<Validated, ConfigError> {
     let config: AggregatorConfig = load_toml(path)?;
     let invalid = |m: String| ConfigError::invalid(path, m);
-    let listen = config.listen.get_ref().parse::<SocketAddr>().map_err(|e| {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        let (line, column) = line_column(&text, config.listen.span().start);
-        ConfigError::Parse {
-            path: path.to_owned(),
-            line,
-            column,
-            message: format!(
-                "listen: `{}` is not a socket address ({e}); expected e.g. \"0.0.0.0:4433\"",
-                config.listen.get_ref()
-            ),
-        }
-    })?;
+    let listen = socket_address(path, "listen", &config.listen, "0.0.0.0:4433")?;
+    let api_listen = socket_address(path, "api.listen", &config.api.listen, "127.0.0.1:9440")?;
     let i = &config.ingest;
     if i.max_frame_bytes.as_u64() < 64 * 1024 || i.max_frame_bytes.as_u64() > 256 * 1024 * 1024 {
         return Err(invalid(
@@ -249,9 +305,27 @@ pub fn load(path: &Path) -> Result<Validated, ConfigError> {
             "retention.interval and tls.reload_interval must be above zero".into(),
         ));
     }
+    let a = &config.api;
+    if a.tls_cert.is_some() != a.tls_key.is_some() {
+        return Err(invalid(
+            "api.tls_cert and api.tls_key go together: set both for HTTPS, or neither".into(),
+        ));
+    }
+    if a.request_timeout.is_zero()
+        || a.max_body.as_u64() == 0
+        || a.requests_per_sec_per_token == 0
+        || a.requests_per_sec_per_address == 0
+    {
+        return Err(invalid(
+            "api.request_timeout, max_body, requests_per_sec_per_token and \
+             requests_per_sec_per_address must be above zero"
+                .into(),
+        ));
+    }
     config.log.validate().map_err(invalid)?;
     Ok(Validated {
         listen,
+        api_listen,
         path: path.to_owned(),
         config,
     })
@@ -327,5 +401,28 @@ mod tests {
             v.config.ingest.udp_receive_buffer,
             d.ingest.udp_receive_buffer
         );
+        assert_eq!(v.api_listen.to_string(), *d.api.listen.get_ref());
+        assert_eq!(v.config.api.max_body, d.api.max_body);
+        assert_eq!(v.config.api.request_timeout, d.api.request_timeout);
+        assert_eq!(
+            v.config.api.requests_per_sec_per_token,
+            d.api.requests_per_sec_per_token
+        );
+    }
+
+    #[test]
+    fn api_options_are_checked() {
+        let e = load(write("[api]\nlisten = \"localhost\"\n").path())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(":2:10: api.listen: `localhost`"), "{e}");
+        let e = load(write("[api]\ntls_cert = \"/x.pem\"\n").path())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("go together"), "{e}");
+        let e = load(write("[api]\nrequests_per_sec_per_token = 0\n").path())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("above zero"), "{e}");
     }
 }

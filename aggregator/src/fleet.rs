@@ -18,12 +18,15 @@ use std::time::Duration;
 
 use outpost_common::event::{DropCounters, DropReason};
 use outpost_common::time::{NANOS_PER_SEC, duration_ns};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::store::AgentRecord;
 
 /// An agent's state as the fleet view reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum HostStatus {
     Online,
@@ -44,7 +47,7 @@ impl fmt::Display for HostStatus {
 }
 
 /// One row of the fleet view. Serialised as-is for machines; field names are stable.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct FleetEntry {
     pub agent_id: String,
     pub status: HostStatus,
@@ -53,6 +56,8 @@ pub struct FleetEntry {
     pub last_seen_ns: Option<i64>,
     pub version: Option<String>,
     pub hostname: Option<String>,
+    /// The operating system, from the host facts.
+    pub os: Option<String>,
     /// Whether a connection is open.
     pub connected: bool,
     /// Batches in the agent's spool not yet acknowledged.
@@ -78,7 +83,7 @@ pub struct FleetEntry {
 }
 
 /// How full one filesystem is.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct FilesystemUsage {
     pub mountpoint: String,
     /// Used share, 0..100.
@@ -238,6 +243,7 @@ fn entry(
             .clone()
             .or_else(|| s.map(|s| s.agent_version.clone())),
         hostname: a.host.as_ref().map(|h| h.hostname.clone()),
+        os: a.host.as_ref().map(|h| h.os.clone()),
         connected: a.connected,
         backlog_batches: s.map(|s| s.backlog_batches),
         backlog_events: s.map(|s| s.spool_events),
@@ -272,6 +278,7 @@ fn never_seen(agent_id: &str) -> FleetEntry {
         last_seen_ns: None,
         version: None,
         hostname: None,
+        os: None,
         connected: false,
         backlog_batches: None,
         backlog_events: None,
@@ -661,6 +668,7 @@ web-1  degraded    3s ago     1.2.3    2        3.3 MiB  12%  43%  /srv/ [2J 100
     "last_seen_ns": null,
     "version": null,
     "hostname": null,
+    "os": null,
     "connected": false,
     "backlog_batches": null,
     "backlog_events": null,

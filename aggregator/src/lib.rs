@@ -5,6 +5,7 @@
 //! after commit) → [`fleet`] status. Ingest reports what it does through typed
 //! [`internal_events`]. [`pki`] makes the certificates; [`run`] wires it together.
 
+pub mod api;
 pub mod config;
 pub mod fim;
 pub mod fleet;
@@ -15,3 +16,5 @@ pub mod quickstart;
 pub mod run;
 pub mod status;
 pub mod store;
+pub mod token_cli;
+pub mod tokens;

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use outpost_aggregator::{config, fim, pki, quickstart, status};
+use outpost_aggregator::{config, fim, pki, quickstart, status, token_cli};
 
 /// Exit status for usage and configuration errors (EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
@@ -39,6 +39,9 @@ enum Command {
     /// File-integrity changes and the trail of each agent's changes.
     #[command(subcommand)]
     Fim(fim::FimCommand),
+    /// API tokens: create (shown once), list, revoke.
+    #[command(subcommand)]
+    Token(token_cli::TokenCommand),
     /// Manage certificates: the CA, the server certificate, agent certificates, revocations.
     #[command(subcommand)]
     Pki(pki::PkiCommand),
@@ -84,6 +87,14 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             status::render(&v, json).map(|out| print!("{out}"))
+        }
+        Command::Token(cmd) => {
+            let v = match load(&cli.config) {
+                Ok(v) => v,
+                Err(code) => return code,
+            };
+            let now = outpost_common::time::now_ns();
+            token_cli::run(&v, cmd, &mut std::io::stdout().lock(), now)
         }
         Command::Fim(cmd) => {
             let v = match load(&cli.config) {

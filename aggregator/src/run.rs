@@ -2,6 +2,7 @@
 //! graceful shutdown.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::sync::watch;
@@ -83,14 +84,30 @@ pub fn run(v: Validated) -> anyhow::Result<()> {
             &reset_key,
         )?;
         let addr = ingest.local_addr().context("cannot read the bound address")?;
-        write_listen_file(&v, addr)?;
+        write_listen_file(&v.listen_file(), addr)?;
         info!(%addr, store = %v.store_path().display(), version = outpost_common::LONG_VERSION, "outpost-aggregator listening");
+        let api = if c.api.enabled {
+            Some(start_api(&v, store.clone(), stop.clone()).await?)
+        } else {
+            None
+        };
         let task = tokio::spawn(ingest.run(stop.clone(), c.tls.reload_interval));
+        if let Some((api, _)) = &api {
+            api.set_ingest_up(true);
+        }
         outpost_common::service::ready();
         signals.recv().await;
         info!("shutting down");
         outpost_common::service::stopping("draining the store writer");
         let _ = stop_tx.send(true);
+        if let Some((api, server)) = api {
+            api.set_ingest_up(false);
+            match server.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => warn!(error = %e, "the API server stopped with an error"),
+                Err(e) => warn!(error = %e, "the API server task failed"),
+            }
+        }
         let _ = task.await;
         anyhow::Ok(())
     });
@@ -139,12 +156,65 @@ pub fn load_or_create_secret(path: &std::path::Path) -> anyhow::Result<Vec<u8>> 
     Ok(secret)
 }
 
-fn write_listen_file(v: &Validated, addr: std::net::SocketAddr) -> anyhow::Result<()> {
-    let path = v.listen_file();
+/// Binds the API's listener and serves it until `stop`; answers the API (to tell it when
+/// ingest is up) and the server's task.
+async fn start_api(
+    v: &Validated,
+    store: Arc<SqliteStore>,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<(
+    Arc<crate::api::Api>,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+)> {
+    let a = &v.config.api;
+    let f = &v.config.fleet;
+    let config = crate::api::ApiConfig {
+        fleet: crate::fleet::FleetPolicy {
+            offline_after: f.offline_after,
+            degraded_window: f.degraded_window,
+            backlog_rising_for: f.backlog_rising_for,
+        },
+        tls_dir: Some(v.config.tls.dir.clone()),
+        request_timeout: a.request_timeout,
+        max_body: usize::try_from(a.max_body.as_u64()).unwrap_or(usize::MAX),
+        requests_per_sec_per_token: a.requests_per_sec_per_token,
+        requests_per_sec_per_address: a.requests_per_sec_per_address,
+    };
+    let tls = match (&a.tls_cert, &a.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::api::tls_config(cert, key)?),
+        _ => None,
+    };
+    let listener = tokio::net::TcpListener::bind(v.api_listen)
+        .await
+        .with_context(|| format!("api.listen {}: cannot listen", v.api_listen))?;
+    let addr = listener
+        .local_addr()
+        .context("cannot read the API's bound address")?;
+    write_listen_file(&v.api_listen_file(), addr)?;
+    let api = crate::api::Api::new(store, &config);
+    let app = crate::api::app(Arc::clone(&api), &config);
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    info!(url = %format!("{scheme}://{addr}/api/v1"), "API listening");
+    let idle = Arc::clone(&api);
+    let mut stop_sweep = stop.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tokio::select! {
+                _ = every.tick() => idle.forget_idle_clients(),
+                _ = stop_sweep.wait_for(|s| *s) => return,
+            }
+        }
+    });
+    let server = tokio::spawn(crate::api::serve(listener, app, tls, stop));
+    Ok((api, server))
+}
+
+fn write_listen_file(path: &std::path::Path, addr: std::net::SocketAddr) -> anyhow::Result<()> {
     let tmp = path.with_extension("addr.tmp");
     std::fs::write(&tmp, format!("{addr}\n"))
         .with_context(|| format!("{}: cannot write", tmp.display()))?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("{}: cannot write", path.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot write", path.display()))?;
     Ok(())
 }
 

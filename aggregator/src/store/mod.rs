@@ -32,6 +32,7 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::tokens::TokenRecord;
 use outpost_common::event::{AgentStatus, DropCounters, Event, EventKind, FimChange, HostFacts};
 use outpost_common::wire::Hello;
 use serde::Serialize;
@@ -314,6 +315,9 @@ pub enum StoreError {
     /// The writer thread panicked; found when joining it.
     #[error("the store writer thread panicked")]
     WriterPanicked,
+    /// The write would break a rule of the data (a name already taken).
+    #[error("{0}")]
+    Conflict(String),
 }
 
 impl StoreError {
@@ -516,6 +520,52 @@ pub trait StateStore: Send + Sync + 'static {
 
     /// One agent, if registered.
     fn agent(&self, agent_id: &str) -> Result<Option<AgentRecord>, StoreError>;
+
+    /// Stores a new API token; [`StoreError::Conflict`] when a token not revoked has its name.
+    fn insert_token(&self, token: &TokenRecord) -> Result<(), StoreError>;
+
+    /// The token with this id, revoked and expired ones included.
+    fn token(&self, id: &str) -> Result<Option<TokenRecord>, StoreError>;
+
+    /// Every token, newest first.
+    fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError>;
+
+    /// Revokes the token with this id (or, failing that, the one not revoked with this name) at
+    /// `now_ns`; answers it as revoked, or `None` when there is no such token. Revoking a revoked
+    /// token changes nothing.
+    fn revoke_token(
+        &self,
+        id_or_name: &str,
+        now_ns: i64,
+    ) -> Result<Option<TokenRecord>, StoreError>;
+
+    /// Records that the token was used at `now_ns` (callers limit how often).
+    fn touch_token(&self, id: &str, now_ns: i64) -> Result<(), StoreError>;
+
+    /// Appends entries to the audit log.
+    fn append_audit(&self, entries: &[AuditEntry]) -> Result<(), StoreError>;
+
+    /// Up to `limit` audit entries older than the entry `before` (all when `None`), newest first.
+    fn audit(&self, before: Option<i64>, limit: usize) -> Result<Vec<AuditEntry>, StoreError>;
+}
+
+/// One call to the API that changed something or was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct AuditEntry {
+    /// Its place in the log (0 before it is stored); newer entries have higher ids.
+    pub id: i64,
+    pub time_ns: i64,
+    /// The token presented, when it was a valid one.
+    pub token_id: Option<String>,
+    pub token_name: Option<String>,
+    /// The client's IP address.
+    pub address: String,
+    pub method: String,
+    /// The matched route (`/api/v1/tokens/{id}`), or the path when none matched.
+    pub route: String,
+    pub status: u16,
+    /// `ok`, `unauthorized`, `forbidden`, `rate_limited` or `refused` (any other error).
+    pub outcome: String,
 }
 
 /// Fills each agent's `host_summary` from the event store's summaries.

@@ -63,9 +63,10 @@ use rusqlite::{Connection, OpenFlags};
 use self::checkpoint::Checkpointer;
 pub use self::codec::{fim_change_from_name, fim_change_name, fim_detection_name};
 pub use self::reader::SqliteReader;
+use crate::tokens::TokenRecord;
 
 use super::{
-    AgentRecord, BatchCommit, Cursor, EventPage, EventQuery, EventStore, HostSummary,
+    AgentRecord, AuditEntry, BatchCommit, Cursor, EventPage, EventQuery, EventStore, HostSummary,
     IncomingBatch, RegistryUpdate, Retention, RetentionReport, StateStore, StoreError, fim_trail,
 };
 
@@ -77,6 +78,7 @@ mod reader;
 mod registry;
 mod retention;
 mod schema;
+mod tokens;
 
 /// How long a connection waits for a lock held by another process (a backup tool, the sqlite3
 /// shell) before failing.
@@ -257,6 +259,41 @@ impl StateStore for SqliteStore {
         Ok(registry::agents(&lock(&self.read), Some(agent_id))?
             .into_iter()
             .next())
+    }
+
+    fn insert_token(&self, token: &TokenRecord) -> Result<(), StoreError> {
+        self.lock_write().insert_token(token)
+    }
+
+    fn token(&self, id: &str) -> Result<Option<TokenRecord>, StoreError> {
+        tokens::token(&lock(&self.read), id)
+    }
+
+    fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        tokens::tokens(&lock(&self.read))
+    }
+
+    fn revoke_token(
+        &self,
+        id_or_name: &str,
+        now_ns: i64,
+    ) -> Result<Option<TokenRecord>, StoreError> {
+        self.lock_write().revoke_token(id_or_name, now_ns)
+    }
+
+    fn touch_token(&self, id: &str, now_ns: i64) -> Result<(), StoreError> {
+        self.lock_write().touch_token(id, now_ns)
+    }
+
+    fn append_audit(&self, entries: &[AuditEntry]) -> Result<(), StoreError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        self.lock_write().append_audit(entries)
+    }
+
+    fn audit(&self, before: Option<i64>, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        tokens::audit(&lock(&self.read), before, limit)
     }
 }
 

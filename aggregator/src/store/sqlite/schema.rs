@@ -16,6 +16,7 @@ const MIGRATIONS: &[&str] = &[
     SCHEMA_V3_METRIC_UNIT,
     SCHEMA_V4_FIM_TRAIL,
     SCHEMA_V5_FIM_TRAIL_AHEAD,
+    SCHEMA_V6_API_TOKENS,
 ];
 
 pub(super) const SCHEMA_V1: &str = "
@@ -165,6 +166,33 @@ CREATE TABLE fim_trail_ahead (
 ) WITHOUT ROWID;
 ";
 
+/// API tokens (the secret's SHA-256 only) and the audit log of the API's mutating and refused
+/// calls. A name is held by at most one token not revoked.
+const SCHEMA_V6_API_TOKENS: &str = "
+CREATE TABLE api_tokens (
+    id            TEXT PRIMARY KEY,
+    name          TEXT NOT NULL,
+    role          TEXT NOT NULL,      -- viewer | operator | admin
+    secret_sha256 BLOB NOT NULL,
+    created_ns    INTEGER NOT NULL,
+    expires_ns    INTEGER,
+    revoked_ns    INTEGER,
+    last_used_ns  INTEGER
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX api_tokens_live_name ON api_tokens (name) WHERE revoked_ns IS NULL;
+CREATE TABLE audit_log (
+    id         INTEGER PRIMARY KEY,
+    time_ns    INTEGER NOT NULL,
+    token_id   TEXT,                 -- NULL when no valid token was presented
+    token_name TEXT,
+    address    TEXT NOT NULL,        -- the client's IP address
+    method     TEXT NOT NULL,
+    route      TEXT NOT NULL,        -- the matched route, e.g. /api/v1/tokens/{id}
+    status     INTEGER NOT NULL,     -- the HTTP status answered
+    outcome    TEXT NOT NULL         -- ok | unauthorized | forbidden | rate_limited | refused
+);
+";
+
 /// The schema version this build writes and reads.
 pub(super) fn current_version() -> i64 {
     MIGRATIONS.len() as i64
@@ -263,7 +291,7 @@ mod tests {
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
         assert_eq!(version, MIGRATIONS.len() as i64);
-        assert_eq!(version, 5);
+        assert_eq!(version, 6);
         let units = |store: &SqliteStore| -> Vec<(String, String)> {
             let conn = Connection::open(store.path()).unwrap();
             let mut q = conn

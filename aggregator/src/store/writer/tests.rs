@@ -107,6 +107,31 @@ impl StateStore for FakeStore {
     fn agent(&self, _: &str) -> Result<Option<AgentRecord>, StoreError> {
         unimplemented!()
     }
+    fn insert_token(&self, _: &crate::tokens::TokenRecord) -> Result<(), StoreError> {
+        unimplemented!()
+    }
+    fn token(&self, _: &str) -> Result<Option<crate::tokens::TokenRecord>, StoreError> {
+        unimplemented!()
+    }
+    fn tokens(&self) -> Result<Vec<crate::tokens::TokenRecord>, StoreError> {
+        unimplemented!()
+    }
+    fn revoke_token(
+        &self,
+        _: &str,
+        _: i64,
+    ) -> Result<Option<crate::tokens::TokenRecord>, StoreError> {
+        unimplemented!()
+    }
+    fn touch_token(&self, _: &str, _: i64) -> Result<(), StoreError> {
+        unimplemented!()
+    }
+    fn append_audit(&self, _: &[crate::store::AuditEntry]) -> Result<(), StoreError> {
+        unimplemented!()
+    }
+    fn audit(&self, _: Option<i64>, _: usize) -> Result<Vec<crate::store::AuditEntry>, StoreError> {
+        unimplemented!()
+    }
 }
 
 /// A writer over one store that is both the event store and the state store.

@@ -1,0 +1,38 @@
+//! Operations: `/healthz` (the process answers), `/readyz` (the store answers and agent ingest
+//! listens), and the OpenAPI document at `/api/v1/openapi.json`. None needs a token.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{Value, json};
+
+use super::{Api, ApiError};
+
+pub fn routes(doc: Arc<utoipa::openapi::OpenApi>) -> Router<Arc<Api>> {
+    Router::new()
+        .route(
+            "/healthz",
+            get(|| async { Json(json!({ "status": "ok" })) }),
+        )
+        .route("/readyz", get(ready))
+        .route(
+            "/api/v1/openapi.json",
+            get(move || {
+                let doc = Arc::clone(&doc);
+                async move { Json(doc.as_ref().clone()) }
+            }),
+        )
+}
+
+async fn ready(State(api): State<Arc<Api>>) -> Result<Json<Value>, ApiError> {
+    api.store("checking the store", |s| s.end().map(drop))
+        .await
+        .map_err(|e| ApiError::unavailable(format!("the store does not answer: {}", e.message)))?;
+    if !api.ingest_up.load(Ordering::Relaxed) {
+        return Err(ApiError::unavailable("agent ingest is not listening"));
+    }
+    Ok(Json(json!({ "status": "ready" })))
+}

@@ -1,0 +1,646 @@
+//! The API through its router, as a client sees it (no socket): auth, roles, pagination,
+//! parameters, rate limits, the audit log and the OpenAPI document.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::connect_info::MockConnectInfo;
+use axum::http::{Method, Request, StatusCode};
+use outpost_common::event::AgentStatus;
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use tower::ServiceExt;
+
+use super::*;
+use crate::store::sqlite::SqliteStore;
+use crate::store::testutil::hello;
+use crate::store::{RegistryUpdate, StateStore};
+use crate::tokens::{self, Role};
+
+struct Harness {
+    _dir: TempDir,
+    store: Arc<SqliteStore>,
+    app: Router,
+    admin: String,
+    operator: String,
+    viewer: String,
+}
+
+fn config() -> ApiConfig {
+    ApiConfig {
+        fleet: FleetPolicy::default(),
+        tls_dir: None,
+        request_timeout: Duration::from_secs(30),
+        max_body: 4096,
+        requests_per_sec_per_token: 1000,
+        requests_per_sec_per_address: 1000,
+    }
+}
+
+fn harness_with(config: &ApiConfig) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open(&dir.path().join("store.db")).unwrap());
+    let now = outpost_common::time::now_ns();
+    let mut made = Vec::new();
+    for (name, role) in [
+        ("root", Role::Admin),
+        ("oncall", Role::Operator),
+        ("dash", Role::Viewer),
+    ] {
+        let t = tokens::create(name, role, now, None);
+        store.insert_token(&t.record).unwrap();
+        made.push(t.text);
+    }
+    let api = Api::new(store.clone(), config);
+    api.set_ingest_up(true);
+    let app = app(api, config).layer(MockConnectInfo(SocketAddr::from(([192, 0, 2, 7], 5555))));
+    Harness {
+        _dir: dir,
+        store,
+        app,
+        admin: made[0].clone(),
+        operator: made[1].clone(),
+        viewer: made[2].clone(),
+    }
+}
+
+fn harness() -> Harness {
+    harness_with(&config())
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: axum::http::HeaderMap,
+    body: Value,
+}
+
+impl Harness {
+    async fn call(
+        &self,
+        method: Method,
+        uri: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Answer {
+        let mut req = Request::builder().method(method).uri(uri);
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let req = match body {
+            Some(b) => req
+                .header("content-type", "application/json")
+                .body(Body::from(b.to_string())),
+            None => req.body(Body::empty()),
+        }
+        .unwrap();
+        let response = self.app.clone().oneshot(req).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 24)
+            .await
+            .unwrap();
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                panic!(
+                    "{status}: not JSON ({e}): {}",
+                    String::from_utf8_lossy(&bytes)
+                )
+            })
+        };
+        Answer {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    async fn get(&self, uri: &str, token: &str) -> Answer {
+        self.call(Method::GET, uri, Some(token), None).await
+    }
+
+    fn register(&self, agent_id: &str, seen_ns: i64) {
+        self.store
+            .record(&RegistryUpdate::Hello {
+                agent_id: agent_id.to_owned(),
+                hello: hello(1, AgentStatus::default()),
+                now_ns: seen_ns,
+            })
+            .unwrap();
+    }
+
+    fn audit(&self) -> Vec<(Option<String>, String, String, u16, String)> {
+        let mut all = self.store.audit(None, 1000).unwrap();
+        all.reverse();
+        all.into_iter()
+            .map(|e| (e.token_name, e.method, e.route, e.status, e.outcome))
+            .collect()
+    }
+}
+
+/// The error shape, with its code.
+fn error_code(a: &Answer) -> &str {
+    a.body["error"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("not an error: {}", a.body))
+}
+
+#[tokio::test]
+async fn every_kind_of_bad_token_is_refused_401_and_audited() {
+    let h = harness();
+    let now = outpost_common::time::now_ns();
+    let expired = tokens::create("old", Role::Admin, now - 10, Some(now - 1));
+    h.store.insert_token(&expired.record).unwrap();
+    let revoked = tokens::create("gone", Role::Admin, now, None);
+    h.store.insert_token(&revoked.record).unwrap();
+    h.store.revoke_token("gone", now).unwrap();
+    let mut forged = h.admin.clone();
+    let last = forged.pop().unwrap();
+    forged.push(if last == 'a' { 'b' } else { 'a' });
+
+    let none = h.call(Method::GET, "/api/v1/agents", None, None).await;
+    assert_eq!(
+        (none.status, error_code(&none)),
+        (StatusCode::UNAUTHORIZED, "unauthorized")
+    );
+    assert!(
+        none.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Authorization: Bearer")
+    );
+    for (token, says) in [
+        ("not-a-token", "does not hold a bearer token"),
+        (forged.as_str(), "not valid"),
+        (expired.text.as_str(), "expired"),
+        (revoked.text.as_str(), "revoked"),
+    ] {
+        let a = h.get("/api/v1/agents", token).await;
+        assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{token}");
+        let message = a.body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(says), "{token}: {message}");
+    }
+    // "Basic" is not a bearer token either.
+    let req = Request::builder()
+        .uri("/api/v1/agents")
+        .header("authorization", format!("Basic {}", h.admin))
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(
+        h.app.clone().oneshot(req).await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let audit = h.audit();
+    assert_eq!(audit.len(), 6, "{audit:?}");
+    assert!(
+        audit
+            .iter()
+            .all(|(name, method, route, status, outcome)| name.is_none()
+                && method == "GET"
+                && route == "/api/v1/agents"
+                && *status == 401
+                && outcome == "unauthorized")
+    );
+    // The valid token works, and a read that succeeds is not audited.
+    assert_eq!(
+        h.get("/api/v1/agents", &h.viewer).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(h.audit().len(), 6);
+}
+
+#[tokio::test]
+async fn roles_limit_what_a_token_may_do_and_refusals_are_audited() {
+    let h = harness();
+    for token in [&h.viewer, &h.operator, &h.admin] {
+        assert_eq!(
+            h.get("/api/v1/agents/summary", token).await.status,
+            StatusCode::OK
+        );
+    }
+    for token in [&h.viewer, &h.operator] {
+        let a = h.get("/api/v1/tokens", token).await;
+        assert_eq!(
+            (a.status, error_code(&a)),
+            (StatusCode::FORBIDDEN, "forbidden")
+        );
+        assert_eq!(a.body["error"]["details"]["required_role"], "admin");
+    }
+    let create = json!({ "name": "ci", "role": "viewer", "expires_in": "1h" });
+    let a = h
+        .call(
+            Method::POST,
+            "/api/v1/tokens",
+            Some(&h.operator),
+            Some(create.clone()),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    let a = h
+        .call(Method::POST, "/api/v1/tokens", Some(&h.admin), Some(create))
+        .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+    let made = a.body["token"].as_str().unwrap().to_owned();
+    assert_eq!(a.body["role"], "viewer");
+    assert!(a.body["expires_ns"].as_i64().is_some());
+    // The new token reads, and is listed without its secret.
+    assert_eq!(h.get("/api/v1/agents", &made).await.status, StatusCode::OK);
+    let list = h.get("/api/v1/tokens", &h.admin).await;
+    assert_eq!(list.body["items"][0]["name"], "ci");
+    assert!(!list.body.to_string().contains(&made[made.len() - 64..]));
+    // Revoked by name, it no longer works.
+    let a = h
+        .call(Method::DELETE, "/api/v1/tokens/ci", Some(&h.admin), None)
+        .await;
+    assert_eq!(
+        (a.status, a.body["active"].clone()),
+        (StatusCode::OK, json!(false))
+    );
+    assert_eq!(
+        h.get("/api/v1/agents", &made).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let a = h
+        .call(
+            Method::DELETE,
+            "/api/v1/tokens/nobody",
+            Some(&h.admin),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (a.status, error_code(&a)),
+        (StatusCode::NOT_FOUND, "not_found")
+    );
+
+    let audit = h.audit();
+    let want: Vec<(Option<String>, String, String, u16, String)> = vec![
+        (
+            Some("dash".into()),
+            "GET".into(),
+            "/api/v1/tokens".into(),
+            403,
+            "forbidden".into(),
+        ),
+        (
+            Some("oncall".into()),
+            "GET".into(),
+            "/api/v1/tokens".into(),
+            403,
+            "forbidden".into(),
+        ),
+        (
+            Some("oncall".into()),
+            "POST".into(),
+            "/api/v1/tokens".into(),
+            403,
+            "forbidden".into(),
+        ),
+        (
+            Some("root".into()),
+            "POST".into(),
+            "/api/v1/tokens".into(),
+            201,
+            "ok".into(),
+        ),
+        (
+            Some("root".into()),
+            "DELETE".into(),
+            "/api/v1/tokens/{token}".into(),
+            200,
+            "ok".into(),
+        ),
+        (
+            None,
+            "GET".into(),
+            "/api/v1/agents".into(),
+            401,
+            "unauthorized".into(),
+        ),
+        (
+            Some("root".into()),
+            "DELETE".into(),
+            "/api/v1/tokens/{token}".into(),
+            404,
+            "refused".into(),
+        ),
+    ];
+    assert_eq!(audit, want);
+    // Admins read it, newest first, a page at a time.
+    let first = h.get("/api/v1/audit?limit=4", &h.admin).await;
+    assert_eq!(first.body["items"][0]["route"], "/api/v1/tokens/{token}");
+    assert_eq!(first.body["items"].as_array().unwrap().len(), 4);
+    let cursor = first.body["next_cursor"].as_str().unwrap();
+    let rest = h
+        .get(&format!("/api/v1/audit?limit=4&cursor={cursor}"), &h.admin)
+        .await;
+    // The first page's own reading was not audited (a read that succeeded).
+    assert_eq!(
+        rest.body["items"].as_array().unwrap().len(),
+        3,
+        "{}",
+        rest.body
+    );
+    assert_eq!(rest.body["next_cursor"], Value::Null);
+}
+
+#[tokio::test]
+async fn bad_requests_name_what_is_wrong() {
+    let h = harness();
+    for (uri, parameter) in [
+        ("/api/v1/agents?limit=0", "limit"),
+        ("/api/v1/agents?limit=abc", "limit"),
+        ("/api/v1/agents?status=sleepy", "status"),
+        ("/api/v1/agents?sort=size", "sort"),
+        ("/api/v1/agents?cursor=zz", "cursor"),
+        ("/api/v1/tokens?limit=5000", "limit"),
+        ("/api/v1/audit?cursor=61", "cursor"),
+    ] {
+        let a = h.get(uri, &h.admin).await;
+        assert_eq!(
+            (a.status, error_code(&a)),
+            (StatusCode::BAD_REQUEST, "bad_request"),
+            "{uri}"
+        );
+        assert_eq!(
+            a.body["error"]["details"]["parameter"], parameter,
+            "{uri}: {}",
+            a.body
+        );
+    }
+    for (body, parameter) in [
+        (json!({ "name": "a b", "role": "viewer" }), Some("name")),
+        (
+            json!({ "name": "ok", "role": "viewer", "expires_in": "soon" }),
+            Some("expires_in"),
+        ),
+        (json!({ "name": "ok", "role": "root" }), None),
+        (json!({ "name": "ok", "role": "viewer", "extra": 1 }), None),
+    ] {
+        let a = h
+            .call(
+                Method::POST,
+                "/api/v1/tokens",
+                Some(&h.admin),
+                Some(body.clone()),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST, "{body}: {}", a.body);
+        if let Some(p) = parameter {
+            assert_eq!(a.body["error"]["details"]["parameter"], p, "{body}");
+        }
+    }
+    // Too large a body, a name taken, an unknown route, a wrong method: all in the one shape.
+    let big = json!({ "name": "x".repeat(5000), "role": "viewer" });
+    let a = h
+        .call(Method::POST, "/api/v1/tokens", Some(&h.admin), Some(big))
+        .await;
+    assert_eq!(
+        (a.status, error_code(&a)),
+        (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+    );
+    let taken = json!({ "name": "dash", "role": "viewer" });
+    let a = h
+        .call(Method::POST, "/api/v1/tokens", Some(&h.admin), Some(taken))
+        .await;
+    assert_eq!(
+        (a.status, error_code(&a)),
+        (StatusCode::CONFLICT, "conflict")
+    );
+    let a = h.get("/api/v1/nothing", &h.admin).await;
+    assert_eq!(
+        (a.status, error_code(&a)),
+        (StatusCode::NOT_FOUND, "not_found")
+    );
+    let a = h
+        .call(Method::PUT, "/api/v1/agents", Some(&h.admin), None)
+        .await;
+    assert_eq!(a.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert!(a.body["error"]["message"].as_str().unwrap().contains("PUT"));
+    let a = h.get("/api/v1/agents/nobody", &h.viewer).await;
+    assert_eq!(
+        (a.status, error_code(&a)),
+        (StatusCode::NOT_FOUND, "not_found")
+    );
+    // Every answer carries a request id; one the client sent is kept.
+    assert!(a.headers.get("x-request-id").is_some());
+    let req = Request::builder()
+        .uri("/healthz")
+        .header("x-request-id", "client-42")
+        .body(Body::empty())
+        .unwrap();
+    let response = h.app.clone().oneshot(req).await.unwrap();
+    assert_eq!(response.headers()["x-request-id"], "client-42");
+}
+
+#[tokio::test]
+async fn agent_pages_follow_each_other_across_inserts_filters_and_orders() {
+    let h = harness();
+    let now = outpost_common::time::now_ns();
+    for (i, id) in ["db-1", "db-2", "web-1", "web-2", "web-3"]
+        .iter()
+        .enumerate()
+    {
+        h.register(id, now - i64::try_from(i).unwrap() * 1_000_000_000);
+    }
+    let ids = |a: &Answer| -> Vec<String> {
+        a.body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["agent_id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let first = h.get("/api/v1/agents?limit=2", &h.viewer).await;
+    assert_eq!(ids(&first), ["db-1", "db-2"]);
+    // Agents added before and after the cursor between two pages.
+    h.register("aaa", now);
+    h.register("web-0", now);
+    let cursor = first.body["next_cursor"].as_str().unwrap();
+    let second = h
+        .get(
+            &format!("/api/v1/agents?limit=2&cursor={cursor}"),
+            &h.viewer,
+        )
+        .await;
+    assert_eq!(ids(&second), ["web-0", "web-1"]);
+    let cursor = second.body["next_cursor"].as_str().unwrap();
+    let third = h
+        .get(
+            &format!("/api/v1/agents?limit=2&cursor={cursor}"),
+            &h.viewer,
+        )
+        .await;
+    assert_eq!(ids(&third), ["web-2", "web-3"]);
+    assert_eq!(third.body["next_cursor"], Value::Null);
+
+    let web = h
+        .get(
+            "/api/v1/agents?name_prefix=web-&sort=last_seen&limit=3",
+            &h.viewer,
+        )
+        .await;
+    assert_eq!(ids(&web), ["web-0", "web-1", "web-2"]);
+    let online = h
+        .get(
+            "/api/v1/agents?status=online&os=Debian%20GNU/Linux%2012",
+            &h.viewer,
+        )
+        .await;
+    assert_eq!(ids(&online).len(), 7);
+    let none = h.get("/api/v1/agents?status=offline", &h.viewer).await;
+    assert_eq!(ids(&none), Vec::<String>::new());
+
+    let summary = h.get("/api/v1/agents/summary", &h.viewer).await;
+    assert_eq!(summary.body["total"], 7);
+    assert_eq!(
+        summary.body["by_status"],
+        json!({ "online": 7, "degraded": 0, "offline": 0, "never_seen": 0 })
+    );
+    assert_eq!(summary.body["by_version"], json!({ "1.2.3": 7 }));
+    let one = h.get("/api/v1/agents/web-1", &h.viewer).await;
+    assert_eq!(one.status, StatusCode::OK, "{}", one.body);
+    assert_eq!(one.body["agent_id"], "web-1");
+    assert_eq!(one.body["status"], "online");
+    assert_eq!(one.body["host"]["os"], "Debian GNU/Linux 12");
+    assert_eq!(one.body["spool"]["batches"], 0);
+}
+
+#[tokio::test]
+async fn rate_limits_answer_429_with_retry_after() {
+    let h = harness_with(&ApiConfig {
+        requests_per_sec_per_token: 1,
+        requests_per_sec_per_address: 1000,
+        ..config()
+    });
+    // A burst of twice the rate, then refusals.
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(h.get("/api/v1/agents/summary", &h.viewer).await.status);
+    }
+    assert_eq!(statuses[..2], [StatusCode::OK, StatusCode::OK]);
+    let refused = h.get("/api/v1/agents/summary", &h.viewer).await;
+    assert_eq!(
+        (refused.status, error_code(&refused)),
+        (StatusCode::TOO_MANY_REQUESTS, "rate_limited")
+    );
+    let retry: u64 = refused.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&retry), "{retry}");
+    assert_eq!(refused.body["error"]["details"]["limit"], "token");
+    // Another token is not held back by this one.
+    assert_eq!(
+        h.get("/api/v1/agents/summary", &h.admin).await.status,
+        StatusCode::OK
+    );
+    assert!(
+        h.audit()
+            .iter()
+            .any(|(name, .., outcome)| name.is_none() && outcome == "rate_limited")
+    );
+
+    let by_address = harness_with(&ApiConfig {
+        requests_per_sec_per_address: 1,
+        ..config()
+    });
+    let mut last = StatusCode::OK;
+    for _ in 0..3 {
+        last = by_address
+            .call(Method::GET, "/api/v1/agents", None, None)
+            .await
+            .status;
+    }
+    assert_eq!(
+        last,
+        StatusCode::TOO_MANY_REQUESTS,
+        "unauthenticated callers are limited by address"
+    );
+}
+
+#[tokio::test]
+async fn health_readiness_and_the_openapi_document_need_no_token() {
+    let h = harness();
+    let a = h.call(Method::GET, "/healthz", None, None).await;
+    assert_eq!(
+        (a.status, a.body["status"].clone()),
+        (StatusCode::OK, json!("ok"))
+    );
+    let a = h.call(Method::GET, "/readyz", None, None).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    let doc = h
+        .call(Method::GET, "/api/v1/openapi.json", None, None)
+        .await;
+    assert_eq!(doc.status, StatusCode::OK);
+    assert_eq!(doc.body["openapi"], "3.1.0");
+    assert!(doc.body["components"]["securitySchemes"]["bearer"].is_object());
+}
+
+#[tokio::test]
+async fn readiness_says_what_is_not_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open(&dir.path().join("store.db")).unwrap());
+    let api = Api::new(store, &config());
+    let app = app(api, &config());
+    let req = Request::builder()
+        .uri("/readyz")
+        .body(Body::empty())
+        .unwrap();
+    let response = app.oneshot(req).await.unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    assert!(String::from_utf8_lossy(&bytes).contains("agent ingest is not listening"));
+}
+
+/// Every route the router serves under /api/v1 is in the OpenAPI document with the same
+/// methods, so the document cannot drift from the code.
+#[tokio::test]
+async fn every_api_route_is_in_the_openapi_document() {
+    let h = harness();
+    let doc = h
+        .call(Method::GET, "/api/v1/openapi.json", None, None)
+        .await
+        .body;
+    let paths = doc["paths"].as_object().unwrap();
+    let served = [
+        ("/api/v1/agents", "get"),
+        ("/api/v1/agents/summary", "get"),
+        ("/api/v1/agents/{agent_id}", "get"),
+        ("/api/v1/tokens", "get"),
+        ("/api/v1/tokens", "post"),
+        ("/api/v1/tokens/{token}", "delete"),
+        ("/api/v1/audit", "get"),
+    ];
+    let documented: Vec<(String, String)> = paths
+        .iter()
+        .flat_map(|(path, item)| {
+            item.as_object()
+                .unwrap()
+                .keys()
+                .filter(|k| ["get", "post", "put", "patch", "delete"].contains(&k.as_str()))
+                .map(move |m| (path.clone(), m.clone()))
+        })
+        .collect();
+    let mut want: Vec<(String, String)> = served
+        .iter()
+        .map(|(p, m)| ((*p).to_owned(), (*m).to_owned()))
+        .collect();
+    want.sort();
+    let mut got = documented.clone();
+    got.sort();
+    assert_eq!(got, want);
+    // And each documented route answers (401 without a token, not 404 or 405).
+    for (path, method) in documented {
+        let uri = path.replace("{agent_id}", "web-1").replace("{token}", "x");
+        let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+        let a = h.call(method.clone(), &uri, None, None).await;
+        assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{method} {uri}");
+    }
+}
