@@ -19,6 +19,20 @@ fn quote(p: &Path) -> String {
     toml::Value::String(p.display().to_string()).to_string()
 }
 
+/// The name of the viewer token each quickstart run makes (revoking the previous run's).
+pub const VIEWER_TOKEN: &str = "quickstart-viewer";
+
+/// Makes the run's viewer token, revoking the one of the run before.
+fn viewer_token(v: &config::Validated) -> anyhow::Result<String> {
+    use crate::store::StateStore;
+    let store = crate::run::open_store(v)?;
+    let now = outpost_common::time::now_ns();
+    store.revoke_token(VIEWER_TOKEN, now)?;
+    let made = crate::tokens::create(VIEWER_TOKEN, crate::tokens::Role::Viewer, now, None);
+    store.insert_token(&made.record)?;
+    Ok(made.text)
+}
+
 /// Runs the quickstart in `dir` (created if needed; reused if it exists).
 pub fn run(dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
@@ -61,7 +75,8 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
         format!(
             "# Written by `outpost-aggregator quickstart`.\n\
              data_dir = {}\nlisten = \"127.0.0.1:0\"\n\n[tls]\ndir = {}\n\n\
-             [fleet]\nheartbeat_interval = \"2s\"\noffline_after = \"10s\"\n\n[log]\ndir = {}\n",
+             [fleet]\nheartbeat_interval = \"2s\"\noffline_after = \"10s\"\n\n\
+             [api]\nlisten = \"127.0.0.1:0\"\n\n[log]\ndir = {}\n",
             quote(&agg_data),
             quote(&tls),
             quote(&log_dir)
@@ -70,6 +85,7 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
     .with_context(|| format!("{}: cannot write", agg_conf.display()))?;
     let validated = config::load(&agg_conf)?;
     let _ = std::fs::remove_file(validated.listen_file());
+    let _ = std::fs::remove_file(validated.api_listen_file());
 
     let mut children = Children::default();
     children.spawn(
@@ -82,6 +98,16 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
         &mut children,
     )?;
     println!("Aggregator listening on {addr} (udp)");
+    let api_addr = wait_for_file(
+        &validated.api_listen_file(),
+        Duration::from_secs(30),
+        &mut children,
+    )?;
+    let viewer = viewer_token(&validated)?;
+    println!(
+        "HTTP API on http://{api_addr}/api/v1, with a viewer token (a new one each run):\n  \
+         curl -H 'Authorization: Bearer {viewer}' http://{api_addr}/api/v1/agents"
+    );
 
     let agent_conf = dir.join("agent.toml");
     let port = addr.rsplit(':').next().unwrap_or("4433").trim().to_owned();

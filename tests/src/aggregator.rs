@@ -54,7 +54,12 @@ impl Aggregator {
                 "data_dir = {data}\nlisten = \"{listen}\"\n\n\
                  [tls]\ndir = {pki}\nreload_interval = \"{reload}ms\"\n\n\
                  [fleet]\nheartbeat_interval = \"1s\"\noffline_after = \"{offline}ms\"\n\n\
-                 [log]\ndir = {logs}\n\n{extra}\n",
+                 [log]\ndir = {logs}\n\n{api}{extra}\n",
+                api = if options.extra.contains("[api]") {
+                    ""
+                } else {
+                    "[api]\nlisten = \"127.0.0.1:0\"\n\n"
+                },
                 data = toml_string(&data_dir),
                 pki = toml_string(&env.pki_dir()),
                 reload = options.reload_interval.as_millis(),
@@ -91,6 +96,29 @@ impl Aggregator {
         &self.data_dir
     }
 
+    /// The base URL of its HTTP API (`http://127.0.0.1:PORT`), once it listens.
+    pub fn api_url(&self) -> String {
+        let file = self.data_dir.join("api.addr");
+        let addr = self.env.wait_for("the API to listen", || {
+            std::fs::read_to_string(&file)
+                .map_err(|e| format!("{}: {e}", file.display()))
+                .and_then(|text| {
+                    text.trim()
+                        .parse::<SocketAddr>()
+                        .map_err(|e| format!("{text:?}: {e}"))
+                })
+        });
+        format!("http://{addr}")
+    }
+
+    /// Runs `outpost-aggregator --config <its config> <args>`, which must succeed; stdout.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let config = self.config.display().to_string();
+        let mut all = vec!["--config", config.as_str()];
+        all.extend_from_slice(args);
+        self.env.aggregator_cli_ok(&all)
+    }
+
     /// Read-only access to the aggregator's store.
     pub fn store(&self) -> Store {
         Store::new(self.data_dir.join("aggregator.db"))
@@ -100,6 +128,7 @@ impl Aggregator {
     /// [`Process::restart`], which it shadows).
     pub fn restart(&mut self) {
         let _ = std::fs::remove_file(self.data_dir.join("listen.addr"));
+        let _ = std::fs::remove_file(self.data_dir.join("api.addr"));
         self.process.restart();
         let addr = wait_listening(&self.env, &self.process, &self.data_dir);
         assert_eq!(

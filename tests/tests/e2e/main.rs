@@ -6,6 +6,7 @@
 
 mod agent_crash;
 mod aggregator_outage;
+mod api;
 mod auth;
 mod check_config;
 mod delivery;

@@ -45,6 +45,30 @@ fn quickstart_shows_the_agent_online_and_stops_cleanly_on_ctrl_c() {
     let text = output();
     assert!(text.contains("Created a throwaway CA"), "{text}");
     assert!(text.contains("quickstart-agent  online"), "{text}");
+    // The printed API command works as printed: the viewer token reads the fleet.
+    let curl = text
+        .lines()
+        .find(|l| {
+            l.trim_start()
+                .starts_with("curl -H 'Authorization: Bearer ")
+        })
+        .unwrap_or_else(|| panic!("no API command printed:\n{text}"));
+    let token = curl
+        .split("Bearer ")
+        .nth(1)
+        .and_then(|rest| rest.split('\'').next())
+        .unwrap_or_else(|| panic!("{curl}"));
+    let url = curl.rsplit(' ').next().unwrap_or_else(|| panic!("{curl}"));
+    let agents: serde_json::Value = reqwest::blocking::Client::new()
+        .get(url)
+        .bearer_auth(token)
+        .send()
+        .and_then(reqwest::blocking::Response::json)
+        .unwrap_or_else(|e| panic!("{url}: {e}"));
+    assert_eq!(
+        agents["items"][0]["agent_id"], "quickstart-agent",
+        "{agents}"
+    );
 
     let pid = Pid::from_raw(i32::try_from(guard.0.id()).unwrap());
     kill(pid, Signal::SIGINT).unwrap();

@@ -1,0 +1,169 @@
+//! The HTTP API of a running aggregator, with tokens made by its CLI: the fleet as the API
+//! shows it, roles, a token created through the API, revocation from the CLI taking effect at
+//! once, and the operations endpoints.
+
+use outpost_tests::{AgentOptions, Env};
+use serde_json::{Value, json};
+
+const AGENT: &str = "api-web-1";
+
+struct Client {
+    base: String,
+    http: reqwest::blocking::Client,
+}
+
+impl Client {
+    fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let response = req.send().unwrap_or_else(|e| panic!("{path}: {e}"));
+        let status = response.status().as_u16();
+        let text = response.text().unwrap_or_default();
+        let value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{path}: {status} not JSON ({e}): {text}"));
+        (status, value)
+    }
+
+    fn get(&self, path: &str, token: &str) -> (u16, Value) {
+        self.call(reqwest::Method::GET, path, Some(token), None)
+    }
+}
+
+/// Makes a token with the CLI; answers its text.
+fn token(aggregator: &outpost_tests::Aggregator, name: &str, role: &str) -> String {
+    let out = aggregator.cli_ok(&["token", "create", "--name", name, "--role", role, "--json"]);
+    let made: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(made["role"], role, "{made}");
+    made["token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{made}"))
+        .to_owned()
+}
+
+#[test]
+fn the_api_serves_the_fleet_to_tokens_by_role_and_revocation_is_immediate() {
+    let env = Env::new("api");
+    let aggregator = env.start_aggregator();
+    let cert = env.issue_agent(AGENT);
+    let _agent = env.start_agent(&cert, &aggregator, AgentOptions::default());
+    let viewer = token(&aggregator, "dash", "viewer");
+    let admin = token(&aggregator, "root", "admin");
+    let api = Client {
+        base: aggregator.api_url(),
+        http: reqwest::blocking::Client::new(),
+    };
+
+    let (status, health) = api.call(reqwest::Method::GET, "/healthz", None, None);
+    assert_eq!((status, health["status"].clone()), (200, json!("ok")));
+    let ready = env.wait_for("the aggregator to be ready", || {
+        match api.call(reqwest::Method::GET, "/readyz", None, None) {
+            (200, body) => Ok(body),
+            (status, body) => Err(format!("{status} {body}")),
+        }
+    });
+    assert_eq!(ready["status"], "ready");
+
+    // The agent, online, as the API lists it and details it.
+    let listed = env.wait_for("the agent to be listed online", || {
+        let (status, page) = api.get("/api/v1/agents?status=online", &viewer);
+        let items = page["items"].as_array().cloned().unwrap_or_default();
+        match items.iter().find(|e| e["agent_id"] == AGENT) {
+            Some(e) if status == 200 => Ok(e.clone()),
+            _ => Err(format!("{status} {page}")),
+        }
+    });
+    assert_eq!(listed["version"], outpost_common::VERSION, "{listed}");
+    let (status, one) = api.get(&format!("/api/v1/agents/{AGENT}"), &viewer);
+    assert_eq!(status, 200, "{one}");
+    assert!(one["host"]["hostname"].is_string(), "{one}");
+    assert!(
+        one["spool"]["cap_bytes"].as_u64().is_some_and(|c| c > 0),
+        "{one}"
+    );
+    let (_, summary) = api.get("/api/v1/agents/summary", &viewer);
+    assert_eq!(summary["by_status"]["online"], 1, "{summary}");
+
+    // Without a token, with the viewer's where an admin's is needed.
+    let (status, body) = api.call(reqwest::Method::GET, "/api/v1/agents", None, None);
+    assert_eq!(
+        (status, body["error"]["code"].clone()),
+        (401, json!("unauthorized"))
+    );
+    let (status, body) = api.get("/api/v1/tokens", &viewer);
+    assert_eq!(
+        (status, body["error"]["code"].clone()),
+        (403, json!("forbidden"))
+    );
+
+    // A token made through the API works at once; revoked from the CLI, it stops at once.
+    let (status, made) = api.call(
+        reqwest::Method::POST,
+        "/api/v1/tokens",
+        Some(&admin),
+        Some(&json!({ "name": "bot", "role": "viewer", "expires_in": "1h" })),
+    );
+    assert_eq!(status, 201, "{made}");
+    let bot = made["token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{made}"))
+        .to_owned();
+    assert_eq!(api.get("/api/v1/agents/summary", &bot).0, 200);
+    let revoked = aggregator.cli_ok(&["token", "revoke", "bot"]);
+    assert!(revoked.contains("revoked token `bot`"), "{revoked}");
+    let (status, body) = api.get("/api/v1/agents/summary", &bot);
+    assert_eq!(status, 401, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("revoked")),
+        "{body}"
+    );
+    let listed: Value =
+        serde_json::from_str(aggregator.cli_ok(&["token", "list", "--json"]).trim())
+            .unwrap_or_else(|e| panic!("{e}"));
+    let bot_row = listed
+        .as_array()
+        .and_then(|all| all.iter().find(|t| t["name"] == "bot"))
+        .unwrap_or_else(|| panic!("{listed}"));
+    assert_eq!(bot_row["active"], false, "{bot_row}");
+    assert!(
+        !listed.to_string().contains(&bot[bot.len() - 64..]),
+        "a secret is listed"
+    );
+
+    // The audit log has the refusals and the changes, with who made them.
+    let (_, audit) = api.get("/api/v1/audit", &admin);
+    let rows: Vec<(String, String, u64)> = audit["items"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{audit}"))
+        .iter()
+        .map(|e| {
+            (
+                e["token_name"].as_str().unwrap_or("-").to_owned(),
+                e["outcome"].as_str().unwrap_or_default().to_owned(),
+                e["status"].as_u64().unwrap_or_default(),
+            )
+        })
+        .collect();
+    for want in [
+        ("-".to_owned(), "unauthorized".to_owned(), 401),
+        ("dash".to_owned(), "forbidden".to_owned(), 403),
+        ("root".to_owned(), "ok".to_owned(), 201),
+    ] {
+        assert!(rows.contains(&want), "{want:?} not in {rows:?}");
+    }
+
+    let (status, doc) = api.call(reqwest::Method::GET, "/api/v1/openapi.json", None, None);
+    assert_eq!((status, doc["openapi"].clone()), (200, json!("3.1.0")));
+}
