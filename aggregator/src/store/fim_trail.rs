@@ -76,6 +76,9 @@ pub struct Trail {
     /// The last event in its place; `None` before the first.
     pub end: Option<Position>,
     pub ahead: BTreeMap<u64, Held>,
+    /// The spool, batch and `seq` of the last event received (not stored: a batch is received
+    /// within one commit).
+    pub last_received: Option<(u64, u64, u64)>,
 }
 
 impl Trail {
@@ -103,6 +106,40 @@ impl Trail {
         arrival: Arrival,
         stored_before: bool,
     ) -> Vec<Found> {
+        let mut found = self.check_batch_order(event, arrival);
+        found.extend(self.take(event, arrival, stored_before));
+        found
+    }
+
+    /// A reorder when `event` comes after a later one of its own batch.
+    fn check_batch_order(&mut self, event: &FimEvent, a: Arrival) -> Vec<Found> {
+        let previous = self
+            .last_received
+            .replace((a.spool_id, a.batch_seq, event.seq));
+        match previous {
+            Some((spool, batch, seq))
+                if spool == a.spool_id && batch == a.batch_seq && event.seq < seq =>
+            {
+                vec![Found {
+                    row: a.row,
+                    path: event.path.clone(),
+                    brk: Break {
+                        kind: BreakKind::Reorder,
+                        seq: event.seq,
+                        expected_seq: seq.saturating_add(1),
+                        detail: format!(
+                            "event {} came after event {seq} in the same batch: the batch was \
+                             rearranged on the way",
+                            event.seq
+                        ),
+                    },
+                }]
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    fn take(&mut self, event: &FimEvent, arrival: Arrival, stored_before: bool) -> Vec<Found> {
         let expected_seq = self.end_seq().saturating_add(1);
         let mut found = Vec::new();
         let mut report = |brk: Option<Break>| {
@@ -215,15 +252,20 @@ pub enum BreakKind {
     Edit,
     /// The trail started again at 1 after a longer one: the agent's state was wiped.
     Reset,
+    /// The event came after a later one of the same batch: the agent writes a batch's events in
+    /// order, so they were rearranged on the way. (Batches themselves may be stored in any
+    /// order; that is no break.)
+    Reorder,
 }
 
 impl BreakKind {
     /// Every kind.
-    pub const ALL: [BreakKind; 4] = [
+    pub const ALL: [BreakKind; 5] = [
         BreakKind::Gap,
         BreakKind::Replay,
         BreakKind::Edit,
         BreakKind::Reset,
+        BreakKind::Reorder,
     ];
 
     /// The lower-case name stored and shown.
@@ -233,6 +275,7 @@ impl BreakKind {
             BreakKind::Replay => "replay",
             BreakKind::Edit => "edit",
             BreakKind::Reset => "reset",
+            BreakKind::Reorder => "reorder",
         }
     }
 
@@ -671,6 +714,27 @@ mod tests {
         );
         assert!(held.ahead.is_empty());
         assert_eq!(held.end.map(|p| p.seq), Some(MAX_AHEAD as u64 + 3));
+    }
+
+    #[test]
+    fn events_rearranged_within_a_batch_are_a_reorder_and_still_checked_in_place() {
+        let t = trail(5);
+        let swapped = [
+            batch(1, 1, &t[..1]),
+            batch(2, 2, &[t[2].clone(), t[1].clone(), t[3].clone()]),
+            batch(3, 3, &t[4..5]),
+        ];
+        let got = deliver(&swapped);
+        // Told once, at the event that came late; no gap, edit or replay.
+        assert_eq!(found(&got), [(BreakKind::Reorder, 2, 4, 3)]);
+        assert!(got[0].brk.detail.contains("same batch"), "{got:?}");
+        // Across batches the same order is no break.
+        let across = [
+            batch(1, 1, &t[..1]),
+            batch(3, 2, &t[2..3]),
+            batch(2, 2, &t[1..2]),
+        ];
+        assert_eq!(found(&deliver(&across)), []);
     }
 
     #[test]

@@ -239,7 +239,11 @@ fn stored_trail(tx: &Transaction<'_>, key: i64) -> rusqlite::Result<Trail> {
             Ok((r.get::<_, i64>(0)?.cast_unsigned(), held))
         })?
         .collect::<rusqlite::Result<_>>()?;
-    Ok(Trail { end, ahead })
+    Ok(Trail {
+        end,
+        ahead,
+        last_received: None,
+    })
 }
 
 /// Whether the agent has an event with the same `seq` and `chain` stored already.

@@ -144,7 +144,7 @@ CREATE TABLE fim_trail_breaks (
     agent_key    INTEGER NOT NULL,
     event_id     INTEGER NOT NULL, -- the fim_events row that showed the break
     seq          INTEGER NOT NULL,
-    kind         TEXT NOT NULL,    -- gap | replay | edit | reset
+    kind         TEXT NOT NULL,    -- gap | replay | edit | reset | reorder
     expected_seq INTEGER NOT NULL,
     detail       TEXT NOT NULL,
     received_ns  INTEGER NOT NULL
