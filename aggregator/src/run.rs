@@ -49,6 +49,7 @@ pub fn run(v: Validated) -> anyhow::Result<()> {
         },
     )
     .context("cannot start the store writer")?;
+    let writer_figures = writer.figures();
     let reset_key = load_or_create_secret(&c.data_dir.join("quic-reset.key"))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -87,7 +88,17 @@ pub fn run(v: Validated) -> anyhow::Result<()> {
         write_listen_file(&v.listen_file(), addr)?;
         info!(%addr, store = %v.store_path().display(), version = outpost_common::LONG_VERSION, "outpost-aggregator listening");
         let api = if c.api.enabled {
-            Some(start_api(&v, store.clone(), stop.clone()).await?)
+            let (api, server) = start_api(&v, store.clone(), stop.clone()).await?;
+            let telemetry = ingest.telemetry();
+            let store_path = v.store_path();
+            api.metrics.set_source(Box::new(move || {
+                crate::api::metrics::aggregator_figures(
+                    &telemetry.counters(),
+                    &writer_figures.snapshot(),
+                    crate::api::metrics::store_bytes(&store_path),
+                )
+            }));
+            Some((api, server))
         } else {
             None
         };

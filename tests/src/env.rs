@@ -200,7 +200,7 @@ impl Env {
     }
 
     /// Starts a process whose output goes to `<dir>/<name>.log`, and remembers it for diagnoses.
-    pub(crate) fn spawn(&self, name: &str, program: &Path, args: &[OsString]) -> Process {
+    pub fn spawn(&self, name: &str, program: &Path, args: &[OsString]) -> Process {
         let p = Process::start(name, program, args, self.path().join(format!("{name}.log")));
         self.inner
             .processes

@@ -32,6 +32,7 @@ use crate::tokens::{self, Presented, Role, Verdict};
 
 pub mod error;
 mod fleet;
+pub mod metrics;
 mod ops;
 mod page;
 #[cfg(test)]
@@ -62,6 +63,8 @@ pub struct Api {
     ingest_up: AtomicBool,
     /// Audit entries that could not be written (counted, logged).
     audit_failures: AtomicU64,
+    /// What `/metrics` shows.
+    pub metrics: metrics::Metrics,
 }
 
 impl std::fmt::Debug for Api {
@@ -99,6 +102,7 @@ impl Api {
             touched: Mutex::new(std::collections::HashMap::new()),
             ingest_up: AtomicBool::new(false),
             audit_failures: AtomicU64::new(0),
+            metrics: metrics::Metrics::new(),
         })
     }
 
@@ -223,6 +227,10 @@ pub fn app(api: Arc<Api>, config: &ApiConfig) -> Router {
     Router::new()
         .merge(v1)
         .merge(ops::routes(doc))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&api),
+            count,
+        ))
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|method: Method| async move {
             ApiError {
@@ -233,6 +241,25 @@ pub fn app(api: Arc<Api>, config: &ApiConfig) -> Router {
         .layer(axum::extract::DefaultBodyLimit::max(config.max_body))
         .layer(middleware)
         .with_state(api)
+}
+
+/// Counts and times every answered request by its route (`/metrics`).
+async fn count(State(api): State<Arc<Api>>, req: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |m| m.as_str())
+        .to_owned();
+    let method = req.method().clone();
+    let response = next.run(req).await;
+    api.metrics.observe(
+        &route,
+        method.as_str(),
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
 }
 
 /// Request ids for requests that came without one: `r` and a per-process counter in hex.

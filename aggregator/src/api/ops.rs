@@ -1,5 +1,6 @@
 //! Operations: `/healthz` (the process answers), `/readyz` (the store answers and agent ingest
-//! listens), and the OpenAPI document at `/api/v1/openapi.json`. None needs a token.
+//! listens), `/metrics` (Prometheus text format), and the OpenAPI document at
+//! `/api/v1/openapi.json`. None needs a token.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -18,6 +19,7 @@ pub fn routes(doc: Arc<utoipa::openapi::OpenApi>) -> Router<Arc<Api>> {
             get(|| async { Json(json!({ "status": "ok" })) }),
         )
         .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
         .route(
             "/api/v1/openapi.json",
             get(move || {
@@ -35,4 +37,17 @@ async fn ready(State(api): State<Arc<Api>>) -> Result<Json<Value>, ApiError> {
         return Err(ApiError::unavailable("agent ingest is not listening"));
     }
     Ok(Json(json!({ "status": "ready" })))
+}
+
+async fn metrics(State(api): State<Arc<Api>>) -> impl axum::response::IntoResponse {
+    let text = tokio::task::spawn_blocking(move || api.metrics.render())
+        .await
+        .unwrap_or_default();
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
 }

@@ -582,6 +582,44 @@ async fn health_readiness_and_the_openapi_document_need_no_token() {
 }
 
 #[tokio::test]
+async fn metrics_count_requests_by_route_and_status_without_a_token() {
+    let h = harness();
+    h.get("/api/v1/agents", &h.viewer).await;
+    h.get("/api/v1/agents/nobody", &h.viewer).await;
+    h.call(Method::GET, "/api/v1/agents", None, None).await;
+    let req = Request::builder()
+        .uri("/metrics")
+        .body(Body::empty())
+        .unwrap();
+    let response = h.app.clone().oneshot(req).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4")
+    );
+    let text = String::from_utf8(
+        axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap()
+            .to_vec(),
+    )
+    .unwrap();
+    for line in [
+        r#"outpost_api_requests_total{method="GET",route="/api/v1/agents",status="200"} 1"#,
+        r#"outpost_api_requests_total{method="GET",route="/api/v1/agents",status="401"} 1"#,
+        r#"outpost_api_requests_total{method="GET",route="/api/v1/agents/{agent_id}",status="404"} 1"#,
+    ] {
+        assert!(text.contains(line), "{line} not in:\n{text}");
+    }
+    assert!(
+        text.contains("# TYPE outpost_api_request_duration_seconds histogram"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
 async fn readiness_says_what_is_not_ready() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(SqliteStore::open(&dir.path().join("store.db")).unwrap());

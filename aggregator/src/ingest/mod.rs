@@ -165,6 +165,11 @@ impl Ingest {
         self.endpoint.local_addr()
     }
 
+    /// Ingest's telemetry, which outlives the service (for `/metrics`).
+    pub fn telemetry(&self) -> Arc<Telemetry> {
+        Arc::clone(&self.shared.telemetry)
+    }
+
     /// What ingest has done so far.
     pub fn counters(&self) -> Counters {
         self.shared.telemetry.counters()

@@ -49,7 +49,7 @@ pub mod writer;
 pub use feed::{CommittedBatch, Feed, FeedItem, FeedSubscriber};
 pub use sqlite::{SqliteReader, SqliteStore};
 pub use summary::{CPU_UTILIZATION, FILESYSTEM_UTILIZATION, HostSummary, MEMORY_UTILIZATION};
-pub use writer::{StoreWriter, WriterConfig, WriterJoin, WriterStats};
+pub use writer::{StoreWriter, WriterConfig, WriterFigures, WriterJoin, WriterStats};
 
 /// One batch as received from an authenticated agent.
 #[derive(Debug, Clone, PartialEq)]

@@ -91,6 +91,16 @@ pub struct StoreWriter {
     feed: Feed,
 }
 
+/// Reads what the writer thread has done (without the feed's figures).
+#[derive(Debug, Clone)]
+pub struct WriterFigures(Arc<Counters>);
+
+impl WriterFigures {
+    pub fn snapshot(&self) -> WriterStats {
+        self.0.snapshot()
+    }
+}
+
 /// Waits for the writer thread to finish.
 #[derive(Debug)]
 pub struct WriterJoin {
@@ -191,6 +201,12 @@ impl StoreWriter {
     /// Jobs queued and not yet taken by the writer thread.
     pub fn queued(&self) -> usize {
         self.tx.max_capacity() - self.tx.capacity()
+    }
+
+    /// A reader of [`StoreWriter::stats`] that does not keep the writer running, as a handle
+    /// does (the writer stops once every handle is gone).
+    pub fn figures(&self) -> WriterFigures {
+        WriterFigures(Arc::clone(&self.stats))
     }
 
     /// What the writer thread has done so far.

@@ -167,3 +167,100 @@ fn the_api_serves_the_fleet_to_tokens_by_role_and_revocation_is_immediate() {
     let (status, doc) = api.call(reqwest::Method::GET, "/api/v1/openapi.json", None, None);
     assert_eq!((status, doc["openapi"].clone()), (200, json!("3.1.0")));
 }
+
+/// A free TCP port on loopback, chosen by the OS (the listener is closed at once; Prometheus
+/// takes the port a moment later).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("cannot find a free port: {e}"))
+}
+
+#[test]
+fn metrics_pass_promtool_and_a_real_prometheus_scrapes_them() {
+    let env = Env::new("api-metrics");
+    let aggregator = env.start_aggregator();
+    let cert = env.issue_agent(AGENT);
+    let _agent = env.start_agent(&cert, &aggregator, AgentOptions::default());
+    let base = aggregator.api_url();
+    let http = reqwest::blocking::Client::new();
+    // Some traffic first, so every family has samples.
+    let viewer = token(&aggregator, "dash", "viewer");
+    let metrics = env.wait_for("the agent's batches to be counted", || {
+        let _ = http
+            .get(format!("{base}/api/v1/agents"))
+            .bearer_auth(&viewer)
+            .send();
+        let text = http
+            .get(format!("{base}/metrics"))
+            .send()
+            .and_then(reqwest::blocking::Response::text)
+            .map_err(|e| e.to_string())?;
+        if text.contains("outpost_agents_connected 1")
+            && text.contains("outpost_batches_stored_total")
+        {
+            Ok(text)
+        } else {
+            Err(text)
+        }
+    });
+
+    let file = env.path().join("metrics.txt");
+    std::fs::write(&file, &metrics).unwrap_or_else(|e| panic!("{e}"));
+    let checked = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::fs::File::open(&file).unwrap_or_else(|e| panic!("{e}")))
+        .output()
+        .unwrap_or_else(|e| panic!("promtool (Debian package prometheus): {e}"));
+    assert!(
+        checked.status.success(),
+        "promtool check metrics: {}{}\n{metrics}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+
+    // A real Prometheus scrapes it every second; `up` turns 1 and a figure is queryable.
+    let target = base.trim_start_matches("http://");
+    let config = env.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: outpost\n    \
+             static_configs:\n      - targets: ['{target}']\n"
+        ),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let port = free_port();
+    let data = env.path().join("prometheus-data");
+    let args: Vec<std::ffi::OsString> = vec![
+        format!("--config.file={}", config.display()).into(),
+        format!("--storage.tsdb.path={}", data.display()).into(),
+        format!("--web.listen-address=127.0.0.1:{port}").into(),
+    ];
+    let _prometheus = env.spawn(
+        "prometheus",
+        std::path::Path::new("/usr/bin/prometheus"),
+        &args,
+    );
+    let query = format!("http://127.0.0.1:{port}/api/v1/query");
+    env.wait_for("Prometheus to scrape the aggregator", || {
+        let answer: Value = http
+            .get(&query)
+            .query(&[(
+                "query",
+                "up{job=\"outpost\"} * on() group_left outpost_agents_connected",
+            )])
+            .send()
+            .and_then(reqwest::blocking::Response::json)
+            .map_err(|e| e.to_string())?;
+        let value = answer["data"]["result"][0]["value"][1]
+            .as_str()
+            .map(str::to_owned);
+        if value.as_deref() == Some("1") {
+            Ok(())
+        } else {
+            Err(answer.to_string())
+        }
+    });
+}

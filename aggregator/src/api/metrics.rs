@@ -1,0 +1,331 @@
+//! `/metrics`: the aggregator's own figures in the Prometheus text format.
+//!
+//! The API counts its requests (by route, method and status) and times them (by route) as they
+//! happen; what ingest, the store writer and the store keep is read at each scrape through a
+//! [`Figures`] source and set on counters and gauges of the same registry, so one encoder writes
+//! everything.
+
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// One figure read at a scrape.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Figure {
+    /// Counters end in `_total`.
+    pub name: &'static str,
+    pub help: &'static str,
+    /// At most one label (`reason`, …) and its value.
+    pub label: Option<(&'static str, &'static str)>,
+    pub value: u64,
+    pub kind: Kind,
+}
+
+/// A counter only grows; a gauge is a level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+}
+
+/// Reads the figures of the rest of the aggregator.
+pub type Figures = Box<dyn Fn() -> Vec<Figure> + Send + Sync>;
+
+/// The registry and the API's own metrics.
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    durations: HistogramVec,
+    source: Mutex<Option<Figures>>,
+    /// Counters and gauges of the figures, by name, made at their first scrape.
+    counters: Mutex<std::collections::HashMap<&'static str, IntCounterVec>>,
+    gauges: Mutex<std::collections::HashMap<&'static str, IntGaugeVec>>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "outpost_api_requests_total",
+                "API requests answered, by route, method and status.",
+            ),
+            &["route", "method", "status"],
+        )
+        .unwrap_or_else(|e| unreachable!("a valid metric: {e}"));
+        let durations = HistogramVec::new(
+            HistogramOpts::new(
+                "outpost_api_request_duration_seconds",
+                "Time to answer API requests, by route.",
+            )
+            .buckets(vec![
+                0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+            ]),
+            &["route"],
+        )
+        .unwrap_or_else(|e| unreachable!("a valid metric: {e}"));
+        for m in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(durations.clone()),
+        ] {
+            if let Err(e) = registry.register(m) {
+                tracing::error!(error = %e, "cannot register an API metric");
+            }
+        }
+        Metrics {
+            registry,
+            requests,
+            durations,
+            source: Mutex::new(None),
+            counters: Mutex::new(std::collections::HashMap::new()),
+            gauges: Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    /// Where the rest of the aggregator's figures are read at each scrape.
+    pub fn set_source(&self, source: Figures) {
+        *self.source.lock().unwrap_or_else(PoisonError::into_inner) = Some(source);
+    }
+
+    /// Counts one answered request.
+    pub fn observe(&self, route: &str, method: &str, status: u16, took: Duration) {
+        self.requests
+            .with_label_values(&[route, method, &status.to_string()])
+            .inc();
+        self.durations
+            .with_label_values(&[route])
+            .observe(took.as_secs_f64());
+    }
+
+    /// Everything, in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let figures = self
+            .source
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(|read| read())
+            .unwrap_or_default();
+        for f in figures {
+            self.set(&f);
+        }
+        let mut out = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::error!(error = %e, "cannot encode the metrics");
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    fn set(&self, f: &Figure) {
+        let (label_names, label_values): (Vec<&str>, Vec<&str>) = match f.label {
+            Some((name, value)) => (vec![name], vec![value]),
+            None => (Vec::new(), Vec::new()),
+        };
+        let value = i64::try_from(f.value).unwrap_or(i64::MAX);
+        match f.kind {
+            Kind::Counter => {
+                let mut all = self.counters.lock().unwrap_or_else(PoisonError::into_inner);
+                let Some(vec) = self.family(&mut all, f, &label_names, IntCounterVec::new) else {
+                    return;
+                };
+                let c = vec.with_label_values(&label_values);
+                // The source only grows; the counter follows it.
+                let now = c.get();
+                c.inc_by(f.value.saturating_sub(now));
+            }
+            Kind::Gauge => {
+                let mut all = self.gauges.lock().unwrap_or_else(PoisonError::into_inner);
+                if let Some(vec) = self.family(&mut all, f, &label_names, IntGaugeVec::new) {
+                    vec.with_label_values(&label_values).set(value);
+                }
+            }
+        }
+    }
+
+    /// The family of `f`, made and registered the first time.
+    fn family<V>(
+        &self,
+        all: &mut std::collections::HashMap<&'static str, V>,
+        f: &Figure,
+        labels: &[&str],
+        make: impl Fn(Opts, &[&str]) -> prometheus::Result<V>,
+    ) -> Option<V>
+    where
+        V: prometheus::core::Collector + Clone + 'static,
+    {
+        if let Some(v) = all.get(f.name) {
+            return Some(v.clone());
+        }
+        let made = make(Opts::new(f.name, f.help), labels)
+            .and_then(|v| self.registry.register(Box::new(v.clone())).map(|()| v));
+        match made {
+            Ok(v) => {
+                all.insert(f.name, v.clone());
+                Some(v)
+            }
+            Err(e) => {
+                tracing::error!(metric = f.name, error = %e, "cannot register a metric");
+                None
+            }
+        }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+/// The figures of ingest, the store writer and the store, as `/metrics` shows them.
+pub fn aggregator_figures(
+    ingest: &crate::internal_events::Counters,
+    writer: &crate::store::WriterStats,
+    store_bytes: u64,
+) -> Vec<Figure> {
+    let counter = |name, help, value| Figure {
+        name,
+        help,
+        label: None,
+        value,
+        kind: Kind::Counter,
+    };
+    let refused = |reason, value| Figure {
+        name: "outpost_ingest_refused_total",
+        help: "Connections, messages and batches ingest refused, by reason.",
+        label: Some(("reason", reason)),
+        value,
+        kind: Kind::Counter,
+    };
+    vec![
+        Figure {
+            name: "outpost_agents_connected",
+            help: "Agents with an established session now.",
+            label: None,
+            value: ingest
+                .agents_connected
+                .saturating_sub(ingest.agents_disconnected),
+            kind: Kind::Gauge,
+        },
+        counter(
+            "outpost_agent_sessions_total",
+            "Agent sessions established since the aggregator started.",
+            ingest.agents_connected,
+        ),
+        counter(
+            "outpost_batches_stored_total",
+            "Batches stored for the first time.",
+            ingest.batches_stored,
+        ),
+        counter(
+            "outpost_events_stored_total",
+            "Events in the batches stored.",
+            ingest.events_stored,
+        ),
+        counter(
+            "outpost_batches_duplicate_total",
+            "Batches acknowledged again because they were stored before.",
+            ingest.batches_duplicate,
+        ),
+        counter(
+            "outpost_heartbeats_total",
+            "Agent heartbeats received.",
+            ingest.heartbeats,
+        ),
+        refused("connection", ingest.connections_refused),
+        refused("hello", ingest.hellos_rejected),
+        refused("hello_timeout", ingest.hello_timeouts),
+        refused("malformed_frame", ingest.frames_malformed),
+        refused("protocol_violation", ingest.protocol_violations),
+        refused("batch", ingest.batches_rejected),
+        refused("revoked", ingest.connections_revoked),
+        counter(
+            "outpost_store_transactions_total",
+            "Store transactions of batches (group commits), committed or failed.",
+            writer.transactions,
+        ),
+        counter(
+            "outpost_store_failed_transactions_total",
+            "Store transactions of batches that failed.",
+            writer.failed_transactions,
+        ),
+        counter(
+            "outpost_fim_trail_breaks_total",
+            "Breaks found in agents' file-integrity trails.",
+            writer.fim_trail_breaks,
+        ),
+        Figure {
+            name: "outpost_store_bytes",
+            help: "Bytes the store's files take on disk (database and log).",
+            label: None,
+            value: store_bytes,
+            kind: Kind::Gauge,
+        },
+    ]
+}
+
+/// Bytes of the store's database and its WAL.
+pub fn store_bytes(db: &std::path::Path) -> u64 {
+    let size = |p: &std::path::Path| std::fs::metadata(p).map_or(0, |m| m.len());
+    let mut wal = db.as_os_str().to_owned();
+    wal.push("-wal");
+    size(db) + size(std::path::Path::new(&wal))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn figures_follow_their_source_and_requests_are_counted() {
+        let m = Metrics::new();
+        let value = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(3));
+        let read = std::sync::Arc::clone(&value);
+        m.set_source(Box::new(move || {
+            vec![
+                Figure {
+                    name: "outpost_things_total",
+                    help: "Things.",
+                    label: Some(("reason", "odd")),
+                    value: read.load(std::sync::atomic::Ordering::Relaxed),
+                    kind: Kind::Counter,
+                },
+                Figure {
+                    name: "outpost_level",
+                    help: "A level.",
+                    label: None,
+                    value: 7,
+                    kind: Kind::Gauge,
+                },
+            ]
+        }));
+        m.observe("/api/v1/agents", "GET", 200, Duration::from_millis(3));
+        let text = m.render();
+        assert!(
+            text.contains("outpost_things_total{reason=\"odd\"} 3"),
+            "{text}"
+        );
+        assert!(text.contains("outpost_level 7"), "{text}");
+        assert!(
+            text.contains(
+                "outpost_api_requests_total{method=\"GET\",route=\"/api/v1/agents\",status=\"200\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("outpost_api_request_duration_seconds_bucket{route=\"/api/v1/agents\",le=\"0.005\"} 1"), "{text}");
+        value.store(10, std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            m.render()
+                .contains("outpost_things_total{reason=\"odd\"} 10")
+        );
+    }
+}
