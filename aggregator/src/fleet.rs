@@ -47,7 +47,7 @@ impl fmt::Display for HostStatus {
 }
 
 /// One row of the fleet view. Serialised as-is for machines; field names are stable.
-#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct FleetEntry {
     pub agent_id: String,
     pub status: HostStatus,
@@ -83,7 +83,7 @@ pub struct FleetEntry {
 }
 
 /// How full one filesystem is.
-#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct FilesystemUsage {
     pub mountpoint: String,
     /// Used share, 0..100.
@@ -407,7 +407,7 @@ fn thousands(n: u64) -> String {
     out
 }
 
-fn printable(s: &str) -> String {
+pub(crate) fn printable(s: &str) -> String {
     s.chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect()

@@ -13,6 +13,7 @@ pub mod ingest;
 pub mod internal_events;
 pub mod pki;
 pub mod quickstart;
+pub mod remote;
 pub mod run;
 pub mod status;
 pub mod store;

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use outpost_aggregator::{config, fim, pki, quickstart, status, token_cli};
+use outpost_aggregator::{config, fim, pki, quickstart, remote, status, token_cli};
 
 /// Exit status for usage and configuration errors (EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
@@ -39,6 +39,27 @@ enum Command {
     /// File-integrity changes and the trail of each agent's changes.
     #[command(subcommand)]
     Fim(fim::FimCommand),
+    /// The fleet, through the HTTP API (from any machine with a token).
+    Fleet {
+        #[command(flatten)]
+        remote: remote::RemoteArgs,
+        /// Only agents with this status: online, degraded, offline, never_seen.
+        #[arg(long)]
+        status: Option<String>,
+        /// Print JSON for machines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One agent in detail, through the HTTP API.
+    Agent {
+        #[command(flatten)]
+        remote: remote::RemoteArgs,
+        /// The agent's id.
+        agent_id: String,
+        /// Print JSON for machines.
+        #[arg(long)]
+        json: bool,
+    },
     /// API tokens: create (shown once), list, revoke.
     #[command(subcommand)]
     Token(token_cli::TokenCommand),
@@ -88,6 +109,35 @@ fn main() -> ExitCode {
             };
             status::render(&v, json).map(|out| print!("{out}"))
         }
+        Command::Fleet {
+            remote,
+            status,
+            json,
+        } => {
+            let status = match status.as_deref().map(|s| {
+                serde_json::from_value::<outpost_aggregator::fleet::HostStatus>(
+                    serde_json::Value::String(s.to_owned()),
+                )
+                .map_err(|_| format!("--status `{s}`: use online, degraded, offline or never_seen"))
+            }) {
+                None => None,
+                Some(Ok(s)) => Some(s),
+                Some(Err(e)) => {
+                    eprintln!("outpost-aggregator: {e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            remote::Remote::resolve(&remote).and_then(|r| {
+                let now = outpost_common::time::now_ns();
+                remote::fleet(&r, status, json, &mut std::io::stdout().lock(), now)
+            })
+        }
+        Command::Agent {
+            remote,
+            agent_id,
+            json,
+        } => remote::Remote::resolve(&remote)
+            .and_then(|r| remote::agent(&r, &agent_id, json, &mut std::io::stdout().lock())),
         Command::Token(cmd) => {
             let v = match load(&cli.config) {
                 Ok(v) => v,

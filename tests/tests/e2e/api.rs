@@ -94,6 +94,35 @@ fn the_api_serves_the_fleet_to_tokens_by_role_and_revocation_is_immediate() {
     let (_, summary) = api.get("/api/v1/agents/summary", &viewer);
     assert_eq!(summary["by_status"]["online"], 1, "{summary}");
 
+    // The CLI over the API, as from another machine.
+    let base = api.base.clone();
+    let table = env.aggregator_cli_ok(&["fleet", "--url", &base, "--token", &viewer]);
+    assert!(table.starts_with("AGENT"), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with(AGENT) && l.contains("online")),
+        "{table}"
+    );
+    let listed: Value = serde_json::from_str(&env.aggregator_cli_ok(&[
+        "fleet", "--url", &base, "--token", &viewer, "--status", "online", "--json",
+    ]))
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(listed[0]["agent_id"], AGENT, "{listed}");
+    let detail = env.aggregator_cli_ok(&["agent", AGENT, "--url", &base, "--token", &viewer]);
+    assert!(
+        detail
+            .lines()
+            .any(|l| l.starts_with("status") && l.ends_with("online")),
+        "{detail}"
+    );
+    let missing = env.aggregator_cli(&["agent", "nobody", "--url", &base, "--token", &viewer]);
+    assert!(!missing.status.success());
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("no agent `nobody`"),
+        "{missing:?}"
+    );
+
     // Without a token, with the viewer's where an admin's is needed.
     let (status, body) = api.call(reqwest::Method::GET, "/api/v1/agents", None, None);
     assert_eq!(
