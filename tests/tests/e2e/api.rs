@@ -293,3 +293,35 @@ fn metrics_pass_promtool_and_a_real_prometheus_scrapes_them() {
         }
     });
 }
+
+#[test]
+fn the_api_serves_https_with_the_configured_certificate() {
+    let env = Env::new("api-https");
+    let pki = env.pki_dir();
+    let aggregator = env.start_aggregator_with(outpost_tests::AggregatorOptions {
+        extra: format!(
+            "[api]\nlisten = \"127.0.0.1:0\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+            pki.join("server.pem").display(),
+            pki.join("server.key").display()
+        ),
+        ..outpost_tests::AggregatorOptions::default()
+    });
+    let viewer = token(&aggregator, "dash", "viewer");
+    let https = aggregator.api_url().replacen("http://", "https://", 1);
+    let ca = pki.join("ca.pem").display().to_string();
+    // The CLI trusts the Outpost CA it is given, and the fleet (empty) comes back over TLS.
+    let table = env.aggregator_cli_ok(&["fleet", "--url", &https, "--token", &viewer, "--ca", &ca]);
+    assert!(table.starts_with("AGENT"), "{table}");
+    // Without the CA the certificate is not trusted; plain HTTP is not answered as HTTP.
+    let untrusted = env.aggregator_cli(&["fleet", "--url", &https, "--token", &viewer]);
+    assert!(!untrusted.status.success(), "{untrusted:?}");
+    let plain = https.replacen("https://", "http://", 1);
+    let answer = reqwest::blocking::Client::new()
+        .get(format!("{plain}/healthz"))
+        .send()
+        .map(|r| r.status().as_u16());
+    assert!(
+        !matches!(answer, Ok(200)),
+        "plain HTTP was answered: {answer:?}"
+    );
+}
