@@ -31,9 +31,10 @@ pub struct AgentListParams {
     #[param(value_type = Option<AgentSort>)]
     sort: Option<String>,
     /// Agents per page, 1 to 1000 (100).
-    #[param(value_type = Option<u32>)]
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
     limit: Option<String>,
     /// Where the page starts: `next_cursor` of the page before.
+    #[param(pattern = "^([0-9a-f]{2})+$")]
     cursor: Option<String>,
 }
 
@@ -190,6 +191,7 @@ pub async fn list_agents(
     responses(
         (status = 200, description = "The counts", body = FleetSummary),
         (status = 401, description = "No valid token", body = super::error::ErrorBody),
+        (status = 429, description = "Too many requests", body = super::error::ErrorBody),
     )
 )]
 pub async fn summary(
@@ -247,6 +249,7 @@ fn status_name(s: HostStatus) -> String {
         (status = 200, description = "The agent", body = AgentDetail),
         (status = 401, description = "No valid token", body = super::error::ErrorBody),
         (status = 404, description = "No such agent", body = super::error::ErrorBody),
+        (status = 429, description = "Too many requests", body = super::error::ErrorBody),
     )
 )]
 pub async fn agent(

@@ -161,7 +161,12 @@ impl Caller {
     ),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
-    components(schemas(error::ErrorBody, error::ErrorDetail)),
+    components(schemas(
+        error::ErrorBody,
+        error::ErrorDetail,
+        fleet::AgentSort,
+        crate::fleet::HostStatus
+    )),
 )]
 struct ApiDoc;
 

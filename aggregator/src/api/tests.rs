@@ -309,7 +309,7 @@ async fn roles_limit_what_a_token_may_do_and_refusals_are_audited() {
         (
             Some("root".into()),
             "DELETE".into(),
-            "/api/v1/tokens/{token}".into(),
+            "/api/v1/tokens/{id}".into(),
             200,
             "ok".into(),
         ),
@@ -323,7 +323,7 @@ async fn roles_limit_what_a_token_may_do_and_refusals_are_audited() {
         (
             Some("root".into()),
             "DELETE".into(),
-            "/api/v1/tokens/{token}".into(),
+            "/api/v1/tokens/{id}".into(),
             404,
             "refused".into(),
         ),
@@ -331,7 +331,7 @@ async fn roles_limit_what_a_token_may_do_and_refusals_are_audited() {
     assert_eq!(audit, want);
     // Admins read it, newest first, a page at a time.
     let first = h.get("/api/v1/audit?limit=4", &h.admin).await;
-    assert_eq!(first.body["items"][0]["route"], "/api/v1/tokens/{token}");
+    assert_eq!(first.body["items"][0]["route"], "/api/v1/tokens/{id}");
     assert_eq!(first.body["items"].as_array().unwrap().len(), 4);
     let cursor = first.body["next_cursor"].as_str().unwrap();
     let rest = h
@@ -653,7 +653,7 @@ async fn every_api_route_is_in_the_openapi_document() {
         ("/api/v1/agents/{agent_id}", "get"),
         ("/api/v1/tokens", "get"),
         ("/api/v1/tokens", "post"),
-        ("/api/v1/tokens/{token}", "delete"),
+        ("/api/v1/tokens/{id}", "delete"),
         ("/api/v1/audit", "get"),
     ];
     let documented: Vec<(String, String)> = paths
@@ -676,7 +676,7 @@ async fn every_api_route_is_in_the_openapi_document() {
     assert_eq!(got, want);
     // And each documented route answers (401 without a token, not 404 or 405).
     for (path, method) in documented {
-        let uri = path.replace("{agent_id}", "web-1").replace("{token}", "x");
+        let uri = path.replace("{agent_id}", "web-1").replace("{id}", "x");
         let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
         let a = h.call(method.clone(), &uri, None, None).await;
         assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{method} {uri}");

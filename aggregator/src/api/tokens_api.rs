@@ -53,9 +53,22 @@ pub struct TokenPage {
 #[into_params(parameter_in = Query)]
 pub struct PageParams {
     /// Items per page, 1 to 1000 (100).
-    #[param(value_type = Option<u32>)]
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
     limit: Option<String>,
     /// Where the page starts: `next_cursor` of the page before.
+    #[param(pattern = "^([0-9a-f]{2})+$")]
+    cursor: Option<String>,
+}
+
+/// Page of the audit log.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct AuditParams {
+    /// Entries per page, 1 to 1000 (100).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
+    limit: Option<String>,
+    /// Where the page starts: `next_cursor` of the page before.
+    #[param(pattern = "^(3[0-9]){1,18}$")]
     cursor: Option<String>,
 }
 
@@ -70,6 +83,7 @@ pub struct PageParams {
         (status = 400, description = "A parameter is not valid", body = super::error::ErrorBody),
         (status = 401, description = "No valid token", body = super::error::ErrorBody),
         (status = 403, description = "Not an admin token", body = super::error::ErrorBody),
+        (status = 429, description = "Too many requests", body = super::error::ErrorBody),
     )
 )]
 pub async fn list_tokens(
@@ -95,9 +109,12 @@ pub async fn list_tokens(
 #[serde(deny_unknown_fields)]
 pub struct NewTokenRequest {
     /// 1 to 64 letters, digits, `.`, `_` or `-`; unique among tokens not revoked.
+    #[schema(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9._-]{1,64}$")]
     pub name: String,
     pub role: Role,
-    /// How long it is valid, e.g. `90d` or `12h`; forever when absent.
+    /// How long it is valid: 1 to 9999 seconds, minutes, hours or days, e.g. `90d` or `12h`;
+    /// forever when absent.
+    #[schema(pattern = "^[1-9][0-9]{0,3}[smhd]$")]
     pub expires_in: Option<String>,
 }
 
@@ -123,6 +140,7 @@ pub struct CreatedToken {
         (status = 403, description = "Not an admin token", body = super::error::ErrorBody),
         (status = 409, description = "A token not revoked has this name", body = super::error::ErrorBody),
         (status = 413, description = "The body is too large", body = super::error::ErrorBody),
+        (status = 429, description = "Too many requests", body = super::error::ErrorBody),
     )
 )]
 pub async fn create_token(
@@ -156,10 +174,20 @@ pub async fn create_token(
 
 /// When a token given `text` (`90d`) of validity from `now_ns` expires.
 pub fn expiry(text: &str, now_ns: i64) -> Result<i64, String> {
-    let d = humantime::parse_duration(text)
-        .map_err(|e| format!("`{text}` is not a duration such as 90d or 12h: {e}"))?;
-    if d.is_zero() {
-        return Err("the validity must be above zero".to_owned());
+    let bad = || format!("`{text}` is not a validity such as 90d or 12h (1 to 9999 s, m, h or d)");
+    let (number, unit) = text.split_at(text.len().saturating_sub(1));
+    let n: u64 = number
+        .parse()
+        .ok()
+        .filter(|n| {
+            (1..=9999).contains(n)
+                && !number.starts_with('0')
+                && number.bytes().all(|b| b.is_ascii_digit())
+        })
+        .ok_or_else(bad)?;
+    let d = humantime::parse_duration(&format!("{n}{unit}")).map_err(|_| bad())?;
+    if !matches!(unit, "s" | "m" | "h" | "d") {
+        return Err(bad());
     }
     let ns = i64::try_from(d.as_nanos()).map_err(|_| format!("`{text}` is too long"))?;
     now_ns
@@ -172,14 +200,15 @@ pub fn expiry(text: &str, now_ns: i64) -> Result<i64, String> {
 /// By id, or by the name of a token not revoked. Revoking a revoked token changes nothing.
 #[utoipa::path(
     delete,
-    path = "/api/v1/tokens/{token}",
+    path = "/api/v1/tokens/{id}",
     tag = "tokens",
-    params(("token" = String, Path, description = "The token's id or name")),
+    params(("id" = String, Path, description = "The token's id, or the name of a token not revoked")),
     responses(
         (status = 200, description = "The token, revoked", body = TokenInfo),
         (status = 401, description = "No valid token", body = super::error::ErrorBody),
         (status = 403, description = "Not an admin token", body = super::error::ErrorBody),
         (status = 404, description = "No such token", body = super::error::ErrorBody),
+        (status = 429, description = "Too many requests", body = super::error::ErrorBody),
     )
 )]
 pub async fn revoke_token(
@@ -214,18 +243,19 @@ pub struct AuditPage {
     get,
     path = "/api/v1/audit",
     tag = "tokens",
-    params(PageParams),
+    params(AuditParams),
     responses(
         (status = 200, description = "A page of the audit log", body = AuditPage),
         (status = 400, description = "A parameter is not valid", body = super::error::ErrorBody),
         (status = 401, description = "No valid token", body = super::error::ErrorBody),
         (status = 403, description = "Not an admin token", body = super::error::ErrorBody),
+        (status = 429, description = "Too many requests", body = super::error::ErrorBody),
     )
 )]
 pub async fn audit(
     State(api): State<Arc<Api>>,
     Extension(caller): Extension<Caller>,
-    params: Result<Query<PageParams>, axum::extract::rejection::QueryRejection>,
+    params: Result<Query<AuditParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<AuditPage>, ApiError> {
     caller.require(Role::Admin)?;
     let Query(p) = params?;
@@ -250,4 +280,22 @@ pub async fn audit(
         None
     };
     Ok(Json(AuditPage { items, next_cursor }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validities_are_a_number_and_a_unit() {
+        const DAY: i64 = 86_400 * 1_000_000_000;
+        assert_eq!(expiry("90d", 5), Ok(5 + 90 * DAY));
+        assert_eq!(expiry("12h", 0), Ok(12 * 3600 * 1_000_000_000));
+        assert_eq!(expiry("9999s", 0), Ok(9999 * 1_000_000_000));
+        for bad in [
+            "", "0d", "05d", "+5d", "10000d", "1 h", "1w", "d", "1.5h", "-1d", "1hh",
+        ] {
+            assert!(expiry(bad, 0).is_err(), "{bad}");
+        }
+    }
 }

@@ -325,3 +325,67 @@ fn the_api_serves_https_with_the_configured_certificate() {
         "plain HTTP was answered: {answer:?}"
     );
 }
+
+/// schemathesis, installed by `scripts/test` into `target/schemathesis` (or where
+/// `OUTPOST_SCHEMATHESIS` points).
+fn schemathesis() -> std::path::PathBuf {
+    std::env::var_os("OUTPOST_SCHEMATHESIS").map_or_else(
+        || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/schemathesis/bin/st"),
+        std::path::PathBuf::from,
+    )
+}
+
+#[test]
+fn schemathesis_finds_no_server_error_and_no_schema_violation() {
+    let st = schemathesis();
+    assert!(
+        st.exists(),
+        "{} is missing: scripts/test installs schemathesis there (python3 -m venv target/schemathesis; \
+         target/schemathesis/bin/pip install 'schemathesis>=4,<5')",
+        st.display()
+    );
+    let env = Env::new("api-schemathesis");
+    let aggregator = env.start_aggregator_with(outpost_tests::AggregatorOptions {
+        // Generous limits, so the run tests the handlers rather than the rate limiter.
+        extra: "[api]\nlisten = \"127.0.0.1:0\"\nrequests_per_sec_per_token = 100000\n\
+                requests_per_sec_per_address = 100000\n"
+            .to_owned(),
+        ..outpost_tests::AggregatorOptions::default()
+    });
+    let cert = env.issue_agent(AGENT);
+    let _agent = env.start_agent(&cert, &aggregator, AgentOptions::default());
+    let admin = token(&aggregator, "schemathesis", "admin");
+    let schema = format!("{}/api/v1/openapi.json", aggregator.api_url());
+    let out = std::process::Command::new(&st)
+        .args([
+            "run",
+            &schema,
+            "--checks",
+            "all",
+            "--max-examples",
+            "50",
+            "--seed",
+            "1",
+        ])
+        .args(["-H", &format!("Authorization: Bearer {admin}")])
+        .env("SCHEMATHESIS_HOOKS", "")
+        // Its reports and cache go in the test's directory.
+        .current_dir(env.path())
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}", st.display()));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "schemathesis found problems:\n{text}");
+    let selected = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Selected: "))
+        .and_then(|n| n.split_once('/'))
+        .unwrap_or_else(|| panic!("no summary:\n{text}"));
+    assert_eq!(
+        selected.0, selected.1,
+        "not every operation was tested:\n{text}"
+    );
+}
