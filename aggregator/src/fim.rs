@@ -84,7 +84,7 @@ pub fn parse_time(s: &str) -> Result<TimeArg, String> {
     })
 }
 
-fn parse_change(s: &str) -> Result<FimChange, String> {
+pub fn parse_change(s: &str) -> Result<FimChange, String> {
     fim_change_from_name(s).ok_or_else(|| {
         format!(
             "`{s}` is not a change; use created, modified, metadata_changed, deleted, moved or \
@@ -173,30 +173,32 @@ pub fn render_table(changes: &[StoredEvent]) -> String {
     crate::fleet::render_columns(&HEADER, &rows)
 }
 
+/// One stored change as JSON, every field included; `None` for another kind of event.
+pub fn change_json(e: &StoredEvent) -> Option<serde_json::Value> {
+    match &e.event {
+        Event::Fim(f) => Some(json!({
+            "cursor": e.cursor.to_string(),
+            "agent_id": e.agent_id,
+            "time_ns": f.time_ns,
+            "time": format_rfc3339(f.time_ns),
+            "received_ns": e.received_ns,
+            "path": f.path,
+            "change": fim_change_name(f.change),
+            "changed": f.changed,
+            "moved_from": f.moved_from,
+            "before": f.before,
+            "after": f.after,
+            "detected_by": fim_detection_name(f.detected_by),
+            "seq": f.seq,
+            "chain": f.chain,
+        })),
+        _ => None,
+    }
+}
+
 /// The changes as a JSON array, every field included.
 pub fn render_json(changes: &[StoredEvent]) -> String {
-    let items: Vec<serde_json::Value> = changes
-        .iter()
-        .filter_map(|e| match &e.event {
-            Event::Fim(f) => Some(json!({
-                "cursor": e.cursor.to_string(),
-                "agent_id": e.agent_id,
-                "time_ns": f.time_ns,
-                "time": format_rfc3339(f.time_ns),
-                "received_ns": e.received_ns,
-                "path": f.path,
-                "change": fim_change_name(f.change),
-                "changed": f.changed,
-                "moved_from": f.moved_from,
-                "before": f.before,
-                "after": f.after,
-                "detected_by": fim_detection_name(f.detected_by),
-                "seq": f.seq,
-                "chain": f.chain,
-            })),
-            _ => None,
-        })
-        .collect();
+    let items: Vec<serde_json::Value> = changes.iter().filter_map(change_json).collect();
     let mut text = serde_json::Value::Array(items).to_string();
     text.push('\n');
     text

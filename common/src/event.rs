@@ -123,6 +123,20 @@ impl Severity {
         Severity::Info,
         Severity::Debug,
     ];
+
+    /// Its lower-case name, as syslog spells it: `emergency` … `debug`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Emergency => "emergency",
+            Severity::Alert => "alert",
+            Severity::Critical => "critical",
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+            Severity::Notice => "notice",
+            Severity::Info => "info",
+            Severity::Debug => "debug",
+        }
+    }
 }
 
 /// One log line or journal entry.

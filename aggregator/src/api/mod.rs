@@ -31,6 +31,7 @@ use crate::store::{AuditEntry, EventStore, StateStore, StoreError};
 use crate::tokens::{self, Presented, Role, Verdict};
 
 pub mod error;
+mod events;
 mod fleet;
 pub mod metrics;
 mod ops;
@@ -200,6 +201,8 @@ fn v1(api: &Arc<Api>) -> (Router<Arc<Api>>, utoipa::openapi::OpenApi) {
         ))
         .routes(utoipa_axum::routes!(tokens_api::revoke_token))
         .routes(utoipa_axum::routes!(tokens_api::audit))
+        .routes(utoipa_axum::routes!(events::logs))
+        .routes(utoipa_axum::routes!(events::fim))
         .split_for_parts();
     let router = router.route_layer(axum::middleware::from_fn_with_state(Arc::clone(api), guard));
     (router, doc)

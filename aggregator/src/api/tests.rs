@@ -8,7 +8,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::extract::connect_info::MockConnectInfo;
 use axum::http::{Method, Request, StatusCode};
-use outpost_common::event::AgentStatus;
+use outpost_common::event::{AgentStatus, Event, LogRecord, Severity};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 use tower::ServiceExt;
@@ -581,6 +581,173 @@ async fn health_readiness_and_the_openapi_document_need_no_token() {
     assert!(doc.body["components"]["securitySchemes"]["bearer"].is_object());
 }
 
+fn log_line(time_ns: i64, source: &str, severity: Option<Severity>, body: &str) -> Event {
+    Event::Log(LogRecord {
+        time_ns,
+        source: source.to_owned(),
+        severity,
+        body: body.to_owned(),
+        attributes: Vec::new(),
+    })
+}
+
+#[tokio::test]
+async fn logs_and_file_changes_are_searched_and_paged_in_commit_order() {
+    use crate::store::EventStore;
+    use crate::store::testutil::{T0, batch};
+    let h = harness();
+    let t = crate::store::fim_trail::chained::trail(3);
+    h.store
+        .commit_batches(&[
+            batch(
+                "web-1",
+                1,
+                1,
+                vec![
+                    log_line(
+                        T0,
+                        "/var/log/auth.log",
+                        Some(Severity::Warning),
+                        "Failed password for root from 10.0.0.9",
+                    ),
+                    log_line(
+                        T0 + 1,
+                        "/var/log/auth.log",
+                        Some(Severity::Info),
+                        "Accepted publickey for deploy",
+                    ),
+                    log_line(
+                        T0 + 2,
+                        "journal",
+                        Some(Severity::Error),
+                        "Failed to start nginx.service",
+                    ),
+                    log_line(T0 + 3, "journal", None, "no severity here"),
+                    Event::Fim(t[0].clone()),
+                    Event::Fim(t[1].clone()),
+                ],
+            ),
+            batch(
+                "db-1",
+                1,
+                1,
+                vec![log_line(
+                    T0 + 4,
+                    "/var/log/auth.log",
+                    Some(Severity::Critical),
+                    "Failed password for admin",
+                )],
+            ),
+        ])
+        .unwrap();
+    let bodies = |a: &Answer| -> Vec<String> {
+        a.body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["body"].as_str().unwrap_or("-").to_owned())
+            .collect()
+    };
+    let failed = h.get("/api/v1/logs?contains=Failed", &h.viewer).await;
+    assert_eq!(failed.status, StatusCode::OK, "{}", failed.body);
+    assert_eq!(bodies(&failed).len(), 3);
+    assert_eq!(failed.body["next_cursor"], Value::Null);
+    let warn = h
+        .get(
+            "/api/v1/logs?severity=warning&source=/var/log/auth.log",
+            &h.viewer,
+        )
+        .await;
+    assert_eq!(
+        bodies(&warn),
+        [
+            "Failed password for root from 10.0.0.9",
+            "Failed password for admin"
+        ]
+    );
+    assert_eq!(warn.body["items"][1]["agent_id"], "db-1");
+    assert_eq!(warn.body["items"][1]["severity"], "critical");
+    let re = h
+        .get(
+            "/api/v1/logs?agent_id=web-1&regex=%5EFailed%20(to%7Cpassword)",
+            &h.viewer,
+        )
+        .await;
+    assert_eq!(bodies(&re).len(), 2, "{}", re.body);
+    let timed = h
+        .get(
+            &format!("/api/v1/logs?since_ns={}&until_ns={}", T0 + 1, T0 + 3),
+            &h.viewer,
+        )
+        .await;
+    assert_eq!(
+        bodies(&timed),
+        [
+            "Accepted publickey for deploy",
+            "Failed to start nginx.service"
+        ]
+    );
+
+    // Pages follow each other, and a record stored in between comes on the next page.
+    let first = h.get("/api/v1/logs?limit=2", &h.viewer).await;
+    assert_eq!(bodies(&first).len(), 2);
+    h.store
+        .commit_batches(&[batch(
+            "web-1",
+            1,
+            2,
+            vec![log_line(T0 + 9, "journal", Some(Severity::Info), "late")],
+        )])
+        .unwrap();
+    let mut seen = bodies(&first);
+    let mut cursor = first.body["next_cursor"].as_str().unwrap().to_owned();
+    loop {
+        let next = h
+            .get(&format!("/api/v1/logs?limit=2&cursor={cursor}"), &h.viewer)
+            .await;
+        seen.extend(bodies(&next));
+        match next.body["next_cursor"].as_str() {
+            Some(c) => cursor = c.to_owned(),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 6, "{seen:?}");
+    assert_eq!(seen.last().map(String::as_str), Some("late"));
+
+    let fim = h
+        .get("/api/v1/fim?agent_id=web-1&path_prefix=/etc/f", &h.viewer)
+        .await;
+    let paths: Vec<&str> = fim.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(paths, ["/etc/f1", "/etc/f2"]);
+    assert_eq!(fim.body["items"][0]["change"], "modified");
+    let none = h.get("/api/v1/fim?change=deleted", &h.viewer).await;
+    assert_eq!(none.body["items"], json!([]));
+    // A range that ends before it starts matches nothing.
+    let inverted = h
+        .get("/api/v1/logs?since_ns=10&until_ns=5", &h.viewer)
+        .await;
+    assert_eq!(
+        (inverted.status, inverted.body["items"].clone()),
+        (StatusCode::OK, json!([]))
+    );
+
+    for (uri, parameter) in [
+        ("/api/v1/logs?severity=loud", "severity"),
+        ("/api/v1/logs?regex=(", "regex"),
+        ("/api/v1/logs?cursor=abc", "cursor"),
+        ("/api/v1/fim?change=renamed", "change"),
+    ] {
+        let a = h.get(uri, &h.viewer).await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST, "{uri}: {}", a.body);
+        assert_eq!(a.body["error"]["details"]["parameter"], parameter, "{uri}");
+    }
+}
+
 #[tokio::test]
 async fn metrics_count_requests_by_route_and_status_without_a_token() {
     let h = harness();
@@ -655,6 +822,8 @@ async fn every_api_route_is_in_the_openapi_document() {
         ("/api/v1/tokens", "post"),
         ("/api/v1/tokens/{id}", "delete"),
         ("/api/v1/audit", "get"),
+        ("/api/v1/logs", "get"),
+        ("/api/v1/fim", "get"),
     ];
     let documented: Vec<(String, String)> = paths
         .iter()
