@@ -43,6 +43,9 @@ pub struct AgentConfig {
     pub journal: journal::Config,
     /// File integrity: `[fim]` and `[[fim.paths]]`.
     pub fim: fim::Config,
+    /// `[labels]`: free key = value pairs the aggregator keeps for the agent (`env = "prod"`),
+    /// to filter the fleet by.
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for AgentConfig {
@@ -59,7 +62,18 @@ impl Default for AgentConfig {
             logs: LogsConfig::default(),
             journal: journal::Config::default(),
             fim: fim::Config::default(),
+            labels: std::collections::BTreeMap::new(),
         }
+    }
+}
+
+impl AgentConfig {
+    /// The labels as the agent sends them in Hello: sorted by key.
+    pub fn label_pairs(&self) -> Vec<(String, String)> {
+        self.labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     }
 }
 
@@ -209,6 +223,8 @@ fn located(
 
 fn validate(path: &Path, config: AgentConfig) -> Result<Validated, ConfigError> {
     let invalid = |m: String| ConfigError::invalid(path, m);
+    outpost_common::wire::check_labels(&config.label_pairs())
+        .map_err(|m| invalid(format!("labels: {m}")))?;
     let Some(endpoint) = &config.aggregator.endpoint else {
         return Err(invalid(
             "no aggregator configured: set `endpoint = \"quic://HOST:4433\"` in [aggregator] \
@@ -342,6 +358,25 @@ mod tests {
         assert_eq!(v.server_name, "agg.example");
         assert_eq!(v.config.ship.max_in_flight, 8);
         assert_eq!(v.config.spool.max_bytes, ByteSize::gib(1));
+    }
+
+    #[test]
+    fn labels_are_sent_sorted_and_bad_ones_refused() {
+        let base = "[aggregator]\nendpoint = \"quic://agg.example:4433\"\n";
+        let f = write(&format!("{base}[labels]\nrole = \"web\"\nenv = \"prod\"\n"));
+        let v = load(f.path()).unwrap();
+        assert_eq!(
+            v.config.label_pairs(),
+            [
+                ("env".to_owned(), "prod".to_owned()),
+                ("role".to_owned(), "web".to_owned())
+            ]
+        );
+        let f = write(&format!("{base}[labels]\n\"1st\" = \"x\"\n"));
+        let e = load(f.path()).unwrap_err().to_string();
+        assert!(e.contains("labels: label `1st`"), "{e}");
+        let f = write(&format!("{base}[labels]\nenv = 3\n"));
+        assert!(load(f.path()).is_err());
     }
 
     #[test]

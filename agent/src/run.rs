@@ -120,6 +120,7 @@ pub fn run(v: Validated) -> anyhow::Result<()> {
                 catchup_events_per_sec: c.ship.catchup_events_per_sec,
                 max_batch_events: u32::try_from(c.spool.max_batch_events).unwrap_or(u32::MAX),
                 shutdown_grace: SHUTDOWN_GRACE,
+                labels: c.label_pairs(),
             },
             spool.clone(),
             telemetry.clone(),

@@ -80,6 +80,9 @@ pub struct FleetEntry {
     pub fullest_filesystem: Option<FilesystemUsage>,
     /// Bytes written to the agent's log files and not read yet.
     pub log_lag_bytes: Option<u64>,
+    /// The labels set in the agent's configuration.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// How full one filesystem is.
@@ -244,6 +247,7 @@ fn entry(
             .or_else(|| s.map(|s| s.agent_version.clone())),
         hostname: a.host.as_ref().map(|h| h.hostname.clone()),
         os: a.host.as_ref().map(|h| h.os.clone()),
+        labels: a.labels.clone(),
         connected: a.connected,
         backlog_batches: s.map(|s| s.backlog_batches),
         backlog_events: s.map(|s| s.spool_events),
@@ -279,6 +283,7 @@ fn never_seen(agent_id: &str) -> FleetEntry {
         version: None,
         hostname: None,
         os: None,
+        labels: BTreeMap::new(),
         connected: false,
         backlog_batches: None,
         backlog_events: None,
@@ -448,6 +453,7 @@ mod tests {
             }),
             status_received_ns: Some(NOW - secs(ago)),
             drops_changed_ns: None,
+            labels: BTreeMap::new(),
             drops_last_increase: DropCounters::default(),
             backlog_rising_since_ns: None,
             clock_skew_ns: Some(0),
@@ -679,7 +685,8 @@ web-1  degraded    3s ago     1.2.3    2        3.3 MiB  12%  43%  /srv/ [2J 100
     "cpu_percent": null,
     "memory_percent": null,
     "fullest_filesystem": null,
-    "log_lag_bytes": null
+    "log_lag_bytes": null,
+    "labels": {}
   }
 ]"#;
         assert_eq!(render_json(&entries), expected);

@@ -46,6 +46,9 @@ enum Command {
         /// Only agents with this status: online, degraded, offline, never_seen.
         #[arg(long)]
         status: Option<String>,
+        /// Only agents with this label, as key=value (set in the agent's [labels]).
+        #[arg(long)]
+        label: Option<String>,
         /// Print JSON for machines.
         #[arg(long)]
         json: bool,
@@ -112,6 +115,7 @@ fn main() -> ExitCode {
         Command::Fleet {
             remote,
             status,
+            label,
             json,
         } => {
             let status = match status.as_deref().map(|s| {
@@ -129,7 +133,14 @@ fn main() -> ExitCode {
             };
             remote::Remote::resolve(&remote).and_then(|r| {
                 let now = outpost_common::time::now_ns();
-                remote::fleet(&r, status, json, &mut std::io::stdout().lock(), now)
+                remote::fleet(
+                    &r,
+                    status,
+                    label.as_deref(),
+                    json,
+                    &mut std::io::stdout().lock(),
+                    now,
+                )
             })
         }
         Command::Agent {

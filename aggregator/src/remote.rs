@@ -153,6 +153,7 @@ fn read_cli_file(path: &Path) -> anyhow::Result<CliFile> {
 pub fn fleet(
     remote: &Remote,
     status: Option<HostStatus>,
+    label: Option<&str>,
     json: bool,
     out: &mut impl Write,
     now_ns: i64,
@@ -169,6 +170,9 @@ pub fn fleet(
         let mut query = vec![("limit", "1000")];
         if let Some(s) = &status_text {
             query.push(("status", s));
+        }
+        if let Some(l) = label {
+            query.push(("label", l));
         }
         if let Some(c) = &cursor {
             query.push(("cursor", c));

@@ -34,7 +34,7 @@ use crate::event::{AgentStatus, Event, HostFacts};
 ///
 /// [`MetricPoint::unit`]: crate::event::MetricPoint::unit
 /// [`FimEvent`]: crate::event::FimEvent
-pub const PROTOCOL_VERSION: u16 = 5;
+pub const PROTOCOL_VERSION: u16 = 6;
 
 /// The ALPN protocol identifier negotiated in the TLS handshake.
 pub const ALPN: &[u8] = b"outpost/1";
@@ -105,6 +105,47 @@ pub struct Hello {
     pub spool_id: u64,
     pub host: HostFacts,
     pub status: AgentStatus,
+    /// The labels set in the agent's configuration (`[labels]`), sorted by key; see
+    /// [`check_labels`].
+    pub labels: Vec<(String, String)>,
+}
+
+/// Labels an agent may carry at most.
+pub const MAX_LABELS: usize = 64;
+
+/// Checks an agent's labels: at most [`MAX_LABELS`], keys unique, 1 to 63 characters of
+/// letters, digits, `_`, `.` and `-` starting with a letter, values at most 256 characters
+/// without control characters.
+pub fn check_labels(labels: &[(String, String)]) -> Result<(), String> {
+    if labels.len() > MAX_LABELS {
+        return Err(format!(
+            "{} labels; at most {MAX_LABELS} are allowed",
+            labels.len()
+        ));
+    }
+    let mut keys = std::collections::HashSet::new();
+    for (key, value) in labels {
+        let key_ok = (1..=63).contains(&key.len())
+            && key.starts_with(|c: char| c.is_ascii_alphabetic())
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+        if !key_ok {
+            return Err(format!(
+                "label `{key}`: a key is 1 to 63 letters, digits, `_`, `.` or `-`, starting with a \
+                 letter"
+            ));
+        }
+        if value.chars().count() > 256 || value.chars().any(char::is_control) {
+            return Err(format!(
+                "label `{key}`: a value is at most 256 characters, none of them control characters"
+            ));
+        }
+        if !keys.insert(key.as_str()) {
+            return Err(format!("label `{key}` is given twice"));
+        }
+    }
+    Ok(())
 }
 
 /// The aggregator's answer to [`Hello`], with the limits the agent must respect.
@@ -687,16 +728,18 @@ mod tests {
                 arb_string(),
                 any::<u64>(),
                 arb_host(),
-                arb_status()
+                arb_status(),
+                prop::collection::vec((arb_string(), arb_string()), 0..3)
             )
                 .prop_map(
-                    |(protocol_version, agent_version, spool_id, host, status)| {
+                    |(protocol_version, agent_version, spool_id, host, status, labels)| {
                         Message::Hello(Hello {
                             protocol_version,
                             agent_version,
                             spool_id,
                             host,
                             status,
+                            labels,
                         })
                     }
                 ),

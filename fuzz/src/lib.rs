@@ -191,6 +191,7 @@ fn sample_messages() -> Vec<Message> {
                 boot_time_ns: 1_690_000_000_000_000_000,
             },
             status: sample_status(),
+            labels: vec![("env".into(), "prod".into())],
         }),
         Message::Welcome(Welcome {
             protocol_version: PROTOCOL_VERSION,

@@ -146,6 +146,7 @@ pub fn hello_message() -> Message {
             time_ns: outpost_common::time::now_ns(),
             ..AgentStatus::default()
         },
+        labels: Vec::new(),
     })
 }
 

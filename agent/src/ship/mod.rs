@@ -61,6 +61,8 @@ pub struct ShipConfig {
     pub max_batch_events: u32,
     /// How long to wait for outstanding acknowledgements when shutting down.
     pub shutdown_grace: Duration,
+    /// The agent's labels, sent in Hello.
+    pub labels: Vec<(String, String)>,
 }
 
 /// Why a connection attempt or session ended.
@@ -242,6 +244,7 @@ impl Shipper {
             spool_id: stats.spool_id,
             host: self.host.clone(),
             status: self.telemetry.status(&stats),
+            labels: self.config.labels.clone(),
         });
         let welcome = async {
             wire::write_message(&mut control_tx, &hello)

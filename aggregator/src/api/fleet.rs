@@ -27,6 +27,9 @@ pub struct AgentListParams {
     version: Option<String>,
     /// Only agents whose id starts with this.
     name_prefix: Option<String>,
+    /// Only agents with this label, as `key=value` (`key=` for an empty value).
+    #[param(pattern = "^[A-Za-z][A-Za-z0-9_.-]{0,62}=")]
+    label: Option<String>,
     /// `name` (the default, A to Z) or `last_seen` (most recent first).
     #[param(value_type = Option<AgentSort>)]
     sort: Option<String>,
@@ -161,6 +164,18 @@ pub async fn list_agents(
     let status = p.status.as_deref().map(parse_status).transpose()?;
     let sort = parse_sort(p.sort.as_deref())?;
     let limit = page::limit(p.limit.as_deref())?;
+    let label = p
+        .label
+        .as_deref()
+        .map(|l| {
+            l.split_once('=').ok_or_else(|| {
+                ApiError::bad_parameter(
+                    "label",
+                    format!("query parameter `label`: `{l}` is not `key=value`"),
+                )
+            })
+        })
+        .transpose()?;
     let (mut all, _) = entries(&api).await?;
     all.retain(|e| {
         status.is_none_or(|s| e.status == s)
@@ -171,6 +186,7 @@ pub async fn list_agents(
             && p.name_prefix
                 .as_ref()
                 .is_none_or(|n| e.agent_id.starts_with(n.as_str()))
+            && label.is_none_or(|(k, v)| e.labels.get(k).is_some_and(|have| have == v))
     });
     let key = move |e: &FleetEntry| match sort {
         AgentSort::Name => e.agent_id.clone(),

@@ -355,6 +355,7 @@ async fn bad_requests_name_what_is_wrong() {
         ("/api/v1/agents?limit=abc", "limit"),
         ("/api/v1/agents?status=sleepy", "status"),
         ("/api/v1/agents?sort=size", "sort"),
+        ("/api/v1/agents?label=env", "label"),
         ("/api/v1/agents?cursor=zz", "cursor"),
         ("/api/v1/tokens?limit=5000", "limit"),
         ("/api/v1/audit?cursor=61", "cursor"),
@@ -493,6 +494,14 @@ async fn agent_pages_follow_each_other_across_inserts_filters_and_orders() {
     assert_eq!(ids(&online).len(), 7);
     let none = h.get("/api/v1/agents?status=offline", &h.viewer).await;
     assert_eq!(ids(&none), Vec::<String>::new());
+    // Labels from the agents' Hello filter the list and show in every entry.
+    let prod = h
+        .get("/api/v1/agents?label=env=prod&limit=2", &h.viewer)
+        .await;
+    assert_eq!(ids(&prod), ["aaa", "db-1"]);
+    assert_eq!(prod.body["items"][0]["labels"], json!({ "env": "prod" }));
+    let dev = h.get("/api/v1/agents?label=env=dev", &h.viewer).await;
+    assert_eq!(ids(&dev), Vec::<String>::new());
 
     let summary = h.get("/api/v1/agents/summary", &h.viewer).await;
     assert_eq!(summary.body["total"], 7);

@@ -734,6 +734,7 @@ mod tests {
                 backlog_batches: 5,
                 ..Default::default()
             },
+            labels: Vec::new(),
         }
     }
 

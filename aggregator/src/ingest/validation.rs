@@ -32,6 +32,7 @@ pub fn validate_hello(hello: &wire::Hello) -> Result<(), String> {
     ] {
         check_len(what, value, MAX_NAME)?;
     }
+    wire::check_labels(&hello.labels)?;
     validate_event(&Event::Status(hello.status.clone()))
 }
 
@@ -238,8 +239,24 @@ mod tests {
             spool_id: 1,
             host: Default::default(),
             status: Default::default(),
+            labels: vec![("env".into(), "prod".into())],
         };
         assert_eq!(validate_hello(&hello), Ok(()));
+        hello.labels.push(("env".into(), "test".into()));
+        assert!(validate_hello(&hello).unwrap_err().contains("twice"));
+        hello.labels = vec![("9lives".into(), "x".into())];
+        assert!(
+            validate_hello(&hello)
+                .unwrap_err()
+                .contains("starting with a letter")
+        );
+        hello.labels = vec![("role".into(), "a\u{1b}[2J".into())];
+        assert!(validate_hello(&hello).unwrap_err().contains("control"));
+        hello.labels = (0..=wire::MAX_LABELS)
+            .map(|i| (format!("k{i}"), String::new()))
+            .collect();
+        assert!(validate_hello(&hello).unwrap_err().contains("at most 64"));
+        hello.labels.clear();
         hello.host.hostname = "h".repeat(MAX_NAME + 1);
         assert!(validate_hello(&hello).unwrap_err().contains("hostname"));
     }

@@ -361,6 +361,8 @@ pub struct AgentRecord {
     pub backlog_rising_since_ns: Option<i64>,
     /// The agent's clock minus the aggregator's at the latest status (positive: agent ahead).
     pub clock_skew_ns: Option<i64>,
+    /// The labels of the agent's latest Hello.
+    pub labels: BTreeMap<String, String>,
     /// The host's latest CPU, memory and fullest filesystem. The event store derives it from
     /// metric points ([`EventStore::host_summaries`]); a state store answers `None`, and readers
     /// join the two with [`join_host_summaries`].
@@ -628,6 +630,7 @@ mod tests {
             drops_last_increase: DropCounters::default(),
             backlog_rising_since_ns: None,
             clock_skew_ns: None,
+            labels: BTreeMap::new(),
             host_summary: Some(HostSummary::default()),
         };
         let mut agents = vec![record("a"), record("b")];

@@ -138,6 +138,7 @@ pub(crate) fn hello(spool_id: u64, status: AgentStatus) -> Hello {
             boot_time_ns: T0 - secs(3600),
         },
         status,
+        labels: vec![("env".to_owned(), "prod".to_owned())],
     }
 }
 

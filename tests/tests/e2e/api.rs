@@ -56,7 +56,11 @@ fn the_api_serves_the_fleet_to_tokens_by_role_and_revocation_is_immediate() {
     let env = Env::new("api");
     let aggregator = env.start_aggregator();
     let cert = env.issue_agent(AGENT);
-    let _agent = env.start_agent(&cert, &aggregator, AgentOptions::default());
+    let labelled = AgentOptions {
+        extra_toml: "[labels]\nenv = \"prod\"\nrole = \"web\"\n".to_owned(),
+        ..AgentOptions::default()
+    };
+    let _agent = env.start_agent(&cert, &aggregator, labelled);
     let viewer = token(&aggregator, "dash", "viewer");
     let admin = token(&aggregator, "root", "admin");
     let api = Client {
@@ -84,6 +88,16 @@ fn the_api_serves_the_fleet_to_tokens_by_role_and_revocation_is_immediate() {
         }
     });
     assert_eq!(listed["version"], outpost_common::VERSION, "{listed}");
+    // The labels of the agent's configuration, and the list filtered by one.
+    assert_eq!(
+        listed["labels"],
+        json!({ "env": "prod", "role": "web" }),
+        "{listed}"
+    );
+    let (_, web) = api.get("/api/v1/agents?label=role=web", &viewer);
+    assert_eq!(web["items"][0]["agent_id"], AGENT, "{web}");
+    let (_, db) = api.get("/api/v1/agents?label=role=db", &viewer);
+    assert_eq!(db["items"], json!([]), "{db}");
     let (status, one) = api.get(&format!("/api/v1/agents/{AGENT}"), &viewer);
     assert_eq!(status, 200, "{one}");
     assert!(one["host"]["hostname"].is_string(), "{one}");
@@ -105,7 +119,8 @@ fn the_api_serves_the_fleet_to_tokens_by_role_and_revocation_is_immediate() {
         "{table}"
     );
     let listed: Value = serde_json::from_str(&env.aggregator_cli_ok(&[
-        "fleet", "--url", &base, "--token", &viewer, "--status", "online", "--json",
+        "fleet", "--url", &base, "--token", &viewer, "--status", "online", "--label", "env=prod",
+        "--json",
     ]))
     .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(listed[0]["agent_id"], AGENT, "{listed}");

@@ -47,6 +47,15 @@ impl WriteState {
     }
 }
 
+/// An agent's labels as a JSON object, key to value.
+fn labels_json(labels: &[(String, String)]) -> rusqlite::Result<String> {
+    let map: std::collections::BTreeMap<&str, &str> = labels
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    super::codec::to_json(&map)
+}
+
 /// Applies one update to the agent's row.
 fn apply(tx: &Transaction<'_>, key: i64, update: &RegistryUpdate) -> rusqlite::Result<()> {
     match update {
@@ -54,7 +63,8 @@ fn apply(tx: &Transaction<'_>, key: i64, update: &RegistryUpdate) -> rusqlite::R
             let h = &hello.host;
             tx.prepare_cached(
                 "UPDATE agents SET spool_id = ?2, agent_version = ?3, hostname = ?4, os = ?5,
-                    kernel = ?6, arch = ?7, cpus = ?8, memory_bytes = ?9, boot_time_ns = ?10
+                    kernel = ?6, arch = ?7, cpus = ?8, memory_bytes = ?9, boot_time_ns = ?10,
+                    labels = ?11
                  WHERE agent_key = ?1",
             )?
             .execute(params![
@@ -68,6 +78,7 @@ fn apply(tx: &Transaction<'_>, key: i64, update: &RegistryUpdate) -> rusqlite::R
                 h.cpus,
                 h.memory_bytes.cast_signed(),
                 h.boot_time_ns,
+                labels_json(&hello.labels)?,
             ])?;
             apply_status(tx, key, &hello.status, *now_ns)
         }
@@ -174,7 +185,8 @@ pub(super) fn agents(
             "SELECT agent_id, spool_id, first_seen_ns, last_seen_ns, agent_version,
                 hostname, os, kernel, arch, cpus, memory_bytes, boot_time_ns, connected,
                 last_disconnect_ns, last_disconnect_reason, status, status_received_ns,
-                drops_changed_ns, drops_last_increase, backlog_rising_since_ns, clock_skew_ns
+                drops_changed_ns, drops_last_increase, backlog_rising_since_ns, clock_skew_ns,
+                labels
              FROM agents WHERE ?1 IS NULL OR agent_id = ?1 ORDER BY agent_id",
         )?;
         let rows = stmt.query_map([agent_id], agent_from_row)?;
@@ -218,6 +230,7 @@ fn agent_from_row(r: &Row<'_>) -> rusqlite::Result<AgentRecord> {
         drops_last_increase: from_json_column(r, 18)?.unwrap_or_default(),
         backlog_rising_since_ns: r.get(19)?,
         clock_skew_ns: r.get(20)?,
+        labels: from_json_column(r, 21)?.unwrap_or_default(),
         host_summary: None,
     })
 }
@@ -319,6 +332,8 @@ mod tests {
         assert_eq!(store.agent("web").unwrap(), None);
     }
 
+    use std::collections::BTreeMap;
+
     #[test]
     fn many_updates_apply_in_order_in_one_write() {
         let (_dir, store) = open();
@@ -351,6 +366,26 @@ mod tests {
         assert_eq!(a.last_seen_ns, T0 + 2);
         assert_eq!((b.first_seen_ns, b.last_seen_ns), (T0 + 3, T0 + 3));
         assert!(!b.connected);
+        // The labels of a's Hello, none for b, which never said Hello.
+        assert_eq!(
+            a.labels,
+            BTreeMap::from([("env".to_owned(), "prod".to_owned())])
+        );
+        assert!(b.labels.is_empty());
+        // A later Hello replaces them.
+        let mut relabelled = hello(1, AgentStatus::default());
+        relabelled.labels = vec![("role".to_owned(), "db".to_owned())];
+        store
+            .record(&RegistryUpdate::Hello {
+                agent_id: "a".to_owned(),
+                hello: relabelled,
+                now_ns: T0 + 4,
+            })
+            .unwrap();
+        assert_eq!(
+            store.agent("a").unwrap().unwrap().labels,
+            BTreeMap::from([("role".to_owned(), "db".to_owned())])
+        );
         store.record_all(&[]).unwrap();
     }
 

@@ -17,6 +17,7 @@ const MIGRATIONS: &[&str] = &[
     SCHEMA_V4_FIM_TRAIL,
     SCHEMA_V5_FIM_TRAIL_AHEAD,
     SCHEMA_V6_API_TOKENS,
+    SCHEMA_V7_AGENT_LABELS,
 ];
 
 pub(super) const SCHEMA_V1: &str = "
@@ -193,6 +194,11 @@ CREATE TABLE audit_log (
 );
 ";
 
+/// The labels each agent sends in its Hello (protocol 6), as a JSON object; NULL until then.
+const SCHEMA_V7_AGENT_LABELS: &str = "
+ALTER TABLE agents ADD COLUMN labels TEXT;
+";
+
 /// The schema version this build writes and reads.
 pub(super) fn current_version() -> i64 {
     MIGRATIONS.len() as i64
@@ -291,7 +297,7 @@ mod tests {
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
         assert_eq!(version, MIGRATIONS.len() as i64);
-        assert_eq!(version, 6);
+        assert_eq!(version, 7);
         let units = |store: &SqliteStore| -> Vec<(String, String)> {
             let conn = Connection::open(store.path()).unwrap();
             let mut q = conn
