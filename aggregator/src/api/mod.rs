@@ -94,12 +94,28 @@ impl Api {
             let n = NonZeroU32::new(per_sec).unwrap_or(NonZeroU32::MIN);
             Quota::per_second(n).allow_burst(n.saturating_mul(NonZeroU32::new(2).unwrap_or(n)))
         };
+        Api::with_quotas(
+            store,
+            config,
+            quota(config.requests_per_sec_per_token),
+            quota(config.requests_per_sec_per_address),
+        )
+    }
+
+    /// [`Api::new`] with the rate limits given as quotas (tests use slow ones, so that no
+    /// allowance comes back while they run).
+    pub fn with_quotas(
+        store: Arc<dyn Backend>,
+        config: &ApiConfig,
+        per_token: Quota,
+        per_address: Quota,
+    ) -> Arc<Api> {
         Arc::new(Api {
             store,
             fleet: config.fleet,
             tls_dir: config.tls_dir.clone(),
-            per_token: RateLimiter::keyed(quota(config.requests_per_sec_per_token)),
-            per_address: RateLimiter::keyed(quota(config.requests_per_sec_per_address)),
+            per_token: RateLimiter::keyed(per_token),
+            per_address: RateLimiter::keyed(per_address),
             touched: Mutex::new(std::collections::HashMap::new()),
             ingest_up: AtomicBool::new(false),
             audit_failures: AtomicU64::new(0),

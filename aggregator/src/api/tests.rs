@@ -2,12 +2,14 @@
 //! parameters, rate limits, the audit log and the OpenAPI document.
 
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::connect_info::MockConnectInfo;
 use axum::http::{Method, Request, StatusCode};
+use governor::Quota;
 use outpost_common::event::{AgentStatus, Event, LogRecord, Severity};
 use serde_json::{Value, json};
 use tempfile::TempDir;
@@ -40,6 +42,11 @@ fn config() -> ApiConfig {
 }
 
 fn harness_with(config: &ApiConfig) -> Harness {
+    harness_limited(config, None)
+}
+
+/// A harness whose rate limits are `quotas` (per token, per address) instead of the config's.
+fn harness_limited(config: &ApiConfig, quotas: Option<(Quota, Quota)>) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(SqliteStore::open(&dir.path().join("store.db")).unwrap());
     let now = outpost_common::time::now_ns();
@@ -53,7 +60,10 @@ fn harness_with(config: &ApiConfig) -> Harness {
         store.insert_token(&t.record).unwrap();
         made.push(t.text);
     }
-    let api = Api::new(store.clone(), config);
+    let api = match quotas {
+        Some((token, address)) => Api::with_quotas(store.clone(), config, token, address),
+        None => Api::new(store.clone(), config),
+    };
     api.set_ingest_up(true);
     let app = app(api, config).layer(MockConnectInfo(SocketAddr::from(([192, 0, 2, 7], 5555))));
     Harness {
@@ -520,12 +530,11 @@ async fn agent_pages_follow_each_other_across_inserts_filters_and_orders() {
 
 #[tokio::test]
 async fn rate_limits_answer_429_with_retry_after() {
-    let h = harness_with(&ApiConfig {
-        requests_per_sec_per_token: 1,
-        requests_per_sec_per_address: 1000,
-        ..config()
-    });
-    // A burst of twice the rate, then refusals.
+    // One request an hour with bursts of 2: no allowance comes back while the test runs.
+    let slow = || Quota::per_hour(NonZeroU32::MIN).allow_burst(NonZeroU32::new(2).unwrap());
+    let plenty = Quota::per_second(NonZeroU32::new(1000).unwrap());
+    let h = harness_limited(&config(), Some((slow(), plenty)));
+    // The burst, then refusals.
     let mut statuses = Vec::new();
     for _ in 0..4 {
         statuses.push(h.get("/api/v1/agents/summary", &h.viewer).await.status);
@@ -541,7 +550,8 @@ async fn rate_limits_answer_429_with_retry_after() {
         .unwrap()
         .parse()
         .unwrap();
-    assert!((1..=2).contains(&retry), "{retry}");
+    // The next allowance comes back within the hour.
+    assert!((1..=3600).contains(&retry), "{retry}");
     assert_eq!(refused.body["error"]["details"]["limit"], "token");
     // Another token is not held back by this one.
     assert_eq!(
@@ -554,10 +564,7 @@ async fn rate_limits_answer_429_with_retry_after() {
             .any(|(name, .., outcome)| name.is_none() && outcome == "rate_limited")
     );
 
-    let by_address = harness_with(&ApiConfig {
-        requests_per_sec_per_address: 1,
-        ..config()
-    });
+    let by_address = harness_limited(&config(), Some((plenty, slow())));
     let mut last = StatusCode::OK;
     for _ in 0..3 {
         last = by_address
