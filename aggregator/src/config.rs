@@ -161,6 +161,10 @@ impl Default for FleetSection {
 pub struct RetentionSection {
     #[serde(with = "humantime_serde")]
     pub metric: Duration,
+    /// Metric points are packed into one chunk per series for each span this long of receive
+    /// time, once it has passed (see `store::Retention::metric_chunk`).
+    #[serde(with = "humantime_serde")]
+    pub metric_chunk: Duration,
     #[serde(with = "humantime_serde")]
     pub log: Duration,
     #[serde(with = "humantime_serde")]
@@ -177,6 +181,7 @@ impl Default for RetentionSection {
         const DAY: u64 = 24 * 3600;
         RetentionSection {
             metric: Duration::from_secs(30 * DAY),
+            metric_chunk: Duration::from_secs(30 * 60),
             log: Duration::from_secs(14 * DAY),
             fim: Duration::from_secs(365 * DAY),
             status: Duration::from_secs(7 * DAY),
@@ -300,9 +305,13 @@ pub fn load(path: &Path) -> Result<Validated, ConfigError> {
             humantime::format_duration(f.heartbeat_interval)
         )));
     }
-    if config.retention.interval.is_zero() || config.tls.reload_interval.is_zero() {
+    if config.retention.interval.is_zero()
+        || config.retention.metric_chunk.is_zero()
+        || config.tls.reload_interval.is_zero()
+    {
         return Err(invalid(
-            "retention.interval and tls.reload_interval must be above zero".into(),
+            "retention.interval, retention.metric_chunk and tls.reload_interval must be above zero"
+                .into(),
         ));
     }
     let a = &config.api;

@@ -28,6 +28,7 @@ pub fn retention(v: &Validated) -> Retention {
     let r = &v.config.retention;
     Retention {
         metric: r.metric,
+        metric_chunk: r.metric_chunk,
         log: r.log,
         fim: r.fim,
         status: r.status,

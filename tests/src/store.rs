@@ -4,7 +4,11 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use outpost_aggregator::store::SqliteReader;
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
+
+/// The key of agent `?1` in the store's tables.
+const AGENT_KEY: &str = "(SELECT agent_key FROM agents WHERE agent_id = ?1)";
 
 use crate::{Kind, SeqReport};
 
@@ -40,26 +44,19 @@ impl Store {
         format!("{}: {e}", self.path.display())
     }
 
-    /// The `synthetic.seq` attribute of every stored synthetic event of `agent_id`, sorted
-    /// (repeats kept), and the seqs of log events whose body does not carry the number.
+    /// The number of every stored synthetic event of `agent_id` (a log's `synthetic.seq`
+    /// attribute, a metric point's value), sorted, repeats kept, and the numbers of events that
+    /// do not carry theirs as they should (a log body without it, a value not a whole number).
     fn seqs(&self, agent_id: &str, kind: Kind) -> Result<(Vec<u64>, Vec<u64>), String> {
+        if kind == Kind::Metric {
+            return self.metric_seqs(agent_id);
+        }
         let conn = self.open()?;
-        let sql = match kind {
-            Kind::Log => {
-                "SELECT s, instr(body, printf('%012d', s)) > 0 FROM (
-                     SELECT CAST(json_extract(attributes, '$.\"synthetic.seq\"') AS INTEGER) AS s, body
-                     FROM logs WHERE source = 'synthetic'
-                       AND agent_key = (SELECT agent_key FROM agents WHERE agent_id = ?1))
-                 ORDER BY s"
-            }
-            Kind::Metric => {
-                "SELECT s, value = s FROM (
-                     SELECT CAST(json_extract(attributes, '$.\"synthetic.seq\"') AS INTEGER) AS s, value
-                     FROM metrics WHERE name = 'synthetic.counter'
-                       AND agent_key = (SELECT agent_key FROM agents WHERE agent_id = ?1))
-                 ORDER BY s"
-            }
-        };
+        let sql = "SELECT s, instr(body, printf('%012d', s)) > 0 FROM (
+                SELECT CAST(json_extract(attributes, '$.\"synthetic.seq\"') AS INTEGER) AS s, body
+                FROM logs WHERE source = 'synthetic'
+                  AND agent_key = (SELECT agent_key FROM agents WHERE agent_id = ?1))
+            ORDER BY s";
         let mut stmt = conn.prepare(sql).map_err(|e| self.error(e))?;
         let rows = stmt
             .query_map([agent_id], |r| {
@@ -78,6 +75,34 @@ impl Store {
         Ok((seqs, mismatched))
     }
 
+    /// [`Store::seqs`] of the synthetic counter (point `n` has the value `n`), read through the
+    /// aggregator's own reader so that points already packed into chunks are counted with those
+    /// still in rows.
+    fn metric_seqs(&self, agent_id: &str) -> Result<(Vec<u64>, Vec<u64>), String> {
+        if !self.path.exists() {
+            return Err(format!("{} does not exist yet", self.path.display()));
+        }
+        let reader = SqliteReader::open(&self.path).map_err(|e| e.to_string())?;
+        let series = reader
+            .metric_points(Some(agent_id), "synthetic.counter")
+            .map_err(|e| e.to_string())?;
+        // Point `n` is the value `n`; a value that is not a whole number is not one the agent
+        // made, and is reported by its integer part.
+        let mut seqs = Vec::new();
+        let mut mismatched = Vec::new();
+        for (_, points) in series {
+            for (_, value) in points {
+                let seq = value as u64;
+                seqs.push(seq);
+                if value.fract() != 0.0 || value < 0.0 {
+                    mismatched.push(seq);
+                }
+            }
+        }
+        seqs.sort_unstable();
+        Ok((seqs, mismatched))
+    }
+
     /// What the store holds of `agent_id`'s synthetic events, against the expected `0..total`.
     pub fn seq_report(&self, agent_id: &str, kind: Kind, total: u64) -> Result<SeqReport, String> {
         let (seqs, mismatched) = self.seqs(agent_id, kind)?;
@@ -86,17 +111,14 @@ impl Store {
 
     /// How many synthetic events of `agent_id` are stored (repeats included).
     pub fn synthetic_count(&self, agent_id: &str, kind: Kind) -> Result<u64, String> {
-        let (table, filter) = match kind {
-            Kind::Log => ("logs", "source = 'synthetic'"),
-            Kind::Metric => ("metrics", "name = 'synthetic.counter'"),
-        };
-        self.count(
-            &format!(
-                "SELECT count(*) FROM {table} WHERE {filter}
-               AND agent_key = (SELECT agent_key FROM agents WHERE agent_id = ?1)"
+        match kind {
+            Kind::Log => self.count(
+                "SELECT count(*) FROM logs WHERE source = 'synthetic'
+                   AND agent_key = (SELECT agent_key FROM agents WHERE agent_id = ?1)",
+                agent_id,
             ),
-            agent_id,
-        )
+            Kind::Metric => Ok(self.metric_seqs(agent_id)?.0.len() as u64),
+        }
     }
 
     /// The log records of `agent_id` from `source`, oldest first: body, severity and attributes
@@ -137,7 +159,13 @@ impl Store {
 
     /// Rows of every event table that belong to `agent_id`.
     pub fn all_events(&self, agent_id: &str) -> Result<u64, String> {
-        let mut total = 0;
+        let mut total = self.count(
+            &format!(
+                "SELECT coalesce(sum(c.points), 0) FROM metric_chunks c JOIN metric_series s USING (series_id)
+                  WHERE s.agent_key = {AGENT_KEY}"
+            ),
+            agent_id,
+        )?;
         for table in ["metrics", "logs", "fim_events", "agent_status"] {
             total += self.count(
                 &format!(
@@ -188,14 +216,36 @@ impl Store {
 
     /// How many metric points named `name` are stored, from any agent.
     pub fn metric_count(&self, name: &str) -> Result<u64, String> {
-        self.count("SELECT count(*) FROM metrics WHERE name = ?1", name)
+        self.count(
+            "SELECT (SELECT count(*) FROM metrics WHERE name = ?1)
+                  + (SELECT coalesce(sum(c.points), 0) FROM metric_chunks c
+                       JOIN metric_series s USING (series_id) WHERE s.name = ?1)",
+            name,
+        )
+    }
+
+    /// Metric points stored as rows (the head), and packed into chunks.
+    pub fn metric_layout(&self) -> Result<(u64, u64), String> {
+        let conn = self.open()?;
+        conn.query_row(
+            "SELECT (SELECT count(*) FROM metric_points),
+                    (SELECT coalesce(sum(points), 0) FROM metric_chunks)",
+            [],
+            |r| {
+                Ok((
+                    r.get::<_, i64>(0)?.cast_unsigned(),
+                    r.get::<_, i64>(1)?.cast_unsigned(),
+                ))
+            },
+        )
+        .map_err(|e| self.error(e))
     }
 
     /// The distinct units stored with metric points named `name`.
     pub fn metric_units(&self, name: &str) -> Result<Vec<String>, String> {
         let conn = self.open()?;
         let mut q = conn
-            .prepare("SELECT DISTINCT unit FROM metrics WHERE name = ?1 ORDER BY unit")
+            .prepare("SELECT DISTINCT unit FROM metric_series WHERE name = ?1 ORDER BY unit")
             .map_err(|e| self.error(e))?;
         q.query_map([name], |r| r.get(0))
             .and_then(Iterator::collect)

@@ -1,6 +1,8 @@
 //! A generator of numbered events, for tests and benchmarks.
 //!
-//! Event `n` carries `n` in its body and in the attribute `synthetic.seq`. The next number is the
+//! Log event `n` carries `n` in its body and in the attribute `synthetic.seq`; metric point `n`
+//! is the value `n` of one counter series (`synthetic.counter`, no attributes: a number per
+//! series would make every point a series of its own). The next number is the
 //! source's checkpoint, committed with the events, so across crashes and restarts every number is
 //! produced exactly once: the central store must end up holding `0..produced` with no gap (unless a
 //! drop was counted) and no repeat.
@@ -169,7 +171,7 @@ impl Synthetic {
             Kind::Metric => Event::Metric(MetricPoint {
                 name: "synthetic.counter".to_owned(),
                 unit: "{event}".to_owned(),
-                attributes: vec![("synthetic.seq".to_owned(), seq)],
+                attributes: Vec::new(),
                 time_ns,
                 value: n as f64,
                 kind: MetricKind::Counter,

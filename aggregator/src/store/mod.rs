@@ -42,6 +42,7 @@ pub mod feed;
 pub mod fim_trail;
 pub mod marks;
 pub mod retention;
+pub mod series;
 pub mod sqlite;
 pub mod summary;
 pub mod writer;
@@ -373,6 +374,9 @@ pub struct AgentRecord {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Retention {
     pub metric: Duration,
+    /// Metric points are packed into chunks per series once this span of receive time has
+    /// passed (aligned to the epoch): rows until then, about 7 bytes a point after.
+    pub metric_chunk: Duration,
     pub log: Duration,
     pub fim: Duration,
     pub status: Duration,
@@ -405,6 +409,7 @@ impl Default for Retention {
         const DAY: u64 = 24 * 60 * 60;
         Retention {
             metric: Duration::from_secs(30 * DAY),
+            metric_chunk: Duration::from_secs(30 * 60),
             log: Duration::from_secs(14 * DAY),
             fim: Duration::from_secs(365 * DAY),
             status: Duration::from_secs(7 * DAY),
@@ -423,6 +428,9 @@ pub struct RetentionReport {
     pub dedup_entries: u64,
     /// Steps the pass took; each held up commits for one small chunk only.
     pub chunks: u64,
+    /// Metric points packed from rows into chunks, and the chunks written.
+    pub metric_points_packed: u64,
+    pub metric_chunks_written: u64,
 }
 
 impl RetentionReport {
@@ -481,6 +489,12 @@ pub trait EventStore: Send + Sync + 'static {
     /// agent id (what fleet status shows). Points are taken in agent time, so batches resent or
     /// delivered late never roll a summary back ([`HostSummary::observe`]).
     fn host_summaries(&self) -> Result<BTreeMap<String, HostSummary>, StoreError>;
+
+    /// Answers a metric query ([`series`]): the selected series' values per step.
+    fn metric_query(
+        &self,
+        query: &series::MetricQuery,
+    ) -> Result<series::MetricAnswer, series::MetricQueryError>;
 
     /// Deletes events received longer ago than their kind's period, in small steps so that
     /// commits are never held up for long, and forgets deduplication entries below each spool's

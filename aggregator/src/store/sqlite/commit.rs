@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 
-use outpost_common::event::{Event, EventKind, FimEvent, LogRecord, Severity};
+use outpost_common::event::{Event, EventKind, FimEvent, LogRecord, MetricPoint, Severity};
 use rusqlite::{CachedStatement, OptionalExtension, Row, Transaction, TransactionBehavior, params};
 
 use super::codec::{
@@ -43,8 +43,11 @@ impl WriteState {
             next_id,
             summaries,
             trails,
+            series,
         } = self;
         let mut pending = Pending::default();
+        // Apart from `pending`: the row inserter holds it for the whole transaction.
+        let mut new_series = HashMap::new();
         let mut received = *last_received_ns;
         let mut id = *next_id;
         let mut answers = Vec::with_capacity(batches.len());
@@ -52,7 +55,7 @@ impl WriteState {
         let mut breaks: Vec<(&str, Found)> = Vec::new();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         {
-            let mut rows = RowInserter::prepare(&tx)?;
+            let mut rows = RowInserter::prepare(&tx, series, &mut new_series)?;
             let mut claim = tx.prepare_cached(
                 "INSERT INTO batches (agent_key, spool_id, seq, received_ns, events)
                  VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
@@ -156,6 +159,7 @@ impl WriteState {
         low_water.extend(pending.low_water);
         summaries.extend(pending.summaries);
         trails.extend(pending.trails);
+        series.extend(new_series);
         *last_received_ns = received;
         *next_id = id;
         Ok(answers)
@@ -401,9 +405,16 @@ pub(super) fn summary_from_row(r: &Row<'_>, first: usize) -> rusqlite::Result<Ho
     })
 }
 
-/// The prepared inserts of one transaction, one per event kind.
+/// The prepared inserts of one transaction, one per event kind, and the metric series it knows.
 struct RowInserter<'c> {
     metric: CachedStatement<'c>,
+    find_series: CachedStatement<'c>,
+    add_series: CachedStatement<'c>,
+    /// Series ids by [`series_key`]: those committed before, and those this transaction added.
+    series: &'c HashMap<String, i64>,
+    new_series: &'c mut HashMap<String, i64>,
+    /// Reused for each metric point's series key.
+    key: String,
     log: CachedStatement<'c>,
     fim: CachedStatement<'c>,
     status: CachedStatement<'c>,
@@ -412,12 +423,27 @@ struct RowInserter<'c> {
 }
 
 impl<'c> RowInserter<'c> {
-    fn prepare(tx: &'c Transaction<'_>) -> rusqlite::Result<Self> {
+    fn prepare(
+        tx: &'c Transaction<'_>,
+        series: &'c HashMap<String, i64>,
+        new_series: &'c mut HashMap<String, i64>,
+    ) -> rusqlite::Result<Self> {
         Ok(RowInserter {
             metric: tx.prepare_cached(
-                "INSERT INTO metrics (id, agent_key, time_ns, received_ns, name, unit, kind, value, attributes)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                "INSERT INTO metric_points (id, series_id, time_ns, received_ns, value)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
             )?,
+            find_series: tx.prepare_cached(
+                "SELECT series_id FROM metric_series
+                 WHERE agent_key = ?1 AND name = ?2 AND attributes = ?3 AND unit = ?4 AND kind = ?5",
+            )?,
+            add_series: tx.prepare_cached(
+                "INSERT INTO metric_series (agent_key, name, attributes, unit, kind)
+                 VALUES (?1, ?2, ?3, ?4, ?5) RETURNING series_id",
+            )?,
+            series,
+            new_series,
+            key: String::with_capacity(128),
             log: tx.prepare_cached(
                 "INSERT INTO logs (id, agent_key, time_ns, received_ns, source, severity, body, attributes)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -445,18 +471,9 @@ impl<'c> RowInserter<'c> {
     ) -> rusqlite::Result<()> {
         match event {
             Event::Metric(m) => {
-                let attributes = attributes_json(&mut self.json, &m.attributes)?;
-                self.metric.execute(params![
-                    id,
-                    agent_key,
-                    m.time_ns,
-                    received_ns,
-                    m.name,
-                    m.unit,
-                    metric_kind_name(m.kind),
-                    m.value,
-                    attributes,
-                ])?;
+                let series_id = self.series_id(agent_key, m)?;
+                self.metric
+                    .execute(params![id, series_id, m.time_ns, received_ns, m.value])?;
             }
             Event::Log(l) => {
                 let attributes = attributes_json(&mut self.json, &l.attributes)?;
@@ -497,6 +514,50 @@ impl<'c> RowInserter<'c> {
         }
         Ok(())
     }
+}
+
+impl RowInserter<'_> {
+    /// The id of the point's series, found in the caches, else in the table, else added.
+    fn series_id(&mut self, agent_key: i64, m: &MetricPoint) -> rusqlite::Result<i64> {
+        let attributes = attributes_json(&mut self.json, &m.attributes)?.unwrap_or("");
+        let kind = metric_kind_name(m.kind);
+        series_key(&mut self.key, agent_key, &m.name, attributes, &m.unit, kind);
+        if let Some(&id) = self
+            .series
+            .get(self.key.as_str())
+            .or_else(|| self.new_series.get(self.key.as_str()))
+        {
+            return Ok(id);
+        }
+        let row = params![agent_key, m.name, attributes, m.unit, kind];
+        let id = match self
+            .find_series
+            .query_row(row, |r| r.get::<_, i64>(0))
+            .optional()?
+        {
+            Some(id) => id,
+            None => self.add_series.query_row(row, |r| r.get(0))?,
+        };
+        self.new_series.insert(self.key.clone(), id);
+        Ok(id)
+    }
+}
+
+/// The cache key of a metric series: its identity's fields, separated by a byte no name holds.
+fn series_key(
+    buf: &mut String,
+    agent_key: i64,
+    name: &str,
+    attributes: &str,
+    unit: &str,
+    kind: &str,
+) {
+    use std::fmt::Write;
+    buf.clear();
+    let _ = write!(
+        buf,
+        "{agent_key}\u{1f}{name}\u{1f}{attributes}\u{1f}{unit}\u{1f}{kind}"
+    );
 }
 
 fn stored_low_water(
@@ -758,6 +819,7 @@ mod tests {
         for now in [i64::MIN, 0, i64::MAX] {
             let huge = Retention {
                 metric: Duration::MAX,
+                metric_chunk: Duration::MAX,
                 log: Duration::ZERO,
                 fim: Duration::MAX,
                 status: Duration::ZERO,

@@ -69,10 +69,13 @@ use super::{
     AgentRecord, AuditEntry, BatchCommit, Cursor, EventPage, EventQuery, EventStore, HostSummary,
     IncomingBatch, RegistryUpdate, Retention, RetentionReport, StateStore, StoreError, fim_trail,
 };
+use crate::store::series::{MetricAnswer, MetricQuery, MetricQueryError};
 
 mod checkpoint;
+mod chunk;
 mod codec;
 mod commit;
+mod metrics;
 mod queries;
 mod reader;
 mod registry;
@@ -119,6 +122,10 @@ struct WriteState {
     summaries: HashMap<i64, HostSummary>,
     /// Each agent's file-integrity trail, read once per agent and then kept.
     trails: HashMap<i64, fim_trail::Trail>,
+    /// Metric series ids by their identity (see `commit::series_key`), filled as commits meet
+    /// them. A series is never deleted while the store is open (compaction and retention remove
+    /// points, not series), so an entry never goes stale.
+    series: HashMap<String, i64>,
 }
 
 /// Cache changes of a transaction not yet committed.
@@ -168,6 +175,7 @@ impl SqliteStore {
                 next_id,
                 summaries: HashMap::new(),
                 trails: HashMap::new(),
+                series: HashMap::new(),
             }),
             read: Mutex::new(read),
             writers_waiting: AtomicUsize::new(0),
@@ -182,7 +190,11 @@ impl SqliteStore {
 
     /// Count of stored events of a kind (optionally for one agent), for tests and benchmarks.
     pub fn count_events(&self, kind: EventKind, agent_id: Option<&str>) -> Result<u64, StoreError> {
-        queries::count_events(&lock(&self.read), kind, agent_id)
+        let conn = lock(&self.read);
+        match kind {
+            EventKind::Metric => metrics::count_points(&conn, agent_id),
+            kind => queries::count_events(&conn, kind, agent_id),
+        }
     }
 
     fn lock_write(&self) -> MutexGuard<'_, WriteState> {
@@ -232,6 +244,10 @@ impl EventStore for SqliteStore {
 
     fn host_summaries(&self) -> Result<BTreeMap<String, HostSummary>, StoreError> {
         queries::host_summaries(&lock(&self.read))
+    }
+
+    fn metric_query(&self, query: &MetricQuery) -> Result<MetricAnswer, MetricQueryError> {
+        self.query_metrics(query)
     }
 
     fn enforce_retention(
@@ -335,10 +351,19 @@ fn open_error(path: &Path) -> impl Fn(rusqlite::Error) -> StoreError + Copy + '_
     }
 }
 
-/// The data table of a kind.
+/// Where events of a kind are read from: a table, or for metrics the view of the head.
 fn table(kind: EventKind) -> &'static str {
     match kind {
         EventKind::Metric => "metrics",
+        kind => stored_table(kind),
+    }
+}
+
+/// The table holding the rows of `kind` in the shared id sequence: for metrics, the head
+/// (`metric_points`), whose older points move to `metric_chunks`.
+fn stored_table(kind: EventKind) -> &'static str {
+    match kind {
+        EventKind::Metric => "metric_points",
         EventKind::Log => "logs",
         EventKind::Fim => "fim_events",
         EventKind::Status => "agent_status",

@@ -16,8 +16,9 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use super::codec::fim_change_name;
 use super::commit::cursor_of;
 use super::queries::{columns, fim_event};
-use super::{BUSY_TIMEOUT, open_error, schema};
+use super::{BUSY_TIMEOUT, metrics, open_error, schema};
 use crate::store::fim_trail::{Verification, Verifier};
+use crate::store::series::{MetricAnswer, MetricQuery, MetricQueryError, SeriesPoints};
 use crate::store::{FimQuery, StoreError, StoredEvent};
 
 /// Trail events read per page while verifying.
@@ -77,6 +78,21 @@ impl SqliteReader {
     /// Where the database file is.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Answers a metric query, as the running aggregator would.
+    pub fn metric_query(&self, query: &MetricQuery) -> Result<MetricAnswer, MetricQueryError> {
+        metrics::metric_query(&self.conn, query)
+    }
+
+    /// Every stored point of the metric `name` (of one agent, or all), rows and chunks alike,
+    /// per series: what a loss check counts.
+    pub fn metric_points(
+        &self,
+        agent_id: Option<&str>,
+        name: &str,
+    ) -> Result<Vec<SeriesPoints>, StoreError> {
+        metrics::all_points(&self.conn, agent_id, name)
     }
 
     /// The latest `query.limit` file-integrity changes matching `query`, oldest first (by the

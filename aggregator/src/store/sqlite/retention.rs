@@ -5,7 +5,7 @@ use outpost_common::event::EventKind;
 use outpost_common::time::duration_ns;
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{SqliteStore, table};
+use super::{SqliteStore, stored_table};
 use crate::store::{Retention, RetentionReport, StoreError};
 
 /// Rows one retention transaction deletes at most; small enough that a waiting commit is held
@@ -20,23 +20,32 @@ impl SqliteStore {
         now_ns: i64,
     ) -> Result<RetentionReport, StoreError> {
         let mut report = RetentionReport::default();
+        self.compact_metrics(
+            chunk_boundary(now_ns, retention),
+            duration_ns(retention.metric_chunk).max(1),
+            &mut report,
+        )?;
         for kind in EventKind::ALL {
             let cutoff = now_ns.saturating_sub(duration_ns(retention.for_kind(kind)));
             self.expire(kind, cutoff, &mut report)?;
+            if kind == EventKind::Metric {
+                self.expire_metric_chunks(cutoff, &mut report)?;
+            }
         }
         let stale_before = now_ns.saturating_sub(duration_ns(retention.longest()));
         self.prune_dedup(stale_before, &mut report)?;
         Ok(report)
     }
 
-    /// Deletes the rows of `kind` received before `cutoff_ns`, a chunk per transaction.
+    /// Deletes the rows of `kind` received before `cutoff_ns`, a chunk per transaction (for
+    /// metrics, the head's rows).
     fn expire(
         &self,
         kind: EventKind,
         cutoff_ns: i64,
         report: &mut RetentionReport,
     ) -> Result<(), StoreError> {
-        let table = table(kind);
+        let table = stored_table(kind);
         let context = || format!("expiring {table} received before {cutoff_ns}");
         let cut = {
             let state = self.lock_for_retention();
@@ -138,6 +147,16 @@ impl SqliteStore {
     }
 }
 
+/// The receive time before which metric points are packed: the start of the current span of
+/// [`Retention::metric_chunk`], a minute late (or a span, if shorter), so batches already
+/// received and still on their way to a commit land before their span is packed.
+fn chunk_boundary(now_ns: i64, retention: &Retention) -> i64 {
+    const GRACE_NS: i64 = 60_000_000_000;
+    let span = duration_ns(retention.metric_chunk).max(1);
+    let late = now_ns.saturating_sub(GRACE_NS.min(span));
+    late.saturating_sub(late.rem_euclid(span))
+}
+
 /// Spools with their low-water marks (those above zero), and the replaced spools silent since
 /// `stale_before_ns`.
 #[allow(clippy::type_complexity)] // two plain lists of keys; a struct would only rename them
@@ -177,7 +196,7 @@ fn seq_ranges_below(low: u64) -> Vec<(i64, i64)> {
 
 /// The highest `id` of `table` whose row was received before `cutoff_ns`, by binary search on
 /// `id` (see the module's invariants): O(log n) probes of the rowid B-tree, no time index.
-fn last_id_received_before(
+pub(super) fn last_id_received_before(
     conn: &Connection,
     table: &str,
     cutoff_ns: i64,

@@ -6,7 +6,7 @@ use std::path::Path;
 use outpost_common::event::EventKind;
 use rusqlite::{Connection, OptionalExtension};
 
-use super::{open_error, table};
+use super::{open_error, stored_table};
 use crate::store::StoreError;
 
 /// Schema migrations; `PRAGMA user_version` counts how many have been applied.
@@ -18,6 +18,7 @@ const MIGRATIONS: &[&str] = &[
     SCHEMA_V5_FIM_TRAIL_AHEAD,
     SCHEMA_V6_API_TOKENS,
     SCHEMA_V7_AGENT_LABELS,
+    SCHEMA_V8_METRIC_SERIES,
 ];
 
 pub(super) const SCHEMA_V1: &str = "
@@ -199,6 +200,68 @@ const SCHEMA_V7_AGENT_LABELS: &str = "
 ALTER TABLE agents ADD COLUMN labels TEXT;
 ";
 
+/// Metrics as series and points ([`super::metrics`]).
+///
+/// - `metric_series`: one row per agent, name, unit, kind and attributes (a JSON object in the
+///   agent's order, `''` when there are none), found by that key and by name.
+/// - `metric_points`: the head, one row per recent point, in the shared id sequence like every
+///   event row, with an index by series and time (covering the value, so a query never visits
+///   the rows).
+/// - `metric_chunks`: older points, packed per series ([`super::chunk`]) by the compaction that
+///   runs with retention, found by series and time range, expired by receive time.
+///
+/// Existing rows become series and head points with their ids, and the next compaction packs
+/// them. `metrics` becomes a view of the head with the columns it had, for readers in SQL.
+///
+/// `logs` gains an index by agent and time, for searches of one host over a time range.
+pub(super) const SCHEMA_V8_METRIC_SERIES: &str = "
+CREATE TABLE metric_series (
+    series_id  INTEGER PRIMARY KEY,
+    agent_key  INTEGER NOT NULL,
+    name       TEXT NOT NULL,
+    unit       TEXT NOT NULL,
+    kind       TEXT NOT NULL,     -- gauge | counter
+    attributes TEXT NOT NULL      -- JSON object in the agent's order; '' when none
+);
+CREATE UNIQUE INDEX metric_series_key ON metric_series (agent_key, name, attributes, unit, kind);
+CREATE INDEX metric_series_name ON metric_series (name, agent_key);
+CREATE TABLE metric_points (
+    id          INTEGER PRIMARY KEY,
+    series_id   INTEGER NOT NULL,
+    time_ns     INTEGER NOT NULL,
+    received_ns INTEGER NOT NULL,
+    value       REAL              -- NULL for NaN
+);
+CREATE INDEX metric_points_series_time ON metric_points (series_id, time_ns, value);
+CREATE TABLE metric_chunks (
+    chunk_id    INTEGER PRIMARY KEY,
+    series_id   INTEGER NOT NULL,
+    start_ns    INTEGER NOT NULL, -- the first point's time
+    end_ns      INTEGER NOT NULL, -- the last point's time
+    first_id    INTEGER NOT NULL, -- the lowest event id among the points
+    last_id     INTEGER NOT NULL, -- the highest
+    received_ns INTEGER NOT NULL, -- the latest receive time among the points
+    points      INTEGER NOT NULL,
+    data        BLOB NOT NULL
+);
+CREATE INDEX metric_chunks_series_time ON metric_chunks (series_id, end_ns, start_ns);
+CREATE INDEX metric_chunks_received ON metric_chunks (received_ns);
+INSERT INTO metric_series (agent_key, name, unit, kind, attributes)
+    SELECT DISTINCT agent_key, name, unit, kind, coalesce(attributes, '') FROM metrics;
+INSERT INTO metric_points (id, series_id, time_ns, received_ns, value)
+    SELECT m.id, s.series_id, m.time_ns, m.received_ns, m.value
+    FROM metrics m JOIN metric_series s
+      ON s.agent_key = m.agent_key AND s.name = m.name AND s.unit = m.unit AND s.kind = m.kind
+     AND s.attributes = coalesce(m.attributes, '')
+    ORDER BY m.id;
+DROP TABLE metrics;
+CREATE VIEW metrics (id, agent_key, time_ns, received_ns, name, kind, value, attributes, unit) AS
+    SELECT p.id, s.agent_key, p.time_ns, p.received_ns, s.name, s.kind, p.value,
+           nullif(s.attributes, ''), s.unit
+    FROM metric_points p JOIN metric_series s ON s.series_id = p.series_id;
+CREATE INDEX logs_agent_time ON logs (agent_key, time_ns);
+";
+
 /// The schema version this build writes and reads.
 pub(super) fn current_version() -> i64 {
     MIGRATIONS.len() as i64
@@ -231,11 +294,15 @@ pub(super) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreErr
 
 /// The highest receive time in any data table (the last row of each, by the id invariant).
 pub(super) fn last_received_ns(conn: &Connection) -> rusqlite::Result<i64> {
-    let mut last = i64::MIN;
+    let mut last: i64 = conn
+        .query_row("SELECT max(received_ns) FROM metric_chunks", [], |r| {
+            r.get::<_, Option<i64>>(0)
+        })?
+        .unwrap_or(i64::MIN);
     for kind in EventKind::ALL {
         let sql = format!(
             "SELECT received_ns FROM {} ORDER BY id DESC LIMIT 1",
-            table(kind)
+            stored_table(kind)
         );
         if let Some(ns) = conn
             .query_row(&sql, [], |r| r.get::<_, i64>(0))
@@ -249,12 +316,17 @@ pub(super) fn last_received_ns(conn: &Connection) -> rusqlite::Result<i64> {
 
 /// The id the next event row gets: one above the highest id of any data table.
 pub(super) fn next_event_id(conn: &Connection) -> rusqlite::Result<i64> {
-    let mut last = 0;
+    let mut last: i64 = conn
+        .query_row("SELECT max(last_id) FROM metric_chunks", [], |r| {
+            r.get::<_, Option<i64>>(0)
+        })?
+        .unwrap_or(0);
     for kind in EventKind::ALL {
-        let max: Option<i64> =
-            conn.query_row(&format!("SELECT max(id) FROM {}", table(kind)), [], |r| {
-                r.get(0)
-            })?;
+        let max: Option<i64> = conn.query_row(
+            &format!("SELECT max(id) FROM {}", stored_table(kind)),
+            [],
+            |r| r.get(0),
+        )?;
         last = last.max(max.unwrap_or(0));
     }
     Ok(last.saturating_add(1))
@@ -297,7 +369,7 @@ mod tests {
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
         assert_eq!(version, MIGRATIONS.len() as i64);
-        assert_eq!(version, 7);
+        assert_eq!(version, 8);
         let units = |store: &SqliteStore| -> Vec<(String, String)> {
             let conn = Connection::open(store.path()).unwrap();
             let mut q = conn
@@ -421,6 +493,98 @@ mod tests {
                 "fim_events_trail"
             ]
         );
+    }
+
+    #[test]
+    fn a_store_of_the_seventh_schema_keeps_its_metric_rows_as_series_and_points() {
+        use crate::store::series::{Aggregate, MetricQuery};
+        use crate::store::testutil::point;
+        use outpost_common::event::Event;
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            for sql in &MIGRATIONS[..7] {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.pragma_update(None, "user_version", 7).unwrap();
+            conn.execute(
+                "INSERT INTO agents (agent_id, first_seen_ns, last_seen_ns) VALUES ('old', ?1, ?1)",
+                [T0],
+            )
+            .unwrap();
+            let mut insert = conn
+                .prepare(
+                    "INSERT INTO metrics (id, agent_key, time_ns, received_ns, name, unit, kind, value, attributes)
+                     VALUES (?1, 1, ?2, ?2, ?3, '1', 'gauge', ?4, ?5)",
+                )
+                .unwrap();
+            for i in 0..10_i64 {
+                let t = T0 + secs(10 * i);
+                insert
+                    .execute(rusqlite::params![
+                        2 * i + 1,
+                        t,
+                        CPU,
+                        0.5,
+                        r#"{"state":"idle"}"#
+                    ])
+                    .unwrap();
+                insert
+                    .execute(rusqlite::params![
+                        2 * i + 2,
+                        t,
+                        "old.metric",
+                        i as f64,
+                        None::<String>
+                    ])
+                    .unwrap();
+            }
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        let conn = Connection::open(&path).unwrap();
+        let count = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).unwrap() };
+        assert_eq!(count("SELECT count(*) FROM metric_series"), 2);
+        assert_eq!(count("SELECT count(*) FROM metric_points"), 20);
+        assert_eq!(count("SELECT max(id) FROM metric_points"), 20);
+        // The view still reads as the old table did.
+        assert_eq!(
+            count("SELECT count(*) FROM metrics WHERE attributes IS NULL AND name = 'old.metric'"),
+            10
+        );
+        let answer = store
+            .metric_query(&MetricQuery {
+                name: "old.metric".into(),
+                agent_id: Some("old".into()),
+                matchers: Vec::new(),
+                range: T0..T0 + secs(100),
+                step_ns: secs(100),
+                aggregate: Aggregate::Sum,
+                function: None,
+                combine: None,
+            })
+            .unwrap();
+        assert_eq!(answer.series[0].points, [(T0, 45.0)]);
+        // New points go on after the old ids and join the old series.
+        let outcome = store
+            .commit_batches(&[batch(
+                "old",
+                1,
+                1,
+                vec![Event::Metric(point(
+                    CPU,
+                    &[("state", "idle")],
+                    T0 + secs(100),
+                    0.75,
+                ))],
+            )])
+            .unwrap();
+        assert_eq!(
+            outcome[0],
+            crate::store::BatchCommit::stored(crate::store::Cursor::from_position(21))
+        );
+        assert_eq!(count("SELECT count(*) FROM metric_series"), 2);
     }
 
     #[test]

@@ -91,6 +91,12 @@ impl EventStore for FakeStore {
     fn host_summaries(&self) -> Result<BTreeMap<String, HostSummary>, StoreError> {
         unimplemented!()
     }
+    fn metric_query(
+        &self,
+        _: &crate::store::series::MetricQuery,
+    ) -> Result<crate::store::series::MetricAnswer, crate::store::series::MetricQueryError> {
+        unimplemented!()
+    }
     fn enforce_retention(&self, _: &Retention, _: i64) -> Result<RetentionReport, StoreError> {
         unimplemented!()
     }
