@@ -36,6 +36,7 @@ mod fleet;
 pub mod metrics;
 mod ops;
 mod page;
+mod series;
 #[cfg(test)]
 mod tests;
 mod tokens_api;
@@ -219,6 +220,7 @@ fn v1(api: &Arc<Api>) -> (Router<Arc<Api>>, utoipa::openapi::OpenApi) {
         .routes(utoipa_axum::routes!(tokens_api::audit))
         .routes(utoipa_axum::routes!(events::logs))
         .routes(utoipa_axum::routes!(events::fim))
+        .routes(utoipa_axum::routes!(series::query))
         .split_for_parts();
     let router = router.route_layer(axum::middleware::from_fn_with_state(Arc::clone(api), guard));
     (router, doc)

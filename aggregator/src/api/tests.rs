@@ -765,6 +765,80 @@ async fn logs_and_file_changes_are_searched_and_paged_in_commit_order() {
 }
 
 #[tokio::test]
+async fn metric_queries_answer_series_per_step_and_name_bad_parameters() {
+    use crate::store::EventStore;
+    use crate::store::testutil::{T0, batch, point};
+    let h = harness();
+    for (agent, busy) in [("web-1", 0.25), ("web-2", 0.75)] {
+        let events = (0..6)
+            .flat_map(|i| {
+                let t = T0 + i * 10_000_000_000;
+                [
+                    Event::Metric(point(
+                        "system.cpu.utilization",
+                        &[("state", "idle")],
+                        t,
+                        1.0 - busy,
+                    )),
+                    Event::Metric(point(
+                        "system.cpu.utilization",
+                        &[("cpu", "0"), ("state", "idle")],
+                        t,
+                        0.0,
+                    )),
+                ]
+            })
+            .collect();
+        h.store
+            .commit_batches(&[batch(agent, 1, 1, events)])
+            .unwrap();
+    }
+    let base = format!(
+        "/api/v1/metrics/query?name=system.cpu.utilization&match=cpu%3D&since_ns={T0}&until_ns={}",
+        T0 + 60_000_000_000
+    );
+    let one = h
+        .get(&format!("{base}&agent_id=web-1&step=30s"), &h.viewer)
+        .await;
+    assert_eq!(one.status, StatusCode::OK, "{}", one.body);
+    assert_eq!(one.body["selected"], 1);
+    assert_eq!(one.body["step_ns"], 30_000_000_000_i64);
+    let series = &one.body["series"][0];
+    assert_eq!(series["series"]["agent_id"], "web-1");
+    assert_eq!(series["series"]["kind"], "gauge");
+    assert_eq!(series["series"]["attributes"], json!([["state", "idle"]]));
+    assert_eq!(
+        series["points"],
+        json!([[T0, 0.75], [T0 + 30_000_000_000, 0.75]])
+    );
+    let fleet = h
+        .get(&format!("{base}&points=1&combine=avg"), &h.viewer)
+        .await;
+    assert_eq!(fleet.status, StatusCode::OK, "{}", fleet.body);
+    assert_eq!(fleet.body["selected"], 2);
+    assert_eq!(fleet.body["series"][0]["series"], Value::Null);
+    assert_eq!(fleet.body["series"][0]["points"], json!([[T0, 0.5]]));
+
+    for (query, parameter) in [
+        ("name=system.cpu.utilization&function=rate", "function"),
+        ("name=m&points=0", "points"),
+        ("name=m&match=%3D", "match"),
+        ("agent_id=web-1", "name"),
+    ] {
+        let a = h
+            .get(&format!("/api/v1/metrics/query?{query}"), &h.viewer)
+            .await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST, "{query}: {}", a.body);
+        assert_eq!(
+            a.body["error"]["details"]["parameter"], parameter,
+            "{query}"
+        );
+    }
+    let a = h.call(Method::GET, &base, None, None).await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
 async fn metrics_count_requests_by_route_and_status_without_a_token() {
     let h = harness();
     h.get("/api/v1/agents", &h.viewer).await;
@@ -840,6 +914,7 @@ async fn every_api_route_is_in_the_openapi_document() {
         ("/api/v1/audit", "get"),
         ("/api/v1/logs", "get"),
         ("/api/v1/fim", "get"),
+        ("/api/v1/metrics/query", "get"),
     ];
     let documented: Vec<(String, String)> = paths
         .iter()
