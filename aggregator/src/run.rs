@@ -92,10 +92,17 @@ pub fn run(v: Validated) -> anyhow::Result<()> {
             let (api, server) = start_api(&v, store.clone(), stop.clone()).await?;
             let telemetry = ingest.telemetry();
             let store_path = v.store_path();
+            for histogram in writer_figures.histograms() {
+                api.metrics.register(Box::new(histogram));
+            }
+            let retention_progress = retention_task.progress();
+            api.metrics
+                .register(Box::new(retention_progress.histogram()));
             api.metrics.set_source(Box::new(move || {
                 crate::api::metrics::aggregator_figures(
                     &telemetry.counters(),
                     &writer_figures.snapshot(),
+                    &retention_progress.snapshot(),
                     crate::api::metrics::store_bytes(&store_path),
                 )
             }));

@@ -91,6 +91,13 @@ impl Metrics {
         }
     }
 
+    /// Adds metrics kept elsewhere (the store writer's latency histograms) to what is rendered.
+    pub fn register(&self, collector: Box<dyn prometheus::core::Collector>) {
+        if let Err(e) = self.registry.register(collector) {
+            tracing::error!(error = %e, "cannot register a metric");
+        }
+    }
+
     /// Where the rest of the aggregator's figures are read at each scrape.
     pub fn set_source(&self, source: Figures) {
         *self.source.lock().unwrap_or_else(PoisonError::into_inner) = Some(source);
@@ -190,12 +197,20 @@ impl Default for Metrics {
 pub fn aggregator_figures(
     ingest: &crate::internal_events::Counters,
     writer: &crate::store::WriterStats,
+    retention: &crate::store::retention::RetentionFigures,
     store_bytes: u64,
 ) -> Vec<Figure> {
     let counter = |name, help, value| Figure {
         name,
         help,
         label: None,
+        value,
+        kind: Kind::Counter,
+    };
+    let deleted = |kind, value| Figure {
+        name: "outpost_retention_deleted_events_total",
+        help: "Events retention deleted for being older than their kind's period, by kind.",
+        label: Some(("kind", kind)),
         value,
         kind: Kind::Counter,
     };
@@ -262,6 +277,42 @@ pub fn aggregator_figures(
             "outpost_fim_trail_breaks_total",
             "Breaks found in agents' file-integrity trails.",
             writer.fim_trail_breaks,
+        ),
+        counter(
+            "outpost_retention_passes_total",
+            "Retention passes finished.",
+            retention.passes,
+        ),
+        counter(
+            "outpost_retention_failures_total",
+            "Retention passes that failed part-way (they resume at the next interval).",
+            retention.failures,
+        ),
+        Figure {
+            name: "outpost_retention_last_pass_timestamp_seconds",
+            help: "When the last retention pass ended, seconds since the epoch (0: none yet).",
+            label: None,
+            value: u64::try_from(retention.last_pass_ns / 1_000_000_000).unwrap_or(0),
+            kind: Kind::Gauge,
+        },
+        deleted("metric", retention.done.metric),
+        deleted("log", retention.done.log),
+        deleted("fim", retention.done.fim),
+        deleted("status", retention.done.status),
+        counter(
+            "outpost_retention_dedup_entries_deleted_total",
+            "Deduplication entries retention forgot (below a low-water mark, or of spools long gone).",
+            retention.done.dedup_entries,
+        ),
+        counter(
+            "outpost_metric_points_packed_total",
+            "Metric points packed from rows into per-series chunks.",
+            retention.done.metric_points_packed,
+        ),
+        counter(
+            "outpost_metric_chunks_written_total",
+            "Per-series chunks of metric points written.",
+            retention.done.metric_chunks_written,
         ),
         Figure {
             name: "outpost_store_bytes",

@@ -434,6 +434,18 @@ pub struct RetentionReport {
 }
 
 impl RetentionReport {
+    /// Adds what another pass did.
+    pub fn add(&mut self, other: &RetentionReport) {
+        self.metric += other.metric;
+        self.log += other.log;
+        self.fim += other.fim;
+        self.status += other.status;
+        self.dedup_entries += other.dedup_entries;
+        self.chunks += other.chunks;
+        self.metric_points_packed += other.metric_points_packed;
+        self.metric_chunks_written += other.metric_chunks_written;
+    }
+
     /// Events of one kind deleted.
     pub fn deleted(&self, kind: EventKind) -> u64 {
         match kind {

@@ -99,6 +99,11 @@ impl WriterFigures {
     pub fn snapshot(&self) -> WriterStats {
         self.0.snapshot()
     }
+
+    /// The latency histograms (batch answer, group commit), for a metrics registry.
+    pub fn histograms(&self) -> [prometheus::Histogram; 2] {
+        [self.0.batch_latency.clone(), self.0.commit_latency.clone()]
+    }
 }
 
 /// Waits for the writer thread to finish.
@@ -119,8 +124,13 @@ enum Job {
     },
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Counters {
+    /// Seconds from a batch's hand-over to the writer to its answer: the wait in the queue
+    /// and the commit, which is what acknowledging it waits for.
+    batch_latency: prometheus::Histogram,
+    /// Seconds each group commit took in the store.
+    commit_latency: prometheus::Histogram,
     transactions: AtomicU64,
     failed_transactions: AtomicU64,
     batches: AtomicU64,
@@ -135,6 +145,40 @@ struct Counters {
 struct Stores {
     events: Arc<dyn EventStore>,
     state: Arc<dyn StateStore>,
+}
+
+/// Buckets of the latency histograms, in seconds: a millisecond to ten seconds.
+const LATENCY_BUCKETS: [f64; 12] = [
+    0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+
+impl Counters {
+    fn new() -> Counters {
+        let histogram = |name: &str, help: &str| {
+            prometheus::Histogram::with_opts(
+                prometheus::HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+            )
+            .unwrap_or_else(|e| unreachable!("a valid histogram: {e}"))
+        };
+        Counters {
+            batch_latency: histogram(
+                "outpost_ingest_batch_latency_seconds",
+                "Time from a batch's hand-over to the store writer to its answer (queue and commit).",
+            ),
+            commit_latency: histogram(
+                "outpost_store_commit_duration_seconds",
+                "Time each group commit of batches took in the store.",
+            ),
+            transactions: AtomicU64::default(),
+            failed_transactions: AtomicU64::default(),
+            batches: AtomicU64::default(),
+            events: AtomicU64::default(),
+            registry_writes: AtomicU64::default(),
+            failed_registry_writes: AtomicU64::default(),
+            published: AtomicU64::default(),
+            fim_trail_breaks: AtomicU64::default(),
+        }
+    }
 }
 
 impl StoreWriter {
@@ -152,7 +196,7 @@ impl StoreWriter {
         let end = events.end()?;
         let (publisher, feed) = feed::channel(Arc::clone(&events), config.feed_capacity, end);
         let (tx, rx) = mpsc::channel(config.queue.max(1));
-        let stats = Arc::new(Counters::default());
+        let stats = Arc::new(Counters::new());
         let thread_stats = Arc::clone(&stats);
         let stores = Stores { events, state };
         let handle = std::thread::Builder::new()
@@ -167,12 +211,17 @@ impl StoreWriter {
     /// Waits for room when the queue is full. Fails with the commit's error (every batch in it
     /// fails alike; the agent retries), or [`StoreError::WriterStopped`] if the thread is gone.
     pub async fn commit(&self, batch: IncomingBatch) -> Result<CommitOutcome, StoreError> {
+        let started = std::time::Instant::now();
         let (reply, answer) = oneshot::channel();
         self.tx
             .send(Job::Batch { batch, reply })
             .await
             .map_err(|_| StoreError::WriterStopped)?;
-        answer.await.map_err(|_| StoreError::WriterStopped)?
+        let outcome = answer.await.map_err(|_| StoreError::WriterStopped)?;
+        self.stats
+            .batch_latency
+            .observe(started.elapsed().as_secs_f64());
+        outcome
     }
 
     /// Queue a registry update; resolves once it is applied, with the round it joined.
@@ -332,7 +381,11 @@ fn handle_round(
     if batches.is_empty() {
         return;
     }
+    let started = std::time::Instant::now();
     let answers = commit_batches(stores.events.as_ref(), &batches);
+    stats
+        .commit_latency
+        .observe(started.elapsed().as_secs_f64());
     stats.transactions.fetch_add(1, Ordering::Relaxed);
     stats
         .batches

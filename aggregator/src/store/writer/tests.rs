@@ -234,6 +234,11 @@ async fn waiting_batches_share_transactions_up_to_the_batch_limit() {
         (stats.transactions, stats.batches, stats.events),
         (4, 11, 11)
     );
+    // Every answered batch and every group commit was timed.
+    let [batch_latency, commit_latency] = writer.figures().histograms();
+    assert_eq!(batch_latency.get_sample_count(), 11);
+    assert_eq!(commit_latency.get_sample_count(), 4);
+    assert!(batch_latency.get_sample_sum() >= commit_latency.get_sample_sum() / 4.0);
     drop(writer);
     tokio::task::spawn_blocking(move || join.join())
         .await
