@@ -41,12 +41,18 @@ pub enum FimCommand {
         /// Only changes before this time, written as for --since.
         #[arg(long, value_name = "T", value_parser = parse_time)]
         until: Option<TimeArg>,
-        /// The latest this many changes.
+        /// The latest this many changes (with --api: the first this many, oldest first).
         #[arg(long, value_name = "N", default_value_t = 100)]
         limit: usize,
         /// Print JSON for machines.
         #[arg(long)]
         json: bool,
+        /// Ask the aggregator's HTTP API instead of reading the store on this machine (implied
+        /// by --url or --token).
+        #[arg(long)]
+        api: bool,
+        #[command(flatten)]
+        remote: crate::remote::RemoteArgs,
     },
     /// Re-walk an agent's stored trail, recomputing every chain; exits 1 when it is broken.
     Verify {
@@ -93,6 +99,44 @@ pub fn parse_change(s: &str) -> Result<FimChange, String> {
     })
 }
 
+/// Whether `cmd` goes to the HTTP API rather than the local store.
+pub fn wants_api(cmd: &FimCommand) -> bool {
+    match cmd {
+        FimCommand::List { api, remote, .. } => {
+            *api || remote.url.is_some() || remote.token.is_some()
+        }
+        FimCommand::Verify { .. } => false,
+    }
+}
+
+/// Runs `fim list` through the HTTP API ([`wants_api`]).
+pub fn run_remote(cmd: FimCommand, out: &mut impl Write, now_ns: i64) -> anyhow::Result<()> {
+    let FimCommand::List {
+        agent,
+        path_prefix,
+        change,
+        since,
+        until,
+        limit,
+        json,
+        remote,
+        ..
+    } = cmd
+    else {
+        anyhow::bail!("only `fim list` can ask the API");
+    };
+    let remote = crate::remote::Remote::resolve(&remote)?;
+    let request = crate::remote::FimRequest {
+        agent_id: agent,
+        path_prefix,
+        change: change.map(|c| fim_change_name(c).to_owned()),
+        since_ns: since.map(|t| t.resolve(now_ns)),
+        until_ns: until.map(|t| t.resolve(now_ns)),
+        limit,
+    };
+    crate::remote::fim_changes(&remote, &request, json, out)
+}
+
 /// Runs a `fim` command against the configured store, writing to `out`. Answers whether all
 /// is well: `false` when `verify` found a break.
 pub fn run(
@@ -113,6 +157,7 @@ pub fn run(
             until,
             limit,
             json,
+            ..
         } => {
             let time_ns = match (since, until) {
                 (None, None) => None,

@@ -63,6 +63,75 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// One host's series of a metric, through the HTTP API: a column per series, a row per step.
+    Metrics {
+        #[command(flatten)]
+        remote: remote::RemoteArgs,
+        /// The agent's id.
+        agent_id: String,
+        /// The metric, e.g. system.cpu.utilization.
+        name: String,
+        /// Start of the range: RFC 3339 or a duration ago (1h).
+        #[arg(long, value_name = "T", default_value = "1h", value_parser = fim::parse_time)]
+        since: fim::TimeArg,
+        /// End of the range, written as for --since (now).
+        #[arg(long, value_name = "T", value_parser = fim::parse_time)]
+        until: Option<fim::TimeArg>,
+        /// Attribute matcher, repeatable: key=value, key!=value, key=~regex, key!~regex.
+        #[arg(long = "match", value_name = "MATCHER")]
+        matchers: Vec<String>,
+        /// The least step (10s, 5m); widened to fit --points.
+        #[arg(long)]
+        step: Option<String>,
+        /// The most steps (300 without --step).
+        #[arg(long)]
+        points: Option<u32>,
+        /// avg, min, max, last, sum or count of each step's points (avg).
+        #[arg(long)]
+        aggregate: Option<String>,
+        /// For counters: rate (per second) or increase over each step, resets handled.
+        #[arg(long)]
+        function: Option<String>,
+        /// Print the API's JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stored log records, oldest first, through the HTTP API.
+    Logs {
+        #[command(flatten)]
+        remote: remote::RemoteArgs,
+        /// Only this agent's records.
+        #[arg(long, value_name = "AGENT")]
+        agent: Option<String>,
+        /// Only records of this source (a file path, journal, …).
+        #[arg(long)]
+        source: Option<String>,
+        /// Only records at least this severe: emergency, alert, critical, error, warning,
+        /// notice, info, debug.
+        #[arg(long)]
+        severity: Option<String>,
+        /// Only records whose body contains this text.
+        #[arg(long)]
+        contains: Option<String>,
+        /// Only records whose body matches this regular expression.
+        #[arg(long)]
+        regex: Option<String>,
+        /// Only records at or after this time: RFC 3339 or a duration ago (1h).
+        #[arg(long, value_name = "T", value_parser = fim::parse_time)]
+        since: Option<fim::TimeArg>,
+        /// Only records before this time, written as for --since.
+        #[arg(long, value_name = "T", value_parser = fim::parse_time)]
+        until: Option<fim::TimeArg>,
+        /// At most this many records.
+        #[arg(long, value_name = "N", default_value_t = 100)]
+        limit: usize,
+        /// Go on from where an earlier listing stopped (it prints the cursor).
+        #[arg(long)]
+        cursor: Option<String>,
+        /// Print JSON for machines.
+        #[arg(long)]
+        json: bool,
+    },
     /// API tokens: create (shown once), list, revoke.
     #[command(subcommand)]
     Token(token_cli::TokenCommand),
@@ -149,6 +218,66 @@ fn main() -> ExitCode {
             json,
         } => remote::Remote::resolve(&remote)
             .and_then(|r| remote::agent(&r, &agent_id, json, &mut std::io::stdout().lock())),
+        Command::Metrics {
+            remote,
+            agent_id,
+            name,
+            since,
+            until,
+            matchers,
+            step,
+            points,
+            aggregate,
+            function,
+            json,
+        } => {
+            let now = outpost_common::time::now_ns();
+            let request = remote::MetricsRequest {
+                agent_id,
+                name,
+                since_ns: since.resolve(now),
+                until_ns: until.map_or(now, |t| t.resolve(now)),
+                matchers,
+                step,
+                points,
+                aggregate,
+                function,
+            };
+            remote::Remote::resolve(&remote)
+                .and_then(|r| remote::metrics(&r, &request, json, &mut std::io::stdout().lock()))
+        }
+        Command::Logs {
+            remote,
+            agent,
+            source,
+            severity,
+            contains,
+            regex,
+            since,
+            until,
+            limit,
+            cursor,
+            json,
+        } => {
+            let now = outpost_common::time::now_ns();
+            let request = remote::LogsRequest {
+                agent_id: agent,
+                source,
+                severity,
+                contains,
+                regex,
+                since_ns: since.map(|t| t.resolve(now)),
+                until_ns: until.map(|t| t.resolve(now)),
+                cursor,
+                limit,
+            };
+            remote::Remote::resolve(&remote)
+                .and_then(|r| remote::logs(&r, &request, json, &mut std::io::stdout().lock()))
+        }
+        Command::Fim(cmd) if fim::wants_api(&cmd) => {
+            let now = outpost_common::time::now_ns();
+            fim::run_remote(cmd, &mut std::io::stdout().lock(), now)
+        }
         Command::Token(cmd) => {
             let v = match load(&cli.config) {
                 Ok(v) => v,

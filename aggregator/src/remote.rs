@@ -1,5 +1,5 @@
 //! The CLI over the HTTP API, so the fleet can be read from any machine with a token:
-//! `outpost-aggregator fleet` and `outpost-aggregator agent <id>`.
+//! `outpost-aggregator fleet`, `agent <id>`, `metrics <id> <name>`, `logs` and `fim list --api`.
 //!
 //! Where to connect and with which token: `--url` and `--token`, else `OUTPOST_URL` and
 //! `OUTPOST_TOKEN`, else the file `OUTPOST_CLI_CONFIG` or `~/.config/outpost/cli.toml` (`url`,
@@ -19,7 +19,7 @@ use serde_json::Value;
 use crate::fleet::{self, FleetEntry, HostStatus};
 
 /// Where the API is and the token to use.
-#[derive(Debug, Clone, Default, Args)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Args)]
 pub struct RemoteArgs {
     /// The API's base URL (default http://127.0.0.1:9440; env OUTPOST_URL).
     #[arg(long)]
@@ -224,6 +224,299 @@ pub fn agent(
     Ok(())
 }
 
+/// What `metrics` asks the API ([`crate::api`]'s `/api/v1/metrics/query`).
+#[derive(Debug, Clone, Default)]
+pub struct MetricsRequest {
+    pub agent_id: String,
+    pub name: String,
+    pub since_ns: i64,
+    pub until_ns: i64,
+    pub matchers: Vec<String>,
+    pub step: Option<String>,
+    pub points: Option<u32>,
+    pub aggregate: Option<String>,
+    pub function: Option<String>,
+}
+
+/// `metrics <id> <name>`: one host's series of a metric, a column per series and a row per step.
+pub fn metrics(
+    remote: &Remote,
+    r: &MetricsRequest,
+    json: bool,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let (since, until) = (r.since_ns.to_string(), r.until_ns.to_string());
+    let points = r.points.map(|p| p.to_string());
+    let mut query: Vec<(&str, &str)> = vec![
+        ("name", &r.name),
+        ("agent_id", &r.agent_id),
+        ("since_ns", &since),
+        ("until_ns", &until),
+    ];
+    query.extend(r.matchers.iter().map(|m| ("match", m.as_str())));
+    for (key, value) in [
+        ("step", &r.step),
+        ("points", &points),
+        ("aggregate", &r.aggregate),
+        ("function", &r.function),
+    ] {
+        if let Some(v) = value {
+            query.push((key, v));
+        }
+    }
+    let answer = remote.get("/api/v1/metrics/query", &query)?;
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&answer)?)?;
+        return Ok(());
+    }
+    out.write_all(render_series(&answer).as_bytes())?;
+    Ok(())
+}
+
+/// A metric answer as a table: a row per step time, a column per series (named by its
+/// attributes, with the unit).
+fn render_series(answer: &Value) -> String {
+    let series = answer["series"].as_array().cloned().unwrap_or_default();
+    if series.is_empty() {
+        return "no series match\n".to_owned();
+    }
+    let mut header = vec!["TIME".to_owned()];
+    let mut by_time: std::collections::BTreeMap<i64, Vec<String>> = Default::default();
+    for (column, s) in series.iter().enumerate() {
+        let info = &s["series"];
+        let attributes: Vec<String> = info["attributes"]
+            .as_array()
+            .map(|pairs| {
+                pairs
+                    .iter()
+                    .map(|p| {
+                        format!(
+                            "{}={}",
+                            p[0].as_str().unwrap_or(""),
+                            p[1].as_str().unwrap_or("")
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut name = if attributes.is_empty() {
+            info["name"].as_str().unwrap_or("all").to_owned()
+        } else {
+            attributes.join(",")
+        };
+        if let Some(unit) = info["unit"].as_str().filter(|u| !u.is_empty() && *u != "1") {
+            name = format!("{name} ({unit})");
+        }
+        header.push(fleet::printable(&name));
+        for point in s["points"].as_array().into_iter().flatten() {
+            let (Some(t), Some(v)) = (point[0].as_i64(), point[1].as_f64()) else {
+                continue;
+            };
+            let row = by_time
+                .entry(t)
+                .or_insert_with(|| vec!["-".to_owned(); series.len()]);
+            row[column] = format_value(v);
+        }
+    }
+    let rows: Vec<Vec<String>> = by_time
+        .into_iter()
+        .map(|(t, values)| {
+            let mut row = vec![outpost_common::time::format_rfc3339(t)];
+            row.extend(values);
+            row
+        })
+        .collect();
+    let header: Vec<&str> = header.iter().map(String::as_str).collect();
+    fleet::render_columns(&header, &rows)
+}
+
+/// A value with up to six significant decimals, no trailing zeros.
+fn format_value(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        return format!("{v:.0}");
+    }
+    let text = format!("{v:.6}");
+    text.trim_end_matches('0').trim_end_matches('.').to_owned()
+}
+
+/// Pages through a list of the API (`items`, `next_cursor`) until `limit` items or its end.
+/// Answers the items and where to go on, if anywhere.
+fn collect(
+    remote: &Remote,
+    path: &str,
+    query: &[(&str, String)],
+    from: Option<String>,
+    limit: usize,
+) -> anyhow::Result<(Vec<Value>, Option<String>)> {
+    let mut items = Vec::new();
+    let mut cursor = from;
+    loop {
+        let want = (limit - items.len()).min(1000).to_string();
+        let mut q: Vec<(&str, &str)> = query.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        q.push(("limit", &want));
+        if let Some(c) = &cursor {
+            q.push(("cursor", c));
+        }
+        let page = remote.get(path, &q)?;
+        items.extend(page["items"].as_array().cloned().unwrap_or_default());
+        cursor = page["next_cursor"].as_str().map(str::to_owned);
+        if items.len() >= limit || cursor.is_none() {
+            return Ok((items, cursor));
+        }
+    }
+}
+
+/// The query parameters that have a value.
+fn present<const N: usize>(
+    pairs: [(&'static str, Option<String>); N],
+) -> Vec<(&'static str, String)> {
+    pairs
+        .into_iter()
+        .filter_map(|(key, value)| value.map(|v| (key, v)))
+        .collect()
+}
+
+/// The filters of `logs`.
+#[derive(Debug, Clone, Default)]
+pub struct LogsRequest {
+    pub agent_id: Option<String>,
+    pub source: Option<String>,
+    pub severity: Option<String>,
+    pub contains: Option<String>,
+    pub regex: Option<String>,
+    pub since_ns: Option<i64>,
+    pub until_ns: Option<i64>,
+    pub cursor: Option<String>,
+    pub limit: usize,
+}
+
+/// `logs`: stored log records, oldest first, at most `limit`; says how to go on when there is
+/// more.
+pub fn logs(
+    remote: &Remote,
+    r: &LogsRequest,
+    json: bool,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let query = present([
+        ("agent_id", r.agent_id.clone()),
+        ("source", r.source.clone()),
+        ("severity", r.severity.clone()),
+        ("contains", r.contains.clone()),
+        ("regex", r.regex.clone()),
+        ("since_ns", r.since_ns.map(|t| t.to_string())),
+        ("until_ns", r.until_ns.map(|t| t.to_string())),
+    ]);
+    let (items, next) = collect(
+        remote,
+        "/api/v1/logs",
+        &query,
+        r.cursor.clone(),
+        r.limit.max(1),
+    )?;
+    if json {
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({ "items": items, "next_cursor": next })
+            )?
+        )?;
+        return Ok(());
+    }
+    let text = |v: &Value| v.as_str().map_or_else(|| "-".to_owned(), fleet::printable);
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|i| {
+            vec![
+                i["time_ns"]
+                    .as_i64()
+                    .map_or_else(|| "-".to_owned(), outpost_common::time::format_rfc3339),
+                text(&i["agent_id"]),
+                text(&i["source"]),
+                text(&i["severity"]),
+                text(&i["body"]),
+            ]
+        })
+        .collect();
+    out.write_all(
+        fleet::render_columns(&["TIME", "AGENT", "SOURCE", "SEVERITY", "BODY"], &rows).as_bytes(),
+    )?;
+    if let Some(next) = next {
+        writeln!(out, "(more: --cursor {next})")?;
+    }
+    Ok(())
+}
+
+/// The filters of `fim list --api`.
+#[derive(Debug, Clone, Default)]
+pub struct FimRequest {
+    pub agent_id: Option<String>,
+    pub path_prefix: Option<String>,
+    pub change: Option<String>,
+    pub since_ns: Option<i64>,
+    pub until_ns: Option<i64>,
+    pub limit: usize,
+}
+
+/// `fim list --api`: file-integrity changes through the API, oldest first, at most `limit`.
+pub fn fim_changes(
+    remote: &Remote,
+    r: &FimRequest,
+    json: bool,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let query = present([
+        ("agent_id", r.agent_id.clone()),
+        ("path_prefix", r.path_prefix.clone()),
+        ("change", r.change.clone()),
+        ("since_ns", r.since_ns.map(|t| t.to_string())),
+        ("until_ns", r.until_ns.map(|t| t.to_string())),
+    ]);
+    let (items, next) = collect(remote, "/api/v1/fim", &query, None, r.limit.max(1))?;
+    if json {
+        writeln!(out, "{}", Value::Array(items))?;
+        return Ok(());
+    }
+    let text = |v: &Value| v.as_str().map_or_else(|| "-".to_owned(), fleet::printable);
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|i| {
+            let changed = i["changed"]
+                .as_array()
+                .filter(|a| !a.is_empty())
+                .map_or_else(
+                    || "-".to_owned(),
+                    |a| {
+                        a.iter()
+                            .filter_map(Value::as_str)
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    },
+                );
+            vec![
+                text(&i["time"]),
+                text(&i["agent_id"]),
+                text(&i["change"]),
+                text(&i["path"]),
+                changed,
+                text(&i["moved_from"]),
+            ]
+        })
+        .collect();
+    out.write_all(
+        fleet::render_columns(
+            &["TIME", "AGENT", "CHANGE", "PATH", "CHANGED", "MOVED FROM"],
+            &rows,
+        )
+        .as_bytes(),
+    )?;
+    if next.is_some() {
+        writeln!(out, "(more changes: narrow the filters or raise --limit)")?;
+    }
+    Ok(())
+}
+
 /// `id` with every byte but unreserved ones percent-encoded, for a path segment.
 fn url_escape(id: &str) -> impl Iterator<Item = String> + '_ {
     id.bytes().map(|b| {
@@ -253,6 +546,45 @@ mod tests {
         let f = read_cli_file(&path).unwrap();
         assert_eq!(f.url.as_deref(), Some("http://10.0.0.1:9440"));
         assert_eq!(f.token.as_deref(), Some("t"));
+    }
+
+    #[test]
+    fn series_render_as_a_column_each_with_a_row_per_step() {
+        let answer = serde_json::json!({
+            "step_ns": 10_000_000_000_i64,
+            "selected": 2,
+            "series": [
+                { "series": { "agent_id": "a", "name": "m", "unit": "By", "kind": "gauge",
+                              "attributes": [["state", "used"]] },
+                  "points": [[0, 1024.0], [10_000_000_000_i64, 2048.5]] },
+                { "series": { "agent_id": "a", "name": "m", "unit": "1", "kind": "gauge",
+                              "attributes": [] },
+                  "points": [[10_000_000_000_i64, 0.333_333_333]] },
+            ],
+        });
+        let table = render_series(&answer);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 3, "{table}");
+        assert!(
+            lines[0].starts_with("TIME")
+                && lines[0].contains("state=used (By)")
+                && lines[0].ends_with('m'),
+            "{table}"
+        );
+        assert!(
+            lines[1].starts_with("1970-01-01T00:00:00Z")
+                && lines[1].contains("1024")
+                && lines[1].ends_with('-'),
+            "{table}"
+        );
+        assert!(
+            lines[2].contains("2048.5") && lines[2].ends_with("0.333333"),
+            "{table}"
+        );
+        let none = serde_json::json!({ "step_ns": 1, "selected": 0, "series": [] });
+        assert_eq!(render_series(&none), "no series match\n");
+        assert_eq!(format_value(3.0), "3");
+        assert_eq!(format_value(0.25), "0.25");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! shows it, roles, a token created through the API, revocation from the CLI taking effect at
 //! once, and the operations endpoints.
 
-use outpost_tests::{AgentOptions, Env};
+use outpost_tests::{AgentOptions, Env, toml_string};
 use serde_json::{Value, json};
 
 const AGENT: &str = "api-web-1";
@@ -421,5 +421,153 @@ checks.positive_data_acceptance.expected-statuses = [200, 400, 401, 403, 404, 42
     assert_eq!(
         selected.0, selected.1,
         "not every operation was tested:\n{text}"
+    );
+}
+
+/// The CLI's `metrics`, `logs` and `fim list --api` read what a real agent sent through the API,
+/// as from another machine with a viewer token.
+#[test]
+fn the_cli_reads_metrics_logs_and_file_changes_over_the_api() {
+    const HOST: &str = "api-cli-host";
+    let env = Env::new("api-cli");
+    let aggregator = env.start_aggregator();
+    let root = env.path().join("watched");
+    std::fs::create_dir_all(&root).unwrap_or_else(|e| panic!("{e}"));
+    let cert = env.issue_agent(HOST);
+    let _agent = env.start_agent(
+        &cert,
+        &aggregator,
+        AgentOptions {
+            host_metrics_every_secs: Some(1),
+            fim_toml: Some(format!(
+                "hash_mib_per_sec = 0\n\n[[fim.paths]]\npath = {}\nmode = \"realtime\"\n",
+                toml_string(&root)
+            )),
+            ..AgentOptions::default()
+        },
+    );
+    let store = aggregator.store();
+    env.wait_for("the file-integrity baseline", || {
+        let logs = store.logs(HOST, "fim")?;
+        logs.iter()
+            .any(|l| l.body.starts_with("baseline complete: "))
+            .then_some(())
+            .ok_or(format!("{} fim log records", logs.len()))
+    });
+    std::fs::write(root.join("new.conf"), "x = 1\n").unwrap_or_else(|e| panic!("{e}"));
+    env.wait_for("the new file's change and three CPU samples", || {
+        let created = store
+            .fim_events(HOST)?
+            .iter()
+            .any(|e| e.path.ends_with("new.conf"));
+        let samples = store.metric_count("system.cpu.utilization")?;
+        (created && samples >= 3 * 8)
+            .then_some(())
+            .ok_or(format!("change stored: {created}, {samples} CPU points"))
+    });
+    let viewer = token(&aggregator, "cli-viewer", "viewer");
+    let base = aggregator.api_url();
+    let remote = ["--url", base.as_str(), "--token", viewer.as_str()];
+    let cli = |args: &[&str]| env.aggregator_cli_ok(&[args, &remote[..]].concat());
+
+    // The host's idle CPU, one column, a row per second (once three samples are in).
+    let table = env.wait_for("three rows of idle CPU from the CLI", || {
+        let table = cli(&[
+            "metrics",
+            HOST,
+            "system.cpu.utilization",
+            "--match",
+            "cpu=",
+            "--match",
+            "state=idle",
+            "--since",
+            "10m",
+            "--step",
+            "1s",
+        ]);
+        if table.lines().count() > 3 {
+            Ok(table)
+        } else {
+            Err(table)
+        }
+    });
+    let mut lines = table.lines();
+    let header = lines.next().unwrap_or_default();
+    assert!(
+        header.starts_with("TIME") && header.contains("state=idle"),
+        "{table}"
+    );
+    let values: Vec<f64> = lines
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .collect();
+    assert!(values.len() >= 3, "{table}");
+    assert!(values.iter().all(|v| (0.0..=1.0).contains(v)), "{table}");
+    let answer: Value = serde_json::from_str(&cli(&[
+        "metrics",
+        HOST,
+        "system.cpu.utilization",
+        "--match",
+        "cpu=",
+        "--json",
+    ]))
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        answer["selected"].as_u64().is_some_and(|n| n >= 2),
+        "{answer}"
+    );
+    // A rate of a gauge is refused, naming why.
+    let refused = env.aggregator_cli(
+        &[
+            &[
+                "metrics",
+                HOST,
+                "system.cpu.utilization",
+                "--function",
+                "rate",
+            ][..],
+            &remote[..],
+        ]
+        .concat(),
+    );
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("rate and increase are for counters"),
+        "{refused:?}"
+    );
+
+    // The agent's own log record of its baseline.
+    let logs = cli(&[
+        "logs",
+        "--agent",
+        HOST,
+        "--source",
+        "fim",
+        "--contains",
+        "baseline complete",
+    ]);
+    assert!(logs.starts_with("TIME"), "{logs}");
+    assert!(
+        logs.lines()
+            .any(|l| l.contains(HOST) && l.contains("baseline complete")),
+        "{logs}"
+    );
+
+    // The change, as a table and as JSON.
+    let changes = cli(&["fim", "list", "--agent", HOST]);
+    assert!(
+        changes
+            .lines()
+            .any(|l| l.contains("created") && l.contains("new.conf")),
+        "{changes}"
+    );
+    let listed: Value = serde_json::from_str(&cli(&[
+        "fim", "list", "--agent", HOST, "--change", "created", "--json",
+    ]))
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        listed.as_array().is_some_and(|a| a
+            .iter()
+            .any(|c| c["path"].as_str().is_some_and(|p| p.ends_with("new.conf")))),
+        "{listed}"
     );
 }
