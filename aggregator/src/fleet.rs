@@ -126,10 +126,11 @@ pub fn fleet_status(
     policy: &FleetPolicy,
     now_ns: i64,
 ) -> Vec<FleetEntry> {
+    let issued_set: std::collections::HashSet<&str> = issued.iter().map(String::as_str).collect();
     let mut entries: BTreeMap<&str, FleetEntry> = agents
         .iter()
         .map(|a| {
-            let certificate_issued = issued.contains(&a.agent_id);
+            let certificate_issued = issued_set.contains(a.agent_id.as_str());
             (
                 a.agent_id.as_str(),
                 entry(a, certificate_issued, policy, now_ns),

@@ -10,8 +10,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::{Api, ApiError, Caller, page};
-use crate::fleet::{self, FleetEntry, HostStatus};
-use crate::store::{self, AgentRecord};
+use crate::fleet::{FleetEntry, HostStatus};
 use crate::tokens::Role;
 
 /// Filters, order and page of the agent list. Unknown parameters are ignored.
@@ -58,7 +57,7 @@ pub struct AgentPage {
 }
 
 /// The fleet in counts.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct FleetSummary {
     pub total: u64,
     /// Agents per status (`online`, `degraded`, `offline`, `never_seen`), every status present.
@@ -94,27 +93,6 @@ pub struct AgentDetail {
     pub logs: Option<serde_json::Value>,
     pub last_disconnect_ns: Option<i64>,
     pub last_disconnect_reason: Option<String>,
-}
-
-/// Every agent's entry in the fleet view, by id.
-async fn entries(api: &Arc<Api>) -> Result<(Vec<FleetEntry>, Vec<AgentRecord>), ApiError> {
-    let tls_dir = api.tls_dir.clone();
-    let policy = api.fleet;
-    api.store("reading the fleet", move |s| {
-        let mut agents = s.agents()?;
-        store::join_host_summaries(&mut agents, s.host_summaries()?);
-        let issued: Vec<String> = tls_dir
-            .as_deref()
-            .and_then(|dir| crate::pki::issued_agents(dir).ok())
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|c| !c.revoked)
-            .map(|c| c.agent_id)
-            .collect();
-        let now = outpost_common::time::now_ns();
-        Ok((fleet::fleet_status(&agents, &issued, &policy, now), agents))
-    })
-    .await
 }
 
 fn parse_status(text: &str) -> Result<HostStatus, ApiError> {
@@ -176,8 +154,8 @@ pub async fn list_agents(
             })
         })
         .transpose()?;
-    let (mut all, _) = entries(&api).await?;
-    all.retain(|e| {
+    let view = api.fleet_view().await?;
+    let matches = |e: &FleetEntry| {
         status.is_none_or(|s| e.status == s)
             && p.os.as_ref().is_none_or(|os| e.os.as_ref() == Some(os))
             && p.version
@@ -187,13 +165,40 @@ pub async fn list_agents(
                 .as_ref()
                 .is_none_or(|n| e.agent_id.starts_with(n.as_str()))
             && label.is_none_or(|(k, v)| e.labels.get(k).is_some_and(|have| have == v))
-    });
-    let key = move |e: &FleetEntry| match sort {
-        AgentSort::Name => e.agent_id.clone(),
-        AgentSort::LastSeen => format!("{}:{}", page::newest_first(e.last_seen_ns), e.agent_id),
     };
-    all.sort_by_key(key);
-    let (items, next_cursor) = page::page(all, key, p.cursor.as_deref(), limit)?;
+    let after = p.cursor.as_deref().map(page::decode).transpose()?;
+    // Both orders are kept sorted by their keys: the page starts at the first key after the
+    // cursor, found by bisection, and reads on until it holds one more than asked.
+    let ordered: Vec<(&str, &FleetEntry)> = match sort {
+        AgentSort::Name => {
+            let from = after.as_deref().map_or(0, |a| {
+                view.entries.partition_point(|e| e.agent_id.as_str() <= a)
+            });
+            view.entries[from..]
+                .iter()
+                .filter(|e| matches(e))
+                .take(limit + 1)
+                .map(|e| (e.agent_id.as_str(), e))
+                .collect()
+        }
+        AgentSort::LastSeen => {
+            let from = after.as_deref().map_or(0, |a| {
+                view.by_last_seen.partition_point(|(k, _)| k.as_str() <= a)
+            });
+            view.by_last_seen[from..]
+                .iter()
+                .map(|(k, i)| (k.as_str(), &view.entries[*i]))
+                .filter(|(_, e)| matches(e))
+                .take(limit + 1)
+                .collect()
+        }
+    };
+    let next_cursor = (ordered.len() > limit).then(|| page::encode(ordered[limit - 1].0));
+    let items = ordered
+        .into_iter()
+        .take(limit)
+        .map(|(_, e)| e.clone())
+        .collect();
     Ok(Json(AgentPage { items, next_cursor }))
 }
 
@@ -215,37 +220,10 @@ pub async fn summary(
     Extension(caller): Extension<Caller>,
 ) -> Result<Json<FleetSummary>, ApiError> {
     caller.require(Role::Viewer)?;
-    let (all, _) = entries(&api).await?;
-    let mut by_status: BTreeMap<String, u64> = [
-        HostStatus::Online,
-        HostStatus::Degraded,
-        HostStatus::Offline,
-        HostStatus::NeverSeen,
-    ]
-    .into_iter()
-    .map(|s| (status_name(s), 0))
-    .collect();
-    let mut by_version = BTreeMap::new();
-    let mut by_os = BTreeMap::new();
-    for e in &all {
-        *by_status.entry(status_name(e.status)).or_default() += 1;
-        let unknown = || "unknown".to_owned();
-        *by_version
-            .entry(e.version.clone().unwrap_or_else(unknown))
-            .or_default() += 1;
-        *by_os
-            .entry(e.os.clone().unwrap_or_else(unknown))
-            .or_default() += 1;
-    }
-    Ok(Json(FleetSummary {
-        total: all.len() as u64,
-        by_status,
-        by_version,
-        by_os,
-    }))
+    Ok(Json(api.fleet_view().await?.summary.clone()))
 }
 
-fn status_name(s: HostStatus) -> String {
+pub(super) fn status_name(s: HostStatus) -> String {
     serde_json::to_value(s)
         .ok()
         .and_then(|v| v.as_str().map(str::to_owned))
@@ -274,11 +252,12 @@ pub async fn agent(
     Path(agent_id): Path<String>,
 ) -> Result<Json<AgentDetail>, ApiError> {
     caller.require(Role::Viewer)?;
-    let (all, records) = entries(&api).await?;
-    let Some(entry) = all.into_iter().find(|e| e.agent_id == agent_id) else {
+    let view = api.fleet_view().await?;
+    let Some(entry) = view.entry(&agent_id).cloned() else {
         return Err(ApiError::not_found(format!("no agent `{agent_id}`")));
     };
-    let record = records.into_iter().find(|r| r.agent_id == agent_id);
+    let id = agent_id.clone();
+    let record = api.store("reading an agent", move |s| s.agent(&id)).await?;
     let json = |v: Option<serde_json::Value>| v.filter(|v| !v.is_null());
     let status = record.as_ref().and_then(|r| r.status.as_ref());
     Ok(Json(AgentDetail {

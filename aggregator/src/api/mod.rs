@@ -33,12 +33,52 @@ use crate::tokens::{self, Presented, Role, Verdict};
 pub mod error;
 mod events;
 mod fleet;
+mod fleet_view;
 pub mod metrics;
 mod ops;
 mod page;
 mod series;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+pub(crate) mod tests_support {
+    //! An API over a fresh store, for tests of its parts.
+    use std::sync::Arc;
+
+    use super::{Api, ApiConfig};
+    use crate::store::{RegistryUpdate, SqliteStore, StateStore};
+
+    pub fn api_over(
+        cache: super::fleet_view::Cache,
+    ) -> (tempfile::TempDir, Arc<SqliteStore>, Arc<Api>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(&dir.path().join("store.db")).unwrap());
+        let config = ApiConfig {
+            fleet: crate::fleet::FleetPolicy::default(),
+            tls_dir: None,
+            request_timeout: std::time::Duration::from_secs(30),
+            max_body: 4096,
+            requests_per_sec_per_token: 1000,
+            requests_per_sec_per_address: 1000,
+        };
+        let api = Api::new(store.clone(), &config);
+        let api = Arc::new(Api {
+            fleet_cache: cache,
+            ..Arc::try_unwrap(api).unwrap_or_else(|_| unreachable!("one owner"))
+        });
+        (dir, store, api)
+    }
+
+    pub fn register(store: &SqliteStore, agent_id: &str) {
+        store
+            .record(&RegistryUpdate::Hello {
+                agent_id: agent_id.to_owned(),
+                hello: crate::store::testutil::hello(1, Default::default()),
+                now_ns: outpost_common::time::now_ns(),
+            })
+            .unwrap();
+    }
+}
 mod tokens_api;
 
 pub use error::ApiError;
@@ -67,6 +107,8 @@ pub struct Api {
     audit_failures: AtomicU64,
     /// What `/metrics` shows.
     pub metrics: metrics::Metrics,
+    /// The fleet view kept between requests.
+    fleet_cache: fleet_view::Cache,
 }
 
 impl std::fmt::Debug for Api {
@@ -121,6 +163,7 @@ impl Api {
             ingest_up: AtomicBool::new(false),
             audit_failures: AtomicU64::new(0),
             metrics: metrics::Metrics::new(),
+            fleet_cache: fleet_view::Cache::default(),
         })
     }
 

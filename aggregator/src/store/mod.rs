@@ -546,6 +546,14 @@ pub trait StateStore: Send + Sync + 'static {
     /// Every registered agent, sorted by agent id.
     fn agents(&self) -> Result<Vec<AgentRecord>, StoreError>;
 
+    /// A number that changes whenever what [`StateStore::agents`] answers may have changed
+    /// (registry updates, and host summaries written by commits), so readers can keep a view of
+    /// the fleet until it does. `None`: the store cannot tell, and a view must be rebuilt to be
+    /// current.
+    fn registry_generation(&self) -> Option<u64> {
+        None
+    }
+
     /// One agent, if registered.
     fn agent(&self, agent_id: &str) -> Result<Option<AgentRecord>, StoreError>;
 

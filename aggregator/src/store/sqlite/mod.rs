@@ -53,7 +53,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -95,6 +95,8 @@ pub struct SqliteStore {
     read: Mutex<Connection>,
     /// Callers waiting for `write`; retention lets them in before each of its chunks.
     writers_waiting: AtomicUsize,
+    /// Bumped after every write that may change what `agents()` answers.
+    generation: AtomicU64,
     /// Last: its thread ends once the write connection, dropped before it, is closed.
     #[cfg_attr(
         not(test),
@@ -179,6 +181,7 @@ impl SqliteStore {
             }),
             read: Mutex::new(read),
             writers_waiting: AtomicUsize::new(0),
+            generation: AtomicU64::new(0),
             checkpointer,
         })
     }
@@ -220,7 +223,11 @@ impl EventStore for SqliteStore {
             return Ok(Vec::new());
         };
         let mut state = self.lock_write();
-        state.commit(batches).map_err(|e| {
+        let result = state.commit(batches);
+        // After the write (host summaries change with batches): a reader that saw the number
+        // before it reads the store sees this write or a later number.
+        self.generation.fetch_add(1, Ordering::Release);
+        result.map_err(|e| {
             StoreError::backend(
                 format!(
                     "committing {} batches (the first from agent {} spool {} seq {})",
@@ -264,7 +271,13 @@ impl StateStore for SqliteStore {
         if updates.is_empty() {
             return Ok(());
         }
-        self.lock_write().record_all(updates)
+        let result = self.lock_write().record_all(updates);
+        self.generation.fetch_add(1, Ordering::Release);
+        result
+    }
+
+    fn registry_generation(&self) -> Option<u64> {
+        Some(self.generation.load(Ordering::Acquire))
     }
 
     fn agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
