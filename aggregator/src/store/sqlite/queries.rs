@@ -54,23 +54,7 @@ pub(super) fn events(conn: &Connection, query: &EventQuery) -> Result<EventPage,
     };
     let mut found: Vec<(i64, StoredEvent)> = Vec::new();
     for kind in kinds {
-        // One host over a time range: let the planner use an index by agent and time where the
-        // table has one. Otherwise walk the ids (`+` keeps an index on the agent out of it: the
-        // planner would sort every row of the agent to page through them in id order).
-        let agent_condition = if agent_key.is_some() && query.time_ns.is_some() {
-            "e.agent_key = ?3 AND e.time_ns >= ?4 AND e.time_ns < ?5"
-        } else {
-            "(?3 IS NULL OR +e.agent_key = ?3)
-               AND (?4 IS NULL OR e.time_ns >= ?4) AND (?5 IS NULL OR e.time_ns < ?5)"
-        };
-        let sql = format!(
-            "SELECT e.id, a.agent_id, e.time_ns, e.received_ns, {columns}
-             FROM {table} e JOIN agents a USING (agent_key)
-             WHERE e.id >= ?1 AND e.id < ?2 AND {agent_condition}
-             ORDER BY e.id LIMIT ?6",
-            columns = columns(kind),
-            table = table(kind),
-        );
+        let sql = select_sql(kind, agent_key.is_some() && query.time_ns.is_some());
         let rows = conn.prepare_cached(&sql).and_then(|mut s| {
             s.query_map(
                 params![from, until, agent_key, time_from, time_until, limit as i64],
@@ -92,6 +76,29 @@ pub(super) fn events(conn: &Connection, query: &EventQuery) -> Result<EventPage,
         events: found.into_iter().map(|(_, e)| e).collect(),
         next,
     })
+}
+
+/// The query of [`events`] for one kind: parameters `?1..?2` the id range, `?3` the agent key,
+/// `?4..?5` the time range, `?6` the limit.
+///
+/// For one host over a time range (`host_and_time`), the planner may use an index by agent and
+/// time where the table has one. Otherwise it walks the ids: `+` keeps an index on the agent out
+/// of it, since the planner would sort every row of the agent to page through them in id order.
+fn select_sql(kind: EventKind, host_and_time: bool) -> String {
+    let conditions = if host_and_time {
+        "e.agent_key = ?3 AND e.time_ns >= ?4 AND e.time_ns < ?5"
+    } else {
+        "(?3 IS NULL OR +e.agent_key = ?3)
+           AND (?4 IS NULL OR e.time_ns >= ?4) AND (?5 IS NULL OR e.time_ns < ?5)"
+    };
+    format!(
+        "SELECT e.id, a.agent_id, e.time_ns, e.received_ns, {columns}
+         FROM {table} e JOIN agents a USING (agent_key)
+         WHERE e.id >= ?1 AND e.id < ?2 AND {conditions}
+         ORDER BY e.id LIMIT ?6",
+        columns = columns(kind),
+        table = table(kind),
+    )
 }
 
 /// The columns after `id, agent_id, time_ns, received_ns` that [`stored_event`] reads.
@@ -386,6 +393,28 @@ mod tests {
             .commit_batches(&[batch("a", 1, 2, vec![metric(T0, 1.0)])])
             .unwrap();
         assert_eq!(answers, vec![BatchCommit::stored(end)]);
+    }
+
+    #[test]
+    fn one_hosts_logs_over_a_time_range_are_found_by_the_index_and_the_rest_by_id() {
+        let (_dir, store) = open();
+        let conn = rusqlite::Connection::open(store.path()).unwrap();
+        let plan = |host_and_time: bool| -> String {
+            let sql = format!(
+                "EXPLAIN QUERY PLAN {}",
+                select_sql(EventKind::Log, host_and_time)
+            );
+            let mut stmt = conn.prepare(&sql).unwrap();
+            let rows = stmt
+                .query_map(params![0, 10, 1, 0, 10, 5], |r| r.get::<_, String>(3))
+                .unwrap();
+            rows.map(Result::unwrap).collect::<Vec<_>>().join("; ")
+        };
+        let indexed = plan(true);
+        assert!(indexed.contains("logs_agent_time"), "{indexed}");
+        let by_id = plan(false);
+        assert!(!by_id.contains("logs_agent_time"), "{by_id}");
+        assert!(by_id.contains("INTEGER PRIMARY KEY"), "{by_id}");
     }
 
     #[test]
