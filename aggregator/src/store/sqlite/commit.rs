@@ -430,8 +430,8 @@ impl<'c> RowInserter<'c> {
     ) -> rusqlite::Result<Self> {
         Ok(RowInserter {
             metric: tx.prepare_cached(
-                "INSERT INTO metric_points (id, series_id, time_ns, received_ns, value)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO metric_points (id, series_id, time_ns, received_ns, bucket, value)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?,
             find_series: tx.prepare_cached(
                 "SELECT series_id FROM metric_series
@@ -472,8 +472,14 @@ impl<'c> RowInserter<'c> {
         match event {
             Event::Metric(m) => {
                 let series_id = self.series_id(agent_key, m)?;
-                self.metric
-                    .execute(params![id, series_id, m.time_ns, received_ns, m.value])?;
+                self.metric.execute(params![
+                    id,
+                    series_id,
+                    m.time_ns,
+                    received_ns,
+                    super::metrics::bucket_of(received_ns),
+                    m.value
+                ])?;
             }
             Event::Log(l) => {
                 let attributes = attributes_json(&mut self.json, &l.attributes)?;

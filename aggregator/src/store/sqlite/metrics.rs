@@ -25,9 +25,31 @@ use crate::store::series::{
 };
 use crate::store::{RetentionReport, StoreError};
 
-/// Head points one compaction transaction packs at most (it always finishes the series it is
-/// on), so a waiting commit is held up by milliseconds only.
-const COMPACT_POINTS_PER_TX: usize = 20_000;
+/// Series one compaction transaction packs (each with at most a span of points), so a waiting
+/// commit is held up by milliseconds only.
+const COMPACT_SERIES_PER_TX: i64 = 256;
+/// The head's rows are indexed by the minute they were received in.
+pub(super) const BUCKET_NS: i64 = 60_000_000_000;
+
+/// The start of the minute `received_ns` falls in: the head row's `bucket`.
+pub(super) fn bucket_of(received_ns: i64) -> i64 {
+    received_ns.saturating_sub(received_ns.rem_euclid(BUCKET_NS))
+}
+
+/// The distinct minutes of the head, ascending, up to `upto` (inclusive): one index seek each.
+fn head_buckets(conn: &Connection, upto: i64) -> rusqlite::Result<Vec<i64>> {
+    conn.prepare_cached(
+        "WITH RECURSIVE b(x) AS (
+             SELECT min(bucket) FROM metric_points
+             UNION ALL
+             SELECT (SELECT min(bucket) FROM metric_points WHERE bucket > b.x)
+             FROM b WHERE b.x IS NOT NULL AND b.x < ?1
+         )
+         SELECT x FROM b WHERE x IS NOT NULL AND x <= ?1",
+    )?
+    .query_map([upto], |r| r.get(0))?
+    .collect()
+}
 /// Chunks one expiry transaction deletes at most.
 const EXPIRE_CHUNKS_PER_TX: i64 = 500;
 
@@ -47,22 +69,44 @@ impl SqliteStore {
                 .map_err(|e| StoreError::backend(context(), e))?
         };
         let Some(cut) = cut else { return Ok(()) };
-        let mut after_series = i64::MIN;
-        loop {
+        // The minutes holding rows at or below the cut, grouped by span (a minute at least), so
+        // a series' points of one span make one chunk.
+        let buckets = {
             let state = self.lock_for_retention();
-            let step = compact_some(&state.conn, cut, span_ns, after_series)
-                .map_err(|e| StoreError::backend(context(), e))?;
-            drop(state);
-            let Some((last_series, points, chunks)) = step else {
-                return Ok(());
-            };
-            after_series = last_series;
-            if chunks > 0 {
-                report.chunks += 1;
-                report.metric_points_packed += points;
-                report.metric_chunks_written += chunks;
+            head_buckets(&state.conn, bucket_of(before_ns))
+                .map_err(|e| StoreError::backend(context(), e))?
+        };
+        let group_ns = span_ns.max(BUCKET_NS);
+        let mut groups: Vec<Vec<i64>> = Vec::new();
+        for b in buckets {
+            let same = groups.last().is_some_and(|g| {
+                g[0].saturating_sub(g[0].rem_euclid(group_ns))
+                    == b.saturating_sub(b.rem_euclid(group_ns))
+            });
+            match groups.last_mut() {
+                Some(g) if same => g.push(b),
+                _ => groups.push(vec![b]),
             }
         }
+        for group in groups {
+            let mut after_series = i64::MIN;
+            loop {
+                let state = self.lock_for_retention();
+                let step = compact_some(&state.conn, cut, span_ns, &group, after_series)
+                    .map_err(|e| StoreError::backend(context(), e))?;
+                drop(state);
+                let Some((last_series, points, chunks)) = step else {
+                    break;
+                };
+                after_series = last_series;
+                if chunks > 0 {
+                    report.chunks += 1;
+                    report.metric_points_packed += points;
+                    report.metric_chunks_written += chunks;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Deletes the chunks whose latest point was received before `cutoff_ns`.
@@ -107,76 +151,83 @@ impl SqliteStore {
     }
 }
 
-/// One compaction transaction: the series after `after_series` with head points at or below
-/// `cut`, until about [`COMPACT_POINTS_PER_TX`] points are packed, one chunk per series and span
+/// One compaction transaction: the head rows at or below `cut`, in the minutes `buckets`, of
+/// the next [`COMPACT_SERIES_PER_TX`] series after `after_series`; one chunk per series and span
 /// of `span_ns` of receive time. Answers the last series looked at, the points packed and the
 /// chunks written; `None` once no series is left.
 fn compact_some(
     conn: &Connection,
     cut: i64,
     span_ns: i64,
+    buckets: &[i64],
     after_series: i64,
 ) -> rusqlite::Result<Option<(i64, u64, u64)>> {
     let tx = conn.unchecked_transaction()?;
-    let series: Vec<i64> = tx
+    let range: Option<(i64, i64)> = tx
         .prepare_cached(
-            "SELECT series_id FROM metric_series WHERE series_id > ?1 ORDER BY series_id LIMIT 1024",
+            "SELECT min(series_id), max(series_id) FROM (
+                 SELECT series_id FROM metric_series WHERE series_id > ?1
+                 ORDER BY series_id LIMIT ?2)",
         )?
-        .query_map([after_series], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
-    let Some(&last_of_page) = series.last() else {
+        .query_row(params![after_series, COMPACT_SERIES_PER_TX], |r| {
+            Ok(r.get::<_, Option<i64>>(0)?.zip(r.get::<_, Option<i64>>(1)?))
+        })?;
+    let Some((first, last)) = range else {
         return Ok(None);
     };
     let mut read = tx.prepare_cached(
-        "SELECT p.id, p.time_ns, p.value, p.received_ns FROM metric_points p
-         WHERE p.series_id = ?1 AND p.id <= ?2",
+        "SELECT series_id, id, time_ns, value, received_ns FROM metric_points
+         WHERE bucket = ?1 AND series_id BETWEEN ?2 AND ?3 AND id <= ?4",
     )?;
-    let mut delete =
-        tx.prepare_cached("DELETE FROM metric_points WHERE series_id = ?1 AND id <= ?2")?;
+    // Per series and span of receive time: the points and the latest receive time among them.
+    let mut found: std::collections::BTreeMap<(i64, i64), (Points, i64)> = Default::default();
+    for &bucket in buckets {
+        let mut rows = read.query(params![bucket, first, last, cut])?;
+        while let Some(r) = rows.next()? {
+            let received: i64 = r.get(4)?;
+            let span = received.saturating_sub(received.rem_euclid(span_ns));
+            let value: Option<f64> = r.get(3)?;
+            let (points, latest) = found
+                .entry((r.get(0)?, span))
+                .or_insert((Points::default(), i64::MIN));
+            points.push(r.get(2)?, value.unwrap_or(f64::NAN), r.get(1)?);
+            *latest = (*latest).max(received);
+        }
+    }
+    drop(read);
     let mut insert = tx.prepare_cached(
         "INSERT INTO metric_chunks
             (series_id, start_ns, end_ns, first_id, last_id, received_ns, points, data)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?;
-    let (mut packed, mut chunks, mut last) = (0u64, 0u64, last_of_page);
-    for series_id in series {
-        // Per span of receive time: the points and the latest receive time among them.
-        let mut spans: std::collections::BTreeMap<i64, (Points, i64)> = Default::default();
-        let mut rows = read.query(params![series_id, cut])?;
-        while let Some(r) = rows.next()? {
-            let received: i64 = r.get(3)?;
-            let value: Option<f64> = r.get(2)?;
-            let span = received.saturating_sub(received.rem_euclid(span_ns));
-            let (points, latest) = spans.entry(span).or_insert((Points::default(), i64::MIN));
-            points.push(r.get(1)?, value.unwrap_or(f64::NAN), r.get(0)?);
-            *latest = (*latest).max(received);
-        }
-        drop(rows);
-        for (mut points, received) in spans.into_values() {
-            points.sort();
-            let blob = chunk::encode(&points)
-                .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-            let ids = points.ids.iter();
-            insert.execute(params![
-                series_id,
-                points.times[0],
-                points.times[points.len() - 1],
-                ids.clone().min(),
-                ids.max(),
-                received,
-                points.len() as i64,
-                blob,
-            ])?;
-            packed += points.len() as u64;
-            chunks += 1;
-        }
-        delete.execute(params![series_id, cut])?;
-        if packed as usize >= COMPACT_POINTS_PER_TX {
-            last = series_id;
-            break;
-        }
+    let (mut packed, mut chunks) = (0u64, 0u64);
+    for ((series_id, _), (mut points, received)) in found {
+        points.sort();
+        let blob = chunk::encode(&points)
+            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+        let ids = points.ids.iter();
+        insert.execute(params![
+            series_id,
+            points.times[0],
+            points.times[points.len() - 1],
+            ids.clone().min(),
+            ids.max(),
+            received,
+            points.len() as i64,
+            blob,
+        ])?;
+        packed += points.len() as u64;
+        chunks += 1;
     }
-    drop((read, delete, insert));
+    drop(insert);
+    let mut delete = tx.prepare_cached(
+        "DELETE FROM metric_points
+         WHERE bucket = ?1 AND series_id BETWEEN ?2 AND ?3 AND id <= ?4",
+    )?;
+    for &bucket in buckets {
+        delete.execute(params![bucket, first, last, cut])?;
+    }
+    drop(delete);
     tx.commit()?;
     Ok(Some((last, packed, chunks)))
 }
@@ -232,11 +283,40 @@ fn select_series(
     Ok(selected)
 }
 
+/// How a query reads the head: by each of its minutes, found once per query.
+struct HeadBuckets {
+    /// `?1` the series, `?2..?3` the time range; `None` when the head is empty.
+    sql: Option<String>,
+}
+
+impl HeadBuckets {
+    fn read(conn: &Connection) -> Result<HeadBuckets, StoreError> {
+        let buckets = head_buckets(conn, i64::MAX)
+            .map_err(|e| StoreError::backend("listing the minutes of the metric head", e))?;
+        if buckets.is_empty() {
+            return Ok(HeadBuckets { sql: None });
+        }
+        // Integers the store wrote itself, so the list can be written into the statement.
+        let list = buckets
+            .iter()
+            .map(i64::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        Ok(HeadBuckets {
+            sql: Some(format!(
+                "SELECT time_ns, value FROM metric_points
+                 WHERE bucket IN ({list}) AND series_id = ?1 AND time_ns >= ?2 AND time_ns < ?3"
+            )),
+        })
+    }
+}
+
 /// The points of one series with a time in `range`, from its chunks and its head, by time.
 fn series_points(
     conn: &Connection,
     series_id: i64,
     range: &std::ops::Range<i64>,
+    head: &HeadBuckets,
 ) -> Result<Vec<(i64, f64)>, StoreError> {
     let context = || format!("reading the points of metric series {series_id}");
     let backend = |e: rusqlite::Error| StoreError::backend(context(), e);
@@ -271,19 +351,21 @@ fn series_points(
         );
         sorted &= before == 0;
     }
-    let mut head = conn
-        .prepare_cached(
-            "SELECT time_ns, value FROM metric_points
-             WHERE series_id = ?1 AND time_ns >= ?2 AND time_ns < ?3 ORDER BY time_ns",
-        )
-        .map_err(backend)?;
-    let from_head = head
-        .query_map(params![series_id, range.start, range.end], |r| {
-            Ok((r.get(0)?, r.get::<_, Option<f64>>(1)?.unwrap_or(f64::NAN)))
-        })
-        .map_err(backend)?
-        .collect::<rusqlite::Result<Vec<(i64, f64)>>>()
-        .map_err(backend)?;
+    let from_head = match &head.sql {
+        None => Vec::new(),
+        Some(sql) => conn
+            .prepare_cached(sql)
+            .and_then(|mut s| {
+                s.query_map(params![series_id, range.start, range.end], |r| {
+                    Ok((r.get(0)?, r.get::<_, Option<f64>>(1)?.unwrap_or(f64::NAN)))
+                })?
+                .collect::<rusqlite::Result<Vec<(i64, f64)>>>()
+            })
+            .map_err(backend)?,
+    };
+    // By minute, then time: in time order only within one minute.
+    let from_head_sorted = from_head.is_sorted_by_key(|&(t, _)| t);
+    sorted &= from_head_sorted;
     sorted &= points.is_empty() || from_head.is_empty();
     points.extend(from_head);
     if !sorted {
@@ -303,9 +385,10 @@ pub(super) fn metric_query(
         query.check_kind(info.kind)?;
     }
     let read_range = query.read_range();
+    let head = HeadBuckets::read(conn)?;
     let mut answered = Vec::with_capacity(selected.len());
     for (id, info) in selected {
-        let points = series_points(conn, id, &read_range)?;
+        let points = series_points(conn, id, &read_range, &head)?;
         answered.push((info, series::bucket(&points, query)));
     }
     let count = answered.len();
@@ -347,12 +430,13 @@ pub(super) fn all_points(
         MetricQueryError::Store(e) => e,
         MetricQueryError::Query(e) => StoreError::Conflict(e.message),
     })?;
+    let head = HeadBuckets::read(conn)?;
     selected
         .into_iter()
         .map(|(id, info)| {
             // The one range that cannot be written as start..end holds i64::MAX; no agent's
             // clock gets there.
-            Ok((info, series_points(conn, id, &(i64::MIN..i64::MAX))?))
+            Ok((info, series_points(conn, id, &(i64::MIN..i64::MAX), &head)?))
         })
         .collect()
 }

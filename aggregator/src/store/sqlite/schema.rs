@@ -230,9 +230,10 @@ CREATE TABLE metric_points (
     series_id   INTEGER NOT NULL,
     time_ns     INTEGER NOT NULL,
     received_ns INTEGER NOT NULL,
+    bucket      INTEGER NOT NULL, -- received_ns rounded down to the minute
     value       REAL              -- NULL for NaN
 );
-CREATE INDEX metric_points_series_time ON metric_points (series_id, time_ns, value);
+CREATE INDEX metric_points_bucket ON metric_points (bucket, series_id, time_ns, value);
 CREATE TABLE metric_chunks (
     chunk_id    INTEGER PRIMARY KEY,
     series_id   INTEGER NOT NULL,
@@ -248,8 +249,9 @@ CREATE INDEX metric_chunks_series_time ON metric_chunks (series_id, end_ns, star
 CREATE INDEX metric_chunks_received ON metric_chunks (received_ns);
 INSERT INTO metric_series (agent_key, name, unit, kind, attributes)
     SELECT DISTINCT agent_key, name, unit, kind, coalesce(attributes, '') FROM metrics;
-INSERT INTO metric_points (id, series_id, time_ns, received_ns, value)
-    SELECT m.id, s.series_id, m.time_ns, m.received_ns, m.value
+INSERT INTO metric_points (id, series_id, time_ns, received_ns, bucket, value)
+    SELECT m.id, s.series_id, m.time_ns, m.received_ns,
+           m.received_ns - (((m.received_ns % 60000000000) + 60000000000) % 60000000000), m.value
     FROM metrics m JOIN metric_series s
       ON s.agent_key = m.agent_key AND s.name = m.name AND s.unit = m.unit AND s.kind = m.kind
      AND s.attributes = coalesce(m.attributes, '')
