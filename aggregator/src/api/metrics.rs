@@ -314,6 +314,11 @@ pub fn aggregator_figures(
             "Per-series chunks of metric points written.",
             retention.done.metric_chunks_written,
         ),
+        counter(
+            "outpost_metric_series_pruned_total",
+            "Metric series deleted by retention for having no point left.",
+            retention.done.metric_series_pruned,
+        ),
         Figure {
             name: "outpost_store_bytes",
             help: "Bytes the store's files take on disk (database and log).",

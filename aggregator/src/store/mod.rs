@@ -431,6 +431,8 @@ pub struct RetentionReport {
     /// Metric points packed from rows into chunks, and the chunks written.
     pub metric_points_packed: u64,
     pub metric_chunks_written: u64,
+    /// Metric series deleted for having no point left.
+    pub metric_series_pruned: u64,
 }
 
 impl RetentionReport {
@@ -444,6 +446,7 @@ impl RetentionReport {
         self.chunks += other.chunks;
         self.metric_points_packed += other.metric_points_packed;
         self.metric_chunks_written += other.metric_chunks_written;
+        self.metric_series_pruned += other.metric_series_pruned;
     }
 
     /// Events of one kind deleted.

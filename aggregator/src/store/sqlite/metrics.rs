@@ -109,36 +109,30 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// Deletes the chunks whose latest point was received before `cutoff_ns`.
+    /// Deletes the chunks whose latest point was received before `cutoff_ns`, and the series
+    /// left with no point at all (so attributes that churn, a process id say, do not grow the
+    /// series table for ever).
     pub(super) fn expire_metric_chunks(
         &self,
         cutoff_ns: i64,
         report: &mut RetentionReport,
     ) -> Result<(), StoreError> {
-        const SQL: &str = "DELETE FROM metric_chunks WHERE chunk_id IN (
-                SELECT chunk_id FROM metric_chunks WHERE received_ns < ?1 LIMIT ?2)
-             RETURNING points";
+        let context = || format!("expiring metric chunks received before {cutoff_ns}");
         loop {
-            let state = self.lock_for_retention();
-            let points: Vec<i64> = state
-                .conn
-                .prepare_cached(SQL)
-                .and_then(|mut s| {
-                    s.query_map(params![cutoff_ns, EXPIRE_CHUNKS_PER_TX], |r| r.get(0))?
-                        .collect()
-                })
-                .map_err(|e| {
-                    StoreError::backend(
-                        format!("expiring metric chunks received before {cutoff_ns}"),
-                        e,
-                    )
-                })?;
-            drop(state);
-            if points.is_empty() {
+            let mut state = self.lock_for_retention();
+            let step = expire_some(&state.conn, cutoff_ns)
+                .map_err(|e| StoreError::backend(context(), e))?;
+            let Some((points, pruned)) = step else {
                 return Ok(());
+            };
+            // The writer's cache must not hand out an id whose row is gone.
+            if !pruned.is_empty() {
+                state.series.retain(|_, id| !pruned.contains(id));
             }
+            drop(state);
             report.chunks += 1;
-            report.metric += points.iter().map(|&n| n.cast_unsigned()).sum::<u64>();
+            report.metric += points;
+            report.metric_series_pruned += pruned.len() as u64;
         }
     }
 
@@ -230,6 +224,58 @@ fn compact_some(
     drop(delete);
     tx.commit()?;
     Ok(Some((last, packed, chunks)))
+}
+
+/// One expiry transaction: up to [`EXPIRE_CHUNKS_PER_TX`] chunks received before `cutoff_ns`,
+/// then the series of those chunks that hold no other chunk and no head row. Answers the points
+/// deleted and the series pruned; `None` when no chunk was old enough.
+fn expire_some(
+    conn: &Connection,
+    cutoff_ns: i64,
+) -> rusqlite::Result<Option<(u64, std::collections::HashSet<i64>)>> {
+    let tx = conn.unchecked_transaction()?;
+    let deleted: Vec<(i64, i64)> = tx
+        .prepare_cached(
+            "DELETE FROM metric_chunks WHERE chunk_id IN (
+                 SELECT chunk_id FROM metric_chunks WHERE received_ns < ?1 LIMIT ?2)
+             RETURNING points, series_id",
+        )?
+        .query_map(params![cutoff_ns, EXPIRE_CHUNKS_PER_TX], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    if deleted.is_empty() {
+        return Ok(None);
+    }
+    let points = deleted.iter().map(|&(n, _)| n.cast_unsigned()).sum();
+    let candidates: std::collections::BTreeSet<i64> = deleted.iter().map(|&(_, s)| s).collect();
+    let buckets = head_buckets(&tx, i64::MAX)?;
+    let mut chunked =
+        tx.prepare_cached("SELECT EXISTS (SELECT 1 FROM metric_chunks WHERE series_id = ?1)")?;
+    let mut in_head = tx.prepare_cached(
+        "SELECT EXISTS (SELECT 1 FROM metric_points WHERE bucket = ?1 AND series_id = ?2)",
+    )?;
+    let mut forget = tx.prepare_cached("DELETE FROM metric_series WHERE series_id = ?1")?;
+    let mut pruned = std::collections::HashSet::new();
+    for series_id in candidates {
+        if chunked.query_row([series_id], |r| r.get::<_, bool>(0))? {
+            continue;
+        }
+        let mut held = false;
+        for &bucket in &buckets {
+            if in_head.query_row([bucket, series_id], |r| r.get::<_, bool>(0))? {
+                held = true;
+                break;
+            }
+        }
+        if !held {
+            forget.execute([series_id])?;
+            pruned.insert(series_id);
+        }
+    }
+    drop((chunked, in_head, forget));
+    tx.commit()?;
+    Ok(Some((points, pruned)))
 }
 
 /// The series a query selects: its name, its agent if it names one, and its matchers.
@@ -766,6 +812,74 @@ mod tests {
         assert_eq!(
             store.count_events(EventKind::Metric, None).unwrap(),
             3 * 180
+        );
+    }
+
+    #[test]
+    fn series_left_without_points_are_pruned_and_come_back_when_points_do() {
+        let (_dir, store) = open();
+        let start = T0 - T0.rem_euclid(30 * MIN);
+        // A process restarted every 10 s: a new pid, so a new series, each round.
+        let round = |i: i64, received: i64, seq: u64| {
+            let pid = (1000 + i).to_string();
+            let mut b = batch(
+                "a",
+                1,
+                seq,
+                vec![
+                    Event::Metric(point(
+                        "process.threads",
+                        &[("process.pid", &pid)],
+                        received,
+                        4.0,
+                    )),
+                    Event::Metric(point(
+                        "system.cpu.utilization",
+                        &[("state", "idle")],
+                        received,
+                        0.5,
+                    )),
+                ],
+            );
+            b.received_ns = received;
+            b
+        };
+        for i in 0..6 {
+            store
+                .commit_batches(&[round(i, start + secs(10 * i), i as u64 + 1)])
+                .unwrap();
+        }
+        let keep = |metric: Duration| Retention {
+            metric,
+            metric_chunk: Duration::from_secs(1800),
+            ..Retention::default()
+        };
+        store
+            .enforce_retention(&keep(Duration::from_secs(86_400)), start + 31 * MIN)
+            .unwrap();
+        assert_eq!(layout_of(&store)["series"], 7);
+        // The idle CPU keeps arriving; the old processes' points age out with their chunks.
+        store
+            .commit_batches(&[round(6, start + 40 * MIN, 7)])
+            .unwrap();
+        let report = store
+            .enforce_retention(&keep(Duration::from_secs(20 * 60)), start + 41 * MIN)
+            .unwrap();
+        assert_eq!(report.metric, 12);
+        // Six pids had points only in the expired chunks; the CPU series and the seventh pid
+        // still have rows.
+        assert_eq!(report.metric_series_pruned, 6);
+        assert_eq!(layout_of(&store)["series"], 2);
+        // A pruned series that sends again is a series again, with its points readable.
+        store
+            .commit_batches(&[round(0, start + 42 * MIN, 8)])
+            .unwrap();
+        assert_eq!(layout_of(&store)["series"], 3);
+        let again = everything(&store, Some("a"), "process.threads");
+        assert_eq!(again.len(), 2, "{again:?}");
+        assert!(
+            again.iter().all(|(_, points)| points.len() == 1),
+            "{again:?}"
         );
     }
 
