@@ -25,8 +25,26 @@ pub struct AggregatorConfig {
     pub ingest: IngestSection,
     pub fleet: FleetSection,
     pub retention: RetentionSection,
+    pub store: StoreSection,
     pub api: ApiSection,
     pub log: LogConfig,
+}
+
+/// `[store]`: how the embedded store keeps what it stores.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreSection {
+    /// Index logs by agent and time, so that a search of one host over a time range seeks
+    /// instead of scanning. It costs about a fifth of the rate at which logs can be stored
+    /// (BENCHMARKS.md); an aggregator bound by log ingest that does not search that way can turn
+    /// it off. Changed at the next start (building the index over many logs takes a while).
+    pub log_index: bool,
+}
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        StoreSection { log_index: true }
+    }
 }
 
 impl Default for AggregatorConfig {
@@ -38,6 +56,7 @@ impl Default for AggregatorConfig {
             ingest: IngestSection::default(),
             fleet: FleetSection::default(),
             retention: RetentionSection::default(),
+            store: StoreSection::default(),
             api: ApiSection::default(),
             log: LogConfig::default(),
         }

@@ -21,6 +21,9 @@ pub fn open_store(v: &Validated) -> anyhow::Result<Arc<SqliteStore>> {
         .with_context(|| format!("{}: cannot create the data directory", dir.display()))?;
     let store = SqliteStore::open(&v.store_path())
         .with_context(|| format!("{}: cannot open the store", v.store_path().display()))?;
+    store
+        .set_log_index(v.config.store.log_index)
+        .with_context(|| format!("{}: store.log_index", v.store_path().display()))?;
     Ok(Arc::new(store))
 }
 

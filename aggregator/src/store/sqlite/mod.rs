@@ -191,6 +191,43 @@ impl SqliteStore {
         &self.path
     }
 
+    /// Keeps the index of logs by agent and time (`[store] log_index`), or drops it: building
+    /// it reads every stored log record, so it is logged.
+    pub fn set_log_index(&self, on: bool) -> Result<(), StoreError> {
+        let state = self.lock_write();
+        let context = |e| StoreError::backend("changing the index of logs by agent and time", e);
+        let present: bool = state
+            .conn
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM sqlite_master
+                 WHERE type = 'index' AND name = 'logs_agent_time')",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(context)?;
+        match (on, present) {
+            (true, false) => {
+                tracing::info!("Building the index of logs by agent and time (store.log_index).");
+                state
+                    .conn
+                    .execute_batch(schema::LOG_INDEX)
+                    .map_err(context)?;
+                tracing::info!("Built the index of logs by agent and time.");
+            }
+            (false, true) => {
+                state
+                    .conn
+                    .execute_batch("DROP INDEX logs_agent_time")
+                    .map_err(context)?;
+                tracing::info!(
+                    "Dropped the index of logs by agent and time (store.log_index = false)."
+                );
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
     /// Count of stored events of a kind (optionally for one agent), for tests and benchmarks.
     pub fn count_events(&self, kind: EventKind, agent_id: Option<&str>) -> Result<u64, StoreError> {
         let conn = lock(&self.read);

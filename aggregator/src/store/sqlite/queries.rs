@@ -415,6 +415,47 @@ mod tests {
         let by_id = plan(false);
         assert!(!by_id.contains("logs_agent_time"), "{by_id}");
         assert!(by_id.contains("INTEGER PRIMARY KEY"), "{by_id}");
+
+        // Without the index (`[store] log_index = false`) the same search walks the ids, and
+        // finds the same records.
+        let t = T0;
+        commit(
+            &store,
+            &[
+                batch("a", 1, 1, vec![log(t, 10), log(t + 5, 10)]),
+                batch("b", 1, 1, vec![log(t + 1, 10)]),
+            ],
+        );
+        let one_host = EventQuery {
+            kind: Some(EventKind::Log),
+            agent_id: Some("a".to_owned()),
+            time_ns: Some(t + 1..t + 10),
+            ..EventQuery::default()
+        };
+        let with_index = store.events(&one_host).unwrap();
+        assert_eq!(with_index.events.len(), 1);
+        store.set_log_index(false).unwrap();
+        let conn = rusqlite::Connection::open(store.path()).unwrap();
+        let mut stmt = conn
+            .prepare(&format!(
+                "EXPLAIN QUERY PLAN {}",
+                select_sql(EventKind::Log, true)
+            ))
+            .unwrap();
+        let without: Vec<String> = stmt
+            .query_map(params![0, 10, 1, 0, 10, 5], |r| r.get::<_, String>(3))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert!(
+            !without.join("; ").contains("logs_agent_time"),
+            "{without:?}"
+        );
+        assert_eq!(store.events(&one_host).unwrap(), with_index);
+        // Turning it back on makes it again; asking twice changes nothing.
+        store.set_log_index(true).unwrap();
+        store.set_log_index(true).unwrap();
+        assert!(plan(true).contains("logs_agent_time"));
     }
 
     #[test]

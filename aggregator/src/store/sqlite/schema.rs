@@ -264,6 +264,10 @@ CREATE VIEW metrics (id, agent_key, time_ns, received_ns, name, kind, value, att
 CREATE INDEX logs_agent_time ON logs (agent_key, time_ns);
 ";
 
+/// The index of logs by agent and time, as schema 8 creates it; `[store] log_index = false`
+/// drops it and `true` makes it again.
+pub(super) const LOG_INDEX: &str = "CREATE INDEX logs_agent_time ON logs (agent_key, time_ns);";
+
 /// The schema version this build writes and reads.
 pub(super) fn current_version() -> i64 {
     MIGRATIONS.len() as i64
