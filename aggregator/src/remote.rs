@@ -366,6 +366,11 @@ fn collect(
     }
 }
 
+/// A text field of an API item for a table: `-` when absent, control characters blanked.
+fn cell(v: &Value) -> String {
+    v.as_str().map_or_else(|| "-".to_owned(), fleet::printable)
+}
+
 /// The query parameters that have a value.
 fn present<const N: usize>(
     pairs: [(&'static str, Option<String>); N],
@@ -424,7 +429,6 @@ pub fn logs(
         )?;
         return Ok(());
     }
-    let text = |v: &Value| v.as_str().map_or_else(|| "-".to_owned(), fleet::printable);
     let rows: Vec<Vec<String>> = items
         .iter()
         .map(|i| {
@@ -432,10 +436,10 @@ pub fn logs(
                 i["time_ns"]
                     .as_i64()
                     .map_or_else(|| "-".to_owned(), outpost_common::time::format_rfc3339),
-                text(&i["agent_id"]),
-                text(&i["source"]),
-                text(&i["severity"]),
-                text(&i["body"]),
+                cell(&i["agent_id"]),
+                cell(&i["source"]),
+                cell(&i["severity"]),
+                cell(&i["body"]),
             ]
         })
         .collect();
@@ -478,7 +482,6 @@ pub fn fim_changes(
         writeln!(out, "{}", Value::Array(items))?;
         return Ok(());
     }
-    let text = |v: &Value| v.as_str().map_or_else(|| "-".to_owned(), fleet::printable);
     let rows: Vec<Vec<String>> = items
         .iter()
         .map(|i| {
@@ -495,12 +498,12 @@ pub fn fim_changes(
                     },
                 );
             vec![
-                text(&i["time"]),
-                text(&i["agent_id"]),
-                text(&i["change"]),
-                text(&i["path"]),
+                cell(&i["time"]),
+                cell(&i["agent_id"]),
+                cell(&i["change"]),
+                cell(&i["path"]),
                 changed,
-                text(&i["moved_from"]),
+                cell(&i["moved_from"]),
             ]
         })
         .collect();

@@ -48,20 +48,24 @@ pub(crate) mod tests_support {
     use super::{Api, ApiConfig};
     use crate::store::{RegistryUpdate, SqliteStore, StateStore};
 
-    pub fn api_over(
-        cache: super::fleet_view::Cache,
-    ) -> (tempfile::TempDir, Arc<SqliteStore>, Arc<Api>) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(SqliteStore::open(&dir.path().join("store.db")).unwrap());
-        let config = ApiConfig {
+    /// The settings the API's tests start from.
+    pub fn config() -> ApiConfig {
+        ApiConfig {
             fleet: crate::fleet::FleetPolicy::default(),
             tls_dir: None,
             request_timeout: std::time::Duration::from_secs(30),
             max_body: 4096,
             requests_per_sec_per_token: 1000,
             requests_per_sec_per_address: 1000,
-        };
-        let api = Api::new(store.clone(), &config);
+        }
+    }
+
+    pub fn api_over(
+        cache: super::fleet_view::Cache,
+    ) -> (tempfile::TempDir, Arc<SqliteStore>, Arc<Api>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(&dir.path().join("store.db")).unwrap());
+        let api = Api::new(store.clone(), &config());
         let api = Arc::new(Api {
             fleet_cache: cache,
             ..Arc::try_unwrap(api).unwrap_or_else(|_| unreachable!("one owner"))

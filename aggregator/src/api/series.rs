@@ -120,8 +120,7 @@ pub(crate) fn parse(raw: &str, now_ns: i64) -> Result<MetricQuery, ApiError> {
             matchers.push(Matcher::parse(&value).map_err(|e| {
                 ApiError::bad_parameter("match", format!("query parameter `match`: {e}"))
             })?);
-        } else if let Some(first) = one.insert(key.clone(), value) {
-            let _ = first;
+        } else if one.insert(key.clone(), value).is_some() {
             return Err(ApiError::bad_parameter(
                 param_name(&key),
                 format!("query parameter `{key}` is given more than once"),

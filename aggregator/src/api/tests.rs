@@ -4,7 +4,6 @@
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::connect_info::MockConnectInfo;
@@ -30,16 +29,7 @@ struct Harness {
     viewer: String,
 }
 
-fn config() -> ApiConfig {
-    ApiConfig {
-        fleet: FleetPolicy::default(),
-        tls_dir: None,
-        request_timeout: Duration::from_secs(30),
-        max_body: 4096,
-        requests_per_sec_per_token: 1000,
-        requests_per_sec_per_address: 1000,
-    }
-}
+use super::tests_support::config;
 
 fn harness_with(config: &ApiConfig) -> Harness {
     harness_limited(config, None)

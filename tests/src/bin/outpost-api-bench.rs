@@ -507,6 +507,38 @@ fn round_points(template: &[Family], values: &mut [Vec<f64>], rng: &mut u64, t: 
     events
 }
 
+/// The hosts' values of the template, moving round by round.
+struct Rounds<'t> {
+    template: &'t [Family],
+    /// Per host, per family, per point: the last value.
+    values: Vec<Vec<Vec<f64>>>,
+    rngs: Vec<u64>,
+    /// The shortest family interval: one round.
+    tick: i64,
+}
+
+impl<'t> Rounds<'t> {
+    fn new(template: &'t [Family], hosts: usize) -> Self {
+        Rounds {
+            template,
+            values: (0..hosts)
+                .map(|_| template.iter().map(|f| vec![0.0; f.points.len()]).collect())
+                .collect(),
+            rngs: (0..hosts as u64).map(|h| h * 7919 + 1).collect(),
+            tick: template
+                .iter()
+                .map(|f| f.interval_ns)
+                .min()
+                .unwrap_or(10 * SEC),
+        }
+    }
+
+    /// Host `h`'s points of the round at `t`.
+    fn host(&mut self, h: usize, t: i64) -> Vec<Event> {
+        round_points(self.template, &mut self.values[h], &mut self.rngs[h], t)
+    }
+}
+
 /// Stores `hosts` × `start..end` of the template through commit and compaction; the points.
 fn fill_metrics(
     store: &SqliteStore,
@@ -515,25 +547,17 @@ fn fill_metrics(
     start: i64,
     end: i64,
 ) -> anyhow::Result<u64> {
-    let tick = template
-        .iter()
-        .map(|f| f.interval_ns)
-        .min()
-        .unwrap_or(10 * SEC);
+    let mut rounds = Rounds::new(template, hosts);
     let retention = Retention::default();
-    let mut values: Vec<Vec<Vec<f64>>> = (0..hosts)
-        .map(|_| template.iter().map(|f| vec![0.0; f.points.len()]).collect())
-        .collect();
-    let mut rngs: Vec<u64> = (0..hosts as u64).map(|h| h * 7919 + 1).collect();
     let mut stored = 0u64;
     let mut seq = 0u64;
     let mut next_pass = start + 60 * SEC;
-    let mut t = start - start.rem_euclid(tick);
+    let mut t = start - start.rem_euclid(rounds.tick);
     while t < end {
         seq += 1;
         let batches: Vec<IncomingBatch> = (0..hosts)
             .map(|h| {
-                let events = round_points(template, &mut values[h], &mut rngs[h], t);
+                let events = rounds.host(h, t);
                 stored += events.len() as u64;
                 IncomingBatch {
                     agent_id: format!("host-{h:03}"),
@@ -553,7 +577,7 @@ fn fill_metrics(
             store.enforce_retention(&retention, t)?;
             next_pass += 60 * SEC;
         }
-        t += tick;
+        t += rounds.tick;
     }
     // The last spans pack too once their time has passed.
     store.enforce_retention(&retention, end + 2 * 3600 * SEC)?;
@@ -577,17 +601,9 @@ fn fill_old_layout(
             received_ns INTEGER NOT NULL, name TEXT NOT NULL, kind TEXT NOT NULL, value REAL,
             attributes TEXT, unit TEXT NOT NULL DEFAULT '');",
     )?;
-    let tick = template
-        .iter()
-        .map(|f| f.interval_ns)
-        .min()
-        .unwrap_or(10 * SEC);
-    let mut values: Vec<Vec<Vec<f64>>> = (0..hosts)
-        .map(|_| template.iter().map(|f| vec![0.0; f.points.len()]).collect())
-        .collect();
-    let mut rngs: Vec<u64> = (0..hosts as u64).map(|h| h * 7919 + 1).collect();
+    let mut rounds = Rounds::new(template, hosts);
     let mut stored = 0u64;
-    let mut t = start - start.rem_euclid(tick);
+    let mut t = start - start.rem_euclid(rounds.tick);
     while t < end {
         let tx = conn.transaction()?;
         {
@@ -596,7 +612,7 @@ fn fill_old_layout(
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?;
             for h in 0..hosts {
-                for e in round_points(template, &mut values[h], &mut rngs[h], t) {
+                for e in rounds.host(h, t) {
                     let Event::Metric(m) = e else { continue };
                     let attributes = (!m.attributes.is_empty()).then(|| {
                         serde_json::Value::Object(
@@ -627,7 +643,7 @@ fn fill_old_layout(
             }
         }
         tx.commit()?;
-        t += tick;
+        t += rounds.tick;
     }
     Ok(stored)
 }

@@ -28,6 +28,8 @@ use crate::store::{RetentionReport, StoreError};
 /// Series one compaction transaction packs (each with at most a span of points), so a waiting
 /// commit is held up by milliseconds only.
 const COMPACT_SERIES_PER_TX: i64 = 256;
+/// Chunks one expiry transaction deletes at most.
+const EXPIRE_CHUNKS_PER_TX: i64 = 500;
 /// The head's rows are indexed by the minute they were received in.
 pub(super) const BUCKET_NS: i64 = 60_000_000_000;
 
@@ -50,8 +52,6 @@ fn head_buckets(conn: &Connection, upto: i64) -> rusqlite::Result<Vec<i64>> {
     .query_map([upto], |r| r.get(0))?
     .collect()
 }
-/// Chunks one expiry transaction deletes at most.
-const EXPIRE_CHUNKS_PER_TX: i64 = 500;
 
 impl SqliteStore {
     /// Packs every head point received before `before_ns` into chunks, a group of series per
@@ -376,7 +376,6 @@ fn series_points(
     let mut rows = chunks
         .query(params![series_id, range.start, range.end])
         .map_err(backend)?;
-    let mut sorted = true;
     while let Some(r) = rows.next().map_err(backend)? {
         let blob = r.get_ref(0).map_err(backend)?.as_blob().map_err(|e| {
             backend(rusqlite::Error::FromSqlConversionFailure(
@@ -387,7 +386,6 @@ fn series_points(
         })?;
         let decoded = chunk::decode(blob, false)
             .map_err(|e| StoreError::backend(format!("{} (series {series_id})", context()), e))?;
-        let before = points.len();
         points.extend(
             decoded
                 .times
@@ -395,7 +393,6 @@ fn series_points(
                 .zip(decoded.values)
                 .filter(|(t, _)| range.contains(t)),
         );
-        sorted &= before == 0;
     }
     let from_head = match &head.sql {
         None => Vec::new(),
@@ -409,12 +406,10 @@ fn series_points(
             })
             .map_err(backend)?,
     };
-    // By minute, then time: in time order only within one minute.
-    let from_head_sorted = from_head.is_sorted_by_key(|&(t, _)| t);
-    sorted &= from_head_sorted;
-    sorted &= points.is_empty() || from_head.is_empty();
     points.extend(from_head);
-    if !sorted {
+    // Usually in order already (one chunk, or rows of one minute); chunks that overlap, late
+    // points and rows of several minutes are not.
+    if !points.is_sorted_by_key(|&(t, _)| t) {
         points.sort_by_key(|&(t, _)| t);
     }
     Ok(points)
