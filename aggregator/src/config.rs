@@ -453,4 +453,25 @@ mod tests {
             .to_string();
         assert!(e.contains("above zero"), "{e}");
     }
+
+    #[test]
+    fn store_and_metric_packing_options_are_read_and_checked() {
+        let v =
+            load(write("[store]\nlog_index = false\n[retention]\nmetric_chunk = \"1h\"\n").path())
+                .unwrap();
+        assert!(!v.config.store.log_index);
+        assert_eq!(v.config.retention.metric_chunk, Duration::from_secs(3600));
+        assert!(AggregatorConfig::default().store.log_index);
+        let e = load(write("[retention]\nmetric_chunk = \"0s\"\n").path())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("retention.metric_chunk") && e.contains("above zero"),
+            "{e}"
+        );
+        let e = load(write("[store]\nlog_indexes = true\n").path())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("log_indexes"), "{e}");
+    }
 }
