@@ -36,13 +36,25 @@ pub fn decode_frame(data: &[u8]) -> bool {
     let mut accepted = false;
     if let Ok(msg) = wire::decode_frame(data, FRAME_LIMIT) {
         assert_stable(&msg);
+        unpack(msg);
         accepted = true;
     }
     if let Ok(msg) = wire::decode(data) {
         assert_stable(&msg);
+        unpack(msg);
         accepted = true;
     }
     accepted
+}
+
+/// Unpacks a compressed batch as the aggregator does: never a panic, never more memory than the
+/// limit; a batch it accepts holds events that encode.
+fn unpack(msg: Message) {
+    if let Message::PackedBatch(packed) = msg
+        && let Ok(batch) = packed.unpack(FRAME_LIMIT)
+    {
+        assert_stable(&Message::Batch(batch));
+    }
 }
 
 /// Decodes `data` as the encoded event list of a batch, and checks that a batch frame built
@@ -220,7 +232,25 @@ fn sample_messages() -> Vec<Message> {
             sent_ns: 1_700_000_003_000_000_000,
             status: sample_status(),
         }),
+        sample_packed_batch(),
     ]
+}
+
+fn sample_packed_batch() -> Message {
+    let events: Vec<Event> = sample_events().into_iter().cycle().take(40).collect();
+    let raw = wire::encode_events(&events).expect("sample events encode");
+    let data = wire::Packer::new(wire::Codec::Zstd)
+        .and_then(|mut p| p.pack(&raw))
+        .expect("sample events compress")
+        .expect("repeated events shrink");
+    Message::PackedBatch(wire::PackedBatch {
+        seq: 44,
+        low_water_seq: 40,
+        created_ns: 1_700_000_004_000_000_000,
+        codec: wire::Codec::Zstd,
+        raw_bytes: u32::try_from(raw.len()).expect("small"),
+        data,
+    })
 }
 
 /// A small deterministic random source (SplitMix64), so a run is reproducible from its seed

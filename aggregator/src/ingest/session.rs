@@ -240,6 +240,15 @@ impl Session {
         };
         match message {
             Message::Batch(batch) => self.batch(now, stream, spool_id, batch),
+            Message::PackedBatch(packed) => {
+                let seq = packed.seq;
+                match packed.unpack(self.config.max_frame_bytes) {
+                    Ok(batch) => self.batch(now, stream, spool_id, batch),
+                    // The frame was read, so the seq is known: the batch is refused, not the
+                    // connection.
+                    Err(e) => self.refuse(stream, seq, RejectCode::Invalid, &e.to_string()),
+                }
+            }
             other => {
                 let reason = format!("expected Batch, got {}", other.name());
                 self.violation(now, &reason);
@@ -504,14 +513,7 @@ impl Session {
                 .map(|reason| (RejectCode::Invalid, reason))
         };
         if let Some((code, reason)) = refusal {
-            self.telemetry.emit(BatchRejected {
-                agent_id: &self.agent_id,
-                seq,
-                code,
-                reason: &reason,
-            });
-            let reject = Message::Reject(Reject { seq, code, reason });
-            return self.send(Stream::Batch(stream), reject, true);
+            return self.refuse(stream, seq, code, &reason);
         }
         let events = batch.events.len();
         self.in_flight.insert(stream, InFlight { seq, events });
@@ -526,6 +528,22 @@ impl Session {
                 events: batch.events,
             },
         });
+    }
+
+    /// Answers batch `seq` of `stream` with a refusal.
+    fn refuse(&mut self, stream: BatchStream, seq: u64, code: RejectCode, reason: &str) {
+        self.telemetry.emit(BatchRejected {
+            agent_id: &self.agent_id,
+            seq,
+            code,
+            reason,
+        });
+        let reject = Message::Reject(Reject {
+            seq,
+            code,
+            reason: reason.to_owned(),
+        });
+        self.send(Stream::Batch(stream), reject, true);
     }
 
     /// Hands a registry update to the store, or queues it behind the one already there.
@@ -633,7 +651,7 @@ mod tests {
     use std::time::Duration;
 
     use outpost_common::event::{AgentStatus, Event, LogRecord};
-    use outpost_common::wire::Heartbeat;
+    use outpost_common::wire::{self, Codec, Heartbeat, PackedBatch};
 
     use super::*;
     use crate::ingest::sessions::{Admission, ConnectionId, Sessions};
@@ -997,6 +1015,74 @@ mod tests {
         );
         assert!(sim.session.is_established());
         assert_eq!(sim.counters().batches_rejected, 1);
+    }
+
+    fn packed(batch: &Batch) -> PackedBatch {
+        let raw = wire::encode_events(&batch.events).unwrap();
+        let data = wire::Packer::new(Codec::Zstd)
+            .unwrap()
+            .pack(&raw)
+            .unwrap()
+            .expect("log lines compress");
+        PackedBatch {
+            seq: batch.seq,
+            low_water_seq: batch.low_water_seq,
+            created_ns: batch.created_ns,
+            codec: Codec::Zstd,
+            raw_bytes: u32::try_from(raw.len()).unwrap(),
+            data,
+        }
+    }
+
+    #[test]
+    fn a_packed_batch_is_committed_as_the_batch_it_stands_for() {
+        let mut sim = Sim::established();
+        let batch = log_batch(9, 3, START_NS);
+        let message = Message::PackedBatch(packed(&batch));
+        sim.session
+            .handle_batch(sim.now, BatchStream(2), Ok(message));
+        let jobs = sim.jobs();
+        let [
+            StoreJob::Commit {
+                stream,
+                batch: incoming,
+            },
+        ] = &jobs[..]
+        else {
+            panic!("{jobs:?}");
+        };
+        assert_eq!(*stream, BatchStream(2));
+        assert_eq!((incoming.seq, &incoming.events), (9, &batch.events));
+    }
+
+    #[test]
+    fn a_packed_batch_that_does_not_unpack_is_refused_and_the_session_goes_on() {
+        let mut sim = Sim::established();
+        let good = packed(&log_batch(5, 3, START_NS));
+        let limit = sim.session.config.max_frame_bytes;
+        let mut damaged = good.clone();
+        damaged.data.truncate(damaged.data.len() / 2);
+        let huge = PackedBatch {
+            seq: 6,
+            raw_bytes: limit + 1,
+            ..good.clone()
+        };
+        for (stream, packed) in [(0, damaged), (1, huge)] {
+            let seq = packed.seq;
+            sim.session.handle_batch(
+                sim.now,
+                BatchStream(stream),
+                Ok(Message::PackedBatch(packed)),
+            );
+            let sent = sim.transmits();
+            assert!(
+                matches!(&sent[..], [Transmit { message: Message::Reject(r), .. }] if r.seq == seq && r.code == RejectCode::Invalid),
+                "{sent:?}"
+            );
+        }
+        assert_eq!(sim.jobs(), []);
+        assert!(sim.session.is_established());
+        assert_eq!(sim.counters().batches_rejected, 2);
     }
 
     #[test]
