@@ -138,6 +138,29 @@ pub struct SpoolSection {
     /// log sources pause and metric samples are dropped (counted as `disk_full`). 0 turns the
     /// reserve off.
     pub reserve_bytes: ByteSize,
+    /// How batches are compressed, in the spool and on the wire.
+    pub compression: Compression,
+}
+
+/// `[spool] compression`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// Not at all.
+    None,
+    /// Zstandard at its fastest level.
+    #[default]
+    Zstd,
+}
+
+impl Compression {
+    /// The wire's codec for it.
+    pub fn codec(self) -> outpost_common::wire::Codec {
+        match self {
+            Compression::None => outpost_common::wire::Codec::None,
+            Compression::Zstd => outpost_common::wire::Codec::Zstd,
+        }
+    }
 }
 
 impl Default for SpoolSection {
@@ -147,6 +170,7 @@ impl Default for SpoolSection {
             max_batch_events: 1000,
             max_batch_bytes: ByteSize::mib(1),
             reserve_bytes: ByteSize::b(crate::spool::DEFAULT_RESERVE_BYTES),
+            compression: Compression::default(),
         }
     }
 }
@@ -377,6 +401,26 @@ mod tests {
         assert!(e.contains("labels: label `1st`"), "{e}");
         let f = write(&format!("{base}[labels]\nenv = 3\n"));
         assert!(load(f.path()).is_err());
+    }
+
+    #[test]
+    fn spool_compression_is_zstd_unless_turned_off_and_a_bad_one_is_located() {
+        let base = "[aggregator]\nendpoint = \"quic://agg.example:4433\"\n";
+        let v = load(write(base).path()).unwrap();
+        assert_eq!(v.config.spool.compression, Compression::Zstd);
+        assert_eq!(
+            v.config.spool.compression.codec(),
+            outpost_common::wire::Codec::Zstd
+        );
+        let f = write(&format!("{base}[spool]\ncompression = \"none\"\n"));
+        let v = load(f.path()).unwrap();
+        assert_eq!(
+            v.config.spool.compression.codec(),
+            outpost_common::wire::Codec::None
+        );
+        let f = write(&format!("{base}[spool]\ncompression = \"gzip\"\n"));
+        let e = load(f.path()).unwrap_err().to_string();
+        assert!(e.contains(":4:15") && e.contains("zstd"), "{e}");
     }
 
     #[test]

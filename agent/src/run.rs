@@ -49,6 +49,7 @@ pub fn run(v: Validated) -> anyhow::Result<()> {
         max_batch_bytes: usize::try_from(c.spool.max_batch_bytes.as_u64()).unwrap_or(usize::MAX),
         reserve_bytes: c.spool.reserve_bytes.as_u64(),
         free_space: Arc::new(Statvfs),
+        compression: c.spool.compression.codec(),
     };
     let telemetry = Arc::new(Telemetry::new());
     // Held for the life of the process once taken; see `lock_data_dir`.

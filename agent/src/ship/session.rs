@@ -37,23 +37,26 @@ use governor::nanos::Nanos;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
 use outpost_common::event::DropReason;
-use outpost_common::wire::{RejectCode, Welcome, close_code};
+use outpost_common::wire::{self, RejectCode, Welcome, close_code};
 
 use super::SessionError;
 use crate::spool::StoredBatch;
 
-/// Bytes a Batch frame adds around its events' payload: the `u32` length prefix (4 bytes), then
-/// the bincode header of `Message::Batch`: the variant index (1 byte) and `seq`, `low_water_seq`
-/// and `created_ns` as varints (at most 9 bytes each), 32 in all. The aggregator measures its
-/// frame limit without the length prefix, so this leaves 4 bytes to spare.
-pub const BATCH_FRAME_OVERHEAD_BYTES: usize = 32;
+/// Bytes a batch's frame adds around its events' payload, at most: the `u32` length prefix (4
+/// bytes), then the bincode header of `Message::PackedBatch` (the larger of the two batch
+/// messages, see [`wire::PACKED_BATCH_HEADER_BYTES`]). A compressed payload is smaller than the
+/// list it stands for, so a batch whose list is within the frame limit less this fits the
+/// limit either way.
+pub const BATCH_FRAME_OVERHEAD_BYTES: usize =
+    wire::LENGTH_PREFIX_BYTES + wire::PACKED_BATCH_HEADER_BYTES;
 
 /// The largest batch the aggregator accepts, from its Welcome.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReceiverLimits {
     /// Events in one batch; at least 1.
     pub max_events: u32,
-    /// Bytes of a batch's encoded events, so that its whole frame fits the frame limit.
+    /// Bytes of a batch's encoded events before compression (what the aggregator decodes), so
+    /// that its whole frame fits the frame limit.
     pub max_payload_bytes: usize,
 }
 
@@ -70,7 +73,7 @@ impl ReceiverLimits {
 
     /// Whether the aggregator accepts `batch` as it is.
     pub fn admit(&self, batch: &StoredBatch) -> bool {
-        batch.events <= self.max_events && batch.payload.len() <= self.max_payload_bytes
+        batch.events <= self.max_events && batch.raw_bytes <= self.max_payload_bytes
     }
 }
 
@@ -96,7 +99,8 @@ pub enum Action {
     /// Send this batch on its own stream; its answer goes to [`Session::handle_ack`],
     /// [`Session::handle_reject`] or [`Session::handle_stream_failed`].
     SendBatch(StoredBatch),
-    /// Replace batch `seq` (`events` events, `bytes` payload bytes, more than the receiver takes)
+    /// Replace batch `seq` (`events` events, `bytes` payload bytes before compression, more than
+    /// the receiver takes)
     /// with batches within `max_events` and `max_bytes`. They get seqs above every existing one,
     /// so a later fetch past the cursor finds them.
     SplitBatch {
@@ -299,7 +303,7 @@ impl Session {
                 self.actions.push_back(Action::SplitBatch {
                     seq: batch.seq,
                     events: batch.events,
-                    bytes: batch.payload.len(),
+                    bytes: batch.raw_bytes,
                     max_events: self.receiver.max_events as usize,
                     max_bytes: self.receiver.max_payload_bytes,
                 });

@@ -48,6 +48,8 @@ fn stored(seq: u64, events: u32) -> StoredBatch {
         events,
         low_water_seq: 1,
         payload: vec![0; events as usize * EVENT_BYTES],
+        codec: wire::Codec::None,
+        raw_bytes: events as usize * EVENT_BYTES,
     }
 }
 
@@ -717,11 +719,22 @@ fn the_frame_overhead_covers_the_largest_batch_header() {
         (1, 1, 0),
     ] {
         let frame = wire::encode_batch_frame(seq, low_water, created_ns, &payload).unwrap();
-        assert!(
-            frame.len() - payload.len() <= BATCH_FRAME_OVERHEAD_BYTES,
-            "{} bytes of overhead",
-            frame.len() - payload.len()
-        );
+        let packed = wire::encode_packed_batch_frame(
+            seq,
+            low_water,
+            created_ns,
+            wire::Codec::Zstd,
+            u32::MAX,
+            &payload,
+        )
+        .unwrap();
+        for frame in [frame, packed] {
+            assert!(
+                frame.len() - payload.len() <= BATCH_FRAME_OVERHEAD_BYTES,
+                "{} bytes of overhead",
+                frame.len() - payload.len()
+            );
+        }
     }
 }
 
@@ -732,11 +745,21 @@ fn receiver_limits_admit_only_batches_whose_frame_fits() {
     assert_eq!(limits.max_payload_bytes, max_payload);
     let batch = |events, bytes| StoredBatch {
         payload: vec![0; bytes],
+        raw_bytes: bytes,
         ..stored(1, events)
     };
     assert!(limits.admit(&batch(100, max_payload)));
     assert!(!limits.admit(&batch(101, 10)));
     assert!(!limits.admit(&batch(1, max_payload + 1)));
+    // A compressed batch is judged by its size before compression, what the aggregator decodes.
+    let packed = |raw_bytes| StoredBatch {
+        payload: vec![0; 10],
+        codec: wire::Codec::Zstd,
+        raw_bytes,
+        ..stored(1, 100)
+    };
+    assert!(limits.admit(&packed(max_payload)));
+    assert!(!limits.admit(&packed(max_payload + 1)));
 
     let zero = ReceiverLimits::from_welcome(&welcome(8, 0, 10));
     assert_eq!((zero.max_events, zero.max_payload_bytes), (1, 0));

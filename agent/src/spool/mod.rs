@@ -16,7 +16,11 @@
 //! - Batches are packed within the configured limits, lowered to what the aggregator announces
 //!   ([`Spool::set_batch_limits`]); a batch packed before the aggregator's limits were known is
 //!   split to fit them rather than dropped.
-//! - The payload bytes of unacknowledged batches are capped ([`SpoolConfig::max_bytes`]). When a
+//! - A batch's payload is stored as it travels: compressed ([`SpoolConfig::compression`], zstd
+//!   in the agent's default configuration) when that makes it smaller, so a batch is compressed
+//!   once, when it is written, and its bytes are written, read back and sent as they are. The
+//!   batch limits apply to the payload before compression (what the aggregator decodes).
+//! - The payload bytes of unacknowledged batches, as stored, are capped ([`SpoolConfig::max_bytes`]). When a
 //!   submission does not fit, sources that can wait ([`Class::Wait`]) get [`SubmitOutcome::Full`]
 //!   and nothing is written; sources that cannot ([`Class::Drop`]) evict the oldest evictable
 //!   batches or, failing that, lose the new submission. Every drop is counted in the same
@@ -64,7 +68,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use outpost_common::event::{DropCounters, DropReason, Event};
-use outpost_common::wire::{self, WireError};
+use outpost_common::wire::{self, Codec, Packer, WireError};
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 
 use self::disk::{DiskCap, Reserve};
@@ -106,10 +110,11 @@ const VACUUM_MIN_PAGES_ROOMY: u64 = 256;
 const VACUUM_FREE_PER_LIVE_PAGE: u64 = 8;
 
 /// The schema this build writes, kept in SQLite's `user_version`.
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
 
 /// Migrations, by the version they start from: version 2 added the `spool_write_failed` counter,
-/// version 3 the sources' keyed state, version 4 the `disk_full` counter. (Turning on
+/// version 3 the sources' keyed state, version 4 the `disk_full` counter, version 5 compressed
+/// payloads (a batch's `codec` and `raw_bytes`). (Turning on
 /// `auto_vacuum` needs a `VACUUM` outside any transaction, so it is a step of its own, see
 /// [`enable_auto_vacuum`].)
 const MIGRATIONS: &[(i64, &str)] = &[
@@ -129,6 +134,11 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (
         3,
         "ALTER TABLE spool ADD COLUMN disk_full INTEGER NOT NULL DEFAULT 0;",
+    ),
+    (
+        4,
+        "ALTER TABLE batches ADD COLUMN codec INTEGER NOT NULL DEFAULT 0;
+         ALTER TABLE batches ADD COLUMN raw_bytes INTEGER;",
     ),
 ];
 
@@ -163,7 +173,9 @@ const SCHEMA: &str = "
         created_ns INTEGER NOT NULL,
         class INTEGER NOT NULL,
         events INTEGER NOT NULL,
-        payload BLOB NOT NULL
+        payload BLOB NOT NULL,
+        codec INTEGER NOT NULL DEFAULT 0,
+        raw_bytes INTEGER
     );
     CREATE TABLE checkpoints (
         source TEXT PRIMARY KEY,
@@ -195,6 +207,10 @@ pub struct SpoolConfig {
     pub reserve_bytes: u64,
     /// Where the free space on the disk comes from: [`Statvfs`], or a fake in tests.
     pub free_space: Arc<dyn FreeSpace>,
+    /// How batch payloads are compressed, on disk and on the wire. A payload the codec does not
+    /// make smaller is kept as it is. Batches are packed to the limits by their size before
+    /// compression (what the aggregator decodes); the cap counts the bytes stored.
+    pub compression: Codec,
 }
 
 impl SpoolConfig {
@@ -207,6 +223,7 @@ impl SpoolConfig {
             max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
             reserve_bytes: DEFAULT_RESERVE_BYTES,
             free_space: Arc::new(Statvfs),
+            compression: Codec::None,
         }
     }
 
@@ -339,8 +356,22 @@ pub struct StoredBatch {
     /// (and deleted) or dropped, so it is never sent again. Sent along so the aggregator may
     /// forget older deduplication entries.
     pub low_water_seq: u64,
-    /// The events as [`wire::encode_events`] wrote them.
+    /// The events as [`wire::encode_events`] wrote them, compressed with `codec`.
     pub payload: Vec<u8>,
+    pub codec: Codec,
+    /// The payload's length before compression (its length when `codec` is [`Codec::None`]).
+    pub raw_bytes: usize,
+}
+
+impl StoredBatch {
+    /// Its events, decompressed and decoded.
+    pub fn events(&self) -> Result<Vec<Event>, WireError> {
+        wire::decode_events(&wire::unpack_events(
+            self.codec,
+            &self.payload,
+            self.raw_bytes,
+        )?)
+    }
 }
 
 /// The spool's state, for status reports.
@@ -442,6 +473,7 @@ pub struct Spool {
     reserve: Reserve,
     trouble: Option<Trouble>,
     reporter: Box<dyn DiskReporter>,
+    packer: Packer,
 }
 
 /// Whether a commit waits for the disk: SQLite's `synchronous` setting in WAL mode.
@@ -502,6 +534,8 @@ struct EncodedBatch {
     class: Class,
     events: u32,
     payload: Vec<u8>,
+    codec: Codec,
+    raw_bytes: usize,
 }
 
 impl Spool {
@@ -539,6 +573,7 @@ impl Spool {
             bytes: config.max_batch_bytes,
         };
         let reserve = Reserve::new(config.reserve_path(), config.reserve_bytes);
+        let packer = Packer::new(config.compression).map_err(encode_error(path))?;
         let mut spool = Spool {
             conn,
             config,
@@ -550,6 +585,7 @@ impl Spool {
             reserve,
             trouble: None,
             reporter: Box::new(NoReporter),
+            packer,
         };
         spool.recheck();
         Ok(spool)
@@ -748,13 +784,13 @@ impl Spool {
             .ok_or_else(|| corrupt(path, format!("batch {seq} vanished")))?;
         next.remove(size);
         let mut oversized = 0;
-        let written = match wire::decode_events(&batch.payload) {
+        let written = match batch.events() {
             Ok(events) => {
                 let (encoded, sizes) = encode_each(&events, path)?;
                 let repacked = plan::repack(class, &encoded, &sizes, limits);
                 oversized = repacked.oversized;
                 next.drops.add(DropReason::Oversized, oversized);
-                let encoded = payloads(repacked.batches, path)?;
+                let encoded = payloads(repacked.batches, &mut self.packer, path)?;
                 insert_batches(&tx, path, &mut next, batch.created_ns, &encoded)?
             }
             Err(error) => {
@@ -1105,7 +1141,7 @@ impl Spool {
         if plan.writes_nothing() {
             return Ok(plan.decisions);
         }
-        let encoded = payloads(std::mem::take(&mut plan.batches), path)?;
+        let encoded = payloads(std::mem::take(&mut plan.batches), &mut self.packer, path)?;
 
         let mut next = self.state.clone();
         let tx = begin(&mut self.conn, &mut self.sync, Sync::Full, path)?;
@@ -1485,15 +1521,19 @@ fn insert_batch(
     batch: &EncodedBatch,
 ) -> Result<(), SpoolError> {
     tx.prepare_cached(
-        "INSERT INTO batches (seq, created_ns, class, events, payload) VALUES (?1, ?2, ?3, ?4, ?5)",
+        "INSERT INTO batches (seq, created_ns, class, events, payload, codec, raw_bytes)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )
     .and_then(|mut stmt| {
+        let packed = batch.codec != Codec::None;
         stmt.execute(params![
             int(seq)?,
             created_ns,
             batch.class.code(),
             batch.events,
-            batch.payload
+            batch.payload,
+            codec_code(batch.codec),
+            packed.then(|| int(batch.raw_bytes as u64)).transpose()?,
         ])
     })
     .map_err(sql(path, "cannot write a batch"))
@@ -1526,31 +1566,46 @@ fn read_batches(
     limit: usize,
 ) -> Result<Vec<(StoredBatch, Class)>, SpoolError> {
     let after = i64::try_from(after_seq).unwrap_or(i64::MAX);
-    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    // No `LIMIT ?`: SQLite prepares a statement again when a bound limit moves between values
+    // that change its plan (to or from 1, say), which the shipper's varying limits did on most
+    // reads. Stepping stops after `limit` rows all the same.
     let mut stmt = conn
         .prepare_cached(
-            "SELECT seq, created_ns, events, payload, class FROM batches
-             WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+            "SELECT seq, created_ns, events, payload, class, codec, raw_bytes FROM batches
+             WHERE seq > ?1 ORDER BY seq",
         )
         .map_err(sql(path, "cannot read batches"))?;
     let rows = stmt
-        .query_map([after, limit], |row| {
+        .query_map([after], |row| {
             let class = if row.get::<_, i64>(4)? == Class::Drop.code() {
                 Class::Drop
             } else {
                 Class::Wait
+            };
+            let payload: Vec<u8> = row.get(3)?;
+            let codec = codec_from(row.get(5)?).ok_or_else(|| {
+                rusqlite::Error::IntegralValueOutOfRange(5, row.get(5).unwrap_or_default())
+            })?;
+            let raw_bytes: Option<i64> = row.get(6)?;
+            let raw_bytes = match raw_bytes {
+                Some(_) => usize::try_from(get_u64(row, 6)?)
+                    .map_err(|_| rusqlite::Error::IntegralValueOutOfRange(6, i64::MAX))?,
+                None => payload.len(),
             };
             let batch = StoredBatch {
                 seq: get_u64(row, 0)?,
                 created_ns: row.get(1)?,
                 events: row.get(2)?,
                 low_water_seq: 0,
-                payload: row.get(3)?,
+                payload,
+                codec,
+                raw_bytes,
             };
             Ok((batch, class))
         })
         .map_err(sql(path, "cannot read batches"))?;
-    rows.collect::<Result<Vec<_>, _>>()
+    rows.take(limit)
+        .collect::<Result<Vec<_>, _>>()
         .map_err(sql(path, "cannot read batches"))
 }
 
@@ -1583,25 +1638,54 @@ fn encode_error(path: &Path) -> impl Fn(WireError) -> SpoolError + '_ {
     }
 }
 
-/// The payloads of planned batches, in order.
+/// The payloads of planned batches, in order, compressed by `packer` where that makes them
+/// smaller.
 ///
 /// The planner packs by the sum of the events' sizes as one-event lists, and a list of `n` events
-/// is at most that long, so each payload is within the byte limit the batch was packed to.
-fn payloads(batches: Vec<PlannedBatch>, path: &Path) -> Result<Vec<EncodedBatch>, SpoolError> {
+/// is at most that long, so each payload is within the byte limit the batch was packed to before
+/// compression, and no larger after.
+fn payloads(
+    batches: Vec<PlannedBatch>,
+    packer: &mut Packer,
+    path: &Path,
+) -> Result<Vec<EncodedBatch>, SpoolError> {
     batches
         .into_iter()
         .map(|batch| {
-            let payload =
+            let raw =
                 wire::events_payload(batch.events, &batch.body).map_err(encode_error(path))?;
+            let raw_bytes = raw.len();
+            let (payload, codec) = match packer.pack(&raw).map_err(encode_error(path))? {
+                Some(packed) => (packed, packer.codec()),
+                None => (raw, Codec::None),
+            };
             Ok(EncodedBatch {
                 class: batch.class,
                 // The planner caps a batch at `max_batch_events`, which `validate` keeps within
                 // u32 (and `split_batch` clamps its limit to).
                 events: u32::try_from(batch.events).unwrap_or(u32::MAX),
                 payload,
+                codec,
+                raw_bytes,
             })
         })
         .collect()
+}
+
+/// A codec as the `codec` column keeps it.
+fn codec_code(codec: Codec) -> i64 {
+    match codec {
+        Codec::None => 0,
+        Codec::Zstd => 1,
+    }
+}
+
+fn codec_from(code: i64) -> Option<Codec> {
+    match code {
+        0 => Some(Codec::None),
+        1 => Some(Codec::Zstd),
+        _ => None,
+    }
 }
 
 fn add_drops(into: &mut DropCounters, delta: &DropCounters) {

@@ -30,11 +30,7 @@ fn id_of(event: &Event) -> u64 {
 }
 
 fn ids(batch: &StoredBatch) -> Vec<u64> {
-    wire::decode_events(&batch.payload)
-        .unwrap()
-        .iter()
-        .map(id_of)
-        .collect()
+    batch.events().unwrap().iter().map(id_of).collect()
 }
 
 fn encoded_size(event: &Event) -> usize {
@@ -54,6 +50,7 @@ fn config(path: &Path, max_bytes: u64) -> SpoolConfig {
         max_batch_bytes: MAX_BATCH_BYTES,
         reserve_bytes: RESERVE_BYTES,
         free_space: Arc::new(Statvfs),
+        compression: Codec::None,
     }
 }
 
@@ -158,7 +155,7 @@ fn events_are_packed_within_the_limits_and_classes_never_mix() {
     assert_eq!(drop_ids, [100, 101, 102]);
     assert_eq!(spool.checkpoint("a").unwrap(), Some(b"2".to_vec()));
     assert_eq!(spool.stats().events, 12);
-    let decoded = wire::decode_events(&batches[0].0.payload).unwrap();
+    let decoded = batches[0].0.events().unwrap();
     assert_eq!(
         decoded,
         events(1, 3)
@@ -485,6 +482,8 @@ fn a_spool_of_the_first_schema_is_migrated_and_keeps_its_data() {
              DROP TABLE spool;
              ALTER TABLE old RENAME TO spool;
              DROP TABLE source_state;
+             ALTER TABLE batches DROP COLUMN codec;
+             ALTER TABLE batches DROP COLUMN raw_bytes;
              PRAGMA user_version = 1;",
         )
         .unwrap();
@@ -1776,6 +1775,8 @@ fn a_spool_without_auto_vacuum_is_migrated_on_open() {
         conn.execute_batch(
             "PRAGMA auto_vacuum = NONE; VACUUM;
              ALTER TABLE spool DROP COLUMN disk_full;
+             ALTER TABLE batches DROP COLUMN codec;
+             ALTER TABLE batches DROP COLUMN raw_bytes;
              PRAGMA user_version = 3;",
         )
         .unwrap();
@@ -1826,4 +1827,117 @@ fn a_write_that_overruns_a_tight_disk_holds_wait_sources_instead_of_failing_them
     assert_eq!((stats.events, stats.drops.disk_full), (4, 40));
     assert_eq!(spool.checkpoint("log").unwrap(), Some(b"4".to_vec()));
     assert_eq!(heard.names(), ["reserve released", "trouble: disk full"]);
+}
+
+/// Log lines much alike, as a file's are: zstd takes them in a fraction of their bytes.
+fn log_lines(first: u64, n: u64) -> Vec<Event> {
+    (first..first + n)
+        .map(|id| {
+            Event::Log(LogRecord {
+                time_ns: i64::try_from(id).unwrap(),
+                source: "/var/log/app.log".to_owned(),
+                severity: None,
+                body: format!(
+                    "GET /api/v1/items/{id:010} status=200 {}",
+                    "abcdef".repeat(20)
+                ),
+                attributes: Vec::new(),
+            })
+        })
+        .collect()
+}
+
+fn zstd_config(path: &Path, max_bytes: u64) -> SpoolConfig {
+    SpoolConfig {
+        compression: Codec::Zstd,
+        max_batch_events: 1000,
+        max_batch_bytes: 1 << 20,
+        ..config(path, max_bytes)
+    }
+}
+
+#[test]
+fn a_compressing_spool_stores_and_hands_out_fewer_bytes_for_the_same_events() {
+    let dir = TempDir::new().unwrap();
+    let path = db(&dir);
+    let mut spool = Spool::open(zstd_config(&path, 10_000_000)).unwrap();
+    let lines = log_lines(1, 100);
+    let raw = wire::encode_events(&lines).unwrap();
+    append_one(
+        &mut spool,
+        sub(Class::Wait, lines.clone(), Some(("a", b"100"))),
+    );
+    let batches = spool.batches_after(0, 10).unwrap();
+    assert_eq!(batches.len(), 1);
+    let batch = &batches[0];
+    assert_eq!(batch.codec, Codec::Zstd);
+    assert_eq!(batch.raw_bytes, raw.len());
+    assert!(
+        batch.payload.len() * 4 < raw.len(),
+        "{} bytes stored for {}",
+        batch.payload.len(),
+        raw.len()
+    );
+    assert_eq!(batch.events().unwrap(), lines);
+    // The cap counts what is stored.
+    assert_eq!(spool.stats().payload_bytes, batch.payload.len() as u64);
+
+    // After a restart, a spool that no longer compresses still reads what it wrote, and counts
+    // the same bytes.
+    drop(spool);
+    let plain_config = SpoolConfig {
+        compression: Codec::None,
+        ..zstd_config(&path, 10_000_000)
+    };
+    let mut spool = Spool::open(plain_config).unwrap();
+    assert_eq!(spool.stats().payload_bytes, batch.payload.len() as u64);
+    let again = spool.batches_after(0, 10).unwrap();
+    assert_eq!(again[0].events().unwrap(), lines);
+    append_one(&mut spool, sub(Class::Wait, log_lines(101, 5), None));
+    let plain = &spool.batches_after(1, 10).unwrap()[0];
+    assert_eq!(plain.codec, Codec::None);
+    assert_eq!(plain.raw_bytes, plain.payload.len());
+    assert_eq!(ids(plain), (101..=105).collect::<Vec<_>>());
+    spool.ack(&[1, 2]).unwrap();
+    assert_eq!(spool.stats().payload_bytes, 0);
+    assert_eq!(spool.checkpoint("a").unwrap(), Some(b"100".to_vec()));
+}
+
+#[test]
+fn a_compressed_batch_too_large_for_the_receiver_is_split_by_its_size_before_compression() {
+    let dir = TempDir::new().unwrap();
+    let mut spool = Spool::open(zstd_config(&db(&dir), 10_000_000)).unwrap();
+    let lines = log_lines(1, 60);
+    append_one(&mut spool, sub(Class::Wait, lines.clone(), None));
+    let batch = spool.batches_after(0, 1).unwrap().remove(0);
+    assert_eq!(batch.codec, Codec::Zstd);
+    // Small enough compressed, too large before: split by the decoded size.
+    let limit = batch.raw_bytes / 3;
+    assert!(batch.payload.len() < limit);
+    let seqs = spool.split_batch(batch.seq, 1000, limit).unwrap();
+    assert!(seqs.len() >= 3, "{seqs:?}");
+    let mut back = Vec::new();
+    for part in spool.batches_after(batch.seq, 100).unwrap() {
+        assert!(part.raw_bytes <= limit, "{} > {limit}", part.raw_bytes);
+        back.extend(part.events().unwrap());
+    }
+    assert_eq!(back, lines);
+    assert_eq!(spool.stats().events, 60);
+}
+
+#[test]
+fn a_damaged_compressed_batch_is_dropped_as_oversized_when_split() {
+    let dir = TempDir::new().unwrap();
+    let mut spool = Spool::open(zstd_config(&db(&dir), 10_000_000)).unwrap();
+    append_one(&mut spool, sub(Class::Wait, log_lines(1, 50), None));
+    let stored = spool.peek()[0].0.payload.len();
+    let garbage = vec![0x5a_u8; stored];
+    spool
+        .conn
+        .execute("UPDATE batches SET payload = ?1 WHERE seq = 1", [garbage])
+        .unwrap();
+    assert!(spool.peek()[0].0.events().is_err());
+    assert_eq!(spool.split_batch(1, 1, 100).unwrap(), Vec::<u64>::new());
+    assert_eq!(spool.stats().drops.oversized, 50);
+    assert_eq!(spool.stats().payload_bytes, 0);
 }

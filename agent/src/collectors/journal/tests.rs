@@ -379,7 +379,7 @@ impl World {
         }
         batches
             .iter()
-            .flat_map(|b| outpost_common::wire::decode_events(&b.payload).unwrap())
+            .flat_map(|b| b.events().unwrap())
             .map(|e| match e {
                 Event::Log(l) => l.body,
                 other => panic!("a log record expected: {other:?}"),

@@ -270,7 +270,7 @@ mod tests {
         assert_eq!(total as u64, bytes);
         let per_event = bytes as f64 / 2500.0;
         assert!((150.0..=260.0).contains(&per_event), "{per_event}");
-        let last = outpost_common::wire::decode_events(&batches[2].payload).unwrap();
+        let last = batches[2].events().unwrap();
         let outpost_common::event::Event::Log(l) = &last[499] else {
             panic!("log expected")
         };
