@@ -419,9 +419,7 @@ async fn authenticate(
     if let Some(ip) = address
         && let Err(not_until) = api.per_address.check_key(&ip)
     {
-        let wait = not_until.wait_time_from(governor::clock::Clock::now(
-            &governor::clock::DefaultClock::default(),
-        ));
+        let wait = not_until.wait_time_from(governor::clock::Clock::now(api.per_address.clock()));
         return Err(ApiError::rate_limited("address", wait));
     }
     let Some(value) = authorization else {
@@ -451,9 +449,7 @@ async fn authenticate(
         Verdict::Revoked => return Err(ApiError::unauthorized("the token was revoked")),
     };
     if let Err(not_until) = api.per_token.check_key(&record.id) {
-        let wait = not_until.wait_time_from(governor::clock::Clock::now(
-            &governor::clock::DefaultClock::default(),
-        ));
+        let wait = not_until.wait_time_from(governor::clock::Clock::now(api.per_token.clock()));
         return Err(ApiError::rate_limited("token", wait));
     }
     let due = {

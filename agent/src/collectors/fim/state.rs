@@ -70,7 +70,9 @@ impl Budget {
                     Ok(Err(_)) if self.stopped() => return,
                     Ok(Err(not_until)) => {
                         use governor::clock::Clock as _;
-                        let wait = not_until.wait_time_from(DefaultClock::default().now());
+                        // The limiter's own clock: making a new one measures the processor
+                        // (CPUID, which a virtual machine traps), far too dear for every wait.
+                        let wait = not_until.wait_time_from(limiter.clock().now());
                         std::thread::sleep(wait.max(Duration::from_millis(1)));
                     }
                     // `step` never exceeds the burst.
