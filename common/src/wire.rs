@@ -276,12 +276,26 @@ impl Packer {
     }
 }
 
+thread_local! {
+    /// A decompression context per thread, made once: making one costs more than decompressing
+    /// a small batch.
+    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
 /// The event list `data` holds, compressed with `codec`, which must be exactly `raw_bytes` long
 /// once decompressed; never allocates more than `raw_bytes`.
 pub fn unpack_events(codec: Codec, data: &[u8], raw_bytes: usize) -> Result<Vec<u8>, WireError> {
     let raw = match codec {
         Codec::None => data.to_vec(),
-        Codec::Zstd => zstd::bulk::decompress(data, raw_bytes)
+        Codec::Zstd => DECOMPRESSOR
+            .with_borrow_mut(|slot| {
+                let decompressor = match slot {
+                    Some(d) => d,
+                    None => slot.insert(zstd::bulk::Decompressor::new()?),
+                };
+                decompressor.decompress(data, raw_bytes)
+            })
             .map_err(|e| WireError::Malformed(format!("cannot decompress the events: {e}")))?,
     };
     if raw.len() != raw_bytes {
