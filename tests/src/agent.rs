@@ -80,6 +80,9 @@ pub struct AgentOptions {
     pub data_dir: Option<PathBuf>,
     /// `spool.reserve_bytes`, e.g. "1MiB".
     pub reserve_bytes: Option<String>,
+    /// `spool.compression = "none"`: batches take the bytes of their events, so that a test
+    /// which fills the spool or the disk knows when it will.
+    pub uncompressed: bool,
     /// The body of the `[fim]` section (without its header; `[[fim.paths]]` tables may follow);
     /// `None` turns file integrity off, so that tests which count events see only their sources.
     pub fim_toml: Option<String>,
@@ -123,6 +126,9 @@ impl Agent {
         }
         if let Some(b) = &options.reserve_bytes {
             spool.push_str(&format!("reserve_bytes = \"{b}\"\n"));
+        }
+        if options.uncompressed {
+            spool.push_str("compression = \"none\"\n");
         }
         let synthetic = options.synthetic.map_or_else(String::new, |s| {
             format!(

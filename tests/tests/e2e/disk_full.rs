@@ -94,6 +94,7 @@ impl Tmpfs {
         AgentOptions {
             data_dir: Some(self.dir.clone()),
             reserve_bytes: Some("1MiB".to_owned()),
+            uncompressed: true,
             ..AgentOptions::synthetic(synthetic)
         }
     }

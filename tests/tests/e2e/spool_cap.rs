@@ -22,6 +22,7 @@ fn an_overflowing_spool_counts_exactly_what_it_drops() {
         AgentOptions {
             spool_max_bytes: Some("256KiB".to_owned()),
             max_batch_bytes: Some("64KiB".to_owned()),
+            uncompressed: true,
             ..AgentOptions::synthetic(Synthetic::metrics(TOTAL))
         },
     );
