@@ -206,7 +206,7 @@ impl PackedBatch {
     /// The batch it stands for, refusing a list longer than `max_raw_bytes` (the receiver's
     /// frame limit: what an uncompressed batch may take) before decompressing anything, and data
     /// that does not decompress to exactly `raw_bytes` bytes of a valid list.
-    pub fn unpack(self, max_raw_bytes: u32) -> Result<Batch, WireError> {
+    pub fn unpack(&self, max_raw_bytes: u32) -> Result<Batch, WireError> {
         if self.raw_bytes > max_raw_bytes {
             return Err(WireError::FrameTooLarge {
                 len: u64::from(self.raw_bytes),

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use outpost_aggregator::store::SqliteReader;
+use outpost_common::event::{Event, LogRecord, Severity};
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 /// The key of agent `?1` in the store's tables.
@@ -51,28 +52,44 @@ impl Store {
         if kind == Kind::Metric {
             return self.metric_seqs(agent_id);
         }
-        let conn = self.open()?;
-        let sql = "SELECT s, instr(body, printf('%012d', s)) > 0 FROM (
-                SELECT CAST(json_extract(attributes, '$.\"synthetic.seq\"') AS INTEGER) AS s, body
-                FROM logs WHERE source = 'synthetic'
-                  AND agent_key = (SELECT agent_key FROM agents WHERE agent_id = ?1))
-            ORDER BY s";
-        let mut stmt = conn.prepare(sql).map_err(|e| self.error(e))?;
-        let rows = stmt
-            .query_map([agent_id], |r| {
-                Ok((r.get::<_, i64>(0)?.cast_unsigned(), r.get::<_, bool>(1)?))
-            })
-            .map_err(|e| self.error(e))?;
         let mut seqs = Vec::new();
         let mut mismatched = Vec::new();
-        for row in rows {
-            let (seq, consistent) = row.map_err(|e| self.error(e))?;
-            seqs.push(seq);
-            if !consistent {
-                mismatched.push(seq);
+        for record in self.log_records(agent_id, "synthetic")? {
+            let seq = record
+                .attributes
+                .iter()
+                .find(|(k, _)| k == "synthetic.seq")
+                .and_then(|(_, v)| v.parse::<u64>().ok());
+            match seq {
+                Some(seq) => {
+                    seqs.push(seq);
+                    if !record.body.contains(&format!("{seq:012}")) {
+                        mismatched.push(seq);
+                    }
+                }
+                // Not one the agent made: reported as a mismatch of no number.
+                None => mismatched.push(u64::MAX),
             }
         }
+        seqs.sort_unstable();
         Ok((seqs, mismatched))
+    }
+
+    /// The log records of `agent_id` from `source`, in storage order, read through the
+    /// aggregator's own reader so that bodies kept in blocks are read as well.
+    fn log_records(&self, agent_id: &str, source: &str) -> Result<Vec<LogRecord>, String> {
+        if !self.path.exists() {
+            return Err(format!("{} does not exist yet", self.path.display()));
+        }
+        let reader = SqliteReader::open(&self.path).map_err(|e| e.to_string())?;
+        let stored = reader.logs(agent_id, source).map_err(|e| e.to_string())?;
+        Ok(stored
+            .into_iter()
+            .filter_map(|e| match e.event {
+                Event::Log(record) => Some(record),
+                _ => None,
+            })
+            .collect())
     }
 
     /// [`Store::seqs`] of the synthetic counter (point `n` has the value `n`), read through the
@@ -124,28 +141,25 @@ impl Store {
     /// The log records of `agent_id` from `source`, oldest first: body, severity and attributes
     /// (a JSON object, `{}` when there are none).
     pub fn logs(&self, agent_id: &str, source: &str) -> Result<Vec<StoredLog>, String> {
-        let conn = self.open()?;
-        let mut stmt = conn
-            .prepare(
-                "SELECT body, severity, coalesce(attributes, '{}'), time_ns FROM logs
-                  WHERE source = ?2
-                    AND agent_key = (SELECT agent_key FROM agents WHERE agent_id = ?1)
-                  ORDER BY id",
-            )
-            .map_err(|e| self.error(e))?;
-        let rows = stmt
-            .query_map([agent_id, source], |r| {
-                Ok(StoredLog {
-                    body: r.get(0)?,
-                    severity: r.get(1)?,
-                    attributes: serde_json::from_str(&r.get::<_, String>(2)?)
-                        .unwrap_or(serde_json::Value::Null),
-                    time_ns: r.get(3)?,
-                })
+        let records = self.log_records(agent_id, source)?;
+        Ok(records
+            .into_iter()
+            .map(|record| StoredLog {
+                severity: record
+                    .severity
+                    .and_then(|s| Severity::ALL.iter().position(|&level| level == s))
+                    .map(|level| level as u8),
+                attributes: serde_json::Value::Object(
+                    record
+                        .attributes
+                        .into_iter()
+                        .map(|(k, v)| (k, serde_json::Value::String(v)))
+                        .collect(),
+                ),
+                time_ns: record.time_ns,
+                body: record.body,
             })
-            .map_err(|e| self.error(e))?;
-        rows.collect::<Result<Vec<_>, _>>()
-            .map_err(|e| self.error(e))
+            .collect())
     }
 
     /// How many status snapshots of `agent_id` are stored.

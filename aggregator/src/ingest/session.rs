@@ -42,7 +42,7 @@ use crate::internal_events::{
     ConnectionReplaced, FrameRejected, FrameRejection, HeartbeatReceived, HelloRejected,
     HelloRejection, HelloTimedOut, SessionIdle, StoreFailed, StoreWork, Telemetry,
 };
-use crate::store::{CommitOutcome, IncomingBatch, RegistryUpdate, StoreError};
+use crate::store::{CommitOutcome, IncomingBatch, PackedEvents, RegistryUpdate, StoreError};
 
 /// The current time, on the monotonic clock (deadlines) and the wall clock (what is stored).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -239,11 +239,18 @@ impl Session {
             }
         };
         match message {
-            Message::Batch(batch) => self.batch(now, stream, spool_id, batch),
+            Message::Batch(batch) => self.batch(now, stream, spool_id, batch, None),
             Message::PackedBatch(packed) => {
                 let seq = packed.seq;
                 match packed.unpack(self.config.max_frame_bytes) {
-                    Ok(batch) => self.batch(now, stream, spool_id, batch),
+                    Ok(batch) => {
+                        let events = PackedEvents {
+                            codec: packed.codec,
+                            raw_bytes: packed.raw_bytes,
+                            data: packed.data,
+                        };
+                        self.batch(now, stream, spool_id, batch, Some(events));
+                    }
                     // The frame was read, so the seq is known: the batch is refused, not the
                     // connection.
                     Err(e) => self.refuse(stream, seq, RejectCode::Invalid, &e.to_string()),
@@ -498,7 +505,14 @@ impl Session {
         });
     }
 
-    fn batch(&mut self, now: Now, stream: BatchStream, spool_id: u64, batch: Batch) {
+    fn batch(
+        &mut self,
+        now: Now,
+        stream: BatchStream,
+        spool_id: u64,
+        batch: Batch,
+        packed: Option<PackedEvents>,
+    ) {
         self.touch(now);
         let seq = batch.seq;
         let max = self.config.max_in_flight as usize;
@@ -526,6 +540,7 @@ impl Session {
                 low_water_seq: batch.low_water_seq,
                 received_ns: now.unix_ns,
                 events: batch.events,
+                packed,
             },
         });
     }
@@ -936,6 +951,7 @@ mod tests {
                     low_water_seq: 1,
                     received_ns: sim.now.unix_ns,
                     events: log_batch(9, 2, START_NS).events,
+                    packed: None,
                 },
             }]
         );
@@ -1053,6 +1069,12 @@ mod tests {
         };
         assert_eq!(*stream, BatchStream(2));
         assert_eq!((incoming.seq, &incoming.events), (9, &batch.events));
+        // The store gets the events as they came, compressed, too.
+        let kept = incoming
+            .packed
+            .as_ref()
+            .expect("the packed events are handed on");
+        assert_eq!(kept.unpack().unwrap(), batch.events);
     }
 
     #[test]

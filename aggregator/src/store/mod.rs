@@ -65,6 +65,47 @@ pub struct IncomingBatch {
     /// When the aggregator received the batch. Retention counts from this time.
     pub received_ns: i64,
     pub events: Vec<Event>,
+    /// The events as the agent compressed them, when it did: a store may keep the bodies of
+    /// log records in this form rather than a row's worth of text each.
+    pub packed: Option<PackedEvents>,
+}
+
+/// A batch's events as they arrived compressed: the data of a [`wire::PackedBatch`], the event
+/// list [`wire::encode_events`] writes, compressed with `codec`.
+///
+/// [`wire::PackedBatch`]: outpost_common::wire::PackedBatch
+/// [`wire::encode_events`]: outpost_common::wire::encode_events
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackedEvents {
+    pub codec: outpost_common::wire::Codec,
+    /// The list's length once decompressed.
+    pub raw_bytes: u32,
+    pub data: Vec<u8>,
+}
+
+impl PackedEvents {
+    /// `events` encoded and compressed as an agent does, or `None` if compression would not make
+    /// them smaller.
+    pub fn pack(events: &[Event]) -> Option<PackedEvents> {
+        use outpost_common::wire::{Codec, Packer, encode_events};
+        let raw = encode_events(events).ok()?;
+        let data = Packer::new(Codec::Zstd).ok()?.pack(&raw).ok()??;
+        Some(PackedEvents {
+            codec: Codec::Zstd,
+            raw_bytes: u32::try_from(raw.len()).ok()?,
+            data,
+        })
+    }
+
+    /// The events again.
+    pub fn unpack(&self) -> Result<Vec<Event>, outpost_common::wire::WireError> {
+        use outpost_common::wire::{decode_events, unpack_events};
+        decode_events(&unpack_events(
+            self.codec,
+            &self.data,
+            self.raw_bytes as usize,
+        )?)
+    }
 }
 
 /// A change to the agent registry. Sessions hand these to [`StoreWriter::record`], which applies

@@ -7,7 +7,7 @@ use outpost_common::event::{
 use outpost_common::time::NANOS_PER_SEC;
 use outpost_common::wire::{Hello, PROTOCOL_VERSION};
 
-use super::IncomingBatch;
+use super::{IncomingBatch, PackedEvents};
 
 /// A fixed "now": 2023-11-14T22:13:20Z.
 pub(crate) const T0: i64 = 1_700_000_000 * NANOS_PER_SEC;
@@ -97,8 +97,22 @@ fn file_state(size: u64) -> FileState {
     }
 }
 
-/// A batch from `agent`, spool `spool`, with the given events.
+/// A batch from `agent`, spool `spool`, with the given events, arrived compressed as agents
+/// send them (so log bodies go to a block), unless compression does not shrink them.
 pub(crate) fn batch(agent: &str, spool: u64, seq: u64, events: Vec<Event>) -> IncomingBatch {
+    IncomingBatch {
+        packed: PackedEvents::pack(&events),
+        ..unpacked_batch(agent, spool, seq, events)
+    }
+}
+
+/// [`batch`], arrived uncompressed: log bodies stay in their rows.
+pub(crate) fn unpacked_batch(
+    agent: &str,
+    spool: u64,
+    seq: u64,
+    events: Vec<Event>,
+) -> IncomingBatch {
     IncomingBatch {
         agent_id: agent.to_owned(),
         spool_id: spool,
@@ -106,6 +120,7 @@ pub(crate) fn batch(agent: &str, spool: u64, seq: u64, events: Vec<Event>) -> In
         low_water_seq: 0,
         received_ns: T0,
         events,
+        packed: None,
     }
 }
 

@@ -566,6 +566,7 @@ fn fill_metrics(
                     low_water_seq: seq,
                     received_ns: t + SEC / 2,
                     events,
+                    packed: None,
                 }
             })
             .collect();

@@ -54,6 +54,7 @@ fn batch(agent: &str, seq: u64, events: &[FimEvent]) -> IncomingBatch {
         low_water_seq: seq,
         received_ns: now_ns(),
         events: events.iter().cloned().map(Event::Fim).collect(),
+        packed: None,
     }
 }
 

@@ -17,7 +17,7 @@ use super::registry::agent_key;
 use super::{Pending, WriteState};
 use crate::store::dedup::{self, Admission};
 use crate::store::fim_trail::{self, Arrival, Break, Found, Held, Position, Trail};
-use crate::store::{BatchCommit, CommitOutcome, Cursor, HostSummary, IncomingBatch};
+use crate::store::{BatchCommit, CommitOutcome, Cursor, HostSummary, IncomingBatch, PackedEvents};
 
 /// The cursor of the event row `id` (ids start at 1; lower ones only in hand-made rows).
 pub(super) fn cursor_of(id: i64) -> Cursor {
@@ -97,6 +97,13 @@ impl WriteState {
                     continue;
                 }
                 let start = cursor_of(id);
+                let block = match &batch.packed {
+                    Some(packed) if mostly_logs(&batch.events) => {
+                        rows.block(id, batch.events.len(), received, packed)?;
+                        Some(id)
+                    }
+                    _ => None,
+                };
                 let mut summary = HostSummary::default();
                 let mut found = Vec::new();
                 for event in &batch.events {
@@ -110,7 +117,7 @@ impl WriteState {
                         let copy = trail.needs_lookup(f) && stored_copy(&tx, key, f)?;
                         found.extend(trail.receive(f, arrival, copy));
                     }
-                    rows.insert(id, key, received, event)?;
+                    rows.insert(id, key, received, event, block)?;
                     id += 1;
                     if let Event::Metric(m) = event {
                         summary.observe(m);
@@ -128,7 +135,7 @@ impl WriteState {
                 for f in found {
                     record_break(&tx, key, f.row, &f.brk, received)?;
                     let notice = notice(&batch.agent_id, &f.brk, &f.path, received);
-                    rows.insert(id, key, received, &notice)?;
+                    rows.insert(id, key, received, &notice, None)?;
                     id += 1;
                     notices.push(notice);
                     breaks.push((&batch.agent_id, f));
@@ -164,6 +171,14 @@ impl WriteState {
         *next_id = id;
         Ok(answers)
     }
+}
+
+/// Whether at least half of a batch's events are log records: only then is the batch kept as a
+/// block for their bodies, so that a block never holds mostly events that have rows of their
+/// own (an agent's batches of logs hold little else: metric samples travel apart).
+fn mostly_logs(events: &[Event]) -> bool {
+    let logs = events.iter().filter(|e| matches!(e, Event::Log(_))).count();
+    logs > 0 && logs * 2 >= events.len()
 }
 
 /// The trail of agent `key` for this transaction to change: the one it changed already, else a
@@ -418,6 +433,7 @@ struct RowInserter<'c> {
     log: CachedStatement<'c>,
     fim: CachedStatement<'c>,
     status: CachedStatement<'c>,
+    log_block: CachedStatement<'c>,
     /// Reused for each row's attributes, to avoid an allocation per row.
     json: Vec<u8>,
 }
@@ -445,8 +461,12 @@ impl<'c> RowInserter<'c> {
             new_series,
             key: String::with_capacity(128),
             log: tx.prepare_cached(
-                "INSERT INTO logs (id, agent_key, time_ns, received_ns, source, severity, body, attributes)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT INTO logs (id, agent_key, time_ns, received_ns, source, severity, body, attributes, block)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?,
+            log_block: tx.prepare_cached(
+                "INSERT INTO log_blocks (id, events, received_ns, codec, raw_bytes, data)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?,
             fim: tx.prepare_cached(
                 "INSERT INTO fim_events (id, agent_key, time_ns, received_ns, path, change, before, after,
@@ -461,13 +481,35 @@ impl<'c> RowInserter<'c> {
         })
     }
 
-    /// Inserts one event as row `id`.
+    /// Stores the events of a batch whose first event is row `id` as the block `id`, as the agent
+    /// compressed them: its log rows then hold their bodies there.
+    fn block(
+        &mut self,
+        id: i64,
+        events: usize,
+        received_ns: i64,
+        packed: &PackedEvents,
+    ) -> rusqlite::Result<()> {
+        self.log_block.execute(params![
+            id,
+            events as i64,
+            received_ns,
+            super::codec::codec_code(packed.codec),
+            packed.raw_bytes,
+            packed.data,
+        ])?;
+        Ok(())
+    }
+
+    /// Inserts one event as row `id`; a log record's body goes to `block` when given (the block
+    /// of its batch, see [`RowInserter::block`]).
     fn insert(
         &mut self,
         id: i64,
         agent_key: i64,
         received_ns: i64,
         event: &Event,
+        block: Option<i64>,
     ) -> rusqlite::Result<()> {
         match event {
             Event::Metric(m) => {
@@ -483,6 +525,7 @@ impl<'c> RowInserter<'c> {
             }
             Event::Log(l) => {
                 let attributes = attributes_json(&mut self.json, &l.attributes)?;
+                let body = if block.is_some() { "" } else { l.body.as_str() };
                 self.log.execute(params![
                     id,
                     agent_key,
@@ -490,8 +533,9 @@ impl<'c> RowInserter<'c> {
                     received_ns,
                     l.source,
                     l.severity.map(severity_level),
-                    l.body,
+                    body,
                     attributes,
+                    block,
                 ])?;
             }
             Event::Fim(f) => {
@@ -745,14 +789,19 @@ mod tests {
                  BEGIN SELECT RAISE(ABORT, 'refused by test trigger'); END;",
             )
             .unwrap();
-        let mut poison = logs("old", 1, 3, 1);
-        poison.events = vec![Event::Log(LogRecord {
-            time_ns: T0,
-            source: "s".into(),
-            severity: None,
-            body: "boom".into(),
-            attributes: vec![],
-        })];
+        // Uncompressed, so that the body the trigger looks for is in the row.
+        let poison = unpacked_batch(
+            "old",
+            1,
+            3,
+            vec![Event::Log(LogRecord {
+                time_ns: T0,
+                source: "s".into(),
+                severity: None,
+                body: "boom".into(),
+                attributes: vec![],
+            })],
+        );
         let mut fresh = logs("fresh", 9, 1, 2);
         fresh.low_water_seq = 1;
         let end = store.end().unwrap();

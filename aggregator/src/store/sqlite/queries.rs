@@ -10,11 +10,13 @@ use std::collections::BTreeMap;
 use outpost_common::event::{
     AgentStatus, Event, EventKind, FileState, FimDetection, FimEvent, LogRecord, MetricPoint,
 };
+use outpost_common::wire;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::codec::{
-    attributes_column, changed_column, fim_change_from_name, fim_detection_from_name,
-    from_json_column, metric_kind_from_name, parse_column, severity_from_level,
+    attributes_column, changed_column, codec_from_code, fim_change_from_name,
+    fim_detection_from_name, from_json_column, metric_kind_from_name, parse_column,
+    severity_from_level,
 };
 use super::commit::{cursor_of, id_of, summary_from_row};
 use super::table;
@@ -52,30 +54,96 @@ pub(super) fn events(conn: &Connection, query: &EventQuery) -> Result<EventPage,
         Some(range) => (Some(range.start), Some(range.end)),
         None => (None, None),
     };
-    let mut found: Vec<(i64, StoredEvent)> = Vec::new();
+    let mut found: Vec<LogRow> = Vec::new();
     for kind in kinds {
         let sql = select_sql(kind, agent_key.is_some() && query.time_ns.is_some());
         let rows = conn.prepare_cached(&sql).and_then(|mut s| {
             s.query_map(
                 params![from, until, agent_key, time_from, time_until, limit as i64],
-                |r| Ok((r.get::<_, i64>(0)?, stored_event(kind, r)?)),
+                |r| match kind {
+                    EventKind::Log => stored_log_row(r),
+                    _ => Ok((r.get::<_, i64>(0)?, stored_event(kind, r)?, None)),
+                },
             )?
             .collect::<rusqlite::Result<Vec<_>>>()
         });
         found.extend(rows.map_err(|e| StoreError::backend(context(), e))?);
     }
     // Stable: rows sharing an id (stored before the shared sequence) stay in kind order.
-    found.sort_by_key(|(id, _)| *id);
+    found.sort_by_key(|(id, _, _)| *id);
     let full = found.len() >= limit;
     found.truncate(limit);
+    fill_bodies(conn, &mut found).map_err(|e| StoreError::backend(context(), e))?;
     let next = match found.last() {
-        Some((id, _)) if full => Some(cursor_of(id.saturating_add(1))),
+        Some((id, _, _)) if full => Some(cursor_of(id.saturating_add(1))),
         _ => None,
     };
     Ok(EventPage {
-        events: found.into_iter().map(|(_, e)| e).collect(),
+        events: found.into_iter().map(|(_, e, _)| e).collect(),
         next,
     })
+}
+
+/// A row of logs as [`select_sql`] selects it: its id, the record (with an empty body when the
+/// body is in a block) and the block, if any; [`fill_bodies`] reads the bodies.
+pub(super) type LogRow = (i64, StoredEvent, Option<i64>);
+
+/// Reads a [`LogRow`] from the columns `id, agent_id, time_ns, received_ns` and then
+/// [`columns`]'s for logs.
+pub(super) fn stored_log_row(r: &Row<'_>) -> rusqlite::Result<LogRow> {
+    // After the four common columns, source, severity, body and attributes.
+    const BLOCK: usize = 8;
+    Ok((r.get(0)?, stored_event(EventKind::Log, r)?, r.get(BLOCK)?))
+}
+
+/// Gives the log records whose body is in a block (row id, event, block id) their bodies, reading
+/// each block once.
+pub(super) fn fill_bodies(conn: &Connection, found: &mut [LogRow]) -> rusqlite::Result<()> {
+    let mut blocks: BTreeMap<i64, Vec<Event>> = BTreeMap::new();
+    for (id, stored, block) in found.iter_mut() {
+        let (Some(block), Event::Log(record)) = (*block, &mut stored.event) else {
+            continue;
+        };
+        let events = match blocks.entry(block) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(e) => e.insert(read_block(conn, block)?),
+        };
+        let index = usize::try_from(*id - block).ok();
+        match index.and_then(|i| events.get_mut(i)) {
+            Some(Event::Log(from_block)) => record.body = std::mem::take(&mut from_block.body),
+            _ => {
+                return Err(damaged_block(
+                    block,
+                    &format!("event {id} is not a log record in it"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The events of log block `block`.
+fn read_block(conn: &Connection, block: i64) -> rusqlite::Result<Vec<Event>> {
+    let (codec, raw_bytes, data): (i64, i64, Vec<u8>) = conn
+        .prepare_cached("SELECT codec, raw_bytes, data FROM log_blocks WHERE id = ?1")?
+        .query_row([block], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .optional()?
+        .ok_or_else(|| damaged_block(block, "it is missing"))?;
+    let codec = codec_from_code(codec)
+        .ok_or_else(|| damaged_block(block, &format!("unknown codec {codec}")))?;
+    let raw_bytes =
+        usize::try_from(raw_bytes).map_err(|_| damaged_block(block, "a negative length"))?;
+    let raw = wire::unpack_events(codec, &data, raw_bytes)
+        .map_err(|e| damaged_block(block, &e.to_string()))?;
+    wire::decode_events(&raw).map_err(|e| damaged_block(block, &e.to_string()))
+}
+
+fn damaged_block(block: i64, why: &str) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(
+        2,
+        rusqlite::types::Type::Blob,
+        format!("log block {block} cannot be read: {why}").into(),
+    )
 }
 
 /// The query of [`events`] for one kind: parameters `?1..?2` the id range, `?3` the agent key,
@@ -105,7 +173,7 @@ fn select_sql(kind: EventKind, host_and_time: bool) -> String {
 pub(super) fn columns(kind: EventKind) -> &'static str {
     match kind {
         EventKind::Metric => "e.name, e.unit, e.kind, e.value, e.attributes",
-        EventKind::Log => "e.source, e.severity, e.body, e.attributes",
+        EventKind::Log => "e.source, e.severity, e.body, e.attributes, e.block",
         EventKind::Fim => {
             "e.path, e.change, e.before, e.after, e.changed, e.moved_from, e.detected_by, e.seq, \
              e.chain"
@@ -471,5 +539,196 @@ mod tests {
             err.to_string().contains("unknown metric kind `histogram`"),
             "{err}"
         );
+    }
+}
+
+#[cfg(test)]
+mod block_tests {
+    use outpost_common::event::{LogRecord, Severity};
+    use rusqlite::Connection;
+
+    use super::*;
+    use crate::store::sqlite::SqliteStore;
+    use crate::store::sqlite::test_support::*;
+    use crate::store::testutil::*;
+    use crate::store::{EventStore, PackedEvents, Retention};
+
+    fn line(time_ns: i64, i: usize) -> Event {
+        Event::Log(LogRecord {
+            time_ns,
+            source: "/var/log/app.log".to_owned(),
+            severity: Some(Severity::Warning),
+            body: format!("GET /api/v1/items/{i:06} status=503 upstream timed out"),
+            attributes: vec![("line".to_owned(), i.to_string())],
+        })
+    }
+
+    /// Logs with a metric and a status between them, as a batch from an agent holds them.
+    fn mixed(first: usize, n: usize) -> Vec<Event> {
+        let mut events: Vec<Event> = (first..first + n).map(|i| line(T0 + i as i64, i)).collect();
+        events.insert(2, metric(T0, 1.0));
+        events.insert(5, status_event(T0));
+        events
+    }
+
+    fn every(store: &SqliteStore, query: EventQuery) -> Vec<Event> {
+        let mut query = query;
+        let mut events = Vec::new();
+        loop {
+            let page = store.events(&query).unwrap();
+            events.extend(page.events.into_iter().map(|e| e.event));
+            match page.next {
+                Some(next) => query.from = next,
+                None => return events,
+            }
+        }
+    }
+
+    fn column<T: rusqlite::types::FromSql>(store: &SqliteStore, sql: &str) -> Vec<T> {
+        let conn = Connection::open(store.path()).unwrap();
+        let mut stmt = conn.prepare(sql).unwrap();
+        stmt.query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    #[test]
+    fn log_bodies_of_a_compressed_batch_are_kept_in_one_block_and_read_back_whole() {
+        let (_dir, store) = open();
+        let packed = batch("a", 1, 1, mixed(0, 40));
+        assert!(packed.packed.is_some(), "the lines compress");
+        let plain = unpacked_batch("a", 1, 2, mixed(40, 10));
+        commit(&store, &[packed.clone(), plain.clone()]);
+
+        // One block, for the compressed batch; its rows keep no body, the others theirs.
+        assert_eq!(
+            column::<i64>(&store, "SELECT count(*) FROM log_blocks"),
+            [1]
+        );
+        let block: Vec<Option<i64>> = column(&store, "SELECT block FROM logs ORDER BY id");
+        let first = block[0].expect("in the block");
+        assert!(block[..40].iter().all(|b| *b == Some(first)), "{block:?}");
+        assert!(block[40..].iter().all(Option::is_none), "{block:?}");
+        let bodies: Vec<String> = column(&store, "SELECT body FROM logs ORDER BY id");
+        assert!(bodies[..40].iter().all(String::is_empty));
+        assert!(bodies[40..].iter().all(|b| b.starts_with("GET ")));
+
+        // Read back whole, in pages that end inside the block, by kind or not, by agent and
+        // time (the index's plan) or not.
+        let logs_of = |events: Vec<Event>| -> Vec<Event> {
+            events
+                .into_iter()
+                .filter(|e| matches!(e, Event::Log(_)))
+                .collect()
+        };
+        let expected = logs_of([packed.events, plain.events].concat());
+        for limit in [1, 3, 7, 1000] {
+            let query = EventQuery {
+                kind: Some(EventKind::Log),
+                limit,
+                ..EventQuery::default()
+            };
+            assert_eq!(every(&store, query), expected, "pages of {limit}");
+            let all = EventQuery {
+                limit,
+                ..EventQuery::default()
+            };
+            assert_eq!(
+                logs_of(every(&store, all)),
+                expected,
+                "every kind, pages of {limit}"
+            );
+        }
+        let window = EventQuery {
+            kind: Some(EventKind::Log),
+            agent_id: Some("a".to_owned()),
+            time_ns: Some(T0 + 10..T0 + 45),
+            limit: 4,
+            ..EventQuery::default()
+        };
+        assert_eq!(every(&store, window), expected[10..45].to_vec());
+    }
+
+    #[test]
+    fn a_batch_of_mostly_other_events_keeps_its_log_bodies_in_their_rows() {
+        let (_dir, store) = open();
+        let mut events: Vec<Event> = (0..9).map(|i| metric(T0 + i, 1.0)).collect();
+        events.push(line(T0, 1));
+        let few = batch("a", 1, 1, events);
+        assert!(few.packed.is_some());
+        commit(&store, &[few]);
+        assert_eq!(
+            column::<i64>(&store, "SELECT count(*) FROM log_blocks"),
+            [0]
+        );
+        let bodies: Vec<String> = column(&store, "SELECT body FROM logs");
+        assert_eq!(bodies.len(), 1);
+        assert!(bodies[0].starts_with("GET "), "{bodies:?}");
+    }
+
+    #[test]
+    fn a_damaged_block_is_an_error_naming_it_never_a_wrong_body() {
+        let (_dir, store) = open();
+        commit(&store, &[batch("a", 1, 1, mixed(0, 30))]);
+        let conn = Connection::open(store.path()).unwrap();
+        let id: i64 = conn
+            .query_row("SELECT id FROM log_blocks", [], |r| r.get(0))
+            .unwrap();
+        conn.execute(
+            "UPDATE log_blocks SET data = substr(data, 1, length(data) / 2)",
+            [],
+        )
+        .unwrap();
+        let err = store
+            .events(&EventQuery {
+                kind: Some(EventKind::Log),
+                ..EventQuery::default()
+            })
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&format!("log block {id} cannot be read")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_block_goes_when_the_last_of_its_rows_expires() {
+        let (_dir, store) = open();
+        let day = secs(86_400);
+        let mut old = batch("a", 1, 1, mixed(0, 30));
+        old.received_ns = T0;
+        let mut new = batch("a", 1, 2, mixed(30, 30));
+        new.received_ns = T0 + 20 * day;
+        assert!(old.packed.is_some() && new.packed.is_some());
+        commit(&store, &[old, new.clone()]);
+        assert_eq!(
+            column::<i64>(&store, "SELECT count(*) FROM log_blocks"),
+            [2]
+        );
+        let report = store
+            .enforce_retention(&Retention::default(), T0 + 20 * day + secs(1))
+            .unwrap();
+        assert_eq!(report.log, 30);
+        assert_eq!(
+            column::<i64>(&store, "SELECT count(*) FROM log_blocks"),
+            [1]
+        );
+        let left = every(
+            &store,
+            EventQuery {
+                kind: Some(EventKind::Log),
+                ..EventQuery::default()
+            },
+        );
+        let expected: Vec<Event> = new
+            .events
+            .into_iter()
+            .filter(|e| matches!(e, Event::Log(_)))
+            .collect();
+        assert_eq!(left, expected);
+        // The packed events the store was given are what it keeps.
+        assert!(PackedEvents::pack(&expected).is_some());
     }
 }

@@ -15,7 +15,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use super::codec::fim_change_name;
 use super::commit::cursor_of;
-use super::queries::{columns, fim_event};
+use super::queries::{self, columns, fim_event};
 use super::{BUSY_TIMEOUT, metrics, open_error, schema};
 use crate::store::fim_trail::{Verification, Verifier};
 use crate::store::series::{MetricAnswer, MetricQuery, MetricQueryError, SeriesPoints};
@@ -93,6 +93,29 @@ impl SqliteReader {
         name: &str,
     ) -> Result<Vec<SeriesPoints>, StoreError> {
         metrics::all_points(&self.conn, agent_id, name)
+    }
+
+    /// Every log record of `agent_id` from `source`, in storage order, each body read from its
+    /// block where it is kept in one: what a loss check reads.
+    pub fn logs(&self, agent_id: &str, source: &str) -> Result<Vec<StoredEvent>, StoreError> {
+        let context = || format!("reading the logs of {agent_id} from {source}");
+        let sql = format!(
+            "SELECT e.id, a.agent_id, e.time_ns, e.received_ns, {columns}
+             FROM logs e JOIN agents a USING (agent_key)
+             WHERE a.agent_id = ?1 AND e.source = ?2 ORDER BY e.id",
+            columns = columns(EventKind::Log),
+        );
+        let mut found = self
+            .conn
+            .prepare(&sql)
+            .and_then(|mut s| {
+                s.query_map(params![agent_id, source], queries::stored_log_row)?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .map_err(|e| StoreError::backend(context(), e))?;
+        queries::fill_bodies(&self.conn, &mut found)
+            .map_err(|e| StoreError::backend(context(), e))?;
+        Ok(found.into_iter().map(|(_, e, _)| e).collect())
     }
 
     /// The latest `query.limit` file-integrity changes matching `query`, oldest first (by the

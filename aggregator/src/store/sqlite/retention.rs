@@ -65,11 +65,28 @@ impl SqliteStore {
                 .map_err(|e| StoreError::backend(context(), e))?;
             drop(state);
             if deleted == 0 {
-                return Ok(());
+                break;
             }
             report.chunks += 1;
             report.add_deleted(kind, deleted as u64);
         }
+        if kind == EventKind::Log {
+            self.expire_log_blocks(cut)?;
+        }
+        Ok(())
+    }
+
+    /// Deletes the log blocks whose every event has an id up to `cut`: the rows that could
+    /// point into them are gone. A block that holds events on both sides of the cut stays until
+    /// a later pass; one left by a pass cut short goes with the next.
+    fn expire_log_blocks(&self, cut: i64) -> Result<(), StoreError> {
+        let state = self.lock_for_retention();
+        state
+            .conn
+            .prepare_cached("DELETE FROM log_blocks WHERE id <= ?1 AND id + events - 1 <= ?1")
+            .and_then(|mut s| s.execute([cut]))
+            .map_err(|e| StoreError::backend(format!("expiring log blocks up to {cut}"), e))?;
+        Ok(())
     }
 
     /// Forgets deduplication entries below each spool's low-water mark, and all entries of

@@ -19,6 +19,7 @@ const MIGRATIONS: &[&str] = &[
     SCHEMA_V6_API_TOKENS,
     SCHEMA_V7_AGENT_LABELS,
     SCHEMA_V8_METRIC_SERIES,
+    SCHEMA_V9_LOG_BLOCKS,
 ];
 
 pub(super) const SCHEMA_V1: &str = "
@@ -264,6 +265,22 @@ CREATE VIEW metrics (id, agent_key, time_ns, received_ns, name, kind, value, att
 CREATE INDEX logs_agent_time ON logs (agent_key, time_ns);
 ";
 
+/// Log bodies kept as the agent compressed them: a batch that arrived compressed and holds log
+/// records is stored once as a block, and its log rows keep an empty body and the block's id.
+/// Event `block + i` is the batch's `i`-th event. A row stored before, or from a batch that did
+/// not arrive compressed, keeps its body and no block.
+pub(super) const SCHEMA_V9_LOG_BLOCKS: &str = "
+CREATE TABLE log_blocks (
+    id          INTEGER PRIMARY KEY, -- the id of the batch's first event
+    events      INTEGER NOT NULL,    -- events in the batch: ids id .. id + events - 1
+    received_ns INTEGER NOT NULL,
+    codec       INTEGER NOT NULL,    -- 0 none, 1 zstd
+    raw_bytes   INTEGER NOT NULL,    -- the event list's length once decompressed
+    data        BLOB NOT NULL
+);
+ALTER TABLE logs ADD COLUMN block INTEGER;
+";
+
 /// The index of logs by agent and time, as schema 8 creates it; `[store] log_index = false`
 /// drops it and `true` makes it again.
 pub(super) const LOG_INDEX: &str = "CREATE INDEX logs_agent_time ON logs (agent_key, time_ns);";
@@ -375,7 +392,7 @@ mod tests {
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
         assert_eq!(version, MIGRATIONS.len() as i64);
-        assert_eq!(version, 8);
+        assert_eq!(version, 9);
         let units = |store: &SqliteStore| -> Vec<(String, String)> {
             let conn = Connection::open(store.path()).unwrap();
             let mut q = conn
@@ -591,6 +608,74 @@ mod tests {
             crate::store::BatchCommit::stored(crate::store::Cursor::from_position(21))
         );
         assert_eq!(count("SELECT count(*) FROM metric_series"), 2);
+    }
+
+    #[test]
+    fn a_store_of_the_eighth_schema_keeps_its_log_rows_and_puts_new_bodies_in_blocks() {
+        use crate::store::{EventQuery, IncomingBatch, PackedEvents};
+        use outpost_common::event::{Event, LogRecord};
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            for sql in &MIGRATIONS[..8] {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.pragma_update(None, "user_version", 8).unwrap();
+            conn.execute(
+                "INSERT INTO agents (agent_id, first_seen_ns, last_seen_ns) VALUES ('a', ?1, ?1)",
+                [T0],
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO logs (id, agent_key, time_ns, received_ns, source, severity, body)
+                 VALUES (1, 1, ?1, ?1, '/var/log/old.log', 6, 'written before blocks')",
+                [T0],
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        let line = |i: i64| {
+            Event::Log(LogRecord {
+                time_ns: T0 + i,
+                source: "/var/log/new.log".into(),
+                severity: None,
+                body: format!("a new line, number {i:04}, much like the others"),
+                attributes: vec![],
+            })
+        };
+        let events: Vec<Event> = (0..20).map(line).collect();
+        let batch = IncomingBatch {
+            packed: PackedEvents::pack(&events),
+            ..batch("a", 1, 1, events.clone())
+        };
+        store.commit_batches(&[batch]).unwrap();
+        let page = store
+            .events(&EventQuery {
+                kind: Some(EventKind::Log),
+                ..EventQuery::default()
+            })
+            .unwrap();
+        let bodies: Vec<String> = page
+            .events
+            .iter()
+            .map(|e| match &e.event {
+                Event::Log(l) => l.body.clone(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        let mut expected = vec!["written before blocks".to_owned()];
+        expected.extend(events.iter().map(|e| match e {
+            Event::Log(l) => l.body.clone(),
+            _ => unreachable!(),
+        }));
+        assert_eq!(bodies, expected);
+        let blocks: i64 = Connection::open(&path)
+            .unwrap()
+            .query_row("SELECT count(*) FROM log_blocks", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(blocks, 1);
     }
 
     #[test]

@@ -318,9 +318,13 @@ impl StoreProbe {
         self.one("SELECT count(*) FROM logs")
     }
 
-    /// Distinct events: the body carries the agent's event number, so a duplicate shows here.
+    /// Distinct events: each carries the agent's event number in its attribute `synthetic.seq`
+    /// (and its body, which the store may keep in a block), so a duplicate shows here.
     fn unique(&self) -> anyhow::Result<u64> {
-        self.one("SELECT count(*) FROM (SELECT DISTINCT agent_key, body FROM logs)")
+        self.one(
+            "SELECT count(*) FROM (SELECT DISTINCT agent_key,
+                 json_extract(attributes, '$.\"synthetic.seq\"') FROM logs)",
+        )
     }
 
     fn one(&self, sql: &str) -> anyhow::Result<u64> {
