@@ -179,7 +179,9 @@ impl Default for SpoolSection {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ShipSection {
-    /// Batches sent but not yet acknowledged, at most (the aggregator may lower it).
+    /// Batches sent but not yet acknowledged, at most (the aggregator may lower it). Each waits
+    /// for the aggregator's commit, an fsync: with 8, a backlog of log lines drained 15-20 %
+    /// slower than with 32 on loopback, more so over a longer round trip.
     pub max_in_flight: u32,
     /// How often to send a heartbeat with the agent's status.
     #[serde(with = "humantime_serde")]
@@ -197,7 +199,7 @@ pub struct ShipSection {
 impl Default for ShipSection {
     fn default() -> Self {
         ShipSection {
-            max_in_flight: 8,
+            max_in_flight: 32,
             heartbeat_interval: Duration::from_secs(10),
             reconnect_min: Duration::from_millis(500),
             reconnect_max: Duration::from_secs(30),
@@ -380,7 +382,7 @@ mod tests {
         let f = write("[aggregator]\nendpoint = \"quic://agg.example:4433\"\n");
         let v = load(f.path()).unwrap();
         assert_eq!(v.server_name, "agg.example");
-        assert_eq!(v.config.ship.max_in_flight, 8);
+        assert_eq!(v.config.ship.max_in_flight, 32);
         assert_eq!(v.config.spool.max_bytes, ByteSize::gib(1));
     }
 
