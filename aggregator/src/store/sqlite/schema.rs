@@ -337,13 +337,18 @@ pub(super) fn last_received_ns(conn: &Connection) -> rusqlite::Result<i64> {
     Ok(last)
 }
 
-/// The id the next event row gets: one above the highest id of any data table.
+/// The id the next event row gets: one above the highest id of any data table, of a chunk or
+/// of a log block (whose rows may all have expired while it waits for the logs' cut-off to pass
+/// its last event: a new block must not take its id).
 pub(super) fn next_event_id(conn: &Connection) -> rusqlite::Result<i64> {
-    let mut last: i64 = conn
-        .query_row("SELECT max(last_id) FROM metric_chunks", [], |r| {
-            r.get::<_, Option<i64>>(0)
-        })?
-        .unwrap_or(0);
+    let mut last: i64 = 0;
+    for sql in [
+        "SELECT max(last_id) FROM metric_chunks",
+        "SELECT max(id + events - 1) FROM log_blocks",
+    ] {
+        let max: Option<i64> = conn.query_row(sql, [], |r| r.get(0))?;
+        last = last.max(max.unwrap_or(0));
+    }
     for kind in EventKind::ALL {
         let max: Option<i64> = conn.query_row(
             &format!("SELECT max(id) FROM {}", stored_table(kind)),
@@ -714,5 +719,13 @@ mod tests {
         )
         .unwrap();
         assert_eq!(next_event_id(&conn).unwrap(), 42);
+        // A block left after its log rows expired still holds its ids.
+        conn.execute(
+            "INSERT INTO log_blocks (id, events, received_ns, codec, raw_bytes, data)
+             VALUES (50, 10, 0, 0, 0, x'')",
+            [],
+        )
+        .unwrap();
+        assert_eq!(next_event_id(&conn).unwrap(), 60);
     }
 }
