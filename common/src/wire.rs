@@ -187,6 +187,25 @@ pub enum Codec {
     Zstd,
 }
 
+impl Codec {
+    /// The codec as a small integer, for storage (a database column): 0 none, 1 zstd.
+    pub fn code(self) -> u8 {
+        match self {
+            Codec::None => 0,
+            Codec::Zstd => 1,
+        }
+    }
+
+    /// The codec [`Codec::code`] gave `code`, if any.
+    pub fn from_code(code: i64) -> Option<Codec> {
+        match code {
+            0 => Some(Codec::None),
+            1 => Some(Codec::Zstd),
+            _ => None,
+        }
+    }
+}
+
 /// A [`Batch`] whose events travel compressed: the list [`encode_events`] writes for them,
 /// compressed with `codec`. [`PackedBatch::unpack`] turns it into the [`Batch`] it stands for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -1117,6 +1136,16 @@ mod tests {
         };
         assert!(garbage.unpack(raw_bytes).is_err());
         assert_eq!(ok.unpack(raw_bytes).unwrap().events, log_lines(100));
+    }
+
+    #[test]
+    fn codecs_keep_their_codes_and_an_unknown_code_is_none() {
+        for codec in [Codec::None, Codec::Zstd] {
+            assert_eq!(Codec::from_code(i64::from(codec.code())), Some(codec));
+        }
+        assert_eq!((Codec::None.code(), Codec::Zstd.code()), (0, 1));
+        assert_eq!(Codec::from_code(2), None);
+        assert_eq!(Codec::from_code(-1), None);
     }
 
     #[test]

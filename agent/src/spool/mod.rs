@@ -1532,7 +1532,7 @@ fn insert_batch(
             batch.class.code(),
             batch.events,
             batch.payload,
-            codec_code(batch.codec),
+            batch.codec.code(),
             packed.then(|| int(batch.raw_bytes as u64)).transpose()?,
         ])
     })
@@ -1583,7 +1583,7 @@ fn read_batches(
                 Class::Wait
             };
             let payload: Vec<u8> = row.get(3)?;
-            let codec = codec_from(row.get(5)?).ok_or_else(|| {
+            let codec = Codec::from_code(row.get(5)?).ok_or_else(|| {
                 rusqlite::Error::IntegralValueOutOfRange(5, row.get(5).unwrap_or_default())
             })?;
             let raw_bytes: Option<i64> = row.get(6)?;
@@ -1670,22 +1670,6 @@ fn payloads(
             })
         })
         .collect()
-}
-
-/// A codec as the `codec` column keeps it.
-fn codec_code(codec: Codec) -> i64 {
-    match codec {
-        Codec::None => 0,
-        Codec::Zstd => 1,
-    }
-}
-
-fn codec_from(code: i64) -> Option<Codec> {
-    match code {
-        0 => Some(Codec::None),
-        1 => Some(Codec::Zstd),
-        _ => None,
-    }
 }
 
 fn add_drops(into: &mut DropCounters, delta: &DropCounters) {

@@ -5,7 +5,6 @@
 use std::fmt;
 
 use outpost_common::event::{Attributes, FimChange, FimDetection, MetricKind, Severity};
-use outpost_common::wire::Codec;
 use rusqlite::Row;
 use rusqlite::types::Type;
 use serde::de::{MapAccess, Visitor};
@@ -59,22 +58,6 @@ impl Serialize for AttributesJson<'_> {
 }
 
 /// The syslog level, so that `severity <= 3` selects errors and worse.
-/// A codec as the `codec` column of `log_blocks` keeps it.
-pub(super) fn codec_code(codec: Codec) -> i64 {
-    match codec {
-        Codec::None => 0,
-        Codec::Zstd => 1,
-    }
-}
-
-pub(super) fn codec_from_code(code: i64) -> Option<Codec> {
-    match code {
-        0 => Some(Codec::None),
-        1 => Some(Codec::Zstd),
-        _ => None,
-    }
-}
-
 pub(super) fn severity_level(s: Severity) -> i64 {
     match s {
         Severity::Emergency => 0,

@@ -494,7 +494,7 @@ impl<'c> RowInserter<'c> {
             id,
             events as i64,
             received_ns,
-            super::codec::codec_code(packed.codec),
+            packed.codec.code(),
             packed.raw_bytes,
             packed.data,
         ])?;

@@ -14,9 +14,8 @@ use outpost_common::wire;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::codec::{
-    attributes_column, changed_column, codec_from_code, fim_change_from_name,
-    fim_detection_from_name, from_json_column, metric_kind_from_name, parse_column,
-    severity_from_level,
+    attributes_column, changed_column, fim_change_from_name, fim_detection_from_name,
+    from_json_column, metric_kind_from_name, parse_column, severity_from_level,
 };
 use super::commit::{cursor_of, id_of, summary_from_row};
 use super::table;
@@ -129,7 +128,7 @@ fn read_block(conn: &Connection, block: i64) -> rusqlite::Result<Vec<Event>> {
         .query_row([block], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
         .optional()?
         .ok_or_else(|| damaged_block(block, "it is missing"))?;
-    let codec = codec_from_code(codec)
+    let codec = wire::Codec::from_code(codec)
         .ok_or_else(|| damaged_block(block, &format!("unknown codec {codec}")))?;
     let raw_bytes =
         usize::try_from(raw_bytes).map_err(|_| damaged_block(block, "a negative length"))?;
