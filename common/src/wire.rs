@@ -232,12 +232,11 @@ impl PackedBatch {
                 limit: max_raw_bytes,
             });
         }
-        let raw = unpack_events(self.codec, &self.data, self.raw_bytes as usize)?;
         Ok(Batch {
             seq: self.seq,
             low_water_seq: self.low_water_seq,
             created_ns: self.created_ns,
-            events: decode_events(&raw)?,
+            events: decode_packed_events(self.codec, &self.data, self.raw_bytes as usize)?,
         })
     }
 }
@@ -302,28 +301,42 @@ thread_local! {
         const { std::cell::RefCell::new(None) };
 }
 
-/// The event list `data` holds, compressed with `codec`, which must be exactly `raw_bytes` long
-/// once decompressed; never allocates more than `raw_bytes`.
-pub fn unpack_events(codec: Codec, data: &[u8], raw_bytes: usize) -> Result<Vec<u8>, WireError> {
-    let raw = match codec {
-        Codec::None => data.to_vec(),
-        Codec::Zstd => DECOMPRESSOR
-            .with_borrow_mut(|slot| {
-                let decompressor = match slot {
-                    Some(d) => d,
-                    None => slot.insert(zstd::bulk::Decompressor::new()?),
-                };
-                decompressor.decompress(data, raw_bytes)
-            })
-            .map_err(|e| WireError::Malformed(format!("cannot decompress the events: {e}")))?,
+/// The events of the list `data` holds, compressed with `codec`, which must be exactly
+/// `raw_bytes` long once decompressed: what a [`PackedBatch`], a spooled batch or a stored block
+/// holds. Never allocates more than `raw_bytes` for the list; never panics.
+pub fn decode_packed_events(
+    codec: Codec,
+    data: &[u8],
+    raw_bytes: usize,
+) -> Result<Vec<Event>, WireError> {
+    let unpacked;
+    let list = match codec {
+        Codec::None => data,
+        Codec::Zstd => {
+            unpacked = decompress(data, raw_bytes)?;
+            unpacked.as_slice()
+        }
     };
-    if raw.len() != raw_bytes {
+    if list.len() != raw_bytes {
         return Err(WireError::Malformed(format!(
-            "the events decompress to {} bytes, not the {raw_bytes} announced",
-            raw.len()
+            "the events take {} bytes, not the {raw_bytes} announced",
+            list.len()
         )));
     }
-    Ok(raw)
+    decode_events(list)
+}
+
+/// `data` decompressed into at most `raw_bytes`.
+fn decompress(data: &[u8], raw_bytes: usize) -> Result<Vec<u8>, WireError> {
+    DECOMPRESSOR
+        .with_borrow_mut(|slot| {
+            let decompressor = match slot {
+                Some(d) => d,
+                None => slot.insert(zstd::bulk::Decompressor::new()?),
+            };
+            decompressor.decompress(data, raw_bytes)
+        })
+        .map_err(|e| WireError::Malformed(format!("cannot decompress the events: {e}")))
 }
 
 /// The aggregator has durably stored (or had already stored) batch `seq`.
@@ -568,14 +581,21 @@ pub fn encode_batch_frame(
 ) -> Result<Vec<u8>, WireError> {
     // serde encodes a newtype variant as its index followed by the content; Batch is index 2.
     const BATCH_VARIANT: u32 = 2;
-    let mut out = vec![0u8; LENGTH_PREFIX_BYTES];
-    bincode::serde::encode_into_std_write(
+    frame_around(
         (BATCH_VARIANT, seq, low_water_seq, created_ns),
-        &mut out,
-        codec(),
+        encoded_events,
     )
-    .map_err(|e| WireError::Malformed(e.to_string()))?;
-    out.extend_from_slice(encoded_events);
+}
+
+/// The frame of a message whose bincode is `header`'s followed by `payload`'s bytes as they are,
+/// copied once.
+fn frame_around(header: impl Serialize, payload: &[u8]) -> Result<Vec<u8>, WireError> {
+    let mut out =
+        Vec::with_capacity(LENGTH_PREFIX_BYTES + PACKED_BATCH_HEADER_BYTES + payload.len());
+    out.resize(LENGTH_PREFIX_BYTES, 0);
+    bincode::serde::encode_into_std_write(header, &mut out, codec())
+        .map_err(|e| WireError::Malformed(e.to_string()))?;
+    out.extend_from_slice(payload);
     finish_frame(out)
 }
 
@@ -595,9 +615,8 @@ pub fn encode_packed_batch_frame(
         Codec::None => 0,
         Codec::Zstd => 1,
     };
-    let mut out = Vec::with_capacity(LENGTH_PREFIX_BYTES + PACKED_BATCH_HEADER_BYTES + data.len());
-    out.resize(LENGTH_PREFIX_BYTES, 0);
-    bincode::serde::encode_into_std_write(
+    // The data goes as serde_bytes encodes bytes: its length, then the bytes.
+    frame_around(
         (
             PACKED_BATCH_VARIANT,
             seq,
@@ -607,12 +626,8 @@ pub fn encode_packed_batch_frame(
             raw_bytes,
             data.len() as u64,
         ),
-        &mut out,
-        codec(),
+        data,
     )
-    .map_err(|e| WireError::Malformed(e.to_string()))?;
-    out.extend_from_slice(data);
-    finish_frame(out)
 }
 
 /// The most bytes a PackedBatch frame's body adds around its data: the variant, `seq`,

@@ -463,27 +463,7 @@ fn bind_endpoint(target: &QuicEndpoint) -> std::io::Result<quinn::Endpoint> {
 async fn send_batch(conn: quinn::Connection, batch: StoredBatch, max_frame: u32) -> Outcome {
     let seq = batch.seq;
     let failed = |reason: String| Outcome::Failed { seq, reason };
-    let frame = match batch.codec {
-        wire::Codec::None => {
-            wire::encode_batch_frame(seq, batch.low_water_seq, batch.created_ns, &batch.payload)
-        }
-        codec => u32::try_from(batch.raw_bytes)
-            .map_err(|_| wire::WireError::FrameTooLarge {
-                len: batch.raw_bytes as u64,
-                limit: u32::MAX,
-            })
-            .and_then(|raw_bytes| {
-                wire::encode_packed_batch_frame(
-                    seq,
-                    batch.low_water_seq,
-                    batch.created_ns,
-                    codec,
-                    raw_bytes,
-                    &batch.payload,
-                )
-            }),
-    };
-    let frame = match frame {
+    let frame = match batch.frame() {
         Ok(f) => f,
         Err(e) => return failed(e.to_string()),
     };

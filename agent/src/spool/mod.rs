@@ -364,13 +364,23 @@ pub struct StoredBatch {
 }
 
 impl StoredBatch {
+    /// The frame that sends it: a `Batch`, or a `PackedBatch` when it is stored compressed; its
+    /// payload is copied in as it is.
+    pub fn frame(&self) -> Result<Vec<u8>, WireError> {
+        let (seq, low, created) = (self.seq, self.low_water_seq, self.created_ns);
+        if self.codec == Codec::None {
+            return wire::encode_batch_frame(seq, low, created, &self.payload);
+        }
+        let raw_bytes = u32::try_from(self.raw_bytes).map_err(|_| WireError::FrameTooLarge {
+            len: self.raw_bytes as u64,
+            limit: u32::MAX,
+        })?;
+        wire::encode_packed_batch_frame(seq, low, created, self.codec, raw_bytes, &self.payload)
+    }
+
     /// Its events, decompressed and decoded.
     pub fn events(&self) -> Result<Vec<Event>, WireError> {
-        wire::decode_events(&wire::unpack_events(
-            self.codec,
-            &self.payload,
-            self.raw_bytes,
-        )?)
+        wire::decode_packed_events(self.codec, &self.payload, self.raw_bytes)
     }
 }
 

@@ -666,7 +666,7 @@ mod tests {
     use std::time::Duration;
 
     use outpost_common::event::{AgentStatus, Event, LogRecord};
-    use outpost_common::wire::{self, Codec, Heartbeat, PackedBatch};
+    use outpost_common::wire::{Heartbeat, PackedBatch};
 
     use super::*;
     use crate::ingest::sessions::{Admission, ConnectionId, Sessions};
@@ -1034,19 +1034,14 @@ mod tests {
     }
 
     fn packed(batch: &Batch) -> PackedBatch {
-        let raw = wire::encode_events(&batch.events).unwrap();
-        let data = wire::Packer::new(Codec::Zstd)
-            .unwrap()
-            .pack(&raw)
-            .unwrap()
-            .expect("log lines compress");
+        let events = crate::store::testutil::pack(&batch.events).expect("log lines compress");
         PackedBatch {
             seq: batch.seq,
             low_water_seq: batch.low_water_seq,
             created_ns: batch.created_ns,
-            codec: Codec::Zstd,
-            raw_bytes: u32::try_from(raw.len()).unwrap(),
-            data,
+            codec: events.codec,
+            raw_bytes: events.raw_bytes,
+            data: events.data,
         }
     }
 

@@ -84,27 +84,9 @@ pub struct PackedEvents {
 }
 
 impl PackedEvents {
-    /// `events` encoded and compressed as an agent does, or `None` if compression would not make
-    /// them smaller.
-    pub fn pack(events: &[Event]) -> Option<PackedEvents> {
-        use outpost_common::wire::{Codec, Packer, encode_events};
-        let raw = encode_events(events).ok()?;
-        let data = Packer::new(Codec::Zstd).ok()?.pack(&raw).ok()??;
-        Some(PackedEvents {
-            codec: Codec::Zstd,
-            raw_bytes: u32::try_from(raw.len()).ok()?,
-            data,
-        })
-    }
-
     /// The events again.
     pub fn unpack(&self) -> Result<Vec<Event>, outpost_common::wire::WireError> {
-        use outpost_common::wire::{decode_events, unpack_events};
-        decode_events(&unpack_events(
-            self.codec,
-            &self.data,
-            self.raw_bytes as usize,
-        )?)
+        outpost_common::wire::decode_packed_events(self.codec, &self.data, self.raw_bytes as usize)
     }
 }
 

@@ -101,9 +101,22 @@ fn file_state(size: u64) -> FileState {
 /// send them (so log bodies go to a block), unless compression does not shrink them.
 pub(crate) fn batch(agent: &str, spool: u64, seq: u64, events: Vec<Event>) -> IncomingBatch {
     IncomingBatch {
-        packed: PackedEvents::pack(&events),
+        packed: pack(&events),
         ..unpacked_batch(agent, spool, seq, events)
     }
+}
+
+/// `events` encoded and compressed as an agent does, or `None` if compression would not make
+/// them smaller.
+pub(crate) fn pack(events: &[Event]) -> Option<PackedEvents> {
+    use outpost_common::wire::{Codec, Packer, encode_events};
+    let raw = encode_events(events).ok()?;
+    let data = Packer::new(Codec::Zstd).ok()?.pack(&raw).ok()??;
+    Some(PackedEvents {
+        codec: Codec::Zstd,
+        raw_bytes: u32::try_from(raw.len()).ok()?,
+        data,
+    })
 }
 
 /// [`batch`], arrived uncompressed: log bodies stay in their rows.

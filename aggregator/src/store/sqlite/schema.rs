@@ -523,6 +523,22 @@ mod tests {
         );
     }
 
+    /// A store at `path` of the first `version` migrations, holding agent `agent` (key 1).
+    fn store_of_schema(path: &Path, version: usize, agent: &str) -> Connection {
+        let conn = Connection::open(path).unwrap();
+        for sql in &MIGRATIONS[..version] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", version as i64)
+            .unwrap();
+        conn.execute(
+            "INSERT INTO agents (agent_id, first_seen_ns, last_seen_ns) VALUES (?1, ?2, ?2)",
+            rusqlite::params![agent, T0],
+        )
+        .unwrap();
+        conn
+    }
+
     #[test]
     fn a_store_of_the_seventh_schema_keeps_its_metric_rows_as_series_and_points() {
         use crate::store::series::{Aggregate, MetricQuery};
@@ -532,16 +548,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("store.db");
         {
-            let conn = Connection::open(&path).unwrap();
-            for sql in &MIGRATIONS[..7] {
-                conn.execute_batch(sql).unwrap();
-            }
-            conn.pragma_update(None, "user_version", 7).unwrap();
-            conn.execute(
-                "INSERT INTO agents (agent_id, first_seen_ns, last_seen_ns) VALUES ('old', ?1, ?1)",
-                [T0],
-            )
-            .unwrap();
+            let conn = store_of_schema(&path, 7, "old");
             let mut insert = conn
                 .prepare(
                     "INSERT INTO metrics (id, agent_key, time_ns, received_ns, name, unit, kind, value, attributes)
@@ -617,22 +624,13 @@ mod tests {
 
     #[test]
     fn a_store_of_the_eighth_schema_keeps_its_log_rows_and_puts_new_bodies_in_blocks() {
-        use crate::store::{EventQuery, IncomingBatch, PackedEvents};
+        use crate::store::{EventQuery, IncomingBatch};
         use outpost_common::event::{Event, LogRecord};
 
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("store.db");
         {
-            let conn = Connection::open(&path).unwrap();
-            for sql in &MIGRATIONS[..8] {
-                conn.execute_batch(sql).unwrap();
-            }
-            conn.pragma_update(None, "user_version", 8).unwrap();
-            conn.execute(
-                "INSERT INTO agents (agent_id, first_seen_ns, last_seen_ns) VALUES ('a', ?1, ?1)",
-                [T0],
-            )
-            .unwrap();
+            let conn = store_of_schema(&path, 8, "a");
             conn.execute(
                 "INSERT INTO logs (id, agent_key, time_ns, received_ns, source, severity, body)
                  VALUES (1, 1, ?1, ?1, '/var/log/old.log', 6, 'written before blocks')",
@@ -652,7 +650,7 @@ mod tests {
         };
         let events: Vec<Event> = (0..20).map(line).collect();
         let batch = IncomingBatch {
-            packed: PackedEvents::pack(&events),
+            packed: pack(&events),
             ..batch("a", 1, 1, events.clone())
         };
         store.commit_batches(&[batch]).unwrap();
