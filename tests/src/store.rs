@@ -41,6 +41,15 @@ impl Store {
         Ok(conn)
     }
 
+    /// The aggregator's own reader of the store, which reads what it keeps packed (metric
+    /// chunks, log blocks) as well as rows.
+    fn reader(&self) -> Result<SqliteReader, String> {
+        if !self.path.exists() {
+            return Err(format!("{} does not exist yet", self.path.display()));
+        }
+        SqliteReader::open(&self.path).map_err(|e| e.to_string())
+    }
+
     fn error(&self, e: rusqlite::Error) -> String {
         format!("{}: {e}", self.path.display())
     }
@@ -78,10 +87,7 @@ impl Store {
     /// The log records of `agent_id` from `source`, in storage order, read through the
     /// aggregator's own reader so that bodies kept in blocks are read as well.
     fn log_records(&self, agent_id: &str, source: &str) -> Result<Vec<LogRecord>, String> {
-        if !self.path.exists() {
-            return Err(format!("{} does not exist yet", self.path.display()));
-        }
-        let reader = SqliteReader::open(&self.path).map_err(|e| e.to_string())?;
+        let reader = self.reader()?;
         let stored = reader.logs(agent_id, source).map_err(|e| e.to_string())?;
         Ok(stored
             .into_iter()
@@ -96,10 +102,7 @@ impl Store {
     /// aggregator's own reader so that points already packed into chunks are counted with those
     /// still in rows.
     fn metric_seqs(&self, agent_id: &str) -> Result<(Vec<u64>, Vec<u64>), String> {
-        if !self.path.exists() {
-            return Err(format!("{} does not exist yet", self.path.display()));
-        }
-        let reader = SqliteReader::open(&self.path).map_err(|e| e.to_string())?;
+        let reader = self.reader()?;
         let series = reader
             .metric_points(Some(agent_id), "synthetic.counter")
             .map_err(|e| e.to_string())?;
