@@ -616,9 +616,17 @@ impl Spool {
     /// and leaves the disk-full state when the disk has room for new data again. The writer
     /// calls it periodically while the disk is full and after acknowledgements; `append` looks
     /// at the disk itself.
+    ///
+    /// While the disk is full it also gives free pages back, a step at a time, and once it has
+    /// room again, all of them: a backlog that drained while the disk was full leaves its pages
+    /// free in the file, and no acknowledgement may come after to give them back.
     pub fn recheck(&mut self) {
+        let was_full = self.trouble_kind() == Some(TroubleKind::DiskFull);
         let cap = self.disk_cap();
         self.observe_disk(&cap);
+        if was_full {
+            self.maybe_vacuum();
+        }
     }
 
     /// The random id chosen when the spool was created; seqs are unique within it.

@@ -1759,6 +1759,48 @@ fn the_files_shrink_after_a_drain() {
 }
 
 #[test]
+fn a_backlog_drained_while_the_disk_was_full_gives_its_pages_back_once_there_is_room() {
+    let dir = TempDir::new().unwrap();
+    let disk = FakeDisk::new(dir.path(), ROOMY);
+    let mut spool = Spool::open(SpoolConfig {
+        free_space: disk.clone(),
+        max_batch_events: 100,
+        max_batch_bytes: 64 * 1024,
+        ..config(&db(&dir), 1 << 30)
+    })
+    .unwrap();
+    for round in 0..40 {
+        let big: Vec<Event> = (0..100).map(|i| event(round * 100 + i, 1000)).collect();
+        append_one(&mut spool, sub(Class::Wait, big, None));
+    }
+    let full = spool.stats().file_bytes;
+    // The disk fills: the next submission waits and the spool says so.
+    disk.leave_free(0);
+    let waiting = sub(Class::Wait, events(10_000, 100), None);
+    assert_eq!(append_one(&mut spool, waiting), SubmitOutcome::Full);
+    assert_eq!(spool.trouble().map(|t| t.kind), Some(TroubleKind::DiskFull));
+    // The whole backlog is acknowledged at once while the disk is full: one small step back.
+    let sent: Vec<u64> = spool
+        .batches_after(0, usize::MAX)
+        .unwrap()
+        .iter()
+        .map(|b| b.seq)
+        .collect();
+    spool.ack(&sent).unwrap();
+    assert!(
+        spool.stats().file_bytes > full / 2,
+        "{}",
+        spool.stats().file_bytes
+    );
+    // Room again, and no acknowledgement to come: the recheck gives the pages back.
+    disk.leave_free(ROOMY);
+    spool.recheck();
+    assert_eq!(spool.trouble(), None);
+    let drained = spool.stats().file_bytes;
+    assert!(drained < full / 4, "{drained} bytes after, {full} before");
+}
+
+#[test]
 fn a_spool_without_auto_vacuum_is_migrated_on_open() {
     let dir = TempDir::new().unwrap();
     let path = db(&dir);
