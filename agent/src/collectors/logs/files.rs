@@ -395,6 +395,7 @@ impl Source for Files {
             next_scan: Instant::now(),
             redaction_names: names,
             source: self.name.clone(),
+            in_flight: None,
         };
         runner.run(&mut ctx, &wake).await;
         info!(source = %self.name, "log file source stopped");
@@ -480,6 +481,30 @@ struct Runner {
     next_scan: Instant,
     redaction_names: Vec<String>,
     source: String,
+    /// The round being committed while the next is read.
+    in_flight: Option<InFlight>,
+}
+
+/// A submission being committed. Dropping it (the source stopping) gives the submission up, as
+/// dropping [`SpoolHandle::submit`](crate::spool::SpoolHandle::submit)'s future does.
+struct InFlight(
+    tokio::task::JoinHandle<Result<crate::spool::SubmitOutcome, crate::spool::SpoolError>>,
+);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// How waiting for a round in flight ended.
+enum Settled {
+    Committed,
+    /// It failed, and the tailer starts over from the committed positions: whatever was read
+    /// since is read again.
+    StartedOver,
+    /// The agent is shutting down, or the source cannot go on.
+    Stop,
 }
 
 impl Runner {
@@ -493,12 +518,20 @@ impl Runner {
                 return;
             }
             let started = Instant::now();
+            // While the previous round commits, the next one is read.
             let Some(round) = self.call(|t| t.read(Instant::now(), now_ns())).await else {
                 return;
             };
+            // That round's lines come first: this one is submitted once it is committed, and
+            // dropped if it failed, since the tailer then starts over from the committed positions.
+            match self.settle(ctx, wake).await {
+                Settled::Committed => {}
+                Settled::StartedOver => continue,
+                Settled::Stop => return,
+            }
             let full = round.full;
-            if !round.is_empty() && !self.commit(ctx, wake, round).await {
-                return;
+            if !round.is_empty() {
+                self.submit(ctx, round);
             }
             if published.elapsed() >= PUBLISH_EVERY {
                 self.publish(ctx);
@@ -506,6 +539,13 @@ impl Runner {
             }
             if full {
                 continue;
+            }
+            // A round that did not fill up caught up with the files: its commit is waited for
+            // here, not while the source idles.
+            match self.settle(ctx, wake).await {
+                Settled::Committed => {}
+                Settled::StartedOver => continue,
+                Settled::Stop => return,
             }
             let deadline = self
                 .tailer
@@ -547,9 +587,8 @@ impl Runner {
         Some(true)
     }
 
-    /// Commits `round`, scanning (and recording the files found) while it waits for space.
-    /// Returns false when the agent is shutting down or the source cannot go on.
-    async fn commit(&mut self, ctx: &mut Context, wake: &Wake, round: Round) -> bool {
+    /// Hands `round` to the spool, to be committed while the next round is read.
+    fn submit(&mut self, ctx: &Context, round: Round) {
         let spool = ctx.spool().clone();
         let sub = Submission {
             events: round.events,
@@ -557,29 +596,40 @@ impl Runner {
             checkpoints: Vec::new(),
             class: Class::Wait,
         };
-        let commit = spool.submit(sub);
-        tokio::pin!(commit);
+        self.in_flight = Some(InFlight(tokio::spawn(
+            async move { spool.submit(sub).await },
+        )));
+    }
+
+    /// Waits for the round in flight, if any, to be committed, scanning (and recording the files
+    /// found) while it waits for space.
+    async fn settle(&mut self, ctx: &mut Context, wake: &Wake) -> Settled {
+        let Some(mut commit) = self.in_flight.take() else {
+            return Settled::Committed;
+        };
+        let spool = ctx.spool().clone();
         let mut scan_timer = tokio::time::interval(self.rescan_interval);
         loop {
             tokio::select! {
-                result = &mut commit => {
+                result = &mut commit.0 => {
+                    let result = result.unwrap_or(Err(crate::spool::SpoolError::ShuttingDown));
                     return match result {
-                        Ok(_) => true,
-                        Err(e) => self.start_over(ctx, e).await,
+                        Ok(_) => Settled::Committed,
+                        Err(e) => self.failed(ctx, e).await,
                     };
                 }
                 () = wake.notify.notified() => {}
                 _ = scan_timer.tick() => {}
-                () = ctx.stopped() => return false,
+                () = ctx.stopped() => return Settled::Stop,
             }
             match self.scan_if_due(ctx, wake).await {
-                None => return false,
+                None => return Settled::Stop,
                 // Lines written meanwhile wait in their files; only new files matter now.
                 Some(false) => continue,
                 Some(true) => {}
             }
             let Some(opened) = self.call(Tailer::opened).await else {
-                return false;
+                return Settled::Stop;
             };
             if !opened.is_empty() {
                 let sub = Submission {
@@ -588,9 +638,17 @@ impl Runner {
                     ..Submission::default()
                 };
                 if let Err(e) = spool.submit(sub).await {
-                    return self.start_over(ctx, e).await;
+                    return self.failed(ctx, e).await;
                 }
             }
+        }
+    }
+
+    async fn failed(&mut self, ctx: &mut Context, e: crate::spool::SpoolError) -> Settled {
+        if self.start_over(ctx, e).await {
+            Settled::StartedOver
+        } else {
+            Settled::Stop
         }
     }
 
@@ -714,6 +772,74 @@ mod tests {
         assert_eq!(d.max_line_bytes, ByteSize::kib(100));
         assert_eq!(d.rescan_interval, Duration::from_secs(10));
         assert_eq!(d.rotated_max_age, Duration::from_secs(600));
+    }
+
+    /// A round is read while the one before commits: when that commit fails, the round read
+    /// ahead is dropped with it and both are read again, so every line is spooled once, in order.
+    #[tokio::test]
+    async fn a_failed_commit_drops_the_round_read_ahead_and_reads_both_again() {
+        use crate::collectors::Context;
+        use crate::spool::{Spool, SpoolConfig};
+        use crate::telemetry::Telemetry;
+        use outpost_common::event::Event;
+
+        let dir = tempfile::tempdir().unwrap();
+        let lines: Vec<String> = (0..40_000)
+            .map(|i| format!("line {i:06} of the app"))
+            .collect();
+        std::fs::write(dir.path().join("app.log"), lines.join("\n") + "\n").unwrap();
+        // Rounds of 8,192 lines at most: five of them.
+        let spool_path = dir.path().join("spool.db");
+        let spool = Spool::open(SpoolConfig::new(&spool_path, 64 << 20)).unwrap();
+        let admin = rusqlite::Connection::open(&spool_path).unwrap();
+        admin
+            .execute_batch(
+                "CREATE TRIGGER refuse BEFORE INSERT ON batches
+                 BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;",
+            )
+            .unwrap();
+        let (handle, join) = crate::spool::spawn(spool);
+        let telemetry = Arc::new(Telemetry::recording());
+        let (stop, shutdown) = tokio::sync::watch::channel(false);
+        let ctx = Context::new("logs", handle.clone(), shutdown, telemetry.clone());
+        let files = Files::new(FilesConfig {
+            include: vec![format!("{}/*.log", dir.path().display())],
+            read_from: ReadFrom::Beginning,
+            ..FilesConfig::default()
+        })
+        .unwrap();
+        let task = tokio::spawn(files.run(ctx));
+
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let failed = || {
+            telemetry
+                .collector_errors()
+                .iter()
+                .any(|e| e.reason.contains("cannot write to the spool"))
+        };
+        while !failed() {
+            assert!(Instant::now() < deadline, "the commit never failed");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        admin.execute_batch("DROP TRIGGER refuse").unwrap();
+        while handle.stats().events < lines.len() as u64 {
+            assert!(Instant::now() < deadline, "{:?}", handle.stats());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mut bodies = Vec::new();
+        for batch in handle.batches_after(0, usize::MAX).await.unwrap() {
+            for event in batch.events().unwrap() {
+                match event {
+                    Event::Log(l) => bodies.push(l.body),
+                    other => panic!("{other:?}"),
+                }
+            }
+        }
+        assert_eq!(bodies, lines);
+        stop.send(true).unwrap();
+        task.await.unwrap();
+        drop(handle);
+        join.join().unwrap();
     }
 
     #[test]
