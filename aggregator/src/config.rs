@@ -34,10 +34,11 @@ pub struct AggregatorConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreSection {
-    /// Index logs by agent and time, so that a search of one host over a time range seeks
-    /// instead of scanning. It costs about a fifth of the rate at which logs can be stored
-    /// (BENCHMARKS.md); an aggregator bound by log ingest that does not search that way can turn
-    /// it off. Changed at the next start (building the index over many logs takes a while).
+    /// Index the log records stored as rows by agent and time, so that a search of one host
+    /// over a time range seeks instead of scanning. Records kept in blocks (those of agents that
+    /// compress their batches, the default) have an index of their own, always. For rows it
+    /// costs about a fifth of the rate at which they can be stored (BENCHMARKS.md). Changed at the
+    /// next start (building the index over many logs takes a while).
     pub log_index: bool,
 }
 

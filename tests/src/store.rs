@@ -132,11 +132,7 @@ impl Store {
     /// How many synthetic events of `agent_id` are stored (repeats included).
     pub fn synthetic_count(&self, agent_id: &str, kind: Kind) -> Result<u64, String> {
         match kind {
-            Kind::Log => self.count(
-                "SELECT count(*) FROM logs WHERE source = 'synthetic'
-                   AND agent_key = (SELECT agent_key FROM agents WHERE agent_id = ?1)",
-                agent_id,
-            ),
+            Kind::Log => Ok(self.log_records(agent_id, "synthetic")?.len() as u64),
             Kind::Metric => Ok(self.metric_seqs(agent_id)?.0.len() as u64),
         }
     }
@@ -181,6 +177,10 @@ impl Store {
                 "SELECT coalesce(sum(c.points), 0) FROM metric_chunks c JOIN metric_series s USING (series_id)
                   WHERE s.agent_key = {AGENT_KEY}"
             ),
+            agent_id,
+        )?;
+        total += self.count(
+            &format!("SELECT coalesce(sum(logs), 0) FROM log_blocks WHERE agent_key = {AGENT_KEY}"),
             agent_id,
         )?;
         for table in ["metrics", "logs", "fim_events", "agent_status"] {

@@ -97,12 +97,12 @@ impl WriteState {
                     continue;
                 }
                 let start = cursor_of(id);
-                let block = match &batch.packed {
+                let in_block = match &batch.packed {
                     Some(packed) if mostly_logs(&batch.events) => {
-                        rows.block(id, batch.events.len(), received, packed)?;
-                        Some(id)
+                        rows.block(id, key, received, &batch.events, packed)?;
+                        true
                     }
-                    _ => None,
+                    _ => false,
                 };
                 let mut summary = HostSummary::default();
                 let mut found = Vec::new();
@@ -117,7 +117,9 @@ impl WriteState {
                         let copy = trail.needs_lookup(f) && stored_copy(&tx, key, f)?;
                         found.extend(trail.receive(f, arrival, copy));
                     }
-                    rows.insert(id, key, received, event, block)?;
+                    if !(in_block && matches!(event, Event::Log(_))) {
+                        rows.insert(id, key, received, event)?;
+                    }
                     id += 1;
                     if let Event::Metric(m) = event {
                         summary.observe(m);
@@ -135,7 +137,7 @@ impl WriteState {
                 for f in found {
                     record_break(&tx, key, f.row, &f.brk, received)?;
                     let notice = notice(&batch.agent_id, &f.brk, &f.path, received);
-                    rows.insert(id, key, received, &notice, None)?;
+                    rows.insert(id, key, received, &notice)?;
                     id += 1;
                     notices.push(notice);
                     breaks.push((&batch.agent_id, f));
@@ -174,8 +176,8 @@ impl WriteState {
 }
 
 /// Whether at least half of a batch's events are log records: only then is the batch kept as a
-/// block for their bodies, so that a block never holds mostly events that have rows of their
-/// own (an agent's batches of logs hold little else: metric samples travel apart).
+/// block for them, so that a block never holds mostly events that have rows of their own (an
+/// agent's batches of logs hold little else: metric samples travel apart).
 fn mostly_logs(events: &[Event]) -> bool {
     let logs = events.iter().filter(|e| matches!(e, Event::Log(_))).count();
     logs > 0 && logs * 2 >= events.len()
@@ -461,12 +463,13 @@ impl<'c> RowInserter<'c> {
             new_series,
             key: String::with_capacity(128),
             log: tx.prepare_cached(
-                "INSERT INTO logs (id, agent_key, time_ns, received_ns, source, severity, body, attributes, block)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                "INSERT INTO logs (id, agent_key, time_ns, received_ns, source, severity, body, attributes)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?,
             log_block: tx.prepare_cached(
-                "INSERT INTO log_blocks (id, events, received_ns, codec, raw_bytes, data)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO log_blocks (id, events, agent_key, logs, min_time_ns, max_time_ns,
+                    received_ns, codec, raw_bytes, data)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )?,
             fim: tx.prepare_cached(
                 "INSERT INTO fim_events (id, agent_key, time_ns, received_ns, path, change, before, after,
@@ -481,18 +484,29 @@ impl<'c> RowInserter<'c> {
         })
     }
 
-    /// Stores the events of a batch whose first event is row `id` as the block `id`, as the agent
-    /// compressed them: its log rows then hold their bodies there.
+    /// Stores the `events` of a batch whose first event is number `id` as the block `id`, as the
+    /// agent compressed them (`packed`): its log records get no row of their own.
     fn block(
         &mut self,
         id: i64,
-        events: usize,
+        agent_key: i64,
         received_ns: i64,
+        events: &[Event],
         packed: &PackedEvents,
     ) -> rusqlite::Result<()> {
+        let times = || {
+            events.iter().filter_map(|e| match e {
+                Event::Log(l) => Some(l.time_ns),
+                _ => None,
+            })
+        };
         self.log_block.execute(params![
             id,
-            events as i64,
+            events.len() as i64,
+            agent_key,
+            times().count() as i64,
+            times().min().unwrap_or(0),
+            times().max().unwrap_or(0),
             received_ns,
             packed.codec.code(),
             packed.raw_bytes,
@@ -501,15 +515,13 @@ impl<'c> RowInserter<'c> {
         Ok(())
     }
 
-    /// Inserts one event as row `id`; a log record's body goes to `block` when given (the block
-    /// of its batch, see [`RowInserter::block`]).
+    /// Inserts one event as row `id`.
     fn insert(
         &mut self,
         id: i64,
         agent_key: i64,
         received_ns: i64,
         event: &Event,
-        block: Option<i64>,
     ) -> rusqlite::Result<()> {
         match event {
             Event::Metric(m) => {
@@ -525,7 +537,6 @@ impl<'c> RowInserter<'c> {
             }
             Event::Log(l) => {
                 let attributes = attributes_json(&mut self.json, &l.attributes)?;
-                let body = if block.is_some() { "" } else { l.body.as_str() };
                 self.log.execute(params![
                     id,
                     agent_key,
@@ -533,9 +544,8 @@ impl<'c> RowInserter<'c> {
                     received_ns,
                     l.source,
                     l.severity.map(severity_level),
-                    body,
+                    l.body,
                     attributes,
-                    block,
                 ])?;
             }
             Event::Fim(f) => {
@@ -1228,7 +1238,7 @@ mod tests {
         let admin = Connection::open(&path).unwrap();
         admin
             .execute_batch(
-                "CREATE TRIGGER boom BEFORE INSERT ON logs
+                "CREATE TRIGGER boom BEFORE INSERT ON fim_events
                  BEGIN SELECT RAISE(ABORT, 'refused by test trigger'); END;",
             )
             .unwrap();

@@ -6,6 +6,7 @@
 //! a few, which [`super::reader`] uses).
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 
 use outpost_common::event::{
     AgentStatus, Event, EventKind, FileState, FimDetection, FimEvent, LogRecord, MetricPoint,
@@ -53,81 +54,123 @@ pub(super) fn events(conn: &Connection, query: &EventQuery) -> Result<EventPage,
         Some(range) => (Some(range.start), Some(range.end)),
         None => (None, None),
     };
-    let mut found: Vec<LogRow> = Vec::new();
+    let mut found: Vec<Found> = Vec::new();
     for kind in kinds {
         let sql = select_sql(kind, agent_key.is_some() && query.time_ns.is_some());
         let rows = conn.prepare_cached(&sql).and_then(|mut s| {
             s.query_map(
                 params![from, until, agent_key, time_from, time_until, limit as i64],
-                |r| match kind {
-                    EventKind::Log => stored_log_row(r),
-                    _ => Ok((r.get::<_, i64>(0)?, stored_event(kind, r)?, None)),
-                },
+                |r| Ok((r.get::<_, i64>(0)?, stored_event(kind, r)?)),
             )?
             .collect::<rusqlite::Result<Vec<_>>>()
         });
         found.extend(rows.map_err(|e| StoreError::backend(context(), e))?);
+        if kind == EventKind::Log {
+            let scan = BlockScan {
+                ids: from..until,
+                agent_key,
+                time_ns: query.time_ns.clone(),
+                source: None,
+                limit,
+            };
+            found.extend(block_logs(conn, &scan).map_err(|e| StoreError::backend(context(), e))?);
+        }
     }
     // Stable: rows sharing an id (stored before the shared sequence) stay in kind order.
-    found.sort_by_key(|(id, _, _)| *id);
+    found.sort_by_key(|(id, _)| *id);
     let full = found.len() >= limit;
     found.truncate(limit);
-    fill_bodies(conn, &mut found).map_err(|e| StoreError::backend(context(), e))?;
     let next = match found.last() {
-        Some((id, _, _)) if full => Some(cursor_of(id.saturating_add(1))),
+        Some((id, _)) if full => Some(cursor_of(id.saturating_add(1))),
         _ => None,
     };
     Ok(EventPage {
-        events: found.into_iter().map(|(_, e, _)| e).collect(),
+        events: found.into_iter().map(|(_, e)| e).collect(),
         next,
     })
 }
 
-/// A row of logs as [`select_sql`] selects it: its id, the record (with an empty body when the
-/// body is in a block) and the block, if any; [`fill_bodies`] reads the bodies.
-pub(super) type LogRow = (i64, StoredEvent, Option<i64>);
+/// A found event and its id, by which kinds merge.
+pub(super) type Found = (i64, StoredEvent);
 
-/// Reads a [`LogRow`] from the columns `id, agent_id, time_ns, received_ns` and then
-/// [`columns`]'s for logs.
-pub(super) fn stored_log_row(r: &Row<'_>) -> rusqlite::Result<LogRow> {
-    // After the four common columns, source, severity, body and attributes.
-    const BLOCK: usize = 8;
-    Ok((r.get(0)?, stored_event(EventKind::Log, r)?, r.get(BLOCK)?))
+/// Which log records kept in blocks [`block_logs`] reads: those with an id in `ids`, of one
+/// agent or all, of a time range or any, from one source or any, `limit` at most.
+pub(super) struct BlockScan<'a> {
+    pub ids: Range<i64>,
+    pub agent_key: Option<i64>,
+    pub time_ns: Option<Range<i64>>,
+    pub source: Option<&'a str>,
+    pub limit: usize,
 }
 
-/// Gives the log records whose body is in a block (row id, event, block id) their bodies, reading
-/// each block once.
-pub(super) fn fill_bodies(conn: &Connection, found: &mut [LogRow]) -> rusqlite::Result<()> {
-    let mut blocks: BTreeMap<i64, Vec<Event>> = BTreeMap::new();
-    for (id, stored, block) in found.iter_mut() {
-        let (Some(block), Event::Log(record)) = (*block, &mut stored.event) else {
-            continue;
-        };
-        let events = match blocks.entry(block) {
-            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::btree_map::Entry::Vacant(e) => e.insert(read_block(conn, block)?),
-        };
-        let index = usize::try_from(*id - block).ok();
-        match index.and_then(|i| events.get_mut(i)) {
-            Some(Event::Log(from_block)) => record.body = std::mem::take(&mut from_block.body),
-            _ => {
-                return Err(damaged_block(
-                    block,
-                    &format!("event {id} is not a log record in it"),
-                ));
+/// The log records kept in blocks that `scan` picks, in id order.
+///
+/// A block's columns before its data say whether it may hold any (its agent, its records' time
+/// range), so only the blocks that may are read and decompressed.
+pub(super) fn block_logs(conn: &Connection, scan: &BlockScan<'_>) -> rusqlite::Result<Vec<Found>> {
+    let mut found = Vec::new();
+    if scan.limit == 0 || scan.ids.is_empty() {
+        return Ok(found);
+    }
+    let (time_from, time_until) = match &scan.time_ns {
+        Some(range) => (Some(range.start), Some(range.end)),
+        None => (None, None),
+    };
+    let mut stmt = conn.prepare_cached(
+        "SELECT b.id, a.agent_id, b.received_ns, b.codec, b.raw_bytes, b.data
+         FROM log_blocks b JOIN agents a USING (agent_key)
+         WHERE b.id >= coalesce((SELECT max(id) FROM log_blocks WHERE id <= ?1), ?1)
+           AND b.id < ?2 AND (?3 IS NULL OR b.agent_key = ?3)
+           AND (?4 IS NULL OR b.max_time_ns >= ?4) AND (?5 IS NULL OR b.min_time_ns < ?5)
+         ORDER BY b.id",
+    )?;
+    let mut rows = stmt.query(params![
+        scan.ids.start,
+        scan.ids.end,
+        scan.agent_key,
+        time_from,
+        time_until
+    ])?;
+    while let Some(r) = rows.next()? {
+        let block: i64 = r.get(0)?;
+        let agent_id: String = r.get(1)?;
+        let received_ns: i64 = r.get(2)?;
+        let events = unpack_block(block, r.get(3)?, r.get(4)?, r.get(5)?)?;
+        for (id, event) in (block..).zip(events) {
+            let Event::Log(record) = event else { continue };
+            let wanted = scan.ids.contains(&id)
+                && scan
+                    .time_ns
+                    .as_ref()
+                    .is_none_or(|t| t.contains(&record.time_ns))
+                && scan.source.is_none_or(|s| s == record.source);
+            if !wanted {
+                continue;
+            }
+            found.push((
+                id,
+                StoredEvent {
+                    cursor: cursor_of(id),
+                    agent_id: agent_id.clone(),
+                    received_ns,
+                    event: Event::Log(record),
+                },
+            ));
+            if found.len() >= scan.limit {
+                return Ok(found);
             }
         }
     }
-    Ok(())
+    Ok(found)
 }
 
-/// The events of log block `block`.
-fn read_block(conn: &Connection, block: i64) -> rusqlite::Result<Vec<Event>> {
-    let (codec, raw_bytes, data): (i64, i64, Vec<u8>) = conn
-        .prepare_cached("SELECT codec, raw_bytes, data FROM log_blocks WHERE id = ?1")?
-        .query_row([block], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .optional()?
-        .ok_or_else(|| damaged_block(block, "it is missing"))?;
+/// The events of log block `block`, from its columns `codec`, `raw_bytes` and `data`.
+fn unpack_block(
+    block: i64,
+    codec: i64,
+    raw_bytes: i64,
+    data: Vec<u8>,
+) -> rusqlite::Result<Vec<Event>> {
     let codec = wire::Codec::from_code(codec)
         .ok_or_else(|| damaged_block(block, &format!("unknown codec {codec}")))?;
     let raw_bytes =
@@ -144,7 +187,7 @@ fn read_block(conn: &Connection, block: i64) -> rusqlite::Result<Vec<Event>> {
 
 fn damaged_block(block: i64, why: &str) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(
-        2,
+        5,
         rusqlite::types::Type::Blob,
         format!("log block {block} cannot be read: {why}").into(),
     )
@@ -177,7 +220,7 @@ fn select_sql(kind: EventKind, host_and_time: bool) -> String {
 pub(super) fn columns(kind: EventKind) -> &'static str {
     match kind {
         EventKind::Metric => "e.name, e.unit, e.kind, e.value, e.attributes",
-        EventKind::Log => "e.source, e.severity, e.body, e.attributes, e.block",
+        EventKind::Log => "e.source, e.severity, e.body, e.attributes",
         EventKind::Fim => {
             "e.path, e.change, e.before, e.after, e.changed, e.moved_from, e.detected_by, e.seq, \
              e.chain"
@@ -186,7 +229,7 @@ pub(super) fn columns(kind: EventKind) -> &'static str {
     }
 }
 
-fn stored_event(kind: EventKind, r: &Row<'_>) -> rusqlite::Result<StoredEvent> {
+pub(super) fn stored_event(kind: EventKind, r: &Row<'_>) -> rusqlite::Result<StoredEvent> {
     let time_ns: i64 = r.get(2)?;
     let event = match kind {
         EventKind::Metric => Event::Metric(MetricPoint {
@@ -284,17 +327,21 @@ pub(super) fn count_events(
     agent_id: Option<&str>,
 ) -> Result<u64, StoreError> {
     let table = table(kind);
-    let count: rusqlite::Result<i64> = match agent_id {
-        None => conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0)),
-        Some(id) => conn.query_row(
-            &format!(
-                "SELECT count(*) FROM {table}
-                 WHERE agent_key = (SELECT agent_key FROM agents WHERE agent_id = ?1)"
-            ),
-            [id],
-            |r| r.get(0),
-        ),
+    // Log records kept in blocks are counted there.
+    let in_blocks = if kind == EventKind::Log {
+        "(SELECT coalesce(sum(logs), 0) FROM log_blocks WHERE ?1 IS NULL
+            OR agent_key = (SELECT agent_key FROM agents WHERE agent_id = ?1))"
+    } else {
+        "0"
     };
+    let count: rusqlite::Result<i64> = conn.query_row(
+        &format!(
+            "SELECT (SELECT count(*) FROM {table} WHERE ?1 IS NULL
+                OR agent_key = (SELECT agent_key FROM agents WHERE agent_id = ?1)) + {in_blocks}"
+        ),
+        [agent_id],
+        |r| r.get(0),
+    );
     count
         .map(i64::cast_unsigned)
         .map_err(|e| StoreError::backend(format!("counting {table}"), e))
@@ -598,25 +645,35 @@ mod block_tests {
     }
 
     #[test]
-    fn log_bodies_of_a_compressed_batch_are_kept_in_one_block_and_read_back_whole() {
+    fn log_records_of_a_compressed_batch_are_kept_in_one_block_and_read_back_whole() {
         let (_dir, store) = open();
         let packed = batch("a", 1, 1, mixed(0, 40));
         assert!(packed.packed.is_some(), "the lines compress");
         let plain = unpacked_batch("a", 1, 2, mixed(40, 10));
         commit(&store, &[packed.clone(), plain.clone()]);
 
-        // One block, for the compressed batch; its rows keep no body, the others theirs.
-        assert_eq!(
-            column::<i64>(&store, "SELECT count(*) FROM log_blocks"),
-            [1]
-        );
-        let block: Vec<Option<i64>> = column(&store, "SELECT block FROM logs ORDER BY id");
-        let first = block[0].expect("in the block");
-        assert!(block[..40].iter().all(|b| *b == Some(first)), "{block:?}");
-        assert!(block[40..].iter().all(Option::is_none), "{block:?}");
+        // One block, for the compressed batch's 40 records and their time range; only the
+        // other batch's records have rows. The metric and status of both have theirs.
+        let blocks: Vec<(i64, i64, i64, i64)> = {
+            let conn = Connection::open(store.path()).unwrap();
+            let mut stmt = conn
+                .prepare("SELECT events, logs, min_time_ns, max_time_ns FROM log_blocks")
+                .unwrap();
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap()
+        };
+        assert_eq!(blocks, [(42, 40, T0, T0 + 39)]);
         let bodies: Vec<String> = column(&store, "SELECT body FROM logs ORDER BY id");
-        assert!(bodies[..40].iter().all(String::is_empty));
-        assert!(bodies[40..].iter().all(|b| b.starts_with("GET ")));
+        assert_eq!(bodies.len(), 10);
+        assert!(bodies.iter().all(|b| b.starts_with("GET ")));
+        assert_eq!(
+            column::<i64>(&store, "SELECT count(*) FROM agent_status"),
+            [2]
+        );
+        assert_eq!(store.count_events(EventKind::Log, Some("a")).unwrap(), 50);
+        assert_eq!(store.count_events(EventKind::Log, Some("b")).unwrap(), 0);
 
         // Read back whole, in pages that end inside the block, by kind or not, by agent and
         // time (the index's plan) or not.
@@ -698,7 +755,52 @@ mod block_tests {
     }
 
     #[test]
-    fn a_block_goes_when_the_last_of_its_rows_expires() {
+    fn a_loss_check_reads_one_sources_records_from_rows_and_blocks_alike() {
+        let (_dir, store) = open();
+        let other = |mut e: Event| {
+            if let Event::Log(l) = &mut e {
+                l.source = "/var/log/other.log".to_owned();
+            }
+            e
+        };
+        let mut events = mixed(0, 20);
+        events[7] = other(events[7].clone());
+        let packed = batch("a", 1, 1, events.clone());
+        let plain = unpacked_batch("a", 1, 2, mixed(20, 5));
+        let elsewhere = batch("b", 1, 1, mixed(0, 20));
+        commit(&store, &[packed, plain.clone(), elsewhere]);
+        let reader = crate::store::sqlite::SqliteReader::open(store.path()).unwrap();
+        let read = |source: &str| -> Vec<Event> {
+            reader
+                .logs("a", source)
+                .unwrap()
+                .into_iter()
+                .map(|e| e.event)
+                .collect()
+        };
+        let of = |events: Vec<Event>, source: &str| -> Vec<Event> {
+            events
+                .into_iter()
+                .filter(|e| matches!(e, Event::Log(l) if l.source == source))
+                .collect()
+        };
+        let all = [events, plain.events].concat();
+        assert_eq!(
+            read("/var/log/app.log"),
+            of(all.clone(), "/var/log/app.log")
+        );
+        assert_eq!(read("/var/log/app.log").len(), 24);
+        assert_eq!(read("/var/log/other.log"), of(all, "/var/log/other.log"));
+        assert!(
+            reader
+                .logs("nobody", "/var/log/app.log")
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_block_goes_once_its_batch_was_received_before_the_cut_off() {
         let (_dir, store) = open();
         let day = secs(86_400);
         let mut old = batch("a", 1, 1, mixed(0, 30));

@@ -95,27 +95,48 @@ impl SqliteReader {
         metrics::all_points(&self.conn, agent_id, name)
     }
 
-    /// Every log record of `agent_id` from `source`, in storage order, each body read from its
-    /// block where it is kept in one: what a loss check reads.
+    /// Every log record of `agent_id` from `source`, in storage order, rows and blocks alike:
+    /// what a loss check reads.
     pub fn logs(&self, agent_id: &str, source: &str) -> Result<Vec<StoredEvent>, StoreError> {
         let context = || format!("reading the logs of {agent_id} from {source}");
+        let Some(key) = self
+            .agent_key(agent_id)
+            .map_err(|e| StoreError::backend(context(), e))?
+        else {
+            return Ok(Vec::new());
+        };
         let sql = format!(
             "SELECT e.id, a.agent_id, e.time_ns, e.received_ns, {columns}
              FROM logs e JOIN agents a USING (agent_key)
-             WHERE a.agent_id = ?1 AND e.source = ?2 ORDER BY e.id",
+             WHERE e.agent_key = ?1 AND e.source = ?2 ORDER BY e.id",
             columns = columns(EventKind::Log),
         );
         let mut found = self
             .conn
             .prepare(&sql)
             .and_then(|mut s| {
-                s.query_map(params![agent_id, source], queries::stored_log_row)?
-                    .collect::<rusqlite::Result<Vec<_>>>()
+                s.query_map(params![key, source], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        queries::stored_event(EventKind::Log, r)?,
+                    ))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()
             })
             .map_err(|e| StoreError::backend(context(), e))?;
-        queries::fill_bodies(&self.conn, &mut found)
-            .map_err(|e| StoreError::backend(context(), e))?;
-        Ok(found.into_iter().map(|(_, e, _)| e).collect())
+        let scan = queries::BlockScan {
+            ids: 0..i64::MAX,
+            agent_key: Some(key),
+            time_ns: None,
+            source: Some(source),
+            limit: usize::MAX,
+        };
+        found.extend(
+            queries::block_logs(&self.conn, &scan)
+                .map_err(|e| StoreError::backend(context(), e))?,
+        );
+        found.sort_by_key(|(id, _)| *id);
+        Ok(found.into_iter().map(|(_, e)| e).collect())
     }
 
     /// The latest `query.limit` file-integrity changes matching `query`, oldest first (by the

@@ -12,6 +12,9 @@ use crate::store::{Retention, RetentionReport, StoreError};
 /// up by milliseconds only.
 const RETENTION_CHUNK_ROWS: i64 = 5_000;
 
+/// Log blocks deleted per transaction at most: each holds a batch, up to a few thousand records.
+const RETENTION_CHUNK_BLOCKS: i64 = 16;
+
 impl SqliteStore {
     /// One retention pass ([`crate::store::EventStore::enforce_retention`]).
     pub(super) fn enforce(
@@ -52,6 +55,9 @@ impl SqliteStore {
             last_id_received_before(&state.conn, table, cutoff_ns)
                 .map_err(|e| StoreError::backend(context(), e))?
         };
+        if kind == EventKind::Log {
+            self.expire_log_blocks(cutoff_ns, report)?;
+        }
         let Some(cut) = cut else { return Ok(()) };
         let sql = format!(
             "DELETE FROM {table} WHERE id <= min((SELECT min(id) FROM {table}) + ?2 - 1, ?1)"
@@ -70,23 +76,39 @@ impl SqliteStore {
             report.chunks += 1;
             report.add_deleted(kind, deleted as u64);
         }
-        if kind == EventKind::Log {
-            self.expire_log_blocks(cut)?;
-        }
         Ok(())
     }
 
-    /// Deletes the log blocks whose every event has an id up to `cut`: the rows that could
-    /// point into them are gone. A block that holds events on both sides of the cut stays until
-    /// a later pass; one left by a pass cut short goes with the next.
-    fn expire_log_blocks(&self, cut: i64) -> Result<(), StoreError> {
-        let state = self.lock_for_retention();
-        state
-            .conn
-            .prepare_cached("DELETE FROM log_blocks WHERE id <= ?1 AND id + events - 1 <= ?1")
-            .and_then(|mut s| s.execute([cut]))
-            .map_err(|e| StoreError::backend(format!("expiring log blocks up to {cut}"), e))?;
-        Ok(())
+    /// Deletes the log blocks received before `cutoff_ns` (every event of a block was received
+    /// at once), a few per transaction, counting their log records.
+    fn expire_log_blocks(
+        &self,
+        cutoff_ns: i64,
+        report: &mut RetentionReport,
+    ) -> Result<(), StoreError> {
+        let context = || format!("expiring log blocks received before {cutoff_ns}");
+        loop {
+            let state = self.lock_for_retention();
+            // Receive times grow with ids, so the oldest blocks come first.
+            let logs: Vec<i64> = state
+                .conn
+                .prepare_cached(
+                    "DELETE FROM log_blocks WHERE id IN (
+                        SELECT id FROM log_blocks WHERE received_ns < ?1 ORDER BY id LIMIT ?2)
+                     RETURNING logs",
+                )
+                .and_then(|mut s| {
+                    s.query_map(params![cutoff_ns, RETENTION_CHUNK_BLOCKS], |r| r.get(0))?
+                        .collect()
+                })
+                .map_err(|e| StoreError::backend(context(), e))?;
+            drop(state);
+            if logs.is_empty() {
+                return Ok(());
+            }
+            report.chunks += 1;
+            report.add_deleted(EventKind::Log, logs.iter().sum::<i64>().cast_unsigned());
+        }
     }
 
     /// Forgets deduplication entries below each spool's low-water mark, and all entries of
@@ -304,11 +326,17 @@ mod tests {
     fn retention_works_in_chunks_up_to_the_cut_off() {
         let (_dir, store) = open();
         let n = 2 * RETENTION_CHUNK_ROWS as usize + 10;
+        // Rows, in chunks of rows, and blocks, in chunks of blocks.
         let mut old: Vec<IncomingBatch> = (0..n / 1000 + 1)
             .map(|i| logs("a", 1, i as u64, 1000))
             .collect();
+        let blocks = 2 * RETENTION_CHUNK_BLOCKS as usize + 1;
+        old.extend((0..blocks).map(|i| logs("a", 2, i as u64, 10)));
         for (i, b) in old.iter_mut().enumerate() {
             b.received_ns = T0 + i as i64;
+            if b.spool_id == 1 {
+                b.packed = None;
+            }
         }
         let old_events: usize = old.iter().map(|b| b.events.len()).sum();
         commit(&store, &old);
@@ -324,7 +352,7 @@ mod tests {
             .enforce_retention(&one_hour, T0 + secs(3600) + secs(3599))
             .unwrap();
         assert_eq!(report.log, old_events as u64);
-        assert!(report.chunks >= 3, "{report:?}");
+        assert!(report.chunks >= 3 + 3, "{report:?}");
         assert_eq!(count(&store, EventKind::Log, None), 7);
     }
 

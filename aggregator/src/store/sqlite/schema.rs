@@ -20,6 +20,7 @@ const MIGRATIONS: &[&str] = &[
     SCHEMA_V7_AGENT_LABELS,
     SCHEMA_V8_METRIC_SERIES,
     SCHEMA_V9_LOG_BLOCKS,
+    SCHEMA_V10_LOG_LINES_IN_BLOCKS,
 ];
 
 pub(super) const SCHEMA_V1: &str = "
@@ -281,6 +282,39 @@ CREATE TABLE log_blocks (
 ALTER TABLE logs ADD COLUMN block INTEGER;
 ";
 
+/// Log records kept in a block have no row of their own: a block carries what finding its
+/// records takes (agent, how many, their time range), before its data so that a scan need not
+/// read past it. The rows of schema 9's blocks move into them; the index finds one agent's
+/// blocks over a time range.
+pub(super) const SCHEMA_V10_LOG_LINES_IN_BLOCKS: &str = "
+CREATE TABLE log_blocks_v10 (
+    id          INTEGER PRIMARY KEY, -- the id of the batch's first event
+    events      INTEGER NOT NULL,    -- events in the batch: ids id .. id + events - 1
+    agent_key   INTEGER NOT NULL,
+    logs        INTEGER NOT NULL,    -- log records among them
+    min_time_ns INTEGER NOT NULL,    -- the log records' time range
+    max_time_ns INTEGER NOT NULL,
+    received_ns INTEGER NOT NULL,
+    codec       INTEGER NOT NULL,    -- 0 none, 1 zstd
+    raw_bytes   INTEGER NOT NULL,    -- the event list's length once decompressed
+    data        BLOB NOT NULL
+);
+INSERT INTO log_blocks_v10
+    (id, events, agent_key, logs, min_time_ns, max_time_ns, received_ns, codec, raw_bytes, data)
+SELECT b.id, b.events, r.agent_key, r.logs, r.min_time_ns, r.max_time_ns, b.received_ns, b.codec,
+       b.raw_bytes, b.data
+FROM log_blocks b JOIN (
+    SELECT block, min(agent_key) AS agent_key, count(*) AS logs, min(time_ns) AS min_time_ns,
+           max(time_ns) AS max_time_ns
+    FROM logs WHERE block IS NOT NULL GROUP BY block
+) r ON r.block = b.id;
+DELETE FROM logs WHERE block IS NOT NULL;
+DROP TABLE log_blocks;
+ALTER TABLE log_blocks_v10 RENAME TO log_blocks;
+ALTER TABLE logs DROP COLUMN block;
+CREATE INDEX log_blocks_agent_time ON log_blocks (agent_key, max_time_ns);
+";
+
 /// The index of logs by agent and time, as schema 8 creates it; `[store] log_index = false`
 /// drops it and `true` makes it again.
 pub(super) const LOG_INDEX: &str = "CREATE INDEX logs_agent_time ON logs (agent_key, time_ns);";
@@ -317,11 +351,14 @@ pub(super) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreErr
 
 /// The highest receive time in any data table (the last row of each, by the id invariant).
 pub(super) fn last_received_ns(conn: &Connection) -> rusqlite::Result<i64> {
-    let mut last: i64 = conn
-        .query_row("SELECT max(received_ns) FROM metric_chunks", [], |r| {
-            r.get::<_, Option<i64>>(0)
-        })?
-        .unwrap_or(i64::MIN);
+    let mut last = i64::MIN;
+    for sql in [
+        "SELECT max(received_ns) FROM metric_chunks",
+        "SELECT received_ns FROM log_blocks ORDER BY id DESC LIMIT 1",
+    ] {
+        let ns: Option<i64> = conn.query_row(sql, [], |r| r.get(0)).optional()?.flatten();
+        last = last.max(ns.unwrap_or(i64::MIN));
+    }
     for kind in EventKind::ALL {
         let sql = format!(
             "SELECT received_ns FROM {} ORDER BY id DESC LIMIT 1",
@@ -338,8 +375,7 @@ pub(super) fn last_received_ns(conn: &Connection) -> rusqlite::Result<i64> {
 }
 
 /// The id the next event row gets: one above the highest id of any data table, of a chunk or
-/// of a log block (whose rows may all have expired while it waits for the logs' cut-off to pass
-/// its last event: a new block must not take its id).
+/// of a log block's events.
 pub(super) fn next_event_id(conn: &Connection) -> rusqlite::Result<i64> {
     let mut last: i64 = 0;
     for sql in [
@@ -397,7 +433,7 @@ mod tests {
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
         assert_eq!(version, MIGRATIONS.len() as i64);
-        assert_eq!(version, 9);
+        assert_eq!(version, 10);
         let units = |store: &SqliteStore| -> Vec<(String, String)> {
             let conn = Connection::open(store.path()).unwrap();
             let mut q = conn
@@ -539,6 +575,23 @@ mod tests {
         conn
     }
 
+    /// The bodies of the first page of log records, in storage order.
+    fn log_bodies(store: &SqliteStore) -> Vec<String> {
+        let page = store
+            .events(&crate::store::EventQuery {
+                kind: Some(EventKind::Log),
+                ..crate::store::EventQuery::default()
+            })
+            .unwrap();
+        page.events
+            .into_iter()
+            .map(|e| match e.event {
+                outpost_common::event::Event::Log(l) => l.body,
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    }
+
     #[test]
     fn a_store_of_the_seventh_schema_keeps_its_metric_rows_as_series_and_points() {
         use crate::store::series::{Aggregate, MetricQuery};
@@ -624,7 +677,7 @@ mod tests {
 
     #[test]
     fn a_store_of_the_eighth_schema_keeps_its_log_rows_and_puts_new_bodies_in_blocks() {
-        use crate::store::{EventQuery, IncomingBatch};
+        use crate::store::IncomingBatch;
         use outpost_common::event::{Event, LogRecord};
 
         let dir = tempfile::tempdir().unwrap();
@@ -654,20 +707,7 @@ mod tests {
             ..batch("a", 1, 1, events.clone())
         };
         store.commit_batches(&[batch]).unwrap();
-        let page = store
-            .events(&EventQuery {
-                kind: Some(EventKind::Log),
-                ..EventQuery::default()
-            })
-            .unwrap();
-        let bodies: Vec<String> = page
-            .events
-            .iter()
-            .map(|e| match &e.event {
-                Event::Log(l) => l.body.clone(),
-                other => panic!("{other:?}"),
-            })
-            .collect();
+        let bodies = log_bodies(&store);
         let mut expected = vec!["written before blocks".to_owned()];
         expected.extend(events.iter().map(|e| match e {
             Event::Log(l) => l.body.clone(),
@@ -679,6 +719,72 @@ mod tests {
             .query_row("SELECT count(*) FROM log_blocks", [], |r| r.get(0))
             .unwrap();
         assert_eq!(blocks, 1);
+    }
+
+    #[test]
+    fn a_store_of_the_ninth_schema_moves_its_block_rows_into_the_blocks() {
+        use outpost_common::event::{Event, LogRecord};
+
+        let line = |i: i64| {
+            Event::Log(LogRecord {
+                time_ns: T0 + 100 - i,
+                source: "/var/log/app.log".into(),
+                severity: None,
+                body: format!("line {i:04} of a batch kept as a block by schema 9"),
+                attributes: vec![],
+            })
+        };
+        // Events 2..=6 of the store: a block and its rows with no body, as schema 9 kept them,
+        // after a row of its own; and a block whose rows are all gone.
+        let events: Vec<Event> = (0..5).map(line).collect();
+        let packed = pack(&events).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.db");
+        {
+            let conn = store_of_schema(&path, 9, "a");
+            conn.execute(
+                "INSERT INTO logs (id, agent_key, time_ns, received_ns, source, severity, body)
+                 VALUES (1, 1, ?1, ?1, '/var/log/app.log', 6, 'a row of its own')",
+                [T0],
+            )
+            .unwrap();
+            let block = "INSERT INTO log_blocks (id, events, received_ns, codec, raw_bytes, data)
+                         VALUES (?1, 5, ?2, ?3, ?4, ?5)";
+            for id in [2, 100] {
+                conn.execute(
+                    block,
+                    rusqlite::params![id, T0, packed.codec.code(), packed.raw_bytes, packed.data],
+                )
+                .unwrap();
+            }
+            for (i, e) in events.iter().enumerate() {
+                conn.execute(
+                    "INSERT INTO logs (id, agent_key, time_ns, received_ns, source, body, block)
+                     VALUES (?1, 1, ?2, ?3, '/var/log/app.log', '', 2)",
+                    rusqlite::params![2 + i as i64, e.time_ns(), T0],
+                )
+                .unwrap();
+            }
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        let conn = Connection::open(&path).unwrap();
+        let rows: i64 = conn
+            .query_row("SELECT count(*) FROM logs", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 1);
+        let block: (i64, i64, i64, i64, i64) = conn
+            .query_row(
+                "SELECT id, agent_key, logs, min_time_ns, max_time_ns FROM log_blocks",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            )
+            .unwrap();
+        assert_eq!(block, (2, 1, 5, T0 + 96, T0 + 100));
+        let bodies = log_bodies(&store);
+        let mut expected = vec!["a row of its own".to_owned()];
+        expected
+            .extend((0..5).map(|i| format!("line {i:04} of a batch kept as a block by schema 9")));
+        assert_eq!(bodies, expected);
     }
 
     #[test]
@@ -717,10 +823,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(next_event_id(&conn).unwrap(), 42);
-        // A block left after its log rows expired still holds its ids.
+        // A block holds the ids of its events.
         conn.execute(
-            "INSERT INTO log_blocks (id, events, received_ns, codec, raw_bytes, data)
-             VALUES (50, 10, 0, 0, 0, x'')",
+            "INSERT INTO log_blocks (id, events, agent_key, logs, min_time_ns, max_time_ns,
+                received_ns, codec, raw_bytes, data)
+             VALUES (50, 10, 1, 0, 0, 0, 0, 0, 0, x'')",
             [],
         )
         .unwrap();

@@ -7,6 +7,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
+use outpost_agent::collectors::Source;
+use outpost_agent::collectors::synthetic::Synthetic;
+use outpost_aggregator::store::SqliteReader;
+use outpost_common::event::Event;
 use rusqlite::{Connection, OpenFlags};
 
 use crate::agent_log;
@@ -136,13 +140,16 @@ fn measure(plan: &Plan, world: &World, run: usize) -> anyhow::Result<RunResult> 
         .collect::<anyhow::Result<Vec<_>>>()?;
     let summaries: Vec<_> = logs.iter().map(|l| l.summary).collect();
     let connects: Vec<_> = logs.iter().map(|l| l.connect).collect();
-    let (stored, unique) = (probe.count()?, probe.unique()?);
+    let (stored, unique) = (
+        probe.count()?,
+        probe.unique(world.agents.iter().map(|a| a.id.as_str()))?,
+    );
     drop(probe);
     let killed = procs::terminate(&mut aggregator, STOP_GRACE);
     ensure!(killed.is_empty(), "the aggregator did not stop on SIGTERM");
     ensure!(
         stored == expected && unique == expected,
-        "the store holds {stored} log rows ({unique} distinct events); {expected} were sent"
+        "the store holds {stored} log records ({unique} distinct events); {expected} were sent"
     );
 
     let pct = |ticks: u64| procs::ticks_pct(ticks, window);
@@ -272,8 +279,9 @@ fn wait_for_quiet(plan: &Plan, label: &str) -> anyhow::Result<f64> {
 /// A read-only connection to the aggregator's store, which runs in WAL mode, so reading never
 /// blocks its commits.
 struct StoreProbe {
+    path: PathBuf,
     conn: Connection,
-    /// The largest log id counted so far, and the rows counted up to it.
+    /// The largest log id counted so far, and the records counted up to it.
     seen_id: i64,
     seen_rows: u64,
 }
@@ -288,18 +296,23 @@ impl StoreProbe {
         conn.busy_timeout(Duration::from_secs(5))
             .with_context(|| format!("{}: cannot set a busy timeout", path.display()))?;
         Ok(StoreProbe {
+            path: path.to_owned(),
             conn,
             seen_id: 0,
             seen_rows: 0,
         })
     }
 
-    /// Log rows committed so far. The store only appends to `logs` during a run (retention keeps
-    /// 14 days; the events are minutes old), so each poll counts only the rows above the largest
-    /// id seen before, in one range scan, and adds them to the running count. (Ids are shared by
-    /// every data table, so the largest id of `logs` is not its row count.)
+    /// Log records committed so far, as rows of `logs` or in `log_blocks`. The store only
+    /// appends during a run (retention keeps 14 days; the events are minutes old), so each poll
+    /// counts only what lies above the largest id seen before, in one range scan of each table,
+    /// and adds it to the running count. (Ids are shared by every data table, so the largest
+    /// id is not a count.)
     fn committed(&mut self) -> anyhow::Result<u64> {
-        let sql = "SELECT count(*), coalesce(max(id), 0) FROM logs WHERE id > ?1";
+        let sql = "SELECT (SELECT count(*) FROM logs WHERE id > ?1)
+                        + (SELECT coalesce(sum(logs), 0) FROM log_blocks WHERE id > ?1),
+                          max((SELECT coalesce(max(id), 0) FROM logs),
+                              (SELECT coalesce(max(id), 0) FROM log_blocks))";
         let (new, max): (i64, i64) = self
             .conn
             .prepare_cached(sql)
@@ -313,18 +326,39 @@ impl StoreProbe {
         Ok(self.seen_rows)
     }
 
-    /// Log rows, counted.
+    /// Log records, counted.
     fn count(&self) -> anyhow::Result<u64> {
-        self.one("SELECT count(*) FROM logs")
+        self.one(
+            "SELECT (SELECT count(*) FROM logs)
+                  + (SELECT coalesce(sum(logs), 0) FROM log_blocks)",
+        )
     }
 
-    /// Distinct events: each carries the agent's event number in its attribute `synthetic.seq`
-    /// (and its body, which the store may keep in a block), so a duplicate shows here.
-    fn unique(&self) -> anyhow::Result<u64> {
-        self.one(
-            "SELECT count(*) FROM (SELECT DISTINCT agent_key,
-                 json_extract(attributes, '$.\"synthetic.seq\"') FROM logs)",
-        )
+    /// Distinct events of `agents`: each carries the agent's event number in its attribute
+    /// `synthetic.seq`, so a duplicate shows here. Read through the aggregator's own reader,
+    /// which decodes the blocks.
+    fn unique<'a>(&self, agents: impl Iterator<Item = &'a str>) -> anyhow::Result<u64> {
+        let reader = SqliteReader::open(&self.path)
+            .with_context(|| format!("{}: cannot open the store", self.path.display()))?;
+        let mut unique = 0;
+        for agent in agents {
+            let records = reader
+                .logs(agent, Synthetic::NAME)
+                .with_context(|| format!("reading the logs of {agent}"))?;
+            let seqs: std::collections::HashSet<Option<String>> = records
+                .into_iter()
+                .map(|e| match e.event {
+                    Event::Log(l) => l
+                        .attributes
+                        .into_iter()
+                        .find(|(k, _)| k == "synthetic.seq")
+                        .map(|(_, v)| v),
+                    _ => None,
+                })
+                .collect();
+            unique += seqs.len() as u64;
+        }
+        Ok(unique)
     }
 
     fn one(&self, sql: &str) -> anyhow::Result<u64> {
