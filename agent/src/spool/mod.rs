@@ -19,7 +19,11 @@
 //! - A batch's payload is stored as it travels: compressed ([`SpoolConfig::compression`], zstd
 //!   in the agent's default configuration) when that makes it smaller, so a batch is compressed
 //!   once, when it is written, and its bytes are written, read back and sent as they are. The
-//!   batch limits apply to the payload before compression (what the aggregator decodes).
+//!   batch limits apply to the payload before compression (what the aggregator decodes). The
+//!   batches of one commit are compressed by as many threads as the host has CPUs (up to four).
+//! - A submission's events are encoded, and freed, before they reach the spool's thread
+//!   ([`Submission::prepare`]): by the source's own thread when it prepares them, else by the
+//!   task that submits them.
 //! - The payload bytes of unacknowledged batches, as stored, are capped ([`SpoolConfig::max_bytes`]). When a
 //!   submission does not fit, sources that can wait ([`Class::Wait`]) get [`SubmitOutcome::Full`]
 //!   and nothing is written; sources that cannot ([`Class::Drop`]) evict the oldest evictable
@@ -308,7 +312,48 @@ pub struct Submission {
     pub class: Class,
 }
 
+/// A submission with its events encoded, ready for the spool ([`SpoolHandle::submit_prepared`]).
+///
+/// Preparing a submission on the thread that made its events (encoding them, then freeing them)
+/// takes that work off the spool's thread, which every source shares.
+#[derive(Debug)]
+pub struct Prepared(Result<SizedSubmission, Arc<WireError>>);
+
+impl Prepared {
+    /// How many events it holds (none if they could not be encoded).
+    pub fn events(&self) -> usize {
+        self.0.as_ref().map_or(0, SizedSubmission::events)
+    }
+
+    /// Its class, if its events could be encoded.
+    fn class(&self) -> Option<Class> {
+        self.0.as_ref().ok().map(|s| s.sub.class)
+    }
+
+    /// The encoded submission, or the encoding's error as the spool at `path` reports it.
+    fn into_sized(self, path: &Path) -> Result<SizedSubmission, SpoolError> {
+        self.0.map_err(|source| SpoolError::Encode {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+}
+
 impl Submission {
+    /// Encodes the events, and frees them (see [`Prepared`]).
+    pub fn prepare(mut self) -> Prepared {
+        let events = std::mem::take(&mut self.events);
+        Prepared(
+            encode_events(&events)
+                .map(|(encoded, sizes)| SizedSubmission {
+                    sub: self,
+                    encoded,
+                    sizes,
+                })
+                .map_err(Arc::new),
+        )
+    }
+
     /// Events of `class`, with no checkpoint or state change yet.
     pub fn new(class: Class, events: Vec<Event>) -> Submission {
         Submission {
@@ -483,7 +528,8 @@ pub struct Spool {
     reserve: Reserve,
     trouble: Option<Trouble>,
     reporter: Box<dyn DiskReporter>,
-    packer: Packer,
+    /// One compressor per thread that packs a commit's batches ([`payloads`]).
+    packers: Vec<Packer>,
 }
 
 /// Whether a commit waits for the disk: SQLite's `synchronous` setting in WAL mode.
@@ -583,7 +629,10 @@ impl Spool {
             bytes: config.max_batch_bytes,
         };
         let reserve = Reserve::new(config.reserve_path(), config.reserve_bytes);
-        let packer = Packer::new(config.compression).map_err(encode_error(path))?;
+        let packers = (0..packing_threads())
+            .map(|_| Packer::new(config.compression))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(encode_error(path))?;
         let mut spool = Spool {
             conn,
             config,
@@ -595,7 +644,7 @@ impl Spool {
             reserve,
             trouble: None,
             reporter: Box::new(NoReporter),
-            packer,
+            packers,
         };
         spool.recheck();
         Ok(spool)
@@ -690,7 +739,12 @@ impl Spool {
         subs: Vec<Submission>,
         now_ns: i64,
     ) -> Result<Vec<SubmitOutcome>, SpoolError> {
-        let decisions = self.append_keeping_full(subs, now_ns)?;
+        let path = self.config.path.clone();
+        let sized = subs
+            .into_iter()
+            .map(|sub| sized(sub, &path))
+            .collect::<Result<Vec<_>, _>>()?;
+        let decisions = self.append_keeping_full(sized, now_ns)?;
         Ok(decisions.into_iter().map(Decision::into_outcome).collect())
     }
 
@@ -808,7 +862,7 @@ impl Spool {
                 let repacked = plan::repack(class, &encoded, &sizes, limits);
                 oversized = repacked.oversized;
                 next.drops.add(DropReason::Oversized, oversized);
-                let encoded = payloads(repacked.batches, &mut self.packer, path)?;
+                let encoded = payloads(repacked.batches, &mut self.packers, path)?;
                 insert_batches(&tx, path, &mut next, batch.created_ns, &encoded)?
             }
             Err(error) => {
@@ -887,20 +941,20 @@ impl Spool {
     /// their checkpoints): the sources see back-pressure, not errors.
     fn append_keeping_full(
         &mut self,
-        subs: Vec<Submission>,
+        subs: Vec<SizedSubmission>,
         now_ns: i64,
     ) -> Result<Vec<Decision>, SpoolError> {
         let droppable: u64 = subs
             .iter()
-            .filter(|s| s.class == Class::Drop)
-            .map(|s| s.events.len() as u64)
+            .filter(|s| s.sub.class == Class::Drop)
+            .map(|s| s.events() as u64)
             .sum();
         let kept: Option<Vec<Decision>> = self.disk_cap().disk_bound.then(|| {
             subs.iter()
-                .map(|s| match s.class {
+                .map(|s| match s.sub.class {
                     Class::Wait => Decision::Full(s.clone()),
                     Class::Drop => Decision::Done(SubmitOutcome::Rejected {
-                        events: s.events.len() as u64,
+                        events: s.events() as u64,
                     }),
                 })
                 .collect()
@@ -1130,16 +1184,12 @@ impl Spool {
 
     fn try_append(
         &mut self,
-        subs: Vec<Submission>,
+        sized: Vec<SizedSubmission>,
         now_ns: i64,
     ) -> Result<Vec<Decision>, SpoolError> {
         // Owned: looking at the disk below changes the spool's trouble.
         let path_buf = self.config.path.clone();
         let path = path_buf.as_path();
-        let sized = subs
-            .into_iter()
-            .map(|sub| sized(sub, path))
-            .collect::<Result<Vec<_>, _>>()?;
         let holding = Holding {
             payload_bytes: self.state.payload_bytes,
             batches: self.state.batches,
@@ -1159,7 +1209,7 @@ impl Spool {
         if plan.writes_nothing() {
             return Ok(plan.decisions);
         }
-        let encoded = payloads(std::mem::take(&mut plan.batches), &mut self.packer, path)?;
+        let encoded = payloads(std::mem::take(&mut plan.batches), &mut self.packers, path)?;
 
         let mut next = self.state.clone();
         let tx = begin(&mut self.conn, &mut self.sync, Sync::Full, path)?;
@@ -1628,22 +1678,21 @@ fn read_batches(
 }
 
 fn sized(sub: Submission, path: &Path) -> Result<SizedSubmission, SpoolError> {
-    let (encoded, sizes) = encode_each(&sub.events, path)?;
-    Ok(SizedSubmission {
-        sub,
-        encoded,
-        sizes,
-    })
+    sub.prepare().into_sized(path)
 }
 
 /// Encodes each event on its own, back to back, with the size of each as a one-event list, which
 /// is what batches are packed by (see [`plan::SizedSubmission`]). Each event is encoded once:
 /// the batches are cut from these bytes.
 fn encode_each(events: &[Event], path: &Path) -> Result<(Vec<u8>, Vec<usize>), SpoolError> {
+    encode_events(events).map_err(encode_error(path))
+}
+
+fn encode_events(events: &[Event]) -> Result<(Vec<u8>, Vec<usize>), WireError> {
     let mut encoded = Vec::new();
     let mut sizes = Vec::with_capacity(events.len());
     for event in events {
-        let bytes = wire::encode_event_into(event, &mut encoded).map_err(encode_error(path))?;
+        let bytes = wire::encode_event_into(event, &mut encoded)?;
         sizes.push(bytes + wire::ONE_EVENT_LIST_PREFIX);
     }
     Ok((encoded, sizes))
@@ -1656,13 +1705,70 @@ fn encode_error(path: &Path) -> impl Fn(WireError) -> SpoolError + '_ {
     }
 }
 
-/// The payloads of planned batches, in order, compressed by `packer` where that makes them
-/// smaller.
+/// Threads that pack one commit's batches at most: compressing is most of the work of a commit
+/// of many batches, and they compress independently.
+const MAX_PACKING_THREADS: usize = 4;
+
+/// How many threads pack a commit's batches: one per CPU, up to [`MAX_PACKING_THREADS`].
+fn packing_threads() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, std::num::NonZero::get)
+        .min(MAX_PACKING_THREADS)
+}
+
+/// The payloads of planned batches, in order, each compressed where that makes it smaller.
+///
+/// A commit of several batches is packed by as many threads as there are `packers` (the spool's
+/// own thread takes the first share), so that a burst is compressed by the CPUs the host has
+/// rather than one; a commit of one batch is packed where it is.
+fn payloads(
+    batches: Vec<PlannedBatch>,
+    packers: &mut [Packer],
+    path: &Path,
+) -> Result<Vec<EncodedBatch>, SpoolError> {
+    let threads = packers.len().min(batches.len());
+    if threads <= 1 {
+        let packer = packers
+            .first_mut()
+            .ok_or_else(|| corrupt(path, "no compressor".to_owned()))?;
+        return pack_all(batches, packer, path);
+    }
+    let per_thread = batches.len().div_ceil(threads);
+    let mut shares: Vec<Vec<PlannedBatch>> = Vec::with_capacity(threads);
+    let mut batches = batches.into_iter();
+    loop {
+        let share: Vec<PlannedBatch> = batches.by_ref().take(per_thread).collect();
+        if share.is_empty() {
+            break;
+        }
+        shares.push(share);
+    }
+    std::thread::scope(|scope| {
+        let mut shares = shares.into_iter().zip(packers.iter_mut());
+        let first = shares.next();
+        let others: Vec<_> = shares
+            .map(|(share, packer)| scope.spawn(move || pack_all(share, packer, path)))
+            .collect();
+        let mut encoded = match first {
+            Some((share, packer)) => pack_all(share, packer, path)?,
+            None => Vec::new(),
+        };
+        for other in others {
+            let packed = other
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+            encoded.extend(packed);
+        }
+        Ok(encoded)
+    })
+}
+
+/// [`payloads`] of `batches`, on this thread.
 ///
 /// The planner packs by the sum of the events' sizes as one-event lists, and a list of `n` events
 /// is at most that long, so each payload is within the byte limit the batch was packed to before
 /// compression, and no larger after.
-fn payloads(
+fn pack_all(
     batches: Vec<PlannedBatch>,
     packer: &mut Packer,
     path: &Path,

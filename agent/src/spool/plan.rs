@@ -67,8 +67,8 @@ impl Evictable {
     }
 }
 
-/// A submission with each of its events encoded.
-#[derive(Debug)]
+/// A submission with each of its events encoded; its `sub` keeps no events.
+#[derive(Debug, Clone)]
 pub(super) struct SizedSubmission {
     pub sub: Submission,
     /// The events of `sub`, each encoded on its own ([`wire::encode_event_into`]), back to back.
@@ -77,6 +77,13 @@ pub(super) struct SizedSubmission {
     /// `encoded` plus [`wire::ONE_EVENT_LIST_PREFIX`], an upper bound of what it adds to a batch
     /// payload.
     pub sizes: Vec<usize>,
+}
+
+impl SizedSubmission {
+    /// How many events it holds.
+    pub fn events(&self) -> usize {
+        self.sizes.len()
+    }
 }
 
 /// The bytes of each event in `encoded`, given the events' `sizes` as one-event lists.
@@ -115,7 +122,7 @@ pub(super) enum Decision {
     /// Settled; the outcome holds once the plan is committed.
     Done(SubmitOutcome),
     /// A Wait-class submission that does not fit, handed back untouched so it can be retried.
-    Full(Submission),
+    Full(SizedSubmission),
 }
 
 impl Decision {
@@ -329,7 +336,7 @@ impl<I: Iterator<Item = (u64, BatchSize)>> Planner<I> {
             _ if fits => true,
             Class::Wait if spool_empty && !self.cap.disk => true,
             Class::Wait => {
-                self.plan.decisions.push(Decision::Full(sized.sub));
+                self.plan.decisions.push(Decision::Full(sized));
                 return;
             }
             Class::Drop => self.make_room(needed),

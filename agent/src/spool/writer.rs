@@ -41,9 +41,9 @@ use outpost_common::event::DropReason;
 use outpost_common::time::now_ns;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::plan::Decision;
+use super::plan::{Decision, SizedSubmission};
 use super::{
-    Class, DiskEvent, DiskReporter, Spool, SpoolError, SpoolStats, StateRow, StoredBatch,
+    Class, DiskEvent, DiskReporter, Prepared, Spool, SpoolError, SpoolStats, StateRow, StoredBatch,
     Submission, SubmitOutcome, Trouble, TroubleKind,
 };
 
@@ -144,7 +144,12 @@ impl SpoolHandle {
     /// this never returns [`SubmitOutcome::Full`]. Dropping the future gives up a held
     /// submission without writing it.
     pub async fn submit(&self, sub: Submission) -> Result<SubmitOutcome, SpoolError> {
-        self.request(|reply| Command::Submit(Pending { sub, reply }))
+        self.submit_prepared(sub.prepare()).await
+    }
+
+    /// [`submit`](Self::submit) of a submission prepared where its events were made.
+    pub async fn submit_prepared(&self, prepared: Prepared) -> Result<SubmitOutcome, SpoolError> {
+        self.request(|reply| Command::Submit(Incoming { prepared, reply }))
             .await
     }
 
@@ -298,7 +303,7 @@ type Reply<T> = oneshot::Sender<Result<T, SpoolError>>;
 
 #[derive(Debug)]
 enum Command {
-    Submit(Pending),
+    Submit(Incoming),
     Checkpoint {
         source: String,
         reply: Reply<Option<Vec<u8>>>,
@@ -343,7 +348,14 @@ enum Command {
 
 #[derive(Debug)]
 struct Pending {
-    sub: Submission,
+    sub: SizedSubmission,
+    reply: Reply<SubmitOutcome>,
+}
+
+/// A submission as it arrives, its events encoded or not.
+#[derive(Debug)]
+struct Incoming {
+    prepared: Prepared,
     reply: Reply<SubmitOutcome>,
 }
 
@@ -487,8 +499,10 @@ impl Writer {
         self.held.retain(|p| !p.reply.is_closed());
         match command {
             Command::Submit(first) => {
-                let group = self.gather(first);
-                self.submit(group);
+                if let Some(first) = self.accept(first) {
+                    let group = self.gather(first);
+                    self.submit(group);
+                }
             }
             Command::Checkpoint { source, reply } => {
                 let _ = reply.send(self.spool.checkpoint(&source));
@@ -540,15 +554,32 @@ impl Writer {
         self.publish();
     }
 
+    /// A submission whose events were encoded, ready to append; one whose events could not be
+    /// is answered with the error.
+    fn accept(&mut self, incoming: Incoming) -> Option<Pending> {
+        match incoming.prepared.into_sized(&self.spool.config.path) {
+            Ok(sub) => Some(Pending {
+                sub,
+                reply: incoming.reply,
+            }),
+            Err(e) => {
+                let _ = incoming.reply.send(Err(e));
+                None
+            }
+        }
+    }
+
     /// Takes the submissions queued behind `first`, stopping at any other command.
     fn gather(&mut self, first: Pending) -> Vec<Pending> {
-        let mut events = first.sub.events.len();
+        let mut events = first.sub.events();
         let mut group = vec![first];
         while events < GROUP_MAX_EVENTS {
             match self.commands.try_recv() {
                 Ok(Command::Submit(next)) => {
-                    events += next.sub.events.len();
-                    group.push(next);
+                    if let Some(next) = self.accept(next) {
+                        events += next.sub.events();
+                        group.push(next);
+                    }
                 }
                 Ok(other) => {
                     self.stashed = Some(other);
@@ -568,7 +599,7 @@ impl Writer {
             // log source records the files it opened while its lines wait for space).
             let (wait, others): (Vec<_>, Vec<_>) = group
                 .into_iter()
-                .partition(|p| p.sub.class == Class::Wait && !p.sub.events.is_empty());
+                .partition(|p| p.sub.sub.class == Class::Wait && p.sub.events() > 0);
             self.held.extend(wait);
             others
         };
@@ -750,13 +781,13 @@ impl Opening {
 
     fn defer(&mut self, command: Command) {
         match command {
-            Command::Submit(pending) if pending.sub.class == Class::Drop => {
-                let events = pending.sub.events.len() as u64;
+            Command::Submit(incoming) if incoming.prepared.class() == Some(Class::Drop) => {
+                let events = incoming.prepared.events() as u64;
                 self.lost += events;
                 let lost = self.lost;
                 self.stats
                     .send_modify(|s| s.drops.spool_write_failed = lost);
-                let _ = pending.reply.send(Ok(SubmitOutcome::Rejected { events }));
+                let _ = incoming.reply.send(Ok(SubmitOutcome::Rejected { events }));
             }
             other => self.deferred.push_back(other),
         }
@@ -920,7 +951,10 @@ mod tests {
         let (handle, mut writer) = channel(open(&dir, 1000));
         let (reply, mut answer) = oneshot::channel();
         writer.held.push_back(Pending {
-            sub: wait_sub(1, 1, "a"),
+            sub: wait_sub(1, 1, "a")
+                .prepare()
+                .into_sized(std::path::Path::new("spool.db"))
+                .unwrap(),
             reply,
         });
         drop(handle);

@@ -27,7 +27,7 @@ use super::select::Selection;
 use super::tailer::{FileStats, Options, ReadFrom, Round, Tailer};
 use crate::collectors::{Context, Source, SourceError};
 use crate::internal_events::LogFilesRead;
-use crate::spool::{Class, StateRow, Submission};
+use crate::spool::{Class, Prepared, StateRow, Submission};
 
 /// How a source's records are parsed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -473,6 +473,20 @@ fn watch(selection: &Selection, wake: &Arc<Wake>) -> Option<notify::RecommendedW
     Some(watcher)
 }
 
+/// Whether `round` filled up, and its submission prepared (none when it read nothing).
+fn read_prepared(round: Round) -> (bool, Option<Prepared>) {
+    let prepared = (!round.is_empty()).then(|| {
+        Submission {
+            events: round.events,
+            state: round.state,
+            checkpoints: Vec::new(),
+            class: Class::Wait,
+        }
+        .prepare()
+    });
+    (round.full, prepared)
+}
+
 /// The loop around a tailer.
 struct Runner {
     /// Moved to a blocking thread for each call.
@@ -518,8 +532,12 @@ impl Runner {
                 return;
             }
             let started = Instant::now();
-            // While the previous round commits, the next one is read.
-            let Some(round) = self.call(|t| t.read(Instant::now(), now_ns())).await else {
+            // While the previous round commits, the next one is read, and its submission
+            // prepared on the same thread.
+            let Some((full, prepared)) = self
+                .call(|t| read_prepared(t.read(Instant::now(), now_ns())))
+                .await
+            else {
                 return;
             };
             // That round's lines come first: this one is submitted once it is committed, and
@@ -529,9 +547,8 @@ impl Runner {
                 Settled::StartedOver => continue,
                 Settled::Stop => return,
             }
-            let full = round.full;
-            if !round.is_empty() {
-                self.submit(ctx, round);
+            if let Some(prepared) = prepared {
+                self.submit(ctx, prepared);
             }
             if published.elapsed() >= PUBLISH_EVERY {
                 self.publish(ctx);
@@ -587,18 +604,12 @@ impl Runner {
         Some(true)
     }
 
-    /// Hands `round` to the spool, to be committed while the next round is read.
-    fn submit(&mut self, ctx: &Context, round: Round) {
+    /// Hands a round's submission to the spool, to be committed while the next round is read.
+    fn submit(&mut self, ctx: &Context, prepared: Prepared) {
         let spool = ctx.spool().clone();
-        let sub = Submission {
-            events: round.events,
-            state: round.state,
-            checkpoints: Vec::new(),
-            class: Class::Wait,
-        };
-        self.in_flight = Some(InFlight(tokio::spawn(
-            async move { spool.submit(sub).await },
-        )));
+        self.in_flight = Some(InFlight(tokio::spawn(async move {
+            spool.submit_prepared(prepared).await
+        })));
     }
 
     /// Waits for the round in flight, if any, to be committed, scanning (and recording the files
