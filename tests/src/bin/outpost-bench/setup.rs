@@ -153,7 +153,10 @@ impl World {
     /// Writes each agent's configuration, pointing at the aggregator's bound `port` on loopback.
     ///
     /// Shipping is unpaced (`catchup_events_per_sec = 0`) so the agents send as fast as the
-    /// aggregator acknowledges, and the synthetic source is off: the spool holds all there is.
+    /// aggregator acknowledges, and the synthetic source, host metrics and file integrity are
+    /// off: the spool holds all there is. (With file integrity on, every agent hashed the host's
+    /// `/etc` for its first baseline during the run, and its records were counted as stored
+    /// logs.)
     pub fn write_agent_configs(&self, port: u16) -> anyhow::Result<()> {
         for agent in &self.agents {
             let text = format!(
@@ -163,6 +166,7 @@ impl World {
                  [ship]\ncatchup_events_per_sec = 0\n\n\
                  [synthetic]\nenabled = false\n\n\
                  [metrics]\nenabled = false\n\n\
+                 [fim]\nenabled = false\n\n\
                  [log]\nlevel = \"info\"\ndir = {log}\n",
                 data = quote(&agent.data_dir),
                 ca = quote(&self.tls.join("ca.pem")),
