@@ -14,6 +14,7 @@ pub mod internal_events;
 pub mod pki;
 pub mod quickstart;
 pub mod remote;
+pub mod rules;
 pub mod run;
 pub mod status;
 pub mod store;

@@ -1,0 +1,362 @@
+//! Threshold rules evaluated over metric points as they are committed: one alert per rule, host
+//! and series.
+//!
+//! A point of a watched series updates the series' [`Window`]; the rule's aggregate of it against
+//! its value says whether the condition holds, and the alert's [`Lifecycle`] takes it from there.
+//! [`Evaluator::tick`] applies what time alone changes (a pending alert whose `for` passed while
+//! its condition held, a firing one whose `keep_firing_for` ran out), so an alert fires when its
+//! `for` ends rather than with the series' next point; [`Evaluator::next_change_ns`] says when to
+//! tick. Nothing here reads a clock: `now` is handed in.
+//!
+//! An alert's labels are `alertname` (the rule's name), `severity`, `host` (the agent's id), the
+//! series' attributes, and the rule's own labels, which win over the series' where they share a
+//! name. Its fingerprint is a hash of those labels, stable across restarts and aggregators.
+
+use std::collections::{BTreeMap, HashMap};
+
+use outpost_common::event::MetricPoint;
+
+use super::file::{Rule, Severity};
+use super::lifecycle::{AlertState, Transition};
+use super::window::Window;
+
+/// A change of one alert's state, to record and route.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    pub fingerprint: String,
+    pub rule: String,
+    pub severity: Severity,
+    pub transition: Transition,
+    pub labels: BTreeMap<String, String>,
+    /// The rule's aggregate at the change, if the window had enough samples.
+    pub value: Option<f64>,
+    pub at_ns: i64,
+}
+
+/// One alert that is pending or firing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActiveAlert {
+    pub fingerprint: String,
+    pub rule: String,
+    pub severity: Severity,
+    pub labels: BTreeMap<String, String>,
+    pub state: AlertState,
+    pub value: Option<f64>,
+}
+
+/// One rule's view of one series of one host.
+#[derive(Debug)]
+struct Group {
+    window: Window,
+    state: AlertState,
+    holds: bool,
+    value: Option<f64>,
+    labels: BTreeMap<String, String>,
+    fingerprint: String,
+}
+
+/// Every threshold rule's alerts.
+#[derive(Debug, Default)]
+pub struct Evaluator {
+    rules: Vec<Rule>,
+    groups: HashMap<GroupKey, Group>,
+}
+
+/// A group's rule (its index), host and series attributes (sorted).
+type GroupKey = (usize, String, Vec<(String, String)>);
+
+impl Evaluator {
+    pub fn new(rules: Vec<Rule>) -> Evaluator {
+        Evaluator {
+            rules,
+            groups: HashMap::new(),
+        }
+    }
+
+    /// Takes one committed point of `agent_id`'s; returns the alerts it changed.
+    pub fn observe(&mut self, agent_id: &str, point: &MetricPoint, now_ns: i64) -> Vec<Change> {
+        let mut changes = Vec::new();
+        for (index, rule) in self.rules.iter().enumerate() {
+            let t = &rule.threshold;
+            let watched = t.metric == point.name
+                && t.matches
+                    .iter()
+                    .all(|(k, v)| point.attributes.iter().any(|(pk, pv)| pk == k && pv == v));
+            if !watched {
+                continue;
+            }
+            let mut attributes = point.attributes.clone();
+            attributes.sort();
+            let group = self
+                .groups
+                .entry((index, agent_id.to_owned(), attributes))
+                .or_insert_with_key(|(_, host, attributes)| new_group(rule, host, attributes));
+            group.window.push(point.time_ns, point.value, t.window_ns);
+            group.value = group.window.aggregate(t.aggregate);
+            group.holds = group.value.is_some_and(|v| t.op.holds(v, t.value));
+            changes.extend(step(rule, group, now_ns));
+        }
+        changes
+    }
+
+    /// Applies what time alone changes by `now_ns`.
+    pub fn tick(&mut self, now_ns: i64) -> Vec<Change> {
+        let mut changes = Vec::new();
+        for ((index, _, _), group) in &mut self.groups {
+            let rule = &self.rules[*index];
+            let due = rule
+                .lifecycle
+                .next_change_ns(group.state, group.holds)
+                .is_some_and(|at| at <= now_ns);
+            if due {
+                changes.extend(step(rule, group, now_ns));
+            }
+        }
+        changes.sort_by(|a, b| a.fingerprint.cmp(&b.fingerprint));
+        changes
+    }
+
+    /// When [`tick`](Self::tick) next has something to do, if the conditions stay as they are.
+    pub fn next_change_ns(&self) -> Option<i64> {
+        self.groups
+            .iter()
+            .filter_map(|((index, _, _), g)| {
+                self.rules[*index]
+                    .lifecycle
+                    .next_change_ns(g.state, g.holds)
+            })
+            .min()
+    }
+
+    /// The alerts pending or firing, by fingerprint.
+    pub fn active(&self) -> Vec<ActiveAlert> {
+        let mut active: Vec<ActiveAlert> = self
+            .groups
+            .iter()
+            .filter(|(_, g)| g.state != AlertState::Inactive)
+            .map(|((index, _, _), g)| {
+                let rule = &self.rules[*index];
+                ActiveAlert {
+                    fingerprint: g.fingerprint.clone(),
+                    rule: rule.name.clone(),
+                    severity: rule.severity,
+                    labels: g.labels.clone(),
+                    state: g.state,
+                    value: g.value,
+                }
+            })
+            .collect();
+        active.sort_by(|a, b| a.fingerprint.cmp(&b.fingerprint));
+        active
+    }
+}
+
+fn new_group(rule: &Rule, host: &str, attributes: &[(String, String)]) -> Group {
+    let mut labels: BTreeMap<String, String> = attributes.iter().cloned().collect();
+    labels.insert("host".to_owned(), host.to_owned());
+    labels.extend(rule.labels.clone());
+    labels.insert("alertname".to_owned(), rule.name.clone());
+    labels.insert(
+        "severity".to_owned(),
+        severity_name(rule.severity).to_owned(),
+    );
+    let fingerprint = fingerprint(&labels);
+    Group {
+        window: Window::default(),
+        state: AlertState::Inactive,
+        holds: false,
+        value: None,
+        labels,
+        fingerprint,
+    }
+}
+
+/// Steps `group`'s alert with its condition as it stands.
+fn step(rule: &Rule, group: &mut Group, now_ns: i64) -> Option<Change> {
+    let (state, transition) = rule.lifecycle.step(group.state, group.holds, now_ns);
+    group.state = state;
+    transition.map(|transition| Change {
+        fingerprint: group.fingerprint.clone(),
+        rule: rule.name.clone(),
+        severity: rule.severity,
+        transition,
+        labels: group.labels.clone(),
+        value: group.value,
+        at_ns: now_ns,
+    })
+}
+
+/// The first 16 hex digits of the SHA-256 of the labels, each `name=value` and a NUL, in order of
+/// name.
+pub fn fingerprint(labels: &BTreeMap<String, String>) -> String {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for (name, value) in labels {
+        ctx.update(name.as_bytes());
+        ctx.update(b"=");
+        ctx.update(value.as_bytes());
+        ctx.update(b"\0");
+    }
+    ctx.finish().as_ref()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+pub fn severity_name(severity: Severity) -> &'static str {
+    match severity {
+        Severity::Critical => "critical",
+        Severity::High => "high",
+        Severity::Medium => "medium",
+        Severity::Low => "low",
+        Severity::Info => "info",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use outpost_common::event::MetricKind;
+
+    use super::*;
+    use crate::rules::file::parse_file;
+
+    const S: i64 = 1_000_000_000;
+
+    fn rules(text: &str) -> Vec<Rule> {
+        parse_file(Path::new("test.toml"), text).unwrap()
+    }
+
+    fn cpu(state: &str, t: i64, value: f64) -> MetricPoint {
+        MetricPoint {
+            name: "system.cpu.utilization".to_owned(),
+            unit: "1".to_owned(),
+            attributes: vec![
+                ("cpu".to_owned(), "total".to_owned()),
+                ("state".to_owned(), state.to_owned()),
+            ],
+            time_ns: t * S,
+            value,
+            kind: MetricKind::Gauge,
+        }
+    }
+
+    /// The rules file's example, over 30 s and for 60 s, with a label that shares a name with
+    /// an attribute.
+    fn busy() -> String {
+        crate::rules::file::tests::CPU
+            .replace("\"5m\"\nop", "\"30s\"\nop")
+            .replace("for = \"5m\"", "for = \"60s\"")
+            .replace("team = \"ops\"", "team = \"ops\", cpu = \"any\"")
+    }
+
+    fn transitions(changes: &[Change]) -> Vec<(i64, Transition)> {
+        changes
+            .iter()
+            .map(|c| (c.at_ns / S, c.transition))
+            .collect()
+    }
+
+    #[test]
+    fn a_busy_series_fires_when_for_ends_and_resolves_when_its_average_drops() {
+        let mut e = Evaluator::new(rules(&busy()));
+        let mut seen = Vec::new();
+        // Busy from 0 s, every 10 s; the tick fires it at 60 s, between two points.
+        for t in (0..=50).step_by(10) {
+            seen.extend(e.observe("web-1", &cpu("user", t, 0.95), t * S));
+            // Other states and hosts' idle series change nothing.
+            seen.extend(e.observe("web-1", &cpu("idle", t, 0.01), t * S));
+            seen.extend(e.observe("web-2", &cpu("user", t, 0.10), t * S));
+        }
+        assert_eq!(e.next_change_ns(), Some(60 * S));
+        assert!(e.tick(59 * S).is_empty());
+        seen.extend(e.tick(60 * S));
+        // At 70 s the window (40 s to 70 s) averages 0.8: resolved at once (no keep_firing_for).
+        for t in (70..=100).step_by(10) {
+            seen.extend(e.observe("web-1", &cpu("user", t, 0.5), t * S));
+        }
+        assert_eq!(
+            transitions(&seen),
+            [
+                (0, Transition::Pending),
+                (60, Transition::Fired),
+                (70, Transition::Resolved)
+            ]
+        );
+        let fired = &seen[1];
+        assert_eq!(fired.value, Some(0.95));
+        let labels: Vec<(&str, &str)> = fired
+            .labels
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            labels,
+            [
+                ("alertname", "cpu-busy"),
+                ("cpu", "any"),
+                ("host", "web-1"),
+                ("severity", "high"),
+                ("state", "user"),
+                ("team", "ops"),
+            ]
+        );
+        assert!(e.active().is_empty());
+    }
+
+    #[test]
+    fn each_host_and_series_is_an_alert_of_its_own_with_a_stable_fingerprint() {
+        let text = busy()
+            .replace("match = { state = \"user\" }\n", "")
+            .replace("for = \"60s\"", "for = \"0s\"");
+        let mut e = Evaluator::new(rules(&text));
+        let mut seen = e.observe("web-1", &cpu("user", 0, 0.95), 0);
+        seen.extend(e.observe("web-1", &cpu("system", 0, 0.97), 0));
+        seen.extend(e.observe("web-2", &cpu("user", 0, 0.99), 0));
+        assert_eq!(seen.len(), 3);
+        let fingerprints: std::collections::BTreeSet<&str> =
+            seen.iter().map(|c| c.fingerprint.as_str()).collect();
+        assert_eq!(fingerprints.len(), 3, "{fingerprints:?}");
+        let active = e.active();
+        assert_eq!(active.len(), 3);
+        assert!(
+            active
+                .iter()
+                .all(|a| matches!(a.state, AlertState::Firing { .. }))
+        );
+        // The same rule and series in a new evaluator (a restart) has the same fingerprint.
+        let mut again = Evaluator::new(rules(&text));
+        let same = again.observe("web-1", &cpu("user", 5, 0.95), 5 * S);
+        assert_eq!(same[0].fingerprint, seen[0].fingerprint);
+        assert_eq!(seen[0].fingerprint.len(), 16);
+    }
+
+    #[test]
+    fn a_counter_rate_rule_needs_two_points_before_it_can_hold() {
+        let text = r#"
+[[rule]]
+name = "rx-errors"
+kind = "threshold"
+severity = "medium"
+metric = "system.network.errors"
+aggregate = "rate"
+window = "1m"
+op = ">="
+value = 1
+"#;
+        let mut e = Evaluator::new(rules(text));
+        let point = |t: i64, v: f64| MetricPoint {
+            name: "system.network.errors".to_owned(),
+            unit: "{error}".to_owned(),
+            attributes: vec![("device".to_owned(), "eth0".to_owned())],
+            time_ns: t * S,
+            value: v,
+            kind: MetricKind::Counter,
+        };
+        assert!(e.observe("db-1", &point(0, 1000.0), 0).is_empty());
+        assert!(e.observe("db-1", &point(10, 1005.0), 10 * S).is_empty());
+        let fired = e.observe("db-1", &point(20, 1030.0), 20 * S);
+        assert_eq!(transitions(&fired), [(20, Transition::Fired)]);
+        assert_eq!(fired[0].value, Some(1.5));
+    }
+}
