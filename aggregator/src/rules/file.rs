@@ -28,6 +28,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use outpost_common::config::{ConfigError, line_column, parse_http_uri, parse_toml};
+use regex::Regex;
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -51,6 +52,10 @@ pub enum Severity {
 pub enum RuleKind {
     /// A metric's window aggregate against a value, per host and series.
     Threshold,
+    /// A log record that matches: fires with it, per host.
+    Log,
+    /// `count` matching log records within `within`, grouped by fields, per host or across them.
+    Frequency,
 }
 
 /// One file as written.
@@ -68,19 +73,41 @@ struct RuleSpec {
     name: Spanned<String>,
     kind: RuleKind,
     severity: Severity,
-    metric: Spanned<String>,
+    // threshold
+    #[serde(default)]
+    metric: Option<Spanned<String>>,
     #[serde(default, rename = "match")]
-    matches: BTreeMap<String, String>,
+    matches: Option<Spanned<BTreeMap<String, String>>>,
     #[serde(default)]
     aggregate: Option<Spanned<Aggregate>>,
     #[serde(default, with = "humantime_serde::option")]
     window: Option<Duration>,
-    op: Op,
-    value: Spanned<f64>,
+    #[serde(default)]
+    op: Option<Spanned<Op>>,
+    #[serde(default)]
+    value: Option<Spanned<f64>>,
+    // log and frequency
+    #[serde(default)]
+    source: Option<Spanned<String>>,
+    #[serde(default)]
+    pattern: Option<Spanned<String>>,
+    #[serde(default)]
+    fields: Option<Spanned<BTreeMap<String, String>>>,
+    // frequency
+    #[serde(default)]
+    count: Option<Spanned<u32>>,
+    #[serde(default, with = "humantime_serde::option")]
+    within: Option<Duration>,
+    #[serde(default)]
+    group_by: Option<Spanned<Vec<String>>>,
+    #[serde(default)]
+    distinct: Option<Spanned<String>>,
+    #[serde(default)]
+    across_hosts: Option<Spanned<bool>>,
     #[serde(default, rename = "for", with = "humantime_serde")]
     for_: Duration,
-    #[serde(default, with = "humantime_serde")]
-    keep_firing_for: Duration,
+    #[serde(default, with = "humantime_serde::option")]
+    keep_firing_for: Option<Duration>,
     #[serde(default)]
     labels: BTreeMap<String, String>,
     #[serde(default)]
@@ -99,21 +126,60 @@ pub struct ThresholdRule {
     pub value: f64,
 }
 
+/// Which log records a log or frequency rule counts: all of what it says must hold.
+#[derive(Debug, Clone)]
+pub struct LogMatch {
+    /// The record's source, exactly (a file's path, `journal`).
+    pub source: Option<String>,
+    /// A regular expression the body must match; its named groups become fields of the record.
+    pub pattern: Option<Regex>,
+    /// Fields the record must have with these values: its attributes (a parser's fields) or the
+    /// pattern's named groups.
+    pub fields: BTreeMap<String, String>,
+}
+
+/// A frequency rule, checked.
+#[derive(Debug, Clone)]
+pub struct FrequencyRule {
+    pub matcher: LogMatch,
+    /// Matching records within `within_ns` that make the condition hold.
+    pub count: u32,
+    pub within_ns: i64,
+    /// Fields whose values make a group (records without one of them are not counted).
+    pub group_by: Vec<String>,
+    /// Count the distinct values of this field rather than the records.
+    pub distinct: Option<String>,
+    /// One group across every host rather than one per host.
+    pub across_hosts: bool,
+}
+
+/// What a rule's condition is.
+#[derive(Debug, Clone)]
+pub enum Condition {
+    Threshold(ThresholdRule),
+    Log(LogMatch),
+    Frequency(FrequencyRule),
+}
+
 /// A rule, checked and ready to evaluate.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Rule {
     pub name: String,
     pub severity: Severity,
     pub lifecycle: Lifecycle,
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
-    pub threshold: ThresholdRule,
+    pub condition: Condition,
     /// The file it came from, for listings and errors.
     pub file: PathBuf,
 }
 
 /// The window of a rule whose aggregate is `last` and says none: only the newest sample counts.
 const LAST_WINDOW: Duration = Duration::from_secs(0);
+
+/// How long a log or frequency alert keeps firing after its last match, unless the rule says: a
+/// log record is a moment, and its alert resolves when no other came for this long.
+pub const EVENT_KEEP_FIRING_FOR: Duration = Duration::from_secs(300);
 
 /// Reads and checks one rule file.
 pub fn load_file(path: &Path) -> Result<Vec<Rule>, ConfigError> {
@@ -127,72 +193,50 @@ pub fn load_file(path: &Path) -> Result<Vec<Rule>, ConfigError> {
 /// Checks the rule file `text`, which came from `path`.
 pub fn parse_file(path: &Path, text: &str) -> Result<Vec<Rule>, ConfigError> {
     let file: RuleFile = parse_toml(path, text)?;
-    let at = |offset: usize, message: String| {
-        let (line, column) = line_column(text, offset);
-        ConfigError::Parse {
-            path: path.to_owned(),
-            line,
-            column,
-            message,
-        }
-    };
     let mut rules: Vec<Rule> = Vec::with_capacity(file.rule.len());
     for spec in file.rule {
-        let start = spec.span().start;
+        let at = Place {
+            path,
+            text,
+            rule_start: spec.span().start,
+        };
         let spec = spec.into_inner();
         let name = spec.name.get_ref();
         if let Err(why) = check_name(name) {
-            return Err(at(spec.name.span().start, why));
+            return Err(at.error(spec.name.span().start, why));
         }
         if rules.iter().any(|r| &r.name == name) {
-            return Err(at(
+            return Err(at.error(
                 spec.name.span().start,
                 format!("a second rule named `{name}` in this file"),
             ));
         }
-        if spec.metric.get_ref().is_empty() {
-            return Err(at(spec.metric.span().start, "`metric` is empty".to_owned()));
-        }
-        let value = *spec.value.get_ref();
-        if !value.is_finite() {
-            return Err(at(
-                spec.value.span().start,
-                format!("`value` must be a finite number, not {value}"),
-            ));
-        }
-        let aggregate = spec
-            .aggregate
-            .as_ref()
-            .map_or(Aggregate::Last, |a| *a.get_ref());
-        let window = match (aggregate, spec.window) {
-            (Aggregate::Last, window) => window.unwrap_or(LAST_WINDOW),
-            (_, Some(window)) if !window.is_zero() => window,
-            (_, _) => {
-                let offset = spec.aggregate.as_ref().map_or(start, |a| a.span().start);
-                return Err(at(
-                    offset,
-                    format!(
-                        "rule `{name}`: aggregate `{}` needs a `window` longer than zero",
-                        aggregate_name(aggregate)
-                    ),
-                ));
+        let condition = match spec.kind {
+            RuleKind::Threshold => Condition::Threshold(threshold(&spec, &at)?),
+            RuleKind::Log => {
+                at.only(&spec, &["source", "pattern", "fields"])?;
+                Condition::Log(log_match(&spec, &at)?)
             }
+            RuleKind::Frequency => Condition::Frequency(frequency(&spec, &at)?),
         };
         if let Some(url) = spec.annotations.get("runbook_url") {
             parse_http_uri(url.get_ref()).map_err(|why| {
-                at(
+                at.error(
                     url.span().start,
                     format!("rule `{name}`: runbook_url: {why}"),
                 )
             })?;
         }
-        let RuleKind::Threshold = spec.kind;
+        let keep_firing_for = spec.keep_firing_for.unwrap_or(match spec.kind {
+            RuleKind::Threshold => Duration::ZERO,
+            RuleKind::Log | RuleKind::Frequency => EVENT_KEEP_FIRING_FOR,
+        });
         rules.push(Rule {
             name: name.clone(),
             severity: spec.severity,
             lifecycle: Lifecycle {
                 for_ns: duration_ns(spec.for_),
-                keep_firing_for_ns: duration_ns(spec.keep_firing_for),
+                keep_firing_for_ns: duration_ns(keep_firing_for),
             },
             labels: spec.labels,
             annotations: spec
@@ -200,18 +244,209 @@ pub fn parse_file(path: &Path, text: &str) -> Result<Vec<Rule>, ConfigError> {
                 .into_iter()
                 .map(|(k, v)| (k, v.into_inner()))
                 .collect(),
-            threshold: ThresholdRule {
-                metric: spec.metric.into_inner(),
-                matches: spec.matches,
-                aggregate,
-                window_ns: duration_ns(window),
-                op: spec.op,
-                value,
-            },
+            condition,
             file: path.to_owned(),
         });
     }
     Ok(rules)
+}
+
+/// Where in a file a rule is, for its errors.
+struct Place<'a> {
+    path: &'a Path,
+    text: &'a str,
+    rule_start: usize,
+}
+
+impl Place<'_> {
+    fn error(&self, offset: usize, message: String) -> ConfigError {
+        let (line, column) = line_column(self.text, offset);
+        ConfigError::Parse {
+            path: self.path.to_owned(),
+            line,
+            column,
+            message,
+        }
+    }
+
+    /// An error at the rule's table, for what has no place of its own (a missing key).
+    fn rule_error(&self, spec: &RuleSpec, message: &str) -> ConfigError {
+        self.error(
+            self.rule_start,
+            format!("rule `{}`: {message}", spec.name.get_ref()),
+        )
+    }
+
+    /// Refuses the kind-specific keys of `spec` other than `allowed`, which its kind does not use.
+    fn only(&self, spec: &RuleSpec, allowed: &[&str]) -> Result<(), ConfigError> {
+        let given: [(&str, Option<usize>); 14] = [
+            ("metric", spec.metric.as_ref().map(|v| v.span().start)),
+            ("match", spec.matches.as_ref().map(|v| v.span().start)),
+            ("aggregate", spec.aggregate.as_ref().map(|v| v.span().start)),
+            ("window", spec.window.map(|_| self.rule_start)),
+            ("op", spec.op.as_ref().map(|v| v.span().start)),
+            ("value", spec.value.as_ref().map(|v| v.span().start)),
+            ("source", spec.source.as_ref().map(|v| v.span().start)),
+            ("pattern", spec.pattern.as_ref().map(|v| v.span().start)),
+            ("fields", spec.fields.as_ref().map(|v| v.span().start)),
+            ("count", spec.count.as_ref().map(|v| v.span().start)),
+            ("within", spec.within.map(|_| self.rule_start)),
+            ("group_by", spec.group_by.as_ref().map(|v| v.span().start)),
+            ("distinct", spec.distinct.as_ref().map(|v| v.span().start)),
+            (
+                "across_hosts",
+                spec.across_hosts.as_ref().map(|v| v.span().start),
+            ),
+        ];
+        let stray = given
+            .iter()
+            .find(|(key, at)| at.is_some() && !allowed.contains(key));
+        match stray {
+            Some((key, Some(offset))) => Err(self.error(
+                *offset,
+                format!(
+                    "rule `{}`: `{key}` does not apply to a {} rule",
+                    spec.name.get_ref(),
+                    kind_name(spec.kind)
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn threshold(spec: &RuleSpec, at: &Place<'_>) -> Result<ThresholdRule, ConfigError> {
+    at.only(
+        spec,
+        &["metric", "match", "aggregate", "window", "op", "value"],
+    )?;
+    let name = spec.name.get_ref();
+    let metric = spec
+        .metric
+        .as_ref()
+        .ok_or_else(|| at.rule_error(spec, "a threshold rule needs `metric`"))?;
+    if metric.get_ref().is_empty() {
+        return Err(at.error(metric.span().start, "`metric` is empty".to_owned()));
+    }
+    let op = spec
+        .op
+        .as_ref()
+        .ok_or_else(|| at.rule_error(spec, "a threshold rule needs `op`"))?;
+    let value = spec
+        .value
+        .as_ref()
+        .ok_or_else(|| at.rule_error(spec, "a threshold rule needs `value`"))?;
+    if !value.get_ref().is_finite() {
+        return Err(at.error(
+            value.span().start,
+            format!("`value` must be a finite number, not {}", value.get_ref()),
+        ));
+    }
+    let aggregate = spec
+        .aggregate
+        .as_ref()
+        .map_or(Aggregate::Last, |a| *a.get_ref());
+    let window = match (aggregate, spec.window) {
+        (Aggregate::Last, window) => window.unwrap_or(LAST_WINDOW),
+        (_, Some(window)) if !window.is_zero() => window,
+        (_, _) => {
+            let offset = spec
+                .aggregate
+                .as_ref()
+                .map_or(at.rule_start, |a| a.span().start);
+            return Err(at.error(
+                offset,
+                format!(
+                    "rule `{name}`: aggregate `{}` needs a `window` longer than zero",
+                    aggregate_name(aggregate)
+                ),
+            ));
+        }
+    };
+    Ok(ThresholdRule {
+        metric: metric.get_ref().clone(),
+        matches: spec
+            .matches
+            .as_ref()
+            .map(|m| m.get_ref().clone())
+            .unwrap_or_default(),
+        aggregate,
+        window_ns: duration_ns(window),
+        op: *op.get_ref(),
+        value: *value.get_ref(),
+    })
+}
+
+fn log_match(spec: &RuleSpec, at: &Place<'_>) -> Result<LogMatch, ConfigError> {
+    let pattern = match &spec.pattern {
+        None => None,
+        Some(p) => Some(Regex::new(p.get_ref()).map_err(|e| {
+            at.error(
+                p.span().start,
+                format!(
+                    "rule `{}`: `pattern` is not a regular expression: {e}",
+                    spec.name.get_ref()
+                ),
+            )
+        })?),
+    };
+    let matcher = LogMatch {
+        source: spec.source.as_ref().map(|s| s.get_ref().clone()),
+        pattern,
+        fields: spec
+            .fields
+            .as_ref()
+            .map(|f| f.get_ref().clone())
+            .unwrap_or_default(),
+    };
+    if matcher.source.is_none() && matcher.pattern.is_none() && matcher.fields.is_empty() {
+        return Err(at.rule_error(
+            spec,
+            "a log rule needs `source`, `pattern` or `fields` (it would match every record)",
+        ));
+    }
+    Ok(matcher)
+}
+
+fn frequency(spec: &RuleSpec, at: &Place<'_>) -> Result<FrequencyRule, ConfigError> {
+    at.only(
+        spec,
+        &[
+            "source",
+            "pattern",
+            "fields",
+            "count",
+            "within",
+            "group_by",
+            "distinct",
+            "across_hosts",
+        ],
+    )?;
+    let matcher = log_match(spec, at)?;
+    let count = spec
+        .count
+        .as_ref()
+        .ok_or_else(|| at.rule_error(spec, "a frequency rule needs `count`"))?;
+    if *count.get_ref() == 0 {
+        return Err(at.error(count.span().start, "`count` must be at least 1".to_owned()));
+    }
+    let within = spec
+        .within
+        .filter(|w| !w.is_zero())
+        .ok_or_else(|| at.rule_error(spec, "a frequency rule needs `within`, longer than zero"))?;
+    let group_by = spec
+        .group_by
+        .as_ref()
+        .map(|g| g.get_ref().clone())
+        .unwrap_or_default();
+    Ok(FrequencyRule {
+        matcher,
+        count: *count.get_ref(),
+        within_ns: duration_ns(within),
+        group_by,
+        distinct: spec.distinct.as_ref().map(|d| d.get_ref().clone()),
+        across_hosts: spec.across_hosts.as_ref().is_some_and(|a| *a.get_ref()),
+    })
 }
 
 /// Every rule of the `*.toml` files in `dir` (other files are left alone), in the order of the
@@ -276,6 +511,14 @@ fn check_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+fn kind_name(kind: RuleKind) -> &'static str {
+    match kind {
+        RuleKind::Threshold => "threshold",
+        RuleKind::Log => "log",
+        RuleKind::Frequency => "frequency",
+    }
+}
+
 fn aggregate_name(aggregate: Aggregate) -> &'static str {
     match aggregate {
         Aggregate::Last => "last",
@@ -315,6 +558,87 @@ annotations = { summary = "CPU busy on {{ host }}", runbook_url = "https://runbo
         parse_file(Path::new("rules.d/test.toml"), text).map_err(|e| e.to_string())
     }
 
+    fn threshold_of(rule: &Rule) -> &ThresholdRule {
+        match &rule.condition {
+            Condition::Threshold(t) => t,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// SSH brute force, as the default rule pack says it.
+    pub(crate) const BRUTE_FORCE: &str = r#"
+[[rule]]
+name = "ssh-brute-force"
+kind = "frequency"
+severity = "high"
+source = "journal"
+pattern = 'Failed password for (invalid user )?(?P<user>\S+) from (?P<address>\S+)'
+fields = { app = "sshd" }
+count = 8
+within = "120s"
+group_by = ["address"]
+"#;
+
+    #[test]
+    fn log_and_frequency_rules_load_and_resolve_after_five_quiet_minutes_by_default() {
+        let rules = parse(BRUTE_FORCE).unwrap();
+        let Condition::Frequency(f) = &rules[0].condition else {
+            panic!("{:?}", rules[0].condition);
+        };
+        assert_eq!((f.count, f.within_ns), (8, 120_000_000_000));
+        assert_eq!(f.group_by, ["address"]);
+        assert!(!f.across_hosts && f.distinct.is_none());
+        assert_eq!(f.matcher.source.as_deref(), Some("journal"));
+        assert_eq!(f.matcher.fields["app"], "sshd");
+        assert!(
+            f.matcher
+                .pattern
+                .as_ref()
+                .unwrap()
+                .is_match("Failed password for invalid user admin from 203.0.113.7 port 4242 ssh2")
+        );
+        assert_eq!(
+            rules[0].lifecycle.keep_firing_for_ns,
+            duration_ns(EVENT_KEEP_FIRING_FOR)
+        );
+        let log = parse(
+            "[[rule]]\nname = \"passwd\"\nkind = \"log\"\nseverity = \"critical\"\n\
+             pattern = \"passwd changed\"\nkeep_firing_for = \"1m\"\n",
+        )
+        .unwrap();
+        assert!(matches!(log[0].condition, Condition::Log(_)));
+        assert_eq!(log[0].lifecycle.keep_firing_for_ns, 60_000_000_000);
+    }
+
+    #[test]
+    fn a_key_of_another_kind_or_a_missing_one_is_refused_where_it_is() {
+        let cases = [
+            // BRUTE_FORCE's lines: 2 `[[rule]]`, 3 name, 4 kind, 6 source, 7 pattern, 9 count.
+            (BRUTE_FORCE.replace("count = 8", "value = 8"), ":9:9:", "`value` does not apply to a frequency rule"),
+            (BRUTE_FORCE.replace("count = 8\n", ""), ":2:1:", "needs `count`"),
+            (BRUTE_FORCE.replace("count = 8", "count = 0"), ":9:9:", "at least 1"),
+            (BRUTE_FORCE.replace("within = \"120s\"\n", ""), ":2:1:", "needs `within`"),
+            (BRUTE_FORCE.replace("(?P<user>", "(?P<user"), ":7:11:", "not a regular expression"),
+            (
+                BRUTE_FORCE
+                    .replace("source = \"journal\"\n", "")
+                    .replace("pattern = 'Failed password for (invalid user )?(?P<user>\\S+) from (?P<address>\\S+)'\n", "")
+                    .replace("fields = { app = \"sshd\" }\n", ""),
+                ":2:1:",
+                "would match every record",
+            ),
+            (CPU.replace("metric = ", "source = "), ":6:10:", "`source` does not apply to a threshold rule"),
+            (CPU.replace("op = \">\"\n", ""), ":2:1:", "needs `op`"),
+        ];
+        for (text, place, what) in cases {
+            let err = parse(&text).unwrap_err();
+            assert!(
+                err.starts_with("rules.d/test.toml:") && err.contains(place) && err.contains(what),
+                "{place} {what}: {err}"
+            );
+        }
+    }
+
     #[test]
     fn a_threshold_rule_loads_with_its_defaults_filled_in() {
         let rules = parse(CPU).unwrap();
@@ -325,8 +649,8 @@ annotations = { summary = "CPU busy on {{ host }}", runbook_url = "https://runbo
         assert_eq!(r.lifecycle.keep_firing_for_ns, 0);
         assert_eq!(r.labels["team"], "ops");
         assert_eq!(
-            r.threshold,
-            ThresholdRule {
+            threshold_of(r),
+            &ThresholdRule {
                 metric: "system.cpu.utilization".to_owned(),
                 matches: [("state".to_owned(), "user".to_owned())].into(),
                 aggregate: Aggregate::Avg,
@@ -341,8 +665,8 @@ annotations = { summary = "CPU busy on {{ host }}", runbook_url = "https://runbo
              metric = \"system.cpu.load_average.1m\"\nop = \">=\"\nvalue = 8\n",
         )
         .unwrap();
-        assert_eq!(least[0].threshold.aggregate, Aggregate::Last);
-        assert_eq!(least[0].threshold.window_ns, 0);
+        assert_eq!(threshold_of(&least[0]).aggregate, Aggregate::Last);
+        assert_eq!(threshold_of(&least[0]).window_ns, 0);
         assert_eq!(least[0].lifecycle, Lifecycle::default());
         assert!(parse("").unwrap().is_empty());
     }

@@ -6,14 +6,24 @@
 //! - [`file`]: rule files under `rules.d/`, checked whole when they load;
 //! - [`window`]: a metric series' recent samples and the aggregates rules compare;
 //! - [`lifecycle`]: one alert's states, inactive → pending → firing → resolved;
-//! - [`threshold`]: threshold rules over metric points, one alert per rule, host and series.
+//! - [`alert`]: one alert as every rule kind keeps it, its labels and fingerprint;
+//! - [`threshold`]: threshold rules over metric points, one alert per rule, host and series;
+//! - [`logs`]: log rules (a matching record) and frequency rules (so many within so long, grouped
+//!   by fields, per host or across hosts).
 
+pub mod alert;
 pub mod file;
 pub mod lifecycle;
+pub mod logs;
 pub mod threshold;
 pub mod window;
 
-pub use file::{Rule, RuleKind, Severity, ThresholdRule, load_dir, load_file};
+pub use alert::{ActiveAlert, Change, Evaluates};
+pub use file::{
+    Condition, FrequencyRule, LogMatch, Rule, RuleKind, Severity, ThresholdRule, load_dir,
+    load_file,
+};
 pub use lifecycle::{AlertState, Lifecycle, Transition};
-pub use threshold::{ActiveAlert, Change, Evaluator};
+pub use logs::LogEvaluator;
+pub use threshold::Evaluator;
 pub use window::{Aggregate, Op, Window};

@@ -8,76 +8,37 @@
 //! `for` ends rather than with the series' next point; [`Evaluator::next_change_ns`] says when to
 //! tick. Nothing here reads a clock: `now` is handed in.
 //!
-//! An alert's labels are `alertname` (the rule's name), `severity`, `host` (the agent's id), the
-//! series' attributes, and the rule's own labels, which win over the series' where they share a
-//! name. Its fingerprint is a hash of those labels, stable across restarts and aggregators.
-
-use std::collections::{BTreeMap, HashMap};
+//! An alert's labels are those of [`alert`](super::alert), with the series' attributes.
 
 use outpost_common::event::MetricPoint;
 
-use super::file::{Rule, Severity};
-use super::lifecycle::{AlertState, Transition};
+use super::alert::{Change, Evaluates, Group, Groups, Slot};
+use super::file::{Condition, Rule};
 use super::window::Window;
 
-/// A change of one alert's state, to record and route.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Change {
-    pub fingerprint: String,
-    pub rule: String,
-    pub severity: Severity,
-    pub transition: Transition,
-    pub labels: BTreeMap<String, String>,
-    /// The rule's aggregate at the change, if the window had enough samples.
-    pub value: Option<f64>,
-    pub at_ns: i64,
-}
-
-/// One alert that is pending or firing.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ActiveAlert {
-    pub fingerprint: String,
-    pub rule: String,
-    pub severity: Severity,
-    pub labels: BTreeMap<String, String>,
-    pub state: AlertState,
-    pub value: Option<f64>,
-}
-
-/// One rule's view of one series of one host.
+/// Every threshold rule's alerts, by rule (its index), host and series attributes (sorted).
 #[derive(Debug)]
-struct Group {
-    window: Window,
-    state: AlertState,
-    holds: bool,
-    value: Option<f64>,
-    labels: BTreeMap<String, String>,
-    fingerprint: String,
-}
-
-/// Every threshold rule's alerts.
-#[derive(Debug, Default)]
 pub struct Evaluator {
-    rules: Vec<Rule>,
-    groups: HashMap<GroupKey, Group>,
+    groups: Groups<SeriesKey, Group<Window>>,
 }
 
-/// A group's rule (its index), host and series attributes (sorted).
-type GroupKey = (usize, String, Vec<(String, String)>);
+/// A rule (its index), a host and a series' attributes.
+type SeriesKey = (usize, String, Vec<(String, String)>);
 
 impl Evaluator {
     pub fn new(rules: Vec<Rule>) -> Evaluator {
         Evaluator {
-            rules,
-            groups: HashMap::new(),
+            groups: Groups::new(rules),
         }
     }
 
     /// Takes one committed point of `agent_id`'s; returns the alerts it changed.
     pub fn observe(&mut self, agent_id: &str, point: &MetricPoint, now_ns: i64) -> Vec<Change> {
         let mut changes = Vec::new();
-        for (index, rule) in self.rules.iter().enumerate() {
-            let t = &rule.threshold;
+        for (index, rule) in self.groups.rules.iter().enumerate() {
+            let Condition::Threshold(t) = &rule.condition else {
+                continue;
+            };
             let watched = t.metric == point.name
                 && t.matches
                     .iter()
@@ -89,126 +50,32 @@ impl Evaluator {
             attributes.sort();
             let group = self
                 .groups
+                .map
                 .entry((index, agent_id.to_owned(), attributes))
-                .or_insert_with_key(|(_, host, attributes)| new_group(rule, host, attributes));
-            group.window.push(point.time_ns, point.value, t.window_ns);
-            group.value = group.window.aggregate(t.aggregate);
-            group.holds = group.value.is_some_and(|v| t.op.holds(v, t.value));
-            changes.extend(step(rule, group, now_ns));
+                .or_insert_with_key(|(_, host, attributes)| Group {
+                    data: Window::default(),
+                    alert: Slot::new(rule, Some(host), attributes.iter().cloned()),
+                });
+            group.data.push(point.time_ns, point.value, t.window_ns);
+            let value = group.data.aggregate(t.aggregate);
+            let holds = value.is_some_and(|v| t.op.holds(v, t.value));
+            changes.extend(group.alert.set(rule, holds, value, now_ns));
         }
         changes
     }
 
-    /// Applies what time alone changes by `now_ns`.
+    /// See [`Groups::tick`].
     pub fn tick(&mut self, now_ns: i64) -> Vec<Change> {
-        let mut changes = Vec::new();
-        for ((index, _, _), group) in &mut self.groups {
-            let rule = &self.rules[*index];
-            let due = rule
-                .lifecycle
-                .next_change_ns(group.state, group.holds)
-                .is_some_and(|at| at <= now_ns);
-            if due {
-                changes.extend(step(rule, group, now_ns));
-            }
-        }
-        changes.sort_by(|a, b| a.fingerprint.cmp(&b.fingerprint));
-        changes
-    }
-
-    /// When [`tick`](Self::tick) next has something to do, if the conditions stay as they are.
-    pub fn next_change_ns(&self) -> Option<i64> {
-        self.groups
-            .iter()
-            .filter_map(|((index, _, _), g)| {
-                self.rules[*index]
-                    .lifecycle
-                    .next_change_ns(g.state, g.holds)
-            })
-            .min()
-    }
-
-    /// The alerts pending or firing, by fingerprint.
-    pub fn active(&self) -> Vec<ActiveAlert> {
-        let mut active: Vec<ActiveAlert> = self
-            .groups
-            .iter()
-            .filter(|(_, g)| g.state != AlertState::Inactive)
-            .map(|((index, _, _), g)| {
-                let rule = &self.rules[*index];
-                ActiveAlert {
-                    fingerprint: g.fingerprint.clone(),
-                    rule: rule.name.clone(),
-                    severity: rule.severity,
-                    labels: g.labels.clone(),
-                    state: g.state,
-                    value: g.value,
-                }
-            })
-            .collect();
-        active.sort_by(|a, b| a.fingerprint.cmp(&b.fingerprint));
-        active
+        self.groups.tick(now_ns)
     }
 }
 
-fn new_group(rule: &Rule, host: &str, attributes: &[(String, String)]) -> Group {
-    let mut labels: BTreeMap<String, String> = attributes.iter().cloned().collect();
-    labels.insert("host".to_owned(), host.to_owned());
-    labels.extend(rule.labels.clone());
-    labels.insert("alertname".to_owned(), rule.name.clone());
-    labels.insert(
-        "severity".to_owned(),
-        severity_name(rule.severity).to_owned(),
-    );
-    let fingerprint = fingerprint(&labels);
-    Group {
-        window: Window::default(),
-        state: AlertState::Inactive,
-        holds: false,
-        value: None,
-        labels,
-        fingerprint,
-    }
-}
+impl Evaluates for Evaluator {
+    type Key = SeriesKey;
+    type Data = Window;
 
-/// Steps `group`'s alert with its condition as it stands.
-fn step(rule: &Rule, group: &mut Group, now_ns: i64) -> Option<Change> {
-    let (state, transition) = rule.lifecycle.step(group.state, group.holds, now_ns);
-    group.state = state;
-    transition.map(|transition| Change {
-        fingerprint: group.fingerprint.clone(),
-        rule: rule.name.clone(),
-        severity: rule.severity,
-        transition,
-        labels: group.labels.clone(),
-        value: group.value,
-        at_ns: now_ns,
-    })
-}
-
-/// The first 16 hex digits of the SHA-256 of the labels, each `name=value` and a NUL, in order of
-/// name.
-pub fn fingerprint(labels: &BTreeMap<String, String>) -> String {
-    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-    for (name, value) in labels {
-        ctx.update(name.as_bytes());
-        ctx.update(b"=");
-        ctx.update(value.as_bytes());
-        ctx.update(b"\0");
-    }
-    ctx.finish().as_ref()[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-pub fn severity_name(severity: Severity) -> &'static str {
-    match severity {
-        Severity::Critical => "critical",
-        Severity::High => "high",
-        Severity::Medium => "medium",
-        Severity::Low => "low",
-        Severity::Info => "info",
+    fn groups(&self) -> &Groups<SeriesKey, Group<Window>> {
+        &self.groups
     }
 }
 
@@ -220,6 +87,7 @@ mod tests {
 
     use super::*;
     use crate::rules::file::parse_file;
+    use crate::rules::lifecycle::{AlertState, Transition};
 
     const S: i64 = 1_000_000_000;
 

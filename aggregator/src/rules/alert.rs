@@ -1,0 +1,275 @@
+//! One alert as every rule kind keeps it: its labels, fingerprint and lifecycle state, and the
+//! changes it reports.
+//!
+//! An alert's labels are `alertname` (the rule's name), `severity`, `host` (the agent's id, unless
+//! the rule groups across hosts), the group's own labels (a series' attributes, a frequency rule's
+//! `group_by` fields), and the rule's labels, which win where they share a name. Its fingerprint
+//! is a hash of those labels, the same across restarts and aggregators.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::Hash;
+
+use super::file::{Rule, Severity};
+use super::lifecycle::{AlertState, Transition};
+
+/// A change of one alert's state, to record and route.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    pub fingerprint: String,
+    pub rule: String,
+    pub severity: Severity,
+    pub transition: Transition,
+    pub labels: BTreeMap<String, String>,
+    /// What the rule measured at the change (an aggregate, a count), if anything.
+    pub value: Option<f64>,
+    pub at_ns: i64,
+}
+
+/// One alert that is pending or firing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActiveAlert {
+    pub fingerprint: String,
+    pub rule: String,
+    pub severity: Severity,
+    pub labels: BTreeMap<String, String>,
+    pub state: AlertState,
+    pub value: Option<f64>,
+}
+
+/// One alert of one rule's group.
+#[derive(Debug, Clone)]
+pub struct Slot {
+    state: AlertState,
+    /// Whether the condition held at the last evaluation.
+    holds: bool,
+    value: Option<f64>,
+    labels: BTreeMap<String, String>,
+    fingerprint: String,
+}
+
+impl Slot {
+    /// The alert of `rule` for `host` (`None`: across hosts) and a group with `group_labels`.
+    pub fn new(
+        rule: &Rule,
+        host: Option<&str>,
+        group_labels: impl IntoIterator<Item = (String, String)>,
+    ) -> Slot {
+        let mut labels: BTreeMap<String, String> = group_labels.into_iter().collect();
+        if let Some(host) = host {
+            labels.insert("host".to_owned(), host.to_owned());
+        }
+        labels.extend(rule.labels.clone());
+        labels.insert("alertname".to_owned(), rule.name.clone());
+        labels.insert(
+            "severity".to_owned(),
+            severity_name(rule.severity).to_owned(),
+        );
+        let fingerprint = fingerprint(&labels);
+        Slot {
+            state: AlertState::Inactive,
+            holds: false,
+            value: None,
+            labels,
+            fingerprint,
+        }
+    }
+
+    /// Evaluates the condition anew (`holds`, having measured `value`) at `now_ns`.
+    pub fn set(
+        &mut self,
+        rule: &Rule,
+        holds: bool,
+        value: Option<f64>,
+        now_ns: i64,
+    ) -> Option<Change> {
+        self.holds = holds;
+        self.value = value;
+        self.step(rule, now_ns)
+    }
+
+    /// Says that the condition, which held for a moment (a log record), no longer does: the
+    /// alert keeps firing for the rule's `keep_firing_for`. No change by itself.
+    pub fn release(&mut self) {
+        self.holds = false;
+    }
+
+    pub fn state(&self) -> AlertState {
+        self.state
+    }
+
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    fn step(&mut self, rule: &Rule, now_ns: i64) -> Option<Change> {
+        let (state, transition) = rule.lifecycle.step(self.state, self.holds, now_ns);
+        self.state = state;
+        transition.map(|transition| Change {
+            fingerprint: self.fingerprint.clone(),
+            rule: rule.name.clone(),
+            severity: rule.severity,
+            transition,
+            labels: self.labels.clone(),
+            value: self.value,
+            at_ns: now_ns,
+        })
+    }
+
+    fn next_change_ns(&self, rule: &Rule) -> Option<i64> {
+        rule.lifecycle.next_change_ns(self.state, self.holds)
+    }
+}
+
+/// A group of a rule: its alert, and what the rule keeps to evaluate it (`data`).
+#[derive(Debug)]
+pub struct Group<T> {
+    pub data: T,
+    pub alert: Slot,
+}
+
+/// What every evaluator answers from its groups.
+pub trait Evaluates {
+    type Key: GroupKey;
+    type Data;
+
+    fn groups(&self) -> &Groups<Self::Key, Group<Self::Data>>;
+
+    /// See [`Groups::next_change_ns`].
+    fn next_change_ns(&self) -> Option<i64> {
+        self.groups().next_change_ns()
+    }
+
+    /// See [`Groups::active`].
+    fn active(&self) -> Vec<ActiveAlert> {
+        self.groups().active()
+    }
+}
+
+/// A group's key, which starts with its rule's index.
+pub trait GroupKey: Eq + Hash {
+    fn rule(&self) -> usize;
+}
+
+impl<A: Eq + Hash, B: Eq + Hash> GroupKey for (usize, A, B) {
+    fn rule(&self) -> usize {
+        self.0
+    }
+}
+
+/// The rules of an evaluator and their groups, each with its alert.
+#[derive(Debug)]
+pub struct Groups<K, G> {
+    pub rules: Vec<Rule>,
+    pub map: HashMap<K, G>,
+}
+
+impl<K: GroupKey, T> Groups<K, Group<T>> {
+    pub fn new(rules: Vec<Rule>) -> Self {
+        Groups {
+            rules,
+            map: HashMap::new(),
+        }
+    }
+
+    /// Applies what time alone changes by `now_ns` (a pending alert whose `for` passed while its
+    /// condition held, a firing one whose `keep_firing_for` ran out), in order of fingerprint.
+    pub fn tick(&mut self, now_ns: i64) -> Vec<Change> {
+        let rules = &self.rules;
+        let mut changes: Vec<Change> = self
+            .map
+            .iter_mut()
+            .map(|(key, g)| (&rules[key.rule()], &mut g.alert))
+            .filter(|(rule, slot)| slot.next_change_ns(rule).is_some_and(|at| at <= now_ns))
+            .filter_map(|(rule, slot)| slot.step(rule, now_ns))
+            .collect();
+        changes.sort_by(|a, b| a.fingerprint.cmp(&b.fingerprint));
+        changes
+    }
+
+    /// When [`tick`](Self::tick) next has something to do, if the conditions stay as they are.
+    pub fn next_change_ns(&self) -> Option<i64> {
+        self.slots()
+            .filter_map(|(rule, slot)| slot.next_change_ns(rule))
+            .min()
+    }
+
+    /// The alerts pending or firing, in order of fingerprint.
+    pub fn active(&self) -> Vec<ActiveAlert> {
+        let mut active: Vec<ActiveAlert> = self
+            .slots()
+            .filter(|(_, slot)| slot.state != AlertState::Inactive)
+            .map(|(rule, slot)| ActiveAlert {
+                fingerprint: slot.fingerprint.clone(),
+                rule: rule.name.clone(),
+                severity: rule.severity,
+                labels: slot.labels.clone(),
+                state: slot.state,
+                value: slot.value,
+            })
+            .collect();
+        active.sort_by(|a, b| a.fingerprint.cmp(&b.fingerprint));
+        active
+    }
+
+    fn slots(&self) -> impl Iterator<Item = (&Rule, &Slot)> {
+        self.map
+            .iter()
+            .map(|(key, g)| (&self.rules[key.rule()], &g.alert))
+    }
+}
+
+/// The first 16 hex digits of the SHA-256 of the labels, each `name=value` and a NUL, in order of
+/// name.
+pub fn fingerprint(labels: &BTreeMap<String, String>) -> String {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for (name, value) in labels {
+        ctx.update(name.as_bytes());
+        ctx.update(b"=");
+        ctx.update(value.as_bytes());
+        ctx.update(b"\0");
+    }
+    ctx.finish().as_ref()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+pub fn severity_name(severity: Severity) -> &'static str {
+    match severity {
+        Severity::Critical => "critical",
+        Severity::High => "high",
+        Severity::Medium => "medium",
+        Severity::Low => "low",
+        Severity::Info => "info",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fingerprint_depends_on_every_label_and_on_nothing_else() {
+        let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        let a = fingerprint(&labels(&[("alertname", "x"), ("host", "web-1")]));
+        assert_eq!(a.len(), 16);
+        assert_eq!(
+            a,
+            fingerprint(&labels(&[("host", "web-1"), ("alertname", "x")]))
+        );
+        assert_ne!(
+            a,
+            fingerprint(&labels(&[("alertname", "x"), ("host", "web-2")]))
+        );
+        // Where a name ends and its value begins is part of the hash.
+        assert_ne!(
+            fingerprint(&labels(&[("ab", "c")])),
+            fingerprint(&labels(&[("a", "bc")]))
+        );
+    }
+}

@@ -1,0 +1,322 @@
+//! Log and frequency rules evaluated over log records as they are committed.
+//!
+//! A record is a moment: a **log** rule's alert fires with a matching record and keeps firing for
+//! the rule's `keep_firing_for` (five minutes unless it says) after the last one. A **frequency**
+//! rule counts matching records per group (the values of its `group_by` fields, per host or across
+//! hosts) over `within`, on the records' own times, and its alert fires when the count (or the
+//! number of distinct values of its `distinct` field) reaches `count`; every further record while
+//! the count is there keeps it firing. A record's fields are its attributes (a parser's fields),
+//! the named groups of the rule's pattern, and `host`, the agent's id (so that `distinct = "host"`
+//! across hosts counts the hosts an address failed on).
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use outpost_common::event::LogRecord;
+
+use super::alert::{Change, Evaluates, Group, Groups, Slot};
+use super::file::{Condition, FrequencyRule, LogMatch, Rule};
+use super::lifecycle::AlertState;
+
+impl LogMatch {
+    /// The record's fields if it matches: its attributes, then the pattern's named groups.
+    pub fn matches(&self, record: &LogRecord) -> Option<BTreeMap<String, String>> {
+        if self.source.as_ref().is_some_and(|s| *s != record.source) {
+            return None;
+        }
+        let mut fields: BTreeMap<String, String> = record.attributes.iter().cloned().collect();
+        if let Some(pattern) = &self.pattern {
+            let captures = pattern.captures(&record.body)?;
+            for name in pattern.capture_names().flatten() {
+                if let Some(m) = captures.name(name) {
+                    fields.insert(name.to_owned(), m.as_str().to_owned());
+                }
+            }
+        }
+        let wanted = self
+            .fields
+            .iter()
+            .all(|(k, v)| fields.get(k).is_some_and(|have| have == v));
+        wanted.then_some(fields)
+    }
+}
+
+/// What a frequency rule's group keeps: the times of its matching records within `within`,
+/// oldest first, with the `distinct` field's value when the rule counts those.
+#[derive(Debug, Default)]
+pub struct Seen(VecDeque<(i64, Option<String>)>);
+
+/// Every log and frequency rule's alerts, by rule (its index), host (none across hosts) and
+/// `group_by` values.
+#[derive(Debug)]
+pub struct LogEvaluator {
+    groups: Groups<FieldsKey, Group<Seen>>,
+}
+
+/// A rule (its index), a host (none across hosts) and the values of its `group_by` fields.
+type FieldsKey = (usize, Option<String>, Vec<String>);
+
+impl LogEvaluator {
+    pub fn new(rules: Vec<Rule>) -> LogEvaluator {
+        LogEvaluator {
+            groups: Groups::new(rules),
+        }
+    }
+
+    /// Takes one committed record of `agent_id`'s; returns the alerts it changed.
+    pub fn observe(&mut self, agent_id: &str, record: &LogRecord, now_ns: i64) -> Vec<Change> {
+        let mut changes = Vec::new();
+        for (index, rule) in self.groups.rules.iter().enumerate() {
+            let change = match &rule.condition {
+                Condition::Log(matcher) => {
+                    if matcher.matches(record).is_none() {
+                        continue;
+                    }
+                    let group = self
+                        .groups
+                        .map
+                        .entry((index, Some(agent_id.to_owned()), Vec::new()))
+                        .or_insert_with(|| Group {
+                            data: Seen::default(),
+                            alert: Slot::new(rule, Some(agent_id), []),
+                        });
+                    let change = group.alert.set(rule, true, None, now_ns);
+                    group.alert.release();
+                    change
+                }
+                Condition::Frequency(f) => {
+                    let Some(mut fields) = f.matcher.matches(record) else {
+                        continue;
+                    };
+                    fields
+                        .entry("host".to_owned())
+                        .or_insert_with(|| agent_id.to_owned());
+                    let Some(values) = f
+                        .group_by
+                        .iter()
+                        .map(|name| fields.get(name).cloned())
+                        .collect::<Option<Vec<String>>>()
+                    else {
+                        continue;
+                    };
+                    let distinct = match &f.distinct {
+                        None => None,
+                        Some(name) => match fields.get(name) {
+                            Some(value) => Some(value.clone()),
+                            None => continue,
+                        },
+                    };
+                    let host = (!f.across_hosts).then(|| agent_id.to_owned());
+                    let group = self
+                        .groups
+                        .map
+                        .entry((index, host, values))
+                        .or_insert_with_key(|(_, host, values)| Group {
+                            data: Seen::default(),
+                            alert: Slot::new(
+                                rule,
+                                host.as_deref(),
+                                f.group_by.iter().cloned().zip(values.iter().cloned()),
+                            ),
+                        });
+                    let count = group.data.count(f, record.time_ns, distinct);
+                    let holds = count >= u64::from(f.count);
+                    let change = group.alert.set(rule, holds, Some(count as f64), now_ns);
+                    group.alert.release();
+                    change
+                }
+                Condition::Threshold(_) => continue,
+            };
+            changes.extend(change);
+        }
+        changes
+    }
+
+    /// Applies what time alone changes by `now_ns` (firing alerts whose `keep_firing_for` ran
+    /// out since their last match resolve), and forgets groups that have nothing left to count
+    /// or report.
+    pub fn tick(&mut self, now_ns: i64) -> Vec<Change> {
+        let changes = self.groups.tick(now_ns);
+        let rules = &self.groups.rules;
+        self.groups.map.retain(|(index, _, _), g| {
+            let idle = g.alert.state() == AlertState::Inactive;
+            let window_over = match &rules[*index].condition {
+                Condition::Frequency(f) => g
+                    .data
+                    .0
+                    .back()
+                    .is_none_or(|&(t, _)| t < now_ns.saturating_sub(f.within_ns)),
+                _ => true,
+            };
+            !(idle && window_over)
+        });
+        changes
+    }
+}
+
+impl Evaluates for LogEvaluator {
+    type Key = FieldsKey;
+    type Data = Seen;
+
+    fn groups(&self) -> &Groups<FieldsKey, Group<Seen>> {
+        &self.groups
+    }
+}
+
+impl Seen {
+    /// Adds a record at `time_ns` and counts the group's records (or distinct values) within
+    /// `within` of the newest.
+    fn count(&mut self, f: &FrequencyRule, time_ns: i64, distinct: Option<String>) -> u64 {
+        let seen = &mut self.0;
+        let at = seen.partition_point(|&(t, _)| t <= time_ns);
+        seen.insert(at, (time_ns, distinct));
+        let newest = seen.back().map_or(time_ns, |&(t, _)| t);
+        let oldest_kept = newest.saturating_sub(f.within_ns);
+        while seen.front().is_some_and(|&(t, _)| t < oldest_kept) {
+            seen.pop_front();
+        }
+        if f.distinct.is_some() {
+            let values: BTreeSet<&str> = seen.iter().filter_map(|(_, v)| v.as_deref()).collect();
+            values.len() as u64
+        } else {
+            seen.len() as u64
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::rules::file::parse_file;
+    use crate::rules::file::tests::BRUTE_FORCE;
+    use crate::rules::lifecycle::Transition;
+
+    const S: i64 = 1_000_000_000;
+
+    fn evaluator(text: &str) -> LogEvaluator {
+        LogEvaluator::new(parse_file(Path::new("test.toml"), text).unwrap())
+    }
+
+    fn sshd(t: i64, body: &str) -> LogRecord {
+        LogRecord {
+            time_ns: t * S,
+            source: "journal".to_owned(),
+            severity: None,
+            body: body.to_owned(),
+            attributes: vec![("app".to_owned(), "sshd".to_owned())],
+        }
+    }
+
+    fn failed(t: i64, user: &str, address: &str) -> LogRecord {
+        sshd(
+            t,
+            &format!("Failed password for {user} from {address} port 52044 ssh2"),
+        )
+    }
+
+    fn transitions(changes: &[Change]) -> Vec<(i64, Transition, Option<f64>)> {
+        changes
+            .iter()
+            .map(|c| (c.at_ns / S, c.transition, c.value))
+            .collect()
+    }
+
+    #[test]
+    fn eight_failures_from_one_address_within_two_minutes_fire_once_per_address() {
+        let mut e = evaluator(BRUTE_FORCE);
+        let mut seen = Vec::new();
+        for i in 0..10 {
+            let t = i * 10;
+            seen.extend(e.observe("web-1", &failed(t, "root", "203.0.113.7"), t * S));
+            // Another address, and a success, count for nothing here.
+            seen.extend(
+                e.observe("web-1", &failed(t, "root", "198.51.100.2"), t * S)
+                    .into_iter()
+                    .filter(|c| c.labels["address"] != "198.51.100.2"),
+            );
+            seen.extend(e.observe(
+                "web-1",
+                &sshd(t, "Accepted password for root from 203.0.113.7"),
+                t * S,
+            ));
+        }
+        // The eighth failure (at 70 s) fires; the ninth and tenth keep it firing.
+        assert_eq!(transitions(&seen), [(70, Transition::Fired, Some(8.0))]);
+        let fired = &seen[0];
+        assert_eq!(fired.labels["address"], "203.0.113.7");
+        assert_eq!(fired.labels["host"], "web-1");
+        assert!(!fired.labels.contains_key("user"), "{:?}", fired.labels);
+        // The other address fired too: two alerts.
+        assert_eq!(e.active().len(), 2);
+        // Five quiet minutes after the last failure (90 s), both resolve.
+        assert_eq!(e.next_change_ns(), Some(390 * S));
+        assert!(e.tick(389 * S).is_empty());
+        let resolved = e.tick(390 * S);
+        assert_eq!(resolved.len(), 2);
+        assert!(
+            resolved
+                .iter()
+                .all(|c| c.transition == Transition::Resolved)
+        );
+        assert!(e.active().is_empty());
+        assert!(e.groups.map.is_empty(), "idle groups are forgotten");
+    }
+
+    #[test]
+    fn failures_spread_wider_than_the_window_never_reach_the_count() {
+        let mut e = evaluator(BRUTE_FORCE);
+        // One failure every 20 s: at most 7 within any 120 s (0 s and 120 s both count).
+        for i in 0..30 {
+            let t = i * 20;
+            assert!(
+                e.observe("web-1", &failed(t, "root", "203.0.113.7"), t * S)
+                    .is_empty(),
+                "{t}"
+            );
+        }
+    }
+
+    #[test]
+    fn one_address_failing_on_many_hosts_is_one_alert_across_them() {
+        let text = BRUTE_FORCE.replace("ssh-brute-force", "ssh-spray").replace(
+            "count = 8",
+            "count = 3\ndistinct = \"host\"\nacross_hosts = true",
+        );
+        let mut e = evaluator(&text);
+        let mut seen = Vec::new();
+        for (i, host) in ["web-1", "web-2", "web-2", "db-1"].iter().enumerate() {
+            let t = i as i64;
+            seen.extend(e.observe(host, &failed(t, "admin", "203.0.113.7"), t * S));
+        }
+        assert_eq!(transitions(&seen), [(3, Transition::Fired, Some(3.0))]);
+        assert!(!seen[0].labels.contains_key("host"), "{:?}", seen[0].labels);
+    }
+
+    #[test]
+    fn a_log_rule_fires_with_each_match_and_resolves_after_its_quiet_time() {
+        let text = "[[rule]]\nname = \"sudo-auth\"\nkind = \"log\"\nseverity = \"medium\"\n\
+                    pattern = 'sudo: .*authentication failure'\nkeep_firing_for = \"1m\"\n";
+        let mut e = evaluator(text);
+        let record = |t: i64| {
+            sshd(
+                t,
+                "sudo: pam_unix(sudo:auth): authentication failure; user=bob",
+            )
+        };
+        let mut seen = e.observe("web-1", &record(0), 0);
+        seen.extend(e.observe("web-1", &record(30), 30 * S));
+        seen.extend(e.observe("web-1", &sshd(40, "sudo: session opened"), 40 * S));
+        assert_eq!(e.next_change_ns(), Some(90 * S));
+        seen.extend(e.tick(90 * S));
+        seen.extend(e.observe("web-1", &record(100), 100 * S));
+        assert_eq!(
+            transitions(&seen),
+            [
+                (0, Transition::Fired, None),
+                (90, Transition::Resolved, None),
+                (100, Transition::Fired, None)
+            ]
+        );
+    }
+}
