@@ -54,8 +54,10 @@ pub enum RuleKind {
     Threshold,
     /// A log record that matches: fires with it, per host.
     Log,
-    /// `count` matching log records within `within`, grouped by fields, per host or across them.
+    /// `count` matching log records within `within`, grouped by fields, per host or across hosts.
     Frequency,
+    /// A host, one of its metrics or one of its log sources silent for `after`.
+    Absence,
 }
 
 /// One file as written.
@@ -104,6 +106,9 @@ struct RuleSpec {
     distinct: Option<Spanned<String>>,
     #[serde(default)]
     across_hosts: Option<Spanned<bool>>,
+    // absence
+    #[serde(default, with = "humantime_serde::option")]
+    after: Option<Duration>,
     #[serde(default, rename = "for", with = "humantime_serde")]
     for_: Duration,
     #[serde(default, with = "humantime_serde::option")]
@@ -153,12 +158,32 @@ pub struct FrequencyRule {
     pub across_hosts: bool,
 }
 
+/// What an absence rule waits for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Silent {
+    /// Anything at all from the host.
+    Host,
+    /// Points of this metric.
+    Metric(String),
+    /// Records of this log source.
+    Source(String),
+}
+
+/// An absence rule, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AbsenceRule {
+    pub silent: Silent,
+    /// How long without arrivals makes the condition hold.
+    pub after_ns: i64,
+}
+
 /// What a rule's condition is.
 #[derive(Debug, Clone)]
 pub enum Condition {
     Threshold(ThresholdRule),
     Log(LogMatch),
     Frequency(FrequencyRule),
+    Absence(AbsenceRule),
 }
 
 /// A rule, checked and ready to evaluate.
@@ -218,6 +243,7 @@ pub fn parse_file(path: &Path, text: &str) -> Result<Vec<Rule>, ConfigError> {
                 Condition::Log(log_match(&spec, &at)?)
             }
             RuleKind::Frequency => Condition::Frequency(frequency(&spec, &at)?),
+            RuleKind::Absence => Condition::Absence(absence(&spec, &at)?),
         };
         if let Some(url) = spec.annotations.get("runbook_url") {
             parse_http_uri(url.get_ref()).map_err(|why| {
@@ -228,7 +254,7 @@ pub fn parse_file(path: &Path, text: &str) -> Result<Vec<Rule>, ConfigError> {
             })?;
         }
         let keep_firing_for = spec.keep_firing_for.unwrap_or(match spec.kind {
-            RuleKind::Threshold => Duration::ZERO,
+            RuleKind::Threshold | RuleKind::Absence => Duration::ZERO,
             RuleKind::Log | RuleKind::Frequency => EVENT_KEEP_FIRING_FOR,
         });
         rules.push(Rule {
@@ -279,7 +305,7 @@ impl Place<'_> {
 
     /// Refuses the kind-specific keys of `spec` other than `allowed`, which its kind does not use.
     fn only(&self, spec: &RuleSpec, allowed: &[&str]) -> Result<(), ConfigError> {
-        let given: [(&str, Option<usize>); 14] = [
+        let given: [(&str, Option<usize>); 15] = [
             ("metric", spec.metric.as_ref().map(|v| v.span().start)),
             ("match", spec.matches.as_ref().map(|v| v.span().start)),
             ("aggregate", spec.aggregate.as_ref().map(|v| v.span().start)),
@@ -297,6 +323,7 @@ impl Place<'_> {
                 "across_hosts",
                 spec.across_hosts.as_ref().map(|v| v.span().start),
             ),
+            ("after", spec.after.map(|_| self.rule_start)),
         ];
         let stray = given
             .iter()
@@ -516,7 +543,34 @@ fn kind_name(kind: RuleKind) -> &'static str {
         RuleKind::Threshold => "threshold",
         RuleKind::Log => "log",
         RuleKind::Frequency => "frequency",
+        RuleKind::Absence => "absence",
     }
+}
+
+fn absence(spec: &RuleSpec, at: &Place<'_>) -> Result<AbsenceRule, ConfigError> {
+    at.only(spec, &["after", "metric", "source"])?;
+    let after = spec
+        .after
+        .filter(|a| !a.is_zero())
+        .ok_or_else(|| at.rule_error(spec, "an absence rule needs `after`, longer than zero"))?;
+    let silent = match (&spec.metric, &spec.source) {
+        (None, None) => Silent::Host,
+        (Some(metric), None) => Silent::Metric(metric.get_ref().clone()),
+        (None, Some(source)) => Silent::Source(source.get_ref().clone()),
+        (Some(_), Some(source)) => {
+            return Err(at.error(
+                source.span().start,
+                format!(
+                    "rule `{}`: an absence rule waits for a `metric` or a `source`, not both",
+                    spec.name.get_ref()
+                ),
+            ));
+        }
+    };
+    Ok(AbsenceRule {
+        silent,
+        after_ns: duration_ns(after),
+    })
 }
 
 fn aggregate_name(aggregate: Aggregate) -> &'static str {

@@ -124,7 +124,7 @@ impl LogEvaluator {
                     group.alert.release();
                     change
                 }
-                Condition::Threshold(_) => continue,
+                Condition::Threshold(_) | Condition::Absence(_) => continue,
             };
             changes.extend(change);
         }

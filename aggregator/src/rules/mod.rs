@@ -9,8 +9,10 @@
 //! - [`alert`]: one alert as every rule kind keeps it, its labels and fingerprint;
 //! - [`threshold`]: threshold rules over metric points, one alert per rule, host and series;
 //! - [`logs`]: log rules (a matching record) and frequency rules (so many within so long, grouped
-//!   by fields, per host or across hosts).
+//!   by fields, per host or across hosts);
+//! - [`absence`]: a host, or one of its metrics or log sources, silent for so long.
 
+pub mod absence;
 pub mod alert;
 pub mod file;
 pub mod lifecycle;
@@ -18,10 +20,11 @@ pub mod logs;
 pub mod threshold;
 pub mod window;
 
+pub use absence::AbsenceEvaluator;
 pub use alert::{ActiveAlert, Change, Evaluates};
 pub use file::{
-    Condition, FrequencyRule, LogMatch, Rule, RuleKind, Severity, ThresholdRule, load_dir,
-    load_file,
+    AbsenceRule, Condition, FrequencyRule, LogMatch, Rule, RuleKind, Severity, Silent,
+    ThresholdRule, load_dir, load_file,
 };
 pub use lifecycle::{AlertState, Lifecycle, Transition};
 pub use logs::LogEvaluator;

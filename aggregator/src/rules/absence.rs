@@ -1,0 +1,240 @@
+//! Absence rules: a host silent for `after`, or a metric or log source of a host that stopped
+//! arriving.
+//!
+//! What counts is arrival on the aggregator's clock (`now` when an event is observed), not the
+//! events' own times: a host whose clock is off is still heard. Only what was heard once is
+//! watched; the engine seeds each host's last arrival from the registry when it starts
+//! ([`AbsenceEvaluator::heard`]), so that a host that went silent while the aggregator was down
+//! is still found. A silent group's condition starts to hold at its last arrival plus `after`,
+//! which [`AbsenceEvaluator::next_change_ns`] reports, so that [`AbsenceEvaluator::tick`] is
+//! called then; it stops holding with the next arrival.
+
+use outpost_common::event::Event;
+
+use super::alert::{Change, Evaluates, Group, Groups, Slot};
+use super::file::{AbsenceRule, Condition, Rule, Silent};
+
+/// A rule (its index), a host, and the metric or source (empty for the host itself).
+type SilentKey = (usize, String, String);
+
+/// Every absence rule's alerts.
+#[derive(Debug)]
+pub struct AbsenceEvaluator {
+    /// Each group's data is its last arrival.
+    groups: Groups<SilentKey, Group<i64>>,
+}
+
+impl AbsenceEvaluator {
+    pub fn new(rules: Vec<Rule>) -> AbsenceEvaluator {
+        AbsenceEvaluator {
+            groups: Groups::new(rules),
+        }
+    }
+
+    /// Takes one committed event of `agent_id`'s, which arrived at `now_ns`.
+    pub fn observe(&mut self, agent_id: &str, event: &Event, now_ns: i64) -> Vec<Change> {
+        let (metric, source) = match event {
+            Event::Metric(m) => (Some(m.name.as_str()), None),
+            Event::Log(l) => (None, Some(l.source.as_str())),
+            Event::Fim(_) | Event::Status(_) => (None, None),
+        };
+        let mut changes = Vec::new();
+        for (index, rule) in self.groups.rules.iter().enumerate() {
+            let Condition::Absence(a) = &rule.condition else {
+                continue;
+            };
+            let what = match &a.silent {
+                Silent::Host => "",
+                Silent::Metric(name) if metric == Some(name.as_str()) => name.as_str(),
+                Silent::Source(name) if source == Some(name.as_str()) => name.as_str(),
+                Silent::Metric(_) | Silent::Source(_) => continue,
+            };
+            let group = self
+                .groups
+                .map
+                .entry((index, agent_id.to_owned(), what.to_owned()))
+                .or_insert_with(|| Group {
+                    data: now_ns,
+                    alert: Slot::new(rule, Some(agent_id), silent_label(a, what)),
+                });
+            group.data = group.data.max(now_ns);
+            changes.extend(group.alert.set(rule, false, None, now_ns));
+        }
+        changes
+    }
+
+    /// Says that `agent_id` was last heard at `last_ns` (from the registry, at start): its
+    /// host-level absence rules watch it from then on.
+    pub fn heard(&mut self, agent_id: &str, last_ns: i64) {
+        for (index, rule) in self.groups.rules.iter().enumerate() {
+            let Condition::Absence(a) = &rule.condition else {
+                continue;
+            };
+            if a.silent != Silent::Host {
+                continue;
+            }
+            self.groups
+                .map
+                .entry((index, agent_id.to_owned(), String::new()))
+                .or_insert_with(|| Group {
+                    data: last_ns,
+                    alert: Slot::new(rule, Some(agent_id), []),
+                });
+        }
+    }
+
+    /// Evaluates every group at `now_ns`: those silent for `after` hold, and their alerts move.
+    pub fn tick(&mut self, now_ns: i64) -> Vec<Change> {
+        let rules = &self.groups.rules;
+        let mut changes: Vec<Change> = self
+            .groups
+            .map
+            .iter_mut()
+            .filter_map(|((index, _, _), g)| {
+                let rule = &rules[*index];
+                let Condition::Absence(a) = &rule.condition else {
+                    return None;
+                };
+                let silent_ns = now_ns.saturating_sub(g.data);
+                let holds = silent_ns >= a.after_ns;
+                g.alert
+                    .set(rule, holds, Some(silent_ns as f64 / 1e9), now_ns)
+            })
+            .collect();
+        changes.sort_by(|a, b| a.fingerprint.cmp(&b.fingerprint));
+        changes
+    }
+
+    /// When [`tick`](Self::tick) next has something to do: a group falls silent, or an alert's
+    /// `for` or `keep_firing_for` runs out.
+    pub fn next_change_ns(&self) -> Option<i64> {
+        let falls_silent = self.groups.map.iter().filter_map(|((index, _, _), g)| {
+            let Condition::Absence(a) = &self.groups.rules[*index].condition else {
+                return None;
+            };
+            let at = g.data.saturating_add(a.after_ns);
+            // Already silent: its alert's own timing is what is left.
+            (g.alert.state() == super::lifecycle::AlertState::Inactive).then_some(at)
+        });
+        falls_silent.chain(self.groups.next_change_ns()).min()
+    }
+}
+
+/// The label that says what fell silent: `metric` or `source`, none for the host.
+fn silent_label(a: &AbsenceRule, what: &str) -> Vec<(String, String)> {
+    match &a.silent {
+        Silent::Host => Vec::new(),
+        Silent::Metric(_) => vec![("metric".to_owned(), what.to_owned())],
+        Silent::Source(_) => vec![("source".to_owned(), what.to_owned())],
+    }
+}
+
+impl Evaluates for AbsenceEvaluator {
+    type Key = SilentKey;
+    type Data = i64;
+
+    fn groups(&self) -> &Groups<SilentKey, Group<i64>> {
+        &self.groups
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use outpost_common::event::{LogRecord, MetricKind, MetricPoint};
+
+    use super::*;
+    use crate::rules::file::parse_file;
+    use crate::rules::lifecycle::Transition;
+
+    const S: i64 = 1_000_000_000;
+
+    const HOST_DOWN: &str = "[[rule]]\nname = \"host-down\"\nkind = \"absence\"\n\
+                             severity = \"critical\"\nafter = \"2m\"\n";
+
+    fn evaluator(text: &str) -> AbsenceEvaluator {
+        AbsenceEvaluator::new(parse_file(Path::new("test.toml"), text).unwrap())
+    }
+
+    fn load(t: i64) -> Event {
+        Event::Metric(MetricPoint {
+            name: "system.cpu.load_average.1m".to_owned(),
+            unit: "1".to_owned(),
+            attributes: vec![],
+            time_ns: t * S,
+            value: 0.5,
+            kind: MetricKind::Gauge,
+        })
+    }
+
+    fn line(source: &str) -> Event {
+        Event::Log(LogRecord {
+            time_ns: 0,
+            source: source.to_owned(),
+            severity: None,
+            body: "x".to_owned(),
+            attributes: vec![],
+        })
+    }
+
+    #[test]
+    fn a_host_silent_for_two_minutes_fires_and_its_next_event_resolves_it() {
+        let mut e = evaluator(HOST_DOWN);
+        // The agent's clock is an hour behind: arrival is what counts.
+        for t in (0..=30).step_by(10) {
+            assert!(e.observe("web-1", &load(t - 3600), t * S).is_empty());
+        }
+        assert_eq!(e.next_change_ns(), Some(150 * S));
+        assert!(e.tick(149 * S).is_empty());
+        let fired = e.tick(150 * S);
+        assert_eq!(fired.len(), 1);
+        assert_eq!(fired[0].transition, Transition::Fired);
+        assert_eq!(fired[0].labels["host"], "web-1");
+        assert_eq!(fired[0].value, Some(120.0));
+        assert_eq!(e.active().len(), 1);
+        assert_eq!(e.next_change_ns(), None);
+        let back = e.observe("web-1", &load(200), 200 * S);
+        assert_eq!(back[0].transition, Transition::Resolved);
+        assert_eq!(e.next_change_ns(), Some(320 * S));
+    }
+
+    #[test]
+    fn a_host_seeded_from_the_registry_is_watched_before_it_says_anything() {
+        let mut e = evaluator(HOST_DOWN);
+        e.heard("db-1", 10 * S);
+        assert_eq!(e.next_change_ns(), Some(130 * S));
+        assert_eq!(e.tick(130 * S)[0].labels["host"], "db-1");
+    }
+
+    #[test]
+    fn a_metric_or_a_source_that_stops_is_an_alert_of_its_own() {
+        let text = "[[rule]]\nname = \"load-gone\"\nkind = \"absence\"\nseverity = \"low\"\n\
+                    after = \"1m\"\nmetric = \"system.cpu.load_average.1m\"\n\
+                    [[rule]]\nname = \"auth-log-gone\"\nkind = \"absence\"\nseverity = \"low\"\n\
+                    after = \"1m\"\nsource = \"/var/log/auth.log\"\n";
+        let mut e = evaluator(text);
+        e.observe("web-1", &load(0), 0);
+        e.observe("web-1", &line("/var/log/auth.log"), 0);
+        // Other sources keep nothing alive.
+        e.observe("web-1", &line("/var/log/syslog"), 50 * S);
+        e.observe("web-1", &load(50), 50 * S);
+        let fired = e.tick(60 * S);
+        assert_eq!(fired.len(), 1);
+        assert_eq!(fired[0].rule, "auth-log-gone");
+        assert_eq!(fired[0].labels["source"], "/var/log/auth.log");
+        assert_eq!(e.next_change_ns(), Some(110 * S));
+        // Both keys together are refused.
+        let both = text.replace(
+            "after = \"1m\"\nsource",
+            "after = \"1m\"\nmetric = \"m\"\nsource",
+        );
+        let err = parse_file(Path::new("test.toml"), &both)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("test.toml:13:10") && err.contains("not both"),
+            "{err}"
+        );
+    }
+}
