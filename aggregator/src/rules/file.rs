@@ -28,6 +28,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use outpost_common::config::{ConfigError, line_column, parse_http_uri, parse_toml};
+use outpost_common::event::FimChange;
 use regex::Regex;
 use serde::Deserialize;
 use toml::Spanned;
@@ -58,6 +59,11 @@ pub enum RuleKind {
     Frequency,
     /// A host, one of its metrics or one of its log sources silent for `after`.
     Absence,
+    /// A log record matching `first` (`count` of them), then one matching `then` with the same
+    /// `key` fields, within `within`, per host.
+    Sequence,
+    /// A file-integrity change of a path matching `paths`, of one of the `changes`.
+    Fim,
 }
 
 /// One file as written.
@@ -109,6 +115,18 @@ struct RuleSpec {
     // absence
     #[serde(default, with = "humantime_serde::option")]
     after: Option<Duration>,
+    // sequence
+    #[serde(default)]
+    first: Option<Spanned<MatchSpec>>,
+    #[serde(default)]
+    then: Option<Spanned<MatchSpec>>,
+    #[serde(default)]
+    key: Option<Spanned<Vec<String>>>,
+    // fim
+    #[serde(default)]
+    paths: Option<Spanned<Vec<String>>>,
+    #[serde(default)]
+    changes: Option<Spanned<Vec<Spanned<String>>>>,
     #[serde(default, rename = "for", with = "humantime_serde")]
     for_: Duration,
     #[serde(default, with = "humantime_serde::option")]
@@ -117,6 +135,18 @@ struct RuleSpec {
     labels: BTreeMap<String, String>,
     #[serde(default)]
     annotations: BTreeMap<String, Spanned<String>>,
+}
+
+/// A sequence rule's `first` or `then` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MatchSpec {
+    #[serde(default)]
+    source: Option<String>,
+    #[serde(default)]
+    pattern: Option<Spanned<String>>,
+    #[serde(default)]
+    fields: BTreeMap<String, String>,
 }
 
 /// A threshold rule, checked.
@@ -177,6 +207,26 @@ pub struct AbsenceRule {
     pub after_ns: i64,
 }
 
+/// A sequence rule, checked.
+#[derive(Debug, Clone)]
+pub struct SequenceRule {
+    pub first: LogMatch,
+    pub then: LogMatch,
+    /// Fields that `first` and `then` records must share (none: any two of the host's).
+    pub key: Vec<String>,
+    /// `first` records, at least, within `within_ns` before the `then` one.
+    pub count: u32,
+    pub within_ns: i64,
+}
+
+/// A file-integrity rule, checked.
+#[derive(Debug, Clone)]
+pub struct FimRule {
+    pub paths: globset::GlobSet,
+    /// The kinds of change it fires on; empty: every kind.
+    pub changes: Vec<FimChange>,
+}
+
 /// What a rule's condition is.
 #[derive(Debug, Clone)]
 pub enum Condition {
@@ -184,6 +234,8 @@ pub enum Condition {
     Log(LogMatch),
     Frequency(FrequencyRule),
     Absence(AbsenceRule),
+    Sequence(SequenceRule),
+    Fim(FimRule),
 }
 
 /// A rule, checked and ready to evaluate.
@@ -244,6 +296,8 @@ pub fn parse_file(path: &Path, text: &str) -> Result<Vec<Rule>, ConfigError> {
             }
             RuleKind::Frequency => Condition::Frequency(frequency(&spec, &at)?),
             RuleKind::Absence => Condition::Absence(absence(&spec, &at)?),
+            RuleKind::Sequence => Condition::Sequence(sequence(&spec, &at)?),
+            RuleKind::Fim => Condition::Fim(fim(&spec, &at)?),
         };
         if let Some(url) = spec.annotations.get("runbook_url") {
             parse_http_uri(url.get_ref()).map_err(|why| {
@@ -255,7 +309,9 @@ pub fn parse_file(path: &Path, text: &str) -> Result<Vec<Rule>, ConfigError> {
         }
         let keep_firing_for = spec.keep_firing_for.unwrap_or(match spec.kind {
             RuleKind::Threshold | RuleKind::Absence => Duration::ZERO,
-            RuleKind::Log | RuleKind::Frequency => EVENT_KEEP_FIRING_FOR,
+            RuleKind::Log | RuleKind::Frequency | RuleKind::Sequence | RuleKind::Fim => {
+                EVENT_KEEP_FIRING_FOR
+            }
         });
         rules.push(Rule {
             name: name.clone(),
@@ -305,7 +361,7 @@ impl Place<'_> {
 
     /// Refuses the kind-specific keys of `spec` other than `allowed`, which its kind does not use.
     fn only(&self, spec: &RuleSpec, allowed: &[&str]) -> Result<(), ConfigError> {
-        let given: [(&str, Option<usize>); 15] = [
+        let given: [(&str, Option<usize>); 20] = [
             ("metric", spec.metric.as_ref().map(|v| v.span().start)),
             ("match", spec.matches.as_ref().map(|v| v.span().start)),
             ("aggregate", spec.aggregate.as_ref().map(|v| v.span().start)),
@@ -324,6 +380,11 @@ impl Place<'_> {
                 spec.across_hosts.as_ref().map(|v| v.span().start),
             ),
             ("after", spec.after.map(|_| self.rule_start)),
+            ("first", spec.first.as_ref().map(|v| v.span().start)),
+            ("then", spec.then.as_ref().map(|v| v.span().start)),
+            ("key", spec.key.as_ref().map(|v| v.span().start)),
+            ("paths", spec.paths.as_ref().map(|v| v.span().start)),
+            ("changes", spec.changes.as_ref().map(|v| v.span().start)),
         ];
         let stray = given
             .iter()
@@ -407,15 +468,7 @@ fn threshold(spec: &RuleSpec, at: &Place<'_>) -> Result<ThresholdRule, ConfigErr
 fn log_match(spec: &RuleSpec, at: &Place<'_>) -> Result<LogMatch, ConfigError> {
     let pattern = match &spec.pattern {
         None => None,
-        Some(p) => Some(Regex::new(p.get_ref()).map_err(|e| {
-            at.error(
-                p.span().start,
-                format!(
-                    "rule `{}`: `pattern` is not a regular expression: {e}",
-                    spec.name.get_ref()
-                ),
-            )
-        })?),
+        Some(p) => Some(compile(spec, at, p)?),
     };
     let matcher = LogMatch {
         source: spec.source.as_ref().map(|s| s.get_ref().clone()),
@@ -544,7 +597,120 @@ fn kind_name(kind: RuleKind) -> &'static str {
         RuleKind::Log => "log",
         RuleKind::Frequency => "frequency",
         RuleKind::Absence => "absence",
+        RuleKind::Sequence => "sequence",
+        RuleKind::Fim => "fim",
     }
+}
+
+fn sequence(spec: &RuleSpec, at: &Place<'_>) -> Result<SequenceRule, ConfigError> {
+    at.only(spec, &["first", "then", "key", "count", "within"])?;
+    let side = |which: &str, given: &Option<Spanned<MatchSpec>>| {
+        let given = given
+            .as_ref()
+            .ok_or_else(|| at.rule_error(spec, &format!("a sequence rule needs `{which}`")))?;
+        let m = given.get_ref();
+        let pattern = match &m.pattern {
+            None => None,
+            Some(p) => Some(compile(spec, at, p)?),
+        };
+        let matcher = LogMatch {
+            source: m.source.clone(),
+            pattern,
+            fields: m.fields.clone(),
+        };
+        if matcher.source.is_none() && matcher.pattern.is_none() && matcher.fields.is_empty() {
+            return Err(at.error(
+                given.span().start,
+                format!(
+                    "rule `{}`: `{which}` needs `source`, `pattern` or `fields`",
+                    spec.name.get_ref()
+                ),
+            ));
+        }
+        Ok(matcher)
+    };
+    let first = side("first", &spec.first)?;
+    let then = side("then", &spec.then)?;
+    let within = spec
+        .within
+        .filter(|w| !w.is_zero())
+        .ok_or_else(|| at.rule_error(spec, "a sequence rule needs `within`, longer than zero"))?;
+    let count = match &spec.count {
+        Some(c) if *c.get_ref() == 0 => {
+            return Err(at.error(c.span().start, "`count` must be at least 1".to_owned()));
+        }
+        Some(c) => *c.get_ref(),
+        None => 1,
+    };
+    Ok(SequenceRule {
+        first,
+        then,
+        key: spec
+            .key
+            .as_ref()
+            .map(|k| k.get_ref().clone())
+            .unwrap_or_default(),
+        count,
+        within_ns: duration_ns(within),
+    })
+}
+
+fn fim(spec: &RuleSpec, at: &Place<'_>) -> Result<FimRule, ConfigError> {
+    at.only(spec, &["paths", "changes"])?;
+    let paths = spec
+        .paths
+        .as_ref()
+        .filter(|p| !p.get_ref().is_empty())
+        .ok_or_else(|| at.rule_error(spec, "a fim rule needs `paths`, one glob at least"))?;
+    let mut set = globset::GlobSetBuilder::new();
+    for glob in paths.get_ref() {
+        let glob = globset::GlobBuilder::new(glob)
+            .literal_separator(true)
+            .build()
+            .map_err(|e| {
+                at.error(
+                    paths.span().start,
+                    format!("rule `{}`: `{glob}`: {e}", spec.name.get_ref()),
+                )
+            })?;
+        set.add(glob);
+    }
+    let paths = set
+        .build()
+        .map_err(|e| at.error(paths.span().start, e.to_string()))?;
+    let mut changes = Vec::new();
+    for change in spec.changes.iter().flat_map(|c| c.get_ref()) {
+        let parsed =
+            crate::store::sqlite::fim_change_from_name(change.get_ref()).ok_or_else(|| {
+                at.error(
+                    change.span().start,
+                    format!(
+                        "rule `{}`: unknown change `{}`; expected created, modified, \
+                     metadata_changed, deleted, moved or type_changed",
+                        spec.name.get_ref(),
+                        change.get_ref()
+                    ),
+                )
+            })?;
+        changes.push(parsed);
+    }
+    Ok(FimRule { paths, changes })
+}
+
+fn compile(
+    spec: &RuleSpec,
+    at: &Place<'_>,
+    pattern: &Spanned<String>,
+) -> Result<Regex, ConfigError> {
+    Regex::new(pattern.get_ref()).map_err(|e| {
+        at.error(
+            pattern.span().start,
+            format!(
+                "rule `{}`: `pattern` is not a regular expression: {e}",
+                spec.name.get_ref()
+            ),
+        )
+    })
 }
 
 fn absence(spec: &RuleSpec, at: &Place<'_>) -> Result<AbsenceRule, ConfigError> {
@@ -741,9 +907,9 @@ group_by = ["address"]
                 "unknown variant `urgent`",
             ),
             (
-                CPU.replace("\"threshold\"", "\"sequence\""),
+                CPU.replace("\"threshold\"", "\"anomaly\""),
                 ":4:8:",
-                "unknown variant `sequence`",
+                "unknown variant `anomaly`",
             ),
             (
                 CPU.replace("\">\"", "\"=>\""),

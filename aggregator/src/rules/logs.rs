@@ -1,4 +1,5 @@
-//! Log and frequency rules evaluated over log records as they are committed.
+//! Log, frequency, sequence and file-integrity rules evaluated over log records and file changes
+//! as they are committed.
 //!
 //! A record is a moment: a **log** rule's alert fires with a matching record and keeps firing for
 //! the rule's `keep_firing_for` (five minutes unless it says) after the last one. A **frequency**
@@ -7,14 +8,17 @@
 //! number of distinct values of its `distinct` field) reaches `count`; every further record while
 //! the count is there keeps it firing. A record's fields are its attributes (a parser's fields),
 //! the named groups of the rule's pattern, and `host`, the agent's id (so that `distinct = "host"`
-//! across hosts counts the hosts an address failed on).
+//! across hosts counts the hosts an address failed on). A **sequence** rule fires when a record
+//! matching `then` follows `count` records matching `first` with the same `key` fields within
+//! `within`, and uses them up. A **file-integrity** rule fires per path with a change of a path
+//! (or a move from one) its globs match, of the kinds it names.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
-use outpost_common::event::LogRecord;
+use outpost_common::event::{FimEvent, LogRecord};
 
 use super::alert::{Change, Evaluates, Group, Groups, Slot};
-use super::file::{Condition, FrequencyRule, LogMatch, Rule};
+use super::file::{Condition, FrequencyRule, LogMatch, Rule, SequenceRule};
 use super::lifecycle::AlertState;
 
 impl LogMatch {
@@ -124,9 +128,59 @@ impl LogEvaluator {
                     group.alert.release();
                     change
                 }
-                Condition::Threshold(_) | Condition::Absence(_) => continue,
+                Condition::Sequence(q) => {
+                    let Some(change) = sequence_step(
+                        &mut self.groups.map,
+                        index,
+                        rule,
+                        q,
+                        agent_id,
+                        record,
+                        now_ns,
+                    ) else {
+                        continue;
+                    };
+                    Some(change)
+                }
+                Condition::Threshold(_) | Condition::Absence(_) | Condition::Fim(_) => continue,
             };
             changes.extend(change);
+        }
+        changes
+    }
+
+    /// Takes one committed file-integrity change of `agent_id`'s; returns the alerts it changed.
+    /// An alert per host and path: it fires with the change and resolves after the rule's
+    /// `keep_firing_for`.
+    pub fn observe_fim(&mut self, agent_id: &str, event: &FimEvent, now_ns: i64) -> Vec<Change> {
+        let mut changes = Vec::new();
+        for (index, rule) in self.groups.rules.iter().enumerate() {
+            let Condition::Fim(f) = &rule.condition else {
+                continue;
+            };
+            let kind_wanted = f.changes.is_empty() || f.changes.contains(&event.change);
+            let path_wanted = f.paths.is_match(&event.path)
+                || event
+                    .moved_from
+                    .as_ref()
+                    .is_some_and(|from| f.paths.is_match(from));
+            if !(kind_wanted && path_wanted) {
+                continue;
+            }
+            let group = self
+                .groups
+                .map
+                .entry((index, Some(agent_id.to_owned()), vec![event.path.clone()]))
+                .or_insert_with(|| Group {
+                    data: Seen::default(),
+                    alert: Slot::new(
+                        rule,
+                        Some(agent_id),
+                        [("path".to_owned(), event.path.clone())],
+                    ),
+                });
+            changes.extend(group.alert.set(rule, true, None, now_ns));
+            group.alert.release();
         }
         changes
     }
@@ -162,18 +216,72 @@ impl Evaluates for LogEvaluator {
     }
 }
 
+/// A sequence rule's step for one record: a `first` record is remembered under its key, and a
+/// `then` record preceded by `count` of them within `within` holds the condition (and uses them
+/// up, so that the next `then` needs new `first` ones).
+fn sequence_step(
+    groups: &mut HashMap<FieldsKey, Group<Seen>>,
+    index: usize,
+    rule: &Rule,
+    q: &SequenceRule,
+    agent_id: &str,
+    record: &LogRecord,
+    now_ns: i64,
+) -> Option<Change> {
+    let keyed = |fields: BTreeMap<String, String>| -> Option<Vec<String>> {
+        q.key.iter().map(|k| fields.get(k).cloned()).collect()
+    };
+    let mut change = None;
+    if let Some(values) = q.then.matches(record).and_then(keyed)
+        && let Some(group) = groups.get_mut(&(index, Some(agent_id.to_owned()), values))
+    {
+        let earliest = record.time_ns.saturating_sub(q.within_ns);
+        let before = group
+            .data
+            .0
+            .iter()
+            .filter(|&&(t, _)| t >= earliest && t <= record.time_ns)
+            .count();
+        if before >= q.count as usize {
+            group.data.0.clear();
+            change = group.alert.set(rule, true, Some(before as f64), now_ns);
+            group.alert.release();
+        }
+    }
+    if let Some(values) = q.first.matches(record).and_then(keyed) {
+        let group = groups
+            .entry((index, Some(agent_id.to_owned()), values))
+            .or_insert_with_key(|(_, host, values)| Group {
+                data: Seen::default(),
+                alert: Slot::new(
+                    rule,
+                    host.as_deref(),
+                    q.key.iter().cloned().zip(values.iter().cloned()),
+                ),
+            });
+        group.data.remember(record.time_ns, None, q.within_ns);
+    }
+    change
+}
+
 impl Seen {
+    /// Remembers a record at `time_ns` (with its `distinct` field's value), forgetting those more
+    /// than `within_ns` older than the newest.
+    fn remember(&mut self, time_ns: i64, value: Option<String>, within_ns: i64) {
+        let at = self.0.partition_point(|&(t, _)| t <= time_ns);
+        self.0.insert(at, (time_ns, value));
+        let newest = self.0.back().map_or(time_ns, |&(t, _)| t);
+        let oldest_kept = newest.saturating_sub(within_ns);
+        while self.0.front().is_some_and(|&(t, _)| t < oldest_kept) {
+            self.0.pop_front();
+        }
+    }
+
     /// Adds a record at `time_ns` and counts the group's records (or distinct values) within
     /// `within` of the newest.
     fn count(&mut self, f: &FrequencyRule, time_ns: i64, distinct: Option<String>) -> u64 {
-        let seen = &mut self.0;
-        let at = seen.partition_point(|&(t, _)| t <= time_ns);
-        seen.insert(at, (time_ns, distinct));
-        let newest = seen.back().map_or(time_ns, |&(t, _)| t);
-        let oldest_kept = newest.saturating_sub(f.within_ns);
-        while seen.front().is_some_and(|&(t, _)| t < oldest_kept) {
-            seen.pop_front();
-        }
+        self.remember(time_ns, distinct, f.within_ns);
+        let seen = &self.0;
         if f.distinct.is_some() {
             let values: BTreeSet<&str> = seen.iter().filter_map(|(_, v)| v.as_deref()).collect();
             values.len() as u64
@@ -291,6 +399,106 @@ mod tests {
         }
         assert_eq!(transitions(&seen), [(3, Transition::Fired, Some(3.0))]);
         assert!(!seen[0].labels.contains_key("host"), "{:?}", seen[0].labels);
+    }
+
+    /// Failed logins, then a success, from the same address, as the default rule pack says it.
+    const GUESSED: &str = r#"
+[[rule]]
+name = "ssh-login-after-failures"
+kind = "sequence"
+severity = "critical"
+first = { source = "journal", pattern = 'Failed password for \S+ from (?P<address>\S+)' }
+then = { source = "journal", pattern = 'Accepted \S+ for \S+ from (?P<address>\S+)' }
+key = ["address"]
+count = 3
+within = "10m"
+"#;
+
+    #[test]
+    fn failures_then_a_success_from_the_same_address_fire_and_are_used_up() {
+        let mut e = evaluator(GUESSED);
+        let accepted = |t: i64, address: &str| {
+            sshd(
+                t,
+                &format!("Accepted password for root from {address} port 4242 ssh2"),
+            )
+        };
+        let mut seen = Vec::new();
+        for t in 0..3 {
+            seen.extend(e.observe("web-1", &failed(t * 10, "root", "203.0.113.7"), t * 10 * S));
+        }
+        // Another address's success, and the same address's success on another host: nothing.
+        seen.extend(e.observe("web-1", &accepted(40, "198.51.100.2"), 40 * S));
+        seen.extend(e.observe("web-2", &accepted(40, "203.0.113.7"), 40 * S));
+        seen.extend(e.observe("web-1", &accepted(50, "203.0.113.7"), 50 * S));
+        // The failures were used: a second success alone is nothing.
+        seen.extend(e.observe("web-1", &accepted(60, "203.0.113.7"), 60 * S));
+        assert_eq!(transitions(&seen), [(50, Transition::Fired, Some(3.0))]);
+        assert_eq!(seen[0].labels["address"], "203.0.113.7");
+        // Failures older than `within` before the success do not count.
+        let mut late = evaluator(GUESSED);
+        for t in 0..3 {
+            late.observe("web-1", &failed(t, "root", "203.0.113.7"), t * S);
+        }
+        assert!(
+            late.observe("web-1", &accepted(601, "203.0.113.7"), 601 * S)
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_change_to_a_watched_path_fires_per_path_of_the_kinds_the_rule_names() {
+        use outpost_common::event::{FimChange, FimDetection, FimEvent};
+        let text = "[[rule]]\nname = \"accounts\"\nkind = \"fim\"\nseverity = \"high\"\n\
+                    paths = [\"/etc/passwd\", \"/etc/shadow\", \"/etc/sudoers.d/*\"]\n\
+                    changes = [\"modified\", \"created\", \"moved\"]\n";
+        let mut e = evaluator(text);
+        let change = |path: &str, change: FimChange, moved_from: Option<&str>| FimEvent {
+            time_ns: 0,
+            path: path.to_owned(),
+            change,
+            changed: vec![],
+            moved_from: moved_from.map(str::to_owned),
+            before: None,
+            after: None,
+            detected_by: FimDetection::Realtime,
+            seq: 0,
+            chain: String::new(),
+        };
+        // Not below sudoers.d's direct children; not a path it watches; moved away from one it
+        // does.
+        let changes = [
+            ("/etc/passwd", FimChange::Modified, None),
+            ("/etc/passwd", FimChange::MetadataChanged, None),
+            ("/etc/sudoers.d/90-admins", FimChange::Created, None),
+            ("/etc/sudoers.d/a/b", FimChange::Created, None),
+            ("/etc/hosts", FimChange::Modified, None),
+            ("/tmp/shadow", FimChange::Moved, Some("/etc/shadow")),
+        ];
+        let mut seen = Vec::new();
+        for (t, (path, kind, from)) in (0..).zip(changes) {
+            seen.extend(e.observe_fim("web-1", &change(path, kind, from), t * S));
+        }
+        let paths: Vec<(&str, i64)> = seen
+            .iter()
+            .map(|c| (c.labels["path"].as_str(), c.at_ns / S))
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                ("/etc/passwd", 0),
+                ("/etc/sudoers.d/90-admins", 2),
+                ("/tmp/shadow", 5)
+            ]
+        );
+        let bad = text.replace("\"moved\"]", "\"renamed\"]");
+        let err = parse_file(Path::new("test.toml"), &bad)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("test.toml:6:35") && err.contains("unknown change `renamed`"),
+            "{err}"
+        );
     }
 
     #[test]

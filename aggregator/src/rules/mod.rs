@@ -8,8 +8,9 @@
 //! - [`lifecycle`]: one alert's states, inactive → pending → firing → resolved;
 //! - [`alert`]: one alert as every rule kind keeps it, its labels and fingerprint;
 //! - [`threshold`]: threshold rules over metric points, one alert per rule, host and series;
-//! - [`logs`]: log rules (a matching record) and frequency rules (so many within so long, grouped
-//!   by fields, per host or across hosts);
+//! - [`logs`]: log rules (a matching record), frequency rules (so many within so long, grouped
+//!   by fields, per host or across hosts), sequence rules (these records, then that one with the
+//!   same key) and file-integrity rules (a change of a watched path);
 //! - [`absence`]: a host, or one of its metrics or log sources, silent for so long.
 
 pub mod absence;
@@ -23,8 +24,8 @@ pub mod window;
 pub use absence::AbsenceEvaluator;
 pub use alert::{ActiveAlert, Change, Evaluates};
 pub use file::{
-    AbsenceRule, Condition, FrequencyRule, LogMatch, Rule, RuleKind, Severity, Silent,
-    ThresholdRule, load_dir, load_file,
+    AbsenceRule, Condition, FimRule, FrequencyRule, LogMatch, Rule, RuleKind, SequenceRule,
+    Severity, Silent, ThresholdRule, load_dir, load_file,
 };
 pub use lifecycle::{AlertState, Lifecycle, Transition};
 pub use logs::LogEvaluator;
