@@ -94,6 +94,10 @@ struct RuleSpec {
     op: Option<Spanned<Op>>,
     #[serde(default)]
     value: Option<Spanned<f64>>,
+    #[serde(default)]
+    target: Option<Spanned<f64>>,
+    #[serde(default)]
+    min_samples: Option<Spanned<u32>>,
     // log and frequency
     #[serde(default)]
     source: Option<Spanned<String>>,
@@ -159,6 +163,10 @@ pub struct ThresholdRule {
     pub window_ns: i64,
     pub op: Op,
     pub value: f64,
+    /// What a `forecast` aggregate forecasts reaching.
+    pub target: Option<f64>,
+    /// Samples the window must hold before the aggregate counts (at least what it needs).
+    pub min_samples: usize,
 }
 
 /// Which log records a log or frequency rule counts: all of what it says must hold.
@@ -361,13 +369,18 @@ impl Place<'_> {
 
     /// Refuses the kind-specific keys of `spec` other than `allowed`, which its kind does not use.
     fn only(&self, spec: &RuleSpec, allowed: &[&str]) -> Result<(), ConfigError> {
-        let given: [(&str, Option<usize>); 20] = [
+        let given: [(&str, Option<usize>); 22] = [
             ("metric", spec.metric.as_ref().map(|v| v.span().start)),
             ("match", spec.matches.as_ref().map(|v| v.span().start)),
             ("aggregate", spec.aggregate.as_ref().map(|v| v.span().start)),
             ("window", spec.window.map(|_| self.rule_start)),
             ("op", spec.op.as_ref().map(|v| v.span().start)),
             ("value", spec.value.as_ref().map(|v| v.span().start)),
+            ("target", spec.target.as_ref().map(|v| v.span().start)),
+            (
+                "min_samples",
+                spec.min_samples.as_ref().map(|v| v.span().start),
+            ),
             ("source", spec.source.as_ref().map(|v| v.span().start)),
             ("pattern", spec.pattern.as_ref().map(|v| v.span().start)),
             ("fields", spec.fields.as_ref().map(|v| v.span().start)),
@@ -406,7 +419,16 @@ impl Place<'_> {
 fn threshold(spec: &RuleSpec, at: &Place<'_>) -> Result<ThresholdRule, ConfigError> {
     at.only(
         spec,
-        &["metric", "match", "aggregate", "window", "op", "value"],
+        &[
+            "metric",
+            "match",
+            "aggregate",
+            "window",
+            "op",
+            "value",
+            "target",
+            "min_samples",
+        ],
     )?;
     let name = spec.name.get_ref();
     let metric = spec
@@ -451,6 +473,33 @@ fn threshold(spec: &RuleSpec, at: &Place<'_>) -> Result<ThresholdRule, ConfigErr
             ));
         }
     };
+    let target = match (aggregate, &spec.target) {
+        (Aggregate::Forecast, Some(t)) if t.get_ref().is_finite() => Some(*t.get_ref()),
+        (Aggregate::Forecast, Some(t)) => {
+            return Err(at.error(
+                t.span().start,
+                format!("rule `{name}`: `target` must be a finite number"),
+            ));
+        }
+        (Aggregate::Forecast, None) => {
+            return Err(at.rule_error(spec, "aggregate `forecast` needs a `target`"));
+        }
+        (_, Some(t)) => {
+            return Err(at.error(
+                t.span().start,
+                format!(
+                    "rule `{name}`: `target` applies to aggregate `forecast` only, not `{}`",
+                    aggregate_name(aggregate)
+                ),
+            ));
+        }
+        (_, None) => None,
+    };
+    let min_samples = spec
+        .min_samples
+        .as_ref()
+        .map_or(0, |m| *m.get_ref() as usize)
+        .max(aggregate.least_samples());
     Ok(ThresholdRule {
         metric: metric.get_ref().clone(),
         matches: spec
@@ -462,6 +511,8 @@ fn threshold(spec: &RuleSpec, at: &Place<'_>) -> Result<ThresholdRule, ConfigErr
         window_ns: duration_ns(window),
         op: *op.get_ref(),
         value: *value.get_ref(),
+        target,
+        min_samples,
     })
 }
 
@@ -747,6 +798,10 @@ fn aggregate_name(aggregate: Aggregate) -> &'static str {
         Aggregate::Max => "max",
         Aggregate::Increase => "increase",
         Aggregate::Rate => "rate",
+        Aggregate::Delta => "delta",
+        Aggregate::Slope => "slope",
+        Aggregate::Forecast => "forecast",
+        Aggregate::Zscore => "zscore",
     }
 }
 
@@ -776,6 +831,18 @@ annotations = { summary = "CPU busy on {{ host }}", runbook_url = "https://runbo
 
     fn parse(text: &str) -> Result<Vec<Rule>, String> {
         parse_file(Path::new("rules.d/test.toml"), text).map_err(|e| e.to_string())
+    }
+
+    /// Each text is refused with an error of the test file that holds `place` (`:line:column:`)
+    /// and `what`.
+    fn refused(cases: &[(String, &str, &str)]) {
+        for (text, place, what) in cases {
+            let err = parse(text).unwrap_err();
+            assert!(
+                err.starts_with("rules.d/test.toml:") && err.contains(place) && err.contains(what),
+                "{place} {what}: {err}"
+            );
+        }
     }
 
     fn threshold_of(rule: &Rule) -> &ThresholdRule {
@@ -830,6 +897,57 @@ group_by = ["address"]
         assert_eq!(log[0].lifecycle.keep_firing_for_ns, 60_000_000_000);
     }
 
+    /// A filesystem full within a day at the rate of the last six hours.
+    pub(crate) const FULL_SOON: &str = r#"
+[[rule]]
+name = "filesystem-full-soon"
+kind = "threshold"
+severity = "high"
+metric = "system.filesystem.utilization"
+aggregate = "forecast"
+target = 1.0
+window = "6h"
+min_samples = 6
+op = "<"
+value = 86400
+"#;
+
+    #[test]
+    fn a_forecast_needs_its_target_and_only_a_forecast_takes_one() {
+        let rules = parse(FULL_SOON).unwrap();
+        let t = threshold_of(&rules[0]);
+        assert_eq!(
+            (t.aggregate, t.target, t.min_samples),
+            (Aggregate::Forecast, Some(1.0), 6)
+        );
+        // Fewer than the aggregate needs is raised to it.
+        let z = parse(
+            &CPU.replace("\"avg\"", "\"zscore\"")
+                .replace("value = 0.9", "value = 3\nmin_samples = 2"),
+        )
+        .unwrap();
+        assert_eq!(threshold_of(&z[0]).min_samples, 10);
+        // FULL_SOON's lines: 2 `[[rule]]`, 7 aggregate, 8 target.
+        let cases = [
+            (
+                FULL_SOON.replace("target = 1.0\n", ""),
+                ":2:1:",
+                "needs a `target`",
+            ),
+            (
+                FULL_SOON.replace("\"forecast\"", "\"slope\""),
+                ":8:10:",
+                "applies to aggregate `forecast` only",
+            ),
+            (
+                FULL_SOON.replace("target = 1.0", "target = inf"),
+                ":8:10:",
+                "finite",
+            ),
+        ];
+        refused(&cases);
+    }
+
     #[test]
     fn a_key_of_another_kind_or_a_missing_one_is_refused_where_it_is() {
         let cases = [
@@ -850,13 +968,7 @@ group_by = ["address"]
             (CPU.replace("metric = ", "source = "), ":6:10:", "`source` does not apply to a threshold rule"),
             (CPU.replace("op = \">\"\n", ""), ":2:1:", "needs `op`"),
         ];
-        for (text, place, what) in cases {
-            let err = parse(&text).unwrap_err();
-            assert!(
-                err.starts_with("rules.d/test.toml:") && err.contains(place) && err.contains(what),
-                "{place} {what}: {err}"
-            );
-        }
+        refused(&cases);
     }
 
     #[test]
@@ -877,6 +989,8 @@ group_by = ["address"]
                 window_ns: 300_000_000_000,
                 op: Op::Gt,
                 value: 0.9,
+                target: None,
+                min_samples: 1,
             }
         );
         // The least a rule says: the newest sample against a value, firing at once.
@@ -953,13 +1067,7 @@ group_by = ["address"]
             ),
             ("[[rule]\n".to_owned(), ":1:8:", "unclosed array table"),
         ];
-        for (text, place, what) in cases {
-            let err = parse(&text).unwrap_err();
-            assert!(
-                err.starts_with("rules.d/test.toml:") && err.contains(place) && err.contains(what),
-                "{place} {what}: {err}"
-            );
-        }
+        refused(&cases);
     }
 
     #[test]

@@ -57,7 +57,7 @@ impl Evaluator {
                     alert: Slot::new(rule, Some(host), attributes.iter().cloned()),
                 });
             group.data.push(point.time_ns, point.value, t.window_ns);
-            let value = group.data.aggregate(t.aggregate);
+            let value = group.data.measure(t.aggregate, t.min_samples, t.target);
             let holds = value.is_some_and(|v| t.op.holds(v, t.value));
             changes.extend(group.alert.set(rule, holds, value, now_ns));
         }

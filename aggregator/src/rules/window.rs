@@ -1,5 +1,7 @@
 //! A metric series' recent samples, and the aggregates a threshold rule compares: last, avg,
-//! min, max, and for counters increase and rate.
+//! min, max; for counters increase and rate; for change and trend the change over the window, the
+//! slope of a least-squares line, and the time until that line reaches a target (a filesystem
+//! full within a day); and for anomalies the z-score of the newest sample against the others.
 //!
 //! A window spans `span_ns` back from the series' newest sample, on the agent's clock: an agent
 //! whose clock is off still has its samples compared with each other, and a series that stops
@@ -26,12 +28,30 @@ pub enum Aggregate {
     Increase,
     /// A counter's increase per second over the window.
     Rate,
+    /// The newest sample minus the oldest: the change over the window.
+    Delta,
+    /// The slope of the least-squares line through the window, per second.
+    Slope,
+    /// Seconds until the least-squares line reaches the rule's `target`, from the newest sample;
+    /// none once it is past the target, while it moves away from it, or when it is flat (that a
+    /// filesystem is full now is a `last` rule's to say).
+    Forecast,
+    /// How many standard deviations the newest sample lies from the mean of the others.
+    Zscore,
 }
 
 impl Aggregate {
-    /// Whether it needs two samples at least (a change between them).
-    fn needs_two(self) -> bool {
-        matches!(self, Aggregate::Increase | Aggregate::Rate)
+    /// The fewest samples it is computed from, unless a rule asks for more.
+    pub fn least_samples(self) -> usize {
+        match self {
+            Aggregate::Last | Aggregate::Avg | Aggregate::Min | Aggregate::Max => 1,
+            Aggregate::Increase
+            | Aggregate::Rate
+            | Aggregate::Delta
+            | Aggregate::Slope
+            | Aggregate::Forecast => 2,
+            Aggregate::Zscore => 10,
+        }
     }
 }
 
@@ -103,10 +123,21 @@ impl Window {
         self.samples.is_empty()
     }
 
-    /// The aggregate over the window; `None` when it has too few samples for it (none, or one for
-    /// increase and rate, or no time between first and last for rate).
+    /// The aggregate over the window, with the least samples it needs; see [`Window::measure`].
     pub fn aggregate(&self, aggregate: Aggregate) -> Option<f64> {
-        if self.samples.is_empty() || (aggregate.needs_two() && self.samples.len() < 2) {
+        self.measure(aggregate, aggregate.least_samples(), None)
+    }
+
+    /// The aggregate over the window; `None` when it has fewer than `min_samples` (or than the
+    /// aggregate needs), or cannot be computed (no time between the samples, a forecast without
+    /// a `target` or moving away from it, a z-score of samples that never vary).
+    pub fn measure(
+        &self,
+        aggregate: Aggregate,
+        min_samples: usize,
+        target: Option<f64>,
+    ) -> Option<f64> {
+        if self.samples.len() < min_samples.max(aggregate.least_samples()) {
             return None;
         }
         let values = || self.samples.iter().map(|&(_, v)| v);
@@ -123,7 +154,51 @@ impl Window {
                 }
                 self.increase() / (span as f64 / 1e9)
             }
+            Aggregate::Delta => self.samples.back()?.1 - self.samples.front()?.1,
+            Aggregate::Slope => self.line()?.0,
+            Aggregate::Forecast => {
+                let (slope, at_newest) = self.line()?;
+                let seconds = (target? - at_newest) / slope;
+                // Negative: the line is past the target or moves away from it; infinite or NaN:
+                // flat.
+                return (seconds.is_finite() && seconds >= 0.0).then_some(seconds);
+            }
+            Aggregate::Zscore => {
+                let newest = self.samples.back()?.1;
+                let others = self
+                    .samples
+                    .range(..self.samples.len() - 1)
+                    .map(|&(_, v)| v);
+                let n = (self.samples.len() - 1) as f64;
+                let mean = others.clone().sum::<f64>() / n;
+                let var = others.map(|x| (x - mean).powi(2)).sum::<f64>() / n;
+                if var <= 0.0 {
+                    return None;
+                }
+                (newest - mean) / var.sqrt()
+            }
         })
+    }
+
+    /// The least-squares line through the samples: its slope per second, and its value at the
+    /// newest sample's time. `None` when every sample has the same time.
+    fn line(&self) -> Option<(f64, f64)> {
+        let t0 = self.samples.back()?.0;
+        let points = || {
+            self.samples
+                .iter()
+                .map(move |&(t, v)| ((t - t0) as f64 / 1e9, v))
+        };
+        let n = self.samples.len() as f64;
+        let (mean_t, mean_v) = points().fold((0.0, 0.0), |(a, b), (t, v)| (a + t / n, b + v / n));
+        let (cov, var) = points().fold((0.0, 0.0), |(c, w), (t, v)| {
+            (c + (t - mean_t) * (v - mean_v), w + (t - mean_t).powi(2))
+        });
+        if var <= 0.0 {
+            return None;
+        }
+        let slope = cov / var;
+        Some((slope, mean_v - slope * mean_t))
     }
 
     /// A counter's increase from the first sample to the last, resets counted as starting from
@@ -184,6 +259,54 @@ mod tests {
         let one = window(&[(0, 5.0)], 60);
         assert_eq!(one.aggregate(Aggregate::Increase), None);
         assert_eq!(one.aggregate(Aggregate::Rate), None);
+    }
+
+    #[test]
+    fn change_slope_and_forecast_follow_the_line_through_the_window() {
+        // A filesystem filling by 0.01 an hour from 0.5, sampled every 10 minutes for 6 hours.
+        let hour = 3600;
+        let samples: Vec<(i64, f64)> = (0..=36)
+            .map(|i| (i * 600, 0.5 + 0.01 * (i * 600) as f64 / hour as f64))
+            .collect();
+        let w = window(&samples, 6 * hour);
+        let close = |got: Option<f64>, want: f64| {
+            let got = got.unwrap();
+            assert!(
+                (got - want).abs() < 1e-6 * want.abs().max(1.0),
+                "{got} against {want}"
+            );
+        };
+        close(w.aggregate(Aggregate::Delta), 0.06);
+        close(w.aggregate(Aggregate::Slope), 0.01 / hour as f64);
+        // At 0.56 now, 0.44 to go at 0.01 an hour: 44 hours.
+        close(
+            w.measure(Aggregate::Forecast, 2, Some(1.0)),
+            44.0 * hour as f64,
+        );
+        // Past the target, moving away from one, or flat: no forecast.
+        assert_eq!(w.measure(Aggregate::Forecast, 2, Some(0.3)), None);
+        let falling = window(&[(0, 0.5), (600, 0.4)], hour);
+        assert_eq!(falling.measure(Aggregate::Forecast, 2, Some(1.0)), None);
+        let flat = window(&[(0, 0.5), (600, 0.5)], hour);
+        assert_eq!(flat.measure(Aggregate::Forecast, 2, Some(1.0)), None);
+        // More samples asked for than the window holds: nothing yet.
+        assert_eq!(w.measure(Aggregate::Slope, 100, None), None);
+        assert_eq!(w.measure(Aggregate::Forecast, 2, None), None);
+    }
+
+    #[test]
+    fn a_zscore_says_how_far_the_newest_sample_is_from_the_others() {
+        // Ten samples alternating 9 and 11 (mean 10, deviation 1), then 14: four deviations.
+        let mut samples: Vec<(i64, f64)> = (0..10)
+            .map(|i| (i, if i % 2 == 0 { 9.0 } else { 11.0 }))
+            .collect();
+        samples.push((10, 14.0));
+        let w = window(&samples, 60);
+        assert_eq!(w.aggregate(Aggregate::Zscore), Some(4.0));
+        // Too few samples for a baseline, or a baseline that never varies: none.
+        assert_eq!(window(&samples[..5], 60).aggregate(Aggregate::Zscore), None);
+        let steady: Vec<(i64, f64)> = (0..12).map(|i| (i, 1.0)).collect();
+        assert_eq!(window(&steady, 60).aggregate(Aggregate::Zscore), None);
     }
 
     #[test]
