@@ -64,6 +64,9 @@ pub enum RuleKind {
     Sequence,
     /// A file-integrity change of a path matching `paths`, of one of the `changes`.
     Fim,
+    /// Other rules' alerts on the same host: `all` firing, one of `any` firing (if it names
+    /// some), none of `none` firing.
+    Composite,
 }
 
 /// One file as written.
@@ -131,6 +134,13 @@ struct RuleSpec {
     paths: Option<Spanned<Vec<String>>>,
     #[serde(default)]
     changes: Option<Spanned<Vec<Spanned<String>>>>,
+    // composite
+    #[serde(default)]
+    all: Option<Spanned<Vec<String>>>,
+    #[serde(default)]
+    any: Option<Spanned<Vec<String>>>,
+    #[serde(default)]
+    none: Option<Spanned<Vec<String>>>,
     #[serde(default, rename = "for", with = "humantime_serde")]
     for_: Duration,
     #[serde(default, with = "humantime_serde::option")]
@@ -235,6 +245,14 @@ pub struct FimRule {
     pub changes: Vec<FimChange>,
 }
 
+/// A composite rule, checked: names of other rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompositeRule {
+    pub all: Vec<String>,
+    pub any: Vec<String>,
+    pub none: Vec<String>,
+}
+
 /// What a rule's condition is.
 #[derive(Debug, Clone)]
 pub enum Condition {
@@ -244,6 +262,7 @@ pub enum Condition {
     Absence(AbsenceRule),
     Sequence(SequenceRule),
     Fim(FimRule),
+    Composite(CompositeRule),
 }
 
 /// A rule, checked and ready to evaluate.
@@ -306,6 +325,7 @@ pub fn parse_file(path: &Path, text: &str) -> Result<Vec<Rule>, ConfigError> {
             RuleKind::Absence => Condition::Absence(absence(&spec, &at)?),
             RuleKind::Sequence => Condition::Sequence(sequence(&spec, &at)?),
             RuleKind::Fim => Condition::Fim(fim(&spec, &at)?),
+            RuleKind::Composite => Condition::Composite(composite(&spec, &at)?),
         };
         if let Some(url) = spec.annotations.get("runbook_url") {
             parse_http_uri(url.get_ref()).map_err(|why| {
@@ -316,7 +336,7 @@ pub fn parse_file(path: &Path, text: &str) -> Result<Vec<Rule>, ConfigError> {
             })?;
         }
         let keep_firing_for = spec.keep_firing_for.unwrap_or(match spec.kind {
-            RuleKind::Threshold | RuleKind::Absence => Duration::ZERO,
+            RuleKind::Threshold | RuleKind::Absence | RuleKind::Composite => Duration::ZERO,
             RuleKind::Log | RuleKind::Frequency | RuleKind::Sequence | RuleKind::Fim => {
                 EVENT_KEEP_FIRING_FOR
             }
@@ -369,7 +389,7 @@ impl Place<'_> {
 
     /// Refuses the kind-specific keys of `spec` other than `allowed`, which its kind does not use.
     fn only(&self, spec: &RuleSpec, allowed: &[&str]) -> Result<(), ConfigError> {
-        let given: [(&str, Option<usize>); 22] = [
+        let given: [(&str, Option<usize>); 25] = [
             ("metric", spec.metric.as_ref().map(|v| v.span().start)),
             ("match", spec.matches.as_ref().map(|v| v.span().start)),
             ("aggregate", spec.aggregate.as_ref().map(|v| v.span().start)),
@@ -398,6 +418,9 @@ impl Place<'_> {
             ("key", spec.key.as_ref().map(|v| v.span().start)),
             ("paths", spec.paths.as_ref().map(|v| v.span().start)),
             ("changes", spec.changes.as_ref().map(|v| v.span().start)),
+            ("all", spec.all.as_ref().map(|v| v.span().start)),
+            ("any", spec.any.as_ref().map(|v| v.span().start)),
+            ("none", spec.none.as_ref().map(|v| v.span().start)),
         ];
         let stray = given
             .iter()
@@ -623,11 +646,36 @@ pub fn load_dir(dir: &Path) -> Result<Vec<Rule>, Vec<ConfigError>> {
             Err(e) => errors.push(e),
         }
     }
+    errors.extend(unknown_names(&rules));
     if errors.is_empty() {
         Ok(rules)
     } else {
         Err(errors)
     }
+}
+
+/// The composite rules that name a rule the set does not have, or another composite rule.
+fn unknown_names(rules: &[Rule]) -> Vec<ConfigError> {
+    let mut errors = Vec::new();
+    for rule in rules {
+        let Condition::Composite(c) = &rule.condition else {
+            continue;
+        };
+        for name in c.all.iter().chain(&c.any).chain(&c.none) {
+            let why = match rules.iter().find(|r| &r.name == name) {
+                None => "no rule has that name",
+                Some(r) if matches!(r.condition, Condition::Composite(_)) => {
+                    "it is a composite rule itself, and composites combine other kinds only"
+                }
+                Some(_) => continue,
+            };
+            errors.push(ConfigError::invalid(
+                &rule.file,
+                format!("rule `{}` names `{name}`: {why}", rule.name),
+            ));
+        }
+    }
+    errors
 }
 
 /// Rule names are what alerts are known by in the API, the CLI and notifications: 1–128 of
@@ -650,7 +698,39 @@ fn kind_name(kind: RuleKind) -> &'static str {
         RuleKind::Absence => "absence",
         RuleKind::Sequence => "sequence",
         RuleKind::Fim => "fim",
+        RuleKind::Composite => "composite",
     }
+}
+
+fn composite(spec: &RuleSpec, at: &Place<'_>) -> Result<CompositeRule, ConfigError> {
+    at.only(spec, &["all", "any", "none"])?;
+    let names = |given: &Option<Spanned<Vec<String>>>| -> Result<Vec<String>, ConfigError> {
+        let Some(given) = given else {
+            return Ok(Vec::new());
+        };
+        for name in given.get_ref() {
+            if name == spec.name.get_ref() {
+                return Err(at.error(
+                    given.span().start,
+                    format!("rule `{name}` cannot depend on itself"),
+                ));
+            }
+            check_name(name).map_err(|why| at.error(given.span().start, why))?;
+        }
+        Ok(given.get_ref().clone())
+    };
+    let rule = CompositeRule {
+        all: names(&spec.all)?,
+        any: names(&spec.any)?,
+        none: names(&spec.none)?,
+    };
+    if rule.all.is_empty() && rule.any.is_empty() {
+        return Err(at.rule_error(
+            spec,
+            "a composite rule needs `all` or `any` (with `none` alone it would hold everywhere)",
+        ));
+    }
+    Ok(rule)
 }
 
 fn sequence(spec: &RuleSpec, at: &Place<'_>) -> Result<SequenceRule, ConfigError> {
@@ -1070,6 +1150,15 @@ value = 86400
         refused(&cases);
     }
 
+    /// The errors of a directory that is refused.
+    fn refused_dir(dir: &Path) -> Vec<String> {
+        load_dir(dir)
+            .unwrap_err()
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
     #[test]
     fn a_directory_loads_whole_or_not_at_all() {
         let dir = tempfile::tempdir().unwrap();
@@ -1085,14 +1174,30 @@ value = 86400
             .collect();
         assert_eq!(names, ["cpu-busy", "mem-busy"]);
 
+        // A composite may name rules of other files, not unknown ones or composites.
+        write(
+            "15-both.toml",
+            "[[rule]]\nname = \"both-busy\"\nkind = \"composite\"\nseverity = \"high\"\n\
+             all = [\"cpu-busy\", \"mem-busy\"]\n",
+        );
+        assert_eq!(load_dir(dir.path()).unwrap().len(), 3);
+        write(
+            "16-bad-composites.toml",
+            "[[rule]]\nname = \"ghost\"\nkind = \"composite\"\nseverity = \"high\"\n\
+             any = [\"nobody\", \"both-busy\"]\n",
+        );
+        let errors = refused_dir(dir.path());
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(
+            errors[0].contains("16-bad-composites.toml") && errors[0].contains("`nobody`: no rule")
+        );
+        assert!(errors[1].contains("`both-busy`: it is a composite rule itself"));
+        std::fs::remove_file(dir.path().join("16-bad-composites.toml")).unwrap();
+
         // One bad file, and one name used twice: nothing loads, and both are said.
         write("30-bad.toml", "[[rule]]\nname = 1\n");
         write("40-again.toml", CPU);
-        let errors: Vec<String> = load_dir(dir.path())
-            .unwrap_err()
-            .iter()
-            .map(ToString::to_string)
-            .collect();
+        let errors = refused_dir(dir.path());
         assert_eq!(errors.len(), 2, "{errors:?}");
         assert!(errors[0].contains("30-bad.toml:2:8"), "{errors:?}");
         assert!(

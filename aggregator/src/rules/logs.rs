@@ -142,7 +142,10 @@ impl LogEvaluator {
                     };
                     Some(change)
                 }
-                Condition::Threshold(_) | Condition::Absence(_) | Condition::Fim(_) => continue,
+                Condition::Threshold(_)
+                | Condition::Absence(_)
+                | Condition::Fim(_)
+                | Condition::Composite(_) => continue,
             };
             changes.extend(change);
         }

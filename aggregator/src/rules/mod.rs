@@ -11,10 +11,12 @@
 //! - [`logs`]: log rules (a matching record), frequency rules (so many within so long, grouped
 //!   by fields, per host or across hosts), sequence rules (these records, then that one with the
 //!   same key) and file-integrity rules (a change of a watched path);
-//! - [`absence`]: a host, or one of its metrics or log sources, silent for so long.
+//! - [`absence`]: a host, or one of its metrics or log sources, silent for so long;
+//! - [`composite`]: other rules' alerts on the same host, combined with all, any and none.
 
 pub mod absence;
 pub mod alert;
+pub mod composite;
 pub mod file;
 pub mod lifecycle;
 pub mod logs;
@@ -23,9 +25,10 @@ pub mod window;
 
 pub use absence::AbsenceEvaluator;
 pub use alert::{ActiveAlert, Change, Evaluates};
+pub use composite::CompositeEvaluator;
 pub use file::{
-    AbsenceRule, Condition, FimRule, FrequencyRule, LogMatch, Rule, RuleKind, SequenceRule,
-    Severity, Silent, ThresholdRule, load_dir, load_file,
+    AbsenceRule, CompositeRule, Condition, FimRule, FrequencyRule, LogMatch, Rule, RuleKind,
+    SequenceRule, Severity, Silent, ThresholdRule, load_dir, load_file,
 };
 pub use lifecycle::{AlertState, Lifecycle, Transition};
 pub use logs::LogEvaluator;
