@@ -12,7 +12,8 @@
 //!   by fields, per host or across hosts), sequence rules (these records, then that one with the
 //!   same key) and file-integrity rules (a change of a watched path);
 //! - [`absence`]: a host, or one of its metrics or log sources, silent for so long;
-//! - [`composite`]: other rules' alerts on the same host, combined with all, any and none.
+//! - [`composite`]: other rules' alerts on the same host, combined with all, any and none;
+//! - [`matcher`]: label matchers as Alertmanager reads them, and silences.
 
 pub mod absence;
 pub mod alert;
@@ -20,6 +21,7 @@ pub mod composite;
 pub mod file;
 pub mod lifecycle;
 pub mod logs;
+pub mod matcher;
 pub mod threshold;
 pub mod window;
 
@@ -32,5 +34,6 @@ pub use file::{
 };
 pub use lifecycle::{AlertState, Lifecycle, Transition};
 pub use logs::LogEvaluator;
+pub use matcher::{MatchOp, Matcher, Silence};
 pub use threshold::Evaluator;
 pub use window::{Aggregate, Op, Window};

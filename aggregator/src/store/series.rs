@@ -137,14 +137,17 @@ impl Matcher {
                 "`{text}` is not key=value, key!=value, key=~re or key!~re"
             ));
         };
+        Matcher::new(key, op, value).map_err(|e| format!("{e} (in `{text}`)"))
+    }
+
+    /// A matcher of `key`; a regular expression is anchored at both ends.
+    pub fn new(key: &str, op: MatchOp, value: &str) -> Result<Matcher, String> {
         let regex = match op {
             MatchOp::Regex | MatchOp::NotRegex => Some(
                 regex::RegexBuilder::new(&format!("^(?:{value})$"))
                     .size_limit(1 << 20)
                     .build()
-                    .map_err(|e| {
-                        format!("`{value}` in `{text}` is not a regular expression: {e}")
-                    })?,
+                    .map_err(|e| format!("`{value}` is not a regular expression: {e}"))?,
             ),
             MatchOp::Equal | MatchOp::NotEqual => None,
         };
@@ -161,6 +164,11 @@ impl Matcher {
             .iter()
             .find(|(k, _)| *k == self.key)
             .map_or("", |(_, v)| v.as_str());
+        self.matches_value(found)
+    }
+
+    /// Whether the attribute's value (empty when there is none) satisfies it.
+    pub fn matches_value(&self, found: &str) -> bool {
         match (self.op, &self.regex) {
             (MatchOp::Equal, _) => found == self.value,
             (MatchOp::NotEqual, _) => found != self.value,
