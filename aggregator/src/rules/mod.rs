@@ -13,7 +13,8 @@
 //!   same key) and file-integrity rules (a change of a watched path);
 //! - [`absence`]: a host, or one of its metrics or log sources, silent for so long;
 //! - [`composite`]: other rules' alerts on the same host, combined with all, any and none;
-//! - [`matcher`]: label matchers as Alertmanager reads them, and silences.
+//! - [`matcher`]: label matchers as Alertmanager reads them, and silences;
+//! - [`route`]: the route tree and the grouping of alerts into notifications.
 
 pub mod absence;
 pub mod alert;
@@ -22,6 +23,7 @@ pub mod file;
 pub mod lifecycle;
 pub mod logs;
 pub mod matcher;
+pub mod route;
 pub mod threshold;
 pub mod window;
 
@@ -35,5 +37,6 @@ pub use file::{
 pub use lifecycle::{AlertState, Lifecycle, Transition};
 pub use logs::LogEvaluator;
 pub use matcher::{MatchOp, Matcher, Silence};
+pub use route::{Dispatcher, Notification, Route};
 pub use threshold::Evaluator;
 pub use window::{Aggregate, Op, Window};
