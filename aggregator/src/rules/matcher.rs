@@ -78,6 +78,32 @@ pub fn all_match(matchers: &[Matcher], labels: &BTreeMap<String, String>) -> boo
     matchers.iter().all(|m| matches(m, labels))
 }
 
+/// An inhibition: while an alert matching `source` fires, alerts matching `target` with the same
+/// values of the `equal` labels are not notified (a host down silences its other alerts). An
+/// alert never inhibits itself.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Inhibition {
+    pub source: Vec<Matcher>,
+    pub target: Vec<Matcher>,
+    pub equal: Vec<String>,
+}
+
+impl Inhibition {
+    /// Whether an alert with `labels` is inhibited by one of the `firing` alerts' labels.
+    pub fn inhibits(
+        &self,
+        labels: &BTreeMap<String, String>,
+        firing: &[BTreeMap<String, String>],
+    ) -> bool {
+        all_match(&self.target, labels)
+            && firing.iter().any(|source| {
+                source != labels
+                    && all_match(&self.source, source)
+                    && self.equal.iter().all(|n| source.get(n) == labels.get(n))
+            })
+    }
+}
+
 /// A silence: alerts whose labels match all its matchers are not notified between its start and
 /// its end.
 #[derive(Debug, Clone, PartialEq)]
@@ -170,6 +196,33 @@ mod tests {
         }
         let quoted = parse(r#"comment="say \"hi\" \\ bye""#).unwrap();
         assert_eq!(quoted.value, r#"say "hi" \ bye"#);
+    }
+
+    #[test]
+    fn a_host_down_inhibits_the_host_s_other_alerts_and_no_other_host_s() {
+        let down = Inhibition {
+            source: vec![parse("alertname=host-down").unwrap()],
+            target: vec![parse("alertname!=host-down").unwrap()],
+            equal: vec!["host".to_owned()],
+        };
+        let host_down = |h: &str| labels(&[("alertname", "host-down"), ("host", h)]);
+        let busy = |h: &str| labels(&[("alertname", "cpu-busy"), ("host", h)]);
+        let firing = [host_down("web-1"), busy("web-2")];
+        assert!(down.inhibits(&busy("web-1"), &firing));
+        assert!(!down.inhibits(&busy("web-2"), &firing));
+        // The source itself is no target; and a source alert does not inhibit itself anyway.
+        assert!(!down.inhibits(&host_down("web-1"), &firing));
+        let any = Inhibition {
+            target: vec![],
+            ..down.clone()
+        };
+        assert!(!any.inhibits(&host_down("web-1"), &firing));
+        // A label neither has counts as equal (Alertmanager's rule): both lack `dc`.
+        let by_dc = Inhibition {
+            equal: vec!["dc".to_owned()],
+            ..down
+        };
+        assert!(by_dc.inhibits(&busy("web-9"), &firing));
     }
 
     #[test]

@@ -13,7 +13,7 @@
 //!   same key) and file-integrity rules (a change of a watched path);
 //! - [`absence`]: a host, or one of its metrics or log sources, silent for so long;
 //! - [`composite`]: other rules' alerts on the same host, combined with all, any and none;
-//! - [`matcher`]: label matchers as Alertmanager reads them, and silences;
+//! - [`matcher`]: label matchers as Alertmanager reads them, inhibitions and silences;
 //! - [`route`]: the route tree and the grouping of alerts into notifications.
 
 pub mod absence;
@@ -36,7 +36,7 @@ pub use file::{
 };
 pub use lifecycle::{AlertState, Lifecycle, Transition};
 pub use logs::LogEvaluator;
-pub use matcher::{MatchOp, Matcher, Silence};
+pub use matcher::{Inhibition, MatchOp, Matcher, Silence};
 pub use route::{Dispatcher, Notification, Route};
 pub use threshold::Evaluator;
 pub use window::{Aggregate, Op, Window};
