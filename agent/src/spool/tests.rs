@@ -1703,23 +1703,29 @@ fn acknowledgements_commit_on_a_full_disk_and_the_reserve_comes_back() {
     assert_eq!(heard.names(), ["reserve restored", "recovered: disk full"]);
 }
 
-#[test]
-fn the_files_shrink_after_a_drain() {
-    let dir = TempDir::new().unwrap();
-    let disk = FakeDisk::new(dir.path(), ROOMY);
+/// A spool on `disk` holding 40 batches of 100 events of 1,000 bytes, a few MiB.
+fn backlog_of_forty_batches(dir: &TempDir, disk: &Arc<FakeDisk>) -> Spool {
     let mut spool = Spool::open(SpoolConfig {
         free_space: disk.clone(),
         max_batch_events: 100,
         max_batch_bytes: 64 * 1024,
-        ..config(&db(&dir), 1 << 30)
+        ..config(&db(dir), 1 << 30)
     })
     .unwrap();
-    let heard = Heard::default();
-    spool.set_reporter(Box::new(heard.clone()));
     for round in 0..40 {
         let big: Vec<Event> = (0..100).map(|i| event(round * 100 + i, 1000)).collect();
         append_one(&mut spool, sub(Class::Wait, big, None));
     }
+    spool
+}
+
+#[test]
+fn the_files_shrink_after_a_drain() {
+    let dir = TempDir::new().unwrap();
+    let disk = FakeDisk::new(dir.path(), ROOMY);
+    let mut spool = backlog_of_forty_batches(&dir, &disk);
+    let heard = Heard::default();
+    spool.set_reporter(Box::new(heard.clone()));
     let full = spool.stats().file_bytes;
     assert!(full > 4_000_000, "{full} bytes");
     let sent = spool.batches_after(0, usize::MAX).unwrap();
@@ -1762,17 +1768,7 @@ fn the_files_shrink_after_a_drain() {
 fn a_backlog_drained_while_the_disk_was_full_gives_its_pages_back_once_there_is_room() {
     let dir = TempDir::new().unwrap();
     let disk = FakeDisk::new(dir.path(), ROOMY);
-    let mut spool = Spool::open(SpoolConfig {
-        free_space: disk.clone(),
-        max_batch_events: 100,
-        max_batch_bytes: 64 * 1024,
-        ..config(&db(&dir), 1 << 30)
-    })
-    .unwrap();
-    for round in 0..40 {
-        let big: Vec<Event> = (0..100).map(|i| event(round * 100 + i, 1000)).collect();
-        append_one(&mut spool, sub(Class::Wait, big, None));
-    }
+    let mut spool = backlog_of_forty_batches(&dir, &disk);
     let full = spool.stats().file_bytes;
     // The disk fills: the next submission waits and the spool says so.
     disk.leave_free(0);

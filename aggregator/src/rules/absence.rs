@@ -104,20 +104,6 @@ impl AbsenceEvaluator {
         changes.sort_by(|a, b| a.fingerprint.cmp(&b.fingerprint));
         changes
     }
-
-    /// When [`tick`](Self::tick) next has something to do: a group falls silent, or an alert's
-    /// `for` or `keep_firing_for` runs out.
-    pub fn next_change_ns(&self) -> Option<i64> {
-        let falls_silent = self.groups.map.iter().filter_map(|((index, _, _), g)| {
-            let Condition::Absence(a) = &self.groups.rules[*index].condition else {
-                return None;
-            };
-            let at = g.data.saturating_add(a.after_ns);
-            // Already silent: its alert's own timing is what is left.
-            (g.alert.state() == super::lifecycle::AlertState::Inactive).then_some(at)
-        });
-        falls_silent.chain(self.groups.next_change_ns()).min()
-    }
 }
 
 /// The label that says what fell silent: `metric` or `source`, none for the host.
@@ -135,6 +121,20 @@ impl Evaluates for AbsenceEvaluator {
 
     fn groups(&self) -> &Groups<SilentKey, Group<i64>> {
         &self.groups
+    }
+
+    /// When [`AbsenceEvaluator::tick`] next has something to do: a group falls silent, or an
+    /// alert's `for` or `keep_firing_for` runs out.
+    fn next_change_ns(&self) -> Option<i64> {
+        let falls_silent = self.groups.map.iter().filter_map(|((index, _, _), g)| {
+            let Condition::Absence(a) = &self.groups.rules[*index].condition else {
+                return None;
+            };
+            let at = g.data.saturating_add(a.after_ns);
+            // Already silent: its alert's own timing is what is left.
+            (g.alert.state() == super::lifecycle::AlertState::Inactive).then_some(at)
+        });
+        falls_silent.chain(self.groups.next_change_ns()).min()
     }
 }
 

@@ -97,10 +97,6 @@ impl Slot {
         self.state
     }
 
-    pub fn fingerprint(&self) -> &str {
-        &self.fingerprint
-    }
-
     fn step(&mut self, rule: &Rule, now_ns: i64) -> Option<Change> {
         let (state, transition) = rule.lifecycle.step(self.state, self.holds, now_ns);
         self.state = state;

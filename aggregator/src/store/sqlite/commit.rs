@@ -494,19 +494,24 @@ impl<'c> RowInserter<'c> {
         events: &[Event],
         packed: &PackedEvents,
     ) -> rusqlite::Result<()> {
-        let times = || {
-            events.iter().filter_map(|e| match e {
+        // The log records' count and time range, in one pass.
+        let (logs, min, max) = events
+            .iter()
+            .filter_map(|e| match e {
                 Event::Log(l) => Some(l.time_ns),
                 _ => None,
             })
-        };
+            .fold((0i64, i64::MAX, i64::MIN), |(n, lo, hi), t| {
+                (n + 1, lo.min(t), hi.max(t))
+            });
+        let (min, max) = if logs == 0 { (0, 0) } else { (min, max) };
         self.log_block.execute(params![
             id,
             events.len() as i64,
             agent_key,
-            times().count() as i64,
-            times().min().unwrap_or(0),
-            times().max().unwrap_or(0),
+            logs,
+            min,
+            max,
             received_ns,
             packed.codec.code(),
             packed.raw_bytes,
