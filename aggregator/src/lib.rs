@@ -11,6 +11,7 @@ pub mod fim;
 pub mod fleet;
 pub mod ingest;
 pub mod internal_events;
+pub mod notify;
 pub mod pki;
 pub mod quickstart;
 pub mod remote;
