@@ -55,7 +55,8 @@ impl AbsenceEvaluator {
                 .entry((index, agent_id.to_owned(), what.to_owned()))
                 .or_insert_with(|| Group {
                     data: now_ns,
-                    alert: Slot::new(rule, Some(agent_id), silent_label(a, what)),
+                    alert: Slot::new(rule, Some(agent_id), silent_label(a, what))
+                        .restore(&mut self.groups.restored),
                 });
             group.data = group.data.max(now_ns);
             changes.extend(group.alert.set(rule, false, None, now_ns));
@@ -78,7 +79,7 @@ impl AbsenceEvaluator {
                 .entry((index, agent_id.to_owned(), String::new()))
                 .or_insert_with(|| Group {
                     data: last_ns,
-                    alert: Slot::new(rule, Some(agent_id), []),
+                    alert: Slot::new(rule, Some(agent_id), []).restore(&mut self.groups.restored),
                 });
         }
     }
@@ -121,6 +122,10 @@ impl Evaluates for AbsenceEvaluator {
 
     fn groups(&self) -> &Groups<SilentKey, Group<i64>> {
         &self.groups
+    }
+
+    fn groups_mut(&mut self) -> &mut Groups<SilentKey, Group<i64>> {
+        &mut self.groups
     }
 
     /// When [`AbsenceEvaluator::tick`] next has something to do: a group falls silent, or an

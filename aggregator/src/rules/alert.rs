@@ -36,6 +36,39 @@ pub struct ActiveAlert {
     pub value: Option<f64>,
 }
 
+/// Alert states read back from the state store at start, by fingerprint, for the evaluators to
+/// take up when they meet the same alerts again.
+///
+/// A restored alert keeps its state and times (a pending alert fires when its `for` ends from
+/// when it began pending, not from the restart). Its rule's evaluator knows nothing of the
+/// alert's condition until events arrive again (a window refills, a count restarts), so until
+/// `grace_until_ns` a restored alert ignores a condition that does not hold: a restart alone
+/// neither resolves nor clears it. Restored alerts no evaluator met again by then are the
+/// engine's to resolve ([`Restored::take_left`]).
+#[derive(Debug, Clone, Default)]
+pub struct Restored {
+    states: HashMap<String, AlertState>,
+    grace_until_ns: i64,
+}
+
+impl Restored {
+    pub fn new(states: HashMap<String, AlertState>, grace_until_ns: i64) -> Restored {
+        Restored {
+            states,
+            grace_until_ns,
+        }
+    }
+
+    /// The restored alerts nobody took up, emptying the set.
+    pub fn take_left(&mut self) -> HashMap<String, AlertState> {
+        std::mem::take(&mut self.states)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.states.is_empty()
+    }
+}
+
 /// One alert of one rule's group.
 #[derive(Debug, Clone)]
 pub struct Slot {
@@ -45,6 +78,9 @@ pub struct Slot {
     value: Option<f64>,
     labels: BTreeMap<String, String>,
     fingerprint: String,
+    /// Set for an alert restored at start: until then a condition that does not hold is not
+    /// believed (see [`Restored`]).
+    grace_until_ns: i64,
 }
 
 impl Slot {
@@ -71,7 +107,17 @@ impl Slot {
             value: None,
             labels,
             fingerprint,
+            grace_until_ns: i64::MIN,
         }
+    }
+
+    /// Takes up the alert's state from `restored` if it is there.
+    pub fn restore(mut self, restored: &mut Restored) -> Slot {
+        if let Some(state) = restored.states.remove(&self.fingerprint) {
+            self.state = state;
+            self.grace_until_ns = restored.grace_until_ns;
+        }
+        self
     }
 
     /// Evaluates the condition anew (`holds`, having measured `value`) at `now_ns`.
@@ -98,6 +144,9 @@ impl Slot {
     }
 
     fn step(&mut self, rule: &Rule, now_ns: i64) -> Option<Change> {
+        if !self.holds && now_ns < self.grace_until_ns {
+            return None;
+        }
         let (state, transition) = rule.lifecycle.step(self.state, self.holds, now_ns);
         self.state = state;
         transition.map(|transition| Change {
@@ -112,7 +161,12 @@ impl Slot {
     }
 
     fn next_change_ns(&self, rule: &Rule) -> Option<i64> {
-        rule.lifecycle.next_change_ns(self.state, self.holds)
+        let in_grace = !self.holds && self.state != AlertState::Inactive;
+        match rule.lifecycle.next_change_ns(self.state, self.holds) {
+            Some(at) if in_grace => Some(at.max(self.grace_until_ns)),
+            None if in_grace && self.grace_until_ns != i64::MIN => Some(self.grace_until_ns),
+            other => other,
+        }
     }
 }
 
@@ -129,6 +183,9 @@ pub trait Evaluates {
     type Data;
 
     fn groups(&self) -> &Groups<Self::Key, Group<Self::Data>>;
+
+    /// The same, to change: restoring alerts at start.
+    fn groups_mut(&mut self) -> &mut Groups<Self::Key, Group<Self::Data>>;
 
     /// See [`Groups::next_change_ns`].
     fn next_change_ns(&self) -> Option<i64> {
@@ -157,6 +214,8 @@ impl<A: Eq + Hash, B: Eq + Hash> GroupKey for (usize, A, B) {
 pub struct Groups<K, G> {
     pub rules: Vec<Rule>,
     pub map: HashMap<K, G>,
+    /// Alerts restored at start that no group has taken up yet.
+    pub restored: Restored,
 }
 
 impl<K: GroupKey, T> Groups<K, Group<T>> {
@@ -164,6 +223,7 @@ impl<K: GroupKey, T> Groups<K, Group<T>> {
         Groups {
             rules,
             map: HashMap::new(),
+            restored: Restored::default(),
         }
     }
 

@@ -53,7 +53,7 @@ impl CompositeEvaluator {
                     .entry((index, host.to_owned(), ()))
                     .or_insert_with(|| Group {
                         data: (),
-                        alert: Slot::new(rule, Some(host), []),
+                        alert: Slot::new(rule, Some(host), []).restore(&mut self.groups.restored),
                     });
                 changes.extend(group.alert.set(rule, holds, None, now_ns));
             }
@@ -80,6 +80,10 @@ impl Evaluates for CompositeEvaluator {
 
     fn groups(&self) -> &Groups<HostKey, Group<()>> {
         &self.groups
+    }
+
+    fn groups_mut(&mut self) -> &mut Groups<HostKey, Group<()>> {
+        &mut self.groups
     }
 }
 

@@ -37,7 +37,7 @@ use super::lifecycle::Lifecycle;
 use super::window::{Aggregate, Op};
 
 /// How serious an alert is, most serious first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
     Critical,
@@ -327,6 +327,14 @@ pub fn parse_file(path: &Path, text: &str) -> Result<Vec<Rule>, ConfigError> {
             RuleKind::Fim => Condition::Fim(fim(&spec, &at)?),
             RuleKind::Composite => Condition::Composite(composite(&spec, &at)?),
         };
+        for (key, template) in &spec.annotations {
+            super::template::check(template.get_ref()).map_err(|why| {
+                at.error(
+                    template.span().start,
+                    format!("rule `{name}`: annotation `{key}`: {why}"),
+                )
+            })?;
+        }
         if let Some(url) = spec.annotations.get("runbook_url") {
             parse_http_uri(url.get_ref()).map_err(|why| {
                 at.error(

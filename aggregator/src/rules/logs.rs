@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use outpost_common::event::{FimEvent, LogRecord};
 
-use super::alert::{Change, Evaluates, Group, Groups, Slot};
+use super::alert::{Change, Evaluates, Group, Groups, Restored, Slot};
 use super::file::{Condition, FrequencyRule, LogMatch, Rule, SequenceRule};
 use super::lifecycle::AlertState;
 
@@ -81,7 +81,8 @@ impl LogEvaluator {
                         .entry((index, Some(agent_id.to_owned()), Vec::new()))
                         .or_insert_with(|| Group {
                             data: Seen::default(),
-                            alert: Slot::new(rule, Some(agent_id), []),
+                            alert: Slot::new(rule, Some(agent_id), [])
+                                .restore(&mut self.groups.restored),
                         });
                     let change = group.alert.set(rule, true, None, now_ns);
                     group.alert.release();
@@ -120,7 +121,8 @@ impl LogEvaluator {
                                 rule,
                                 host.as_deref(),
                                 f.group_by.iter().cloned().zip(values.iter().cloned()),
-                            ),
+                            )
+                            .restore(&mut self.groups.restored),
                         });
                     let count = group.data.count(f, record.time_ns, distinct);
                     let holds = count >= u64::from(f.count);
@@ -130,7 +132,7 @@ impl LogEvaluator {
                 }
                 Condition::Sequence(q) => {
                     let Some(change) = sequence_step(
-                        &mut self.groups.map,
+                        (&mut self.groups.map, &mut self.groups.restored),
                         index,
                         rule,
                         q,
@@ -180,7 +182,8 @@ impl LogEvaluator {
                         rule,
                         Some(agent_id),
                         [("path".to_owned(), event.path.clone())],
-                    ),
+                    )
+                    .restore(&mut self.groups.restored),
                 });
             changes.extend(group.alert.set(rule, true, None, now_ns));
             group.alert.release();
@@ -217,13 +220,17 @@ impl Evaluates for LogEvaluator {
     fn groups(&self) -> &Groups<FieldsKey, Group<Seen>> {
         &self.groups
     }
+
+    fn groups_mut(&mut self) -> &mut Groups<FieldsKey, Group<Seen>> {
+        &mut self.groups
+    }
 }
 
 /// A sequence rule's step for one record: a `first` record is remembered under its key, and a
 /// `then` record preceded by `count` of them within `within` holds the condition (and uses them
 /// up, so that the next `then` needs new `first` ones).
 fn sequence_step(
-    groups: &mut HashMap<FieldsKey, Group<Seen>>,
+    (groups, restored): (&mut HashMap<FieldsKey, Group<Seen>>, &mut Restored),
     index: usize,
     rule: &Rule,
     q: &SequenceRule,
@@ -260,7 +267,8 @@ fn sequence_step(
                     rule,
                     host.as_deref(),
                     q.key.iter().cloned().zip(values.iter().cloned()),
-                ),
+                )
+                .restore(restored),
             });
         group.data.remember(record.time_ns, None, q.within_ns);
     }

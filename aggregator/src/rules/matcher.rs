@@ -39,6 +39,18 @@ pub fn parse(text: &str) -> Result<Matcher, String> {
     Matcher::new(name, op, &unquote(value.trim())?)
 }
 
+/// A matcher as [`parse`] reads it back, its value quoted: `name="value"`, `name=~"regex"`.
+pub fn render(matcher: &Matcher) -> String {
+    let op = match matcher.op {
+        MatchOp::Equal => "=",
+        MatchOp::NotEqual => "!=",
+        MatchOp::Regex => "=~",
+        MatchOp::NotRegex => "!~",
+    };
+    let value = matcher.value.replace('\\', "\\\\").replace('"', "\\\"");
+    format!("{}{op}\"{value}\"", matcher.key)
+}
+
 /// Whether `labels` satisfy `matcher` (a label they lack reads as the empty string).
 pub fn matches(matcher: &Matcher, labels: &BTreeMap<String, String>) -> bool {
     matcher.matches_value(labels.get(&matcher.key).map_or("", String::as_str))
@@ -150,6 +162,23 @@ mod tests {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect()
+    }
+
+    #[test]
+    fn a_rendered_matcher_reads_back_the_same() {
+        for text in [
+            r#"a="b""#,
+            r#"path=~"/etc/.*""#,
+            r#"x!="say \"hi\" \\ bye""#,
+            "team!~ops|dev",
+        ] {
+            let m = parse(text).unwrap();
+            assert_eq!(parse(&render(&m)).unwrap(), m, "{text}");
+        }
+        assert_eq!(
+            render(&parse("team!~ops|dev").unwrap()),
+            r#"team!~"ops|dev""#
+        );
     }
 
     #[test]

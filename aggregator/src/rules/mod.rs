@@ -14,16 +14,20 @@
 //! - [`absence`]: a host, or one of its metrics or log sources, silent for so long;
 //! - [`composite`]: other rules' alerts on the same host, combined with all, any and none;
 //! - [`matcher`]: label matchers as Alertmanager reads them, inhibitions and silences;
-//! - [`route`]: the route tree and the grouping of alerts into notifications.
+//! - [`route`]: the route tree and the grouping of alerts into notifications;
+//! - [`template`]: annotation templates (`{{ host }}`, `{{ value }}`, `{{ labels.NAME }}`);
+//! - [`engine`]: all of it together, the pure state machine the aggregator runs.
 
 pub mod absence;
 pub mod alert;
 pub mod composite;
+pub mod engine;
 pub mod file;
 pub mod lifecycle;
 pub mod logs;
 pub mod matcher;
 pub mod route;
+pub mod template;
 pub mod threshold;
 pub mod window;
 

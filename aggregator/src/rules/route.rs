@@ -17,6 +17,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use serde::{Deserialize, Serialize};
+
 use super::alert::Change;
 use super::lifecycle::Transition;
 use super::matcher::{Matcher, all_match};
@@ -91,7 +93,7 @@ impl Route {
 }
 
 /// One alert as a group holds it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GroupedAlert {
     pub fingerprint: String,
     pub labels: BTreeMap<String, String>,
@@ -111,9 +113,11 @@ pub struct Notification {
     pub alerts: Vec<GroupedAlert>,
 }
 
-#[derive(Debug)]
-struct Group {
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Group {
     route: Vec<usize>,
+    /// The route's receiver when the group began.
+    receiver: String,
     labels: BTreeMap<String, String>,
     alerts: BTreeMap<String, GroupedAlert>,
     /// When the next notification may go: `group_wait` after the first alert, then
@@ -170,6 +174,7 @@ impl Dispatcher {
             let wait = route.group_wait_ns;
             let group = self.groups.entry(key).or_insert_with(|| Group {
                 route: path.clone(),
+                receiver: route.receiver.clone(),
                 labels: group_labels,
                 alerts: BTreeMap::new(),
                 next_ns: now_ns.saturating_add(wait),
@@ -219,6 +224,39 @@ impl Dispatcher {
         }
         self.groups.retain(|_, g| !g.alerts.is_empty() || g.changed);
         due
+    }
+
+    /// The groups as they stand, to keep in the state store: a restart that restores them
+    /// neither notifies a group again before its interval nor forgets what it notified.
+    pub fn snapshot(&self) -> BTreeMap<String, Group> {
+        self.groups.clone()
+    }
+
+    /// A dispatcher over `tree` with the groups of an earlier [`snapshot`](Self::snapshot).
+    /// Groups whose route is no longer in the tree, or now goes to another receiver, are
+    /// dropped: their alerts join the new routes' groups when they next change.
+    pub fn restore(tree: Route, groups: BTreeMap<String, Group>) -> Dispatcher {
+        let groups = groups
+            .into_iter()
+            .filter(|(_, g)| tree.at(&g.route).is_some_and(|r| r.receiver == g.receiver))
+            .collect();
+        Dispatcher { tree, groups }
+    }
+
+    /// Takes an alert out of every group without notifying its going (it was silenced or
+    /// inhibited while firing); it comes back with the next [`add`](Self::add).
+    pub fn forget(&mut self, fingerprint: &str) {
+        for group in self.groups.values_mut() {
+            group.alerts.remove(fingerprint);
+        }
+        self.groups.retain(|_, g| !g.alerts.is_empty());
+    }
+
+    /// Whether a group still holds the alert (firing, or resolved and not yet notified).
+    pub fn holds(&self, fingerprint: &str) -> bool {
+        self.groups
+            .values()
+            .any(|g| g.alerts.contains_key(fingerprint))
     }
 
     /// When [`flush`](Self::flush) next has something to send, if nothing else arrives.

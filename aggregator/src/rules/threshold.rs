@@ -54,7 +54,8 @@ impl Evaluator {
                 .entry((index, agent_id.to_owned(), attributes))
                 .or_insert_with_key(|(_, host, attributes)| Group {
                     data: Window::default(),
-                    alert: Slot::new(rule, Some(host), attributes.iter().cloned()),
+                    alert: Slot::new(rule, Some(host), attributes.iter().cloned())
+                        .restore(&mut self.groups.restored),
                 });
             group.data.push(point.time_ns, point.value, t.window_ns);
             let value = group.data.measure(t.aggregate, t.min_samples, t.target);
@@ -76,6 +77,10 @@ impl Evaluates for Evaluator {
 
     fn groups(&self) -> &Groups<SeriesKey, Group<Window>> {
         &self.groups
+    }
+
+    fn groups_mut(&mut self) -> &mut Groups<SeriesKey, Group<Window>> {
+        &mut self.groups
     }
 }
 
