@@ -161,6 +161,24 @@ impl Feed {
         }
     }
 
+    /// A subscriber that first reads back every event from `from` up to what is committed now
+    /// (as [`FeedItem::Missed`], with no [`FeedItem::FellBehind`] before), then sees every batch
+    /// committed after: a consumer that kept the cursor it had evaluated up to resumes there
+    /// after a restart. A `from` at or past the feed's end is the same as [`subscribe`].
+    ///
+    /// [`subscribe`]: Feed::subscribe
+    pub fn subscribe_from(&self, from: Cursor) -> FeedSubscriber {
+        let mut subscriber = self.subscribe();
+        if from < subscriber.seen_to {
+            subscriber.catch_up = Some(CatchUp {
+                then: None,
+                until: Some(subscriber.seen_to),
+            });
+            subscriber.seen_to = from;
+        }
+        subscriber
+    }
+
     /// Batches dropped for slow subscribers so far, over all of them.
     pub fn lagged(&self) -> u64 {
         self.shared.lagged.load(Ordering::Relaxed)
@@ -193,6 +211,9 @@ impl std::fmt::Debug for FeedSubscriber {
 struct CatchUp {
     /// `None` until taken from the channel; `Some(None)` if the feed ended meanwhile.
     then: Option<Option<Arc<CommittedBatch>>>,
+    /// Read back up to here, then go on with the channel: a subscriber that started behind
+    /// ([`Feed::subscribe_from`]) rather than fell behind.
+    until: Option<Cursor>,
 }
 
 impl FeedSubscriber {
@@ -202,6 +223,17 @@ impl FeedSubscriber {
     /// Cancel-safe: a call dropped before it answers changes nothing, so it can wait in a
     /// `select!` beside a shutdown signal.
     pub async fn recv(&mut self) -> Result<Option<FeedItem>, StoreError> {
+        if let Some(CatchUp {
+            until: Some(until), ..
+        }) = self.catch_up
+        {
+            let page = self.read_back(Some(until)).await?;
+            if let Some(last) = page.last() {
+                self.seen_to = last.cursor.advance(1);
+                return Ok(Some(FeedItem::Missed(page)));
+            }
+            self.catch_up = None;
+        }
         if let Some(catch_up) = &mut self.catch_up {
             let then = match &catch_up.then {
                 Some(then) => then.clone(),
@@ -227,7 +259,10 @@ impl FeedSubscriber {
             Err(broadcast::error::RecvError::Closed) => Ok(None),
             Err(broadcast::error::RecvError::Lagged(batches)) => {
                 count_lag(&self.shared, &mut self.lagged, batches);
-                self.catch_up = Some(CatchUp { then: None });
+                self.catch_up = Some(CatchUp {
+                    then: None,
+                    until: None,
+                });
                 Ok(Some(FeedItem::FellBehind { batches }))
             }
         }

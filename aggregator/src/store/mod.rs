@@ -37,6 +37,7 @@ use outpost_common::event::{AgentStatus, DropCounters, Event, EventKind, FimChan
 use outpost_common::wire::Hello;
 use serde::Serialize;
 
+pub mod alerting;
 pub mod dedup;
 pub mod feed;
 pub mod fim_trail;

@@ -71,6 +71,7 @@ use super::{
 };
 use crate::store::series::{MetricAnswer, MetricQuery, MetricQueryError};
 
+mod alerting;
 mod checkpoint;
 mod chunk;
 mod codec;

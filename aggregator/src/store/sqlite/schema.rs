@@ -21,6 +21,7 @@ const MIGRATIONS: &[&str] = &[
     SCHEMA_V8_METRIC_SERIES,
     SCHEMA_V9_LOG_BLOCKS,
     SCHEMA_V10_LOG_LINES_IN_BLOCKS,
+    SCHEMA_V11_ALERTING,
 ];
 
 pub(super) const SCHEMA_V1: &str = "
@@ -317,6 +318,50 @@ CREATE INDEX log_blocks_agent_time ON log_blocks (agent_key, max_time_ns);
 
 /// The index of logs by agent and time, as schema 8 creates it; `[store] log_index = false`
 /// drops it and `true` makes it again.
+/// The alerting engine's state (`store::alerting`): records as JSON (read whole, written whole,
+/// never queried by field), history, the dispatcher's groups, silences, the outbox and the feed
+/// cursor evaluated up to.
+const SCHEMA_V11_ALERTING: &str = "
+CREATE TABLE alerts (
+    fingerprint TEXT PRIMARY KEY,
+    record      TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE alert_history (
+    id          INTEGER PRIMARY KEY,
+    fingerprint TEXT NOT NULL,
+    at_ns       INTEGER NOT NULL,
+    entry       TEXT NOT NULL
+);
+CREATE INDEX alert_history_fingerprint ON alert_history (fingerprint, id);
+CREATE TABLE alert_groups (
+    key   TEXT PRIMARY KEY,
+    grp   TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE silences (
+    id      TEXT PRIMARY KEY,
+    ends_ns INTEGER NOT NULL,
+    silence TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE outbox (
+    id              INTEGER PRIMARY KEY,
+    receiver        TEXT NOT NULL,
+    group_key       TEXT NOT NULL,
+    created_ns      INTEGER NOT NULL,
+    state           TEXT NOT NULL,      -- pending | sent | failed
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_ns INTEGER NOT NULL,
+    last_error      TEXT,
+    sent_ns         INTEGER,
+    message         TEXT NOT NULL
+);
+CREATE INDEX outbox_pending ON outbox (next_attempt_ns) WHERE state = 'pending';
+CREATE INDEX outbox_pending_group ON outbox (receiver, group_key, id) WHERE state = 'pending';
+CREATE TABLE alerting_meta (
+    name  TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) WITHOUT ROWID;
+";
+
 pub(super) const LOG_INDEX: &str = "CREATE INDEX logs_agent_time ON logs (agent_key, time_ns);";
 
 /// The schema version this build writes and reads.
@@ -433,7 +478,7 @@ mod tests {
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
         assert_eq!(version, MIGRATIONS.len() as i64);
-        assert_eq!(version, 10);
+        assert_eq!(version, 11);
         let units = |store: &SqliteStore| -> Vec<(String, String)> {
             let conn = Connection::open(store.path()).unwrap();
             let mut q = conn

@@ -637,6 +637,41 @@ async fn a_slow_subscriber_lags_without_holding_up_commits_and_catches_up_from_t
 }
 
 #[tokio::test]
+async fn a_subscriber_from_a_kept_cursor_reads_back_what_came_since_then_goes_on_live() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open(&dir.path().join("store.db")).unwrap());
+    let (writer, handle) = spawn(store.clone(), WriterConfig::default());
+    writer.commit(numbered("a", 1, 2)).await.unwrap();
+    let kept = store.end().unwrap();
+    writer.commit(numbered("a", 2, 3)).await.unwrap();
+    writer.commit(numbered("b", 1, 1)).await.unwrap();
+    // Nothing new is committed while it reads back: it must not wait for a commit.
+    let mut sub = writer.feed().subscribe_from(kept);
+    let Some(FeedItem::Missed(missed)) = sub.recv().await.unwrap() else {
+        panic!("expected the events since the cursor")
+    };
+    let expected: Vec<Event> = [numbered("a", 2, 3), numbered("b", 1, 1)]
+        .into_iter()
+        .flat_map(|b| b.events)
+        .collect();
+    assert_eq!(
+        missed.iter().map(|e| e.event.clone()).collect::<Vec<_>>(),
+        expected
+    );
+    writer.commit(numbered("a", 3, 1)).await.unwrap();
+    let Some(FeedItem::Committed(live)) = sub.recv().await.unwrap() else {
+        panic!("expected the live batch")
+    };
+    assert_eq!(live.seq, 3);
+    // From the end: live only.
+    let mut at_end = writer.feed().subscribe_from(store.end().unwrap());
+    writer.commit(numbered("a", 4, 1)).await.unwrap();
+    assert!(matches!(at_end.recv().await.unwrap(), Some(FeedItem::Committed(b)) if b.seq == 4));
+    assert_eq!(sub.lagged(), 0);
+    join(writer, handle).await;
+}
+
+#[tokio::test]
 async fn a_subscriber_after_the_writer_stopped_sees_the_end() {
     let (store, _entered, release) = gated(Mode::Work);
     release.send(()).unwrap();
