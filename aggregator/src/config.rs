@@ -27,6 +27,7 @@ pub struct AggregatorConfig {
     pub retention: RetentionSection,
     pub store: StoreSection,
     pub api: ApiSection,
+    pub alerting: crate::alerts::AlertingSection,
     pub log: LogConfig,
 }
 
@@ -59,6 +60,7 @@ impl Default for AggregatorConfig {
             retention: RetentionSection::default(),
             store: StoreSection::default(),
             api: ApiSection::default(),
+            alerting: crate::alerts::AlertingSection::default(),
             log: LogConfig::default(),
         }
     }
@@ -251,6 +253,8 @@ impl Default for ApiSection {
 #[derive(Debug, Clone)]
 pub struct Validated {
     pub config: AggregatorConfig,
+    /// The alerting engine's routes, inhibitions and escalations, checked.
+    pub alerting: crate::rules::engine::Setup,
     pub listen: SocketAddr,
     /// The API's address.
     pub api_listen: SocketAddr,
@@ -294,7 +298,11 @@ fn socket_address(
 
 /// Loads and validates `path`.
 pub fn load(path: &Path) -> Result<Validated, ConfigError> {
-    let config: AggregatorConfig = load_toml(path)?;
+    let mut config: AggregatorConfig = load_toml(path)?;
+    if config.alerting.rules_dir.is_relative() {
+        let beside = path.parent().unwrap_or(Path::new("."));
+        config.alerting.rules_dir = beside.join(&config.alerting.rules_dir);
+    }
     let invalid = |m: String| ConfigError::invalid(path, m);
     let listen = socket_address(path, "listen", &config.listen, "0.0.0.0:4433")?;
     let api_listen = socket_address(path, "api.listen", &config.api.listen, "127.0.0.1:9440")?;
@@ -352,7 +360,11 @@ pub fn load(path: &Path) -> Result<Validated, ConfigError> {
         ));
     }
     config.log.validate().map_err(invalid)?;
+    let alerting = config.alerting.setup().map_err(invalid)?;
+    crate::notify::Receivers::from_config(&config.alerting.receivers)
+        .map_err(|e| invalid(format!("alerting.receivers: {e}")))?;
     Ok(Validated {
+        alerting,
         listen,
         api_listen,
         path: path.to_owned(),

@@ -5,6 +5,7 @@
 //! after commit) → [`fleet`] status. Ingest reports what it does through typed
 //! [`internal_events`]. [`pki`] makes the certificates; [`run`] wires it together.
 
+pub mod alerts;
 pub mod api;
 pub mod config;
 pub mod fim;

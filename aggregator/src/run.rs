@@ -54,6 +54,9 @@ pub fn run(v: Validated) -> anyhow::Result<()> {
     )
     .context("cannot start the store writer")?;
     let writer_figures = writer.figures();
+    let feed = writer.feed();
+    let receivers = crate::notify::Receivers::from_config(&c.alerting.receivers)
+        .map_err(|e| anyhow::anyhow!("alerting.receivers: {e}"))?;
     let reset_key = load_or_create_secret(&c.data_dir.join("quic-reset.key"))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -66,6 +69,21 @@ pub fn run(v: Validated) -> anyhow::Result<()> {
     let result = runtime.block_on(async {
         let mut signals = outpost_common::shutdown::Signals::install()
             .context("cannot install the SIGTERM and SIGINT handlers")?;
+        let alerting = if c.alerting.enabled {
+            Some(
+                crate::alerts::start(
+                    &c.alerting,
+                    v.alerting.clone(),
+                    receivers,
+                    store.clone(),
+                    &feed,
+                    stop.clone(),
+                )
+                .await?,
+            )
+        } else {
+            None
+        };
         let ingest = Ingest::bind(
             v.listen,
             TlsFiles {
@@ -131,6 +149,9 @@ pub fn run(v: Validated) -> anyhow::Result<()> {
             }
         }
         let _ = task.await;
+        if let Some(alerting) = alerting {
+            alerting.join().await;
+        }
         anyhow::Ok(())
     });
     drop(runtime);

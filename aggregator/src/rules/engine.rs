@@ -177,6 +177,27 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// Adds what came after, as if both had been taken at once: a later write of a record wins
+    /// over an earlier one, and over an earlier removal.
+    pub fn merge(&mut self, later: Outcome) {
+        for a in later.alerts {
+            self.alerts.retain(|r| r.fingerprint != a.fingerprint);
+            self.removed.retain(|f| *f != a.fingerprint);
+            self.alerts.push(a);
+        }
+        for f in later.removed {
+            self.alerts.retain(|r| r.fingerprint != f);
+            if !self.removed.contains(&f) {
+                self.removed.push(f);
+            }
+        }
+        self.history.extend(later.history);
+        self.messages.extend(later.messages);
+        if later.groups.is_some() {
+            self.groups = later.groups;
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.alerts.is_empty()
             && self.removed.is_empty()
