@@ -67,6 +67,11 @@ impl Restored {
     pub fn is_empty(&self) -> bool {
         self.states.is_empty()
     }
+
+    /// Takes one restored alert out, if no group has taken it up.
+    pub fn take(&mut self, fingerprint: &str) -> Option<AlertState> {
+        self.states.remove(fingerprint)
+    }
 }
 
 /// One alert of one rule's group.

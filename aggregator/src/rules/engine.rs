@@ -246,6 +246,9 @@ pub struct Engine {
     silences: Vec<Silence>,
     /// Restored alerts not met again are resolved at this time.
     restored_until_ns: Option<i64>,
+    /// Restored alerts of log, frequency, sequence and file-integrity rules, and when each ends
+    /// unless a match comes first.
+    moments: BTreeMap<String, i64>,
     refreshed_ns: i64,
     out: Outcome,
     /// Records changed since the last [`take`](Engine::take).
@@ -267,6 +270,7 @@ impl Engine {
             records: BTreeMap::new(),
             silences: Vec::new(),
             restored_until_ns: None,
+            moments: BTreeMap::new(),
             refreshed_ns: i64::MIN,
             out: Outcome::default(),
             dirty: BTreeSet::new(),
@@ -347,8 +351,25 @@ impl Engine {
             .insert(r.fingerprint.clone(), r.state);
         }
         let [threshold, logs, absence, composite] = per_kind;
+        // A log record is a moment: an alert of one ends `keep_firing_for` after the last
+        // match, whether or not the aggregator restarted since, and needs no grace.
+        self.moments = logs
+            .iter()
+            .map(|(fingerprint, state)| {
+                let keep = self
+                    .records
+                    .get(fingerprint)
+                    .and_then(|r| self.rules.get(&r.rule))
+                    .map_or(0, |r| r.lifecycle.keep_firing_for_ns);
+                let at = match state {
+                    AlertState::Firing { last_held_ns, .. } => last_held_ns.saturating_add(keep),
+                    _ => grace,
+                };
+                (fingerprint.clone(), at)
+            })
+            .collect();
         self.threshold.groups_mut().restored = Restored::new(threshold, grace);
-        self.logs.groups_mut().restored = Restored::new(logs, grace);
+        self.logs.groups_mut().restored = Restored::new(logs, i64::MIN);
         self.absence.groups_mut().restored = Restored::new(absence, grace);
         self.composite.groups_mut().restored = Restored::new(composite, grace);
         self.restored_until_ns = Some(grace);
@@ -386,6 +407,18 @@ impl Engine {
         changes.extend(self.composite.tick(now_ns));
         self.apply(changes, now_ns);
         self.compose(now_ns);
+        let ended: Vec<String> = self
+            .moments
+            .iter()
+            .filter(|&(_, &at)| at <= now_ns)
+            .map(|(fingerprint, _)| fingerprint.clone())
+            .collect();
+        for fingerprint in ended {
+            self.moments.remove(&fingerprint);
+            if self.logs.groups_mut().restored.take(&fingerprint).is_some() {
+                self.end(&fingerprint, now_ns, "no match since a restart or reload");
+            }
+        }
         if self.restored_until_ns.is_some_and(|at| at <= now_ns) {
             self.restored_until_ns = None;
             self.end_unmet(now_ns);
@@ -420,6 +453,7 @@ impl Engine {
         ]
         .into_iter()
         .flatten()
+        .chain(self.moments.values().copied())
         .chain(escalation)
         .min()
     }
@@ -1255,6 +1289,62 @@ after = "2m"
                 .iter()
                 .any(|h| h.kind == HistoryKind::Acknowledged)
         );
+    }
+
+    #[test]
+    fn a_restored_log_alert_ends_when_its_keep_firing_for_does_not_at_the_grace() {
+        const LOG_RULE: &str = r#"
+[[rule]]
+name = "oops"
+kind = "log"
+severity = "low"
+pattern = "oops"
+keep_firing_for = "30s"
+"#;
+        let oops = |t: i64| {
+            Event::Log(outpost_common::event::LogRecord {
+                time_ns: t * S,
+                source: "app".into(),
+                severity: None,
+                body: "oops".into(),
+                attributes: Vec::new(),
+            })
+        };
+        let rules = || parse_file(Path::new("t.toml"), LOG_RULE).unwrap();
+        let mut e = Engine::new(rules(), setup());
+        let mut store = Store::default();
+        e.observe("web-1", &oops(0), 0);
+        run(&mut e, &mut store, "web-1", 0, 15, None);
+        assert_eq!(
+            statuses(&store.messages),
+            [("ops".into(), Status::Firing, 1)]
+        );
+        // Restarted at 20 s: no match since 0 s, so it resolves at 30 s, not after the grace.
+        let mut e = Engine::new(rules(), setup());
+        e.restore(store.saved.clone(), 20 * S);
+        assert_eq!(e.next_wake_ns(), Some(30 * S));
+        run(&mut e, &mut store, "web-1", 20, 60, None);
+        let resolved = store
+            .history
+            .iter()
+            .find(|h| h.kind == HistoryKind::Resolved)
+            .unwrap();
+        assert_eq!(resolved.at_ns, 30 * S);
+        // Restarted again while firing, a new match keeps it firing without a notification.
+        e.observe("web-1", &oops(100), 100 * S);
+        run(&mut e, &mut store, "web-1", 100, 115, None);
+        let mut e = Engine::new(rules(), setup());
+        e.restore(store.saved.clone(), 120 * S);
+        e.observe("web-1", &oops(125), 125 * S);
+        run(&mut e, &mut store, "web-1", 120, 200, None);
+        let kinds: Vec<HistoryKind> = store.history.iter().map(|h| h.kind).collect();
+        use HistoryKind::{Fired, Resolved};
+        assert_eq!(kinds, [Fired, Resolved, Fired, Resolved]);
+        assert_eq!(store.history[3].at_ns, 155 * S);
+        // The resolution at 30 s waited for the group's interval (to 70 s) and was overtaken by
+        // the firing at 100 s, as Alertmanager's would be.
+        let sent: Vec<Status> = store.messages.iter().map(Message::status).collect();
+        assert_eq!(sent, [Status::Firing, Status::Firing, Status::Resolved]);
     }
 
     #[test]
