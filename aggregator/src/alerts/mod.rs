@@ -612,7 +612,7 @@ impl<S: AlertingStore> Outbox<S> {
                                 }
                             } else {
                                 let wait = e.retry_after().unwrap_or_else(|| {
-                                    backoff_delay(entry.attempts, rand::random::<f64>())
+                                    backoff_delay(entry.attempts + 1, rand::random::<f64>())
                                 });
                                 Attempt::Retry {
                                     retry_at_ns: now.saturating_add(
