@@ -5,6 +5,7 @@
 //! replay the random choices of a failed run (the seed is printed by each test that uses one).
 
 mod agent_crash;
+mod alerting;
 mod aggregator_outage;
 mod api;
 mod auth;
