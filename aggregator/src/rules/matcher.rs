@@ -91,8 +91,9 @@ pub fn all_match(matchers: &[Matcher], labels: &BTreeMap<String, String>) -> boo
 }
 
 /// An inhibition: while an alert matching `source` fires, alerts matching `target` with the same
-/// values of the `equal` labels are not notified (a host down silences its other alerts). An
-/// alert never inhibits itself.
+/// values of the `equal` labels (a label an alert lacks reads as empty) are not notified (a host
+/// down silences its other alerts). An alert never inhibits itself, nor one that matches both
+/// sides when it does too.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Inhibition {
     pub source: Vec<Matcher>,
@@ -107,11 +108,20 @@ impl Inhibition {
         labels: &BTreeMap<String, String>,
         firing: &[BTreeMap<String, String>],
     ) -> bool {
+        let value =
+            |l: &'_ BTreeMap<String, String>, n: &str| l.get(n).map_or(String::new(), Clone::clone);
+        // As Alertmanager has it: an alert matching both sides cannot be inhibited by another
+        // that matches both, or two of them would mute each other.
+        let both_sides = all_match(&self.source, labels);
         all_match(&self.target, labels)
             && firing.iter().any(|source| {
                 source != labels
                     && all_match(&self.source, source)
-                    && self.equal.iter().all(|n| source.get(n) == labels.get(n))
+                    && !(both_sides && all_match(&self.target, source))
+                    && self
+                        .equal
+                        .iter()
+                        .all(|n| value(source, n) == value(labels, n))
             })
     }
 }

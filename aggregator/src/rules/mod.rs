@@ -31,6 +31,13 @@ pub mod template;
 pub mod threshold;
 pub mod window;
 
+#[cfg(test)]
+mod bench;
+#[cfg(test)]
+mod pack_tests;
+#[cfg(test)]
+mod proptests;
+
 pub use absence::AbsenceEvaluator;
 pub use alert::{ActiveAlert, Change, Evaluates};
 pub use composite::CompositeEvaluator;

@@ -100,6 +100,9 @@ pub struct GroupedAlert {
     /// Firing, or resolved since the group's last notification.
     pub firing: bool,
     pub since_ns: i64,
+    /// Its firing was notified to the group's receiver: only then is its resolution.
+    #[serde(default)]
+    pub notified: bool,
 }
 
 /// A notification due: a group's alerts for its route's receiver.
@@ -163,14 +166,15 @@ impl Dispatcher {
                     .collect(),
             };
             let key = group_key(&path, &group_labels);
-            let known = self
-                .groups
-                .get(&key)
-                .is_some_and(|g| g.alerts.contains_key(&change.fingerprint));
-            if !firing && !known {
-                // Resolved before its group knew it fired: nothing to say.
+            if !firing {
+                self.resolve(&key, &change.fingerprint, change.at_ns);
                 continue;
             }
+            let notified = self
+                .groups
+                .get(&key)
+                .and_then(|g| g.alerts.get(&change.fingerprint))
+                .is_some_and(|a| a.notified);
             let wait = route.group_wait_ns;
             let group = self.groups.entry(key).or_insert_with(|| Group {
                 route: path.clone(),
@@ -188,9 +192,33 @@ impl Dispatcher {
                     labels: change.labels.clone(),
                     firing,
                     since_ns: change.at_ns,
+                    notified,
                 },
             );
             group.changed = true;
+        }
+    }
+
+    /// An alert of the group at `key` resolved: notified as resolved if its firing was;
+    /// otherwise it leaves the group without a word (it fired and resolved between two
+    /// notifications), and a group left with nothing to say is dropped.
+    fn resolve(&mut self, key: &str, fingerprint: &str, at_ns: i64) {
+        let Some(group) = self.groups.get_mut(key) else {
+            return;
+        };
+        let Some(alert) = group.alerts.get_mut(fingerprint) else {
+            return;
+        };
+        if alert.notified {
+            alert.firing = false;
+            alert.since_ns = at_ns;
+            group.changed = true;
+            return;
+        }
+        group.alerts.remove(fingerprint);
+        group.changed = group.alerts.values().any(|a| a.firing != a.notified);
+        if group.alerts.is_empty() {
+            self.groups.remove(key);
         }
     }
 
@@ -218,6 +246,9 @@ impl Dispatcher {
                 alerts,
             });
             group.alerts.retain(|_, a| a.firing);
+            for alert in group.alerts.values_mut() {
+                alert.notified = true;
+            }
             group.changed = false;
             group.notified_ns = Some(now_ns);
             group.next_ns = now_ns.saturating_add(route.group_interval_ns);
