@@ -34,7 +34,7 @@ use crate::rules::engine::{AlertRecord, Engine, Outcome, Refused, Setup};
 use crate::rules::file::{Condition, Rule, Severity};
 use crate::rules::matcher::Silence;
 use crate::store::alerting::{AlertingStore, Attempt, StoredSilence};
-use crate::store::{Cursor, Feed, FeedItem, StateStore};
+use crate::store::{Cursor, Feed, FeedItem, RegistryUpdate, StateStore};
 
 pub use config::AlertingSection;
 
@@ -357,7 +357,12 @@ where
         silences_changed: false,
         outbox_wake: outbox_wake.clone(),
     };
-    tasks.spawn(engine_task.run(subscriber, command_rx, stop.clone()));
+    tasks.spawn(engine_task.run(
+        subscriber,
+        feed.registry_updates(),
+        command_rx,
+        stop.clone(),
+    ));
     let sender = Outbox {
         store: store.clone(),
         receivers: Arc::new(receivers),
@@ -396,6 +401,7 @@ impl<S: AlertingStore + StateStore> EngineTask<S> {
     async fn run(
         mut self,
         mut feed: crate::store::FeedSubscriber,
+        mut registry: tokio::sync::broadcast::Receiver<Arc<RegistryUpdate>>,
         mut commands: mpsc::Receiver<Command>,
         mut stop: watch::Receiver<bool>,
     ) {
@@ -404,6 +410,7 @@ impl<S: AlertingStore + StateStore> EngineTask<S> {
         let mut check_dir = tokio::time::interval(self.reload_interval);
         check_dir.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut feed_open = true;
+        let mut registry_open = true;
         loop {
             let now = now_ns();
             let wake_in = self
@@ -442,6 +449,17 @@ impl<S: AlertingStore + StateStore> EngineTask<S> {
                         warn!(error = %e, "the alerting engine could not read the feed; trying again");
                         tokio::time::sleep(MAX_TICK).await;
                     }
+                },
+                update = registry.recv(), if registry_open => match update {
+                    Ok(update) => {
+                        if let RegistryUpdate::Heartbeat { agent_id, status, now_ns } = update.as_ref() {
+                            self.engine.heartbeat(agent_id, status, *now_ns);
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                        warn!(missed, "the alerting engine missed heartbeats");
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => registry_open = false,
                 },
                 Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
                     info!("SIGHUP: reloading the rules");

@@ -21,7 +21,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use outpost_common::event::Event;
+use outpost_common::event::{AgentStatus, Event, MetricKind, MetricPoint};
 use serde::{Deserialize, Serialize};
 
 use super::absence::AbsenceEvaluator;
@@ -37,6 +37,10 @@ use super::threshold::Evaluator;
 use crate::notify::{Message, MessageAlert, Status};
 
 const S: i64 = 1_000_000_000;
+
+/// The metric [`Engine::heartbeat`] makes of each heartbeat: how far the agent's clock is from
+/// the aggregator's, in seconds, ahead or behind (the registry keeps the sign).
+pub const CLOCK_SKEW: &str = "outpost.agent.clock_skew";
 
 /// How often the records take up the states the evaluators moved without a transition (a firing
 /// alert whose condition held again), so that a restart restores them nearly as they were.
@@ -393,6 +397,28 @@ impl Engine {
             Event::Fim(fim) => changes.extend(self.logs.observe_fim(agent_id, fim, now_ns)),
             Event::Status(_) => {}
         }
+        if !changes.is_empty() {
+            self.apply(changes, now_ns);
+            self.compose(now_ns);
+        }
+    }
+
+    /// Takes an agent's heartbeat, received at `now_ns`: the host was heard from (absence
+    /// rules), and its clock's distance from the aggregator's becomes a point of the metric
+    /// [`CLOCK_SKEW`] (seconds, either way) for threshold rules.
+    pub fn heartbeat(&mut self, agent_id: &str, status: &AgentStatus, now_ns: i64) {
+        let event = Event::Status(status.clone());
+        let mut changes = self.absence.observe(agent_id, &event, now_ns);
+        let skew = crate::store::marks::clock_skew_ns(status, now_ns);
+        let point = MetricPoint {
+            name: CLOCK_SKEW.to_owned(),
+            unit: "s".to_owned(),
+            attributes: Vec::new(),
+            time_ns: now_ns,
+            value: (skew as f64 / 1e9).abs(),
+            kind: MetricKind::Gauge,
+        };
+        changes.extend(self.threshold.observe(agent_id, &point, now_ns));
         if !changes.is_empty() {
             self.apply(changes, now_ns);
             self.compose(now_ns);

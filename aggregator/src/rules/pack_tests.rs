@@ -407,12 +407,14 @@ fn run_logs(records: &[(&str, LogRecord)]) -> Vec<Change> {
 }
 
 /// The rules' names, in the order the pack loads them (its files by name).
-const NAMES: [&str; 14] = [
+const NAMES: [&str; 16] = [
     "agent-dropping-data",
+    "agent-clock-skew",
     "host-down",
     "cpu-busy",
     "memory-full",
     "filesystem-full",
+    "inodes-full",
     "filesystem-full-soon",
     "accounts-changed",
     "sudoers-changed",
@@ -557,6 +559,47 @@ fn filesystem_full_fires_per_mountpoint_under_10_percent_free() {
         ],
     );
     assert_eq!(fired(&changes, "filesystem-full"), [(300, want)]);
+}
+
+#[test]
+fn inodes_full_fires_per_mountpoint_under_10_percent_of_inodes_free() {
+    let inodes = |mountpoint: &str, time_ns: i64, share: f64| {
+        let mut p = filesystem_used("/dev/sdb1", mountpoint, time_ns, share);
+        p.name = "system.filesystem.inodes.utilization".to_owned();
+        p
+    };
+    let changes = run_metrics("web-1", 10, 400, |t| {
+        vec![inodes("/", at(t), 0.5), inodes("/var", at(t), 0.95)]
+    });
+    let fired = fired(&changes, "inodes-full");
+    assert_eq!(fired.len(), 1, "{fired:?}");
+    assert_eq!(fired[0].0, 300);
+    assert_eq!(fired[0].1["mountpoint"], "/var");
+}
+
+#[test]
+fn agent_clock_skew_fires_after_a_minute_more_than_30_s_off_either_way() {
+    use crate::rules::engine::{Engine, HistoryKind, Setup};
+    use outpost_common::event::AgentStatus;
+    let mut e = Engine::new(pack(), Setup::default());
+    let mut fired_at = Vec::new();
+    for t in 0..=200 {
+        // web-1's clock is 45 s behind; web-2's 20 s ahead, within bounds.
+        for (host, skew) in [("web-1", -45), ("web-2", 20)] {
+            let status = AgentStatus {
+                time_ns: at(t + skew),
+                ..AgentStatus::default()
+            };
+            e.heartbeat(host, &status, at(t));
+        }
+        e.tick(at(t));
+        for h in e.take().history {
+            if h.kind == HistoryKind::Fired && h.rule == "agent-clock-skew" {
+                fired_at.push((h.at_ns, h.labels["host"].clone(), h.value));
+            }
+        }
+    }
+    assert_eq!(fired_at, [(at(60), "web-1".to_owned(), Some(45.0))]);
 }
 
 #[test]

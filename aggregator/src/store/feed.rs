@@ -20,7 +20,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use outpost_common::event::Event;
 use tokio::sync::broadcast;
 
-use super::{Cursor, EventQuery, EventStore, StoreError, StoredEvent};
+use super::{Cursor, EventQuery, EventStore, RegistryUpdate, StoreError, StoredEvent};
+
+/// Registry updates held per subscriber of [`Feed::registry_updates`].
+const REGISTRY_CAPACITY: usize = 1024;
 
 /// Events read back per page during catch-up.
 const CATCH_UP_PAGE: usize = 1000;
@@ -78,6 +81,9 @@ struct Shared {
     events: Arc<dyn EventStore>,
     /// Batches dropped for slow subscribers, over all of them.
     lagged: AtomicU64,
+    /// Registry updates applied (Hello and heartbeats only): lossy, for consumers that want
+    /// the latest of each agent's (the rules engine's clock skew), not every one.
+    registry: broadcast::Sender<Arc<RegistryUpdate>>,
 }
 
 struct State {
@@ -113,6 +119,7 @@ pub(crate) fn channel(
         }),
         events,
         lagged: AtomicU64::new(0),
+        registry: broadcast::channel(REGISTRY_CAPACITY).0,
     });
     (
         Publisher {
@@ -130,6 +137,22 @@ impl Publisher {
         if let Some(sender) = &state.sender {
             // No subscriber is no error: nobody is interested yet.
             let _ = sender.send(Arc::new(batch));
+        }
+    }
+}
+
+impl Publisher {
+    /// Publishes the Hello and heartbeat updates of a registry write that was applied; never
+    /// waits.
+    pub(crate) fn publish_registry(&self, updates: &[RegistryUpdate]) {
+        for u in updates {
+            if matches!(
+                u,
+                RegistryUpdate::Hello { .. } | RegistryUpdate::Heartbeat { .. }
+            ) {
+                // No subscriber is no error.
+                let _ = self.shared.registry.send(Arc::new(u.clone()));
+            }
         }
     }
 }
@@ -177,6 +200,12 @@ impl Feed {
             subscriber.seen_to = from;
         }
         subscriber
+    }
+
+    /// Hello and heartbeat updates applied to the registry from now on. Lossy: a receiver that
+    /// falls behind loses the oldest (its `recv` says how many).
+    pub fn registry_updates(&self) -> broadcast::Receiver<Arc<RegistryUpdate>> {
+        self.shared.registry.subscribe()
     }
 
     /// Batches dropped for slow subscribers so far, over all of them.

@@ -377,7 +377,9 @@ fn handle_round(
         }
     }
     updates.extend(seen.marks(&batches));
-    record_updates(stores.state.as_ref(), &updates, update_replies, stats);
+    if record_updates(stores.state.as_ref(), &updates, update_replies, stats) {
+        publisher.publish_registry(&updates);
+    }
     if batches.is_empty() {
         return;
     }
@@ -468,15 +470,15 @@ impl SeenMarks {
     }
 }
 
-/// The round's one registry write; every waiting update gets its result.
+/// The round's one registry write; every waiting update gets its result. Whether it was applied.
 fn record_updates(
     state: &dyn StateStore,
     updates: &[RegistryUpdate],
     replies: Vec<oneshot::Sender<Result<(), StoreError>>>,
     stats: &Counters,
-) {
+) -> bool {
     if updates.is_empty() {
-        return;
+        return false;
     }
     stats.registry_writes.fetch_add(1, Ordering::Relaxed);
     let result = state.record_all(updates);
@@ -487,6 +489,7 @@ fn record_updates(
     for reply in replies {
         let _ = reply.send(result.clone());
     }
+    result.is_ok()
 }
 
 /// Commits the batches, checking that the store answered for each.

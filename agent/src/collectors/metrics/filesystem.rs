@@ -135,6 +135,15 @@ impl Family for Filesystem {
                 free,
                 &attrs("free"),
             );
+            // A file system with no inode table (btrfs reports zero) has no ratio to watch.
+            if used + free > 0.0 {
+                p.gauge(
+                    "system.filesystem.inodes.utilization",
+                    "1",
+                    used / (used + free),
+                    &attrs("")[..3],
+                );
+            }
         }
         Ok(p.points)
     }

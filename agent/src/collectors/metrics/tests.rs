@@ -415,6 +415,11 @@ fn root_filesystem_matches_statvfs() {
     .unwrap();
     let files = s.files() as f64;
     assert!((inodes_free - s.files_free() as f64).abs() <= files * 0.01 + 1.0);
+    if files > 0.0 {
+        let iu = value(&points, "system.filesystem.inodes.utilization", &root).unwrap();
+        let expected = (files - s.files_free() as f64) / files;
+        assert!((iu - expected).abs() < 0.01, "{iu} vs {expected}");
+    }
 }
 
 #[test]
@@ -532,6 +537,12 @@ fn every_metric_has_its_name_unit_kind_and_attributes() {
         ("system.filesystem.usage", "By", Gauge, &[&fs]),
         ("system.filesystem.utilization", "1", Gauge, &[&fs[..3]]),
         ("system.filesystem.inodes.usage", "{inode}", Gauge, &[&fs]),
+        (
+            "system.filesystem.inodes.utilization",
+            "1",
+            Gauge,
+            &[&fs[..3]],
+        ),
         ("system.disk.io", "By", Counter, &[&["device", "direction"]]),
         (
             "system.disk.operations",
