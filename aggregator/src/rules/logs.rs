@@ -205,6 +205,12 @@ impl LogEvaluator {
                     .0
                     .back()
                     .is_none_or(|&(t, _)| t < now_ns.saturating_sub(f.within_ns)),
+                // The `first` records wait for their `then` one as long as `within`.
+                Condition::Sequence(q) => g
+                    .data
+                    .0
+                    .back()
+                    .is_none_or(|&(t, _)| t < now_ns.saturating_sub(q.within_ns)),
                 _ => true,
             };
             !(idle && window_over)
