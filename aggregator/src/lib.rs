@@ -6,6 +6,7 @@
 //! [`internal_events`]. [`pki`] makes the certificates; [`run`] wires it together.
 
 pub mod alerts;
+pub mod alerts_cli;
 pub mod api;
 pub mod config;
 pub mod fim;
@@ -17,6 +18,7 @@ pub mod pki;
 pub mod quickstart;
 pub mod remote;
 pub mod rules;
+pub mod rules_cli;
 pub mod run;
 pub mod status;
 pub mod store;

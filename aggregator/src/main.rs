@@ -3,8 +3,11 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
-use outpost_aggregator::{config, fim, pki, quickstart, remote, status, token_cli};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use outpost_aggregator::{
+    alerts_cli, config, fim, pki, quickstart, remote, rules_cli, status, token_cli,
+};
 
 /// Exit status for usage and configuration errors (EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
@@ -132,6 +135,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Alerts through the HTTP API: those pending and firing, their history, acknowledging one.
+    Alerts(alerts_cli::AlertsArgs),
+    /// Silences through the HTTP API: add, list, expire.
+    #[command(subcommand)]
+    Silence(alerts_cli::SilenceCommand),
+    /// The alerting rules.
+    #[command(subcommand)]
+    Rules(RulesCommand),
     /// API tokens: create (shown once), list, revoke.
     #[command(subcommand)]
     Token(token_cli::TokenCommand),
@@ -146,6 +157,17 @@ enum Command {
     },
 }
 
+/// `rules`: the alerting rules.
+#[derive(Debug, Subcommand)]
+enum RulesCommand {
+    /// `list` and `reload`, through the HTTP API.
+    #[command(flatten)]
+    Api(alerts_cli::RulesCommand),
+    /// Replay events or a log file through rules on a simulated clock and list what their
+    /// alerts would do; with --config, the notifications too.
+    Test(rules_cli::TestArgs),
+}
+
 fn load(path: &std::path::Path) -> Result<config::Validated, ExitCode> {
     config::load(path).map_err(|e| {
         eprintln!("outpost-aggregator: configuration error: {e}");
@@ -154,7 +176,10 @@ fn load(path: &std::path::Path) -> Result<config::Validated, ExitCode> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // The matches say whether --config was given, which `rules test` needs to know.
+    let matches = Cli::command().get_matches();
+    let cli =
+        Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.format(&mut Cli::command()).exit());
     let result = match cli.command.unwrap_or(Command::Run) {
         Command::Pki(cmd) => pki::run(cmd),
         Command::Quickstart { dir } => quickstart::run(&dir),
@@ -277,6 +302,23 @@ fn main() -> ExitCode {
         Command::Fim(cmd) if fim::wants_api(&cmd) => {
             let now = outpost_common::time::now_ns();
             fim::run_remote(cmd, &mut std::io::stdout().lock(), now)
+        }
+        Command::Alerts(args) => alerts_cli::alerts(args, &mut std::io::stdout().lock()),
+        Command::Silence(cmd) => alerts_cli::silence(cmd, &mut std::io::stdout().lock()),
+        Command::Rules(RulesCommand::Test(args)) => {
+            // Only a configuration named on the command line is read: the default is the others'.
+            let named = matches.value_source("config") == Some(ValueSource::CommandLine);
+            let config = named.then_some(cli.config.as_path());
+            return match rules_cli::run(&args, config, &mut std::io::stdout().lock()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("outpost-aggregator: {e}");
+                    ExitCode::from(e.exit_status())
+                }
+            };
+        }
+        Command::Rules(RulesCommand::Api(cmd)) => {
+            alerts_cli::rules(cmd, &mut std::io::stdout().lock())
         }
         Command::Token(cmd) => {
             let v = match load(&cli.config) {

@@ -1,5 +1,6 @@
 //! The CLI over the HTTP API, so the fleet can be read from any machine with a token:
-//! `outpost-aggregator fleet`, `agent <id>`, `metrics <id> <name>`, `logs` and `fim list --api`.
+//! `outpost-aggregator fleet`, `agent <id>`, `metrics <id> <name>`, `logs` and `fim list --api`
+//! (and the alerting commands of [`crate::alerts_cli`]).
 //!
 //! Where to connect and with which token: `--url` and `--token`, else `OUTPOST_URL` and
 //! `OUTPOST_TOKEN`, else the file `OUTPOST_CLI_CONFIG` or `~/.config/outpost/cli.toml` (`url`,
@@ -115,10 +116,29 @@ impl Remote {
     /// GET `path` with `query`; the answer's JSON, or the API's error as a sentence.
     pub fn get(&self, path: &str, query: &[(&str, &str)]) -> anyhow::Result<Value> {
         let url = format!("{}{path}", self.base);
-        let response = self
-            .http
-            .get(&url)
-            .query(query)
+        self.answer(&url, self.http.get(&url).query(query))
+    }
+
+    /// POST `body` (JSON) to `path`; the answer's JSON, or the API's error.
+    pub fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        let url = format!("{}{path}", self.base);
+        self.answer(&url, self.http.post(&url).json(body))
+    }
+
+    /// DELETE `path`; the answer's JSON, or the API's error.
+    pub fn delete(&self, path: &str) -> anyhow::Result<Value> {
+        let url = format!("{}{path}", self.base);
+        self.answer(&url, self.http.delete(&url))
+    }
+
+    /// Sends `request` with the token; a success's JSON, else the API's error as a sentence,
+    /// with each of the problems it lists (`details.errors`, such as a rule file's) on a line.
+    fn answer(
+        &self,
+        url: &str,
+        request: reqwest::blocking::RequestBuilder,
+    ) -> anyhow::Result<Value> {
+        let response = request
             .bearer_auth(&self.token)
             .send()
             .with_context(|| format!("cannot reach the API at {url}"))?;
@@ -130,7 +150,17 @@ impl Remote {
             return Ok(body);
         }
         let message = body["error"]["message"].as_str().unwrap_or("no message");
-        bail!("{url}: {status}: {message}")
+        let mut text = format!("{url}: {status}: {message}");
+        for problem in body["error"]["details"]["errors"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+        {
+            text.push_str("\n  ");
+            text.push_str(problem);
+        }
+        bail!(text)
     }
 }
 
@@ -341,7 +371,7 @@ fn format_value(v: f64) -> String {
 
 /// Pages through a list of the API (`items`, `next_cursor`) until `limit` items or its end.
 /// Answers the items and where to go on, if anywhere.
-fn collect(
+pub(crate) fn collect(
     remote: &Remote,
     path: &str,
     query: &[(&str, String)],
@@ -367,12 +397,12 @@ fn collect(
 }
 
 /// A text field of an API item for a table: `-` when absent, control characters blanked.
-fn cell(v: &Value) -> String {
+pub(crate) fn cell(v: &Value) -> String {
     v.as_str().map_or_else(|| "-".to_owned(), fleet::printable)
 }
 
 /// The query parameters that have a value.
-fn present<const N: usize>(
+pub(crate) fn present<const N: usize>(
     pairs: [(&'static str, Option<String>); N],
 ) -> Vec<(&'static str, String)> {
     pairs
@@ -521,7 +551,7 @@ pub fn fim_changes(
 }
 
 /// `id` with every byte but unreserved ones percent-encoded, for a path segment.
-fn url_escape(id: &str) -> impl Iterator<Item = String> + '_ {
+pub(crate) fn url_escape(id: &str) -> impl Iterator<Item = String> + '_ {
     id.bytes().map(|b| {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
             char::from(b).to_string()

@@ -110,7 +110,13 @@ pub fn run(v: Validated) -> anyhow::Result<()> {
         write_listen_file(&v.listen_file(), addr)?;
         info!(%addr, store = %v.store_path().display(), version = outpost_common::LONG_VERSION, "outpost-aggregator listening");
         let api = if c.api.enabled {
-            let (api, server) = start_api(&v, store.clone(), stop.clone()).await?;
+            let (api, server) = start_api(
+                &v,
+                store.clone(),
+                alerting.as_ref().map(|a| a.handle.clone()),
+                stop.clone(),
+            )
+            .await?;
             let telemetry = ingest.telemetry();
             let store_path = v.store_path();
             for histogram in writer_figures.histograms() {
@@ -199,11 +205,12 @@ pub fn load_or_create_secret(path: &std::path::Path) -> anyhow::Result<Vec<u8>> 
     Ok(secret)
 }
 
-/// Binds the API's listener and serves it until `stop`; answers the API (to tell it when
-/// ingest is up) and the server's task.
+/// Binds the API's listener and serves it until `stop`, with alerting through `alerting` (`None`
+/// when it is disabled); answers the API (to tell it when ingest is up) and the server's task.
 async fn start_api(
     v: &Validated,
     store: Arc<SqliteStore>,
+    alerting: Option<crate::alerts::AlertingHandle>,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<(
     Arc<crate::api::Api>,
@@ -234,7 +241,7 @@ async fn start_api(
         .local_addr()
         .context("cannot read the API's bound address")?;
     write_listen_file(&v.api_listen_file(), addr)?;
-    let api = crate::api::Api::new(store, &config);
+    let api = crate::api::Api::with_alerting(store, alerting, &config);
     let app = crate::api::app(Arc::clone(&api), &config);
     let scheme = if tls.is_some() { "https" } else { "http" };
     info!(url = %format!("{scheme}://{addr}/api/v1"), "API listening");

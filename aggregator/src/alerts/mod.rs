@@ -67,7 +67,7 @@ pub struct RuleInfo {
 }
 
 impl RuleInfo {
-    fn of(rule: &Rule) -> RuleInfo {
+    pub(crate) fn of(rule: &Rule) -> RuleInfo {
         let kind = match rule.condition {
             Condition::Threshold(_) => "threshold",
             Condition::Log(_) => "log",

@@ -27,7 +27,8 @@ pub struct ErrorBody {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorDetail {
     /// Stable, for programs: `bad_request`, `unauthorized`, `forbidden`, `not_found`,
-    /// `conflict`, `payload_too_large`, `rate_limited`, `timeout`, `internal`, `unavailable`.
+    /// `conflict`, `payload_too_large`, `unprocessable`, `rate_limited`, `timeout`, `internal`,
+    /// `unavailable`.
     pub code: String,
     /// For people, naming what and where.
     pub message: String,
@@ -83,6 +84,15 @@ impl ApiError {
 
     pub fn conflict(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::CONFLICT, "conflict", message)
+    }
+
+    /// 422: the request was understood, but what it asks for cannot be done as things are
+    /// (rule files that do not load); `details.errors` lists every problem.
+    pub fn unprocessable(message: impl Into<String>, errors: &[String]) -> ApiError {
+        ApiError {
+            details: serde_json::json!({ "errors": errors }),
+            ..ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "unprocessable", message)
+        }
     }
 
     /// 429, with how long to wait.
@@ -199,6 +209,19 @@ impl From<axum::extract::rejection::JsonRejection> for ApiError {
                     e.body_text(),
                 )
             };
+        }
+        ApiError::bad_request(format!("the request body is not valid: {}", e.body_text()))
+    }
+}
+
+impl From<axum::extract::rejection::BytesRejection> for ApiError {
+    fn from(e: axum::extract::rejection::BytesRejection) -> ApiError {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                e.body_text(),
+            );
         }
         ApiError::bad_request(format!("the request body is not valid: {}", e.body_text()))
     }

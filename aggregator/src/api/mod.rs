@@ -7,7 +7,8 @@
 //! (answered 503 `timeout`), and, on `/api/v1` routes, [`guard`]: the per-address rate limit,
 //! the token, the per-token rate limit, then the audit of every mutating or refused call. Role
 //! checks are in the handlers ([`Caller::require`]), so the OpenAPI document and the code say
-//! the same. Store calls run on blocking threads.
+//! the same. Store calls run on blocking threads. The alerting routes (`alerts`) steer the
+//! running engine through its [`AlertingHandle`] and answer 503 when alerting is disabled.
 
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
@@ -26,10 +27,14 @@ use tower_http::request_id::{MakeRequestId, RequestId};
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
+use crate::alerts::AlertingHandle;
 use crate::fleet::FleetPolicy;
 use crate::store::{AuditEntry, EventStore, StateStore, StoreError};
 use crate::tokens::{self, Presented, Role, Verdict};
 
+mod alerts;
+#[cfg(test)]
+mod alerts_tests;
 pub mod error;
 mod events;
 mod fleet;
@@ -113,6 +118,8 @@ pub struct Api {
     pub metrics: metrics::Metrics,
     /// The fleet view kept between requests.
     fleet_cache: fleet_view::Cache,
+    /// The running alerting engine; `None` when `[alerting] enabled = false`.
+    alerting: Option<AlertingHandle>,
 }
 
 impl std::fmt::Debug for Api {
@@ -136,17 +143,31 @@ pub struct ApiConfig {
 }
 
 impl Api {
+    /// An API without alerting: its routes answer 503 (see [`Api::with_alerting`]).
     pub fn new(store: Arc<dyn Backend>, config: &ApiConfig) -> Arc<Api> {
+        Api::with_alerting(store, None, config)
+    }
+
+    /// An API over `store` that serves alerting through `alerting` (`None` when it is
+    /// disabled).
+    pub fn with_alerting(
+        store: Arc<dyn Backend>,
+        alerting: Option<AlertingHandle>,
+        config: &ApiConfig,
+    ) -> Arc<Api> {
         let quota = |per_sec: u32| {
             let n = NonZeroU32::new(per_sec).unwrap_or(NonZeroU32::MIN);
             Quota::per_second(n).allow_burst(n.saturating_mul(NonZeroU32::new(2).unwrap_or(n)))
         };
-        Api::with_quotas(
-            store,
-            config,
-            quota(config.requests_per_sec_per_token),
-            quota(config.requests_per_sec_per_address),
-        )
+        Arc::new(Api {
+            alerting,
+            ..Api::build(
+                store,
+                config,
+                quota(config.requests_per_sec_per_token),
+                quota(config.requests_per_sec_per_address),
+            )
+        })
     }
 
     /// [`Api::new`] with the rate limits given as quotas (tests use slow ones, so that no
@@ -157,7 +178,16 @@ impl Api {
         per_token: Quota,
         per_address: Quota,
     ) -> Arc<Api> {
-        Arc::new(Api {
+        Arc::new(Api::build(store, config, per_token, per_address))
+    }
+
+    fn build(
+        store: Arc<dyn Backend>,
+        config: &ApiConfig,
+        per_token: Quota,
+        per_address: Quota,
+    ) -> Api {
+        Api {
             store,
             fleet: config.fleet,
             tls_dir: config.tls_dir.clone(),
@@ -168,7 +198,8 @@ impl Api {
             audit_failures: AtomicU64::new(0),
             metrics: metrics::Metrics::new(),
             fleet_cache: fleet_view::Cache::default(),
-        })
+            alerting: None,
+        }
     }
 
     /// Agent ingest is listening (or, `false`, no longer).
@@ -190,11 +221,19 @@ impl Api {
         what: &'static str,
         f: impl FnOnce(&dyn Backend) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, ApiError> {
-        let store = Arc::clone(&self.store);
-        match tokio::task::spawn_blocking(move || f(store.as_ref())).await {
-            Ok(result) => result.map_err(ApiError::from),
-            Err(e) => Err(ApiError::internal(what, &e)),
-        }
+        blocking(what, Arc::clone(&self.store), f).await
+    }
+}
+
+/// Runs `f` on `store` on a blocking thread: store calls may wait on I/O and locks.
+async fn blocking<S: ?Sized + Send + Sync + 'static, T: Send + 'static>(
+    what: &'static str,
+    store: Arc<S>,
+    f: impl FnOnce(&S) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, ApiError> {
+    match tokio::task::spawn_blocking(move || f(store.as_ref())).await {
+        Ok(result) => result.map_err(ApiError::from),
+        Err(e) => Err(ApiError::internal(what, &e)),
     }
 }
 
@@ -221,8 +260,9 @@ impl Caller {
 #[openapi(
     info(
         title = "Outpost aggregator API",
-        description = "The fleet, its hosts and what they sent. Every /api/v1 call but this \
-                       document needs `Authorization: Bearer <token>`; errors share one shape.",
+        description = "The fleet, its hosts, what they sent and the alerts it raised. Every \
+                       /api/v1 call but this document needs `Authorization: Bearer <token>`; \
+                       errors share one shape.",
     ),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
@@ -268,6 +308,19 @@ fn v1(api: &Arc<Api>) -> (Router<Arc<Api>>, utoipa::openapi::OpenApi) {
         .routes(utoipa_axum::routes!(events::logs))
         .routes(utoipa_axum::routes!(events::fim))
         .routes(utoipa_axum::routes!(series::query))
+        .routes(utoipa_axum::routes!(alerts::list_alerts))
+        .routes(utoipa_axum::routes!(alerts::alert_history))
+        .routes(utoipa_axum::routes!(alerts::alert))
+        .routes(utoipa_axum::routes!(alerts::acknowledge))
+        .routes(utoipa_axum::routes!(
+            alerts::list_silences,
+            alerts::create_silence
+        ))
+        .routes(utoipa_axum::routes!(alerts::expire_silence))
+        .routes(utoipa_axum::routes!(alerts::rules))
+        .routes(utoipa_axum::routes!(alerts::reload_rules))
+        .routes(utoipa_axum::routes!(alerts::validate_rules))
+        .routes(utoipa_axum::routes!(alerts::notifications))
         .split_for_parts();
     let router = router.route_layer(axum::middleware::from_fn_with_state(Arc::clone(api), guard));
     (router, doc)

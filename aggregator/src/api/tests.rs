@@ -20,13 +20,14 @@ use crate::store::testutil::hello;
 use crate::store::{RegistryUpdate, StateStore};
 use crate::tokens::{self, Role};
 
-struct Harness {
+/// An API over a fresh store, with a token of each role; shared with the other API tests.
+pub(super) struct Harness {
     _dir: TempDir,
-    store: Arc<SqliteStore>,
+    pub(super) store: Arc<SqliteStore>,
     app: Router,
-    admin: String,
-    operator: String,
-    viewer: String,
+    pub(super) admin: String,
+    pub(super) operator: String,
+    pub(super) viewer: String,
 }
 
 use super::tests_support::config;
@@ -39,6 +40,19 @@ fn harness_with(config: &ApiConfig) -> Harness {
 fn harness_limited(config: &ApiConfig, quotas: Option<(Quota, Quota)>) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(SqliteStore::open(&dir.path().join("store.db")).unwrap());
+    harness_from(dir, store, config, |store| match quotas {
+        Some((token, address)) => Api::with_quotas(store, config, token, address),
+        None => Api::new(store, config),
+    })
+}
+
+/// A harness over `store` (in `dir`), its API made by `make` once the tokens are stored.
+pub(super) fn harness_from(
+    dir: TempDir,
+    store: Arc<SqliteStore>,
+    config: &ApiConfig,
+    make: impl FnOnce(Arc<SqliteStore>) -> Arc<Api>,
+) -> Harness {
     let now = outpost_common::time::now_ns();
     let mut made = Vec::new();
     for (name, role) in [
@@ -50,10 +64,7 @@ fn harness_limited(config: &ApiConfig, quotas: Option<(Quota, Quota)>) -> Harnes
         store.insert_token(&t.record).unwrap();
         made.push(t.text);
     }
-    let api = match quotas {
-        Some((token, address)) => Api::with_quotas(store.clone(), config, token, address),
-        None => Api::new(store.clone(), config),
-    };
+    let api = make(store.clone());
     api.set_ingest_up(true);
     let app = app(api, config).layer(MockConnectInfo(SocketAddr::from(([192, 0, 2, 7], 5555))));
     Harness {
@@ -70,14 +81,14 @@ fn harness() -> Harness {
     harness_with(&config())
 }
 
-struct Answer {
-    status: StatusCode,
+pub(super) struct Answer {
+    pub(super) status: StatusCode,
     headers: axum::http::HeaderMap,
-    body: Value,
+    pub(super) body: Value,
 }
 
 impl Harness {
-    async fn call(
+    pub(super) async fn call(
         &self,
         method: Method,
         uri: &str,
@@ -95,6 +106,11 @@ impl Harness {
             None => req.body(Body::empty()),
         }
         .unwrap();
+        self.answer(req).await
+    }
+
+    /// The answer to `req`, its body read as JSON.
+    pub(super) async fn answer(&self, req: Request<Body>) -> Answer {
         let response = self.app.clone().oneshot(req).await.unwrap();
         let status = response.status();
         let headers = response.headers().clone();
@@ -118,7 +134,7 @@ impl Harness {
         }
     }
 
-    async fn get(&self, uri: &str, token: &str) -> Answer {
+    pub(super) async fn get(&self, uri: &str, token: &str) -> Answer {
         self.call(Method::GET, uri, Some(token), None).await
     }
 
@@ -132,7 +148,7 @@ impl Harness {
             .unwrap();
     }
 
-    fn audit(&self) -> Vec<(Option<String>, String, String, u16, String)> {
+    pub(super) fn audit(&self) -> Vec<(Option<String>, String, String, u16, String)> {
         let mut all = self.store.audit(None, 1000).unwrap();
         all.reverse();
         all.into_iter()
@@ -142,7 +158,7 @@ impl Harness {
 }
 
 /// The error shape, with its code.
-fn error_code(a: &Answer) -> &str {
+pub(super) fn error_code(a: &Answer) -> &str {
     a.body["error"]["code"]
         .as_str()
         .unwrap_or_else(|| panic!("not an error: {}", a.body))
@@ -905,6 +921,17 @@ async fn every_api_route_is_in_the_openapi_document() {
         ("/api/v1/logs", "get"),
         ("/api/v1/fim", "get"),
         ("/api/v1/metrics/query", "get"),
+        ("/api/v1/alerts", "get"),
+        ("/api/v1/alerts/history", "get"),
+        ("/api/v1/alerts/{fingerprint}", "get"),
+        ("/api/v1/alerts/{fingerprint}/ack", "post"),
+        ("/api/v1/silences", "get"),
+        ("/api/v1/silences", "post"),
+        ("/api/v1/silences/{id}", "delete"),
+        ("/api/v1/rules", "get"),
+        ("/api/v1/rules/reload", "post"),
+        ("/api/v1/rules/validate", "post"),
+        ("/api/v1/notifications", "get"),
     ];
     let documented: Vec<(String, String)> = paths
         .iter()
@@ -926,7 +953,10 @@ async fn every_api_route_is_in_the_openapi_document() {
     assert_eq!(got, want);
     // And each documented route answers (401 without a token, not 404 or 405).
     for (path, method) in documented {
-        let uri = path.replace("{agent_id}", "web-1").replace("{id}", "x");
+        let uri = path
+            .replace("{agent_id}", "web-1")
+            .replace("{id}", "x")
+            .replace("{fingerprint}", "0123456789abcdef");
         let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
         let a = h.call(method.clone(), &uri, None, None).await;
         assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{method} {uri}");

@@ -260,25 +260,18 @@ pub async fn audit(
     caller.require(Role::Admin)?;
     let Query(p) = params?;
     let limit = page::limit(p.limit.as_deref())?;
-    let before = match p.cursor.as_deref() {
-        None => None,
-        Some(c) => Some(page::decode(c)?.parse::<i64>().map_err(|_| {
-            ApiError::bad_parameter(
-                "cursor",
-                format!("query parameter `cursor`: `{c}` is not a cursor this list gave"),
+    let before = page::id_cursor(p.cursor.as_deref())?;
+    let (items, next_cursor) = api
+        .store("reading the audit log", move |s| {
+            page::below(
+                before,
+                limit,
+                |e: &AuditEntry| e.id,
+                |_| true,
+                |b, n| s.audit(b, n),
             )
-        })?),
-    };
-    let mut items = api
-        .store("reading the audit log", move |s| s.audit(before, limit + 1))
+        })
         .await?;
-    let more = items.len() > limit;
-    items.truncate(limit);
-    let next_cursor = if more {
-        items.last().map(|e| page::encode(&e.id.to_string()))
-    } else {
-        None
-    };
     Ok(Json(AuditPage { items, next_cursor }))
 }
 

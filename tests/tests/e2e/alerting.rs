@@ -38,8 +38,8 @@ impl Receiver {
         let status = Arc::new(AtomicU16::new(200));
         let listener = runtime
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .unwrap();
-        let addr = listener.local_addr().unwrap();
+            .expect("a step of the test");
+        let addr = listener.local_addr().expect("a step of the test");
         let state = (got.clone(), status.clone());
         let app = axum::Router::new()
             .route("/hook", axum::routing::post(record))
@@ -51,7 +51,7 @@ impl Receiver {
     fn delivered(&self) -> Vec<Value> {
         self.got
             .lock()
-            .unwrap()
+            .expect("a step of the test")
             .iter()
             .filter(|r| r.answered == 200)
             .map(|r| r.body.clone())
@@ -59,7 +59,7 @@ impl Receiver {
     }
 
     fn attempts(&self) -> usize {
-        self.got.lock().unwrap().len()
+        self.got.lock().expect("the receiver's record").len()
     }
 }
 
@@ -71,7 +71,7 @@ async fn record(
     Json(body): Json<Value>,
 ) -> StatusCode {
     let answered = status.load(Ordering::SeqCst);
-    got.lock().unwrap().push(Received {
+    got.lock().expect("the receiver's record").push(Received {
         body,
         team_header: headers
             .get("x-team")
@@ -79,7 +79,7 @@ async fn record(
             .map(str::to_owned),
         answered,
     });
-    StatusCode::from_u16(answered).unwrap()
+    StatusCode::from_u16(answered).expect("a step of the test")
 }
 
 /// `(alertname, status)` of each alert of each delivered notification.
@@ -148,18 +148,18 @@ fn rules_notify_firing_and_resolved_inhibit_and_survive_a_kill_with_a_notificati
         .worker_threads(1)
         .enable_all()
         .build()
-        .unwrap();
+        .expect("a step of the test");
     let receiver = Receiver::start(&runtime);
     let log = env.path().join("auth.log");
-    std::fs::write(&log, "").unwrap();
+    std::fs::write(&log, "").expect("a step of the test");
     let rules_dir = env.path().join("rules.d");
-    std::fs::create_dir_all(&rules_dir).unwrap();
+    std::fs::create_dir_all(&rules_dir).expect("a step of the test");
     let source = log.display().to_string();
     std::fs::write(
         rules_dir.join("test.toml"),
         RULES.replace("SOURCE", &source),
     )
-    .unwrap();
+    .expect("a step of the test");
     let extra = format!(
         "[alerting]\nexternal_url = \"http://outpost.example:9440\"\nreload_interval = \"200ms\"\nrestore_grace = \"3s\"\n\
          route = {{ receiver = \"hook\", group_by = [\"alertname\"], group_wait = \"0s\", \
@@ -213,25 +213,32 @@ fn rules_notify_firing_and_resolved_inhibit_and_survive_a_kill_with_a_notificati
         "{alert}"
     );
     assert_eq!(
-        receiver.got.lock().unwrap()[0].team_header.as_deref(),
+        receiver.got.lock().expect("the receiver's record")[0]
+            .team_header
+            .as_deref(),
         Some("ops")
     );
 
     // Seven failures do not fire the brute-force rule; the eighth does, and two seconds with no
     // more resolve it. The inhibited marker fires too, and is never notified.
-    let mut file = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&log)
+        .expect("a step of the test");
     for n in 0..7 {
-        file.write_all(failure(n).as_bytes()).unwrap();
+        file.write_all(failure(n).as_bytes())
+            .expect("a step of the test");
     }
     file.write_all(b"Dec  1 10:00:30 web-1 app: outpost-muted-marker\n")
-        .unwrap();
-    file.flush().unwrap();
+        .expect("a step of the test");
+    file.flush().expect("a step of the test");
     let store = aggregator.store();
     env.wait_until("the agent's log lines to be stored", || {
         store.logs("web-1", &source).is_ok_and(|l| l.len() == 8)
     });
-    file.write_all(failure(7).as_bytes()).unwrap();
-    file.flush().unwrap();
+    file.write_all(failure(7).as_bytes())
+        .expect("a step of the test");
+    file.flush().expect("a step of the test");
     env.wait_until(
         "the brute-force alert to be notified firing and resolved",
         || {
@@ -244,7 +251,7 @@ fn rules_notify_firing_and_resolved_inhibit_and_survive_a_kill_with_a_notificati
     let firing = delivered
         .iter()
         .find(|n| n["groupLabels"]["alertname"] == "ssh-brute-force" && n["status"] == "firing")
-        .unwrap();
+        .expect("a step of the test");
     assert_eq!(firing["alerts"][0]["labels"]["src_ip"], "203.0.113.7");
     assert_eq!(
         firing["alerts"][0]["annotations"]["summary"],
@@ -253,7 +260,7 @@ fn rules_notify_firing_and_resolved_inhibit_and_survive_a_kill_with_a_notificati
     let resolved = delivered
         .iter()
         .find(|n| n["groupLabels"]["alertname"] == "ssh-brute-force" && n["status"] == "resolved")
-        .unwrap();
+        .expect("a step of the test");
     assert_ne!(resolved["alerts"][0]["endsAt"], "0001-01-01T00:00:00Z");
     assert_eq!(count(&delivered, "muted-marker", "firing"), 0);
     assert_eq!(count(&delivered, "ssh-brute-force", "firing"), 1);
@@ -263,11 +270,12 @@ fn rules_notify_firing_and_resolved_inhibit_and_survive_a_kill_with_a_notificati
     receiver.status.store(503, Ordering::SeqCst);
     let attempts_before = receiver.attempts();
     for n in 10..18 {
-        file.write_all(failure(n).as_bytes()).unwrap();
+        file.write_all(failure(n).as_bytes())
+            .expect("a step of the test");
     }
-    file.flush().unwrap();
+    file.flush().expect("a step of the test");
     env.wait_until("a notification to be refused by the receiver", || {
-        receiver.got.lock().unwrap()[attempts_before..]
+        receiver.got.lock().expect("the receiver's record")[attempts_before..]
             .iter()
             .any(|r| r.answered == 503 && r.body["groupLabels"]["alertname"] == "ssh-brute-force")
     });
@@ -283,8 +291,9 @@ fn rules_notify_firing_and_resolved_inhibit_and_survive_a_kill_with_a_notificati
     });
     // Give the restarted aggregator every chance to repeat itself: another notification of
     // something else must come after, and the counts must not have grown.
-    file.write_all(failure(40).as_bytes()).unwrap();
-    file.flush().unwrap();
+    file.write_all(failure(40).as_bytes())
+        .expect("a step of the test");
+    file.flush().expect("a step of the test");
     env.wait_until("the last line to be stored", || {
         store.logs("web-1", &source).is_ok_and(|l| l.len() == 18)
     });
@@ -357,7 +366,7 @@ fn an_alert_reaches_a_real_smtp_server_and_a_real_alertmanager() {
         &am_config,
         "route:\n  receiver: \"null\"\nreceivers:\n  - name: \"null\"\n",
     )
-    .unwrap();
+    .expect("a step of the test");
     let _alertmanager = env.spawn(
         "alertmanager",
         &program(
@@ -372,9 +381,10 @@ fn an_alert_reaches_a_real_smtp_server_and_a_real_alertmanager() {
         ],
     );
     let rules_dir = env.path().join("rules.d");
-    std::fs::create_dir_all(&rules_dir).unwrap();
-    let rule = RULES.split("[[rule]]").nth(1).unwrap();
-    std::fs::write(rules_dir.join("memory.toml"), format!("[[rule]]{rule}")).unwrap();
+    std::fs::create_dir_all(&rules_dir).expect("a step of the test");
+    let rule = RULES.split("[[rule]]").nth(1).expect("a step of the test");
+    std::fs::write(rules_dir.join("memory.toml"), format!("[[rule]]{rule}"))
+        .expect("a step of the test");
     // Both receivers get the alert: the first child route continues to the second.
     let extra = format!(
         "[alerting]\nreload_interval = \"200ms\"\n\
@@ -435,10 +445,10 @@ fn an_alert_reaches_a_real_smtp_server_and_a_real_alertmanager() {
     });
     let alert = alerts
         .as_array()
-        .unwrap()
+        .expect("a step of the test")
         .iter()
         .find(|a| a["labels"]["alertname"] == "memory-in-use")
-        .unwrap();
+        .expect("a step of the test");
     assert_eq!(alert["status"]["state"], "active", "{alert}");
     assert_eq!(alert["labels"]["severity"], "info");
 }

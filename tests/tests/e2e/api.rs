@@ -376,9 +376,11 @@ fn schemathesis_finds_no_server_error_and_no_schema_violation() {
     let admin = token(&aggregator, "schemathesis", "admin");
     let schema = format!("{}/api/v1/openapi.json", aggregator.api_url());
     // Whether a regular expression compiles is beyond what JSON Schema can state, so a query
-    // that fits the schema may still be refused 400 for naming a broken one: for the two
-    // operations that take regular expressions, 400 counts as an expected answer to valid data.
-    // Every other check (server errors, response schemas, refusal of invalid data) stays on.
+    // that fits the schema may still be refused 400 for naming a broken one: for the operations
+    // that take regular expressions, 400 counts as an expected answer to valid data. So it does
+    // for a new silence, whose end must also come after its start and after now, which JSON
+    // Schema cannot compare. Every other check (server errors, response schemas, refusal of
+    // invalid data) stays on.
     let config = "\
 [[operations]]
 include-path = \"/api/v1/metrics/query\"
@@ -387,6 +389,14 @@ checks.positive_data_acceptance.expected-statuses = [200, 400, 401, 403, 404, 42
 [[operations]]
 include-path = \"/api/v1/logs\"
 checks.positive_data_acceptance.expected-statuses = [200, 400, 401, 403, 404, 429]
+
+[[operations]]
+include-path = \"/api/v1/alerts\"
+checks.positive_data_acceptance.expected-statuses = [200, 400, 401, 403, 404, 429]
+
+[[operations]]
+include-name = \"POST /api/v1/silences\"
+checks.positive_data_acceptance.expected-statuses = [201, 400, 401, 403, 404, 429]
 ";
     std::fs::write(env.path().join("schemathesis.toml"), config)
         .unwrap_or_else(|e| panic!("writing schemathesis.toml: {e}"));
@@ -569,5 +579,188 @@ fn the_cli_reads_metrics_logs_and_file_changes_over_the_api() {
             .iter()
             .any(|c| c["path"].as_str().is_some_and(|p| p.ends_with("new.conf")))),
         "{listed}"
+    );
+}
+
+/// The alerting commands over the API, as an on-call engineer uses them: a rule firing on a real
+/// agent's host metrics is listed, acknowledged and silenced; a reload with a broken rule file
+/// is refused with its place and the rules keep running.
+#[test]
+fn the_cli_lists_acknowledges_and_silences_alerts_and_reloads_rules() {
+    const HOST: &str = "api-alerts-host";
+    let env = Env::new("api-alerts");
+    let rules = env.path().join("rules.d");
+    std::fs::create_dir_all(&rules).unwrap_or_else(|e| panic!("{e}"));
+    // Memory in use is never zero: the rule fires on the agent's first sample.
+    std::fs::write(
+        rules.join("host.toml"),
+        "[[rule]]\nname = \"memory-in-use\"\nkind = \"threshold\"\nseverity = \"high\"\n\
+         metric = \"system.memory.usage\"\nmatch = { state = \"used\" }\nop = \">\"\nvalue = 0.0\n\n\
+         [rule.annotations]\nsummary = \"Memory in use on {{ host }}\"\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let aggregator = env.start_aggregator_with(outpost_tests::AggregatorOptions {
+        extra: format!(
+            "[alerting]\nrules_dir = {}\nreload_interval = \"1h\"\n",
+            toml_string(&rules)
+        ),
+        ..outpost_tests::AggregatorOptions::default()
+    });
+    let cert = env.issue_agent(HOST);
+    let _agent = env.start_agent(
+        &cert,
+        &aggregator,
+        AgentOptions {
+            host_metrics_every_secs: Some(1),
+            ..AgentOptions::default()
+        },
+    );
+    let viewer = token(&aggregator, "alerts-viewer", "viewer");
+    let operator = token(&aggregator, "alerts-oncall", "operator");
+    let admin = token(&aggregator, "alerts-admin", "admin");
+    let base = aggregator.api_url();
+    let as_token = |token: &str, args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--url", base.as_str(), "--token", token]);
+        env.aggregator_cli(&all)
+    };
+    let ok = |token: &str, args: &[&str]| {
+        let out = as_token(token, args);
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+
+    let listed: Value = env.wait_for("the memory alert to fire", || {
+        let text = ok(&viewer, &["alerts", "--state", "firing", "--json"]);
+        let alerts: Value = serde_json::from_str(&text).map_err(|e| format!("{e}: {text}"))?;
+        match alerts.as_array() {
+            Some(a) if !a.is_empty() => Ok(alerts),
+            _ => Err(text),
+        }
+    });
+    let fingerprint = listed[0]["fingerprint"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{listed}"))
+        .to_owned();
+    let table = ok(&viewer, &["alerts"]);
+    let mut lines = table.lines();
+    assert!(
+        lines
+            .next()
+            .is_some_and(|l| l.starts_with("SEVERITY") && l.ends_with("SUMMARY")),
+        "{table}"
+    );
+    assert!(
+        lines.any(|l| l.starts_with("high")
+            && l.contains("memory-in-use")
+            && l.contains(HOST)
+            && l.ends_with(&format!("Memory in use on {HOST}"))),
+        "{table}"
+    );
+
+    // A viewer may not acknowledge; the operator does, and the history says so.
+    let refused = as_token(
+        &viewer,
+        &["alerts", "ack", &fingerprint, "--comment", "mine"],
+    );
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("this needs the operator role"),
+        "{refused:?}"
+    );
+    let acked = ok(
+        &operator,
+        &["alerts", "ack", &fingerprint, "--comment", "looking"],
+    );
+    assert!(
+        acked.starts_with(&format!("acknowledged memory-in-use on {HOST}")),
+        "{acked}"
+    );
+    env.wait_for("the acknowledgement in the history", || {
+        let history = ok(&viewer, &["alerts", "--history"]);
+        history
+            .lines()
+            .any(|l| l.contains("acknowledged") && l.ends_with("by alerts-oncall: looking"))
+            .then_some(())
+            .ok_or(history)
+    });
+
+    // A silence for the host: listed, keeping the alert quiet, then expired.
+    let added = ok(
+        &operator,
+        &[
+            "silence",
+            "add",
+            &format!("host={HOST}"),
+            "--duration",
+            "1h",
+            "--comment",
+            "memory upgrade",
+        ],
+    );
+    let id = added
+        .strip_prefix("silence ")
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("{added}"))
+        .to_owned();
+    env.wait_for("the silence to apply", || {
+        let list = ok(&viewer, &["silence", "list"]);
+        let table = ok(&viewer, &["alerts"]);
+        (list
+            .lines()
+            .any(|l| l.starts_with(&id) && l.contains("active"))
+            && table.contains("firing, acked, silenced"))
+        .then_some(())
+        .ok_or(format!("{list}\n{table}"))
+    });
+    let expired = ok(&operator, &["silence", "expire", &id]);
+    assert!(
+        expired.starts_with(&format!("silence {id} expired")),
+        "{expired}"
+    );
+    let again = as_token(&operator, &["silence", "expire", &id]);
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("has already ended"),
+        "{again:?}"
+    );
+
+    // The rules with their alerts; a broken file fails the reload, naming its place.
+    let listed = ok(&viewer, &["rules", "list"]);
+    assert!(
+        listed.lines().any(
+            |l| l.starts_with("memory-in-use") && l.contains("threshold  high      0        1")
+        ),
+        "{listed}"
+    );
+    std::fs::write(
+        rules.join("broken.toml"),
+        "[[rule]]\nname = \"x\"\nkind = \"threshold\"\nseverity = \"loud\"\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let refused = as_token(&operator, &["rules", "reload"]);
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("this needs the admin role"),
+        "{refused:?}"
+    );
+    let failed = as_token(&admin, &["rules", "reload"]);
+    assert!(!failed.status.success());
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert!(
+        stderr.contains("422") && stderr.contains("broken.toml:4:12: "),
+        "{stderr}"
+    );
+    let listed = ok(&viewer, &["rules", "list"]);
+    assert!(
+        listed.lines().any(|l| l.starts_with("memory-in-use"))
+            && listed.contains("failed; the rules above keep running:")
+            && listed.contains("broken.toml:4:12: "),
+        "{listed}"
+    );
+    std::fs::remove_file(rules.join("broken.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let reloaded = ok(&admin, &["rules", "reload"]);
+    assert!(
+        reloaded.starts_with("reloaded the rules from ") && reloaded.ends_with(": 1 running\n"),
+        "{reloaded}"
     );
 }

@@ -5,8 +5,8 @@
 //! replay the random choices of a failed run (the seed is printed by each test that uses one).
 
 mod agent_crash;
-mod alerting;
 mod aggregator_outage;
+mod alerting;
 mod api;
 mod auth;
 mod check_config;
