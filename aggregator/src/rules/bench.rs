@@ -109,13 +109,48 @@ fn second(host: usize, s: i64, events: &mut Vec<Event>) {
     }
 }
 
-#[test]
-#[ignore = "benchmark; run with --release -- --ignored --nocapture"]
-fn default_pack_throughput() {
+/// `count` generated rules of every kind the pack has, as an operator's own would add to it:
+/// thresholds on metrics the mix sends (with thresholds it never crosses) and on metrics it does
+/// not send, log and frequency rules on patterns, and file-integrity rules on other paths.
+fn generated(count: usize) -> String {
+    let mut text = String::new();
+    for i in 0..count {
+        let rule = match i % 8 {
+            0 => format!(
+                "kind = \"threshold\"\nmetric = \"system.cpu.utilization\"\n\
+                 match = {{ state = \"user\" }}\naggregate = \"avg\"\nwindow = \"5m\"\n\
+                 op = \">\"\nvalue = {}\nfor = \"1m\"\n",
+                0.95 + (i % 40) as f64 / 1000.0
+            ),
+            1 => format!(
+                "kind = \"threshold\"\nmetric = \"system.filesystem.utilization\"\n\
+                 match = {{ mountpoint = \"/srv/{i}\" }}\nop = \">\"\nvalue = 0.9\n"
+            ),
+            2 | 3 => format!(
+                "kind = \"threshold\"\nmetric = \"app.requests.errors.{i}\"\n\
+                 aggregate = \"rate\"\nwindow = \"1m\"\nop = \">\"\nvalue = 10\n"
+            ),
+            4 => format!(
+                "kind = \"log\"\npattern = 'service{i}\\[\\d+\\]: fatal error (?P<code>\\w+)'\n"
+            ),
+            5 => format!("kind = \"log\"\nsource = \"/var/log/app{i}.log\"\npattern = 'panic'\n"),
+            6 => format!(
+                "kind = \"frequency\"\npattern = 'upstream{i} timed out .* client: (?P<client>\\S+)'\n\
+                 count = 5\nwithin = \"1m\"\ngroup_by = [\"client\"]\n"
+            ),
+            _ => format!("kind = \"fim\"\npaths = [\"/srv/app{i}/**\"]\n"),
+        };
+        text.push_str(&format!(
+            "[[rule]]\nname = \"generated-{i}\"\nseverity = \"low\"\n{rule}\n"
+        ));
+    }
+    text
+}
+
+/// Runs the mix through `rules` and prints events per second of engine time.
+fn run(what: &str, rules: Vec<super::Rule>) {
     const HOSTS: usize = 100;
     const SECONDS: i64 = 300;
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/rules.d");
-    let rules = super::load_dir(&dir).expect("the default pack loads");
     let rule_count = rules.len();
     let mut engine = Engine::new(rules, Setup::default());
     let hosts: Vec<String> = (0..HOSTS).map(|h| format!("host-{h:04}")).collect();
@@ -140,9 +175,39 @@ fn default_pack_throughput() {
     }
     let rate = events as f64 / busy.as_secs_f64();
     println!(
-        "default pack ({rule_count} rules), {HOSTS} hosts, {SECONDS} s simulated: {events} events \
+        "{what} ({rule_count} rules), {HOSTS} hosts, {SECONDS} s simulated: {events} events \
          in {:.3} s of engine time = {rate:.0} events/s",
         busy.as_secs_f64()
     );
     assert!(events > 0);
+}
+
+fn pack() -> Vec<super::Rule> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/rules.d");
+    super::load_dir(&dir).expect("the default pack loads")
+}
+
+#[test]
+#[ignore = "benchmark; run with --release -- --ignored --nocapture"]
+fn default_pack_throughput() {
+    run("default pack", pack());
+}
+
+#[test]
+#[ignore = "benchmark; run with --release -- --ignored --nocapture"]
+fn default_pack_and_generated_throughput() {
+    let mut rules = pack();
+    let text = generated(1000);
+    rules.extend(
+        super::file::parse_file(Path::new("generated.toml"), &text)
+            .unwrap_or_else(|e| panic!("the generated rules load: {e}")),
+    );
+    run("default pack and 1,000 generated rules", rules);
+}
+
+#[test]
+fn generated_rules_load() {
+    let rules = super::file::parse_file(Path::new("generated.toml"), &generated(16))
+        .unwrap_or_else(|e| panic!("the generated rules load: {e}"));
+    assert_eq!(rules.len(), 16);
 }

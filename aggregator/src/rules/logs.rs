@@ -15,6 +15,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
+use aho_corasick::AhoCorasick;
+
 use outpost_common::event::{FimEvent, LogRecord};
 
 use super::alert::{Change, Evaluates, Group, Groups, Restored, Slot};
@@ -54,6 +56,127 @@ pub struct Seen(VecDeque<(i64, Option<String>)>);
 #[derive(Debug)]
 pub struct LogEvaluator {
     groups: Groups<FieldsKey, Group<Seen>>,
+    candidates: Candidates,
+}
+
+/// Which rules a record may match, found in one pass over its body rather than one pass of
+/// each rule's pattern: with a thousand rules, most records match none.
+///
+/// Every match of a pattern starts with one of its prefix literals, or ends with one of its
+/// suffix literals, when the pattern has such a finite set (as `regex_syntax` extracts them,
+/// the way the regex crate picks its own prefilters). So a record whose body holds none of a
+/// rule's literals cannot match it; one Aho-Corasick search finds every literal the body holds.
+/// A pattern without usable literals (`\w+ failed`, `.*`) keeps its rule a candidate for every
+/// record, as does a matcher without a pattern.
+#[derive(Debug)]
+struct Candidates {
+    /// Every literal of every pattern that has them; `None` when there are none.
+    literals: Option<AhoCorasick>,
+    /// The rule (its index) of each literal.
+    owner: Vec<usize>,
+    /// Rules that are candidates for every record.
+    always: Vec<usize>,
+}
+
+/// Literals shorter than this find too much to be worth it.
+const LEAST_LITERAL: usize = 3;
+/// A pattern with more literals than this (a long alternation, case folding) is tried on every
+/// record instead.
+const MOST_LITERALS: usize = 64;
+
+impl Candidates {
+    fn new(rules: &[Rule]) -> Candidates {
+        let mut literals: Vec<Vec<u8>> = Vec::new();
+        let mut owner = Vec::new();
+        let mut always = Vec::new();
+        for (index, rule) in rules.iter().enumerate() {
+            let matchers: Vec<&LogMatch> = match &rule.condition {
+                Condition::Log(m) => vec![m],
+                Condition::Frequency(f) => vec![&f.matcher],
+                Condition::Sequence(q) => vec![&q.first, &q.then],
+                _ => continue,
+            };
+            for m in matchers {
+                match m
+                    .pattern
+                    .as_ref()
+                    .and_then(|p| required_literals(p.as_str()))
+                {
+                    Some(found) => {
+                        owner.extend(std::iter::repeat_n(index, found.len()));
+                        literals.extend(found);
+                    }
+                    None => always.push(index),
+                }
+            }
+        }
+        always.dedup();
+        let literals = (!literals.is_empty())
+            .then(|| AhoCorasick::new(&literals))
+            .and_then(|built| {
+                built
+                    .inspect_err(|e| {
+                        tracing::warn!(error = %e, "the log rules' prefilter could not be built; every rule is tried on every record");
+                    })
+                    .ok()
+            });
+        if literals.is_none() {
+            // Without the search, every rule that has literals is a candidate too.
+            always.extend(owner.iter().copied());
+            always.sort_unstable();
+            always.dedup();
+            owner.clear();
+        }
+        Candidates {
+            literals,
+            owner,
+            always,
+        }
+    }
+
+    /// The rules `body` may match, in rule order.
+    fn of(&self, body: &str) -> Vec<usize> {
+        let mut rules = self.always.clone();
+        if let Some(ac) = &self.literals {
+            rules.extend(
+                ac.find_overlapping_iter(body)
+                    .map(|m| self.owner[m.pattern().as_usize()]),
+            );
+            rules.sort_unstable();
+            rules.dedup();
+        }
+        rules
+    }
+}
+
+/// Literals one of which every match of `pattern` starts (or else ends) with, if it has a
+/// usable set of them.
+fn required_literals(pattern: &str) -> Option<Vec<Vec<u8>>> {
+    use regex_syntax::hir::literal::{ExtractKind, Extractor};
+
+    let hir = regex_syntax::Parser::new().parse(pattern).ok()?;
+    [ExtractKind::Prefix, ExtractKind::Suffix]
+        .into_iter()
+        .filter_map(|kind| {
+            let seq = Extractor::new().kind(kind).extract(&hir);
+            let literals = seq.literals()?;
+            let usable = !literals.is_empty()
+                && literals.len() <= MOST_LITERALS
+                && literals.iter().all(|l| l.as_bytes().len() >= LEAST_LITERAL);
+            usable.then(|| {
+                literals
+                    .iter()
+                    .map(|l| l.as_bytes().to_vec())
+                    .collect::<Vec<_>>()
+            })
+        })
+        // Fewer, longer literals find less.
+        .min_by_key(|l: &Vec<Vec<u8>>| {
+            (
+                l.len(),
+                usize::MAX - l.iter().map(Vec::len).min().unwrap_or(0),
+            )
+        })
 }
 
 /// A rule (its index), a host (none across hosts) and the values of its `group_by` fields.
@@ -62,6 +185,7 @@ type FieldsKey = (usize, Option<String>, Vec<String>);
 impl LogEvaluator {
     pub fn new(rules: Vec<Rule>) -> LogEvaluator {
         LogEvaluator {
+            candidates: Candidates::new(&rules),
             groups: Groups::new(rules),
         }
     }
@@ -69,7 +193,8 @@ impl LogEvaluator {
     /// Takes one committed record of `agent_id`'s; returns the alerts it changed.
     pub fn observe(&mut self, agent_id: &str, record: &LogRecord, now_ns: i64) -> Vec<Change> {
         let mut changes = Vec::new();
-        for (index, rule) in self.groups.rules.iter().enumerate() {
+        for index in self.candidates.of(&record.body) {
+            let rule = &self.groups.rules[index];
             let change = match &rule.condition {
                 Condition::Log(matcher) => {
                     if matcher.matches(record).is_none() {
@@ -542,6 +667,103 @@ within = "10m"
                 (90, Transition::Resolved, None),
                 (100, Transition::Fired, None)
             ]
+        );
+    }
+}
+
+#[cfg(test)]
+mod candidate_tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::rules::file::parse_file;
+
+    const RULES: &str = r#"
+[[rule]]
+name = "panic"
+kind = "log"
+severity = "high"
+pattern = 'panic: (?P<what>\w+)'
+
+[[rule]]
+name = "by-field"
+kind = "log"
+severity = "low"
+fields = { app = "cron" }
+
+[[rule]]
+name = "ssh-after"
+kind = "sequence"
+severity = "high"
+key = ["ip"]
+within = "5m"
+[rule.first]
+pattern = 'Failed .* from (?P<ip>\S+)'
+[rule.then]
+pattern = 'Accepted .* from (?P<ip>\S+)'
+
+[[rule]]
+name = "fim"
+kind = "fim"
+severity = "low"
+paths = ["/etc/passwd"]
+"#;
+
+    #[test]
+    fn candidates_are_the_rules_whose_pattern_matches_and_those_without_one() {
+        let rules = parse_file(Path::new("test.toml"), RULES).unwrap();
+        let c = Candidates::new(&rules);
+        assert!(c.literals.is_some());
+        // The field-only rule is a candidate for every record; the file-integrity one never.
+        assert_eq!(c.of("nothing to see"), vec![1]);
+        assert_eq!(c.of("panic: oops"), vec![0, 1]);
+        assert_eq!(c.of("Failed password from 10.0.0.1"), vec![1, 2]);
+        assert_eq!(c.of("Accepted key from 10.0.0.1"), vec![1, 2]);
+        // The literal alone makes a candidate; the rule's pattern still decides.
+        assert_eq!(c.of("panic: "), vec![0, 1]);
+    }
+
+    #[test]
+    fn literals_are_prefixes_or_suffixes_and_patterns_without_them_match_everything() {
+        let lits = |p| {
+            required_literals(p).map(|l| {
+                l.into_iter()
+                    .map(|b| String::from_utf8(b).unwrap())
+                    .collect::<Vec<_>>()
+            })
+        };
+        assert_eq!(
+            lits(r"panic: (?P<what>\w+)"),
+            Some(vec!["panic: ".to_owned()])
+        );
+        assert_eq!(
+            lits(r"\w+ failed to start"),
+            Some(vec![" failed to start".to_owned()])
+        );
+        let both = lits(r"Failed (?:password|publickey) for").unwrap();
+        assert_eq!(both.len(), 2);
+        assert_eq!(lits(r".*"), None);
+        assert_eq!(lits(r"\d+"), None);
+        // Too short to be worth it.
+        assert_eq!(lits(r"ab\d+cd"), None);
+    }
+
+    #[test]
+    fn a_rule_without_a_pattern_still_matches_on_fields() {
+        let rules = parse_file(Path::new("test.toml"), RULES).unwrap();
+        let mut e = LogEvaluator::new(rules);
+        let record = LogRecord {
+            time_ns: 1,
+            source: "journal".to_owned(),
+            severity: None,
+            body: "(root) CMD (run-parts /etc/cron.hourly)".to_owned(),
+            attributes: vec![("app".to_owned(), "cron".to_owned())],
+        };
+        let changes = e.observe("h1", &record, 1);
+        assert_eq!(changes.len(), 1);
+        assert_eq!(
+            changes[0].labels.get("alertname").map(String::as_str),
+            Some("by-field")
         );
     }
 }

@@ -10,6 +10,8 @@
 //!
 //! An alert's labels are those of [`alert`](super::alert), with the series' attributes.
 
+use std::collections::HashMap;
+
 use outpost_common::event::MetricPoint;
 
 use super::alert::{Change, Evaluates, Group, Groups, Slot};
@@ -20,6 +22,9 @@ use super::window::Window;
 #[derive(Debug)]
 pub struct Evaluator {
     groups: Groups<SeriesKey, Group<Window>>,
+    /// The rules (their indices) watching each metric, so that a point is checked against
+    /// those alone.
+    by_metric: HashMap<String, Vec<usize>>,
 }
 
 /// A rule (its index), a host and a series' attributes.
@@ -27,36 +32,55 @@ type SeriesKey = (usize, String, Vec<(String, String)>);
 
 impl Evaluator {
     pub fn new(rules: Vec<Rule>) -> Evaluator {
+        let mut by_metric: HashMap<String, Vec<usize>> = HashMap::new();
+        for (index, rule) in rules.iter().enumerate() {
+            if let Condition::Threshold(t) = &rule.condition {
+                by_metric.entry(t.metric.clone()).or_default().push(index);
+            }
+        }
         Evaluator {
             groups: Groups::new(rules),
+            by_metric,
         }
     }
 
     /// Takes one committed point of `agent_id`'s; returns the alerts it changed.
     pub fn observe(&mut self, agent_id: &str, point: &MetricPoint, now_ns: i64) -> Vec<Change> {
         let mut changes = Vec::new();
-        for (index, rule) in self.groups.rules.iter().enumerate() {
+        let Some(watching) = self.by_metric.get(&point.name) else {
+            return changes;
+        };
+        // The key is made once per point; each watching rule only sets its index in it.
+        let mut key: Option<SeriesKey> = None;
+        for &index in watching {
+            let rule = &self.groups.rules[index];
             let Condition::Threshold(t) = &rule.condition else {
                 continue;
             };
-            let watched = t.metric == point.name
-                && t.matches
-                    .iter()
-                    .all(|(k, v)| point.attributes.iter().any(|(pk, pv)| pk == k && pv == v));
+            let watched = t
+                .matches
+                .iter()
+                .all(|(k, v)| point.attributes.iter().any(|(pk, pv)| pk == k && pv == v));
             if !watched {
                 continue;
             }
-            let mut attributes = point.attributes.clone();
-            attributes.sort();
-            let group = self
-                .groups
-                .map
-                .entry((index, agent_id.to_owned(), attributes))
-                .or_insert_with_key(|(_, host, attributes)| Group {
-                    data: Window::default(),
-                    alert: Slot::new(rule, Some(host), attributes.iter().cloned())
-                        .restore(&mut self.groups.restored),
-                });
+            let key = key.get_or_insert_with(|| {
+                let mut attributes = point.attributes.clone();
+                attributes.sort();
+                (index, agent_id.to_owned(), attributes)
+            });
+            key.0 = index;
+            let group = match self.groups.map.get_mut(&*key) {
+                Some(group) => group,
+                None => {
+                    let group = Group {
+                        data: Window::default(),
+                        alert: Slot::new(rule, Some(&key.1), key.2.iter().cloned())
+                            .restore(&mut self.groups.restored),
+                    };
+                    self.groups.map.entry(key.clone()).or_insert(group)
+                }
+            };
             group.data.push(point.time_ns, point.value, t.window_ns);
             let value = group.data.measure(t.aggregate, t.min_samples, t.target);
             let holds = value.is_some_and(|v| t.op.holds(v, t.value));
