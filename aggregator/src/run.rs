@@ -123,6 +123,7 @@ pub fn run(v: Validated) -> anyhow::Result<()> {
                 api.metrics.register(Box::new(histogram));
             }
             let retention_progress = retention_task.progress();
+            let alerting_figures = alerting.as_ref().map(|a| a.figures.clone());
             api.metrics
                 .register(Box::new(retention_progress.histogram()));
             api.metrics.set_source(Box::new(move || {
@@ -131,6 +132,7 @@ pub fn run(v: Validated) -> anyhow::Result<()> {
                     &writer_figures.snapshot(),
                     &retention_progress.snapshot(),
                     crate::api::metrics::store_bytes(&store_path),
+                    alerting_figures.as_ref().map(|f| f.snapshot()).as_ref(),
                 )
             }));
             Some((api, server))

@@ -17,6 +17,7 @@
 //!   before its receiver confirmed it is sent again, which is the only way one is sent twice.
 
 pub mod config;
+pub mod figures;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -37,6 +38,7 @@ use crate::store::alerting::{AlertingStore, Attempt, StoredSilence};
 use crate::store::{Cursor, Feed, FeedItem, RegistryUpdate, StateStore};
 
 pub use config::AlertingSection;
+pub use figures::{AlertingFigures, AlertingSnapshot};
 
 /// The longest the engine goes without a tick.
 const MAX_TICK: Duration = Duration::from_secs(1);
@@ -44,6 +46,9 @@ const MAX_TICK: Duration = Duration::from_secs(1);
 const CURSOR_EVERY: Duration = Duration::from_secs(1);
 /// Notifications read from the outbox per round.
 const OUTBOX_PAGE: usize = 64;
+/// How often history, sent notifications and ended silences older than `history_retention`
+/// are deleted.
+const EXPIRE_EVERY: Duration = Duration::from_secs(3600);
 
 fn now_ns() -> i64 {
     SystemTime::now()
@@ -276,6 +281,8 @@ fn dir_stamp(dir: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
 #[derive(Debug)]
 pub struct Alerting {
     pub handle: AlertingHandle,
+    /// What `/metrics` shows of alerting.
+    pub figures: Arc<AlertingFigures>,
     tasks: JoinSet<()>,
 }
 
@@ -341,6 +348,8 @@ where
         "alerting started"
     );
     let (commands, command_rx) = mpsc::channel(64);
+    let figures = Arc::new(AlertingFigures::default());
+    figures.rules_loaded(status.rules.len());
     let rules_status = Arc::new(RwLock::new(status));
     let outbox_wake = Arc::new(Notify::new());
     let mut tasks = JoinSet::new();
@@ -356,6 +365,9 @@ where
         cursor_saved_at: tokio::time::Instant::now(),
         silences_changed: false,
         outbox_wake: outbox_wake.clone(),
+        figures: figures.clone(),
+        history_retention_ns: i64::try_from(section.history_retention.as_nanos())
+            .unwrap_or(i64::MAX),
     };
     tasks.spawn(engine_task.run(
         subscriber,
@@ -369,6 +381,7 @@ where
         give_up_after_ns: i64::try_from(section.give_up_after.as_nanos()).unwrap_or(i64::MAX),
         concurrency: section.max_concurrent_sends.max(1),
         wake: outbox_wake,
+        figures: figures.clone(),
     };
     tasks.spawn(sender.run(stop));
     Ok(Alerting {
@@ -377,6 +390,7 @@ where
             store,
             rules: rules_status,
         },
+        figures,
         tasks,
     })
 }
@@ -395,6 +409,8 @@ struct EngineTask<S> {
     cursor_saved_at: tokio::time::Instant,
     silences_changed: bool,
     outbox_wake: Arc<Notify>,
+    figures: Arc<AlertingFigures>,
+    history_retention_ns: i64,
 }
 
 impl<S: AlertingStore + StateStore> EngineTask<S> {
@@ -409,6 +425,8 @@ impl<S: AlertingStore + StateStore> EngineTask<S> {
         let mut stamp = dir_stamp(&self.dir);
         let mut check_dir = tokio::time::interval(self.reload_interval);
         check_dir.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut expire = tokio::time::interval(EXPIRE_EVERY);
+        expire.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut feed_open = true;
         let mut registry_open = true;
         loop {
@@ -430,6 +448,7 @@ impl<S: AlertingStore + StateStore> EngineTask<S> {
                         for event in &batch.events {
                             self.engine.observe(&batch.agent_id, event, now);
                         }
+                        self.figures.evaluated(batch.events.len());
                         self.cursor = self.cursor.max(batch.end());
                     }
                     Ok(Some(FeedItem::Missed(events))) => {
@@ -437,6 +456,7 @@ impl<S: AlertingStore + StateStore> EngineTask<S> {
                         for e in &events {
                             self.engine.observe(&e.agent_id, &e.event, now);
                         }
+                        self.figures.evaluated(events.len());
                         if let Some(last) = events.last() {
                             self.cursor = self.cursor.max(last.cursor.advance(1));
                         }
@@ -473,6 +493,7 @@ impl<S: AlertingStore + StateStore> EngineTask<S> {
                         let _ = self.reload();
                     }
                 }
+                _ = expire.tick() => self.expire(),
                 () = tokio::time::sleep(wake_in) => {}
             }
             self.engine.tick(now_ns());
@@ -509,6 +530,18 @@ impl<S: AlertingStore + StateStore> EngineTask<S> {
         }
     }
 
+    /// Deletes history, sent or failed notifications and ended silences older than
+    /// `history_retention`, off the engine's thread; a failure is retried at the next interval.
+    fn expire(&self) {
+        let cutoff = now_ns().saturating_sub(self.history_retention_ns);
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || match store.expire_alerting(cutoff) {
+            Ok(0) => {}
+            Ok(deleted) => info!(deleted, "old alert history and notifications deleted"),
+            Err(e) => warn!(error = %e, "could not delete old alert history; trying again later"),
+        });
+    }
+
     fn reload(&mut self) -> Result<RulesStatus, Vec<String>> {
         let now = now_ns();
         let mut status = self
@@ -522,6 +555,7 @@ impl<S: AlertingStore + StateStore> EngineTask<S> {
                 status.last_error = None;
                 status.last_error_ns = None;
                 info!(rules = rules.len(), "rules reloaded");
+                self.figures.reloaded(Ok(rules.len()));
                 self.engine.reload(rules, now);
                 Ok(status.clone())
             }
@@ -529,6 +563,7 @@ impl<S: AlertingStore + StateStore> EngineTask<S> {
                 for e in &errors {
                     warn!(error = %e, "the rules were not reloaded; the previous ones keep running");
                 }
+                self.figures.reloaded(Err(()));
                 status.last_error = Some(errors.clone());
                 status.last_error_ns = Some(now);
                 Err(errors)
@@ -548,6 +583,9 @@ impl<S: AlertingStore + StateStore> EngineTask<S> {
             && self.cursor_saved_at.elapsed() >= CURSOR_EVERY;
         if outcome.is_empty() && !self.silences_changed && !cursor_due {
             return;
+        }
+        if !outcome.alerts.is_empty() || !outcome.removed.is_empty() {
+            self.figures.alerts(self.engine.alerts());
         }
         let silences = self
             .silences_changed
@@ -585,6 +623,7 @@ struct Outbox<S> {
     give_up_after_ns: i64,
     concurrency: usize,
     wake: Arc<Notify>,
+    figures: Arc<AlertingFigures>,
 }
 
 impl<S: AlertingStore> Outbox<S> {
@@ -616,6 +655,7 @@ impl<S: AlertingStore> Outbox<S> {
                 let receivers = self.receivers.clone();
                 let store = self.store.clone();
                 let give_up = self.give_up_after_ns;
+                let figures = self.figures.clone();
                 sends.spawn(async move {
                     let attempt = match receivers.deliver(&entry.message).await {
                         Ok(()) => Attempt::Sent { at_ns: now_ns() },
@@ -641,6 +681,7 @@ impl<S: AlertingStore> Outbox<S> {
                             }
                         }
                     };
+                    figures.attempted(&attempt);
                     match &attempt {
                         Attempt::Sent { .. } => info!(id = entry.id, receiver = %entry.message.receiver, "notification sent"),
                         Attempt::Retry { error, .. } => warn!(id = entry.id, receiver = %entry.message.receiver, %error, "notification not sent; trying again later"),

@@ -199,6 +199,7 @@ pub fn aggregator_figures(
     writer: &crate::store::WriterStats,
     retention: &crate::store::retention::RetentionFigures,
     store_bytes: u64,
+    alerting: Option<&crate::alerts::AlertingSnapshot>,
 ) -> Vec<Figure> {
     let counter = |name, help, value| Figure {
         name,
@@ -221,7 +222,7 @@ pub fn aggregator_figures(
         value,
         kind: Kind::Counter,
     };
-    vec![
+    let mut figures = vec![
         Figure {
             name: "outpost_agents_connected",
             help: "Agents with an established session now.",
@@ -326,6 +327,76 @@ pub fn aggregator_figures(
             value: store_bytes,
             kind: Kind::Gauge,
         },
+    ];
+    if let Some(a) = alerting {
+        figures.extend(alerting_figures(a));
+    }
+    figures
+}
+
+/// Alerting's figures: rules, alerts by state, events evaluated and notification attempts.
+fn alerting_figures(a: &crate::alerts::AlertingSnapshot) -> Vec<Figure> {
+    let gauge = |name, help, label, value| Figure {
+        name,
+        help,
+        label,
+        value,
+        kind: Kind::Gauge,
+    };
+    let counter = |name, help, label, value| Figure {
+        name,
+        help,
+        label,
+        value,
+        kind: Kind::Counter,
+    };
+    let attempts = |outcome, value| {
+        counter(
+            "outpost_notification_attempts_total",
+            "Attempts to send a notification, by outcome: sent, retry (a network error, 429 or \
+             5xx; tried again later) or failed (another error, or given up).",
+            Some(("outcome", outcome)),
+            value,
+        )
+    };
+    let alerts = |state, value| {
+        gauge(
+            "outpost_alerts",
+            "Alerts the rules hold now, by state.",
+            Some(("state", state)),
+            value,
+        )
+    };
+    vec![
+        gauge(
+            "outpost_rules_loaded",
+            "Rules the alerting engine runs.",
+            None,
+            a.rules,
+        ),
+        counter(
+            "outpost_rule_reloads_total",
+            "Rule reloads that took.",
+            None,
+            a.reloads,
+        ),
+        counter(
+            "outpost_rule_reload_failures_total",
+            "Rule reloads refused for a bad file (the previous rules kept running).",
+            None,
+            a.reload_failures,
+        ),
+        counter(
+            "outpost_rule_events_evaluated_total",
+            "Committed events the alerting engine evaluated.",
+            None,
+            a.events_evaluated,
+        ),
+        alerts("pending", a.pending),
+        alerts("firing", a.firing),
+        attempts("sent", a.sent),
+        attempts("retry", a.retried),
+        attempts("failed", a.failed),
     ]
 }
 

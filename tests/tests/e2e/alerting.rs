@@ -279,6 +279,24 @@ fn rules_notify_firing_and_resolved_inhibit_and_survive_a_kill_with_a_notificati
             .iter()
             .any(|r| r.answered == 503 && r.body["groupLabels"]["alertname"] == "ssh-brute-force")
     });
+    // /metrics counts the refused attempt and the firing alerts.
+    let metrics_url = format!("{}/metrics", aggregator.api_url());
+    env.wait_until("/metrics to count the retried notification", || {
+        let text = reqwest::blocking::get(&metrics_url)
+            .and_then(reqwest::blocking::Response::text)
+            .unwrap_or_default();
+        sample(
+            &text,
+            "outpost_notification_attempts_total{outcome=\"retry\"}",
+        ) >= 1.0
+            && sample(
+                &text,
+                "outpost_notification_attempts_total{outcome=\"sent\"}",
+            ) >= 3.0
+            && sample(&text, "outpost_alerts{state=\"firing\"}") >= 1.0
+            && sample(&text, "outpost_rules_loaded") >= 3.0
+            && sample(&text, "outpost_rule_events_evaluated_total") >= 8.0
+    });
     aggregator.kill9();
     receiver.status.store(200, Ordering::SeqCst);
     aggregator.restart();
@@ -316,6 +334,14 @@ fn rules_notify_firing_and_resolved_inhibit_and_survive_a_kill_with_a_notificati
         "the restart notified a firing alert again: {by_alert:?}"
     );
     assert_eq!(count(&delivered, "muted-marker", "firing"), 0);
+}
+
+/// The value of the sample `series` (name and labels, as written) in a /metrics text; 0 when it
+/// is not there.
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
 }
 
 fn free_port() -> u16 {

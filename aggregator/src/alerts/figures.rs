@@ -1,0 +1,139 @@
+//! What `/metrics` shows of alerting: events evaluated, alerts pending and firing, rule reloads
+//! and notification attempts by outcome. The engine and outbox tasks count; a scrape reads a
+//! [`AlertingSnapshot`].
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::rules::engine::AlertRecord;
+use crate::rules::lifecycle::AlertState;
+use crate::store::alerting::Attempt;
+
+/// Counters and levels shared by the alerting tasks.
+#[derive(Debug, Default)]
+pub struct AlertingFigures {
+    events_evaluated: AtomicU64,
+    pending: AtomicU64,
+    firing: AtomicU64,
+    rules: AtomicU64,
+    reloads: AtomicU64,
+    reload_failures: AtomicU64,
+    sent: AtomicU64,
+    retried: AtomicU64,
+    failed: AtomicU64,
+}
+
+/// The figures at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AlertingSnapshot {
+    pub events_evaluated: u64,
+    pub pending: u64,
+    pub firing: u64,
+    pub rules: u64,
+    pub reloads: u64,
+    pub reload_failures: u64,
+    pub sent: u64,
+    pub retried: u64,
+    pub failed: u64,
+}
+
+impl AlertingFigures {
+    pub fn evaluated(&self, events: usize) {
+        self.events_evaluated
+            .fetch_add(events as u64, Ordering::Relaxed);
+    }
+
+    pub fn rules_loaded(&self, rules: usize) {
+        self.rules.store(rules as u64, Ordering::Relaxed);
+    }
+
+    /// Counts a reload: `Ok(rules)` when it took, `Err` when the previous rules kept running.
+    pub fn reloaded(&self, result: Result<usize, ()>) {
+        match result {
+            Ok(rules) => {
+                self.reloads.fetch_add(1, Ordering::Relaxed);
+                self.rules_loaded(rules);
+            }
+            Err(()) => {
+                self.reload_failures.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Takes the levels of pending and firing alerts from every record the engine holds.
+    pub fn alerts<'a>(&self, records: impl Iterator<Item = &'a AlertRecord>) {
+        let (mut pending, mut firing) = (0, 0);
+        for r in records {
+            match r.state {
+                AlertState::Pending { .. } => pending += 1,
+                AlertState::Firing { .. } => firing += 1,
+                AlertState::Inactive => {}
+            }
+        }
+        self.pending.store(pending, Ordering::Relaxed);
+        self.firing.store(firing, Ordering::Relaxed);
+    }
+
+    /// Counts one attempt to send a notification by its outcome.
+    pub fn attempted(&self, attempt: &Attempt) {
+        let counter = match attempt {
+            Attempt::Sent { .. } => &self.sent,
+            Attempt::Retry { .. } => &self.retried,
+            Attempt::Failed { .. } => &self.failed,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> AlertingSnapshot {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        AlertingSnapshot {
+            events_evaluated: get(&self.events_evaluated),
+            pending: get(&self.pending),
+            firing: get(&self.firing),
+            rules: get(&self.rules),
+            reloads: get(&self.reloads),
+            reload_failures: get(&self.reload_failures),
+            sent: get(&self.sent),
+            retried: get(&self.retried),
+            failed: get(&self.failed),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_attempts_reloads_and_alert_states() {
+        let f = AlertingFigures::default();
+        f.rules_loaded(16);
+        f.evaluated(10);
+        f.evaluated(5);
+        f.reloaded(Ok(17));
+        f.reloaded(Err(()));
+        f.attempted(&Attempt::Sent { at_ns: 1 });
+        f.attempted(&Attempt::Retry {
+            retry_at_ns: 2,
+            error: "503".to_owned(),
+        });
+        f.attempted(&Attempt::Failed {
+            error: "400".to_owned(),
+        });
+        f.attempted(&Attempt::Sent { at_ns: 3 });
+        let s = f.snapshot();
+        assert_eq!(
+            s,
+            AlertingSnapshot {
+                events_evaluated: 15,
+                pending: 0,
+                firing: 0,
+                rules: 17,
+                reloads: 1,
+                reload_failures: 1,
+                sent: 2,
+                retried: 1,
+                failed: 1,
+            }
+        );
+    }
+}
