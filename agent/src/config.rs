@@ -102,6 +102,10 @@ pub struct AggregatorSection {
     pub connect_timeout: Duration,
     /// Probe for a larger path MTU. Turn off on tunnels that drop large packets.
     pub mtu_discovery: bool,
+    /// An enrollment token (`outpost-enroll-…`) to enroll with when the agent starts without a
+    /// certificate; removed once the agent is enrolled, as it is a secret. The environment
+    /// variable `OUTPOST_ENROLL_TOKEN`, holding a token, is used before this file.
+    pub enroll_token: PathBuf,
 }
 
 impl Default for AggregatorSection {
@@ -116,6 +120,7 @@ impl Default for AggregatorSection {
             idle_timeout: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(10),
             mtu_discovery: true,
+            enroll_token: PathBuf::from("/etc/outpost/enroll.token"),
         }
     }
 }
@@ -227,7 +232,24 @@ impl Validated {
 /// Loads and validates `path`.
 pub fn load(path: &Path) -> Result<Validated, ConfigError> {
     let config: AgentConfig = load_toml(path)?;
-    validate(path, config)
+    validate(path, None, config)
+}
+
+/// Loads `path` without requiring an aggregator, as before enrollment: only its syntax, its
+/// types and the log settings are checked.
+pub fn load_unenrolled(path: &Path) -> Result<AgentConfig, ConfigError> {
+    let config: AgentConfig = load_toml(path)?;
+    config
+        .log
+        .validate()
+        .map_err(|m| ConfigError::invalid(path, m))?;
+    Ok(config)
+}
+
+/// Validates `text`, the content `path` is about to get.
+pub fn check_text(path: &Path, text: &str) -> Result<Validated, ConfigError> {
+    let config: AgentConfig = outpost_common::config::parse_toml(path, text)?;
+    validate(path, Some(text), config)
 }
 
 fn located(
@@ -247,7 +269,13 @@ fn located(
     }
 }
 
-fn validate(path: &Path, config: AgentConfig) -> Result<Validated, ConfigError> {
+/// Validates `config`, read from `path`; `text` is its content when it is not (yet) the file's,
+/// for locating errors.
+fn validate(
+    path: &Path,
+    text: Option<&str>,
+    config: AgentConfig,
+) -> Result<Validated, ConfigError> {
     let invalid = |m: String| ConfigError::invalid(path, m);
     outpost_common::wire::check_labels(&config.label_pairs())
         .map_err(|m| invalid(format!("labels: {m}")))?;
@@ -258,7 +286,9 @@ fn validate(path: &Path, config: AgentConfig) -> Result<Validated, ConfigError> 
                 .to_owned(),
         ));
     };
-    let text = std::fs::read_to_string(path).ok();
+    let text = text
+        .map(str::to_owned)
+        .or_else(|| std::fs::read_to_string(path).ok());
     let parsed = parse_quic_uri(endpoint.get_ref()).map_err(|m| {
         located(
             path,

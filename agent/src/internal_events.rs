@@ -113,6 +113,53 @@ impl InternalEvent<Telemetry> for BatchAcked {
     }
 }
 
+/// The agent's certificate was renewed: the new key and certificate are on disk and the next
+/// connection presents them.
+#[derive(Debug)]
+pub struct CertificateRenewed<'a> {
+    pub serial: &'a str,
+    pub not_after_ns: i64,
+}
+
+impl InternalEvent<Telemetry> for CertificateRenewed<'_> {
+    const NAME: &'static str = "certificate_renewed";
+
+    fn emit(self, t: &Telemetry) {
+        t.add(Counter::CertRenewals, 1);
+        t.record_certificate(self.not_after_ns);
+        info!(
+            serial = self.serial,
+            not_after = %outpost_common::time::format_rfc3339(self.not_after_ns),
+            "certificate renewed; reconnecting with it"
+        );
+    }
+}
+
+/// An attempt to renew the certificate failed; the next is in `retry_in`. The status reports
+/// the error until a renewal succeeds.
+#[derive(Debug)]
+pub struct CertificateRenewalFailed<'a> {
+    pub error: &'a str,
+    pub retry_in: Duration,
+    /// When the certificate in use expires.
+    pub not_after_ns: i64,
+}
+
+impl InternalEvent<Telemetry> for CertificateRenewalFailed<'_> {
+    const NAME: &'static str = "certificate_renewal_failed";
+
+    fn emit(self, t: &Telemetry) {
+        t.add(Counter::CertRenewalFailures, 1);
+        t.record_renewal_error(self.error.to_owned());
+        warn!(
+            error = self.error,
+            retry_in = ?self.retry_in,
+            expires = %outpost_common::time::format_rfc3339(self.not_after_ns),
+            "cannot renew the certificate"
+        );
+    }
+}
+
 /// The aggregator refused a batch for good; its events are dropped and counted as
 /// `rejected_by_aggregator`.
 #[derive(Debug)]

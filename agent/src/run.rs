@@ -12,7 +12,7 @@ use tracing::info;
 use crate::config::Validated;
 use crate::host;
 use crate::internal_events::SpoolReporter;
-use crate::ship::{ShipConfig, Shipper};
+use crate::ship::{RenewalConfig, ShipConfig, Shipper};
 use crate::sources::{self, Running};
 use crate::spool::writer::{Reopen, spawn_reopening};
 use crate::spool::{Spool, SpoolConfig, Statvfs, TroubleKind};
@@ -34,11 +34,23 @@ pub fn run(v: Validated) -> anyhow::Result<()> {
     let key = tls::load_key(&a.key)?;
     let identity = tls::identity_from_cert(&chain[0])
         .with_context(|| format!("{}: not an Outpost agent certificate", a.cert.display()))?;
+    let validity = crate::identity::validity(&chain[0])
+        .map_err(|e| anyhow::anyhow!("{}: cannot read its validity: {e}", a.cert.display()))?;
     let settings = tls::QuicSettings {
         idle_timeout: a.idle_timeout,
         keep_alive: Some(a.keep_alive),
         max_concurrent_bidi_streams: 0,
         mtu_discovery: a.mtu_discovery,
+    };
+    let renewal = RenewalConfig {
+        agent_id: identity.agent_id.clone(),
+        pair: crate::identity::PairPaths {
+            key: a.key.clone(),
+            cert: a.cert.clone(),
+        },
+        ca: ca.clone(),
+        settings: settings.clone(),
+        current: validity,
     };
     let client = tls::client_config(&ca, chain, key, &settings)?;
 
@@ -122,6 +134,7 @@ pub fn run(v: Validated) -> anyhow::Result<()> {
                 max_batch_events: u32::try_from(c.spool.max_batch_events).unwrap_or(u32::MAX),
                 shutdown_grace: SHUTDOWN_GRACE,
                 labels: c.label_pairs(),
+                renewal: Some(renewal),
             },
             spool.clone(),
             telemetry.clone(),

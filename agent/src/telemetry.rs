@@ -30,6 +30,8 @@ pub struct Telemetry {
     log_sources: Mutex<BTreeMap<String, crate::collectors::logs::files::SourceStats>>,
     /// Time from sending a batch to its acknowledgement, in microseconds.
     ack_latency_us: Mutex<Option<hdrhistogram::Histogram<u64>>>,
+    /// The certificate in use and the last renewal error.
+    certificate: Mutex<CertificateStatus>,
     recorder: Recorder,
 }
 
@@ -71,7 +73,20 @@ outpost_common::counters! {
         fim_rescans => FimRescans,
         /// Paths a file-integrity scan could not read (their baseline was kept).
         fim_unreadable => FimUnreadable,
+        /// Certificates renewed.
+        cert_renewals => CertRenewals,
+        /// Attempts to renew the certificate that failed.
+        cert_renewal_failures => CertRenewalFailures,
     }
+}
+
+/// The agent's certificate as its status reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CertificateStatus {
+    /// When it expires, nanoseconds since the epoch; 0 when unknown.
+    pub not_after_ns: i64,
+    /// Why the last renewal attempt failed, until one succeeds.
+    pub renewal_error: Option<String>,
 }
 
 /// Percentiles of the acknowledgement latency.
@@ -184,6 +199,32 @@ impl Telemetry {
             })
     }
 
+    /// Records the certificate in use (at start, and when renewed, which clears the last
+    /// renewal error).
+    pub(crate) fn record_certificate(&self, not_after_ns: i64) {
+        *self.cert() = CertificateStatus {
+            not_after_ns,
+            renewal_error: None,
+        };
+    }
+
+    /// Records why a renewal attempt failed.
+    pub(crate) fn record_renewal_error(&self, error: String) {
+        self.cert().renewal_error = Some(error);
+    }
+
+    /// The certificate in use and the last renewal error.
+    pub fn certificate(&self) -> CertificateStatus {
+        self.cert().clone()
+    }
+
+    fn cert(&self) -> std::sync::MutexGuard<'_, CertificateStatus> {
+        // A panic while holding this lock cannot leave the status inconsistent: recover it.
+        self.certificate
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// The collectors failing now.
     pub fn collector_errors(&self) -> Vec<CollectorError> {
         self.errors().clone()
@@ -263,6 +304,7 @@ impl Telemetry {
     /// The agent's status now, from these counters and the spool's.
     pub fn status(&self, spool: &SpoolStats) -> AgentStatus {
         let c = self.counters();
+        let cert = self.certificate();
         AgentStatus {
             time_ns: now_ns(),
             agent_version: outpost_common::VERSION.to_owned(),
@@ -277,6 +319,8 @@ impl Telemetry {
             drops: spool.drops.clone(),
             collector_errors: self.collector_errors_with(spool),
             logs: self.log_status(),
+            cert_not_after_ns: cert.not_after_ns,
+            cert_renewal_error: cert.renewal_error,
         }
     }
 

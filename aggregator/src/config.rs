@@ -28,7 +28,30 @@ pub struct AggregatorConfig {
     pub store: StoreSection,
     pub api: ApiSection,
     pub alerting: crate::alerts::AlertingSection,
+    pub enroll: EnrollSection,
     pub log: LogConfig,
+}
+
+/// `[enroll]`: agents enrolling with a token, and renewing their certificates.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EnrollSection {
+    /// Answer enrollment connections (agents with a token from `token create --enroll`). When
+    /// off, they are refused, and renewals too; certificates come from `pki issue-agent` only.
+    pub enabled: bool,
+    /// Validity of the certificates issued at enrollment and renewal; at least 1 minute.
+    /// Agents renew before it runs out, so a short one limits how long a stolen key is worth.
+    #[serde(with = "humantime_serde")]
+    pub agent_validity: Duration,
+}
+
+impl Default for EnrollSection {
+    fn default() -> Self {
+        EnrollSection {
+            enabled: true,
+            agent_validity: Duration::from_secs(30 * 24 * 3600),
+        }
+    }
 }
 
 /// `[store]`: how the embedded store keeps what it stores.
@@ -61,6 +84,7 @@ impl Default for AggregatorConfig {
             store: StoreSection::default(),
             api: ApiSection::default(),
             alerting: crate::alerts::AlertingSection::default(),
+            enroll: EnrollSection::default(),
             log: LogConfig::default(),
         }
     }
@@ -325,6 +349,12 @@ pub fn load(path: &Path) -> Result<Validated, ConfigError> {
             "ingest.handshake_timeout and ingest.idle_timeout must be above zero".into(),
         ));
     }
+    if config.enroll.agent_validity < Duration::from_secs(60) {
+        return Err(invalid(format!(
+            "enroll.agent_validity must be at least 1 minute (found {})",
+            humantime::format_duration(config.enroll.agent_validity)
+        )));
+    }
     let f = &config.fleet;
     if f.heartbeat_interval.is_zero() || f.offline_after <= f.heartbeat_interval {
         return Err(invalid(format!(
@@ -445,6 +475,8 @@ mod tests {
         assert_eq!(v.api_listen.to_string(), *d.api.listen.get_ref());
         assert_eq!(v.config.api.max_body, d.api.max_body);
         assert_eq!(v.config.api.request_timeout, d.api.request_timeout);
+        assert_eq!(v.config.enroll.agent_validity, d.enroll.agent_validity);
+        assert_eq!(v.config.enroll.enabled, d.enroll.enabled);
         assert_eq!(
             v.config.api.requests_per_sec_per_token,
             d.api.requests_per_sec_per_token
@@ -465,6 +497,19 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("above zero"), "{e}");
+    }
+
+    #[test]
+    fn the_enrolled_certificates_validity_is_at_least_a_minute() {
+        let v = load(write("[enroll]\nagent_validity = \"1m\"\n").path()).unwrap();
+        assert_eq!(v.config.enroll.agent_validity, Duration::from_secs(60));
+        let e = load(write("[enroll]\nagent_validity = \"59s\"\n").path())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("enroll.agent_validity must be at least 1 minute"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -73,6 +73,17 @@ outpost_common::counters! {
         tls_reloads => TlsReloads,
         /// TLS reloads that failed (the previous files stay in use).
         tls_reload_failures => TlsReloadFailures,
+        /// Certificates issued to enrolling agents.
+        enrollments_issued => EnrollmentsIssued,
+        /// Enrollment requests refused (bad token, id held, bad signing request, replay...).
+        enrollments_refused => EnrollmentsRefused,
+        /// Enrollment connections that sent no valid EnrollRequest in time (garbage, another
+        /// message, nothing).
+        enrollments_malformed => EnrollmentsMalformed,
+        /// Certificates issued to agents renewing over their connection.
+        renewals_issued => RenewalsIssued,
+        /// Renewal requests refused.
+        renewals_refused => RenewalsRefused,
     }
 }
 
@@ -581,6 +592,102 @@ impl InternalEvent<Telemetry> for TlsReloadFailed<'_> {
     }
 }
 
+/// What an agent asked a certificate for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertificateRequest {
+    /// Enrollment, with a token, on an enrollment connection.
+    Enroll,
+    /// Renewal, on the agent's authenticated connection.
+    Renew,
+}
+
+/// An enrollment or renewal was answered: a certificate, or a refusal (also in the audit log).
+#[derive(Debug)]
+pub struct CertificateAnswered<'a> {
+    pub request: CertificateRequest,
+    pub remote: SocketAddr,
+    /// As the agent asked (for an enrollment, not yet validated).
+    pub agent_id: &'a str,
+    /// `None`: issued, valid until `not_after_ns`.
+    pub refusal: Option<&'a crate::enroll::Refusal>,
+    pub not_after_ns: i64,
+}
+
+impl<'a> CertificateAnswered<'a> {
+    /// The event of `outcome`, the answer to `request` from `agent_id` at `remote`.
+    pub fn new(
+        request: CertificateRequest,
+        remote: SocketAddr,
+        agent_id: &'a str,
+        outcome: &'a crate::enroll::Outcome,
+    ) -> Self {
+        CertificateAnswered {
+            request,
+            remote,
+            agent_id,
+            refusal: outcome.as_ref().err(),
+            not_after_ns: outcome.as_ref().map_or(0, |i| i.not_after_ns),
+        }
+    }
+}
+
+impl InternalEvent<Telemetry> for CertificateAnswered<'_> {
+    const NAME: &'static str = "certificate_answered";
+
+    fn emit(self, t: &Telemetry) {
+        // The id is the peer's to choose: quoted and cut short.
+        let agent_id: String = format!("{:?}", self.agent_id).chars().take(140).collect();
+        let remote = self.remote;
+        let what = match self.request {
+            CertificateRequest::Enroll => "enrollment",
+            CertificateRequest::Renew => "renewal",
+        };
+        match (self.request, self.refusal) {
+            (request, None) => {
+                t.add(
+                    match request {
+                        CertificateRequest::Enroll => Counter::EnrollmentsIssued,
+                        CertificateRequest::Renew => Counter::RenewalsIssued,
+                    },
+                    1,
+                );
+                let not_after = outpost_common::time::format_rfc3339(self.not_after_ns);
+                info!(agent_id, %remote, what, %not_after, "agent certificate issued");
+            }
+            (request, Some(refusal)) => {
+                t.add(
+                    match request {
+                        CertificateRequest::Enroll => Counter::EnrollmentsRefused,
+                        CertificateRequest::Renew => Counter::RenewalsRefused,
+                    },
+                    1,
+                );
+                if let Some(suppressed) = t.may_log("certificate refused") {
+                    warn!(agent_id, %remote, what, refusal = refusal.kind(), reason = %refusal, suppressed, "agent certificate refused");
+                }
+            }
+        }
+    }
+}
+
+/// An enrollment connection sent no valid EnrollRequest in time; it is closed, never admitted.
+#[derive(Debug)]
+pub struct EnrollmentMalformed<'a> {
+    pub remote: SocketAddr,
+    pub reason: &'a str,
+}
+
+impl InternalEvent<Telemetry> for EnrollmentMalformed<'_> {
+    const NAME: &'static str = "enrollment_malformed";
+
+    fn emit(self, t: &Telemetry) {
+        t.add(Counter::EnrollmentsMalformed, 1);
+        if let Some(suppressed) = t.may_log("enrollment malformed") {
+            warn!(remote = %self.remote, reason = self.reason, suppressed, "closed an enrollment connection: no valid request");
+        }
+    }
+}
+
 /// What ingest has done since the start: logged every minute when something changed, and at
 /// shutdown.
 #[derive(Debug)]
@@ -620,6 +727,11 @@ impl InternalEvent<Telemetry> for IngestSummary {
             store_failures = c.store_failures,
             tls_reloads = c.tls_reloads,
             tls_reload_failures = c.tls_reload_failures,
+            enrollments_issued = c.enrollments_issued,
+            enrollments_refused = c.enrollments_refused,
+            enrollments_malformed = c.enrollments_malformed,
+            renewals_issued = c.renewals_issued,
+            renewals_refused = c.renewals_refused,
             fim_trail_breaks = self.fim_trail_breaks,
             "{}",
             if self.last {

@@ -5,10 +5,12 @@
 //! after commit) → [`fleet`] status. Ingest reports what it does through typed
 //! [`internal_events`]. [`pki`] makes the certificates; [`run`] wires it together.
 
+pub mod agents_cli;
 pub mod alerts;
 pub mod alerts_cli;
 pub mod api;
 pub mod config;
+pub mod enroll;
 pub mod fim;
 pub mod fleet;
 pub mod ingest;

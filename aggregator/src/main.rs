@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use outpost_aggregator::{
-    alerts_cli, config, fim, pki, quickstart, remote, rules_cli, status, token_cli,
+    agents_cli, alerts_cli, config, fim, pki, quickstart, remote, rules_cli, status, token_cli,
 };
 
 /// Exit status for usage and configuration errors (EX_USAGE).
@@ -143,9 +143,13 @@ enum Command {
     /// The alerting rules.
     #[command(subcommand)]
     Rules(RulesCommand),
-    /// API tokens: create (shown once), list, revoke.
+    /// API tokens and enrollment tokens: create (shown once), list, revoke.
     #[command(subcommand)]
     Token(token_cli::TokenCommand),
+    /// Agents on this host's PKI and store: remove one (revoking its certificates), list
+    /// certificates.
+    #[command(subcommand)]
+    Agents(agents_cli::AgentsCommand),
     /// Manage certificates: the CA, the server certificate, agent certificates, revocations.
     #[command(subcommand)]
     Pki(pki::PkiCommand),
@@ -327,6 +331,14 @@ fn main() -> ExitCode {
             };
             let now = outpost_common::time::now_ns();
             token_cli::run(&v, cmd, &mut std::io::stdout().lock(), now)
+        }
+        Command::Agents(cmd) => {
+            let v = match load(&cli.config) {
+                Ok(v) => v,
+                Err(code) => return code,
+            };
+            let now = outpost_common::time::now_ns();
+            agents_cli::run(&v, cmd, &mut std::io::stdout().lock(), now)
         }
         Command::Fim(cmd) => {
             let v = match load(&cli.config) {

@@ -84,6 +84,16 @@ pub fn run(v: Validated) -> anyhow::Result<()> {
         } else {
             None
         };
+        let enroller = c.enroll.enabled.then(|| {
+            Arc::new(crate::enroll::Enroller::new(
+                store.clone(),
+                crate::enroll::EnrollConfig {
+                    pki_dir: c.tls.dir.clone(),
+                    agent_validity: c.enroll.agent_validity,
+                    offline_after: c.fleet.offline_after,
+                },
+            ))
+        });
         let ingest = Ingest::bind(
             v.listen,
             TlsFiles {
@@ -104,6 +114,7 @@ pub fn run(v: Validated) -> anyhow::Result<()> {
                     .unwrap_or(usize::MAX),
             },
             writer,
+            enroller,
             &reset_key,
         )?;
         let addr = ingest.local_addr().context("cannot read the bound address")?;
@@ -126,14 +137,20 @@ pub fn run(v: Validated) -> anyhow::Result<()> {
             let alerting_figures = alerting.as_ref().map(|a| a.figures.clone());
             api.metrics
                 .register(Box::new(retention_progress.histogram()));
+            let handle = ingest.handle();
+            api.set_ingest(handle.clone());
             api.metrics.set_source(Box::new(move || {
-                crate::api::metrics::aggregator_figures(
+                let mut figures = crate::api::metrics::aggregator_figures(
                     &telemetry.counters(),
                     &writer_figures.snapshot(),
                     &retention_progress.snapshot(),
                     crate::api::metrics::store_bytes(&store_path),
                     alerting_figures.as_ref().map(|f| f.snapshot()).as_ref(),
-                )
+                );
+                figures.push(crate::api::metrics::server_certificate_figure(
+                    handle.server_certificate_not_after_ns(),
+                ));
+                figures
             }));
             Some((api, server))
         } else {

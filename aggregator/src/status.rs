@@ -34,6 +34,27 @@ pub fn render(v: &Validated, json: bool) -> anyhow::Result<String> {
     Ok(if json {
         fleet::render_json(&entries)
     } else {
-        fleet::render_table(&entries, now)
+        let mut text = fleet::render_table(&entries, now);
+        if let Some(line) = server_certificate_line(&v.config.tls.cert(), now) {
+            text.push_str(&line);
+        }
+        text
+    })
+}
+
+/// `server certificate: valid until …` (or expired), from the file the aggregator serves.
+fn server_certificate_line(path: &std::path::Path, now_ns: i64) -> Option<String> {
+    let chain = outpost_common::tls::load_certs(path).ok()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(chain.first()?.as_ref()).ok()?;
+    let not_after = cert
+        .validity()
+        .not_after
+        .timestamp()
+        .saturating_mul(1_000_000_000);
+    let at = outpost_common::time::format_rfc3339(not_after);
+    Some(if not_after <= now_ns {
+        format!("\nserver certificate: EXPIRED at {at}; agents cannot connect (pki issue-server)\n")
+    } else {
+        format!("\nserver certificate: valid until {at}\n")
     })
 }

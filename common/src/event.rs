@@ -395,6 +395,14 @@ pub struct AgentStatus {
     /// The log file sources at a glance (absent from statuses stored before protocol 4).
     #[serde(default)]
     pub logs: LogStatus,
+    /// When the agent's certificate expires, nanoseconds since the epoch; 0 when unknown
+    /// (statuses stored before protocol 8). It changes when the agent renews the certificate.
+    #[serde(default)]
+    pub cert_not_after_ns: i64,
+    /// Why the last attempt to renew the certificate failed; `None` when it has not failed
+    /// since the agent started or last renewed it.
+    #[serde(default)]
+    pub cert_renewal_error: Option<String>,
 }
 
 /// The agent's log file sources at a glance.

@@ -5,6 +5,7 @@
 //!
 //! - [`event`]: what is collected (metrics, logs, file-integrity changes, agent status).
 //! - [`wire`]: the framed protocol spoken over QUIC, behind [`wire::encode`] and [`wire::decode`].
+//! - [`enroll`]: enrollment tokens, and the messages of enrollment and certificate renewal.
 //! - [`tls`]: the one place that builds TLS configurations and reads certificate identities.
 //! - [`config`]: TOML loading with file, line and column in errors; URI validation.
 //! - [`time`]: nanosecond timestamps.
@@ -19,6 +20,7 @@
 //! ```
 
 pub mod config;
+pub mod enroll;
 pub mod event;
 pub mod logging;
 pub mod service;

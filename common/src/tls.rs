@@ -283,16 +283,27 @@ pub fn server_config(
             .only_check_end_entity_revocation()
             .allow_unknown_revocation_status();
     }
+    // A client without a certificate completes the handshake only to enroll
+    // ([`crate::enroll::ALPN`]); the aggregator refuses it anything else.
     let verifier = verifier
+        .allow_unauthenticated()
         .build()
         .map_err(|e| TlsError::Config(format!("client verifier: {e}")))?;
+    // The CA travels with the server's certificate, so that an enrolling agent can check it
+    // against the hash its token pins.
+    let mut chain = chain;
+    for cert in ca {
+        if !chain.contains(cert) {
+            chain.push(cert.clone());
+        }
+    }
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TlsError::Config(e.to_string()))?
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)
         .map_err(|e| TlsError::Config(format!("server certificate: {e}")))?;
-    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.alpn_protocols = vec![ALPN.to_vec(), crate::enroll::ALPN.to_vec()];
     tls.max_early_data_size = 0;
     let quic = QuicServerConfig::try_from(tls).map_err(|e| TlsError::Config(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
@@ -325,6 +336,115 @@ fn finish_client(
     let mut config = quinn::ClientConfig::new(Arc::new(quic));
     config.transport_config(transport(settings)?);
     Ok(config)
+}
+
+/// Whether an established connection is an enrollment one ([`crate::enroll::ALPN`]).
+pub fn is_enrollment(conn: &quinn::Connection) -> bool {
+    conn.handshake_data()
+        .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|d| d.protocol)
+        .is_some_and(|p| p == crate::enroll::ALPN)
+}
+
+/// The client configuration of an enrolling agent: no certificate, ALPN
+/// [`crate::enroll::ALPN`], and the aggregator verified against the CA whose SHA-256 the token
+/// pins — taken from the chain the aggregator sends — and the endpoint's name.
+pub fn pinned_client_config(
+    ca_sha256: [u8; 32],
+    settings: &QuicSettings,
+) -> Result<quinn::ClientConfig, TlsError> {
+    let provider = provider();
+    let verifier = Arc::new(PinnedCa {
+        pin: ca_sha256,
+        provider: provider.clone(),
+    });
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![crate::enroll::ALPN.to_vec()];
+    let quic = QuicClientConfig::try_from(tls).map_err(|e| TlsError::Config(e.to_string()))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(quic));
+    config.transport_config(transport(settings)?);
+    Ok(config)
+}
+
+/// Verifies a server against the CA in its own chain whose hash is pinned: the pin replaces
+/// the root store, and everything else (signatures, validity, key usage, the name) is checked
+/// as for any server.
+#[derive(Debug)]
+struct PinnedCa {
+    pin: [u8; 32],
+    provider: Arc<CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for PinnedCa {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls_pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let ca = intermediates
+            .iter()
+            .find(|c| crate::enroll::ca_sha256(c) == self.pin)
+            .ok_or_else(|| {
+                rustls::Error::General(
+                    "the aggregator's CA is not the one the token names (their SHA-256 differ): \
+                     the token is for another aggregator, or something is in the way"
+                        .to_owned(),
+                )
+            })?;
+        let roots =
+            roots(&[ca.clone().into_owned()]).map_err(|e| rustls::Error::General(e.to_string()))?;
+        let others: Vec<CertificateDer<'_>> =
+            intermediates.iter().filter(|c| *c != ca).cloned().collect();
+        rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            self.provider.clone(),
+        )
+        .build()
+        .map_err(|e| rustls::Error::General(e.to_string()))?
+        .verify_server_cert(end_entity, &others, server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
 }
 
 /// Configurations no deployment should use; they exist so tests can play a misbehaving peer.

@@ -26,17 +26,19 @@ use bincode::config::{self, Config};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use crate::enroll::{EnrollRequest, EnrollResponse, RenewRequest, RenewResponse};
 use crate::event::{AgentStatus, Event, HostFacts};
 
 /// The protocol version this build speaks. Version 2 added [`MetricPoint::unit`] and the
 /// `spool_write_failed` drop counter, version 3 the `disk_full` drop counter, version 4 the log
 /// sources in the agent's status ([`AgentStatus::logs`]), version 5 the file-integrity events'
 /// full state, moves, type changes and tamper-evident trail ([`FimEvent`]), version 7 compressed
-/// batches ([`PackedBatch`]).
+/// batches ([`PackedBatch`]), version 8 enrollment and certificate renewal
+/// ([`crate::enroll`]).
 ///
 /// [`MetricPoint::unit`]: crate::event::MetricPoint::unit
 /// [`FimEvent`]: crate::event::FimEvent
-pub const PROTOCOL_VERSION: u16 = 7;
+pub const PROTOCOL_VERSION: u16 = 8;
 
 /// The ALPN protocol identifier negotiated in the TLS handshake.
 pub const ALPN: &[u8] = b"outpost/1";
@@ -79,6 +81,14 @@ pub enum Message {
     Reject(Reject),
     Heartbeat(Heartbeat),
     PackedBatch(PackedBatch),
+    /// On an enrollment connection ([`crate::enroll::ALPN`]): the agent's request.
+    EnrollRequest(EnrollRequest),
+    /// On an enrollment connection: the aggregator's answer.
+    EnrollResponse(EnrollResponse),
+    /// On its own stream of an established connection: the agent asks for a new certificate.
+    RenewRequest(RenewRequest),
+    /// The aggregator's answer to [`Message::RenewRequest`].
+    RenewResponse(RenewResponse),
 }
 
 impl Message {
@@ -92,6 +102,10 @@ impl Message {
             Message::Reject(_) => "Reject",
             Message::Heartbeat(_) => "Heartbeat",
             Message::PackedBatch(_) => "PackedBatch",
+            Message::EnrollRequest(_) => "EnrollRequest",
+            Message::EnrollResponse(_) => "EnrollResponse",
+            Message::RenewRequest(_) => "RenewRequest",
+            Message::RenewResponse(_) => "RenewResponse",
         }
     }
 }
@@ -764,6 +778,8 @@ mod tests {
                         lost_bytes: bs,
                         lagging: vec![("/var/log/syslog".to_owned(), ea)],
                     },
+                    cert_not_after_ns: t,
+                    cert_renewal_error: (bb % 2 == 0).then(|| format!("refused {sb}")),
                 }
             })
     }

@@ -109,69 +109,136 @@ pub struct Agent {
     config: PathBuf,
 }
 
+/// An agent host that is not enrolled yet: its configuration names where the key, the
+/// certificate and the CA go (in the test's directory) but no aggregator, and none of those
+/// files exist. Made by [`Env::unenrolled_agent`]; `outpost-agent enroll` fills it in.
+#[derive(Debug, Clone)]
+pub struct UnenrolledAgent {
+    /// The name of its files in the test's directory (`agent-<name>.toml`, …).
+    pub name: String,
+    pub config: PathBuf,
+    pub data_dir: PathBuf,
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl UnenrolledAgent {
+    pub(crate) fn write(env: &Env, name: &str, options: &AgentOptions) -> UnenrolledAgent {
+        let tls = env.path().join(format!("agent-{name}-tls"));
+        let (ca, cert, key) = (
+            tls.join("ca.pem"),
+            tls.join("agent.pem"),
+            tls.join("agent.key"),
+        );
+        let aggregator = format!(
+            "ca = {}\ncert = {}\nkey = {}\n",
+            toml_string(&ca),
+            toml_string(&cert),
+            toml_string(&key)
+        );
+        let (config, data_dir) = write_config(env, name, &aggregator, options);
+        UnenrolledAgent {
+            name: name.to_owned(),
+            config,
+            data_dir,
+            ca,
+            cert,
+            key,
+        }
+    }
+}
+
+/// Writes `agent-<name>.toml` with the test timings, the `[aggregator]` settings given (the
+/// endpoint and TLS files) and `options`; returns its path and the data directory.
+fn write_config(
+    env: &Env,
+    name: &str,
+    aggregator: &str,
+    options: &AgentOptions,
+) -> (PathBuf, PathBuf) {
+    let data_dir = options
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| env.path().join(format!("agent-{name}")));
+    let config = env.path().join(format!("agent-{name}.toml"));
+    let mut spool = String::new();
+    if let Some(b) = &options.spool_max_bytes {
+        spool.push_str(&format!("max_bytes = \"{b}\"\n"));
+    }
+    if let Some(b) = &options.max_batch_bytes {
+        spool.push_str(&format!("max_batch_bytes = \"{b}\"\n"));
+    }
+    if let Some(b) = &options.reserve_bytes {
+        spool.push_str(&format!("reserve_bytes = \"{b}\"\n"));
+    }
+    if options.uncompressed {
+        spool.push_str("compression = \"none\"\n");
+    }
+    let synthetic = options.synthetic.map_or_else(String::new, |s| {
+        format!(
+            "[synthetic]\nenabled = true\nkind = \"{}\"\ntotal = {}\nrate = {}\nchunk = {}\n",
+            s.kind.config_name(),
+            s.total,
+            s.rate,
+            s.chunk
+        )
+    });
+    // A status snapshot is spooled only at start-up (an interval's first tick), so tests can
+    // count them exactly; heartbeats carry the live status every second. A short idle
+    // timeout lets the agent notice an aggregator killed with SIGKILL within seconds.
+    let metrics = match options.host_metrics_every_secs {
+        Some(secs) => format!("[metrics]\ninterval = \"{secs}s\"\n\n"),
+        None => "[metrics]\nenabled = false\n\n".to_owned(),
+    };
+    let fim = match &options.fim_toml {
+        Some(body) => format!("[fim]\n{body}\n"),
+        None => "[fim]\nenabled = false\n\n".to_owned(),
+    };
+    let text = format!(
+        "data_dir = {data}\n\n\
+         [aggregator]\n{aggregator}connect_timeout = \"5s\"\n\
+         keep_alive = \"1s\"\nidle_timeout = \"5s\"\n\n\
+         [spool]\n{spool}\n\
+         [ship]\nheartbeat_interval = \"1s\"\nreconnect_min = \"50ms\"\nreconnect_max = \"1s\"\n\
+         catchup_events_per_sec = 0\n\n[status]\ninterval = \"1h\"\n\n\
+         [log]\ndir = {logs}\n\n{metrics}{synthetic}\n{extra}\n{fim}",
+        data = toml_string(&data_dir),
+        logs = toml_string(&env.path().join(format!("agent-{name}-logs"))),
+        extra = options.extra_toml,
+    );
+    write_file(&config, &text);
+    (config, data_dir)
+}
+
 impl Agent {
     pub(crate) fn start(env: &Env, cert: &AgentCert, port: u16, options: AgentOptions) -> Agent {
         let id = &cert.agent_id;
-        let data_dir = options
-            .data_dir
-            .clone()
-            .unwrap_or_else(|| env.path().join(format!("agent-{id}")));
-        let config = env.path().join(format!("agent-{id}.toml"));
-        let mut spool = String::new();
-        if let Some(b) = &options.spool_max_bytes {
-            spool.push_str(&format!("max_bytes = \"{b}\"\n"));
-        }
-        if let Some(b) = &options.max_batch_bytes {
-            spool.push_str(&format!("max_batch_bytes = \"{b}\"\n"));
-        }
-        if let Some(b) = &options.reserve_bytes {
-            spool.push_str(&format!("reserve_bytes = \"{b}\"\n"));
-        }
-        if options.uncompressed {
-            spool.push_str("compression = \"none\"\n");
-        }
-        let synthetic = options.synthetic.map_or_else(String::new, |s| {
-            format!(
-                "[synthetic]\nenabled = true\nkind = \"{}\"\ntotal = {}\nrate = {}\nchunk = {}\n",
-                s.kind.config_name(),
-                s.total,
-                s.rate,
-                s.chunk
-            )
-        });
-        // A status snapshot is spooled only at start-up (an interval's first tick), so tests can
-        // count them exactly; heartbeats carry the live status every second. A short idle
-        // timeout lets the agent notice an aggregator killed with SIGKILL within seconds.
-        let metrics = match options.host_metrics_every_secs {
-            Some(secs) => format!("[metrics]\ninterval = \"{secs}s\"\n\n"),
-            None => "[metrics]\nenabled = false\n\n".to_owned(),
-        };
-        let fim = match &options.fim_toml {
-            Some(body) => format!("[fim]\n{body}\n"),
-            None => "[fim]\nenabled = false\n\n".to_owned(),
-        };
-        let text = format!(
-            "data_dir = {data}\n\n\
-             [aggregator]\nendpoint = \"quic://127.0.0.1:{port}\"\nserver_name = \"localhost\"\n\
-             ca = {ca}\ncert = {cert}\nkey = {key}\nconnect_timeout = \"5s\"\n\
-             keep_alive = \"1s\"\nidle_timeout = \"5s\"\n\n\
-             [spool]\n{spool}\n\
-             [ship]\nheartbeat_interval = \"1s\"\nreconnect_min = \"50ms\"\nreconnect_max = \"1s\"\n\
-             catchup_events_per_sec = 0\n\n[status]\ninterval = \"1h\"\n\n\
-             [log]\ndir = {logs}\n\n{metrics}{synthetic}\n{extra}\n{fim}",
-            data = toml_string(&data_dir),
+        let aggregator = format!(
+            "endpoint = \"quic://127.0.0.1:{port}\"\nserver_name = \"localhost\"\n\
+             ca = {ca}\ncert = {cert}\nkey = {key}\n",
             ca = toml_string(&cert.ca),
             cert = toml_string(&cert.cert),
             key = toml_string(&cert.key),
-            logs = toml_string(&env.path().join(format!("agent-{id}-logs"))),
-            extra = options.extra_toml,
         );
-        write_file(&config, &text);
+        let (config, data_dir) = write_config(env, id, &aggregator, &options);
+        Agent::run(env, id, id, config, data_dir)
+    }
+
+    /// Starts `outpost-agent --config <config> run` as the process `agent-<name>`, with the
+    /// configuration as it is.
+    pub(crate) fn run(
+        env: &Env,
+        name: &str,
+        agent_id: &str,
+        config: PathBuf,
+        data_dir: PathBuf,
+    ) -> Agent {
         let args: Vec<OsString> = vec!["--config".into(), config.clone().into(), "run".into()];
-        let process = env.spawn(&format!("agent-{id}"), &binary("outpost-agent"), &args);
+        let process = env.spawn(&format!("agent-{name}"), &binary("outpost-agent"), &args);
         Agent {
             process,
-            agent_id: id.clone(),
+            agent_id: agent_id.to_owned(),
             data_dir,
             config,
         }

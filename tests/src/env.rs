@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use crate::process::{self, Process, Shared};
-use crate::{Agent, AgentOptions, Aggregator, AggregatorOptions, Kind, SeqReport, Store};
+use crate::{
+    Agent, AgentOptions, Aggregator, AggregatorOptions, Kind, SeqReport, Store, UnenrolledAgent,
+};
 
 /// How long a condition may take before the test fails: generous, since the whole suite shares
 /// two cores with a debug build.
@@ -197,6 +199,32 @@ impl Env {
         options: AgentOptions,
     ) -> Agent {
         Agent::start(self, cert, aggregator.addr().port(), options)
+    }
+
+    /// Writes the configuration of an agent host that is not enrolled yet (see
+    /// [`UnenrolledAgent`]); `options` as for [`Env::start_agent`].
+    pub fn unenrolled_agent(&self, name: &str, options: AgentOptions) -> UnenrolledAgent {
+        UnenrolledAgent::write(self, name, &options)
+    }
+
+    /// Runs `outpost-agent --config <host's config> enroll <args>` to completion.
+    pub fn enroll(&self, host: &UnenrolledAgent, args: &[&str]) -> std::process::Output {
+        let config = host.config.display().to_string();
+        let mut all = vec!["--config", config.as_str(), "enroll"];
+        all.extend_from_slice(args);
+        self.agent_cli(&all)
+    }
+
+    /// Starts `outpost-agent run` on `host`'s configuration as it is (enrolled or not, the
+    /// agent enrolling at start with a token); `agent_id` is the id it has or will get.
+    pub fn start_agent_from_config(&self, host: &UnenrolledAgent, agent_id: &str) -> Agent {
+        Agent::run(
+            self,
+            &host.name,
+            agent_id,
+            host.config.clone(),
+            host.data_dir.clone(),
+        )
     }
 
     /// Starts a process whose output goes to `<dir>/<name>.log`, and remembers it for diagnoses.

@@ -31,13 +31,15 @@ mod process;
 pub mod raw;
 mod seqs;
 mod store;
+mod writer;
 
-pub use agent::{Agent, AgentOptions, Kind, SpoolView, Synthetic};
+pub use agent::{Agent, AgentOptions, Kind, SpoolView, Synthetic, UnenrolledAgent};
 pub use aggregator::{Aggregator, AggregatorOptions};
 pub use env::{AgentCert, DEADLINE, Env, binary};
 pub use process::Process;
 pub use seqs::SeqReport;
 pub use store::{Store, StoredFim, StoredLog};
+pub use writer::{LineWriter, Pace};
 
 /// A path as a TOML basic string, quotes included. JSON string escapes are valid TOML.
 pub fn toml_string(path: &std::path::Path) -> String {

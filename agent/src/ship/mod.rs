@@ -16,7 +16,11 @@
 //! (`session.rs`), which never awaits; [`Shipper::run`] connects, backs off, and runs each
 //! session's loop: feed it the network's and the spool's results, execute its actions, and sleep
 //! until its next timeout.
+//!
+//! Past two thirds of its certificate's lifetime the agent asks for a new one on the established
+//! connection ([`renew`]), installs it with its new key, and reconnects with it.
 
+pub mod renew;
 mod session;
 #[cfg(test)]
 mod tests;
@@ -34,12 +38,13 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::internal_events::{
-    BatchAcked, BatchRejected, BatchSent, BatchSplit, Connected, Disconnected, DrainStarted,
-    GraceExpired, NotConnected,
+    BatchAcked, BatchRejected, BatchSent, BatchSplit, CertificateRenewalFailed, CertificateRenewed,
+    Connected, Disconnected, DrainStarted, GraceExpired, NotConnected,
 };
 use crate::spool::{SpoolError, SpoolHandle, StoredBatch};
 use crate::telemetry::Telemetry;
 
+pub use renew::{Renewal, RenewalConfig};
 pub use session::{
     Action, BATCH_FRAME_OVERHEAD_BYTES, Pacer, ReceiverLimits, Session, SessionConfig, SessionEvent,
 };
@@ -63,6 +68,8 @@ pub struct ShipConfig {
     pub shutdown_grace: Duration,
     /// The agent's labels, sent in Hello.
     pub labels: Vec<(String, String)>,
+    /// Renew the certificate before it expires; `None` leaves it alone.
+    pub renewal: Option<RenewalConfig>,
 }
 
 /// Why a connection attempt or session ended.
@@ -84,6 +91,8 @@ pub enum SessionError {
     Unavailable(String),
     #[error(transparent)]
     Spool(#[from] SpoolError),
+    #[error("the certificate was renewed; reconnecting with it")]
+    Renewed,
 }
 
 /// The result of one batch stream.
@@ -112,6 +121,11 @@ pub struct Shipper {
     host: HostFacts,
     /// Shared by every session, so a reconnect does not grant a fresh burst.
     pacer: Pacer,
+    /// The client configuration: starts as `config.client`, replaced when the certificate is
+    /// renewed.
+    client: std::sync::Mutex<quinn::ClientConfig>,
+    /// The certificate's renewal schedule, kept across connections.
+    renewal: std::sync::Mutex<Option<Renewal>>,
 }
 
 impl Shipper {
@@ -126,7 +140,12 @@ impl Shipper {
             config.catchup_events_per_sec,
             config.max_batch_events,
         );
+        if let Some(r) = &config.renewal {
+            telemetry.record_certificate(r.current.not_after_ns);
+        }
         Shipper {
+            client: std::sync::Mutex::new(config.client.clone()),
+            renewal: std::sync::Mutex::new(config.renewal.clone().map(Renewal::new)),
             config,
             spool,
             telemetry,
@@ -157,6 +176,7 @@ impl Shipper {
             let result = self.session(&endpoint, &mut shutdown).await;
             match result {
                 Ok(()) => break,
+                Err(SessionError::Renewed) => backoff = backoff_builder.build(),
                 Err(e) => {
                     let established =
                         matches!(e, SessionError::Lost(_) | SessionError::Unavailable(_));
@@ -203,7 +223,7 @@ impl Shipper {
                 reason: "no addresses".to_owned(),
             })?;
         let connecting = endpoint
-            .connect_with(self.config.client.clone(), addr, &self.config.server_name)
+            .connect_with(self.client(), addr, &self.config.server_name)
             .map_err(|e| SessionError::Connect {
                 addr,
                 reason: e.to_string(),
@@ -316,6 +336,8 @@ impl Shipper {
         let mut session = Session::new(now(), &config, welcome, self.pacer.clone());
         let mut streams: JoinSet<Outcome> = JoinSet::new();
         let mut shutdown_seen = false;
+        // At most one renewal at a time; a JoinSet, so that a session that ends aborts it.
+        let mut renewing: JoinSet<Result<renew::Renewed, String>> = JoinSet::new();
         loop {
             while let Some(action) = self.next_action(&mut session) {
                 match action {
@@ -375,7 +397,30 @@ impl Shipper {
                     None => std::future::pending().await,
                 }
             };
+            let renew_at = if renewing.is_empty() && !shutdown_seen {
+                self.renewal_wait()
+            } else {
+                None
+            };
+            let renew_timer = async {
+                match renew_at {
+                    Some(wait) => tokio::time::sleep(wait).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
+                () = renew_timer => {
+                    if let Some(config) = self.renewal_config() {
+                        renewing.spawn(renew::renew(conn.clone(), config));
+                    }
+                }
+                Some(result) = renewing.join_next() => {
+                    let result = result.unwrap_or_else(|e| Err(format!("renewal task failed: {e}")));
+                    if self.renewal_finished(result) {
+                        conn.close(close_code::NORMAL.into(), b"certificate renewed");
+                        return Err(SessionError::Renewed);
+                    }
+                }
                 Some(done) = streams.join_next() => {
                     // Every answer already in, so their acknowledgements share one transaction.
                     let mut next = Some(done);
@@ -401,6 +446,65 @@ impl Shipper {
                     session.handle_shutdown(now());
                 }
                 () = timer => session.handle_timeout(now()),
+            }
+        }
+    }
+
+    /// The client configuration to connect with.
+    fn client(&self) -> quinn::ClientConfig {
+        // A poisoned lock still holds a valid configuration.
+        self.client
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn renewal(&self) -> std::sync::MutexGuard<'_, Option<Renewal>> {
+        // A poisoned lock still holds a valid schedule.
+        self.renewal
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// How long until the certificate's next renewal attempt; `None` when it is not renewed.
+    fn renewal_wait(&self) -> Option<Duration> {
+        let at = self.renewal().as_ref()?.next_attempt_ns();
+        let wait = at.saturating_sub(outpost_common::time::now_ns());
+        Some(Duration::from_nanos(u64::try_from(wait).unwrap_or(0)))
+    }
+
+    fn renewal_config(&self) -> Option<Arc<RenewalConfig>> {
+        self.renewal().as_ref().map(|r| r.config.clone())
+    }
+
+    /// Records the end of a renewal attempt; returns whether the certificate was replaced (then
+    /// the client configuration presents the new one).
+    fn renewal_finished(&self, result: Result<renew::Renewed, String>) -> bool {
+        let mut renewal = self.renewal();
+        let Some(schedule) = renewal.as_mut() else {
+            return false;
+        };
+        match result {
+            Ok(renewed) => {
+                self.telemetry.emit(CertificateRenewed {
+                    serial: &renewed.serial,
+                    not_after_ns: renewed.validity.not_after_ns,
+                });
+                schedule.renewed(renewed.validity);
+                *self
+                    .client
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = renewed.client;
+                true
+            }
+            Err(error) => {
+                let retry_in = schedule.failed(outpost_common::time::now_ns());
+                self.telemetry.emit(CertificateRenewalFailed {
+                    error: &error,
+                    retry_in,
+                    not_after_ns: schedule.config.current.not_after_ns,
+                });
+                false
             }
         }
     }

@@ -222,6 +222,21 @@ pub fn aggregator_figures(
         value,
         kind: Kind::Counter,
     };
+    let enrollments = |outcome, value| Figure {
+        name: "outpost_enrollments_total",
+        help: "Enrollment connections answered, by outcome: issued, refused (a reason was sent \
+               and audited) or malformed (no valid request; closed).",
+        label: Some(("outcome", outcome)),
+        value,
+        kind: Kind::Counter,
+    };
+    let renewals = |outcome, value| Figure {
+        name: "outpost_certificate_renewals_total",
+        help: "Certificate renewals asked on agent sessions, by outcome: issued or refused.",
+        label: Some(("outcome", outcome)),
+        value,
+        kind: Kind::Counter,
+    };
     let mut figures = vec![
         Figure {
             name: "outpost_agents_connected",
@@ -264,6 +279,11 @@ pub fn aggregator_figures(
         refused("protocol_violation", ingest.protocol_violations),
         refused("batch", ingest.batches_rejected),
         refused("revoked", ingest.connections_revoked),
+        enrollments("issued", ingest.enrollments_issued),
+        enrollments("refused", ingest.enrollments_refused),
+        enrollments("malformed", ingest.enrollments_malformed),
+        renewals("issued", ingest.renewals_issued),
+        renewals("refused", ingest.renewals_refused),
         counter(
             "outpost_store_transactions_total",
             "Store transactions of batches (group commits), committed or failed.",
@@ -332,6 +352,17 @@ pub fn aggregator_figures(
         figures.extend(alerting_figures(a));
     }
     figures
+}
+
+/// When the server certificate agents see expires (`0`: unknown), for an alert before it does.
+pub fn server_certificate_figure(not_after_ns: i64) -> Figure {
+    Figure {
+        name: "outpost_server_certificate_expiry_timestamp_seconds",
+        help: "When the aggregator's server certificate in use expires, seconds since the epoch.",
+        label: None,
+        value: u64::try_from(not_after_ns / 1_000_000_000).unwrap_or(0),
+        kind: Kind::Gauge,
+    }
 }
 
 /// Alerting's figures: rules, alerts by state, events evaluated and notification attempts.

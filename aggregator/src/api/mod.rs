@@ -35,6 +35,7 @@ use crate::tokens::{self, Presented, Role, Verdict};
 mod alerts;
 #[cfg(test)]
 mod alerts_tests;
+mod enroll_api;
 pub mod error;
 mod events;
 mod fleet;
@@ -120,6 +121,8 @@ pub struct Api {
     fleet_cache: fleet_view::Cache,
     /// The running alerting engine; `None` when `[alerting] enabled = false`.
     alerting: Option<AlertingHandle>,
+    /// The running ingest service, once it listens: removing an agent reloads its CRL.
+    ingest: std::sync::OnceLock<crate::ingest::IngestHandle>,
 }
 
 impl std::fmt::Debug for Api {
@@ -199,7 +202,13 @@ impl Api {
             metrics: metrics::Metrics::new(),
             fleet_cache: fleet_view::Cache::default(),
             alerting: None,
+            ingest: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The running ingest service, for what the API asks of it (set once).
+    pub fn set_ingest(&self, ingest: crate::ingest::IngestHandle) {
+        let _ = self.ingest.set(ingest);
     }
 
     /// Agent ingest is listening (or, `false`, no longer).
@@ -298,13 +307,19 @@ fn v1(api: &Arc<Api>) -> (Router<Arc<Api>>, utoipa::openapi::OpenApi) {
     let (router, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(utoipa_axum::routes!(fleet::list_agents))
         .routes(utoipa_axum::routes!(fleet::summary))
-        .routes(utoipa_axum::routes!(fleet::agent))
+        .routes(utoipa_axum::routes!(fleet::agent, enroll_api::remove_agent))
         .routes(utoipa_axum::routes!(
             tokens_api::list_tokens,
             tokens_api::create_token
         ))
         .routes(utoipa_axum::routes!(tokens_api::revoke_token))
         .routes(utoipa_axum::routes!(tokens_api::audit))
+        .routes(utoipa_axum::routes!(
+            enroll_api::list_enrollment_tokens,
+            enroll_api::create_enrollment_token
+        ))
+        .routes(utoipa_axum::routes!(enroll_api::revoke_enrollment_token))
+        .routes(utoipa_axum::routes!(enroll_api::certificates))
         .routes(utoipa_axum::routes!(events::logs))
         .routes(utoipa_axum::routes!(events::fim))
         .routes(utoipa_axum::routes!(series::query))

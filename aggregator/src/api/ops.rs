@@ -36,7 +36,17 @@ async fn ready(State(api): State<Arc<Api>>) -> Result<Json<Value>, ApiError> {
     if !api.ingest_up.load(Ordering::Relaxed) {
         return Err(ApiError::unavailable("agent ingest is not listening"));
     }
-    Ok(Json(json!({ "status": "ready" })))
+    // The server certificate's expiry, for a probe to warn before agents stop connecting.
+    let expires = api
+        .ingest
+        .get()
+        .map(|i| i.server_certificate_not_after_ns())
+        .filter(|ns| *ns > 0)
+        .map(outpost_common::time::format_rfc3339);
+    Ok(Json(match expires {
+        Some(at) => json!({ "status": "ready", "server_certificate_not_after": at }),
+        None => json!({ "status": "ready" }),
+    }))
 }
 
 async fn metrics(State(api): State<Arc<Api>>) -> impl axum::response::IntoResponse {

@@ -46,6 +46,7 @@ enum Input {
     Batch(BatchStream, Result<Message, WireError>),
     Committed(BatchStream, Result<CommitOutcome, StoreError>),
     Recorded(Result<(), StoreError>),
+    Renewed(BatchStream, crate::enroll::Outcome),
 }
 
 /// The current time for the session: tokio's clock (so tests may pause it) and the wall clock.
@@ -59,6 +60,7 @@ fn now() -> Now {
 struct Driver {
     shared: Arc<Shared>,
     conn: quinn::Connection,
+    remote: SocketAddr,
     id: ConnectionId,
     serial: Vec<u8>,
     session: Session,
@@ -96,6 +98,7 @@ pub(super) async fn drive(
     let mut d = Driver {
         shared,
         conn,
+        remote,
         id,
         serial: identity.serial,
         session,
@@ -222,6 +225,7 @@ impl Driver {
                 self.session.handle_committed(now, stream, outcome);
             }
             Input::Recorded(outcome) => self.session.handle_recorded(now, outcome),
+            Input::Renewed(stream, outcome) => self.session.handle_renewed(now, stream, outcome),
         }
     }
 
@@ -268,6 +272,29 @@ impl Driver {
                     let outcome = writer.record(*update).await;
                     let _ = inputs.send(Input::Recorded(outcome)).await;
                 }));
+            }
+            StoreJob::Renew { stream, request } => {
+                let enroller = self.shared.enroller.clone();
+                let agent_id = self.session.agent_id().to_owned();
+                // Checked now, as the request is decided: a CRL reloaded since the handshake
+                // counts.
+                let revoked = self.shared.is_revoked(&self.serial);
+                let remote = self.remote.ip();
+                tokio::spawn(async move {
+                    let outcome = match enroller {
+                        None => Err(crate::enroll::Refusal::Disabled),
+                        Some(e) => tokio::task::spawn_blocking(move || {
+                            e.renew(&agent_id, revoked, &request, remote, now_ns())
+                        })
+                        .await
+                        .unwrap_or_else(|e| {
+                            Err(crate::enroll::Refusal::Unavailable(format!(
+                                "the renewal task failed: {e}"
+                            )))
+                        }),
+                    };
+                    let _ = inputs.send(Input::Renewed(stream, outcome)).await;
+                });
             }
         }
     }

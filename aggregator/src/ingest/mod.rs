@@ -2,7 +2,10 @@
 //! acknowledgement after the store commits.
 //!
 //! A connection is admitted only with a client certificate issued by the agent CA and not
-//! revoked; the agent's id is read from that certificate and nowhere else. The first stream is
+//! revoked; the agent's id is read from that certificate and nowhere else. The one exception
+//! is an enrollment connection (ALPN [`outpost_common::enroll::ALPN`], with or without a
+//! certificate): it is answered one enrollment request and closed, never admitted as a
+//! session. A connection without a certificate on the agent ALPN is refused. The first stream is
 //! the control stream (Hello → Welcome, then heartbeats); every other stream carries one batch
 //! and gets one Ack or Reject. Garbage, oversized or out-of-protocol frames close that agent's
 //! connection with an error code, are counted and logged (rate-limited), and never affect other
@@ -12,6 +15,8 @@
 //!
 //! - this module: [`Ingest`] binds the listener and accepts connections, refusing those without
 //!   a valid, unrevoked agent certificate;
+//! - `enrollment`: the async side of an enrollment connection (the decision is
+//!   [`crate::enroll`]'s);
 //! - `connection`: the async driver of one connection, which only moves frames between the
 //!   QUIC streams and the session, runs its timer and hands its work to the store writer;
 //! - [`session`]: the protocol of one connection as a state machine without I/O (Hello, Welcome,
@@ -22,13 +27,14 @@
 //! - `tls`: the server configuration, reloaded when the files change.
 
 mod connection;
+mod enrollment;
 pub mod session;
 pub mod sessions;
 mod tls;
 pub mod validation;
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
@@ -37,6 +43,7 @@ use outpost_common::wire::close_code;
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
+use crate::enroll::Enroller;
 use crate::internal_events::{
     ConnectionRefused, Counters, IngestSummary, Refusal, SummaryGate, Telemetry,
 };
@@ -78,6 +85,10 @@ struct Shared {
     revoked: RwLock<HashSet<Vec<u8>>>,
     sessions: Mutex<Sessions<SessionHandle>>,
     next_connection: AtomicU64,
+    /// Answers enrollments and renewals; `None` when `[enroll] enabled = false`.
+    enroller: Option<Arc<Enroller>>,
+    /// When the server certificate in use expires, nanoseconds since the epoch.
+    server_not_after_ns: AtomicI64,
 }
 
 impl Shared {
@@ -111,7 +122,7 @@ impl std::fmt::Debug for Ingest {
 }
 
 impl Ingest {
-    /// Binds the listener.
+    /// Binds the listener; enrollments and renewals go to `enroller` (`None`: refused).
     ///
     /// `reset_key` (72 bytes) keys QUIC stateless resets and connection ids. Kept across
     /// restarts, it lets a restarted aggregator tell agents at once that their old connections
@@ -121,9 +132,10 @@ impl Ingest {
         tls_files: TlsFiles,
         config: IngestConfig,
         writer: StoreWriter,
+        enroller: Option<Arc<Enroller>>,
         reset_key: &[u8],
     ) -> anyhow::Result<Ingest> {
-        let (server, revoked) = tls::load_server_config(&tls_files, &config)?;
+        let loaded = tls::load_server_config(&tls_files, &config)?;
         // The first 64 bytes key the reset tokens; the next 8 key the connection-id generator,
         // whose ids must also validate after a restart for the reset to be sent at all.
         let (hmac, cid) = reset_key.split_at(reset_key.len().min(64));
@@ -142,7 +154,7 @@ impl Ingest {
         set_receive_buffer(&socket, config.udp_receive_buffer);
         let endpoint = quinn::Endpoint::new(
             endpoint_config,
-            Some(server),
+            Some(loaded.server),
             socket,
             Arc::new(quinn::TokioRuntime),
         )
@@ -153,9 +165,11 @@ impl Ingest {
                 config: Arc::new(config),
                 writer,
                 telemetry: Arc::new(Telemetry::new()),
-                revoked: RwLock::new(revoked),
+                revoked: RwLock::new(loaded.revoked),
                 sessions: Mutex::new(Sessions::default()),
                 next_connection: AtomicU64::new(1),
+                enroller,
+                server_not_after_ns: AtomicI64::new(loaded.server_not_after_ns),
             }),
             tls_files,
         })
@@ -173,6 +187,17 @@ impl Ingest {
     /// What ingest has done so far.
     pub fn counters(&self) -> Counters {
         self.shared.telemetry.counters()
+    }
+
+    /// A handle that outlives [`Ingest::run`]'s borrow: for the API to reload the TLS files
+    /// (closing revoked agents' connections at once) and to read the server certificate's
+    /// expiry.
+    pub fn handle(&self) -> IngestHandle {
+        IngestHandle {
+            endpoint: self.endpoint.clone(),
+            shared: Arc::clone(&self.shared),
+            tls_files: self.tls_files.clone(),
+        }
     }
 
     /// Accepts connections until `shutdown`, then closes them and waits for the endpoint to idle.
@@ -232,6 +257,39 @@ impl Ingest {
     }
 }
 
+/// What the API may ask of the running ingest service.
+#[derive(Clone)]
+pub struct IngestHandle {
+    endpoint: quinn::Endpoint,
+    shared: Arc<Shared>,
+    tls_files: TlsFiles,
+}
+
+impl std::fmt::Debug for IngestHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IngestHandle")
+            .field("tls_files", &self.tls_files)
+            .finish_non_exhaustive()
+    }
+}
+
+impl IngestHandle {
+    /// Reloads the TLS files now ([`Ingest::reload_tls`]).
+    pub fn reload_tls(&self) -> anyhow::Result<()> {
+        tls::reload(&self.endpoint, &self.shared, &self.tls_files)
+    }
+
+    /// The address ingest listens on.
+    pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// When the server certificate in use expires, nanoseconds since the epoch.
+    pub fn server_certificate_not_after_ns(&self) -> i64 {
+        self.shared.server_not_after_ns.load(Ordering::Relaxed)
+    }
+}
+
 /// Asks for a large socket receive buffer: a fleet reconnecting at once sends a burst of
 /// handshakes and batches, and the kernel's default (about 200 KiB) drops datagrams, which QUIC
 /// then resends only after timeouts. The kernel caps the size at `net.core.rmem_max`.
@@ -262,7 +320,8 @@ fn set_receive_buffer(socket: &std::net::UdpSocket, wanted: usize) {
 }
 
 /// Completes the handshake of an incoming connection and checks the agent's certificate; an
-/// admitted connection is then driven until it ends.
+/// admitted connection is then driven until it ends. An enrollment connection is answered
+/// instead, and never admitted.
 async fn admit(shared: Arc<Shared>, incoming: quinn::Incoming, id: ConnectionId) {
     let remote = incoming.remote_address();
     let telemetry = &shared.telemetry;
@@ -277,6 +336,9 @@ async fn admit(shared: Arc<Shared>, incoming: quinn::Incoming, id: ConnectionId)
             return;
         }
     };
+    if common_tls::is_enrollment(&conn) {
+        return enrollment::serve(shared, conn, remote).await;
+    }
     let identity = match common_tls::identity_from_connection(&conn) {
         Ok(identity) => identity,
         Err(e) => {

@@ -13,9 +13,10 @@
 //!
 //! 1. [`Session::poll_transmit`]: messages to write (Welcome and Rejects on the control stream,
 //!    Ack or Reject on a batch stream, which is then finished);
-//! 2. [`Session::poll_job`]: store work (commit a batch, record Hello, heartbeat or disconnect),
-//!    whose outcome comes back through [`Session::handle_committed`] and
-//!    [`Session::handle_recorded`];
+//! 2. [`Session::poll_job`]: store work (commit a batch, record Hello, heartbeat or disconnect,
+//!    issue a renewed certificate), whose outcome comes back through
+//!    [`Session::handle_committed`], [`Session::handle_recorded`] and
+//!    [`Session::handle_renewed`];
 //! 3. [`Session::poll_close`]: close the connection with this code and reason;
 //!
 //! and sleeps until [`Session::poll_timeout`], then calls [`Session::handle_timeout`].
@@ -24,23 +25,32 @@
 //! is with the store at a time (heartbeats arriving meanwhile are coalesced, the latest wins), so
 //! updates apply in order and a chatty agent cannot queue work without bound; a disconnect is
 //! recorded only for a session whose Hello was recorded and which was not replaced (the newer
-//! connection is the agent's current state); once closed, the machine ignores every input.
+//! connection is the agent's current state); at most one renewal is with the enroller at a
+//! time, and a second one asked meanwhile is refused on its own stream; once closed, the
+//! machine ignores every input.
+//!
+//! A stream other than the control stream carries one request and gets one answer: a batch
+//! (Ack or Reject), or a certificate renewal ([`Message::RenewRequest`], answered with
+//! [`Message::RenewResponse`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use outpost_common::enroll::{RenewRequest, RenewResponse};
 use outpost_common::wire::{
     self, Ack, Batch, Hello, Message, Reject, RejectCode, Welcome, WireError, close_code,
 };
 
 use super::IngestConfig;
 use super::validation::{validate_batch, validate_hello};
+use crate::enroll::{Outcome, Refusal};
 use crate::internal_events::{
     AgentConnected, AgentDisconnected, BatchCommitted, BatchDuplicate, BatchRejected,
-    ConnectionReplaced, FrameRejected, FrameRejection, HeartbeatReceived, HelloRejected,
-    HelloRejection, HelloTimedOut, SessionIdle, StoreFailed, StoreWork, Telemetry,
+    CertificateAnswered, CertificateRequest, ConnectionReplaced, FrameRejected, FrameRejection,
+    HeartbeatReceived, HelloRejected, HelloRejection, HelloTimedOut, SessionIdle, StoreFailed,
+    StoreWork, Telemetry,
 };
 use crate::store::{CommitOutcome, IncomingBatch, PackedEvents, RegistryUpdate, StoreError};
 
@@ -52,7 +62,8 @@ pub struct Now {
     pub unix_ns: i64,
 }
 
-/// A batch stream, numbered by the driver in the order the agent opened them.
+/// A stream other than the control stream (a batch or a renewal), numbered by the driver in
+/// the order the agent opened them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct BatchStream(pub u64);
 
@@ -85,6 +96,13 @@ pub enum StoreJob {
     /// Apply this registry update; answer with [`Session::handle_recorded`], except for
     /// [`RegistryUpdate::Disconnect`], which comes last and needs no answer.
     Record(Box<RegistryUpdate>),
+    /// Issue a certificate for this renewal of the session's agent (refused if the
+    /// connection's certificate is revoked by then); answer with [`Session::handle_renewed`]
+    /// for `stream`.
+    Renew {
+        stream: BatchStream,
+        request: RenewRequest,
+    },
 }
 
 /// Close the connection with this application error code.
@@ -131,6 +149,8 @@ pub struct Session {
     queued_heartbeat: Option<RegistryUpdate>,
     /// The Hello was handed to the store: the registry may say the agent is connected.
     registered: bool,
+    /// The stream of the renewal with the enroller.
+    renewing: Option<BatchStream>,
     transmits: VecDeque<Transmit>,
     jobs: VecDeque<StoreJob>,
     close: Option<Close>,
@@ -157,6 +177,7 @@ impl Session {
             recording: false,
             queued_heartbeat: None,
             registered: false,
+            renewing: None,
             transmits: VecDeque::new(),
             jobs: VecDeque::new(),
             close: None,
@@ -256,8 +277,9 @@ impl Session {
                     Err(e) => self.refuse(stream, seq, RejectCode::Invalid, &e.to_string()),
                 }
             }
+            Message::RenewRequest(request) => self.renew(now, stream, request),
             other => {
-                let reason = format!("expected Batch, got {}", other.name());
+                let reason = format!("expected Batch or RenewRequest, got {}", other.name());
                 self.violation(now, &reason);
             }
         }
@@ -344,6 +366,16 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// The enroller's answer to the renewal of `stream`.
+    pub fn handle_renewed(&mut self, now: Now, stream: BatchStream, outcome: Outcome) {
+        if self.renewing != Some(stream) || self.is_closed() {
+            return;
+        }
+        self.renewing = None;
+        self.touch(now);
+        self.answer_renewal(stream, outcome);
     }
 
     /// The deadline given by [`Session::poll_timeout`] has come (or passed).
@@ -545,6 +577,36 @@ impl Session {
         });
     }
 
+    /// A renewal asked on `stream`: to the enroller, unless one is already there.
+    fn renew(&mut self, now: Now, stream: BatchStream, request: RenewRequest) {
+        self.touch(now);
+        if self.renewing.is_some() {
+            return self.answer_renewal(stream, Err(Refusal::RenewalInProgress));
+        }
+        self.renewing = Some(stream);
+        self.jobs.push_back(StoreJob::Renew { stream, request });
+    }
+
+    fn answer_renewal(&mut self, stream: BatchStream, outcome: Outcome) {
+        self.telemetry.emit(CertificateAnswered::new(
+            CertificateRequest::Renew,
+            self.remote,
+            &self.agent_id,
+            &outcome,
+        ));
+        let response = match outcome {
+            Ok(issued) => RenewResponse::Issued(issued),
+            Err(refusal) => RenewResponse::Refused {
+                reason: refusal.to_string(),
+            },
+        };
+        self.send(
+            Stream::Batch(stream),
+            Message::RenewResponse(response),
+            true,
+        );
+    }
+
     /// Answers batch `seq` of `stream` with a refusal.
     fn refuse(&mut self, stream: BatchStream, seq: u64, code: RejectCode, reason: &str) {
         self.telemetry.emit(BatchRejected {
@@ -656,6 +718,7 @@ impl Session {
         }
         self.state = State::Closed;
         self.in_flight.clear();
+        self.renewing = None;
         self.queued_heartbeat = None;
         self.idle_deadline = None;
     }
@@ -1371,5 +1434,70 @@ mod tests {
             sessions.end(AGENT, ConnectionId(2)),
             "the newer may record it"
         );
+    }
+
+    fn renew_request(key: u8) -> Message {
+        Message::RenewRequest(RenewRequest {
+            csr_der: vec![key; 8],
+        })
+    }
+
+    #[test]
+    fn one_renewal_at_a_time_goes_to_the_enroller_and_its_answer_finishes_its_stream() {
+        let mut sim = Sim::established();
+        sim.session
+            .handle_batch(sim.now, BatchStream(1), Ok(renew_request(1)));
+        let jobs = sim.jobs();
+        assert!(
+            matches!(
+                &jobs[..],
+                [StoreJob::Renew {
+                    stream: BatchStream(1),
+                    ..
+                }]
+            ),
+            "{jobs:?}"
+        );
+        // A second one meanwhile is refused on its own stream; the session goes on.
+        sim.session
+            .handle_batch(sim.now, BatchStream(2), Ok(renew_request(2)));
+        assert!(sim.jobs().is_empty());
+        let t = sim.transmits();
+        assert_eq!(t.len(), 1);
+        assert_eq!(
+            (t[0].stream, t[0].finish),
+            (Stream::Batch(BatchStream(2)), true)
+        );
+        assert!(
+            matches!(&t[0].message, Message::RenewResponse(RenewResponse::Refused { reason }) if reason.contains("already in progress")),
+            "{:?}",
+            t[0].message
+        );
+        // The enroller's answer goes back on the first stream, and frees the slot.
+        sim.session
+            .handle_renewed(sim.now, BatchStream(1), Err(Refusal::KeyReplayed));
+        let t = sim.transmits();
+        assert_eq!(
+            (t[0].stream, t[0].finish),
+            (Stream::Batch(BatchStream(1)), true)
+        );
+        assert!(matches!(
+            t[0].message,
+            Message::RenewResponse(RenewResponse::Refused { .. })
+        ));
+        sim.session
+            .handle_batch(sim.now, BatchStream(3), Ok(renew_request(3)));
+        assert_eq!(sim.jobs().len(), 1);
+        assert!(sim.session.poll_close().is_none());
+        assert_eq!(sim.counters().renewals_refused, 2);
+    }
+
+    #[test]
+    fn a_renewal_before_welcome_closes_the_connection() {
+        let mut sim = Sim::new();
+        sim.session
+            .handle_batch(sim.now, BatchStream(0), Ok(renew_request(1)));
+        assert_eq!(sim.close_code(), Some(close_code::UNEXPECTED_MESSAGE));
+        assert!(sim.jobs().is_empty());
     }
 }

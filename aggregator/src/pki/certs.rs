@@ -4,7 +4,8 @@
 //! - CA: basic constraints `CA:TRUE, pathlen:0` (it signs only leaves), key usages keyCertSign,
 //!   cRLSign and digitalSignature.
 //! - Server: serverAuth EKU, digitalSignature, SANs for every name agents may dial.
-//! - Agent: clientAuth EKU, digitalSignature, SAN URI `urn:outpost:agent:<id>`.
+//! - Agent: clientAuth EKU, digitalSignature, SAN URI `urn:outpost:agent:<id>`; with a key made
+//!   here (`pki issue-agent`) or for the key of an agent's signing request (enrollment, renewal).
 //!
 //! Keys are ECDSA P-256. Serial numbers are 16 random bytes with the top bit clear and the
 //! second-highest set, so they are positive, have no leading zero byte, and their hex is the
@@ -17,7 +18,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use outpost_common::tls;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SanType, SerialNumber,
 };
 use rustls_pki_types::{CertificateDer, ServerName};
 use time::OffsetDateTime;
@@ -45,6 +46,7 @@ impl std::fmt::Debug for Ca {
 #[derive(Debug)]
 pub(super) struct Minted {
     pub(super) cert_pem: String,
+    /// Empty for a certificate of a key the agent holds ([`agent_for_key`]).
     pub(super) key_pem: String,
     pub(super) serial_hex: String,
     pub(super) not_after_ns: i64,
@@ -144,19 +146,64 @@ pub(super) fn new_server(
     sign_leaf(ca, params, "the server certificate")
 }
 
-/// Issues the certificate of agent `id` (already validated).
+/// Issues the certificate of agent `id` (already validated), with a new key.
 pub(super) fn new_agent(
     ca: &Ca,
     id: &str,
     not_before: SystemTime,
     not_after: SystemTime,
 ) -> Result<Minted, PkiError> {
+    let params = agent_params(id, not_before, not_after)?;
+    sign_leaf(ca, params, "the agent certificate")
+}
+
+/// Issues the certificate of agent `id` (already validated) for a key the agent holds: the
+/// same shape as [`new_agent`]'s, and no private key (it never leaves the agent).
+pub(super) fn agent_for_key(
+    ca: &Ca,
+    id: &str,
+    key: &impl PublicKeyData,
+    not_before: SystemTime,
+    not_after: SystemTime,
+) -> Result<Minted, PkiError> {
+    let params = agent_params(id, not_before, not_after)?;
+    let cert = params
+        .signed_by(key, &ca.issuer)
+        .map_err(gen_err(format!("sign the certificate of agent {id}")))?;
+    Ok(Minted {
+        cert_pem: cert.pem(),
+        key_pem: String::new(),
+        serial_hex: serial_hex(&params),
+        not_after_ns: to_ns(params.not_after),
+    })
+}
+
+/// An agent certificate: clientAuth, digitalSignature, the SAN URI of its id.
+fn agent_params(
+    id: &str,
+    not_before: SystemTime,
+    not_after: SystemTime,
+) -> Result<CertificateParams, PkiError> {
     let mut params = leaf_params(&format!("outpost agent {id}"), not_before, not_after)?;
     let uri = rcgen::string::Ia5String::try_from(tls::agent_uri(id))
         .map_err(|e| PkiError::InvalidAgentId(format!("{id} ({e})")))?;
     params.subject_alt_names = vec![SanType::URI(uri)];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    sign_leaf(ca, params, "the agent certificate")
+    Ok(params)
+}
+
+/// Every certificate of a PEM file, in order.
+pub(super) fn pem_certificates(
+    path: &Path,
+    pem: &str,
+) -> Result<Vec<CertificateDer<'static>>, PkiError> {
+    use rustls_pki_types::pem::PemObject;
+    CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| PkiError::Unreadable {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })
 }
 
 /// Turns the requested server names into SANs: each must be a DNS name or an IP address;

@@ -67,7 +67,7 @@ pub enum PkiCommand {
         #[arg(long)]
         force: bool,
     },
-    /// Revoke an agent's certificate and rewrite crl.pem.
+    /// Revoke an agent's certificates (every one, after renewals) and rewrite crl.pem.
     Revoke {
         #[arg(value_name = "ID")]
         agent_id: String,
@@ -78,7 +78,8 @@ pub enum PkiCommand {
         #[arg(long, value_name = "TEXT", default_value = "unspecified")]
         reason: String,
     },
-    /// List issued agent certificates.
+    /// List issued agent certificates with their expiry; an agent that renewed has one line
+    /// per certificate not yet expired, newest first.
     List {
         #[command(flatten)]
         dir: DirArg,
@@ -149,7 +150,7 @@ pub fn run_with(cmd: PkiCommand, out: &mut dyn Write, now_ns: i64) -> anyhow::Re
             print_revoke(out, &dir.dir, &report)
         }
         PkiCommand::List { dir, json } => {
-            let certs = super::issued_agents(&dir.dir)
+            let certs = super::agent_certificates(&dir.dir)
                 .with_context(|| format!("pki list in {}", dir.dir.display()))?;
             if json {
                 serde_json::to_writer_pretty(&mut *out, &certs)?;
@@ -280,7 +281,8 @@ fn print_revoke(out: &mut dyn Write, dir: &Path, r: &RevokeReport) -> anyhow::Re
         writeln!(
             out,
             "revoked agent {} (serial {})",
-            r.agent_id, r.serial_hex
+            r.agent_id,
+            r.serials_hex.join(", ")
         )?;
     }
     wrote(out, &dir.join("revoked.json"), "revocation records")?;
@@ -317,18 +319,11 @@ fn print_list(
     let rows: Vec<[String; 4]> = certs
         .iter()
         .map(|c| {
-            let status = if c.revoked {
-                "revoked"
-            } else if c.not_after_ns <= now_ns {
-                "expired"
-            } else {
-                "valid"
-            };
             [
                 c.agent_id.clone(),
                 c.serial_hex.clone(),
                 until(c.not_after_ns),
-                status.to_owned(),
+                c.status(now_ns).to_owned(),
             ]
         })
         .collect();

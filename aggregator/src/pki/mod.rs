@@ -13,7 +13,9 @@
 //! server.pem server.key    the aggregator's certificate (key 0600)
 //! crl.pem                  the revocation list, signed by the CA, regenerated from revoked.json
 //! revoked.json             what was revoked: serial, agent id, time, reason; the CRL number
-//! agents/<id>.pem .key     issued agent certificates (key 0600)
+//! agents/<id>.pem .key     issued agent certificates (key 0600); the .pem of an agent that
+//!                          enrolled or renewed holds its certificates not expired, newest
+//!                          first, and there is no .key: the agent made its key and keeps it
 //! replaced-<time>/         material moved aside by `init` when it replaced a CA
 //! ```
 //!
@@ -241,11 +243,26 @@ pub struct IssuedAgent {
     pub superseded_serial_hex: Option<String>,
 }
 
+/// An agent certificate issued for a key the agent holds, by [`issue_agent_for_key`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuedForKey {
+    pub agent_id: String,
+    pub cert_pem: String,
+    /// The CA certificate, for the agent to verify the aggregator with.
+    pub ca_pem: String,
+    pub serial_hex: String,
+    pub not_after_ns: i64,
+}
+
 /// What [`revoke_agent`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RevokeReport {
     pub agent_id: String,
+    /// The newest certificate's serial.
     pub serial_hex: String,
+    /// Every certificate of the agent revoked now (after renewals an agent has several that
+    /// have not expired).
+    pub serials_hex: Vec<String>,
     pub crl_path: PathBuf,
     /// The number of the CRL just written.
     pub crl_number: u64,
@@ -256,13 +273,36 @@ pub struct RevokeReport {
 }
 
 /// An agent certificate found in `agents/`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct IssuedCert {
     /// The id in the certificate's SAN URI: the identity the aggregator will see.
     pub agent_id: String,
     pub serial_hex: String,
     pub not_after_ns: i64,
     pub revoked: bool,
+}
+
+impl IssuedCert {
+    fn of(identity: tls::Identity, revoked: &Revocations) -> IssuedCert {
+        let serial_hex = identity.serial_hex();
+        IssuedCert {
+            agent_id: identity.agent_id,
+            revoked: revoked.contains(&serial_hex),
+            serial_hex,
+            not_after_ns: identity.not_after_ns,
+        }
+    }
+
+    /// `revoked`, `expired` or `valid` at `now_ns`, for lists.
+    pub fn status(&self, now_ns: i64) -> &'static str {
+        if self.revoked {
+            "revoked"
+        } else if self.not_after_ns <= now_ns {
+            "expired"
+        } else {
+            "valid"
+        }
+    }
 }
 
 /// Creates the CA, the aggregator's certificate for `server_names` (plus `localhost`,
@@ -394,7 +434,11 @@ pub fn revoke_agent(dir: &Path, agent_id: &str, reason: &str) -> Result<RevokeRe
     let layout = Layout::new(dir);
     let (_lock, ca) = lock_and_load(&layout)?;
     let cert_path = layout.agent_cert(agent_id);
-    let Some(serial_hex) = cert_serial(&cert_path)? else {
+    let serials: Vec<String> = cert_identities(&cert_path)?
+        .iter()
+        .map(tls::Identity::serial_hex)
+        .collect();
+    let Some(serial_hex) = serials.first().cloned() else {
         return Err(PkiError::NoSuchAgent {
             agent_id: agent_id.to_owned(),
             path: cert_path,
@@ -402,21 +446,142 @@ pub fn revoke_agent(dir: &Path, agent_id: &str, reason: &str) -> Result<RevokeRe
     };
     let now = SystemTime::now();
     let mut list = Revocations::load(&layout.revocations())?;
-    let added = list.add(Revocation {
-        serial_hex: serial_hex.clone(),
-        agent_id: agent_id.to_owned(),
-        revoked_ns: to_ns(now),
-        reason: reason.to_owned(),
-    });
+    let mut added = false;
+    for serial in &serials {
+        added |= list.add(Revocation {
+            serial_hex: serial.clone(),
+            agent_id: agent_id.to_owned(),
+            revoked_ns: to_ns(now),
+            reason: reason.to_owned(),
+        });
+    }
     list.commit(&layout, &ca, now)?;
     Ok(RevokeReport {
         agent_id: agent_id.to_owned(),
         serial_hex,
+        serials_hex: serials,
         crl_path: layout.crl(),
         crl_number: list.crl_number,
         already_revoked: !added,
         revoked_total: list.revoked.len(),
     })
+}
+
+/// Issues a certificate for agent `agent_id` and the key of its signing request (enrollment,
+/// renewal), valid from now for `validity`, but not beyond the CA's expiry; backdated by
+/// [`BACKDATE`] or a tenth of `validity`, whichever is shorter. Agents renew two thirds into a
+/// certificate's lifetime counted from its start: a whole hour's backdate on a certificate of
+/// a few minutes would put that point in the past, and the agent would renew again at once,
+/// over and over.
+///
+/// Under the directory's lock: signs, then calls `commit` (the caller records the enrollment
+/// in its store; an `Err` stops here and nothing is written), then adds the certificate to
+/// `agents/<id>.pem`, newest first, dropping the certificates there that expired or were
+/// revoked. Older certificates not expired stay, so that [`revoke_agent`] revokes them too.
+pub fn issue_agent_for_key<E>(
+    dir: &Path,
+    agent_id: &str,
+    key: &impl rcgen::PublicKeyData,
+    validity: Duration,
+    commit: impl FnOnce(&IssuedForKey) -> Result<(), E>,
+) -> Result<Result<IssuedForKey, E>, PkiError> {
+    check_agent_id(agent_id)?;
+    let layout = Layout::new(dir);
+    let now = SystemTime::now();
+    let until = after(now, validity)?;
+    let (_lock, ca) = lock_and_load(&layout)?;
+    let not_after = until.min(SystemTime::from(ca.not_after));
+    let backdate = BACKDATE.min(validity / 10);
+    let not_before = now.checked_sub(backdate).unwrap_or(now);
+    let minted = certs::agent_for_key(&ca, agent_id, key, not_before, not_after)?;
+    let ca_path = layout.ca_cert();
+    let ca_pem = read_optional(&ca_path)?.ok_or(PkiError::NotInitialised { path: ca_path })?;
+    let issued = IssuedForKey {
+        agent_id: agent_id.to_owned(),
+        cert_pem: minted.cert_pem,
+        ca_pem,
+        serial_hex: minted.serial_hex,
+        not_after_ns: minted.not_after_ns,
+    };
+    if let Err(e) = commit(&issued) {
+        return Ok(Err(e));
+    }
+    let cert_path = layout.agent_cert(agent_id);
+    let revoked = Revocations::load(&layout.revocations())?;
+    let now_ns = to_ns(now);
+    let mut bundle = issued.cert_pem.clone();
+    if let Some(pem) = read_optional(&cert_path)? {
+        // An unreadable old file is replaced, as `issue-agent --force` does.
+        let kept = certs::pem_certificates(&cert_path, &pem).unwrap_or_default();
+        for der in kept {
+            let Ok(identity) = tls::identity_from_cert(&der) else {
+                continue;
+            };
+            if identity.not_after_ns > now_ns && !revoked.contains(&identity.serial_hex()) {
+                bundle.push_str(&pem_of(&der));
+            }
+        }
+    }
+    create_dir(&layout.agents_dir(), DIR_MODE)?;
+    write_atomic(&cert_path, bundle.as_bytes(), PUBLIC_MODE)?;
+    Ok(Ok(issued))
+}
+
+/// Every agent certificate in `agents/`, by agent id and newest first, each flagged if revoked:
+/// after renewals, an agent has several.
+pub fn agent_certificates(dir: &Path) -> Result<Vec<IssuedCert>, PkiError> {
+    let layout = Layout::new(dir);
+    let revoked = Revocations::load(&layout.revocations())?;
+    let mut out = Vec::new();
+    for path in agent_files(&layout)? {
+        for identity in cert_identities(&path)? {
+            out.push(IssuedCert::of(identity, &revoked));
+        }
+    }
+    out.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
+    Ok(out)
+}
+
+/// The certificates of one agent, newest first, each flagged if revoked; none when it has
+/// no file.
+pub fn certificates_of(dir: &Path, agent_id: &str) -> Result<Vec<IssuedCert>, PkiError> {
+    check_agent_id(agent_id)?;
+    let layout = Layout::new(dir);
+    let revoked = Revocations::load(&layout.revocations())?;
+    Ok(cert_identities(&layout.agent_cert(agent_id))?
+        .into_iter()
+        .map(|identity| IssuedCert::of(identity, &revoked))
+        .collect())
+}
+
+/// The `.pem` files in `agents/` (none when it does not exist).
+fn agent_files(layout: &Layout) -> Result<Vec<PathBuf>, PkiError> {
+    let agents_dir = layout.agents_dir();
+    let entries = match fs::read_dir(&agents_dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(PkiError::io(&agents_dir, "list")(e)),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let path = entry.map_err(PkiError::io(&agents_dir, "list"))?.path();
+        if path.extension().is_some_and(|ext| ext == "pem") {
+            out.push(path);
+        }
+    }
+    Ok(out)
+}
+
+fn pem_of(der: &rustls_pki_types::CertificateDer<'_>) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
+    let mut pem = String::from("-----BEGIN CERTIFICATE-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        pem.push_str(&String::from_utf8_lossy(line));
+        pem.push('\n');
+    }
+    pem.push_str("-----END CERTIFICATE-----\n");
+    pem
 }
 
 /// The agent certificates in `agents/`, sorted by agent id, each flagged if revoked. A
@@ -426,30 +591,14 @@ pub fn revoke_agent(dir: &Path, agent_id: &str, reason: &str) -> Result<RevokeRe
 /// atomic replacement means it never sees half a file.
 pub fn issued_agents(dir: &Path) -> Result<Vec<IssuedCert>, PkiError> {
     let layout = Layout::new(dir);
-    let agents_dir = layout.agents_dir();
-    let entries = match fs::read_dir(&agents_dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(PkiError::io(&agents_dir, "list")(e)),
-    };
     let revoked = Revocations::load(&layout.revocations())?;
     let mut out = Vec::new();
-    for entry in entries {
-        let path = entry.map_err(PkiError::io(&agents_dir, "list"))?.path();
-        if path.extension().is_none_or(|ext| ext != "pem") {
-            continue;
-        }
+    for path in agent_files(&layout)? {
         // Invariant: the entry was just listed; a concurrent removal reads as absent.
         let Some(identity) = cert_identity(&path)? else {
             continue;
         };
-        let serial_hex = identity.serial_hex();
-        out.push(IssuedCert {
-            agent_id: identity.agent_id,
-            revoked: revoked.contains(&serial_hex),
-            serial_hex,
-            not_after_ns: identity.not_after_ns,
-        });
+        out.push(IssuedCert::of(identity, &revoked));
     }
     out.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
     Ok(out)
@@ -496,18 +645,26 @@ fn issue_agent_inner(
     // Revoke the replaced certificate before overwriting it: after a crash in between, the
     // old file is still there, already revoked, and a rerun simply replaces it. An unreadable
     // old file cannot be revoked and is just replaced.
-    let superseded = cert_serial(&cert_path).unwrap_or(None);
-    if let Some(serial_hex) = &superseded {
+    // After renewals the file holds several certificates: every one is superseded.
+    let superseded: Vec<String> = cert_identities(&cert_path)
+        .unwrap_or_default()
+        .iter()
+        .map(tls::Identity::serial_hex)
+        .collect();
+    if !superseded.is_empty() {
         let now = SystemTime::now();
         let mut list = Revocations::load(&layout.revocations())?;
-        list.add(Revocation {
-            serial_hex: serial_hex.clone(),
-            agent_id: agent_id.to_owned(),
-            revoked_ns: to_ns(now),
-            reason: SUPERSEDED.to_owned(),
-        });
+        for serial_hex in &superseded {
+            list.add(Revocation {
+                serial_hex: serial_hex.clone(),
+                agent_id: agent_id.to_owned(),
+                revoked_ns: to_ns(now),
+                reason: SUPERSEDED.to_owned(),
+            });
+        }
         list.commit(&layout, &ca, now)?;
     }
+    let superseded = superseded.into_iter().next();
     write_key_atomic(&key_path, minted.key_pem.as_bytes())?;
     write_atomic(&cert_path, minted.cert_pem.as_bytes(), PUBLIC_MODE)?;
     Ok(IssuedAgent {
@@ -579,8 +736,21 @@ fn cert_identity(path: &Path) -> Result<Option<tls::Identity>, PkiError> {
         })
 }
 
-fn cert_serial(path: &Path) -> Result<Option<String>, PkiError> {
-    Ok(cert_identity(path)?.map(|identity| identity.serial_hex()))
+/// The identities of every certificate in an agent's file, newest first; none if the file
+/// does not exist.
+fn cert_identities(path: &Path) -> Result<Vec<tls::Identity>, PkiError> {
+    let Some(pem) = read_optional(path)? else {
+        return Ok(Vec::new());
+    };
+    certs::pem_certificates(path, &pem)?
+        .iter()
+        .map(|der| {
+            tls::identity_from_cert(der).map_err(|e| PkiError::Unreadable {
+                path: path.to_owned(),
+                reason: e.to_string(),
+            })
+        })
+        .collect()
 }
 
 fn after(now: SystemTime, validity: Duration) -> Result<SystemTime, PkiError> {

@@ -748,3 +748,45 @@ async fn a_quic_handshake_accepts_an_issued_agent_and_refuses_a_revoked_one() {
         "{seen:?}"
     );
 }
+
+#[test]
+fn a_short_certificate_is_backdated_by_a_tenth_of_its_validity_so_its_renewal_lies_ahead() {
+    let (_tmp, dir) = fresh();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let before = now_ns();
+    let issued = issue_agent_for_key(&dir, "web-1", &key, Duration::from_secs(60), |_| {
+        Ok::<(), ()>(())
+    })
+    .unwrap()
+    .unwrap();
+    let der = <CertificateDer as rustls_pki_types::pem::PemObject>::from_pem_slice(
+        issued.cert_pem.as_bytes(),
+    )
+    .unwrap();
+    let (_, parsed) = x509_parser::parse_x509_certificate(der.as_ref()).unwrap();
+    let not_before = parsed.validity().not_before.timestamp() * 1_000_000_000;
+    let not_after = parsed.validity().not_after.timestamp() * 1_000_000_000;
+    // Six seconds back, not an hour: two thirds into the lifetime is still to come.
+    assert!(
+        before - not_before <= 7_000_000_000,
+        "{before} {not_before}"
+    );
+    let renewal = not_before + (not_after - not_before) * 2 / 3;
+    assert!(
+        renewal > before + 30_000_000_000,
+        "renewal {renewal}, issued {before}"
+    );
+    // A long one keeps the hour, for hosts whose clock is a little behind.
+    let long = issue_agent_for_key(&dir, "web-2", &key, DEFAULT_AGENT_VALIDITY, |_| {
+        Ok::<(), ()>(())
+    })
+    .unwrap()
+    .unwrap();
+    let der = <CertificateDer as rustls_pki_types::pem::PemObject>::from_pem_slice(
+        long.cert_pem.as_bytes(),
+    )
+    .unwrap();
+    let (_, parsed) = x509_parser::parse_x509_certificate(der.as_ref()).unwrap();
+    let not_before = parsed.validity().not_before.timestamp() * 1_000_000_000;
+    assert!(before - not_before >= 3_599_000_000_000);
+}

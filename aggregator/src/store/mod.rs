@@ -32,6 +32,7 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::enroll::token::EnrollmentToken;
 use crate::tokens::TokenRecord;
 use outpost_common::event::{AgentStatus, DropCounters, Event, EventKind, FimChange, HostFacts};
 use outpost_common::wire::Hello;
@@ -610,9 +611,52 @@ pub trait StateStore: Send + Sync + 'static {
 
     /// Up to `limit` audit entries older than the entry `before` (all when `None`), newest first.
     fn audit(&self, before: Option<i64>, limit: usize) -> Result<Vec<AuditEntry>, StoreError>;
+
+    /// Takes an agent out of the fleet (`agents remove`): [`StateStore::agents`] and
+    /// [`StateStore::agent`] no longer answer it, until its next Hello. Answers whether it was
+    /// in the fleet.
+    fn remove_agent(&self, agent_id: &str, now_ns: i64) -> Result<bool, StoreError>;
+
+    /// Stores a new enrollment token.
+    fn insert_enrollment_token(&self, token: &EnrollmentToken) -> Result<(), StoreError>;
+
+    /// The enrollment token with this id (16 hex digits), revoked and expired ones included.
+    fn enrollment_token(&self, id: &str) -> Result<Option<EnrollmentToken>, StoreError>;
+
+    /// Every enrollment token, newest first.
+    fn enrollment_tokens(&self) -> Result<Vec<EnrollmentToken>, StoreError>;
+
+    /// Revokes the enrollment token with this id at `now_ns`; answers it as revoked, or `None`
+    /// when there is no such token. Revoking a revoked token changes nothing.
+    fn revoke_enrollment_token(
+        &self,
+        id: &str,
+        now_ns: i64,
+    ) -> Result<Option<EnrollmentToken>, StoreError>;
+
+    /// Whether a public key with this SHA-256 was certified by enrollment or renewal before.
+    fn key_enrolled(&self, key_sha256: &[u8; 32]) -> Result<bool, StoreError>;
+
+    /// Records a certified key and spends a use of its enrollment token, as one write: all or
+    /// none. [`StoreError::Conflict`] when the key was certified before, or the token can no
+    /// longer be used (used up, revoked or expired since it was checked).
+    fn record_enrollment(&self, enrollment: &Enrollment) -> Result<(), StoreError>;
 }
 
-/// One call to the API that changed something or was refused.
+/// A public key certified for an agent ([`StateStore::record_enrollment`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Enrollment {
+    /// SHA-256 of the public key (DER).
+    pub key_sha256: [u8; 32],
+    pub agent_id: String,
+    /// The enrollment token whose use this spends; `None` for a renewal.
+    pub token_id: Option<String>,
+    pub now_ns: i64,
+}
+
+/// One call to the API that changed something or was refused; or an enrollment or renewal
+/// over QUIC (`method` `QUIC`, `route` `enroll "<id>"` or `renew "<id>"`, `token_id` the
+/// enrollment token's, `outcome` `ok` or `refused: <reason>`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct AuditEntry {
     /// Its place in the log (0 before it is stored); newer entries have higher ids.

@@ -8,11 +8,9 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use outpost_tests::{Agent, AgentOptions, Env, Store, toml_string};
+use outpost_tests::{Agent, AgentOptions, Env, LineWriter, Pace, Store, toml_string};
 
 /// Bytes per line, its newline included: the lost byte count converts to lines exactly.
 const LINE: usize = 64;
@@ -26,68 +24,6 @@ enum Mode {
     Create,
     /// `copytruncate`: the file is copied then truncated; the writer keeps its descriptor.
     CopyTruncate,
-}
-
-/// Appends `line NNNNNNNN xxx…\n` lines, a few every millisecond, until stopped.
-struct Writer {
-    written: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Writer {
-    fn start(path: PathBuf, mode: Mode) -> Writer {
-        let written = Arc::new(AtomicU64::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (w, s) = (written.clone(), stop.clone());
-        let open = move |p: &Path| {
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)
-                .expect("the writer opens the log")
-        };
-        let thread = std::thread::spawn(move || {
-            let mut file = open(&path);
-            let mut n = 0u64;
-            while !s.load(Ordering::Relaxed) {
-                if mode == Mode::Create {
-                    // An application told to reopen its log (logrotate's postrotate) does so by
-                    // name; reopening at every write is the same, sooner.
-                    file = open(&path);
-                }
-                let mut text = String::new();
-                for _ in 0..4 {
-                    let head = format!("line {n:08} ");
-                    text.push_str(&head);
-                    text.push_str(&"x".repeat(LINE - head.len() - 1));
-                    text.push('\n');
-                    n += 1;
-                }
-                file.write_all(text.as_bytes()).expect("the writer appends");
-                w.store(n, Ordering::Relaxed);
-                // The writer's pace: a workload, not a synchronisation.
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        });
-        Writer {
-            written,
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    fn written(&self) -> u64 {
-        self.written.load(Ordering::Relaxed)
-    }
-
-    fn finish(mut self) -> u64 {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            t.join().expect("the writer thread ends");
-        }
-        self.written()
-    }
 }
 
 /// The real logrotate with its own configuration and state file.
@@ -222,7 +158,20 @@ fn run(mode: Mode, name: &str) {
     std::fs::create_dir_all(&dir).expect("the log directory is made");
     let log = dir.join("app.log");
     let source = log.display().to_string();
-    let writer = Writer::start(log.clone(), mode);
+    // `line NNNNNNNN xxx…` lines, a few every millisecond.
+    let writer = LineWriter::start(
+        log.clone(),
+        Pace {
+            lines: 4,
+            pause: Duration::from_millis(1),
+            reopen: mode == Mode::Create,
+        },
+        |n| {
+            let head = format!("line {n:08} ");
+            let pad = LINE - head.len() - 1;
+            head + &"x".repeat(pad)
+        },
+    );
     let rotate = Logrotate::new(env.path(), &log, mode);
     let options = AgentOptions {
         extra_toml: format!(

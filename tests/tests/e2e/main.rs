@@ -12,6 +12,7 @@ mod auth;
 mod check_config;
 mod delivery;
 mod disk_full;
+mod enroll;
 mod fim;
 mod fim_trail;
 mod garbage;

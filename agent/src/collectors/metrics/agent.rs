@@ -120,6 +120,20 @@ fn telemetry(p: &mut Points, t: &Telemetry) {
     for (name, unit, n) in fim {
         p.counter(name, unit, n as f64, &[]);
     }
+    let cert = t.certificate();
+    if cert.not_after_ns != 0 {
+        let seconds = cert.not_after_ns as f64 / 1e9;
+        p.gauge("outpost.agent.certificate.not_after", "s", seconds, &[]);
+    }
+    let renewals = "outpost.agent.certificate.renewals";
+    p.counter(
+        renewals,
+        "{renewal}",
+        counters.cert_renewals as f64,
+        &[("result", "ok")],
+    );
+    let failures = counters.cert_renewal_failures as f64;
+    p.counter(renewals, "{renewal}", failures, &[("result", "failed")]);
     if let Some(l) = t.ack_latency() {
         let seconds = |us: u64| us as f64 / 1e6;
         let latency = "outpost.agent.send.latency";

@@ -622,6 +622,12 @@ fn every_metric_has_its_name_unit_kind_and_attributes() {
         ("outpost.agent.fim.rescans", "{scan}", Counter, &[&[]]),
         ("outpost.agent.fim.unreadable", "{path}", Counter, &[&[]]),
         (
+            "outpost.agent.certificate.renewals",
+            "{renewal}",
+            Counter,
+            &[&["result"]],
+        ),
+        (
             "outpost.agent.collector.errors",
             "{error}",
             Gauge,

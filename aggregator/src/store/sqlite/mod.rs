@@ -63,11 +63,13 @@ use rusqlite::{Connection, OpenFlags};
 use self::checkpoint::Checkpointer;
 pub use self::codec::{fim_change_from_name, fim_change_name, fim_detection_name};
 pub use self::reader::SqliteReader;
+use crate::enroll::token::EnrollmentToken;
 use crate::tokens::TokenRecord;
 
 use super::{
-    AgentRecord, AuditEntry, BatchCommit, Cursor, EventPage, EventQuery, EventStore, HostSummary,
-    IncomingBatch, RegistryUpdate, Retention, RetentionReport, StateStore, StoreError, fim_trail,
+    AgentRecord, AuditEntry, BatchCommit, Cursor, Enrollment, EventPage, EventQuery, EventStore,
+    HostSummary, IncomingBatch, RegistryUpdate, Retention, RetentionReport, StateStore, StoreError,
+    fim_trail,
 };
 use crate::store::series::{MetricAnswer, MetricQuery, MetricQueryError};
 
@@ -76,6 +78,7 @@ mod checkpoint;
 mod chunk;
 mod codec;
 mod commit;
+mod enrollment;
 mod metrics;
 mod queries;
 mod reader;
@@ -361,6 +364,40 @@ impl StateStore for SqliteStore {
 
     fn audit(&self, before: Option<i64>, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
         tokens::audit(&lock(&self.read), before, limit)
+    }
+
+    fn remove_agent(&self, agent_id: &str, now_ns: i64) -> Result<bool, StoreError> {
+        let result = self.lock_write().remove_agent(agent_id, now_ns);
+        self.generation.fetch_add(1, Ordering::Release);
+        result
+    }
+
+    fn insert_enrollment_token(&self, token: &EnrollmentToken) -> Result<(), StoreError> {
+        self.lock_write().insert_enrollment_token(token)
+    }
+
+    fn enrollment_token(&self, id: &str) -> Result<Option<EnrollmentToken>, StoreError> {
+        enrollment::token(&lock(&self.read), id)
+    }
+
+    fn enrollment_tokens(&self) -> Result<Vec<EnrollmentToken>, StoreError> {
+        enrollment::tokens(&lock(&self.read))
+    }
+
+    fn revoke_enrollment_token(
+        &self,
+        id: &str,
+        now_ns: i64,
+    ) -> Result<Option<EnrollmentToken>, StoreError> {
+        self.lock_write().revoke_enrollment_token(id, now_ns)
+    }
+
+    fn key_enrolled(&self, key_sha256: &[u8; 32]) -> Result<bool, StoreError> {
+        enrollment::key_enrolled(&lock(&self.read), key_sha256)
+    }
+
+    fn record_enrollment(&self, enrollment: &Enrollment) -> Result<(), StoreError> {
+        self.lock_write().record_enrollment(enrollment)
     }
 }
 

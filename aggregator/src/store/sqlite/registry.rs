@@ -47,6 +47,20 @@ impl WriteState {
     }
 }
 
+impl WriteState {
+    /// Takes the agent out of the fleet ([`crate::store::StateStore::remove_agent`]).
+    pub(super) fn remove_agent(&mut self, agent_id: &str, now_ns: i64) -> Result<bool, StoreError> {
+        self.conn
+            .execute(
+                "UPDATE agents SET removed_ns = ?2, connected = 0
+                 WHERE agent_id = ?1 AND removed_ns IS NULL",
+                params![agent_id, now_ns],
+            )
+            .map(|changed| changed > 0)
+            .map_err(|e| StoreError::backend(format!("removing agent {agent_id}"), e))
+    }
+}
+
 /// An agent's labels as a JSON object, key to value.
 fn labels_json(labels: &[(String, String)]) -> rusqlite::Result<String> {
     let map: std::collections::BTreeMap<&str, &str> = labels
@@ -64,7 +78,7 @@ fn apply(tx: &Transaction<'_>, key: i64, update: &RegistryUpdate) -> rusqlite::R
             tx.prepare_cached(
                 "UPDATE agents SET spool_id = ?2, agent_version = ?3, hostname = ?4, os = ?5,
                     kernel = ?6, arch = ?7, cpus = ?8, memory_bytes = ?9, boot_time_ns = ?10,
-                    labels = ?11
+                    labels = ?11, removed_ns = NULL
                  WHERE agent_key = ?1",
             )?
             .execute(params![
@@ -187,7 +201,8 @@ pub(super) fn agents(
                 last_disconnect_ns, last_disconnect_reason, status, status_received_ns,
                 drops_changed_ns, drops_last_increase, backlog_rising_since_ns, clock_skew_ns,
                 labels
-             FROM agents WHERE ?1 IS NULL OR agent_id = ?1 ORDER BY agent_id",
+             FROM agents WHERE (?1 IS NULL OR agent_id = ?1) AND removed_ns IS NULL
+             ORDER BY agent_id",
         )?;
         let rows = stmt.query_map([agent_id], agent_from_row)?;
         rows.collect::<rusqlite::Result<Vec<_>>>()

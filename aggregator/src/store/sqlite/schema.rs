@@ -22,6 +22,7 @@ const MIGRATIONS: &[&str] = &[
     SCHEMA_V9_LOG_BLOCKS,
     SCHEMA_V10_LOG_LINES_IN_BLOCKS,
     SCHEMA_V11_ALERTING,
+    SCHEMA_V12_ENROLLMENT,
 ];
 
 pub(super) const SCHEMA_V1: &str = "
@@ -362,6 +363,32 @@ CREATE TABLE alerting_meta (
 ) WITHOUT ROWID;
 ";
 
+/// Enrollment (`store::sqlite::enrollment`): the tokens (only their secrets' hashes), and the
+/// hash of every public key certified by enrollment or renewal, so that a request is never
+/// served twice for the same key; and agents removed from the fleet.
+const SCHEMA_V12_ENROLLMENT: &str = "
+CREATE TABLE enrollment_tokens (
+    id             TEXT PRIMARY KEY,   -- 16 hex digits
+    secret_sha256  BLOB NOT NULL,
+    created_ns     INTEGER NOT NULL,
+    expires_ns     INTEGER NOT NULL,
+    max_uses       INTEGER,            -- NULL: any number until it expires
+    uses           INTEGER NOT NULL DEFAULT 0,
+    labels         TEXT NOT NULL,      -- JSON [[key, value], ...], sorted by key
+    allow_reenroll INTEGER NOT NULL,
+    revoked_ns     INTEGER
+) WITHOUT ROWID;
+CREATE TABLE enrolled_keys (
+    key_sha256  BLOB PRIMARY KEY,      -- SHA-256 of the certified public key (DER)
+    agent_id    TEXT NOT NULL,
+    token_id    TEXT,                  -- NULL for a renewal
+    enrolled_ns INTEGER NOT NULL
+) WITHOUT ROWID;
+-- `agents remove`: out of the fleet until the agent says Hello again. The row stays, since
+-- stored events refer to its key.
+ALTER TABLE agents ADD COLUMN removed_ns INTEGER;
+";
+
 pub(super) const LOG_INDEX: &str = "CREATE INDEX logs_agent_time ON logs (agent_key, time_ns);";
 
 /// The schema version this build writes and reads.
@@ -478,7 +505,7 @@ mod tests {
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
         assert_eq!(version, MIGRATIONS.len() as i64);
-        assert_eq!(version, 11);
+        assert_eq!(version, 12);
         let units = |store: &SqliteStore| -> Vec<(String, String)> {
             let conn = Connection::open(store.path()).unwrap();
             let mut q = conn

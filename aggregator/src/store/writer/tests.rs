@@ -138,6 +138,37 @@ impl StateStore for FakeStore {
     fn audit(&self, _: Option<i64>, _: usize) -> Result<Vec<crate::store::AuditEntry>, StoreError> {
         unimplemented!()
     }
+    fn remove_agent(&self, _: &str, _: i64) -> Result<bool, StoreError> {
+        unimplemented!()
+    }
+    fn insert_enrollment_token(
+        &self,
+        _: &crate::enroll::token::EnrollmentToken,
+    ) -> Result<(), StoreError> {
+        unimplemented!()
+    }
+    fn enrollment_token(
+        &self,
+        _: &str,
+    ) -> Result<Option<crate::enroll::token::EnrollmentToken>, StoreError> {
+        unimplemented!()
+    }
+    fn enrollment_tokens(&self) -> Result<Vec<crate::enroll::token::EnrollmentToken>, StoreError> {
+        unimplemented!()
+    }
+    fn revoke_enrollment_token(
+        &self,
+        _: &str,
+        _: i64,
+    ) -> Result<Option<crate::enroll::token::EnrollmentToken>, StoreError> {
+        unimplemented!()
+    }
+    fn key_enrolled(&self, _: &[u8; 32]) -> Result<bool, StoreError> {
+        unimplemented!()
+    }
+    fn record_enrollment(&self, _: &crate::store::Enrollment) -> Result<(), StoreError> {
+        unimplemented!()
+    }
 }
 
 /// A writer over one store that is both the event store and the state store.
