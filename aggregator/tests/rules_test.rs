@@ -95,6 +95,11 @@ const CASES: &[Case] = &[
     case("inodes-full", "inodes-full.jsonl", &[]),
     case("agent-dropping-data", "agent-dropping-data.jsonl", &[]),
     case("agent-clock-skew", "agent-clock-skew.jsonl", &[]),
+    case(
+        "agent-certificate-expiring",
+        "agent-certificate-expiring.jsonl",
+        &[],
+    ),
 ];
 
 /// Default rules that no case makes fire although one should, with why: each is a bug to fix,

@@ -41,6 +41,9 @@ const S: i64 = 1_000_000_000;
 /// The metric [`Engine::heartbeat`] makes of each heartbeat: how far the agent's clock is from
 /// the aggregator's, in seconds, ahead or behind (the registry keeps the sign).
 pub const CLOCK_SKEW: &str = "outpost.agent.clock_skew";
+/// The metric of seconds until an agent's certificate expires, made from its heartbeats when
+/// it reports its certificate (agents renew at two thirds of its lifetime).
+pub const CERT_EXPIRES_IN: &str = "outpost.agent.certificate.expires_in";
 
 /// How often the records take up the states the evaluators moved without a transition (a firing
 /// alert whose condition held again), so that a restart restores them nearly as they were.
@@ -405,7 +408,8 @@ impl Engine {
 
     /// Takes an agent's heartbeat, received at `now_ns`: the host was heard from (absence
     /// rules), and its clock's distance from the aggregator's becomes a point of the metric
-    /// [`CLOCK_SKEW`] (seconds, either way) for threshold rules.
+    /// [`CLOCK_SKEW`] (seconds, either way) for threshold rules, and the time its certificate
+    /// has left one of [`CERT_EXPIRES_IN`].
     pub fn heartbeat(&mut self, agent_id: &str, status: &AgentStatus, now_ns: i64) {
         let event = Event::Status(status.clone());
         let mut changes = self.absence.observe(agent_id, &event, now_ns);
@@ -419,6 +423,14 @@ impl Engine {
             kind: MetricKind::Gauge,
         };
         changes.extend(self.threshold.observe(agent_id, &point, now_ns));
+        if status.cert_not_after_ns > 0 {
+            let point = MetricPoint {
+                name: CERT_EXPIRES_IN.to_owned(),
+                value: status.cert_not_after_ns.saturating_sub(now_ns) as f64 / 1e9,
+                ..point
+            };
+            changes.extend(self.threshold.observe(agent_id, &point, now_ns));
+        }
         if !changes.is_empty() {
             self.apply(changes, now_ns);
             self.compose(now_ns);

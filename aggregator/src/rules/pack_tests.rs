@@ -407,9 +407,10 @@ fn run_logs(records: &[(&str, LogRecord)]) -> Vec<Change> {
 }
 
 /// The rules' names, in the order the pack loads them (its files by name).
-const NAMES: [&str; 16] = [
+const NAMES: [&str; 17] = [
     "agent-dropping-data",
     "agent-clock-skew",
+    "agent-certificate-expiring",
     "host-down",
     "cpu-busy",
     "memory-full",
