@@ -69,7 +69,9 @@ ensure_dir() { install -d -m "$1" -o "$2" -g "$3" "$4"; }
 
 ensure_dirs() {
     ensure_dir 0755 root root "$OUTPOST_ETC"
-    ensure_dir 0750 root "$OUTPOST_USER" "$OUTPOST_TLS"
+    # Writable by the services: the agent renews its key and certificate here, the aggregator
+    # records the certificates it issues at enrollment and renewal, and its revocation list.
+    ensure_dir 0770 root "$OUTPOST_USER" "$OUTPOST_TLS"
     ensure_dir 0750 "$OUTPOST_USER" "$OUTPOST_USER" "$OUTPOST_HOME"
     ensure_dir 0750 "$OUTPOST_USER" "$OUTPOST_USER" "$OUTPOST_LOG"
     case "$outpost_package" in
@@ -88,16 +90,30 @@ group_readable() {
     done
 }
 
+# The agent's key and certificate belong to the service, which renews them in place.
+agent_owned() {
+    for f in "$@"; do
+        if [ -f "$f" ]; then
+            chown "$OUTPOST_USER:$OUTPOST_USER" "$f"
+        fi
+    done
+    if [ -f "$OUTPOST_TLS/agent.key" ]; then chmod 0600 "$OUTPOST_TLS/agent.key"; fi
+}
+
 # The packaged file is written root:root 0640 on every install and upgrade.
 fix_config() {
     case "$outpost_package" in
-        outpost-agent) group_readable "$OUTPOST_ETC/agent.toml" "$OUTPOST_TLS/agent.key" ;;
+        outpost-agent)
+            group_readable "$OUTPOST_ETC/agent.toml"
+            agent_owned "$OUTPOST_TLS/agent.key" "$OUTPOST_TLS/agent.pem"
+            ;;
         outpost-aggregator) group_readable "$OUTPOST_ETC/aggregator.toml" "$OUTPOST_TLS/server.key" ;;
     esac
 }
 
-# A first CA for the aggregator; an existing one is never replaced. The CA key stays 0600 root
-# (only `pki` commands, run as root, use it); the server key becomes readable by the service.
+# A first CA for the aggregator; an existing one is never replaced. The service signs the
+# certificates of enrolling and renewing agents, so it reads the CA key (root:outpost 0640) and
+# writes agents/ and the lock that `pki` commands share with it.
 ensure_pki() {
     if [ -e "$OUTPOST_TLS/ca.pem" ] || [ -e "$OUTPOST_TLS/ca.key" ]; then
         say "keeping the existing CA in $OUTPOST_TLS"
@@ -114,7 +130,14 @@ ensure_pki() {
             return 0
         fi
     fi
-    group_readable "$OUTPOST_TLS/server.key"
+    group_readable "$OUTPOST_TLS/server.key" "$OUTPOST_TLS/ca.key"
+    if [ -d "$OUTPOST_TLS/agents" ]; then
+        chown root:"$OUTPOST_USER" "$OUTPOST_TLS/agents"
+        chmod 0770 "$OUTPOST_TLS/agents"
+    fi
+    touch "$OUTPOST_TLS/.lock"
+    chown root:"$OUTPOST_USER" "$OUTPOST_TLS/.lock"
+    chmod 0660 "$OUTPOST_TLS/.lock"
 }
 
 # Does the agent's configuration pass, read as the service user reads it?
@@ -123,11 +146,38 @@ agent_configured() {
         check-config >/dev/null 2>&1
 }
 
+# Enrolls the agent with the token in $OUTPOST_ENROLL_TOKEN or /etc/outpost/enroll.token, if
+# there is one and the agent has no certificate yet. The token file is a secret: it goes once
+# used. A failure (the aggregator unreachable, a refused token) is reported and leaves the token
+# for the agent's first start to try again.
+agent_enroll_if_token() {
+    token_file="$OUTPOST_ETC/enroll.token"
+    [ -e "$OUTPOST_TLS/agent.pem" ] && return 0
+    if [ -n "${OUTPOST_ENROLL_TOKEN:-}" ]; then
+        # Through a file, so that the token is not on a command line others can read.
+        token_file=$(mktemp)
+        chmod 0600 "$token_file"
+        printf '%s\n' "$OUTPOST_ENROLL_TOKEN" >"$token_file"
+    elif [ ! -e "$token_file" ]; then
+        return 0
+    fi
+    if /usr/bin/outpost-agent --config "$OUTPOST_ETC/agent.toml" enroll --token-file "$token_file"; then
+        rm -f "$token_file"
+    else
+        say "enrollment failed; the agent tries again at its first start (outpost-agent enroll --help)"
+        [ -n "${OUTPOST_ENROLL_TOKEN:-}" ] && rm -f "$token_file"
+    fi
+    return 0
+}
+
 agent_instructions() {
     id=$(hostname 2>/dev/null || true)
     [ -n "$id" ] || id="<ID>"
     cat <<TEXT
 outpost-agent: installed and enabled, but not started: it needs an aggregator and a certificate.
+Either enroll it with a token made on the aggregator (outpost-aggregator token create --enroll):
+  outpost-agent enroll --token-file FILE && systemctl start outpost-agent
+or by hand:
   1. On the aggregator: outpost-aggregator pki issue-agent $id --dir /etc/outpost/tls
   2. Copy its ca.pem, agents/$id.pem and agents/$id.key here as /etc/outpost/tls/ca.pem,
      /etc/outpost/tls/agent.pem and /etc/outpost/tls/agent.key, then
@@ -178,6 +228,7 @@ purge() {
         outpost-agent)
             rm -rf "$OUTPOST_HOME/agent"
             rm -f "$OUTPOST_TLS/agent.pem" "$OUTPOST_TLS/agent.key" "$OUTPOST_ETC/agent.toml"
+            rm -f "$OUTPOST_TLS"/agent.*.new "$OUTPOST_TLS"/*.tmp "$OUTPOST_ETC/enroll.token"
             rm -f "$OUTPOST_ETC"/agent.toml.dpkg-* "$OUTPOST_ETC"/agent.toml.rpm*
             ;;
         outpost-aggregator)
@@ -206,6 +257,9 @@ before() {
             if [ "${1:-}" = configure ]; then
                 ensure_user
                 ensure_dirs
+                if [ "$outpost_package" = outpost-agent ]; then
+                    agent_enroll_if_token
+                fi
                 fix_config
                 if [ "$outpost_package" = outpost-aggregator ]; then
                     ensure_pki
@@ -217,6 +271,9 @@ before() {
             ;;
         rpm:post)
             ensure_dirs
+            if [ "$outpost_package" = outpost-agent ]; then
+                agent_enroll_if_token
+            fi
             fix_config
             if [ "$outpost_package" = outpost-aggregator ]; then
                 ensure_pki

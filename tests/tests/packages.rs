@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 /// How long to wait for a condition (a process to come up, an agent to connect) before failing.
 const DEADLINE: Duration = Duration::from_secs(120);
 const POLL: Duration = Duration::from_millis(250);
-const AGENT_ID: &str = "pkg-test";
 const PACKAGES: [&str; 2] = ["outpost-agent", "outpost-aggregator"];
 
 fn repo() -> PathBuf {
@@ -434,9 +433,17 @@ fn status_of_agent() -> Result<String, String> {
     let v: serde_json::Value =
         serde_json::from_slice(&out.stdout).map_err(|e| format!("status --json: {e}"))?;
     v.as_array()
-        .and_then(|a| a.iter().find(|e| e["agent_id"] == AGENT_ID))
+        .and_then(|a| a.iter().find(|e| e["agent_id"] == agent_id()))
         .map(|e| e["status"].as_str().unwrap_or_default().to_owned())
-        .ok_or_else(|| format!("{AGENT_ID} not listed: {v}"))
+        .ok_or_else(|| format!("{} not listed: {v}", agent_id()))
+}
+
+/// The agent's id: enrolled by the postinst, it is the host's name.
+fn agent_id() -> String {
+    fs::read_to_string("/proc/sys/kernel/hostname")
+        .expect("the host name")
+        .trim()
+        .to_owned()
 }
 
 fn dpkg_install(debs: &[&Path]) -> String {
@@ -461,32 +468,62 @@ fn packages_build_lint_install_run_upgrade_remove_and_purge() {
         check_rpm(package, &r1[&format!("{package}.rpm")]);
     }
 
-    // Install both.
-    let installed = dpkg_install(&[&r1["outpost-aggregator.deb"], &r1["outpost-agent.deb"]]);
-    assert!(
-        installed.contains("systemctl start outpost-agent"),
-        "the agent's postinst says what to do next:\n{installed}"
-    );
-    for p in PACKAGES {
-        assert_eq!(dpkg_status(p).as_deref(), Some("ii "), "{p}");
-    }
-    let conffiles = run(&mut cmd(
-        "dpkg-query",
-        &[
-            "-W",
-            "-f=${Conffiles}\n",
-            "outpost-agent",
-            "outpost-aggregator",
-        ],
-    ));
-    for f in [
-        "/etc/outpost/agent.toml",
+    // The aggregator first, started on a free loopback port; then an enrollment token dropped
+    // at /etc/outpost/enroll.token, and the agent's package enrolls in its postinst: install the
+    // package, nothing copied by hand.
+    dpkg_install(&[&r1["outpost-aggregator.deb"]]);
+    edit_config(
         "/etc/outpost/aggregator.toml",
-        "/etc/outpost/rules.d/README",
-    ] {
-        assert!(conffiles.contains(f), "{f} is not a conffile:\n{conffiles}");
-    }
-
+        "listen = ",
+        "listen = \"127.0.0.1:0\"",
+    );
+    let aggregator_unit = unit_file("outpost-aggregator");
+    let mut aggregator = Service::start("aggregator", &exec_start(&aggregator_unit));
+    let addr_file = "/var/lib/outpost/aggregator/listen.addr";
+    let addr = wait_for("the aggregator's listen.addr", || {
+        aggregator.assert_running()?;
+        let text = fs::read_to_string(addr_file).map_err(|e| e.to_string())?;
+        text.trim()
+            .parse::<std::net::SocketAddr>()
+            .map_err(|e| format!("{text:?}: {e}"))
+    });
+    // As the service user, so that the store's files stay the service's.
+    let token = run(&mut as_outpost(&[
+        "/usr/bin/outpost-aggregator",
+        "--config",
+        "/etc/outpost/aggregator.toml",
+        "token",
+        "create",
+        "--enroll",
+        "--uses",
+        "1",
+        "--endpoint",
+        &format!("127.0.0.1:{}", addr.port()),
+    ]));
+    let token = token
+        .split_whitespace()
+        .find(|w| w.starts_with("outpost-enroll-"))
+        .unwrap_or_else(|| panic!("no token in: {token}"))
+        .to_owned();
+    fs::write("/etc/outpost/enroll.token", format!("{token}\n")).expect("the token file");
+    let mut install = cmd("dpkg", &["--force-confold", "--install"]);
+    install
+        .arg(&r1["outpost-agent.deb"])
+        .env("DEBIAN_FRONTEND", "noninteractive");
+    let out = output(&mut install);
+    let installed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && installed.contains("enrolled as"),
+        "the agent's postinst enrolls with the token file:\n{installed}"
+    );
+    assert!(
+        !Path::new("/etc/outpost/enroll.token").exists(),
+        "the used token file is removed"
+    );
     // The user, the directories and the modes.
     let passwd = run(&mut cmd("getent", &["passwd", "outpost"]));
     let fields: Vec<&str> = passwd.trim().split(':').collect();
@@ -497,18 +534,22 @@ fn packages_build_lint_install_run_upgrade_remove_and_purge() {
     );
     assert!(user_exists("group", "outpost"));
     assert_owner_mode("/etc/outpost", "755 root root");
-    assert_owner_mode("/etc/outpost/tls", "750 root outpost");
+    assert_owner_mode("/etc/outpost/tls", "770 root outpost");
     assert_owner_mode("/etc/outpost/agent.toml", "640 root outpost");
     assert_owner_mode("/etc/outpost/aggregator.toml", "640 root outpost");
+    // The agent's own identity, made on this host; the service renews it in place.
+    assert_owner_mode("/etc/outpost/tls/agent.key", "600 outpost outpost");
+    assert_owner_mode("/etc/outpost/tls/agent.pem", "644 outpost outpost");
     assert_owner_mode("/etc/outpost/rules.d", "755 root root");
     assert_owner_mode("/etc/outpost/rules.d/README", "644 root root");
     assert_owner_mode("/var/lib/outpost", "750 outpost outpost");
     assert_owner_mode("/var/lib/outpost/agent", "750 outpost outpost");
     assert_owner_mode("/var/lib/outpost/aggregator", "750 outpost outpost");
     assert_owner_mode("/var/log/outpost", "750 outpost outpost");
-    // The PKI made by the aggregator's postinst: the service reads the server key, never the
-    // CA key.
-    assert_owner_mode("/etc/outpost/tls/ca.key", "600 root root");
+    // The PKI made by the aggregator's postinst: the service reads the server key, and the CA
+    // key, with which it signs the certificates of enrolling and renewing agents.
+    assert_owner_mode("/etc/outpost/tls/ca.key", "640 root outpost");
+    assert_owner_mode("/etc/outpost/tls/agents", "770 root outpost");
     assert_owner_mode("/etc/outpost/tls/server.key", "640 root outpost");
     // An operator renewing the server certificate as root: the new key stays readable by the
     // service, and by no one else.
@@ -529,7 +570,6 @@ fn packages_build_lint_install_run_upgrade_remove_and_purge() {
 
     // The units as installed.
     let agent_unit = unit_file("outpost-agent");
-    let aggregator_unit = unit_file("outpost-aggregator");
     for unit in [&agent_unit, &aggregator_unit] {
         let out = output(&mut cmd("systemd-analyze", &["verify", unit]));
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -551,56 +591,15 @@ fn packages_build_lint_install_run_upgrade_remove_and_purge() {
         "/etc/outpost/aggregator.toml",
         "check-config",
     ]));
-    let out = output(&mut as_outpost(&[
-        "/usr/bin/outpost-agent",
-        "--config",
-        "/etc/outpost/agent.toml",
-        "check-config",
-    ]));
-    assert_eq!(out.status.code(), Some(64), "unconfigured agent: {out:?}");
+    // Enrolled by the postinst: the configuration names the aggregator, and passes.
+    let agent_config = fs::read_to_string("/etc/outpost/agent.toml").expect("agent.toml");
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("no aggregator configured"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        agent_config.contains(&format!("quic://127.0.0.1:{}", addr.port())),
+        "{agent_config}"
     );
-
-    // Configure the agent against the installed aggregator on a free loopback port.
-    let issued = run(&mut cmd(
-        "/usr/bin/outpost-aggregator",
-        &["pki", "issue-agent", AGENT_ID, "--dir", "/etc/outpost/tls"],
-    ));
-    assert!(issued.contains(AGENT_ID), "{issued}");
-    for (from, to) in [
-        (format!("agents/{AGENT_ID}.pem"), "agent.pem"),
-        (format!("agents/{AGENT_ID}.key"), "agent.key"),
-    ] {
-        let tls = Path::new("/etc/outpost/tls");
-        fs::copy(tls.join(&from), tls.join(to)).unwrap_or_else(|e| panic!("{from}: {e}"));
-    }
-    run(&mut cmd(
-        "chown",
-        &["root:outpost", "/etc/outpost/tls/agent.key"],
-    ));
-    run(&mut cmd("chmod", &["0640", "/etc/outpost/tls/agent.key"]));
-    edit_config(
-        "/etc/outpost/aggregator.toml",
-        "listen = ",
-        "listen = \"127.0.0.1:0\"",
-    );
-
-    let mut aggregator = Service::start("aggregator", &exec_start(&aggregator_unit));
-    let addr_file = "/var/lib/outpost/aggregator/listen.addr";
-    let addr = wait_for("the aggregator's listen.addr", || {
-        aggregator.assert_running()?;
-        let text = fs::read_to_string(addr_file).map_err(|e| e.to_string())?;
-        text.trim()
-            .parse::<std::net::SocketAddr>()
-            .map_err(|e| format!("{text:?}: {e}"))
-    });
-    edit_config(
-        "/etc/outpost/agent.toml",
-        "#endpoint = ",
-        &format!("endpoint = \"quic://127.0.0.1:{}\"", addr.port()),
+    assert!(
+        agent_config.contains("# Where to send events: quic://HOST:PORT."),
+        "the enrollment kept the configuration's comments:\n{agent_config}"
     );
     run(&mut as_outpost(&[
         "/usr/bin/outpost-agent",
@@ -738,10 +737,10 @@ fn rpm_install_upgrade_erase(r1: &BTreeMap<String, PathBuf>, r2: &BTreeMap<Strin
         "the agent's %post says what to do next:\n{installed}"
     );
     assert!(user_exists("passwd", "outpost"), "%pre creates the user");
-    assert_owner_mode("/etc/outpost/tls", "750 root outpost");
+    assert_owner_mode("/etc/outpost/tls", "770 root outpost");
     assert_owner_mode("/etc/outpost/agent.toml", "640 root outpost");
     assert_owner_mode("/etc/outpost/aggregator.toml", "640 root outpost");
-    assert_owner_mode("/etc/outpost/tls/ca.key", "600 root root");
+    assert_owner_mode("/etc/outpost/tls/ca.key", "640 root outpost");
     assert_owner_mode("/etc/outpost/tls/server.key", "640 root outpost");
     assert_owner_mode("/var/lib/outpost/agent", "750 outpost outpost");
     assert_owner_mode("/var/lib/outpost/aggregator", "750 outpost outpost");
