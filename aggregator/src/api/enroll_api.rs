@@ -56,8 +56,9 @@ pub struct NewEnrollmentTokenRequest {
     /// How long it is valid: 1 to 9999 seconds, minutes, hours or days (`24h` when absent).
     #[schema(pattern = "^[1-9][0-9]{0,3}[smhd]$")]
     pub expires_in: Option<String>,
-    /// Enrollments it allows (1 when absent).
-    #[schema(minimum = 1)]
+    /// Enrollments it allows (1 when absent), at most a million.
+    #[schema(value_type = Option<u32>, minimum = 1, maximum = 1000000)]
+    #[serde(default, deserialize_with = "whole_uses")]
     pub uses: Option<u32>,
     /// Labels for every agent enrolled with it.
     #[serde(default)]
@@ -69,6 +70,20 @@ pub struct NewEnrollmentTokenRequest {
     /// It may enroll an id another live agent holds.
     #[serde(default)]
     pub allow_reenroll: bool,
+}
+
+/// Reads `uses` as JSON Schema counts integers: any whole number, `106.0` included, from 1 to a
+/// million; anything else is refused as a bad request.
+fn whole_uses<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    let Some(n) = Option::<f64>::deserialize(d)? else {
+        return Ok(None);
+    };
+    if n.fract() != 0.0 || !(1.0..=1_000_000.0).contains(&n) {
+        return Err(serde::de::Error::custom(format!(
+            "uses: {n} is not a whole number from 1 to 1000000"
+        )));
+    }
+    Ok(Some(n as u32))
 }
 
 /// An enrollment token just created: the only time its text is shown.
@@ -128,10 +143,16 @@ pub async fn list_enrollment_tokens(
 pub async fn create_enrollment_token(
     State(api): State<Arc<Api>>,
     Extension(caller): Extension<Caller>,
-    body: Result<Json<NewEnrollmentTokenRequest>, axum::extract::rejection::JsonRejection>,
+    body: Result<
+        Json<serde_json::Map<String, serde_json::Value>>,
+        axum::extract::rejection::JsonRejection,
+    >,
 ) -> Result<(StatusCode, Json<CreatedEnrollmentToken>), ApiError> {
     caller.require(Role::Admin)?;
-    let Json(req) = body?;
+    // An object, and only an object: serde would also read the struct from an array.
+    let Json(object) = body?;
+    let req: NewEnrollmentTokenRequest = serde_json::from_value(serde_json::Value::Object(object))
+        .map_err(|e| ApiError::bad_request(format!("the request body is not valid: {e}")))?;
     let now = outpost_common::time::now_ns();
     let expires_ns = super::expiry(req.expires_in.as_deref().unwrap_or("24h"), now)
         .map_err(|e| ApiError::bad_parameter("expires_in", e))?;

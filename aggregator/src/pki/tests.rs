@@ -759,7 +759,7 @@ fn a_short_certificate_is_backdated_by_a_tenth_of_its_validity_so_its_renewal_li
     })
     .unwrap()
     .unwrap();
-    let der = <CertificateDer as rustls_pki_types::pem::PemObject>::from_pem_slice(
+    let der = <CertificateDer<'_> as rustls_pki_types::pem::PemObject>::from_pem_slice(
         issued.cert_pem.as_bytes(),
     )
     .unwrap();
@@ -782,7 +782,7 @@ fn a_short_certificate_is_backdated_by_a_tenth_of_its_validity_so_its_renewal_li
     })
     .unwrap()
     .unwrap();
-    let der = <CertificateDer as rustls_pki_types::pem::PemObject>::from_pem_slice(
+    let der = <CertificateDer<'_> as rustls_pki_types::pem::PemObject>::from_pem_slice(
         long.cert_pem.as_bytes(),
     )
     .unwrap();
