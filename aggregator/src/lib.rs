@@ -10,6 +10,7 @@ pub mod alerts;
 pub mod alerts_cli;
 pub mod api;
 pub mod config;
+pub mod console;
 pub mod enroll;
 pub mod fim;
 pub mod fleet;

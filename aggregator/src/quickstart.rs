@@ -106,7 +106,8 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
     let viewer = viewer_token(&validated)?;
     println!(
         "HTTP API on http://{api_addr}/api/v1, with a viewer token (a new one each run):\n  \
-         curl -H 'Authorization: Bearer {viewer}' http://{api_addr}/api/v1/agents"
+         curl -H 'Authorization: Bearer {viewer}' http://{api_addr}/api/v1/agents\n\
+         Web console on http://{api_addr}/ (sign in with the same token)."
     );
 
     let agent_conf = dir.join("agent.toml");

@@ -248,6 +248,7 @@ async fn start_api(
         max_body: usize::try_from(a.max_body.as_u64()).unwrap_or(usize::MAX),
         requests_per_sec_per_token: a.requests_per_sec_per_token,
         requests_per_sec_per_address: a.requests_per_sec_per_address,
+        secure_cookies: a.tls_cert.is_some() && a.tls_key.is_some(),
     };
     let tls = match (&a.tls_cert, &a.tls_key) {
         (Some(cert), Some(key)) => Some(crate::api::tls_config(cert, key)?),

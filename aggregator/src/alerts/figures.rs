@@ -2,11 +2,22 @@
 //! and notification attempts by outcome. The engine and outbox tasks count; a scrape reads a
 //! [`AlertingSnapshot`].
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use outpost_common::event::EventKind;
 
 use crate::rules::engine::AlertRecord;
 use crate::rules::lifecycle::AlertState;
 use crate::store::alerting::Attempt;
+
+fn kind_slot(kind: EventKind) -> usize {
+    match kind {
+        EventKind::Metric => 0,
+        EventKind::Log => 1,
+        EventKind::Fim => 2,
+        EventKind::Status => 3,
+    }
+}
 
 /// Counters and levels shared by the alerting tasks.
 #[derive(Debug, Default)]
@@ -20,6 +31,23 @@ pub struct AlertingFigures {
     sent: AtomicU64,
     retried: AtomicU64,
     failed: AtomicU64,
+    /// When the engine last evaluated an event of each kind (by [`EventKind`]), and a
+    /// heartbeat; zero: never.
+    last_input_ns: [AtomicI64; 4],
+    last_heartbeat_ns: AtomicI64,
+    /// When the engine last stepped (every rule's time-driven transitions).
+    last_step_ns: AtomicI64,
+}
+
+/// When the engine last evaluated each kind of input; zero: never.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LastEvaluated {
+    pub metric_ns: i64,
+    pub log_ns: i64,
+    pub fim_ns: i64,
+    pub status_ns: i64,
+    pub heartbeat_ns: i64,
+    pub step_ns: i64,
 }
 
 /// The figures at one moment.
@@ -40,6 +68,35 @@ impl AlertingFigures {
     pub fn evaluated(&self, events: usize) {
         self.events_evaluated
             .fetch_add(events as u64, Ordering::Relaxed);
+    }
+
+    /// The engine evaluated events of `kinds` at `now_ns`.
+    pub fn evaluated_kinds(&self, kinds: impl IntoIterator<Item = EventKind>, now_ns: i64) {
+        for kind in kinds {
+            self.last_input_ns[kind_slot(kind)].store(now_ns, Ordering::Relaxed);
+        }
+    }
+
+    /// The engine evaluated a heartbeat at `now_ns`.
+    pub fn evaluated_heartbeat(&self, now_ns: i64) {
+        self.last_heartbeat_ns.store(now_ns, Ordering::Relaxed);
+    }
+
+    /// The engine stepped at `now_ns`.
+    pub fn stepped(&self, now_ns: i64) {
+        self.last_step_ns.store(now_ns, Ordering::Relaxed);
+    }
+
+    pub fn last_evaluated(&self) -> LastEvaluated {
+        let at = |kind| self.last_input_ns[kind_slot(kind)].load(Ordering::Relaxed);
+        LastEvaluated {
+            metric_ns: at(EventKind::Metric),
+            log_ns: at(EventKind::Log),
+            fim_ns: at(EventKind::Fim),
+            status_ns: at(EventKind::Status),
+            heartbeat_ns: self.last_heartbeat_ns.load(Ordering::Relaxed),
+            step_ns: self.last_step_ns.load(Ordering::Relaxed),
+        }
     }
 
     pub fn rules_loaded(&self, rules: usize) {

@@ -25,6 +25,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
+use outpost_common::event::{Event, EventKind};
 use serde::Serialize;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
@@ -38,7 +39,7 @@ use crate::store::alerting::{AlertingStore, Attempt, StoredSilence};
 use crate::store::{Cursor, Feed, FeedItem, RegistryUpdate, StateStore};
 
 pub use config::AlertingSection;
-pub use figures::{AlertingFigures, AlertingSnapshot};
+pub use figures::{AlertingFigures, AlertingSnapshot, LastEvaluated};
 
 /// The longest the engine goes without a tick.
 const MAX_TICK: Duration = Duration::from_secs(1);
@@ -157,6 +158,7 @@ pub struct AlertingHandle {
     commands: mpsc::Sender<Command>,
     store: Arc<dyn AlertingStore>,
     rules: Arc<RwLock<RulesStatus>>,
+    figures: Arc<AlertingFigures>,
 }
 
 impl std::fmt::Debug for AlertingHandle {
@@ -244,6 +246,11 @@ impl AlertingHandle {
 
     pub fn store(&self) -> &Arc<dyn AlertingStore> {
         &self.store
+    }
+
+    /// When the engine last evaluated each kind of input.
+    pub fn last_evaluated(&self) -> LastEvaluated {
+        self.figures.last_evaluated()
     }
 }
 
@@ -389,10 +396,23 @@ where
             commands,
             store,
             rules: rules_status,
+            figures: figures.clone(),
         },
         figures,
         tasks,
     })
+}
+
+/// The kinds among `events`.
+fn kinds<'a>(events: impl Iterator<Item = &'a Event>) -> Vec<EventKind> {
+    let mut kinds = Vec::with_capacity(4);
+    for e in events {
+        let kind = e.kind();
+        if !kinds.contains(&kind) {
+            kinds.push(kind);
+        }
+    }
+    kinds
 }
 
 struct EngineTask<S> {
@@ -449,6 +469,7 @@ impl<S: AlertingStore + StateStore> EngineTask<S> {
                             self.engine.observe(&batch.agent_id, event, now);
                         }
                         self.figures.evaluated(batch.events.len());
+                        self.figures.evaluated_kinds(kinds(batch.events.iter()), now);
                         self.cursor = self.cursor.max(batch.end());
                     }
                     Ok(Some(FeedItem::Missed(events))) => {
@@ -457,6 +478,7 @@ impl<S: AlertingStore + StateStore> EngineTask<S> {
                             self.engine.observe(&e.agent_id, &e.event, now);
                         }
                         self.figures.evaluated(events.len());
+                        self.figures.evaluated_kinds(kinds(events.iter().map(|e| &e.event)), now);
                         if let Some(last) = events.last() {
                             self.cursor = self.cursor.max(last.cursor.advance(1));
                         }
@@ -474,6 +496,7 @@ impl<S: AlertingStore + StateStore> EngineTask<S> {
                     Ok(update) => {
                         if let RegistryUpdate::Heartbeat { agent_id, status, now_ns } = update.as_ref() {
                             self.engine.heartbeat(agent_id, status, *now_ns);
+                            self.figures.evaluated_heartbeat(*now_ns);
                         }
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
@@ -496,7 +519,9 @@ impl<S: AlertingStore + StateStore> EngineTask<S> {
                 _ = expire.tick() => self.expire(),
                 () = tokio::time::sleep(wake_in) => {}
             }
-            self.engine.tick(now_ns());
+            let now = now_ns();
+            self.engine.tick(now);
+            self.figures.stepped(now);
             self.save().await;
         }
         self.engine.tick(now_ns());

@@ -42,7 +42,7 @@ const MAX_MATCHERS: usize = 32;
 
 impl Api {
     /// The running engine, or 503 when alerting is disabled.
-    fn alerting(&self) -> Result<&AlertingHandle, ApiError> {
+    pub(crate) fn alerting(&self) -> Result<&AlertingHandle, ApiError> {
         self.alerting.as_ref().ok_or_else(|| {
             ApiError::unavailable(
                 "alerting is disabled on this aggregator (`[alerting] enabled = false` in its \
@@ -62,7 +62,7 @@ async fn read<T: Send + 'static>(
 }
 
 /// The answer to an engine's refusal, by what was refused.
-fn refused(e: AlertingError) -> ApiError {
+pub(crate) fn refused(e: AlertingError) -> ApiError {
     let message = e.to_string();
     match e {
         AlertingError::Refused(r) => match r {
@@ -619,7 +619,7 @@ pub struct NewSilenceRequest {
 }
 
 /// When a silence asked for as `req` starts and ends, at `now_ns`.
-fn silence_times(req: &NewSilenceRequest, now_ns: i64) -> Result<(i64, i64), ApiError> {
+pub(crate) fn silence_times(req: &NewSilenceRequest, now_ns: i64) -> Result<(i64, i64), ApiError> {
     let starts = match req.starts_at.as_deref() {
         None => now_ns,
         Some(text) => match crate::fim::parse_time(text) {

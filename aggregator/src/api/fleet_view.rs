@@ -153,7 +153,7 @@ struct State {
 
 impl Api {
     /// The fleet view to answer from (see the module's documentation).
-    pub(super) async fn fleet_view(self: &Arc<Self>) -> Result<Arc<FleetView>, ApiError> {
+    pub(crate) async fn fleet_view(self: &Arc<Self>) -> Result<Arc<FleetView>, ApiError> {
         let generation = self.store.registry_generation();
         let kept = {
             let state = self

@@ -39,6 +39,7 @@ pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
     durations: HistogramVec,
+    logins: IntCounterVec,
     source: Mutex<Option<Figures>>,
     /// Counters and gauges of the figures, by name, made at their first scrape.
     counters: Mutex<std::collections::HashMap<&'static str, IntCounterVec>>,
@@ -73,9 +74,21 @@ impl Metrics {
             &["route"],
         )
         .unwrap_or_else(|e| unreachable!("a valid metric: {e}"));
+        let logins = IntCounterVec::new(
+            Opts::new(
+                "outpost_console_logins_total",
+                "Sign-ins to the web console, by outcome (ok, refused).",
+            ),
+            &["outcome"],
+        )
+        .unwrap_or_else(|e| unreachable!("a valid metric: {e}"));
+        for outcome in ["ok", "refused"] {
+            logins.with_label_values(&[outcome]);
+        }
         for m in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(durations.clone()),
+            Box::new(logins.clone()),
         ] {
             if let Err(e) = registry.register(m) {
                 tracing::error!(error = %e, "cannot register an API metric");
@@ -85,6 +98,7 @@ impl Metrics {
             registry,
             requests,
             durations,
+            logins,
             source: Mutex::new(None),
             counters: Mutex::new(std::collections::HashMap::new()),
             gauges: Mutex::new(std::collections::HashMap::new()),
@@ -111,6 +125,13 @@ impl Metrics {
         self.durations
             .with_label_values(&[route])
             .observe(took.as_secs_f64());
+    }
+
+    /// Counts one sign-in to the console.
+    pub fn console_login(&self, ok: bool) {
+        self.logins
+            .with_label_values(&[if ok { "ok" } else { "refused" }])
+            .inc();
     }
 
     /// Everything, in the Prometheus text format.

@@ -32,7 +32,7 @@ use crate::fleet::FleetPolicy;
 use crate::store::{AuditEntry, EventStore, StateStore, StoreError};
 use crate::tokens::{self, Presented, Role, Verdict};
 
-mod alerts;
+pub(crate) mod alerts;
 #[cfg(test)]
 mod alerts_tests;
 mod enroll_api;
@@ -63,6 +63,7 @@ pub(crate) mod tests_support {
             max_body: 4096,
             requests_per_sec_per_token: 1000,
             requests_per_sec_per_address: 1000,
+            secure_cookies: false,
         }
     }
 
@@ -143,6 +144,8 @@ pub struct ApiConfig {
     pub max_body: usize,
     pub requests_per_sec_per_token: u32,
     pub requests_per_sec_per_address: u32,
+    /// The listener speaks TLS: the console's cookies are `Secure`.
+    pub secure_cookies: bool,
 }
 
 impl Api {
@@ -225,7 +228,7 @@ impl Api {
     }
 
     /// Runs `f` on the store on a blocking thread.
-    async fn store<T: Send + 'static>(
+    pub(crate) async fn store<T: Send + 'static>(
         self: &Arc<Self>,
         what: &'static str,
         f: impl FnOnce(&dyn Backend) -> Result<T, StoreError> + Send + 'static,
@@ -341,7 +344,8 @@ fn v1(api: &Arc<Api>) -> (Router<Arc<Api>>, utoipa::openapi::OpenApi) {
     (router, doc)
 }
 
-/// The whole application: `/api/v1`, `/api/v1/openapi.json`, `/healthz`, `/readyz`.
+/// The whole application: `/api/v1`, `/api/v1/openapi.json`, `/healthz`, `/readyz`, and the
+/// web console at `/` ([`crate::console`]).
 pub fn app(api: Arc<Api>, config: &ApiConfig) -> Router {
     let (v1, doc) = v1(&api);
     let doc = Arc::new(doc);
@@ -368,6 +372,8 @@ pub fn app(api: Arc<Api>, config: &ApiConfig) -> Router {
     Router::new()
         .merge(v1)
         .merge(ops::routes(doc))
+        .with_state(Arc::clone(&api))
+        .merge(crate::console::routes(&api, config.secure_cookies))
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&api),
             count,
@@ -381,7 +387,6 @@ pub fn app(api: Arc<Api>, config: &ApiConfig) -> Router {
         })
         .layer(axum::extract::DefaultBodyLimit::max(config.max_body))
         .layer(middleware)
-        .with_state(api)
 }
 
 /// Counts and times every answered request by its route (`/metrics`).
@@ -457,7 +462,7 @@ async fn guard(State(api): State<Arc<Api>>, mut req: Request, next: Next) -> Res
     let mutating = !matches!(method, Method::GET | Method::HEAD | Method::OPTIONS);
     let refused_caller = matches!(outcome, "unauthorized" | "forbidden" | "rate_limited");
     if mutating || refused_caller {
-        let entry = AuditEntry {
+        api.audit(AuditEntry {
             id: 0,
             time_ns: outpost_common::time::now_ns(),
             token_id: caller.as_ref().map(|c| c.token_id.clone()),
@@ -467,16 +472,30 @@ async fn guard(State(api): State<Arc<Api>>, mut req: Request, next: Next) -> Res
             route,
             status: status.as_u16(),
             outcome: outcome.to_owned(),
-        };
-        if let Err(e) = api
+        })
+        .await;
+    }
+    response
+}
+
+impl Api {
+    /// Writes one audit record; one that cannot be written is counted and logged.
+    pub(crate) async fn audit(self: &Arc<Self>, entry: AuditEntry) {
+        if let Err(e) = self
             .store("writing the audit log", move |s| s.append_audit(&[entry]))
             .await
         {
-            api.audit_failures.fetch_add(1, Ordering::Relaxed);
+            self.audit_failures.fetch_add(1, Ordering::Relaxed);
             tracing::error!(error = %e.message, "An API call could not be written to the audit log.");
         }
     }
-    response
+
+    /// Takes one request from `ip`'s allowance; `Err` says how long until the next one.
+    pub(crate) fn check_address(&self, ip: IpAddr) -> Result<(), Duration> {
+        self.per_address.check_key(&ip).map_err(|not_until| {
+            not_until.wait_time_from(governor::clock::Clock::now(self.per_address.clock()))
+        })
+    }
 }
 
 async fn authenticate(

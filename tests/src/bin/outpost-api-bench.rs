@@ -292,6 +292,7 @@ async fn start_api(
         max_body: 1 << 20,
         requests_per_sec_per_token: 1_000_000,
         requests_per_sec_per_address: 1_000_000,
+        secure_cookies: false,
     };
     let api = Api::new(store.clone(), &config);
     api.set_ingest_up(true);
