@@ -40,6 +40,17 @@ pub async fn records(console: &Console) -> Option<Vec<AlertRecord>> {
     }
 }
 
+/// A rule's value as people read it: whole numbers whole, others to a precision that matters.
+pub fn value(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{v:.0}")
+    } else if v.abs() >= 100.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
 fn state_name(state: AlertState) -> &'static str {
     match state {
         AlertState::Pending { .. } => "pending",
@@ -78,13 +89,13 @@ pub fn alert_table(records: &[AlertRecord], id: &str, viewer: &Viewer, now: i64)
                                 }
                                 td { @if let Some(h) = r.labels.get("host") { a href={ "/hosts/" (urlencode(h)) } { (h) } } @else { (none()) } }
                                 td { (when(Some(r.active_since_ns), now)) }
-                                td.num { @match r.value { Some(v) => (format!("{v:.3}")), None => (none()) } }
+                                td.num { @match r.value { Some(v) => (value(v)), None => (none()) } }
                                 td {
                                     @if r.suppressed_by.is_empty() { "yes" }
                                     @else { small { "no: " (r.suppressed_by.join(", ")) } }
                                 }
                                 @if operator {
-                                    td.actions {
+                                    td { div.actions {
                                         @if r.ack.is_none() && state == "firing" {
                                             form.ack method="post" action={ "/alerts/" (urlencode(&r.fingerprint)) "/ack" } {
                                                 (csrf_field(&viewer.session))
@@ -92,7 +103,7 @@ pub fn alert_table(records: &[AlertRecord], id: &str, viewer: &Viewer, now: i64)
                                             }
                                         }
                                         a.silence href={ "/silences/new?fingerprint=" (urlencode(&r.fingerprint)) } { "Silence…" }
-                                    }
+                                    } }
                                 }
                             }
                         }
@@ -490,6 +501,13 @@ pub async fn expire_silence(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn values_read_plainly() {
+        assert_eq!(value(875_798_528.0), "875798528");
+        assert_eq!(value(4.08), "4.080");
+        assert_eq!(value(1234.5678), "1234.6");
+    }
 
     #[test]
     fn an_alerts_labels_prefill_matchers_that_parse_back_to_them() {

@@ -33,6 +33,16 @@ pub fn last_evaluated(kind: &str, at: &LastEvaluated) -> i64 {
     }
 }
 
+/// A rule's `for` as people write it: `0s`, `5m`, `1h`.
+fn for_text(seconds: f64) -> String {
+    let d = std::time::Duration::from_secs_f64(seconds.max(0.0));
+    if d.is_zero() {
+        "0s".to_owned()
+    } else {
+        humantime::format_duration(d).to_string()
+    }
+}
+
 pub async fn rules(
     State(console): State<Arc<Console>>,
     Extension(viewer): Extension<Viewer>,
@@ -93,7 +103,7 @@ pub async fn rules(
                                 @if firing > 0 { " " a href="/alerts" { (firing) " firing" } }
                                 @if pending > 0 { " " (pending) " pending" }
                             }
-                            td.num { (rule.for_seconds) " s" }
+                            td.num { (for_text(rule.for_seconds)) }
                             td { (when((last > 0).then_some(last), now)) }
                             td { code { (rule.file) } }
                         }
