@@ -91,7 +91,8 @@ pub fn alert_table(records: &[AlertRecord], id: &str, viewer: &Viewer, now: i64)
                                 td { (when(Some(r.active_since_ns), now)) }
                                 td.num { @match r.value { Some(v) => (value(v)), None => (none()) } }
                                 td {
-                                    @if r.suppressed_by.is_empty() { "yes" }
+                                    @if state == "pending" { span.muted { "not yet" } }
+                                    @else if r.suppressed_by.is_empty() { "yes" }
                                     @else { small { "no: " (r.suppressed_by.join(", ")) } }
                                 }
                                 @if operator {

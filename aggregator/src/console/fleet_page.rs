@@ -345,23 +345,23 @@ fn row(e: &FleetEntry, alerts: usize, now: i64) -> Markup {
                 a.host-link href={ "/hosts/" (urlencode(&e.agent_id)) } { (e.agent_id) }
                 @if let Some(h) = &e.hostname { @if h != &e.agent_id { br; small.muted { (h) } } }
             }
-            td.status data-status=(status) {
+            td.status data-status=(status) data-label="Status" {
                 span class={ "badge " (status) } { (status_label(e.status)) }
                 @if !e.reason.is_empty() { br; small { (e.reason) } }
             }
-            td { (when(e.last_seen_ns, now)) }
-            td { @if let Some(v) = &e.version { (v) } @else { (none()) } }
-            td { (percent(e.cpu_percent)) }
-            td { (percent(e.memory_percent)) }
-            td {
+            td data-label="Last seen" { (when(e.last_seen_ns, now)) }
+            td data-label="Version" { @if let Some(v) = &e.version { (v) } @else { (none()) } }
+            td data-label="CPU" { (percent(e.cpu_percent)) }
+            td data-label="Memory" { (percent(e.memory_percent)) }
+            td data-label="Fullest filesystem" {
                 @if let Some(f) = &e.fullest_filesystem {
                     (percent(Some(f.percent))) " " small.muted { (f.mountpoint) }
                 } @else { (none()) }
             }
-            td.num {
+            td.num data-label="Backlog" {
                 @match e.backlog_events { Some(n) => (n), None => (none()) }
             }
-            td.num {
+            td.num data-label="Open alerts" {
                 @if alerts > 0 { a.alerts-count href={ "/alerts?host=" (urlencode(&e.agent_id)) } { (alerts) } } @else { "0" }
             }
         }
