@@ -26,6 +26,7 @@
 
 mod agent;
 mod aggregator;
+mod browser;
 mod env;
 mod process;
 pub mod raw;
@@ -35,6 +36,7 @@ mod writer;
 
 pub use agent::{Agent, AgentOptions, Kind, SpoolView, Synthetic, UnenrolledAgent};
 pub use aggregator::{Aggregator, AggregatorOptions};
+pub use browser::{Browser, Element, LogEntry, Problems, Timing};
 pub use env::{AgentCert, DEADLINE, Env, binary};
 pub use process::Process;
 pub use seqs::SeqReport;

@@ -9,6 +9,7 @@ mod aggregator_outage;
 mod alerting;
 mod api;
 mod auth;
+mod browser_harness;
 mod check_config;
 mod delivery;
 mod disk_full;
