@@ -133,6 +133,8 @@ pub struct Browser {
     /// Logs read from chromedriver (which forgets what it hands out).
     seen: RefCell<Seen>,
     screenshots: RefCell<u32>,
+    /// More to say when a wait times out (the state of the programs under test).
+    diagnosis: Option<Box<dyn Fn() -> String>>,
 }
 
 impl fmt::Debug for Browser {
@@ -194,6 +196,7 @@ impl Browser {
             dir: dir.to_owned(),
             seen: RefCell::new(Seen::default()),
             screenshots: RefCell::new(0),
+            diagnosis: None,
         };
         // The first tab shows Chromium's new-tab page, which loads its own resources and may
         // log: leave it, and forget what it did.
@@ -201,6 +204,12 @@ impl Browser {
         browser.collect_logs();
         *browser.seen.borrow_mut() = Seen::default();
         browser
+    }
+
+    /// Adds what `diagnosis` says (such as [`crate::Env::diagnosis`]) to the report of a wait
+    /// that timed out.
+    pub fn diagnose_with(&mut self, diagnosis: impl Fn() -> String + 'static) {
+        self.diagnosis = Some(Box::new(diagnosis));
     }
 
     fn client(&self) -> &Client {
@@ -284,14 +293,71 @@ impl Browser {
         .collect()
     }
 
-    /// The rendered text of the first element matching `css`.
+    /// The rendered text of the first element matching `css`; fails the test if there is none.
+    ///
+    /// Read in one step in the page, so that a part of the page replaced meanwhile (a refresh)
+    /// cannot make it fail.
     pub fn text(&self, css: &str) -> String {
-        self.find(css).text()
+        self.try_text(css).unwrap_or_else(|| {
+            panic!(
+                "browser: no element matches `{css}` on {}\n{}",
+                self.current_url(),
+                self.page_excerpt()
+            )
+        })
     }
 
-    /// The attribute `name` of the first element matching `css`.
+    /// The rendered text of the first element matching `css`, if any.
+    pub fn try_text(&self, css: &str) -> Option<String> {
+        self.execute_with(
+            "const e = document.querySelector(arguments[0]); return e ? e.innerText : null;",
+            vec![json!(css)],
+        )
+        .as_str()
+        .map(str::to_owned)
+    }
+
+    /// The attribute `name` of the first element matching `css` (`None` if it has none); fails
+    /// the test if no element matches. Read in one step, like [`Browser::text`].
     pub fn attr(&self, css: &str, name: &str) -> Option<String> {
-        self.find(css).attr(name)
+        let found = self.execute_with(
+            "const e = document.querySelector(arguments[0]);
+             return e ? [e.getAttribute(arguments[1])] : null;",
+            vec![json!(css), json!(name)],
+        );
+        match found {
+            Value::Array(mut a) if a.len() == 1 => {
+                a.pop().and_then(|v| v.as_str().map(str::to_owned))
+            }
+            _ => panic!(
+                "browser: no element matches `{css}` on {}\n{}",
+                self.current_url(),
+                self.page_excerpt()
+            ),
+        }
+    }
+
+    /// How many elements match `css`.
+    pub fn count(&self, css: &str) -> usize {
+        let n = self.execute_with(
+            "return document.querySelectorAll(arguments[0]).length;",
+            vec![json!(css)],
+        );
+        n.as_u64()
+            .and_then(|n| usize::try_from(n).ok())
+            .unwrap_or_else(|| panic!("browser: counting `{css}` gave {n}"))
+    }
+
+    /// The HTTP status the page shown came with (`0` if the browser does not say).
+    pub fn status(&self) -> u16 {
+        let status = self.execute(
+            "const nav = performance.getEntriesByType('navigation')[0];
+             return nav && nav.responseStatus ? nav.responseStatus : 0;",
+        );
+        status
+            .as_u64()
+            .and_then(|s| u16::try_from(s).ok())
+            .unwrap_or_default()
     }
 
     /// Replaces the value of the input or textarea matching `css` by typing `value`.
@@ -336,22 +402,34 @@ impl Browser {
     }
 
     /// Polls `check` until it returns `Ok`, or fails the test after [`DEADLINE`] with `what`, the
-    /// last `Err`, the page's address and text, and a screenshot.
-    pub fn wait<T>(&self, what: &str, mut check: impl FnMut() -> Result<T, String>) -> T {
+    /// last `Err`, the page's address and text, a screenshot, and the diagnosis if one was
+    /// given ([`Browser::diagnose_with`]).
+    pub fn wait<T>(&self, what: &str, check: impl FnMut() -> Result<T, String>) -> T {
+        self.wait_every(POLL, what, check)
+    }
+
+    /// [`Browser::wait`] polling every `poll`, for checks that reload a page.
+    pub fn wait_every<T>(
+        &self,
+        poll: Duration,
+        what: &str,
+        mut check: impl FnMut() -> Result<T, String>,
+    ) -> T {
         let start = Instant::now();
         loop {
             match check() {
                 Ok(v) => return v,
                 Err(last) if start.elapsed() >= DEADLINE => {
                     let shot = self.failure_screenshot();
+                    let more = self.diagnosis.as_ref().map(|d| d()).unwrap_or_default();
                     panic!(
                         "browser: timed out after {DEADLINE:?} waiting for {what}\nlast seen: \
-                         {last}\npage: {}\n{}\nscreenshot: {shot}",
+                         {last}\npage: {}\n{}\nscreenshot: {shot}\n{more}",
                         self.current_url(),
                         self.page_excerpt()
                     )
                 }
-                Err(_) => std::thread::sleep(POLL),
+                Err(_) => std::thread::sleep(poll),
             }
         }
     }

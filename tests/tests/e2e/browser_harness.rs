@@ -54,6 +54,25 @@ fn serve(runtime: &tokio::runtime::Runtime) -> String {
             }),
         )
         .route(
+            "/csp",
+            axum::routing::get(|| async {
+                (
+                    [("content-security-policy", "default-src 'self'")],
+                    page("csp", "<p style=\"color: red\">Inline style</p>"),
+                )
+            }),
+        )
+        .route(
+            "/exception",
+            axum::routing::get(|| async {
+                page("exception", "<script>noSuchFunction()</script>")
+            }),
+        )
+        .route(
+            "/missing",
+            axum::routing::get(|| async { page("missing", "<img src=/nowhere.png alt=''>") }),
+        )
+        .route(
             "/foreign",
             axum::routing::get(|| async {
                 page(
@@ -159,6 +178,29 @@ fn the_browser_checks_catch_console_errors_and_requests_to_other_hosts_and_time_
             && message.contains("boom from the page"),
         "{message}"
     );
+    // So do a CSP violation, an uncaught exception and a failed load.
+    for (path, expected) in [
+        ("/csp", "Content Security Policy"),
+        ("/exception", "noSuchFunction"),
+        ("/missing", "404"),
+    ] {
+        browser.goto(&format!("{base}{path}"));
+        let problems = browser.wait(&format!("the error of {path} in the log"), || {
+            let p = browser.problems(&base);
+            if p.errors.is_empty() {
+                Err("no error logged yet".to_owned())
+            } else {
+                Ok(p)
+            }
+        });
+        assert!(
+            problems
+                .errors
+                .iter()
+                .any(|e| e.level == "SEVERE" && e.message.contains(expected)),
+            "{path}: {problems}"
+        );
+    }
     // What was reported is not reported again.
     browser.goto(&format!("{base}/clean"));
     browser.assert_clean(&base);
