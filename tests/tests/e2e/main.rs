@@ -11,6 +11,7 @@ mod api;
 mod auth;
 mod browser_harness;
 mod check_config;
+mod console;
 mod delivery;
 mod disk_full;
 mod enroll;
