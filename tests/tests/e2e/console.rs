@@ -301,7 +301,10 @@ fn an_operator_and_a_viewer_use_the_console_in_a_real_browser() {
     assert!(browser.count("#host-logs tr.log[data-severity]") >= 2);
     assert_eq!(browser.count("#host-fim"), 1);
     assert_eq!(browser.count("#host-alerts"), 1);
+    // Tall enough to show every chart.
+    browser.set_window_size(1280, 1500);
     browser.screenshot(&shots.join("host.png"));
+    browser.set_window_size(1280, 900);
 
     // The logs page: a search by host, source and words finds both lines, newest first.
     browser.goto(&format!("{base}/logs"));
