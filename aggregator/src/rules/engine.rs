@@ -573,7 +573,11 @@ impl Engine {
             &record,
             HistoryKind::Acknowledged,
             now_ns,
-            format!("by {by}: {comment}"),
+            if comment.is_empty() {
+                format!("by {by}")
+            } else {
+                format!("by {by}: {comment}")
+            },
         );
         Ok(record)
     }
