@@ -10,6 +10,11 @@
 //!   reports bytes on disk per stored point for the series layout and for the row per point of
 //!   schema 7.
 //!
+//! - `console`: registers N agents and stores a span of hours of host metrics for H of them
+//!   (as `fleet` and `metrics` do), then loads the web console's pages in headless Chromium and
+//!   reports, from the browser's Performance API, time to first contentful paint, time to the
+//!   complete page (the load event) and bytes per page, medians of several loads.
+//!
 //! The API runs in this process on loopback, built as the aggregator builds it; the load client
 //! shares the machine's cores with it, as a dashboard on the same host would. Build in release:
 //!
@@ -17,6 +22,7 @@
 //! cargo build --release -p outpost-tests --bin outpost-api-bench
 //! target/release/outpost-api-bench fleet --agents 100000
 //! target/release/outpost-api-bench metrics --hosts 100 --hours 24
+//! target/release/outpost-api-bench console --agents 10000 --hosts 100 --hours 24
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -81,6 +87,20 @@ enum What {
         #[arg(long, default_value_t = 2)]
         old_layout_hosts: usize,
     },
+    /// The web console's pages in headless Chromium over a registry of synthetic agents and
+    /// stored metrics of some of them.
+    Console {
+        #[arg(long, default_value_t = 10_000)]
+        agents: usize,
+        /// Agents (the first ones) with stored metrics.
+        #[arg(long, default_value_t = 100)]
+        hosts: usize,
+        #[arg(long, default_value_t = 24.0)]
+        hours: f64,
+        /// Loads of each page; the medians are reported.
+        #[arg(long, default_value_t = 5)]
+        loads: usize,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -135,7 +155,9 @@ fn main() -> anyhow::Result<()> {
                 template.iter().map(|t| t.points.len()).sum::<usize>()
             );
             let started = Instant::now();
-            let stored = fill_metrics(&store, &template, hosts, start, end)?;
+            let stored = fill_metrics(&store, &template, hosts, start, end, &|h| {
+                format!("host-{h:03}")
+            })?;
             let took = started.elapsed().as_secs_f64();
             println!(
                 "stored {stored} points in {took:.0} s ({:.0} points/s, commit and compaction)",
@@ -155,8 +177,85 @@ fn main() -> anyhow::Result<()> {
             let queries = metric_queries(hosts, start, end);
             runtime.block_on(measure(&store, &cli, &queries))?;
         }
+        What::Console {
+            agents,
+            hosts,
+            hours,
+            loads,
+        } => {
+            let end = outpost_common::time::now_ns();
+            let started = Instant::now();
+            register(&store, agents, end)?;
+            let span_ns = (hours * 3600.0 * SEC as f64) as i64;
+            let stored =
+                fill_metrics(&store, &host_template()?, hosts, end - span_ns, end, &|h| {
+                    format!("host-{h:06}")
+                })?;
+            println!(
+                "registered {agents} agents and stored {stored} metric points of {hosts} of them in {:.0} s",
+                started.elapsed().as_secs_f64()
+            );
+            let (base, token, _stop) = runtime.block_on(start_api(&store))?;
+            console_pages(dir.path(), &base, &token, loads);
+        }
     }
     Ok(())
+}
+
+/// Signs in to the console at `base` with `token` and loads each page `loads` times, printing
+/// the medians of first contentful paint, load event and bytes.
+fn console_pages(dir: &Path, base: &str, token: &str, loads: usize) {
+    let browser = outpost_tests::Browser::start(dir);
+    browser.goto(&format!("{base}/login"));
+    browser.fill("#login input[name=token]", token);
+    browser.submit("#login");
+    browser.wait_for_path("/fleet");
+    let pages = [
+        ("fleet: first 100 hosts by name", "/fleet".to_owned()),
+        (
+            "fleet: 100 busiest hosts",
+            "/fleet?sort=cpu&dir=desc".to_owned(),
+        ),
+        (
+            "fleet: search `role=web`, offline",
+            "/fleet?q=role%3Dweb&status=offline".to_owned(),
+        ),
+        (
+            "host: charts over 24 h",
+            "/hosts/host-000042?range=24h".to_owned(),
+        ),
+        (
+            "host: charts over 1 h",
+            "/hosts/host-000042?range=1h".to_owned(),
+        ),
+        ("logs: last hour", "/logs".to_owned()),
+    ];
+    println!(
+        "| page | first contentful paint ms | complete (load event) ms | bytes transferred | bytes compressed (page + assets) |"
+    );
+    println!("|---|---:|---:|---:|---:|");
+    for (name, path) in pages {
+        let mut fcp = Vec::new();
+        let mut load = Vec::new();
+        let mut transfer = Vec::new();
+        let mut encoded = Vec::new();
+        for _ in 0..loads {
+            browser.goto(&format!("{base}{path}"));
+            let t = browser.timing();
+            fcp.push(t.first_contentful_paint_ms);
+            load.push(t.load_ms);
+            transfer.push(t.transfer_bytes as f64);
+            encoded.push(t.encoded_body_bytes as f64);
+        }
+        browser.assert_clean(base);
+        println!(
+            "| {name} (`{path}`) | {:.0} | {:.0} | {:.0} | {:.0} |",
+            median(&mut fcp),
+            median(&mut load),
+            median(&mut transfer),
+            median(&mut encoded)
+        );
+    }
 }
 
 /// A named request path to time.
@@ -540,13 +639,15 @@ impl<'t> Rounds<'t> {
     }
 }
 
-/// Stores `hosts` × `start..end` of the template through commit and compaction; the points.
+/// Stores `hosts` × `start..end` of the template through commit and compaction, host `h` as
+/// agent `agent_id(h)`; the points.
 fn fill_metrics(
     store: &SqliteStore,
     template: &[Family],
     hosts: usize,
     start: i64,
     end: i64,
+    agent_id: &dyn Fn(usize) -> String,
 ) -> anyhow::Result<u64> {
     let mut rounds = Rounds::new(template, hosts);
     let retention = Retention::default();
@@ -561,7 +662,7 @@ fn fill_metrics(
                 let events = rounds.host(h, t);
                 stored += events.len() as u64;
                 IncomingBatch {
-                    agent_id: format!("host-{h:03}"),
+                    agent_id: agent_id(h),
                     spool_id: 1,
                     seq,
                     low_water_seq: seq,
