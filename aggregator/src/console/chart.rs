@@ -94,7 +94,8 @@ impl Chart<'_> {
             .fold(0.0_f64, f64::max);
         match self.unit {
             Unit::Percent => 100.0,
-            _ => nice_ceiling(max),
+            Unit::BytesPerSec => nice_binary_ceiling(max),
+            Unit::Number => nice_ceiling(max),
         }
     }
 
@@ -221,6 +222,22 @@ pub fn nice_ceiling(v: f64) -> f64 {
         .unwrap_or(10.0 * magnitude)
 }
 
+/// A round number of bytes at or above `v` in the binary unit it is shown in (so the scale
+/// reads 500 KiB/s, not 488.3 KiB/s).
+pub fn nice_binary_ceiling(v: f64) -> f64 {
+    let mut unit = 1.0;
+    while v / unit >= 1024.0 && unit < 1024f64.powi(5) {
+        unit *= 1024.0;
+    }
+    let top = nice_ceiling(v / unit) * unit;
+    // 1000 KiB reads better as 1 MiB.
+    if top / unit >= 1000.0 {
+        unit * 1024.0
+    } else {
+        top
+    }
+}
+
 /// A time on the axis: `HH:MM` within two days, `MM-DD HH:MM` beyond (UTC).
 fn axis_time(ns: i64, span_ns: i64) -> String {
     let text = super::layout::utc(ns);
@@ -326,6 +343,18 @@ mod tests {
         assert_eq!(nice_ceiling(5.0), 5.0);
         assert_eq!(nice_ceiling(0.12), 0.2);
         assert_eq!(nice_ceiling(7300.0), 10000.0);
+        assert_eq!(nice_binary_ceiling(400.0 * 1024.0), 500.0 * 1024.0);
+        assert_eq!(nice_binary_ceiling(300.0), 500.0);
+        assert_eq!(
+            nice_binary_ceiling(900.0),
+            1024.0,
+            "1 KiB rather than 1000 B"
+        );
+        assert_eq!(nice_binary_ceiling(1000.0 * 1024.0), 1024.0 * 1024.0);
+        assert_eq!(
+            human_bytes(nice_binary_ceiling(3.1 * 1024.0 * 1024.0)),
+            "5.0 MiB"
+        );
         assert_eq!(human_bytes(512.0), "512 B");
         assert_eq!(human_bytes(0.25), "0.2 B");
         assert_eq!(human_bytes(1536.0), "1.5 KiB");
