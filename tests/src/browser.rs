@@ -413,25 +413,18 @@ impl Browser {
         &self,
         poll: Duration,
         what: &str,
-        mut check: impl FnMut() -> Result<T, String>,
+        check: impl FnMut() -> Result<T, String>,
     ) -> T {
-        let start = Instant::now();
-        loop {
-            match check() {
-                Ok(v) => return v,
-                Err(last) if start.elapsed() >= DEADLINE => {
-                    let shot = self.failure_screenshot();
-                    let more = self.diagnosis.as_ref().map(|d| d()).unwrap_or_default();
-                    panic!(
-                        "browser: timed out after {DEADLINE:?} waiting for {what}\nlast seen: \
-                         {last}\npage: {}\n{}\nscreenshot: {shot}\n{more}",
-                        self.current_url(),
-                        self.page_excerpt()
-                    )
-                }
-                Err(_) => std::thread::sleep(poll),
-            }
-        }
+        crate::env::poll_until(poll, check, |last| {
+            let shot = self.failure_screenshot();
+            let more = self.diagnosis.as_ref().map(|d| d()).unwrap_or_default();
+            panic!(
+                "browser: timed out after {DEADLINE:?} waiting for {what}\nlast seen: \
+                 {last}\npage: {}\n{}\nscreenshot: {shot}\n{more}",
+                self.current_url(),
+                self.page_excerpt()
+            )
+        })
     }
 
     /// Waits until an element matches `css`, and answers the first.

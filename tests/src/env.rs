@@ -19,6 +19,23 @@ pub const DEADLINE: Duration = Duration::from_secs(90);
 /// Pause between two polls of a condition. Polling, not synchronisation: the condition decides.
 const POLL: Duration = Duration::from_millis(50);
 
+/// Calls `check` every `poll` until it answers `Ok`; past [`DEADLINE`], hands its last `Err` to
+/// `timed_out`, which fails the test.
+pub(crate) fn poll_until<T>(
+    poll: Duration,
+    mut check: impl FnMut() -> Result<T, String>,
+    timed_out: impl FnOnce(String) -> T,
+) -> T {
+    let start = Instant::now();
+    loop {
+        match check() {
+            Ok(v) => return v,
+            Err(last) if start.elapsed() >= DEADLINE => return timed_out(last),
+            Err(_) => std::thread::sleep(poll),
+        }
+    }
+}
+
 /// Log lines of each process shown when a wait times out.
 const TAIL_LINES: usize = 15;
 
@@ -249,22 +266,15 @@ impl Env {
         &self,
         poll: Duration,
         what: &str,
-        mut check: impl FnMut() -> Result<T, String>,
+        check: impl FnMut() -> Result<T, String>,
     ) -> T {
-        let start = Instant::now();
-        loop {
-            match check() {
-                Ok(v) => return v,
-                Err(last) if start.elapsed() >= DEADLINE => {
-                    panic!(
-                        "[{}] timed out after {DEADLINE:?} waiting for {what}\nlast seen: {last}\n{}",
-                        self.name(),
-                        self.diagnosis()
-                    )
-                }
-                Err(_) => std::thread::sleep(poll),
-            }
-        }
+        poll_until(poll, check, |last| {
+            panic!(
+                "[{}] timed out after {DEADLINE:?} waiting for {what}\nlast seen: {last}\n{}",
+                self.name(),
+                self.diagnosis()
+            )
+        })
     }
 
     /// Waits until the store holds at least `target` synthetic events of `agent_id` (repeats

@@ -8,7 +8,7 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use maud::html;
-use outpost_common::event::{Event, EventKind};
+use outpost_common::event::EventKind;
 
 use super::chart::{Chart, Line, MAX_SERIES, Unit, human_bytes};
 use super::events_page::{self, PAGE_ROWS};
@@ -269,7 +269,7 @@ pub async fn host(
                 Some(id.clone()),
                 Some(w.start..i64::MAX),
                 HOST_ROWS,
-                &|e| matches!(e.event, Event::Fim(_)),
+                &|_| true,
             )?
             .events;
             Ok(HostData {
