@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use outpost_common::config::QuicEndpoint;
-use outpost_common::event::HostFacts;
+use outpost_common::event::{DropReason, HostFacts};
 use outpost_common::wire::{self, Heartbeat, Hello, Message, RejectCode, Welcome, close_code};
 use thiserror::Error;
 use tokio::sync::watch;
@@ -41,13 +41,136 @@ use crate::internal_events::{
     BatchAcked, BatchRejected, BatchSent, BatchSplit, CertificateRenewalFailed, CertificateRenewed,
     Connected, Disconnected, DrainStarted, GraceExpired, NotConnected,
 };
-use crate::spool::{SpoolError, SpoolHandle, StoredBatch};
+use crate::spool::{SpoolError, SpoolHandle, SpoolStats, StoredBatch};
 use crate::telemetry::Telemetry;
 
 pub use renew::{Renewal, RenewalConfig};
 pub use session::{
     Action, BATCH_FRAME_OVERHEAD_BYTES, Pacer, ReceiverLimits, Session, SessionConfig, SessionEvent,
 };
+
+/// What the shipper needs of the spool: its unacknowledged batches, oldest first, and the calls
+/// that acknowledge, drop and split them. The agent's SQLite spool ([`SpoolHandle`]) is the one
+/// the agent uses; the fleet simulator ships from an in-memory one with the same contract.
+///
+/// The contract, as [`SpoolHandle`] keeps it: seqs are strictly increasing and never reused; a
+/// batch stays until [`Backlog::ack`] or [`Backlog::drop_batch`] removes it; the watch of
+/// [`Backlog::subscribe`] moves whenever a batch is added.
+pub trait Backlog: Send + Sync + 'static {
+    /// Resolves once the backlog has a spool id to announce; `Err` if it never will.
+    fn available(&self) -> impl Future<Output = Result<(), SpoolError>> + Send;
+    /// The statistics the agent's status reports.
+    fn stats(&self) -> SpoolStats;
+    /// The highest seq added so far; its current value counts as seen.
+    fn subscribe(&self) -> watch::Receiver<u64>;
+    /// Pack batches added from now on within these limits.
+    fn set_batch_limits(
+        &self,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> impl Future<Output = Result<(), SpoolError>> + Send;
+    /// At most `limit` of the oldest batches with a seq above `after_seq`.
+    fn batches_after(
+        &self,
+        after_seq: u64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<StoredBatch>, SpoolError>> + Send;
+    /// Removes acknowledged batches.
+    fn ack(&self, seqs: Vec<u64>) -> impl Future<Output = Result<(), SpoolError>> + Send;
+    /// Removes batch `seq` and counts its events as dropped for `reason`.
+    fn drop_batch(
+        &self,
+        seq: u64,
+        reason: DropReason,
+    ) -> impl Future<Output = Result<(), SpoolError>> + Send;
+    /// Replaces batch `seq` with batches within the limits; returns their new seqs.
+    fn split_batch(
+        &self,
+        seq: u64,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> impl Future<Output = Result<Vec<u64>, SpoolError>> + Send;
+}
+
+impl<B: Backlog> Backlog for Arc<B> {
+    async fn available(&self) -> Result<(), SpoolError> {
+        B::available(self).await
+    }
+    fn stats(&self) -> SpoolStats {
+        B::stats(self)
+    }
+    fn subscribe(&self) -> watch::Receiver<u64> {
+        B::subscribe(self)
+    }
+    async fn set_batch_limits(
+        &self,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Result<(), SpoolError> {
+        B::set_batch_limits(self, max_events, max_bytes).await
+    }
+    async fn batches_after(
+        &self,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredBatch>, SpoolError> {
+        B::batches_after(self, after_seq, limit).await
+    }
+    async fn ack(&self, seqs: Vec<u64>) -> Result<(), SpoolError> {
+        B::ack(self, seqs).await
+    }
+    async fn drop_batch(&self, seq: u64, reason: DropReason) -> Result<(), SpoolError> {
+        B::drop_batch(self, seq, reason).await
+    }
+    async fn split_batch(
+        &self,
+        seq: u64,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<u64>, SpoolError> {
+        B::split_batch(self, seq, max_events, max_bytes).await
+    }
+}
+
+impl Backlog for SpoolHandle {
+    async fn available(&self) -> Result<(), SpoolError> {
+        SpoolHandle::available(self).await
+    }
+    fn stats(&self) -> SpoolStats {
+        SpoolHandle::stats(self)
+    }
+    fn subscribe(&self) -> watch::Receiver<u64> {
+        SpoolHandle::subscribe(self)
+    }
+    async fn set_batch_limits(
+        &self,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Result<(), SpoolError> {
+        SpoolHandle::set_batch_limits(self, max_events, max_bytes).await
+    }
+    async fn batches_after(
+        &self,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredBatch>, SpoolError> {
+        SpoolHandle::batches_after(self, after_seq, limit).await
+    }
+    async fn ack(&self, seqs: Vec<u64>) -> Result<(), SpoolError> {
+        SpoolHandle::ack(self, seqs).await
+    }
+    async fn drop_batch(&self, seq: u64, reason: DropReason) -> Result<(), SpoolError> {
+        SpoolHandle::drop_batch(self, seq, reason).await
+    }
+    async fn split_batch(
+        &self,
+        seq: u64,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<u64>, SpoolError> {
+        SpoolHandle::split_batch(self, seq, max_events, max_bytes).await
+    }
+}
 
 /// What the shipper needs to know.
 #[derive(Debug, Clone)]
@@ -114,9 +237,9 @@ enum Outcome {
 
 /// Ships batches from the spool until shut down.
 #[derive(Debug)]
-pub struct Shipper {
+pub struct Shipper<B = SpoolHandle> {
     config: ShipConfig,
-    spool: SpoolHandle,
+    spool: B,
     telemetry: Arc<Telemetry>,
     host: HostFacts,
     /// Shared by every session, so a reconnect does not grant a fresh burst.
@@ -128,13 +251,8 @@ pub struct Shipper {
     renewal: std::sync::Mutex<Option<Renewal>>,
 }
 
-impl Shipper {
-    pub fn new(
-        config: ShipConfig,
-        spool: SpoolHandle,
-        telemetry: Arc<Telemetry>,
-        host: HostFacts,
-    ) -> Self {
+impl<B: Backlog> Shipper<B> {
+    pub fn new(config: ShipConfig, spool: B, telemetry: Arc<Telemetry>, host: HostFacts) -> Self {
         let pacer = Pacer::new(
             now(),
             config.catchup_events_per_sec,
@@ -157,7 +275,7 @@ impl Shipper {
     /// Connects, ships, and reconnects with capped exponential backoff and jitter, until
     /// `shutdown` turns true. Then drains what is in flight (within the grace period) and closes
     /// the connection cleanly.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(self, shutdown: watch::Receiver<bool>) {
         let endpoint = match bind_endpoint(&self.config.endpoint) {
             Ok(e) => e,
             Err(e) => {
@@ -165,6 +283,12 @@ impl Shipper {
                 return;
             }
         };
+        self.run_on(endpoint, shutdown).await;
+    }
+
+    /// [`Shipper::run`] from a client endpoint the caller made, which several shippers may share
+    /// (the fleet simulator runs thousands of agents over a few sockets).
+    pub async fn run_on(self, endpoint: quinn::Endpoint, mut shutdown: watch::Receiver<bool>) {
         let backoff_builder = ExponentialBuilder::new()
             .with_min_delay(self.config.reconnect_min)
             .with_max_delay(self.config.reconnect_max)
