@@ -28,6 +28,7 @@ mod agent;
 mod aggregator;
 mod browser;
 mod env;
+pub mod impair;
 mod process;
 pub mod raw;
 mod seqs;
