@@ -17,6 +17,10 @@ pub struct AggregatorOptions {
     pub offline_after: Duration,
     /// `tls.reload_interval`.
     pub reload_interval: Duration,
+    /// `fleet.heartbeat_interval`, which the aggregator tells its agents.
+    pub heartbeat_interval: Duration,
+    /// A program and its arguments to run the aggregator under (e.g. strace); empty for none.
+    pub wrapper: Vec<OsString>,
     /// Extra TOML appended to the file (whole sections).
     pub extra: String,
 }
@@ -26,6 +30,8 @@ impl Default for AggregatorOptions {
         AggregatorOptions {
             offline_after: Duration::from_secs(5),
             reload_interval: Duration::from_millis(200),
+            heartbeat_interval: Duration::from_secs(1),
+            wrapper: Vec::new(),
             extra: String::new(),
         }
     }
@@ -53,7 +59,7 @@ impl Aggregator {
             let text = format!(
                 "data_dir = {data}\nlisten = \"{listen}\"\n\n\
                  [tls]\ndir = {pki}\nreload_interval = \"{reload}ms\"\n\n\
-                 [fleet]\nheartbeat_interval = \"1s\"\noffline_after = \"{offline}ms\"\n\n\
+                 [fleet]\nheartbeat_interval = \"{heartbeat}ms\"\noffline_after = \"{offline}ms\"\n\n\
                  [log]\ndir = {logs}\n\n{api}{extra}\n",
                 api = if options.extra.contains("[api]") {
                     ""
@@ -63,6 +69,7 @@ impl Aggregator {
                 data = toml_string(&data_dir),
                 pki = toml_string(&env.pki_dir()),
                 reload = options.reload_interval.as_millis(),
+                heartbeat = options.heartbeat_interval.as_millis(),
                 offline = options.offline_after.as_millis(),
                 logs = toml_string(&env.path().join("aggregator-logs")),
                 extra = options.extra,
@@ -70,8 +77,18 @@ impl Aggregator {
             write_file(&config, &text);
         };
         write_config("127.0.0.1:0");
-        let args: Vec<OsString> = vec!["--config".into(), config.clone().into(), "run".into()];
-        let process = env.spawn("aggregator", &binary("outpost-aggregator"), &args);
+        let mut args: Vec<OsString> = vec!["--config".into(), config.clone().into(), "run".into()];
+        let mut program = binary("outpost-aggregator");
+        if let Some((wrapper, wrapper_args)) = options.wrapper.split_first() {
+            args = wrapper_args
+                .iter()
+                .cloned()
+                .chain([program.into_os_string()])
+                .chain(args)
+                .collect();
+            program = PathBuf::from(wrapper);
+        }
+        let process = env.spawn("aggregator", &program, &args);
         let addr = wait_listening(env, &process, &data_dir);
         write_config(&addr.to_string());
         Aggregator {

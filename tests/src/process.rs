@@ -3,6 +3,7 @@
 use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -105,8 +106,11 @@ impl Process {
         let err = log
             .try_clone()
             .unwrap_or_else(|e| panic!("{}: cannot clone: {e}", self.shared.log_path.display()));
+        // In a process group of its own, so that killing it also ends what it started (a
+        // program run under a wrapper such as strace).
         let spawned = Command::new(&self.program)
             .args(&self.args)
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(err))
@@ -128,12 +132,21 @@ impl Process {
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
-    /// SIGKILL, then reap. A process that already exited is just reaped.
+    /// SIGKILL to it and its process group, then reap. A process that already exited is just
+    /// reaped.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.shared.child().take() {
+            if let Ok(pid) = i32::try_from(c.id()) {
+                let _ = nix::sys::signal::killpg(Pid::from_raw(pid), Signal::SIGKILL);
+            }
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// Its process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.shared.child().as_ref().map(std::process::Child::id)
     }
 
     /// SIGHUP: the agent reloads its configuration. Fails the test if the process is not
