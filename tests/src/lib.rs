@@ -28,6 +28,8 @@ mod agent;
 mod aggregator;
 mod browser;
 mod env;
+pub mod fleetsim;
+pub mod hostsim;
 pub mod impair;
 mod process;
 pub mod raw;

@@ -17,6 +17,7 @@ mod disk_full;
 mod enroll;
 mod fim;
 mod fim_trail;
+mod fleetsim;
 mod garbage;
 mod host_metrics;
 mod journal;
