@@ -5,9 +5,11 @@
 //! events' own times: a host whose clock is off is still heard. Only what was heard once is
 //! watched; the engine seeds each host's last arrival from the registry when it starts
 //! ([`AbsenceEvaluator::heard`]), so that a host that went silent while the aggregator was down
-//! is still found. A silent group's condition starts to hold at its last arrival plus `after`,
-//! which [`AbsenceEvaluator::next_change_ns`] reports, so that [`AbsenceEvaluator::tick`] is
-//! called then; it stops holding with the next arrival.
+//! is still found. A silent group's condition starts to hold at its last arrival plus `after`;
+//! it stops holding with the next arrival. A group is filed for its first arrival plus `after`
+//! and not again at each arrival (a host sends many events a second): when that time comes,
+//! [`AbsenceEvaluator::tick`] files it for its last arrival plus `after`, so
+//! `next_change_ns` may name a time at which nothing changes, never one after a change.
 
 use outpost_common::event::Event;
 
@@ -39,7 +41,8 @@ impl AbsenceEvaluator {
             Event::Fim(_) | Event::Status(_) => (None, None),
         };
         let mut changes = Vec::new();
-        for (index, rule) in self.groups.rules.iter().enumerate() {
+        let rules = self.groups.rules.clone();
+        for (index, rule) in rules.iter().enumerate() {
             let Condition::Absence(a) = &rule.condition else {
                 continue;
             };
@@ -49,17 +52,24 @@ impl AbsenceEvaluator {
                 Silent::Source(name) if source == Some(name.as_str()) => name.as_str(),
                 Silent::Metric(_) | Silent::Source(_) => continue,
             };
-            let group = self
-                .groups
-                .map
-                .entry((index, agent_id.to_owned(), what.to_owned()))
-                .or_insert_with(|| Group {
-                    data: now_ns,
-                    alert: Slot::new(rule, Some(agent_id), silent_label(a, what))
+            let key = (index, agent_id.to_owned(), what.to_owned());
+            let new = !self.groups.map.contains_key(&key);
+            let group = self.groups.map.entry(key.clone()).or_insert_with(|| {
+                Group::new(
+                    now_ns,
+                    Slot::new(rule, Some(agent_id), silent_label(a, what))
                         .restore(&mut self.groups.restored),
-                });
+                )
+            });
             group.data = group.data.max(now_ns);
-            changes.extend(group.alert.set(rule, false, None, now_ns));
+            let change = group.alert.set(rule, false, None, now_ns);
+            // A group already filed keeps its time: when it comes, the tick files it again
+            // for the last arrival plus `after`, so an arrival costs no refiling.
+            if new || change.is_some() {
+                let at = falls_silent(a, group);
+                self.groups.touch(&key, at);
+            }
+            changes.extend(change);
         }
         changes
     }
@@ -67,44 +77,57 @@ impl AbsenceEvaluator {
     /// Says that `agent_id` was last heard at `last_ns` (from the registry, at start): its
     /// host-level absence rules watch it from then on.
     pub fn heard(&mut self, agent_id: &str, last_ns: i64) {
-        for (index, rule) in self.groups.rules.iter().enumerate() {
+        let rules = self.groups.rules.clone();
+        for (index, rule) in rules.iter().enumerate() {
             let Condition::Absence(a) = &rule.condition else {
                 continue;
             };
             if a.silent != Silent::Host {
                 continue;
             }
-            self.groups
-                .map
-                .entry((index, agent_id.to_owned(), String::new()))
-                .or_insert_with(|| Group {
-                    data: last_ns,
-                    alert: Slot::new(rule, Some(agent_id), []).restore(&mut self.groups.restored),
-                });
+            let key = (index, agent_id.to_owned(), String::new());
+            let group = self.groups.map.entry(key.clone()).or_insert_with(|| {
+                Group::new(
+                    last_ns,
+                    Slot::new(rule, Some(agent_id), []).restore(&mut self.groups.restored),
+                )
+            });
+            let at = falls_silent(a, group);
+            self.groups.touch(&key, at);
         }
     }
 
-    /// Evaluates every group at `now_ns`: those silent for `after` hold, and their alerts move.
+    /// Evaluates the groups filed for `now_ns` or before: those silent for `after` hold, and
+    /// their alerts move.
     pub fn tick(&mut self, now_ns: i64) -> Vec<Change> {
-        let rules = &self.groups.rules;
-        let mut changes: Vec<Change> = self
-            .groups
-            .map
-            .iter_mut()
-            .filter_map(|((index, _, _), g)| {
-                let rule = &rules[*index];
-                let Condition::Absence(a) = &rule.condition else {
-                    return None;
-                };
-                let silent_ns = now_ns.saturating_sub(g.data);
-                let holds = silent_ns >= a.after_ns;
+        let mut changes = Vec::new();
+        for key in self.groups.due(now_ns) {
+            let rule = &self.groups.rules[key.0];
+            let Condition::Absence(a) = &rule.condition else {
+                continue;
+            };
+            let Some(g) = self.groups.map.get_mut(&key) else {
+                continue;
+            };
+            let silent_ns = now_ns.saturating_sub(g.data);
+            let holds = silent_ns >= a.after_ns;
+            changes.extend(
                 g.alert
-                    .set(rule, holds, Some(silent_ns as f64 / 1e9), now_ns)
-            })
-            .collect();
+                    .set(rule, holds, Some(silent_ns as f64 / 1e9), now_ns),
+            );
+            let at = falls_silent(a, g);
+            self.groups.touch(&key, at);
+        }
         changes.sort_by(|a, b| a.fingerprint.cmp(&b.fingerprint));
         changes
     }
+}
+
+/// When a group whose alert is inactive falls silent: its last arrival plus `after`. A group
+/// whose alert is pending or firing has its alert's own timing.
+fn falls_silent(a: &AbsenceRule, g: &Group<i64>) -> Option<i64> {
+    (g.alert.state() == super::lifecycle::AlertState::Inactive)
+        .then(|| g.data.saturating_add(a.after_ns))
 }
 
 /// The label that says what fell silent: `metric` or `source`, none for the host.
@@ -126,20 +149,6 @@ impl Evaluates for AbsenceEvaluator {
 
     fn groups_mut(&mut self) -> &mut Groups<SilentKey, Group<i64>> {
         &mut self.groups
-    }
-
-    /// When [`AbsenceEvaluator::tick`] next has something to do: a group falls silent, or an
-    /// alert's `for` or `keep_firing_for` runs out.
-    fn next_change_ns(&self) -> Option<i64> {
-        let falls_silent = self.groups.map.iter().filter_map(|((index, _, _), g)| {
-            let Condition::Absence(a) = &self.groups.rules[*index].condition else {
-                return None;
-            };
-            let at = g.data.saturating_add(a.after_ns);
-            // Already silent: its alert's own timing is what is left.
-            (g.alert.state() == super::lifecycle::AlertState::Inactive).then_some(at)
-        });
-        falls_silent.chain(self.groups.next_change_ns()).min()
     }
 }
 
@@ -190,6 +199,9 @@ mod tests {
         for t in (0..=30).step_by(10) {
             assert!(e.observe("web-1", &load(t - 3600), t * S).is_empty());
         }
+        // Filed at the first arrival plus two minutes; that look files it again for the last.
+        assert_eq!(e.next_change_ns(), Some(120 * S));
+        assert!(e.tick(120 * S).is_empty());
         assert_eq!(e.next_change_ns(), Some(150 * S));
         assert!(e.tick(149 * S).is_empty());
         let fired = e.tick(150 * S);

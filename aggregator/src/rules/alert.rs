@@ -6,7 +6,7 @@
 //! `group_by` fields), and the rule's labels, which win where they share a name. Its fingerprint
 //! is a hash of those labels, the same across restarts and aggregators.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::Hash;
 
 use super::file::{Rule, Severity};
@@ -180,6 +180,18 @@ impl Slot {
 pub struct Group<T> {
     pub data: T,
     pub alert: Slot,
+    /// When the group is filed in its [`Groups`]' timers: when time alone may change it.
+    due: Option<i64>,
+}
+
+impl<T> Group<T> {
+    pub fn new(data: T, alert: Slot) -> Group<T> {
+        Group {
+            data,
+            alert,
+            due: None,
+        }
+    }
 }
 
 /// What every evaluator answers from its groups.
@@ -204,54 +216,128 @@ pub trait Evaluates {
 }
 
 /// A group's key, which starts with its rule's index.
-pub trait GroupKey: Eq + Hash {
+pub trait GroupKey: Eq + Hash + Ord + Clone {
     fn rule(&self) -> usize;
 }
 
-impl<A: Eq + Hash, B: Eq + Hash> GroupKey for (usize, A, B) {
+impl<A: Eq + Hash + Ord + Clone, B: Eq + Hash + Ord + Clone> GroupKey for (usize, A, B) {
     fn rule(&self) -> usize {
         self.0
     }
 }
 
 /// The rules of an evaluator and their groups, each with its alert.
+///
+/// A fleet has many groups (a rule's alert per host and series) and few of them wait on time (a
+/// pending alert's `for`, a firing one's `keep_firing_for`, a host about to fall silent). The
+/// groups that do are filed by when, so that [`Groups::tick`] and [`Groups::next_change_ns`]
+/// look at those alone instead of every group at every step: after any change to a group, its
+/// evaluator calls [`Groups::touch`].
 #[derive(Debug)]
 pub struct Groups<K, G> {
-    pub rules: Vec<Rule>,
+    /// Shared, so that an evaluator can walk its rules while it changes its groups.
+    pub rules: std::sync::Arc<Vec<Rule>>,
     pub map: HashMap<K, G>,
     /// Alerts restored at start that no group has taken up yet.
     pub restored: Restored,
+    /// The groups that time alone may change, by when.
+    timers: BTreeSet<(i64, K)>,
 }
 
 impl<K: GroupKey, T> Groups<K, Group<T>> {
     pub fn new(rules: Vec<Rule>) -> Self {
         Groups {
-            rules,
+            rules: std::sync::Arc::new(rules),
             map: HashMap::new(),
             restored: Restored::default(),
+            timers: BTreeSet::new(),
         }
+    }
+
+    /// Files group `key` anew after a change to it: under its alert's next change by time
+    /// alone, or under `also` (a time of the evaluator's own, such as when a host falls silent)
+    /// if that is sooner; under nothing if neither.
+    pub fn touch(&mut self, key: &K, also: Option<i64>) {
+        let Some(g) = self.map.get_mut(key) else {
+            return;
+        };
+        let own = g.alert.next_change_ns(&self.rules[key.rule()]);
+        let due = match (own, also) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if due != g.due {
+            if let Some(old) = g.due {
+                self.timers.remove(&(old, key.clone()));
+            }
+            if let Some(at) = due {
+                self.timers.insert((at, key.clone()));
+            }
+            g.due = due;
+        }
+    }
+
+    /// The groups filed at or before `now_ns`, soonest first.
+    pub fn due(&self, now_ns: i64) -> Vec<K> {
+        self.timers
+            .iter()
+            .take_while(|(at, _)| *at <= now_ns)
+            .map(|(_, key)| key.clone())
+            .collect()
+    }
+
+    /// Keeps the groups for which `keep` (given the group's rule) says so, unfiling the others.
+    pub fn retain(&mut self, mut keep: impl FnMut(&Rule, &K, &mut Group<T>) -> bool) {
+        let (rules, timers) = (&self.rules, &mut self.timers);
+        self.map.retain(|key, g| {
+            let kept = keep(&rules[key.rule()], key, g);
+            if !kept && let Some(at) = g.due {
+                timers.remove(&(at, key.clone()));
+            }
+            kept
+        });
     }
 
     /// Applies what time alone changes by `now_ns` (a pending alert whose `for` passed while its
     /// condition held, a firing one whose `keep_firing_for` ran out), in order of fingerprint.
     pub fn tick(&mut self, now_ns: i64) -> Vec<Change> {
-        let rules = &self.rules;
-        let mut changes: Vec<Change> = self
-            .map
-            .iter_mut()
-            .map(|(key, g)| (&rules[key.rule()], &mut g.alert))
-            .filter(|(rule, slot)| slot.next_change_ns(rule).is_some_and(|at| at <= now_ns))
-            .filter_map(|(rule, slot)| slot.step(rule, now_ns))
-            .collect();
+        let mut changes = Vec::new();
+        for key in self.due(now_ns) {
+            let rule = &self.rules[key.rule()];
+            if let Some(g) = self.map.get_mut(&key)
+                && g.alert.next_change_ns(rule).is_some_and(|at| at <= now_ns)
+            {
+                changes.extend(g.alert.step(rule, now_ns));
+            }
+            self.touch(&key, None);
+        }
         changes.sort_by(|a, b| a.fingerprint.cmp(&b.fingerprint));
         changes
     }
 
     /// When [`tick`](Self::tick) next has something to do, if the conditions stay as they are.
     pub fn next_change_ns(&self) -> Option<i64> {
-        self.slots()
-            .filter_map(|(rule, slot)| slot.next_change_ns(rule))
-            .min()
+        #[cfg(debug_assertions)]
+        self.check_filed();
+        self.timers.first().map(|(at, _)| *at)
+    }
+
+    /// Checks that no group's alert changes by time before the group is filed for: a change
+    /// to a group that was not followed by [`Groups::touch`]. Every group is looked at, so only
+    /// builds with debug assertions (the tests) do it.
+    #[cfg(debug_assertions)]
+    fn check_filed(&self) {
+        for (key, g) in &self.map {
+            let own = g.alert.next_change_ns(&self.rules[key.rule()]);
+            assert!(
+                own.is_none_or(|at| g.due.is_some_and(|due| due <= at)),
+                "a group changes at {own:?} but is filed for {:?}: it was not touched",
+                g.due
+            );
+            if let Some(at) = g.due {
+                assert!(self.timers.contains(&(at, key.clone())));
+            }
+        }
     }
 
     /// The alerts pending or firing, in order of fingerprint.

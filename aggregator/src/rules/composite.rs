@@ -29,7 +29,8 @@ impl CompositeEvaluator {
     pub fn evaluate(&mut self, firing: &BTreeSet<(String, String)>, now_ns: i64) -> Vec<Change> {
         let hosts: BTreeSet<&str> = firing.iter().map(|(_, host)| host.as_str()).collect();
         let mut changes = Vec::new();
-        for (index, rule) in self.groups.rules.iter().enumerate() {
+        let rules = self.groups.rules.clone();
+        for (index, rule) in rules.iter().enumerate() {
             let Condition::Composite(c) = &rule.condition else {
                 continue;
             };
@@ -47,15 +48,15 @@ impl CompositeEvaluator {
                 .collect();
             for host in candidates {
                 let holds = holds(c, firing, host);
-                let group = self
-                    .groups
-                    .map
-                    .entry((index, host.to_owned(), ()))
-                    .or_insert_with(|| Group {
-                        data: (),
-                        alert: Slot::new(rule, Some(host), []).restore(&mut self.groups.restored),
-                    });
+                let key = (index, host.to_owned(), ());
+                let group = self.groups.map.entry(key.clone()).or_insert_with(|| {
+                    Group::new(
+                        (),
+                        Slot::new(rule, Some(host), []).restore(&mut self.groups.restored),
+                    )
+                });
                 changes.extend(group.alert.set(rule, holds, None, now_ns));
+                self.groups.touch(&key, None);
             }
         }
         changes

@@ -13,13 +13,13 @@
 //! `within`, and uses them up. A **file-integrity** rule fires per path with a change of a path
 //! (or a move from one) its globs match, of the kinds it names.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use aho_corasick::AhoCorasick;
 
 use outpost_common::event::{FimEvent, LogRecord};
 
-use super::alert::{Change, Evaluates, Group, Groups, Restored, Slot};
+use super::alert::{Change, Evaluates, Group, Groups, Slot};
 use super::file::{Condition, FrequencyRule, LogMatch, Rule, SequenceRule};
 use super::lifecycle::AlertState;
 
@@ -57,7 +57,14 @@ pub struct Seen(VecDeque<(i64, Option<String>)>);
 pub struct LogEvaluator {
     groups: Groups<FieldsKey, Group<Seen>>,
     candidates: Candidates,
+    /// When idle groups were last forgotten.
+    swept_ns: i64,
 }
+
+/// How often [`LogEvaluator::tick`] forgets idle groups when no alert changed: a look at every
+/// group, so not at every step. A group kept a little longer changes nothing: counts and sequences only look within
+/// their windows.
+const SWEEP_EVERY_NS: i64 = 10_000_000_000;
 
 /// Which rules a record may match, found in one pass over its body rather than one pass of
 /// each rule's pattern: with a thousand rules, most records match none.
@@ -187,30 +194,31 @@ impl LogEvaluator {
         LogEvaluator {
             candidates: Candidates::new(&rules),
             groups: Groups::new(rules),
+            swept_ns: i64::MIN,
         }
     }
 
     /// Takes one committed record of `agent_id`'s; returns the alerts it changed.
     pub fn observe(&mut self, agent_id: &str, record: &LogRecord, now_ns: i64) -> Vec<Change> {
         let mut changes = Vec::new();
+        let rules = self.groups.rules.clone();
         for index in self.candidates.of(&record.body) {
-            let rule = &self.groups.rules[index];
+            let rule = &rules[index];
             let change = match &rule.condition {
                 Condition::Log(matcher) => {
                     if matcher.matches(record).is_none() {
                         continue;
                     }
-                    let group = self
-                        .groups
-                        .map
-                        .entry((index, Some(agent_id.to_owned()), Vec::new()))
-                        .or_insert_with(|| Group {
-                            data: Seen::default(),
-                            alert: Slot::new(rule, Some(agent_id), [])
-                                .restore(&mut self.groups.restored),
-                        });
+                    let key = (index, Some(agent_id.to_owned()), Vec::new());
+                    let group = self.groups.map.entry(key.clone()).or_insert_with(|| {
+                        Group::new(
+                            Seen::default(),
+                            Slot::new(rule, Some(agent_id), []).restore(&mut self.groups.restored),
+                        )
+                    });
                     let change = group.alert.set(rule, true, None, now_ns);
                     group.alert.release();
+                    self.groups.touch(&key, None);
                     change
                 }
                 Condition::Frequency(f) => {
@@ -236,35 +244,31 @@ impl LogEvaluator {
                         },
                     };
                     let host = (!f.across_hosts).then(|| agent_id.to_owned());
-                    let group = self
-                        .groups
-                        .map
-                        .entry((index, host, values))
-                        .or_insert_with_key(|(_, host, values)| Group {
-                            data: Seen::default(),
-                            alert: Slot::new(
-                                rule,
-                                host.as_deref(),
-                                f.group_by.iter().cloned().zip(values.iter().cloned()),
+                    let key = (index, host, values);
+                    let group = self.groups.map.entry(key.clone()).or_insert_with_key(
+                        |(_, host, values)| {
+                            Group::new(
+                                Seen::default(),
+                                Slot::new(
+                                    rule,
+                                    host.as_deref(),
+                                    f.group_by.iter().cloned().zip(values.iter().cloned()),
+                                )
+                                .restore(&mut self.groups.restored),
                             )
-                            .restore(&mut self.groups.restored),
-                        });
+                        },
+                    );
                     let count = group.data.count(f, record.time_ns, distinct);
                     let holds = count >= u64::from(f.count);
                     let change = group.alert.set(rule, holds, Some(count as f64), now_ns);
                     group.alert.release();
+                    self.groups.touch(&key, None);
                     change
                 }
                 Condition::Sequence(q) => {
-                    let Some(change) = sequence_step(
-                        (&mut self.groups.map, &mut self.groups.restored),
-                        index,
-                        rule,
-                        q,
-                        agent_id,
-                        record,
-                        now_ns,
-                    ) else {
+                    let Some(change) =
+                        sequence_step(&mut self.groups, index, rule, q, agent_id, record, now_ns)
+                    else {
                         continue;
                     };
                     Some(change)
@@ -284,7 +288,8 @@ impl LogEvaluator {
     /// `keep_firing_for`.
     pub fn observe_fim(&mut self, agent_id: &str, event: &FimEvent, now_ns: i64) -> Vec<Change> {
         let mut changes = Vec::new();
-        for (index, rule) in self.groups.rules.iter().enumerate() {
+        let rules = self.groups.rules.clone();
+        for (index, rule) in rules.iter().enumerate() {
             let Condition::Fim(f) = &rule.condition else {
                 continue;
             };
@@ -297,21 +302,21 @@ impl LogEvaluator {
             if !(kind_wanted && path_wanted) {
                 continue;
             }
-            let group = self
-                .groups
-                .map
-                .entry((index, Some(agent_id.to_owned()), vec![event.path.clone()]))
-                .or_insert_with(|| Group {
-                    data: Seen::default(),
-                    alert: Slot::new(
+            let key = (index, Some(agent_id.to_owned()), vec![event.path.clone()]);
+            let group = self.groups.map.entry(key.clone()).or_insert_with(|| {
+                Group::new(
+                    Seen::default(),
+                    Slot::new(
                         rule,
                         Some(agent_id),
                         [("path".to_owned(), event.path.clone())],
                     )
                     .restore(&mut self.groups.restored),
-                });
+                )
+            });
             changes.extend(group.alert.set(rule, true, None, now_ns));
             group.alert.release();
+            self.groups.touch(&key, None);
         }
         changes
     }
@@ -321,10 +326,14 @@ impl LogEvaluator {
     /// or report.
     pub fn tick(&mut self, now_ns: i64) -> Vec<Change> {
         let changes = self.groups.tick(now_ns);
-        let rules = &self.groups.rules;
-        self.groups.map.retain(|(index, _, _), g| {
+        // Alerts that just resolved leave their groups idle: forget those at once.
+        if changes.is_empty() && now_ns < self.swept_ns.saturating_add(SWEEP_EVERY_NS) {
+            return changes;
+        }
+        self.swept_ns = now_ns;
+        self.groups.retain(|rule, _, g| {
             let idle = g.alert.state() == AlertState::Inactive;
-            let window_over = match &rules[*index].condition {
+            let window_over = match &rule.condition {
                 Condition::Frequency(f) => g
                     .data
                     .0
@@ -361,7 +370,7 @@ impl Evaluates for LogEvaluator {
 /// `then` record preceded by `count` of them within `within` holds the condition (and uses them
 /// up, so that the next `then` needs new `first` ones).
 fn sequence_step(
-    (groups, restored): (&mut HashMap<FieldsKey, Group<Seen>>, &mut Restored),
+    groups: &mut Groups<FieldsKey, Group<Seen>>,
     index: usize,
     rule: &Rule,
     q: &SequenceRule,
@@ -374,7 +383,8 @@ fn sequence_step(
     };
     let mut change = None;
     if let Some(values) = q.then.matches(record).and_then(keyed)
-        && let Some(group) = groups.get_mut(&(index, Some(agent_id.to_owned()), values))
+        && let key = (index, Some(agent_id.to_owned()), values)
+        && let Some(group) = groups.map.get_mut(&key)
     {
         let earliest = record.time_ns.saturating_sub(q.within_ns);
         let before = group
@@ -387,21 +397,28 @@ fn sequence_step(
             group.data.0.clear();
             change = group.alert.set(rule, true, Some(before as f64), now_ns);
             group.alert.release();
+            groups.touch(&key, None);
         }
     }
     if let Some(values) = q.first.matches(record).and_then(keyed) {
+        let key = (index, Some(agent_id.to_owned()), values);
         let group = groups
-            .entry((index, Some(agent_id.to_owned()), values))
-            .or_insert_with_key(|(_, host, values)| Group {
-                data: Seen::default(),
-                alert: Slot::new(
-                    rule,
-                    host.as_deref(),
-                    q.key.iter().cloned().zip(values.iter().cloned()),
+            .map
+            .entry(key.clone())
+            .or_insert_with_key(|(_, host, values)| {
+                Group::new(
+                    Seen::default(),
+                    Slot::new(
+                        rule,
+                        host.as_deref(),
+                        q.key.iter().cloned().zip(values.iter().cloned()),
+                    )
+                    .restore(&mut groups.restored),
                 )
-                .restore(restored),
             });
         group.data.remember(record.time_ns, None, q.within_ns);
+        // A restored alert taken up here may wait on time.
+        groups.touch(&key, None);
     }
     change
 }

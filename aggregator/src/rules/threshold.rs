@@ -73,11 +73,11 @@ impl Evaluator {
             let group = match self.groups.map.get_mut(&*key) {
                 Some(group) => group,
                 None => {
-                    let group = Group {
-                        data: Window::default(),
-                        alert: Slot::new(rule, Some(&key.1), key.2.iter().cloned())
+                    let group = Group::new(
+                        Window::default(),
+                        Slot::new(rule, Some(&key.1), key.2.iter().cloned())
                             .restore(&mut self.groups.restored),
-                    };
+                    );
                     self.groups.map.entry(key.clone()).or_insert(group)
                 }
             };
@@ -85,6 +85,7 @@ impl Evaluator {
             let value = group.data.measure(t.aggregate, t.min_samples, t.target);
             let holds = value.is_some_and(|v| t.op.holds(v, t.value));
             changes.extend(group.alert.set(rule, holds, value, now_ns));
+            self.groups.touch(key, None);
         }
         changes
     }
