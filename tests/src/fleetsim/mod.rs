@@ -140,6 +140,8 @@ pub struct SimConfig {
     pub revoke_fraction: f64,
     /// How long connecting every agent, and draining every spool, may take.
     pub deadline: Duration,
+    /// Whether the aggregator evaluates the default rule pack (to measure without it).
+    pub rules: bool,
 }
 
 impl SimConfig {
@@ -169,6 +171,7 @@ impl SimConfig {
             churn_fraction: 0.2,
             revoke_fraction: 0.1,
             deadline: Duration::from_secs(600),
+            rules: true,
         }
     }
 }
@@ -231,6 +234,9 @@ pub struct SimReport {
     pub refused: BTreeMap<String, u64>,
     /// Mean time of one store commit in the window, from the aggregator's histogram.
     pub commit_mean: Option<Duration>,
+    /// Scrapes of `/metrics` the aggregator did not answer (its API timed out): the figures
+    /// taken from its counters are then missing (zero).
+    pub unanswered_scrapes: u32,
     pub storm: Option<StormFigures>,
     pub network: Option<ProxyStats>,
     /// Agents whose certificate was revoked.
@@ -297,6 +303,13 @@ impl fmt::Display for SimReport {
                 .collect::<BTreeMap<_, _>>(),
             self.revoked
         )?;
+        if self.unanswered_scrapes > 0 {
+            writeln!(
+                f,
+                "  the aggregator did not answer {} scrapes of /metrics: the figures from its counters are missing",
+                self.unanswered_scrapes
+            )?;
+        }
         if let Some(s) = &self.storm {
             writeln!(
                 f,
@@ -354,7 +367,30 @@ impl Scrape {
     }
 }
 
+/// [`scrape`], or nothing (and one more in `unanswered`) when the aggregator does not answer:
+/// the run goes on to its loss check, and the report says its counters are missing.
+async fn scrape_or_note(http: &reqwest::Client, api: &str, unanswered: &mut u32) -> Scrape {
+    scrape(http, api).await.unwrap_or_else(|_| {
+        *unanswered += 1;
+        Scrape::default()
+    })
+}
+
+/// The aggregator's `/metrics`, asked up to five times a second apart: a loaded aggregator may
+/// answer a scrape late.
 async fn scrape(http: &reqwest::Client, api: &str) -> anyhow::Result<Scrape> {
+    let mut tries = 0;
+    loop {
+        match scrape_once(http, api).await {
+            Ok(s) => return Ok(s),
+            Err(e) if tries >= 4 => return Err(e),
+            Err(_) => tries += 1,
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+async fn scrape_once(http: &reqwest::Client, api: &str) -> anyhow::Result<Scrape> {
     let text = http
         .get(format!("{api}/metrics"))
         .send()
@@ -435,7 +471,10 @@ where
 
 /// Whether the aggregator has at least `n` agents connected.
 async fn connected(http: &reqwest::Client, api: &str, n: usize) -> anyhow::Result<bool> {
-    Ok(scrape(http, api).await?.sum("outpost_agents_connected") >= n as f64)
+    // Polled until a deadline: a scrape that fails is asked again.
+    Ok(scrape_once(http, api)
+        .await
+        .is_ok_and(|s| s.sum("outpost_agents_connected") >= n as f64))
 }
 
 /// Runs `config` in `env` (whose PKI the aggregator uses) and reports; blocking.
@@ -466,7 +505,7 @@ async fn run_async(env: &Env, config: &SimConfig) -> anyhow::Result<SimReport> {
     // The rule pack the aggregator's package installs, evaluated over every event.
     let rules = env.path().join("rules.d");
     std::fs::create_dir_all(&rules).with_context(|| format!("creating {}", rules.display()))?;
-    for (name, text) in RULE_PACK {
+    for (name, text) in RULE_PACK.iter().filter(|_| config.rules) {
         std::fs::write(rules.join(name), text)
             .with_context(|| format!("writing {}", rules.join(name).display()))?;
     }
@@ -526,8 +565,9 @@ async fn run_async(env: &Env, config: &SimConfig) -> anyhow::Result<SimReport> {
     tokio::time::sleep(config.settle).await;
 
     // The window.
+    let mut unanswered = 0;
     let mut pid = aggregator_pid(&aggregator)?;
-    let before = scrape(&http, &api).await?;
+    let before = scrape_or_note(&http, &api, &mut unanswered).await;
     let (agg0, own0) = (ticks(pid)?, own_ticks()?);
     let _ = fleet.latency.take();
     let window_start = Instant::now();
@@ -563,7 +603,7 @@ async fn run_async(env: &Env, config: &SimConfig) -> anyhow::Result<SimReport> {
     tokio::time::sleep_until((window_start + config.measure).into()).await;
     let _ = action.await;
     let window = window_start.elapsed();
-    let after = scrape(&http, &api).await?;
+    let after = scrape_or_note(&http, &api, &mut unanswered).await;
     let (agg1, own1) = (ticks(pid)?, own_ticks()?);
     let ack = Latency::of(&fleet.read().await.latency.take());
     let mut peak = peak_rss(pid)?;
@@ -626,7 +666,7 @@ async fn run_async(env: &Env, config: &SimConfig) -> anyhow::Result<SimReport> {
     })
     .await?;
     fleet.read().await.stop_all().await;
-    let end = scrape(&http, &api).await?;
+    let end = scrape_or_note(&http, &api, &mut unanswered).await;
     if storm.is_some() {
         sessions += count(&end, "outpost_agent_sessions_total");
         for (reason, v) in end.by_label("outpost_ingest_refused_total") {
@@ -664,6 +704,7 @@ async fn run_async(env: &Env, config: &SimConfig) -> anyhow::Result<SimReport> {
         refused: refused.into_iter().map(|(k, v)| (k, v as u64)).collect(),
         commit_mean: (commits > 0)
             .then(|| Duration::from_secs_f64(commit_secs.max(0.0) / commits as f64)),
+        unanswered_scrapes: unanswered,
         storm,
         network: proxy.as_ref().map(ImpairProxy::stats),
         revoked,
