@@ -199,31 +199,38 @@ impl MemoryBacklog {
             inner.dropped.add(&counts);
             return;
         }
-        for (payload, codec, raw_bytes, chunk) in encoded {
-            let seq = inner.next_seq;
-            inner.next_seq += 1;
-            inner.payload_bytes += payload.len() as u64;
-            inner.events += u64::from(chunk.1);
-            inner.batches.insert(
-                seq,
-                Held {
-                    batch: StoredBatch {
-                        seq,
-                        created_ns,
-                        events: chunk.1,
-                        low_water_seq: 0,
-                        payload,
-                        codec,
-                        raw_bytes,
-                    },
-                    counts: chunk.0,
-                    sent: None,
-                },
-            );
+        for packed in encoded {
+            Self::insert(&mut inner, packed, created_ns);
         }
         let last = inner.next_seq - 1;
         drop(inner);
         self.committed.send_replace(last);
+    }
+
+    /// Adds one packed batch under the next seq; returns that seq.
+    fn insert(inner: &mut Inner, packed: Packed, created_ns: i64) -> u64 {
+        let (payload, codec, raw_bytes, (counts, events)) = packed;
+        let seq = inner.next_seq;
+        inner.next_seq += 1;
+        inner.payload_bytes += payload.len() as u64;
+        inner.events += u64::from(events);
+        inner.batches.insert(
+            seq,
+            Held {
+                batch: StoredBatch {
+                    seq,
+                    created_ns,
+                    events,
+                    low_water_seq: 0,
+                    payload,
+                    codec,
+                    raw_bytes,
+                },
+                counts,
+                sent: None,
+            },
+        );
+        seq
     }
 
     fn remove(inner: &mut Inner, seq: u64) -> Option<Held> {
@@ -418,30 +425,10 @@ impl Backlog for MemoryBacklog {
             path: "memory".into(),
             source: Arc::new(e),
         })?;
-        let mut seqs = Vec::new();
-        for (payload, codec, raw_bytes, chunk) in pack_events(&events, max_events, max_bytes) {
-            let new_seq = inner.next_seq;
-            inner.next_seq += 1;
-            inner.payload_bytes += payload.len() as u64;
-            inner.events += u64::from(chunk.1);
-            inner.batches.insert(
-                new_seq,
-                Held {
-                    batch: StoredBatch {
-                        seq: new_seq,
-                        created_ns: held.batch.created_ns,
-                        events: chunk.1,
-                        low_water_seq: 0,
-                        payload,
-                        codec,
-                        raw_bytes,
-                    },
-                    counts: chunk.0,
-                    sent: None,
-                },
-            );
-            seqs.push(new_seq);
-        }
+        let seqs: Vec<u64> = pack_events(&events, max_events, max_bytes)
+            .into_iter()
+            .map(|packed| Self::insert(&mut inner, packed, held.batch.created_ns))
+            .collect();
         let last = inner.next_seq - 1;
         drop(inner);
         self.committed.send_replace(last);
