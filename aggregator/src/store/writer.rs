@@ -4,18 +4,24 @@
 //!
 //! A durable commit costs an fsync, whatever it holds. Sessions hand their batches to
 //! [`StoreWriter::commit`] and their registry updates (Hello, heartbeat, disconnect) to
-//! [`StoreWriter::record`], and wait; the writer thread takes the first waiting job, adds
-//! whatever else is already queued (up to [`WriterConfig`]'s limits), and handles the round at
-//! once. Under load, rounds grow and the fsync is shared; when idle, a lone batch is committed at
-//! once. The bounded queue is the backpressure: when the disk falls behind, `commit` waits for
-//! room instead of buffering without limit.
+//! [`StoreWriter::record`], and wait; the writer thread takes what is waiting (up to
+//! [`WriterConfig`]'s limits) and handles the round at once. Under load, rounds grow and the fsync
+//! is shared; when idle, a lone batch is committed at once. The bounded queues are the
+//! backpressure: when the disk falls behind, `commit` waits for room instead of buffering without
+//! limit.
+//!
+//! Batches and registry updates wait in two queues, and every round takes all the updates that
+//! are waiting: an agent's Hello, which its Welcome waits for, never waits behind thousands of
+//! other agents' batches (a reconnecting fleet fills the batch queue with its spooled backlog,
+//! and a Hello behind it would miss the agent's connect timeout). Updates keep their order among
+//! themselves; against batches, order does not matter: a batch only marks its agent seen, a
+//! maximum, and updates never touch events.
 //!
 //! # A round
 //!
-//! 1. One registry write ([`StateStore::record_all`]): the round's updates in queue order, then a
-//!    [`RegistryUpdate::Seen`] for every agent with batches in the round. A registry update
-//!    queued after a batch of the same agent waits for the next round, so for each agent the
-//!    stores see updates and batches in the order they were queued.
+//! 1. One registry write ([`StateStore::record_all`]): every waiting update in queue order (up to
+//!    [`WriterConfig::max_updates_per_round`]), then a [`RegistryUpdate::Seen`] for agents with
+//!    batches in the round.
 //! 2. One batch commit ([`EventStore::commit_batches`]).
 //! 3. Every newly stored batch is published on the feed, in order; publishing never waits.
 //! 4. Every waiter gets its batch's outcome: once `commit` returns, its batch is on the feed.
@@ -35,10 +41,13 @@ use super::{
 /// Limits of the writer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WriterConfig {
-    /// Jobs waiting for the writer at most; `commit` and `record` wait for room beyond this.
+    /// Batches waiting for the writer at most, and registry updates at most; `commit` and
+    /// `record` wait for room beyond this.
     pub queue: usize,
-    /// Jobs (batches and registry updates) in one round at most.
+    /// Batches in one round at most.
     pub max_batches_per_txn: usize,
+    /// Registry updates in one round at most.
+    pub max_updates_per_round: usize,
     /// Events in one round at most (a single larger batch still gets its own).
     pub max_events_per_txn: usize,
     /// Committed batches the feed holds for a subscriber that has not read them yet; beyond it
@@ -47,12 +56,15 @@ pub struct WriterConfig {
 }
 
 impl Default for WriterConfig {
-    /// Room for 1,024 waiting jobs; rounds of up to 64 jobs or 50,000 events, about a quarter of
-    /// a second of work at the store's measured rate; a feed of 1,024 batches.
+    /// Room for 1,024 waiting batches and as many updates; rounds of up to 64 batches or 50,000
+    /// events, about a quarter of a second of work at the store's measured rate, and up to 4,096
+    /// updates (tens of milliseconds: a fleet's Hellos after a restart go in a few rounds); a
+    /// feed of 1,024 batches.
     fn default() -> Self {
         WriterConfig {
             queue: 1024,
             max_batches_per_txn: 64,
+            max_updates_per_round: 4096,
             max_events_per_txn: 50_000,
             feed_capacity: 1024,
         }
@@ -86,7 +98,8 @@ pub struct WriterStats {
 /// A cloneable handle to the writer thread.
 #[derive(Debug, Clone)]
 pub struct StoreWriter {
-    tx: mpsc::Sender<Job>,
+    batches: mpsc::Sender<BatchJob>,
+    updates: mpsc::Sender<UpdateJob>,
     stats: Arc<Counters>,
     feed: Feed,
 }
@@ -113,15 +126,40 @@ pub struct WriterJoin {
 }
 
 #[derive(Debug)]
-enum Job {
-    Batch {
-        batch: IncomingBatch,
-        reply: oneshot::Sender<Result<CommitOutcome, StoreError>>,
-    },
-    Registry {
-        update: Box<RegistryUpdate>,
-        reply: oneshot::Sender<Result<(), StoreError>>,
-    },
+struct BatchJob {
+    batch: IncomingBatch,
+    reply: oneshot::Sender<Result<CommitOutcome, StoreError>>,
+}
+
+#[derive(Debug)]
+struct UpdateJob {
+    update: Box<RegistryUpdate>,
+    reply: oneshot::Sender<Result<(), StoreError>>,
+}
+
+/// The writer thread's ends of the two queues.
+struct Queues {
+    batches: mpsc::Receiver<BatchJob>,
+    updates: mpsc::Receiver<UpdateJob>,
+}
+
+/// The first job a wait for work returned.
+enum First {
+    Batch(BatchJob),
+    Update(UpdateJob),
+}
+
+impl Queues {
+    /// Waits for a job in either queue; updates first. `None` once both queues are closed and
+    /// empty.
+    async fn next(&mut self) -> Option<First> {
+        tokio::select! {
+            biased;
+            Some(job) = self.updates.recv() => Some(First::Update(job)),
+            Some(job) = self.batches.recv() => Some(First::Batch(job)),
+            else => None,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -195,15 +233,26 @@ impl StoreWriter {
     ) -> Result<(StoreWriter, WriterJoin), StoreError> {
         let end = events.end()?;
         let (publisher, feed) = feed::channel(Arc::clone(&events), config.feed_capacity, end);
-        let (tx, rx) = mpsc::channel(config.queue.max(1));
+        let (batches, batches_rx) = mpsc::channel(config.queue.max(1));
+        let (updates, updates_rx) = mpsc::channel(config.queue.max(1));
+        let queues = Queues {
+            batches: batches_rx,
+            updates: updates_rx,
+        };
         let stats = Arc::new(Counters::new());
         let thread_stats = Arc::clone(&stats);
         let stores = Stores { events, state };
         let handle = std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || run(&stores, rx, config, &thread_stats, &publisher))
+            .spawn(move || run(&stores, queues, config, &thread_stats, &publisher))
             .map_err(|e| StoreError::backend("starting the store writer thread", e))?;
-        Ok((StoreWriter { tx, stats, feed }, WriterJoin { handle }))
+        let writer = StoreWriter {
+            batches,
+            updates,
+            stats,
+            feed,
+        };
+        Ok((writer, WriterJoin { handle }))
     }
 
     /// Queue one batch; resolves after the commit that contains it.
@@ -213,8 +262,8 @@ impl StoreWriter {
     pub async fn commit(&self, batch: IncomingBatch) -> Result<CommitOutcome, StoreError> {
         let started = std::time::Instant::now();
         let (reply, answer) = oneshot::channel();
-        self.tx
-            .send(Job::Batch { batch, reply })
+        self.batches
+            .send(BatchJob { batch, reply })
             .await
             .map_err(|_| StoreError::WriterStopped)?;
         let outcome = answer.await.map_err(|_| StoreError::WriterStopped)?;
@@ -224,11 +273,12 @@ impl StoreWriter {
         outcome
     }
 
-    /// Queue a registry update; resolves once it is applied, with the round it joined.
+    /// Queue a registry update; resolves once it is applied, with the next round (it does not
+    /// wait behind queued batches).
     pub async fn record(&self, update: RegistryUpdate) -> Result<(), StoreError> {
         let (reply, answer) = oneshot::channel();
-        self.tx
-            .send(Job::Registry {
+        self.updates
+            .send(UpdateJob {
                 update: Box::new(update),
                 reply,
             })
@@ -247,9 +297,11 @@ impl StoreWriter {
         self.feed.clone()
     }
 
-    /// Jobs queued and not yet taken by the writer thread.
+    /// Jobs (batches and updates) queued and not yet taken by the writer thread.
     pub fn queued(&self) -> usize {
-        self.tx.max_capacity() - self.tx.capacity()
+        let waiting = |max: usize, room: usize| max - room;
+        waiting(self.batches.max_capacity(), self.batches.capacity())
+            + waiting(self.updates.max_capacity(), self.updates.capacity())
     }
 
     /// A reader of [`StoreWriter::stats`] that does not keep the writer running, as a handle
@@ -293,89 +345,96 @@ impl Counters {
     }
 }
 
-/// The jobs of one round, in queue order.
+/// The batches of one round, in queue order.
 #[derive(Debug, Default)]
 struct Round {
-    jobs: Vec<Job>,
+    jobs: Vec<BatchJob>,
     events: usize,
 }
 
 impl Round {
-    /// Whether `job` may join: within the event limit (a round's first job always joins), and
-    /// a registry update only if no batch of its agent is in the round yet.
-    fn admits(&self, job: &Job, max_events: usize) -> bool {
-        match job {
-            Job::Batch { batch, .. } => {
-                self.jobs.is_empty() || self.events.saturating_add(batch.events.len()) <= max_events
-            }
-            Job::Registry { update, .. } => !self.jobs.iter().any(
-                |j| matches!(j, Job::Batch { batch, .. } if batch.agent_id == update.agent_id()),
-            ),
-        }
+    /// Whether `job` may join: within the event limit (a round's first batch always joins).
+    fn admits(&self, job: &BatchJob, max_events: usize) -> bool {
+        self.jobs.is_empty() || self.events.saturating_add(job.batch.events.len()) <= max_events
     }
 
-    fn push(&mut self, job: Job) {
-        if let Job::Batch { batch, .. } = &job {
-            self.events += batch.events.len();
-        }
+    fn push(&mut self, job: BatchJob) {
+        self.events += job.batch.events.len();
         self.jobs.push(job);
     }
 }
 
-/// The writer thread: gather a round, handle it, until the channel closes and is empty.
+/// The writer thread: gather a round, handle it, until both queues close and are empty.
 fn run(
     stores: &Stores,
-    mut rx: mpsc::Receiver<Job>,
+    mut queues: Queues,
     config: WriterConfig,
     stats: &Counters,
     publisher: &Publisher,
 ) {
-    let max_jobs = config.max_batches_per_txn.max(1);
+    let max_batches = config.max_batches_per_txn.max(1);
+    let max_updates = config.max_updates_per_round.max(1);
     let max_events = config.max_events_per_txn.max(1);
-    // A job taken from the queue that did not fit the previous round.
-    let mut held: Option<Job> = None;
+    // Waiting on two queues from a plain thread; the queues need no timers or I/O.
+    let waiter = match tokio::runtime::Builder::new_current_thread().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "The store writer cannot wait for work; it stops.");
+            return;
+        }
+    };
+    // A batch taken from the queue that did not fit the previous round.
+    let mut held: Option<BatchJob> = None;
     let mut seen = SeenMarks::default();
     loop {
-        let Some(first) = held.take().or_else(|| rx.blocking_recv()) else {
-            return;
-        };
+        let mut updates = Vec::new();
         let mut round = Round::default();
-        round.push(first);
-        while round.jobs.len() < max_jobs {
-            let Ok(job) = rx.try_recv() else { break };
+        if let Some(job) = held.take() {
+            round.push(job);
+        } else {
+            match waiter.block_on(queues.next()) {
+                None => return,
+                Some(First::Update(job)) => updates.push(job),
+                Some(First::Batch(job)) => round.push(job),
+            }
+        }
+        while updates.len() < max_updates {
+            let Ok(job) = queues.updates.try_recv() else {
+                break;
+            };
+            updates.push(job);
+        }
+        while round.jobs.len() < max_batches {
+            let Ok(job) = queues.batches.try_recv() else {
+                break;
+            };
             if !round.admits(&job, max_events) {
                 held = Some(job);
                 break;
             }
             round.push(job);
         }
-        handle_round(stores, round, &mut seen, stats, publisher);
+        handle_round(stores, updates, round, &mut seen, stats, publisher);
     }
 }
 
 fn handle_round(
     stores: &Stores,
+    update_jobs: Vec<UpdateJob>,
     round: Round,
     seen: &mut SeenMarks,
     stats: &Counters,
     publisher: &Publisher,
 ) {
-    let mut updates = Vec::new();
-    let mut update_replies = Vec::new();
-    let mut batches = Vec::with_capacity(round.jobs.len());
-    let mut replies = Vec::with_capacity(round.jobs.len());
-    for job in round.jobs {
-        match job {
-            Job::Batch { batch, reply } => {
-                batches.push(batch);
-                replies.push(reply);
-            }
-            Job::Registry { update, reply } => {
-                updates.push(*update);
-                update_replies.push(reply);
-            }
-        }
-    }
+    let (mut updates, update_replies): (Vec<_>, Vec<_>) = update_jobs
+        .into_iter()
+        .map(|job| (*job.update, job.reply))
+        .unzip();
+    let (batches, replies): (Vec<_>, Vec<_>) = round
+        .jobs
+        .into_iter()
+        .map(|job| (job.batch, job.reply))
+        .unzip();
     updates.extend(seen.marks(&batches));
     if record_updates(stores.state.as_ref(), &updates, update_replies, stats) {
         publisher.publish_registry(&updates);

@@ -459,9 +459,10 @@ async fn the_registry_updates_of_a_round_are_one_registry_write() {
 }
 
 #[tokio::test]
-async fn an_update_queued_after_a_batch_of_its_agent_waits_for_the_next_round() {
+async fn updates_join_the_next_round_whatever_batches_wait_before_them() {
     let (store, entered, release) = gated(Mode::Work);
-    let (writer, handle) = spawn(store.clone(), config(64, 1000));
+    // Rounds of one batch, so batches queued before an update would hold it back for rounds.
+    let (writer, handle) = spawn(store.clone(), config(1, 1000));
     let w = writer.clone();
     let first = tokio::spawn(async move { w.commit(logs("x", 1, 1, 1)).await });
     wait_entered(entered).await;
@@ -506,11 +507,50 @@ async fn an_update_queued_after_a_batch_of_its_agent_waits_for_the_next_round() 
         writes,
         vec![
             vec![seen("x", T0)],
-            vec![heartbeat("b", T0), seen("a", T0), seen("b", T0)],
-            vec![gone, heartbeat("c", T0)],
+            // Every waiting update, in their order, with the first waiting batch.
+            vec![heartbeat("b", T0), gone, heartbeat("c", T0), seen("a", T0)],
+            vec![seen("b", T0)],
         ]
     );
-    assert_eq!(*store.groups.lock().unwrap(), vec![1, 2]);
+    assert_eq!(*store.groups.lock().unwrap(), vec![1, 1, 1]);
+    join(writer, handle).await;
+}
+
+#[tokio::test]
+async fn an_update_is_applied_while_the_batch_queue_is_full() {
+    let (store, entered, release) = gated(Mode::Work);
+    let (writer, handle) = spawn(
+        store.clone(),
+        WriterConfig {
+            queue: 2,
+            ..config(1, 1000)
+        },
+    );
+    let w = writer.clone();
+    let first = tokio::spawn(async move { w.commit(logs("x", 1, 1, 1)).await });
+    wait_entered(entered).await;
+    // Two batches fill the queue; four more wait for room.
+    let mut batches = Vec::new();
+    for i in 0..6 {
+        let w = writer.clone();
+        batches.push(tokio::spawn(async move {
+            w.commit(logs(&format!("b{i}"), 1, 1, 1)).await
+        }));
+    }
+    wait_queued(&writer, 2).await;
+    let w = writer.clone();
+    let update = tokio::spawn(async move { w.record(heartbeat("late", T0)).await });
+    wait_queued(&writer, 3).await;
+    release.send(()).unwrap();
+    update.await.unwrap().unwrap();
+    first.await.unwrap().unwrap();
+    for b in batches {
+        b.await.unwrap().unwrap();
+    }
+    let writes = store.registry.lock().unwrap().clone();
+    // The second round holds the update, with the first of the six batches.
+    assert_eq!(writes[1][0], heartbeat("late", T0), "{writes:?}");
+    assert_eq!(store.groups.lock().unwrap().len(), 7);
     join(writer, handle).await;
 }
 
