@@ -143,6 +143,8 @@ pub struct IngestSection {
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
     /// Batches waiting for the store, across all agents; beyond it agents wait (back-pressure).
+    /// Registry updates (Hello, heartbeat, disconnect) wait apart, in a queue of the same size,
+    /// and are taken first.
     pub queue: usize,
     /// Most batches and events committed in one store transaction (group commit).
     pub max_batches_per_txn: usize,
@@ -153,6 +155,9 @@ pub struct IngestSection {
     /// Receive buffer asked for the UDP socket, so bursts (a fleet reconnecting) are not
     /// dropped. The kernel caps it at `net.core.rmem_max`; a warning says when it did.
     pub udp_receive_buffer: ByteSize,
+    /// TLS handshakes in progress at most; a connection beyond it is refused at once and its
+    /// agent retries after its backoff.
+    pub max_handshakes: usize,
 }
 
 impl Default for IngestSection {
@@ -168,6 +173,7 @@ impl Default for IngestSection {
             max_events_per_txn: 100_000,
             max_future_skew: Duration::from_secs(24 * 3600),
             udp_receive_buffer: ByteSize::mib(4),
+            max_handshakes: 256,
         }
     }
 }
@@ -339,6 +345,9 @@ pub fn load(path: &Path) -> Result<Validated, ConfigError> {
     if i.max_batch_events == 0 || i.max_in_flight == 0 || i.max_in_flight > 1024 {
         return Err(invalid("ingest.max_batch_events must be at least 1 and ingest.max_in_flight between 1 and 1024".into()));
     }
+    if i.max_handshakes == 0 {
+        return Err(invalid("ingest.max_handshakes must be at least 1".into()));
+    }
     if i.queue == 0 || i.max_batches_per_txn == 0 || i.max_events_per_txn == 0 {
         return Err(invalid(
             "ingest.queue, max_batches_per_txn and max_events_per_txn must be at least 1".into(),
@@ -447,6 +456,13 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains(":2:17"), "{e}");
+        let e = load(write("[ingest]\nmax_handshakes = 0\n").path())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("ingest.max_handshakes must be at least 1"),
+            "{e}"
+        );
         let e = load(write("[ingest]\nmax_frame = 1\n").path())
             .unwrap_err()
             .to_string();
@@ -472,6 +488,7 @@ mod tests {
             v.config.ingest.udp_receive_buffer,
             d.ingest.udp_receive_buffer
         );
+        assert_eq!(v.config.ingest.max_handshakes, d.ingest.max_handshakes);
         assert_eq!(v.api_listen.to_string(), *d.api.listen.get_ref());
         assert_eq!(v.config.api.max_body, d.api.max_body);
         assert_eq!(v.config.api.request_timeout, d.api.request_timeout);

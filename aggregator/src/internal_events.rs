@@ -37,8 +37,12 @@ outpost_common::counters! {
     enum Counter;
     struct AtomicCounters;
     {
-        /// Connections refused before any session: failed TLS handshake, no agent identity, revoked.
+        /// Connections refused before any session: failed TLS handshake, no agent identity,
+        /// revoked, or refused before their handshake (`connections_shed`).
         connections_refused => ConnectionsRefused,
+        /// Connections refused at once, before their handshake, because `ingest.max_handshakes`
+        /// handshakes were in progress; their agents retry after their backoff.
+        connections_shed => ConnectionsShed,
         /// Sessions established (Welcome sent).
         agents_connected => AgentsConnected,
         /// Established sessions that ended, for any reason.
@@ -187,6 +191,8 @@ pub enum Refusal<'a> {
     NoIdentity { error: &'a str },
     /// The certificate's serial is on the revocation list loaded since the handshake.
     Revoked { agent_id: &'a str, serial: &'a str },
+    /// `limit` handshakes were already in progress; refused before its own.
+    Busy { limit: usize },
 }
 
 /// A connection was refused before any session.
@@ -216,6 +222,12 @@ impl InternalEvent<Telemetry> for ConnectionRefused<'_> {
             Refusal::Revoked { agent_id, serial } => {
                 if let Some(suppressed) = t.may_log("revoked") {
                     warn!(%remote, agent_id, serial, suppressed, "refused a connection: certificate revoked");
+                }
+            }
+            Refusal::Busy { limit } => {
+                t.add(Counter::ConnectionsShed, 1);
+                if let Some(suppressed) = t.may_log("busy") {
+                    warn!(%remote, limit, suppressed, "refused a connection before its handshake: ingest.max_handshakes handshakes are in progress; the agent retries after its backoff");
                 }
             }
         }
@@ -712,6 +724,7 @@ impl InternalEvent<Telemetry> for IngestSummary {
             connected = c.agents_connected,
             disconnected = c.agents_disconnected,
             refused = c.connections_refused,
+            shed = c.connections_shed,
             replaced = c.connections_replaced,
             revoked = c.connections_revoked,
             hellos_rejected = c.hellos_rejected,

@@ -112,6 +112,7 @@ pub fn run(v: Validated) -> anyhow::Result<()> {
                 max_future_skew: c.ingest.max_future_skew,
                 udp_receive_buffer: usize::try_from(c.ingest.udp_receive_buffer.as_u64())
                     .unwrap_or(usize::MAX),
+                max_handshakes: c.ingest.max_handshakes,
             },
             writer,
             enroller,

@@ -154,3 +154,95 @@ pub fn hello_message() -> Message {
 pub fn frame(msg: &Message) -> Vec<u8> {
     wire::encode(msg).unwrap_or_else(|e| panic!("cannot encode {}: {e}", msg.name()))
 }
+
+/// A client configuration presenting `cert` whose handshake stops when the aggregator's
+/// certificate arrives: it says so on `entered`, then waits for `release` before checking the
+/// certificate as an agent would. Meanwhile the aggregator counts the handshake as in progress.
+pub fn client_that_stalls(
+    cert: &AgentCert,
+    entered: std::sync::mpsc::Sender<()>,
+    release: std::sync::mpsc::Receiver<()>,
+) -> quinn::ClientConfig {
+    use std::sync::{Arc, Mutex};
+
+    use quinn::crypto::rustls::QuicClientConfig;
+    use rustls::client::WebPkiServerVerifier;
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    use rustls::{DigitallySignedStruct, SignatureScheme};
+
+    #[derive(Debug)]
+    struct Stalling {
+        inner: Arc<WebPkiServerVerifier>,
+        gate: Mutex<Option<(std::sync::mpsc::Sender<()>, std::sync::mpsc::Receiver<()>)>>,
+    }
+
+    impl ServerCertVerifier for Stalling {
+        fn verify_server_cert(
+            &self,
+            end_entity: &CertificateDer<'_>,
+            intermediates: &[CertificateDer<'_>],
+            server_name: &ServerName<'_>,
+            ocsp: &[u8],
+            now: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            let gate = self.gate.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some((entered, release)) = gate {
+                let _ = entered.send(());
+                let _ = release.recv();
+            }
+            self.inner
+                .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        }
+
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            self.inner.verify_tls12_signature(message, cert, dss)
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            self.inner.verify_tls13_signature(message, cert, dss)
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.inner.supported_verify_schemes()
+        }
+    }
+
+    let provider = tls::provider();
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in tls::load_certs(&cert.ca).unwrap_or_else(|e| panic!("{e}")) {
+        roots.add(ca).unwrap_or_else(|e| panic!("the CA: {e}"));
+    }
+    let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .unwrap_or_else(|e| panic!("a verifier: {e}"));
+    let chain = tls::load_certs(&cert.cert).unwrap_or_else(|e| panic!("{e}"));
+    let key = tls::load_key(&cert.key).unwrap_or_else(|e| panic!("{e}"));
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap_or_else(|e| panic!("{e}"))
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(Stalling {
+            inner,
+            gate: Mutex::new(Some((entered, release))),
+        }))
+        .with_client_auth_cert(chain, key)
+        .unwrap_or_else(|e| panic!("the agent certificate: {e}"));
+    config.alpn_protocols = vec![wire::ALPN.to_vec()];
+    let quic = QuicClientConfig::try_from(config).unwrap_or_else(|e| panic!("{e}"));
+    let mut client = quinn::ClientConfig::new(Arc::new(quic));
+    let mut transport = quinn::TransportConfig::default();
+    transport.max_concurrent_uni_streams(0u32.into());
+    client.transport_config(Arc::new(transport));
+    client
+}

@@ -293,7 +293,13 @@ pub fn aggregator_figures(
             "Agent heartbeats received.",
             ingest.heartbeats,
         ),
-        refused("connection", ingest.connections_refused),
+        refused(
+            "connection",
+            ingest
+                .connections_refused
+                .saturating_sub(ingest.connections_shed),
+        ),
+        refused("busy", ingest.connections_shed),
         refused("hello", ingest.hellos_rejected),
         refused("hello_timeout", ingest.hello_timeouts),
         refused("malformed_frame", ingest.frames_malformed),

@@ -40,7 +40,7 @@ use std::time::Duration;
 
 use outpost_common::tls as common_tls;
 use outpost_common::wire::close_code;
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tracing::{debug, warn};
 
 use crate::enroll::Enroller;
@@ -69,6 +69,8 @@ pub struct IngestConfig {
     pub max_future_skew: Duration,
     /// Bytes asked for the UDP socket's receive buffer.
     pub udp_receive_buffer: usize,
+    /// TLS handshakes in progress at most ([`Ingest::run`]).
+    pub max_handshakes: usize,
 }
 
 /// How often the ingest summary is written, when a counter moved.
@@ -89,6 +91,8 @@ struct Shared {
     enroller: Option<Arc<Enroller>>,
     /// When the server certificate in use expires, nanoseconds since the epoch.
     server_not_after_ns: AtomicI64,
+    /// A permit per handshake in progress, up to `config.max_handshakes`.
+    handshakes: Arc<Semaphore>,
 }
 
 impl Shared {
@@ -162,6 +166,7 @@ impl Ingest {
         Ok(Ingest {
             endpoint,
             shared: Arc::new(Shared {
+                handshakes: Arc::new(Semaphore::new(config.max_handshakes.max(1))),
                 config: Arc::new(config),
                 writer,
                 telemetry: Arc::new(Telemetry::new()),
@@ -219,8 +224,7 @@ impl Ingest {
             tokio::select! {
                 incoming = self.endpoint.accept() => {
                     let Some(incoming) = incoming else { break };
-                    let id = ConnectionId(self.shared.next_connection.fetch_add(1, Ordering::Relaxed));
-                    tokio::spawn(admit(self.shared.clone(), incoming, id));
+                    self.accept(incoming);
                 }
                 _ = reload.tick() => {
                     let now = self.tls_files.stamp();
@@ -254,6 +258,35 @@ impl Ingest {
             fim_trail_breaks: self.shared.writer.stats().fim_trail_breaks,
             last: true,
         });
+    }
+}
+
+impl Ingest {
+    /// Starts the handshake of a new connection, or refuses it at once when
+    /// `max_handshakes` are already in progress.
+    ///
+    /// A fleet reconnecting at once (after an aggregator restart) brings thousands of handshakes
+    /// within seconds. Started all together they share the CPU, each takes longer than the
+    /// agents' connect timeout, and they all fail and start again: the work is wasted and the
+    /// fleet does not come back. Bounded, those in progress finish quickly; the others are told
+    /// at once (a refusal costs one datagram, no cryptography) and retry after their backoff.
+    fn accept(&self, incoming: quinn::Incoming) {
+        match Arc::clone(&self.shared.handshakes).try_acquire_owned() {
+            Ok(permit) => {
+                let id = ConnectionId(self.shared.next_connection.fetch_add(1, Ordering::Relaxed));
+                tokio::spawn(admit(self.shared.clone(), incoming, id, permit));
+            }
+            Err(_) => {
+                let remote = incoming.remote_address();
+                incoming.refuse();
+                self.shared.telemetry.emit(ConnectionRefused {
+                    remote,
+                    refusal: Refusal::Busy {
+                        limit: self.shared.config.max_handshakes,
+                    },
+                });
+            }
+        }
     }
 }
 
@@ -322,10 +355,17 @@ fn set_receive_buffer(socket: &std::net::UdpSocket, wanted: usize) {
 /// Completes the handshake of an incoming connection and checks the agent's certificate; an
 /// admitted connection is then driven until it ends. An enrollment connection is answered
 /// instead, and never admitted.
-async fn admit(shared: Arc<Shared>, incoming: quinn::Incoming, id: ConnectionId) {
+async fn admit(
+    shared: Arc<Shared>,
+    incoming: quinn::Incoming,
+    id: ConnectionId,
+    handshake: OwnedSemaphorePermit,
+) {
     let remote = incoming.remote_address();
     let telemetry = &shared.telemetry;
-    let conn = match incoming.await {
+    let handshaken = incoming.await;
+    drop(handshake);
+    let conn = match handshaken {
         Ok(c) => c,
         Err(e) => {
             let error = e.to_string();
@@ -377,5 +417,6 @@ pub(crate) fn test_config() -> IngestConfig {
         heartbeat_interval: Duration::from_secs(10),
         max_future_skew: Duration::from_secs(60),
         udp_receive_buffer: 1 << 20,
+        max_handshakes: 256,
     }
 }

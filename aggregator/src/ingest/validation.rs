@@ -147,6 +147,7 @@ mod tests {
             heartbeat_interval: Duration::from_secs(10),
             max_future_skew: Duration::from_secs(60),
             udp_receive_buffer: 1 << 20,
+            max_handshakes: 256,
         }
     }
 

@@ -4,6 +4,7 @@
 //! its own temporary directory, PKI and ports, so they run in parallel. Set `OUTPOST_E2E_SEED` to
 //! replay the random choices of a failed run (the seed is printed by each test that uses one).
 
+mod admission;
 mod agent_crash;
 mod aggregator_outage;
 mod alerting;
