@@ -39,6 +39,11 @@ pub(super) type SessionHandle = mpsc::UnboundedSender<Notice>;
 /// Inputs waiting for the driver, beyond which readers and store tasks wait.
 const INPUT_QUEUE: usize = 64;
 
+/// An input as it waits in the driver's queue: boxed, because the queue allocates its slots 32 at
+/// a time as soon as it is made, and an input held in place (a Hello is several hundred bytes) would
+/// cost every idle connection tens of KiB; ten thousand agents are ten thousand queues.
+type Queued = Box<Input>;
+
 /// What the reader and store tasks report.
 #[derive(Debug)]
 enum Input {
@@ -64,7 +69,7 @@ struct Driver {
     id: ConnectionId,
     serial: Vec<u8>,
     session: Session,
-    inputs: mpsc::Sender<Input>,
+    inputs: mpsc::Sender<Queued>,
     notices: SessionHandle,
     control: Option<quinn::SendStream>,
     batch_streams: HashMap<BatchStream, quinn::SendStream>,
@@ -129,7 +134,7 @@ pub(super) async fn drive(
                 Err(e) => d.session.handle_connection_lost(now(), &e.to_string()),
             },
             // The driver holds a sender itself, so the queue never reports closed.
-            Some(input) = inputs.recv() => d.input(input),
+            Some(input) = inputs.recv() => d.input(*input),
             Some(notice) = notices.recv() => match notice {
                 Notice::Replaced => d.session.handle_replaced(now()),
                 Notice::Revoked => d.session.handle_revoked(now()),
@@ -194,7 +199,7 @@ impl Driver {
                 loop {
                     let frame = wire::read_message(&mut recv, limit).await;
                     let last = frame.is_err();
-                    if inputs.send(Input::Control(frame)).await.is_err() || last {
+                    if inputs.send(Box::new(Input::Control(frame))).await.is_err() || last {
                         return;
                     }
                 }
@@ -205,7 +210,7 @@ impl Driver {
             self.batch_streams.insert(stream, send);
             tokio::spawn(async move {
                 let frame = wire::read_message(&mut recv, limit).await;
-                let _ = inputs.send(Input::Batch(stream, frame)).await;
+                let _ = inputs.send(Box::new(Input::Batch(stream, frame))).await;
             });
         }
     }
@@ -261,7 +266,9 @@ impl Driver {
             StoreJob::Commit { stream, batch } => {
                 tokio::spawn(async move {
                     let outcome = writer.commit(batch).await;
-                    let _ = inputs.send(Input::Committed(stream, outcome)).await;
+                    let _ = inputs
+                        .send(Box::new(Input::Committed(stream, outcome)))
+                        .await;
                 });
             }
             StoreJob::Record(update) if matches!(*update, RegistryUpdate::Disconnect { .. }) => {
@@ -270,7 +277,7 @@ impl Driver {
             StoreJob::Record(update) => {
                 self.recording = Some(tokio::spawn(async move {
                     let outcome = writer.record(*update).await;
-                    let _ = inputs.send(Input::Recorded(outcome)).await;
+                    let _ = inputs.send(Box::new(Input::Recorded(outcome))).await;
                 }));
             }
             StoreJob::Renew { stream, request } => {
@@ -293,7 +300,7 @@ impl Driver {
                             )))
                         }),
                     };
-                    let _ = inputs.send(Input::Renewed(stream, outcome)).await;
+                    let _ = inputs.send(Box::new(Input::Renewed(stream, outcome))).await;
                 });
             }
         }
