@@ -462,6 +462,20 @@ impl<S: AlertingStore + StateStore> EngineTask<S> {
                 biased;
                 _ = stop.changed() => break,
                 Some(command) = commands.recv() => self.command(command),
+                // Registry updates first: each is small, there are at most a few per agent a
+                // minute, and behind a busy feed they would be dropped for this subscriber.
+                update = registry.recv(), if registry_open => match update {
+                    Ok(update) => {
+                        if let RegistryUpdate::Heartbeat { agent_id, status, now_ns } = update.as_ref() {
+                            self.engine.heartbeat(agent_id, status, *now_ns);
+                            self.figures.evaluated_heartbeat(*now_ns);
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                        warn!(missed, "the alerting engine missed heartbeats");
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => registry_open = false,
+                },
                 item = feed.recv(), if feed_open => match item {
                     Ok(Some(FeedItem::Committed(batch))) => {
                         let now = now_ns();
@@ -491,18 +505,6 @@ impl<S: AlertingStore + StateStore> EngineTask<S> {
                         warn!(error = %e, "the alerting engine could not read the feed; trying again");
                         tokio::time::sleep(MAX_TICK).await;
                     }
-                },
-                update = registry.recv(), if registry_open => match update {
-                    Ok(update) => {
-                        if let RegistryUpdate::Heartbeat { agent_id, status, now_ns } = update.as_ref() {
-                            self.engine.heartbeat(agent_id, status, *now_ns);
-                            self.figures.evaluated_heartbeat(*now_ns);
-                        }
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
-                        warn!(missed, "the alerting engine missed heartbeats");
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => registry_open = false,
                 },
                 Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
                     info!("SIGHUP: reloading the rules");

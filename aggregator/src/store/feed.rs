@@ -22,8 +22,9 @@ use tokio::sync::broadcast;
 
 use super::{Cursor, EventQuery, EventStore, RegistryUpdate, StoreError, StoredEvent};
 
-/// Registry updates held per subscriber of [`Feed::registry_updates`].
-const REGISTRY_CAPACITY: usize = 1024;
+/// Registry updates held per subscriber of [`Feed::registry_updates`]: room for the Hellos of a
+/// fleet of ten thousand reconnecting at once (a few megabytes at most).
+const REGISTRY_CAPACITY: usize = 16_384;
 
 /// Events read back per page during catch-up.
 const CATCH_UP_PAGE: usize = 1000;
