@@ -9,6 +9,12 @@ use outpost_aggregator::{
     agents_cli, alerts_cli, config, fim, pki, quickstart, remote, rules_cli, status, token_cli,
 };
 
+/// The allocator: the aggregator allocates and frees small buffers for every batch on many threads,
+/// where glibc's malloc took about a fifth of its CPU at a thousand agents and kept freed memory
+/// in per-thread arenas (see BENCHMARKS.md, "Fleet simulator").
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Exit status for usage and configuration errors (EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
 
