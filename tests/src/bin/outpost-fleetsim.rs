@@ -54,6 +54,9 @@ struct Cli {
     /// Spread of the first connections (default: 2 ms per agent, at least 1 s).
     #[arg(long, value_parser = humantime::parse_duration)]
     ramp: Option<Duration>,
+    /// How often each agent sends a round of its host metrics (the agent collects every 10 s).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    metrics_interval: Duration,
     /// Log lines per second per agent, on average.
     #[arg(long, default_value_t = 1.0)]
     log_rate: f64,
@@ -107,7 +110,11 @@ fn config(cli: &Cli, scenario: Scenario) -> Result<SimConfig, String> {
     if !(cli.log_rate >= 0.0 && cli.fim_per_hour >= 0.0) {
         return Err("--log-rate and --fim-per-hour must not be negative".to_owned());
     }
+    if cli.metrics_interval < Duration::from_secs(1) {
+        return Err("--metrics-interval must be at least 1s".to_owned());
+    }
     let mut c = SimConfig::new(scenario, cli.agents);
+    c.fleet.rates.metrics_interval = cli.metrics_interval;
     c.fleet.rates.log_lines_per_sec = cli.log_rate;
     c.fleet.rates.fim_per_hour = cli.fim_per_hour;
     c.fleet.agents_per_socket = cli.agents_per_socket;

@@ -107,16 +107,13 @@ pub fn check(db: &Path, fleet: &Fleet, metric_names: &[String]) -> anyhow::Resul
         ..LossCheck::default()
     };
 
-    // Metric points per agent: how many, and how many repeat a (series, time) pair. One agent at
-    // a time: the reader refuses to list more than 10,000 series at once.
+    // Metric points per agent: how many, and how many repeat a (series, time) pair. One pass per
+    // metric over every agent's series.
     let mut metric_points: HashMap<String, (u64, u64)> = HashMap::new();
-    for agent in &fleet.agents {
-        let entry = metric_points.entry(agent.id.clone()).or_default();
-        for name in metric_names {
-            let series = reader
-                .metric_points(Some(&agent.id), name)
-                .with_context(|| format!("reading the points of {name} of {}", agent.id))?;
-            for (_, points) in series {
+    for name in metric_names {
+        reader
+            .each_metric_series(name, |info, points| {
+                let entry = metric_points.entry(info.agent_id).or_default();
                 let mut times = HashSet::with_capacity(points.len());
                 for (t, _) in &points {
                     entry.0 += 1;
@@ -124,8 +121,8 @@ pub fn check(db: &Path, fleet: &Fleet, metric_names: &[String]) -> anyhow::Resul
                         entry.1 += 1;
                     }
                 }
-            }
-        }
+            })
+            .with_context(|| format!("reading the points of {name}"))?;
     }
     let fim = fim_counts(&conn)?;
     out.trail_breaks = conn

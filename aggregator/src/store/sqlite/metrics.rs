@@ -282,6 +282,7 @@ fn expire_some(
 fn select_series(
     conn: &Connection,
     query: &MetricQuery,
+    max_series: usize,
 ) -> Result<Vec<(i64, SeriesInfo)>, MetricQueryError> {
     let context = || format!("selecting the series of `{}`", query.name);
     let mut stmt = conn
@@ -314,11 +315,11 @@ fn select_series(
         if !query.matchers.iter().all(|m| m.matches(&info.attributes)) {
             continue;
         }
-        if selected.len() == MAX_SERIES {
+        if selected.len() == max_series {
             return Err(QueryError::new(
                 "match",
                 format!(
-                    "more than {MAX_SERIES} series of `{}` match; name an agent or add matchers",
+                    "more than {max_series} series of `{}` match; name an agent or add matchers",
                     query.name
                 ),
             )
@@ -421,7 +422,7 @@ pub(super) fn metric_query(
     query: &MetricQuery,
 ) -> Result<MetricAnswer, MetricQueryError> {
     query.check()?;
-    let selected = select_series(conn, query)?;
+    let selected = select_series(conn, query, MAX_SERIES)?;
     for (_, info) in &selected {
         query.check_kind(info.kind)?;
     }
@@ -463,23 +464,37 @@ pub(super) fn all_points(
     agent_id: Option<&str>,
     name: &str,
 ) -> Result<Vec<SeriesPoints>, StoreError> {
+    let mut all = Vec::new();
+    each_series_points(conn, agent_id, name, MAX_SERIES, |info, points| {
+        all.push((info, points));
+    })?;
+    Ok(all)
+}
+
+/// Every stored point of the metric `name` (of one agent, or all), handed to `visit` one series
+/// at a time, up to `max_series` series.
+pub(super) fn each_series_points(
+    conn: &Connection,
+    agent_id: Option<&str>,
+    name: &str,
+    max_series: usize,
+    mut visit: impl FnMut(SeriesInfo, Vec<(i64, f64)>),
+) -> Result<(), StoreError> {
     let query = MetricQuery {
         agent_id: agent_id.map(str::to_owned),
         ..MetricQuery::new(name, i64::MIN..i64::MAX, i64::MAX)
     };
-    let selected = select_series(conn, &query).map_err(|e| match e {
+    let selected = select_series(conn, &query, max_series).map_err(|e| match e {
         MetricQueryError::Store(e) => e,
         MetricQueryError::Query(e) => StoreError::Conflict(e.message),
     })?;
     let head = HeadBuckets::read(conn)?;
-    selected
-        .into_iter()
-        .map(|(id, info)| {
-            // The one range that cannot be written as start..end holds i64::MAX; no agent's
-            // clock gets there.
-            Ok((info, series_points(conn, id, &(i64::MIN..i64::MAX), &head)?))
-        })
-        .collect()
+    for (id, info) in selected {
+        // The one range that cannot be written as start..end holds i64::MAX; no agent's clock
+        // gets there.
+        visit(info, series_points(conn, id, &(i64::MIN..i64::MAX), &head)?);
+    }
+    Ok(())
 }
 
 /// How many metric points are stored (of one agent or all): head rows and chunk points.
