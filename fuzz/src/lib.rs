@@ -6,8 +6,8 @@
 //! are compared rather than values because a NaN metric is never equal to itself).
 
 use outpost_common::event::{
-    AgentStatus, Event, FileKind, FileState, FimChange, FimDetection, FimEvent, HostFacts, LogRecord, MetricKind,
-    MetricPoint, Severity,
+    AgentStatus, Event, FileKind, FileState, FimChange, FimDetection, FimEvent, HostFacts,
+    LogRecord, MetricKind, MetricPoint, Severity,
 };
 use outpost_common::wire::{
     self, Ack, Batch, Heartbeat, Hello, Message, PROTOCOL_VERSION, Reject, RejectCode, Welcome,
