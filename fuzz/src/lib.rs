@@ -360,7 +360,12 @@ mod tests {
                 assert!(target(bytes), "{name}/{seed} does not decode");
             }
         }
-        assert_eq!(seeds("decode_frame").len(), 6, "one seed per message type");
+        // Hello, Welcome, Batch, Ack, Reject, Heartbeat, PackedBatch.
+        assert_eq!(
+            seeds("decode_frame").len(),
+            7,
+            "one seed per message type of an agent's session"
+        );
     }
 
     #[test]
