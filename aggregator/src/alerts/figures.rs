@@ -23,6 +23,8 @@ fn kind_slot(kind: EventKind) -> usize {
 #[derive(Debug, Default)]
 pub struct AlertingFigures {
     events_evaluated: AtomicU64,
+    fell_behind: AtomicU64,
+    read_back: AtomicU64,
     pending: AtomicU64,
     firing: AtomicU64,
     rules: AtomicU64,
@@ -54,6 +56,11 @@ pub struct LastEvaluated {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct AlertingSnapshot {
     pub events_evaluated: u64,
+    /// Times the engine fell behind the live feed.
+    pub fell_behind: u64,
+    /// Events it read from the store instead of the live feed (after falling behind, or
+    /// catching up at start).
+    pub read_back: u64,
     pub pending: u64,
     pub firing: u64,
     pub rules: u64,
@@ -68,6 +75,17 @@ impl AlertingFigures {
     pub fn evaluated(&self, events: usize) {
         self.events_evaluated
             .fetch_add(events as u64, Ordering::Relaxed);
+    }
+
+    /// The engine fell behind the live feed and reads from the store.
+    pub fn fell_behind(&self) {
+        self.fell_behind.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The engine evaluated `events` read from the store, not the live feed (also counted by
+    /// [`Self::evaluated`]).
+    pub fn read_back(&self, events: usize) {
+        self.read_back.fetch_add(events as u64, Ordering::Relaxed);
     }
 
     /// The engine evaluated events of `kinds` at `now_ns`.
@@ -144,6 +162,8 @@ impl AlertingFigures {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         AlertingSnapshot {
             events_evaluated: get(&self.events_evaluated),
+            fell_behind: get(&self.fell_behind),
+            read_back: get(&self.read_back),
             pending: get(&self.pending),
             firing: get(&self.firing),
             rules: get(&self.rules),
@@ -161,11 +181,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn counts_attempts_reloads_and_alert_states() {
+    fn counts_attempts_reloads_read_backs_and_alert_states() {
         let f = AlertingFigures::default();
         f.rules_loaded(16);
         f.evaluated(10);
         f.evaluated(5);
+        f.fell_behind();
+        f.read_back(5);
         f.reloaded(Ok(17));
         f.reloaded(Err(()));
         f.attempted(&Attempt::Sent { at_ns: 1 });
@@ -182,6 +204,8 @@ mod tests {
             s,
             AlertingSnapshot {
                 events_evaluated: 15,
+                fell_behind: 1,
+                read_back: 5,
                 pending: 0,
                 firing: 0,
                 rules: 17,

@@ -492,12 +492,14 @@ impl<S: AlertingStore + StateStore> EngineTask<S> {
                             self.engine.observe(&e.agent_id, &e.event, now);
                         }
                         self.figures.evaluated(events.len());
+                        self.figures.read_back(events.len());
                         self.figures.evaluated_kinds(kinds(events.iter().map(|e| &e.event)), now);
                         if let Some(last) = events.last() {
                             self.cursor = self.cursor.max(last.cursor.advance(1));
                         }
                     }
                     Ok(Some(FeedItem::FellBehind { batches })) => {
+                        self.figures.fell_behind();
                         warn!(batches, "the alerting engine fell behind the feed; reading the events back from the store");
                     }
                     Ok(None) => feed_open = false,

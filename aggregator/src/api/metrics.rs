@@ -327,6 +327,12 @@ pub fn aggregator_figures(
             writer.fim_trail_breaks,
         ),
         counter(
+            "outpost_feed_dropped_batches_total",
+            "Committed batches the live feed dropped for a reader that fell behind (the alerting \
+             engine); that reader reads them back from the store.",
+            writer.feed_lagged,
+        ),
+        counter(
             "outpost_retention_passes_total",
             "Retention passes finished.",
             retention.passes,
@@ -449,6 +455,21 @@ fn alerting_figures(a: &crate::alerts::AlertingSnapshot) -> Vec<Figure> {
             "Committed events the alerting engine evaluated.",
             None,
             a.events_evaluated,
+        ),
+        counter(
+            "outpost_rule_feed_fell_behind_total",
+            "Times the alerting engine fell behind the live feed of committed batches and read \
+             the events back from the store.",
+            None,
+            a.fell_behind,
+        ),
+        counter(
+            "outpost_rule_events_read_back_total",
+            "Events the alerting engine read from the store instead of the live feed: after \
+             falling behind, or catching up at start (also in \
+             outpost_rule_events_evaluated_total).",
+            None,
+            a.read_back,
         ),
         alerts("pending", a.pending),
         alerts("firing", a.firing),

@@ -104,18 +104,28 @@ pub struct StoreWriter {
     feed: Feed,
 }
 
-/// Reads what the writer thread has done (without the feed's figures).
+/// Reads what the writer thread has done, and what its feed dropped.
 #[derive(Debug, Clone)]
-pub struct WriterFigures(Arc<Counters>);
+pub struct WriterFigures {
+    counters: Arc<Counters>,
+    /// For the batches it dropped for subscribers that fell behind.
+    feed: Feed,
+}
 
 impl WriterFigures {
     pub fn snapshot(&self) -> WriterStats {
-        self.0.snapshot()
+        WriterStats {
+            feed_lagged: self.feed.lagged(),
+            ..self.counters.snapshot()
+        }
     }
 
     /// The latency histograms (batch answer, group commit), for a metrics registry.
     pub fn histograms(&self) -> [prometheus::Histogram; 2] {
-        [self.0.batch_latency.clone(), self.0.commit_latency.clone()]
+        [
+            self.counters.batch_latency.clone(),
+            self.counters.commit_latency.clone(),
+        ]
     }
 }
 
@@ -307,15 +317,15 @@ impl StoreWriter {
     /// A reader of [`StoreWriter::stats`] that does not keep the writer running, as a handle
     /// does (the writer stops once every handle is gone).
     pub fn figures(&self) -> WriterFigures {
-        WriterFigures(Arc::clone(&self.stats))
+        WriterFigures {
+            counters: Arc::clone(&self.stats),
+            feed: self.feed.clone(),
+        }
     }
 
     /// What the writer thread has done so far.
     pub fn stats(&self) -> WriterStats {
-        WriterStats {
-            feed_lagged: self.feed.lagged(),
-            ..self.stats.snapshot()
-        }
+        self.figures().snapshot()
     }
 }
 

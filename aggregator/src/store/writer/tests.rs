@@ -678,6 +678,7 @@ async fn a_slow_subscriber_lags_without_holding_up_commits_and_catches_up_from_t
     writer.commit(numbered("a", 3, 3)).await.unwrap();
     let stats = writer.stats();
     let feed = writer.feed();
+    let figures = writer.figures();
     join(writer, handle).await;
 
     let items = drain(&mut slow).await;
@@ -703,6 +704,11 @@ async fn a_slow_subscriber_lags_without_holding_up_commits_and_catches_up_from_t
     assert_eq!(committed, (missed + 1..=BATCHES).collect::<Vec<_>>());
     assert_eq!(slow.lagged(), missed);
     assert_eq!(feed.lagged(), missed);
+    assert_eq!(
+        figures.snapshot().feed_lagged,
+        missed,
+        "what /metrics reads counts it"
+    );
     assert_eq!(stats.published, BATCHES);
     assert_eq!(slow.seen_to(), store.end().unwrap());
 }
