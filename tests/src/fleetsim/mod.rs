@@ -237,6 +237,13 @@ pub struct SimReport {
     /// Scrapes of `/metrics` the aggregator did not answer (its API timed out): the figures
     /// taken from its counters are then missing (zero).
     pub unanswered_scrapes: u32,
+    /// Times the alerting engine fell behind the live feed of committed batches and read back
+    /// from the store, over the run, and the batches the feed dropped for it.
+    pub rules_fell_behind: u64,
+    pub feed_dropped_batches: u64,
+    /// The aggregator's threads at the end of the window, by name (tokio's worker and blocking
+    /// threads, the store writer, ...).
+    pub aggregator_threads: BTreeMap<String, u64>,
     pub storm: Option<StormFigures>,
     pub network: Option<ProxyStats>,
     /// Agents whose certificate was revoked.
@@ -302,6 +309,14 @@ impl fmt::Display for SimReport {
                 .filter(|(_, v)| **v > 0)
                 .collect::<BTreeMap<_, _>>(),
             self.revoked
+        )?;
+        writeln!(
+            f,
+            "  alerting engine fell behind the feed {} times ({} batches dropped for it); aggregator threads {} {:?}",
+            self.rules_fell_behind,
+            self.feed_dropped_batches,
+            self.aggregator_threads.values().sum::<u64>(),
+            self.aggregator_threads
         )?;
         if self.unanswered_scrapes > 0 {
             writeln!(
@@ -441,6 +456,22 @@ fn own_ticks() -> anyhow::Result<u64> {
 }
 
 /// Peak resident set (VmHWM) of process `pid`, in bytes.
+/// The threads of process `pid` by name, with a trailing number dropped ("outpost-store",
+/// "tokio-runtime-w", ...); empty when /proc cannot tell.
+fn threads_by_name(pid: i32) -> BTreeMap<String, u64> {
+    let mut names = BTreeMap::new();
+    let Ok(tasks) = procfs::process::Process::new(pid).and_then(|p| p.tasks()) else {
+        return names;
+    };
+    for task in tasks.flatten() {
+        if let Ok(stat) = task.stat() {
+            let name = stat.comm.trim_end_matches(|c: char| c.is_ascii_digit());
+            *names.entry(name.to_owned()).or_default() += 1;
+        }
+    }
+    names
+}
+
 fn peak_rss(pid: i32) -> anyhow::Result<u64> {
     let status = procfs::process::Process::new(pid)?.status()?;
     Ok(status.vmhwm.unwrap_or(0) * 1024)
@@ -605,10 +636,14 @@ async fn run_async(env: &Env, config: &SimConfig) -> anyhow::Result<SimReport> {
     let window = window_start.elapsed();
     let after = scrape_or_note(&http, &api, &mut unanswered).await;
     let (agg1, own1) = (ticks(pid)?, own_ticks()?);
+    let aggregator_threads = threads_by_name(pid);
     let ack = Latency::of(&fleet.read().await.latency.take());
     let mut peak = peak_rss(pid)?;
     let count = |s: &Scrape, name| s.sum(name) as u64;
     let mut sessions = count(&after, "outpost_agent_sessions_total");
+    // Counters of the aggregator's first life, in a storm; its second starts from zero.
+    let mut rules_fell_behind = 0;
+    let mut feed_dropped_batches = 0;
     let mut refused = after.by_label("outpost_ingest_refused_total");
 
     // The storm.
@@ -668,6 +703,12 @@ async fn run_async(env: &Env, config: &SimConfig) -> anyhow::Result<SimReport> {
     fleet.read().await.stop_all().await;
     let end = scrape_or_note(&http, &api, &mut unanswered).await;
     if storm.is_some() {
+        rules_fell_behind = count(&after, "outpost_rule_feed_fell_behind_total");
+        feed_dropped_batches = count(&after, "outpost_feed_dropped_batches_total");
+    }
+    rules_fell_behind += count(&end, "outpost_rule_feed_fell_behind_total");
+    feed_dropped_batches += count(&end, "outpost_feed_dropped_batches_total");
+    if storm.is_some() {
         sessions += count(&end, "outpost_agent_sessions_total");
         for (reason, v) in end.by_label("outpost_ingest_refused_total") {
             *refused.entry(reason).or_default() += v;
@@ -705,6 +746,9 @@ async fn run_async(env: &Env, config: &SimConfig) -> anyhow::Result<SimReport> {
         commit_mean: (commits > 0)
             .then(|| Duration::from_secs_f64(commit_secs.max(0.0) / commits as f64)),
         unanswered_scrapes: unanswered,
+        rules_fell_behind,
+        feed_dropped_batches,
+        aggregator_threads,
         storm,
         network: proxy.as_ref().map(ImpairProxy::stats),
         revoked,

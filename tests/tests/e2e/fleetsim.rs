@@ -42,6 +42,15 @@ fn steady_state_loses_nothing() {
     let r = run(Scenario::Steady);
     assert_eq!(r.loss.dropped.total(), 0, "{r}");
     assert_eq!(r.sessions, AGENTS as u64, "one session per agent: {r}");
+    assert_eq!(
+        (r.rules_fell_behind, r.feed_dropped_batches),
+        (0, 0),
+        "the alerting engine kept up with the live feed: {r}"
+    );
+    assert!(
+        r.aggregator_threads.contains_key("store-writer"),
+        "the aggregator's threads are listed by name: {r}"
+    );
 }
 
 #[test]
