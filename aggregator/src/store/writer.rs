@@ -59,14 +59,17 @@ impl Default for WriterConfig {
     /// Room for 1,024 waiting batches and as many updates; rounds of up to 64 batches or 50,000
     /// events, about a quarter of a second of work at the store's measured rate, and up to 4,096
     /// updates (tens of milliseconds: a fleet's Hellos after a restart go in a few rounds); a
-    /// feed of 1,024 batches.
+    /// feed of 8,192 batches: a fleet's metrics arrive in bursts every interval (1,500 hosts'
+    /// rounds within a few seconds), and a reader that falls behind one reads back from the
+    /// store, which costs more than the feed. The feed holds batches the store already decoded,
+    /// about 2 KiB each at the default rates: 16 MiB when full.
     fn default() -> Self {
         WriterConfig {
             queue: 1024,
             max_batches_per_txn: 64,
             max_updates_per_round: 4096,
             max_events_per_txn: 50_000,
-            feed_capacity: 1024,
+            feed_capacity: 8192,
         }
     }
 }
