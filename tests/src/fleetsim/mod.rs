@@ -455,9 +455,8 @@ fn own_ticks() -> anyhow::Result<u64> {
     Ok(stat.utime + stat.stime)
 }
 
-/// Peak resident set (VmHWM) of process `pid`, in bytes.
-/// The threads of process `pid` by name, with a trailing number dropped ("outpost-store",
-/// "tokio-runtime-w", ...); empty when /proc cannot tell.
+/// The threads of process `pid` by name, with a trailing number dropped ("store-writer", the
+/// runtime's threads under the program's name, ...); empty when /proc cannot tell.
 fn threads_by_name(pid: i32) -> BTreeMap<String, u64> {
     let mut names = BTreeMap::new();
     let Ok(tasks) = procfs::process::Process::new(pid).and_then(|p| p.tasks()) else {
@@ -472,6 +471,7 @@ fn threads_by_name(pid: i32) -> BTreeMap<String, u64> {
     names
 }
 
+/// Peak resident set (VmHWM) of process `pid`, in bytes.
 fn peak_rss(pid: i32) -> anyhow::Result<u64> {
     let status = procfs::process::Process::new(pid)?.status()?;
     Ok(status.vmhwm.unwrap_or(0) * 1024)
@@ -641,9 +641,6 @@ async fn run_async(env: &Env, config: &SimConfig) -> anyhow::Result<SimReport> {
     let mut peak = peak_rss(pid)?;
     let count = |s: &Scrape, name| s.sum(name) as u64;
     let mut sessions = count(&after, "outpost_agent_sessions_total");
-    // Counters of the aggregator's first life, in a storm; its second starts from zero.
-    let mut rules_fell_behind = 0;
-    let mut feed_dropped_batches = 0;
     let mut refused = after.by_label("outpost_ingest_refused_total");
 
     // The storm.
@@ -702,13 +699,12 @@ async fn run_async(env: &Env, config: &SimConfig) -> anyhow::Result<SimReport> {
     .await?;
     fleet.read().await.stop_all().await;
     let end = scrape_or_note(&http, &api, &mut unanswered).await;
+    let mut rules_fell_behind = count(&end, "outpost_rule_feed_fell_behind_total");
+    let mut feed_dropped_batches = count(&end, "outpost_feed_dropped_batches_total");
     if storm.is_some() {
-        rules_fell_behind = count(&after, "outpost_rule_feed_fell_behind_total");
-        feed_dropped_batches = count(&after, "outpost_feed_dropped_batches_total");
-    }
-    rules_fell_behind += count(&end, "outpost_rule_feed_fell_behind_total");
-    feed_dropped_batches += count(&end, "outpost_feed_dropped_batches_total");
-    if storm.is_some() {
+        // Add the counters of the aggregator's first life; its second started from zero.
+        rules_fell_behind += count(&after, "outpost_rule_feed_fell_behind_total");
+        feed_dropped_batches += count(&after, "outpost_feed_dropped_batches_total");
         sessions += count(&end, "outpost_agent_sessions_total");
         for (reason, v) in end.by_label("outpost_ingest_refused_total") {
             *refused.entry(reason).or_default() += v;
