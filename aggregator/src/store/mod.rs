@@ -39,6 +39,8 @@ use outpost_common::wire::Hello;
 use serde::Serialize;
 
 pub mod alerting;
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
 pub mod dedup;
 pub mod feed;
 pub mod fim_trail;
@@ -643,6 +645,10 @@ pub trait StateStore: Send + Sync + 'static {
     fn record_enrollment(&self, enrollment: &Enrollment) -> Result<(), StoreError>;
 }
 
+/// A state store with the alerting engine's part: what a state backend implements.
+pub trait StateBackend: StateStore + alerting::AlertingStore {}
+impl<T: StateStore + alerting::AlertingStore> StateBackend for T {}
+
 /// A public key certified for an agent ([`StateStore::record_enrollment`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Enrollment {
@@ -685,7 +691,7 @@ pub fn join_host_summaries(
     }
 }
 
-#[cfg(test)]
+#[cfg(any(test, feature = "conformance"))]
 pub(crate) mod testutil;
 
 #[cfg(test)]
