@@ -11,20 +11,52 @@ use tracing::{info, warn};
 use crate::config::Validated;
 use crate::ingest::{Ingest, IngestConfig, TlsFiles};
 use crate::store::retention::spawn_retention;
+use crate::store::split::SplitStore;
 use crate::store::sqlite::SqliteStore;
-use crate::store::{Retention, StoreWriter, WriterConfig};
+use crate::store::{EventStore, Retention, StateBackend, StoreWriter, WriterConfig};
 
-/// Opens the store named by the configuration (the embedded store holds both events and state).
-pub fn open_store(v: &Validated) -> anyhow::Result<Arc<SqliteStore>> {
+/// The stores the configuration names: events in one backend, state in another (the embedded
+/// SQLite store, by default, is both).
+#[derive(Clone)]
+pub struct Stores {
+    pub events: Arc<dyn EventStore>,
+    pub state: Arc<dyn StateBackend>,
+    /// Both, for what reads both (the API, alerting, the CLI).
+    pub both: Arc<SplitStore>,
+}
+
+impl std::fmt::Debug for Stores {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stores").field("both", &self.both).finish()
+    }
+}
+
+/// Opens the stores named by the configuration.
+pub fn open_stores(v: &Validated) -> anyhow::Result<Stores> {
     let dir = &v.config.data_dir;
     std::fs::create_dir_all(dir)
         .with_context(|| format!("{}: cannot create the data directory", dir.display()))?;
-    let store = SqliteStore::open(&v.store_path())
-        .with_context(|| format!("{}: cannot open the store", v.store_path().display()))?;
-    store
-        .set_log_index(v.config.store.log_index)
-        .with_context(|| format!("{}: store.log_index", v.store_path().display()))?;
-    Ok(Arc::new(store))
+    let sqlite = || -> anyhow::Result<Arc<SqliteStore>> {
+        let store = SqliteStore::open(&v.store_path())
+            .with_context(|| format!("{}: cannot open the store", v.store_path().display()))?;
+        store
+            .set_log_index(v.config.store.log_index)
+            .with_context(|| format!("{}: store.log_index", v.store_path().display()))?;
+        Ok(Arc::new(store))
+    };
+    let embedded = sqlite()?;
+    let events: Arc<dyn EventStore> = embedded.clone();
+    let state: Arc<dyn StateBackend> = embedded;
+    Ok(Stores {
+        both: Arc::new(SplitStore::new(events.clone(), state.clone())),
+        events,
+        state,
+    })
+}
+
+/// Opens the stores named by the configuration, as one.
+pub fn open_store(v: &Validated) -> anyhow::Result<Arc<SplitStore>> {
+    Ok(open_stores(v)?.both)
 }
 
 pub fn retention(v: &Validated) -> Retention {
@@ -41,10 +73,11 @@ pub fn retention(v: &Validated) -> Retention {
 /// Runs the aggregator until SIGTERM or SIGINT.
 pub fn run(v: Validated) -> anyhow::Result<()> {
     let c = &v.config;
-    let store = open_store(&v)?;
+    let stores = open_stores(&v)?;
+    let store = stores.both.clone();
     let (writer, writer_join) = StoreWriter::spawn(
-        store.clone(),
-        store.clone(),
+        stores.events.clone(),
+        stores.state.clone(),
         WriterConfig {
             queue: c.ingest.queue,
             max_batches_per_txn: c.ingest.max_batches_per_txn,
@@ -64,8 +97,9 @@ pub fn run(v: Validated) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     let (stop_tx, stop) = watch::channel(false);
-    let retention_task = spawn_retention(store.clone(), retention(&v), c.retention.interval)
-        .context("cannot start retention")?;
+    let retention_task =
+        spawn_retention(stores.events.clone(), retention(&v), c.retention.interval)
+            .context("cannot start retention")?;
     let result = runtime.block_on(async {
         let mut signals = outpost_common::shutdown::Signals::install()
             .context("cannot install the SIGTERM and SIGINT handlers")?;
@@ -86,7 +120,7 @@ pub fn run(v: Validated) -> anyhow::Result<()> {
         };
         let enroller = c.enroll.enabled.then(|| {
             Arc::new(crate::enroll::Enroller::new(
-                store.clone(),
+                stores.state.clone(),
                 crate::enroll::EnrollConfig {
                     pki_dir: c.tls.dir.clone(),
                     agent_validity: c.enroll.agent_validity,
@@ -229,7 +263,7 @@ pub fn load_or_create_secret(path: &std::path::Path) -> anyhow::Result<Vec<u8>> 
 /// when it is disabled); answers the API (to tell it when ingest is up) and the server's task.
 async fn start_api(
     v: &Validated,
-    store: Arc<SqliteStore>,
+    store: Arc<SplitStore>,
     alerting: Option<crate::alerts::AlertingHandle>,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<(

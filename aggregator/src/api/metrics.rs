@@ -236,6 +236,13 @@ pub fn aggregator_figures(
         value,
         kind: Kind::Counter,
     };
+    let by_backend = |name, help, backend, value| Figure {
+        name,
+        help,
+        label: Some(("backend", backend)),
+        value,
+        kind: Kind::Counter,
+    };
     let refused = |reason, value| Figure {
         name: "outpost_ingest_refused_total",
         help: "Connections, messages and batches ingest refused, by reason.",
@@ -311,15 +318,30 @@ pub fn aggregator_figures(
         enrollments("malformed", ingest.enrollments_malformed),
         renewals("issued", ingest.renewals_issued),
         renewals("refused", ingest.renewals_refused),
-        counter(
+        by_backend(
             "outpost_store_transactions_total",
-            "Store transactions of batches (group commits), committed or failed.",
+            "Event-store transactions of batches (group commits), committed or failed, by backend.",
+            writer.events_backend,
             writer.transactions,
         ),
-        counter(
+        by_backend(
             "outpost_store_failed_transactions_total",
-            "Store transactions of batches that failed.",
+            "Event-store transactions of batches that failed, by backend; each failed batch was \
+             refused, not acknowledged, and its agent sends it again.",
+            writer.events_backend,
             writer.failed_transactions,
+        ),
+        by_backend(
+            "outpost_state_writes_total",
+            "Registry writes to the state store, applied or failed, by backend.",
+            writer.state_backend,
+            writer.registry_writes,
+        ),
+        by_backend(
+            "outpost_state_failed_writes_total",
+            "Registry writes to the state store that failed, by backend.",
+            writer.state_backend,
+            writer.failed_registry_writes,
         ),
         counter(
             "outpost_fim_trail_breaks_total",

@@ -1,5 +1,5 @@
-//! Operations: `/healthz` (the process answers), `/readyz` (the store answers and agent ingest
-//! listens), `/metrics` (Prometheus text format), and the OpenAPI document at
+//! Operations: `/healthz` (the process answers), `/readyz` (the event and state stores answer and
+//! agent ingest listens), `/metrics` (Prometheus text format), and the OpenAPI document at
 //! `/api/v1/openapi.json`. None needs a token.
 
 use std::sync::Arc;
@@ -11,6 +11,7 @@ use axum::{Json, Router};
 use serde_json::{Value, json};
 
 use super::{Api, ApiError};
+use crate::store::{EventStore, StateStore};
 
 pub fn routes(doc: Arc<utoipa::openapi::OpenApi>) -> Router<Arc<Api>> {
     Router::new()
@@ -30,9 +31,28 @@ pub fn routes(doc: Arc<utoipa::openapi::OpenApi>) -> Router<Arc<Api>> {
 }
 
 async fn ready(State(api): State<Arc<Api>>) -> Result<Json<Value>, ApiError> {
-    api.store("checking the store", |s| s.end().map(drop))
+    // Both backends are asked, so the answer names every one that does not answer.
+    let failures = api
+        .store("checking the stores", |s| {
+            let events = EventStore::ping(s).err().map(|e| {
+                format!(
+                    "the event store ({}) does not answer: {e}",
+                    EventStore::backend_name(s)
+                )
+            });
+            let state = StateStore::ping(s).err().map(|e| {
+                format!(
+                    "the state store ({}) does not answer: {e}",
+                    StateStore::backend_name(s)
+                )
+            });
+            Ok(events.into_iter().chain(state).collect::<Vec<_>>())
+        })
         .await
         .map_err(|e| ApiError::unavailable(format!("the store does not answer: {}", e.message)))?;
+    if !failures.is_empty() {
+        return Err(ApiError::unavailable(failures.join("; ")));
+    }
     if !api.ingest_up.load(Ordering::Relaxed) {
         return Err(ApiError::unavailable("agent ingest is not listening"));
     }

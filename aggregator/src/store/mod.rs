@@ -47,6 +47,7 @@ pub mod fim_trail;
 pub mod marks;
 pub mod retention;
 pub mod series;
+pub mod split;
 pub mod sqlite;
 pub mod summary;
 pub mod writer;
@@ -546,6 +547,15 @@ pub trait EventStore: Send + Sync + 'static {
         retention: &Retention,
         now_ns: i64,
     ) -> Result<RetentionReport, StoreError>;
+
+    /// Whether the store answers now (`/readyz`): cheap, and an error when it does not.
+    fn ping(&self) -> Result<(), StoreError> {
+        self.end().map(drop)
+    }
+
+    /// The backend's name as the configuration spells it (`sqlite`, `clickhouse`), for
+    /// `/metrics` and `/readyz`.
+    fn backend_name(&self) -> &'static str;
 }
 
 /// Where the aggregator keeps what it knows and decides about its fleet: the agent registry now;
@@ -643,6 +653,15 @@ pub trait StateStore: Send + Sync + 'static {
     /// none. [`StoreError::Conflict`] when the key was certified before, or the token can no
     /// longer be used (used up, revoked or expired since it was checked).
     fn record_enrollment(&self, enrollment: &Enrollment) -> Result<(), StoreError>;
+
+    /// Whether the store answers now (`/readyz`): cheap, and an error when it does not.
+    fn ping(&self) -> Result<(), StoreError> {
+        self.agent("").map(drop)
+    }
+
+    /// The backend's name as the configuration spells it (`sqlite`, `postgres`), for `/metrics`
+    /// and `/readyz`.
+    fn backend_name(&self) -> &'static str;
 }
 
 /// A state store with the alerting engine's part: what a state backend implements.

@@ -96,6 +96,10 @@ pub struct WriterStats {
     /// Breaks found in agents' file-integrity trails: the notices the store added to batches
     /// ([`BatchCommit::Stored`]), which are published on the feed with their batch.
     pub fim_trail_breaks: u64,
+    /// The event store's backend ([`EventStore::backend_name`]).
+    pub events_backend: &'static str,
+    /// The state store's backend ([`StateStore::backend_name`]).
+    pub state_backend: &'static str,
 }
 
 /// A cloneable handle to the writer thread.
@@ -123,11 +127,13 @@ impl WriterFigures {
         }
     }
 
-    /// The latency histograms (batch answer, group commit), for a metrics registry.
-    pub fn histograms(&self) -> [prometheus::Histogram; 2] {
+    /// The latency histograms (batch answer, group commit, registry write), for a metrics
+    /// registry.
+    pub fn histograms(&self) -> [prometheus::Histogram; 3] {
         [
             self.counters.batch_latency.clone(),
             self.counters.commit_latency.clone(),
+            self.counters.registry_latency.clone(),
         ]
     }
 }
@@ -180,8 +186,12 @@ struct Counters {
     /// Seconds from a batch's hand-over to the writer to its answer: the wait in the queue
     /// and the commit, which is what acknowledging it waits for.
     batch_latency: prometheus::Histogram,
-    /// Seconds each group commit took in the store.
+    /// Seconds each group commit took in the event store.
     commit_latency: prometheus::Histogram,
+    /// Seconds each registry write took in the state store.
+    registry_latency: prometheus::Histogram,
+    events_backend: &'static str,
+    state_backend: &'static str,
     transactions: AtomicU64,
     failed_transactions: AtomicU64,
     batches: AtomicU64,
@@ -204,22 +214,36 @@ const LATENCY_BUCKETS: [f64; 12] = [
 ];
 
 impl Counters {
-    fn new() -> Counters {
-        let histogram = |name: &str, help: &str| {
-            prometheus::Histogram::with_opts(
-                prometheus::HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
-            )
-            .unwrap_or_else(|e| unreachable!("a valid histogram: {e}"))
+    /// Counters for a writer over these backends (named on the commit and registry-write
+    /// histograms, as the `backend` label).
+    fn new(events_backend: &'static str, state_backend: &'static str) -> Counters {
+        let labelled = |name: &str, help: &str, backend: Option<&str>| {
+            let mut opts =
+                prometheus::HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
+            if let Some(backend) = backend {
+                opts = opts.const_label("backend", backend);
+            }
+            prometheus::Histogram::with_opts(opts)
+                .unwrap_or_else(|e| unreachable!("a valid histogram: {e}"))
         };
+        let histogram = |name: &str, help: &str| labelled(name, help, None);
         Counters {
             batch_latency: histogram(
                 "outpost_ingest_batch_latency_seconds",
                 "Time from a batch's hand-over to the store writer to its answer (queue and commit).",
             ),
-            commit_latency: histogram(
+            commit_latency: labelled(
                 "outpost_store_commit_duration_seconds",
-                "Time each group commit of batches took in the store.",
+                "Time each group commit of batches took in the event store, by backend.",
+                Some(events_backend),
             ),
+            registry_latency: labelled(
+                "outpost_state_write_duration_seconds",
+                "Time each registry write took in the state store, by backend.",
+                Some(state_backend),
+            ),
+            events_backend,
+            state_backend,
             transactions: AtomicU64::default(),
             failed_transactions: AtomicU64::default(),
             batches: AtomicU64::default(),
@@ -252,7 +276,7 @@ impl StoreWriter {
             batches: batches_rx,
             updates: updates_rx,
         };
-        let stats = Arc::new(Counters::new());
+        let stats = Arc::new(Counters::new(events.backend_name(), state.backend_name()));
         let thread_stats = Arc::clone(&stats);
         let stores = Stores { events, state };
         let handle = std::thread::Builder::new()
@@ -354,6 +378,8 @@ impl Counters {
             published: get(&self.published),
             feed_lagged: 0,
             fim_trail_breaks: get(&self.fim_trail_breaks),
+            events_backend: self.events_backend,
+            state_backend: self.state_backend,
         }
     }
 }
@@ -553,7 +579,11 @@ fn record_updates(
         return false;
     }
     stats.registry_writes.fetch_add(1, Ordering::Relaxed);
+    let started = std::time::Instant::now();
     let result = state.record_all(updates);
+    stats
+        .registry_latency
+        .observe(started.elapsed().as_secs_f64());
     if let Err(e) = &result {
         stats.failed_registry_writes.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(error = %e, updates = updates.len(), "A registry write failed.");

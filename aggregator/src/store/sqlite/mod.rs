@@ -259,6 +259,10 @@ impl SqliteStore {
 }
 
 impl EventStore for SqliteStore {
+    fn backend_name(&self) -> &'static str {
+        "sqlite"
+    }
+
     fn commit_batches(&self, batches: &[IncomingBatch]) -> Result<Vec<BatchCommit>, StoreError> {
         let Some(first) = batches.first() else {
             return Ok(Vec::new());
@@ -308,6 +312,10 @@ impl EventStore for SqliteStore {
 }
 
 impl StateStore for SqliteStore {
+    fn backend_name(&self) -> &'static str {
+        "sqlite"
+    }
+
     fn record_all(&self, updates: &[RegistryUpdate]) -> Result<(), StoreError> {
         if updates.is_empty() {
             return Ok(());

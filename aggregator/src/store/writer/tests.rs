@@ -50,6 +50,10 @@ fn gated(mode: Mode) -> (Arc<FakeStore>, std_mpsc::Receiver<()>, std_mpsc::Sende
 }
 
 impl EventStore for FakeStore {
+    fn backend_name(&self) -> &'static str {
+        "fake"
+    }
+
     fn commit_batches(&self, batches: &[IncomingBatch]) -> Result<Vec<BatchCommit>, StoreError> {
         if let Some(entered) = self.entered.lock().unwrap().take() {
             entered.send(()).unwrap();
@@ -103,6 +107,10 @@ impl EventStore for FakeStore {
 }
 
 impl StateStore for FakeStore {
+    fn backend_name(&self) -> &'static str {
+        "fake"
+    }
+
     fn record_all(&self, updates: &[RegistryUpdate]) -> Result<(), StoreError> {
         self.registry.lock().unwrap().push(updates.to_vec());
         Ok(())
@@ -266,9 +274,29 @@ async fn waiting_batches_share_transactions_up_to_the_batch_limit() {
         (4, 11, 11)
     );
     // Every answered batch and every group commit was timed.
-    let [batch_latency, commit_latency] = writer.figures().histograms();
+    let [batch_latency, commit_latency, registry_latency] = writer.figures().histograms();
     assert_eq!(batch_latency.get_sample_count(), 11);
     assert_eq!(commit_latency.get_sample_count(), 4);
+    assert_eq!(
+        registry_latency.get_sample_count(),
+        writer.stats().registry_writes
+    );
+    // The commit and registry-write histograms name their backend.
+    use prometheus::core::Collector;
+    for histogram in [&commit_latency, &registry_latency] {
+        let labels = histogram.desc()[0].const_label_pairs.clone();
+        assert_eq!(
+            labels
+                .iter()
+                .map(|l| (l.name(), l.value()))
+                .collect::<Vec<_>>(),
+            [("backend", "fake")]
+        );
+    }
+    assert_eq!(
+        (writer.stats().events_backend, writer.stats().state_backend),
+        ("fake", "fake")
+    );
     assert!(batch_latency.get_sample_sum() >= commit_latency.get_sample_sum() / 4.0);
     drop(writer);
     tokio::task::spawn_blocking(move || join.join())
