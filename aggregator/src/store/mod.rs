@@ -711,6 +711,8 @@ pub fn join_host_summaries(
 }
 
 #[cfg(any(test, feature = "conformance"))]
+// Built for the conformance suite too, which uses only some of the builders.
+#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) mod testutil;
 
 #[cfg(test)]

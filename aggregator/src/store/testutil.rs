@@ -7,7 +7,10 @@ use outpost_common::event::{
 use outpost_common::time::NANOS_PER_SEC;
 use outpost_common::wire::{Hello, PROTOCOL_VERSION};
 
-use super::{IncomingBatch, PackedEvents};
+use super::{
+    CPU_UTILIZATION as CPU, FILESYSTEM_UTILIZATION as FILESYSTEM, IncomingBatch,
+    MEMORY_UTILIZATION as MEMORY, PackedEvents,
+};
 
 /// A fixed "now": 2023-11-14T22:13:20Z.
 pub(crate) const T0: i64 = 1_700_000_000 * NANOS_PER_SEC;
@@ -69,6 +72,21 @@ pub(crate) fn fim_next(previous: &Event, time_ns: i64) -> Event {
     };
     event.chain = chain_hash(&previous.chain, &event);
     Event::Fim(event)
+}
+
+/// A trail of `n` file-integrity events from seq 1, each chained to the one before, a second
+/// apart from `time_ns`.
+pub(crate) fn fim_chain(n: usize, time_ns: i64) -> Vec<Event> {
+    let mut trail: Vec<Event> = Vec::with_capacity(n);
+    for i in 0..n {
+        let t = time_ns + secs(i as i64);
+        let next = match trail.last() {
+            None => fim(t),
+            Some(previous) => fim_next(previous, t),
+        };
+        trail.push(next);
+    }
+    trail
 }
 
 pub(crate) fn status_event(time_ns: i64) -> Event {
@@ -214,4 +232,36 @@ pub(crate) fn point(
         value,
         kind: MetricKind::Gauge,
     }
+}
+
+/// A gauge point with unit `1`, as an event.
+pub(crate) fn gauge(name: &str, attributes: &[(&str, &str)], time_ns: i64, value: f64) -> Event {
+    Event::Metric(point(name, attributes, time_ns, value))
+}
+
+/// One collection of the three summarised gauges at `time_ns`, with per-core and other-state
+/// points beside them, and one filesystem point per `(mountpoint, fraction)`.
+pub(crate) fn collection(
+    time_ns: i64,
+    idle: f64,
+    used: f64,
+    filesystems: &[(&str, f64)],
+) -> Vec<Event> {
+    let mut events = vec![
+        gauge(CPU, &[("cpu", "cpu0"), ("state", "idle")], time_ns, 0.01),
+        gauge(CPU, &[("state", "user")], time_ns, 1.0 - idle),
+        gauge(CPU, &[("state", "idle")], time_ns, idle),
+        gauge(MEMORY, &[("state", "used")], time_ns, used),
+        gauge(MEMORY, &[("state", "free")], time_ns, 1.0 - used),
+        log(time_ns, 10),
+    ];
+    for &(mountpoint, fraction) in filesystems {
+        let attributes = [
+            ("device", "/dev/sda1"),
+            ("type", "ext4"),
+            ("mountpoint", mountpoint),
+        ];
+        events.push(gauge(FILESYSTEM, &attributes, time_ns, fraction));
+    }
+    events
 }

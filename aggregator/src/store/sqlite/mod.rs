@@ -476,17 +476,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// Helpers shared by the tests of the SQLite modules.
 #[cfg(test)]
 mod test_support {
-    use outpost_common::event::{AgentStatus, Event};
+    use outpost_common::event::AgentStatus;
     use outpost_common::wire::Hello;
     use rusqlite::Connection;
     use tempfile::TempDir;
 
     use super::*;
-    use crate::store::testutil::log;
-    use crate::store::{
-        CPU_UTILIZATION as CPU, CommitOutcome, FILESYSTEM_UTILIZATION as FILESYSTEM,
-        MEMORY_UTILIZATION as MEMORY,
-    };
+    use crate::store::CommitOutcome;
 
     pub(super) fn open() -> (TempDir, SqliteStore) {
         let dir = tempfile::tempdir().unwrap();
@@ -506,44 +502,6 @@ mod test_support {
             .into_iter()
             .map(|answer| answer.outcome())
             .collect()
-    }
-
-    pub(super) fn gauge(
-        name: &str,
-        attributes: &[(&str, &str)],
-        time_ns: i64,
-        value: f64,
-    ) -> Event {
-        Event::Metric(crate::store::testutil::point(
-            name, attributes, time_ns, value,
-        ))
-    }
-
-    /// One collection of the three summarised gauges at `time_ns`, with per-core and other-state
-    /// points beside them, and one filesystem point per `(mountpoint, fraction)`.
-    pub(super) fn collection(
-        time_ns: i64,
-        idle: f64,
-        used: f64,
-        filesystems: &[(&str, f64)],
-    ) -> Vec<Event> {
-        let mut events = vec![
-            gauge(CPU, &[("cpu", "cpu0"), ("state", "idle")], time_ns, 0.01),
-            gauge(CPU, &[("state", "user")], time_ns, 1.0 - idle),
-            gauge(CPU, &[("state", "idle")], time_ns, idle),
-            gauge(MEMORY, &[("state", "used")], time_ns, used),
-            gauge(MEMORY, &[("state", "free")], time_ns, 1.0 - used),
-            log(time_ns, 10),
-        ];
-        for &(mountpoint, fraction) in filesystems {
-            let attributes = [
-                ("device", "/dev/sda1"),
-                ("type", "ext4"),
-                ("mountpoint", mountpoint),
-            ];
-            events.push(gauge(FILESYSTEM, &attributes, time_ns, fraction));
-        }
-        events
     }
 
     /// The agent's host summary as the event store reports it.

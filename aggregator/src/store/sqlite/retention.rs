@@ -197,7 +197,8 @@ fn chunk_boundary(now_ns: i64, retention: &Retention) -> i64 {
 }
 
 /// Spools with their low-water marks (those above zero), and the replaced spools silent since
-/// `stale_before_ns`.
+/// `stale_before_ns`: those of agents whose latest Hello named another spool. An agent that never
+/// said Hello replaced none, so its spools keep their entries.
 #[allow(clippy::type_complexity)] // two plain lists of keys; a struct would only rename them
 fn spools_to_prune(
     conn: &Connection,
@@ -214,7 +215,7 @@ fn spools_to_prune(
     let stale = conn
         .prepare_cached(
             "SELECT s.agent_key, s.spool_id FROM spools s JOIN agents a USING (agent_key)
-             WHERE s.last_batch_ns < ?1 AND (a.spool_id IS NULL OR a.spool_id != s.spool_id)",
+             WHERE s.last_batch_ns < ?1 AND a.spool_id != s.spool_id",
         )?
         .query_map([stale_before_ns], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -435,6 +436,26 @@ mod tests {
         assert_eq!(report.dedup_entries, 2);
         // The current spool keeps its entry even though it is as old.
         assert_eq!(dedup_rows(&store), vec![("a".into(), 2, 1)]);
+    }
+
+    #[test]
+    fn dedup_entries_of_a_spool_never_replaced_stay_past_the_longest_period() {
+        let (_dir, store) = open();
+        // Batches without a Hello: the registry names no spool of the agent.
+        commit(&store, &[logs("a", 1, 1, 1), logs("a", 1, 2, 1)]);
+        let retention = Retention::default();
+        let long_after = T0 + duration_ns(retention.longest()) + secs(86_400);
+        let report = store.enforce_retention(&retention, long_after).unwrap();
+        assert_eq!((report.log, report.dedup_entries), (2, 0));
+        assert_eq!(
+            dedup_rows(&store),
+            vec![("a".into(), 1, 1), ("a".into(), 1, 2)]
+        );
+        assert_eq!(
+            commit(&store, &[logs("a", 1, 1, 1), logs("a", 1, 2, 1)]),
+            vec![Duplicate, Duplicate]
+        );
+        assert_eq!(count(&store, EventKind::Log, None), 0);
     }
 
     /// The ids of a table holding rows `(id, received_ns)`, in memory.
