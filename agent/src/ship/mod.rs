@@ -20,6 +20,7 @@
 //! Past two thirds of its certificate's lifetime the agent asks for a new one on the established
 //! connection ([`renew`]), installs it with its new key, and reconnects with it.
 
+pub mod failover;
 pub mod renew;
 mod session;
 #[cfg(test)]
