@@ -12,7 +12,7 @@ use tracing::info;
 use crate::config::Validated;
 use crate::host;
 use crate::internal_events::SpoolReporter;
-use crate::ship::{RenewalConfig, ShipConfig, Shipper};
+use crate::ship::{RenewalConfig, ShipConfig, Shipper, Target};
 use crate::sources::{self, Running};
 use crate::spool::writer::{Reopen, spawn_reopening};
 use crate::spool::{Spool, SpoolConfig, Statvfs, TroubleKind};
@@ -122,8 +122,10 @@ pub fn run(v: Validated) -> anyhow::Result<()> {
         running.apply(sources::plan(c)?).await;
         let shipper = Shipper::new(
             ShipConfig {
-                endpoint: v.endpoint.clone(),
-                server_name: v.server_name.clone(),
+                targets: vec![Target {
+                    endpoint: v.endpoint.clone(),
+                    server_name: v.server_name.clone(),
+                }],
                 client,
                 max_in_flight: c.ship.max_in_flight,
                 heartbeat_interval: c.ship.heartbeat_interval,
@@ -165,6 +167,7 @@ pub fn run(v: Validated) -> anyhow::Result<()> {
         batches_sent = counters.batches_sent,
         batches_acked = counters.batches_acked,
         events_acked = counters.events_acked,
+        failovers = counters.failovers,
         ack_latency_p50_us = latency.map_or(0, |l| l.p50_us),
         ack_latency_p99_us = latency.map_or(0, |l| l.p99_us),
         ack_latency_max_us = latency.map_or(0, |l| l.max_us),
