@@ -12,7 +12,7 @@ use tracing::info;
 use crate::config::Validated;
 use crate::host;
 use crate::internal_events::SpoolReporter;
-use crate::ship::{RenewalConfig, ShipConfig, Shipper, Target};
+use crate::ship::{RenewalConfig, ShipConfig, Shipper};
 use crate::sources::{self, Running};
 use crate::spool::writer::{Reopen, spawn_reopening};
 use crate::spool::{Spool, SpoolConfig, Statvfs, TroubleKind};
@@ -78,7 +78,7 @@ pub fn run(v: Validated) -> anyhow::Result<()> {
                 version = outpost_common::LONG_VERSION,
                 spool = %v.spool_path().display(),
                 backlog_batches = spool.stats().batches,
-                aggregator = %v.endpoint,
+                aggregator = %v.aggregators(),
                 "outpost-agent starting"
             );
             crate::spool::writer::spawn(spool)
@@ -91,7 +91,7 @@ pub fn run(v: Validated) -> anyhow::Result<()> {
                 agent_id = %identity.agent_id,
                 version = outpost_common::LONG_VERSION,
                 spool = %v.spool_path().display(),
-                aggregator = %v.endpoint,
+                aggregator = %v.aggregators(),
                 "outpost-agent starting without its spool, which it keeps trying to open"
             );
             spawn_reopening(Reopen {
@@ -122,10 +122,7 @@ pub fn run(v: Validated) -> anyhow::Result<()> {
         running.apply(sources::plan(c)?).await;
         let shipper = Shipper::new(
             ShipConfig {
-                targets: vec![Target {
-                    endpoint: v.endpoint.clone(),
-                    server_name: v.server_name.clone(),
-                }],
+                targets: v.targets.clone(),
                 client,
                 max_in_flight: c.ship.max_in_flight,
                 heartbeat_interval: c.ship.heartbeat_interval,
