@@ -20,6 +20,7 @@ use crate::collectors::metrics::{Metrics, MetricsConfig};
 use crate::collectors::self_status::{self, SelfStatus};
 use crate::collectors::synthetic::{self, Synthetic};
 use crate::collectors::{Source, SourceError};
+use crate::ship::Target;
 
 /// The whole agent configuration, as written in the file.
 #[derive(Debug, Clone, Deserialize)]
@@ -81,9 +82,18 @@ impl AgentConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AggregatorSection {
-    /// `quic://host:port` of the aggregator. Required: the agent does not start without it.
+    /// `quic://host:port` of the aggregator. This or `endpoints` is required: the agent does
+    /// not start without an aggregator.
     pub endpoint: Option<Spanned<String>>,
-    /// The name to verify on the aggregator's certificate; defaults to the endpoint's host.
+    /// Several aggregators behind one service, in the order to try them, instead of
+    /// `endpoint`: `["quic://a:4433", "quic://b:4433"]`. The agent ships to one at a time, stays
+    /// with the one that works, and on connection loss fails over to the next (every address a
+    /// name resolves to counts as an endpoint of its own); once all have failed it backs off
+    /// like a reconnect (`ship.reconnect_min`, `ship.reconnect_max`). Batches not acknowledged
+    /// are sent again to the next one, so failing over loses nothing.
+    pub endpoints: Option<Spanned<Vec<Spanned<String>>>>,
+    /// The name to verify on the aggregator's certificate, for every endpoint. By default each
+    /// endpoint verifies its own host (so with one endpoint, or several on one host, that host).
     pub server_name: Option<String>,
     /// The CA that issued the aggregator's certificate (and this agent's).
     pub ca: PathBuf,
@@ -112,6 +122,7 @@ impl Default for AggregatorSection {
     fn default() -> Self {
         AggregatorSection {
             endpoint: None,
+            endpoints: None,
             server_name: None,
             ca: PathBuf::from("/etc/outpost/tls/ca.pem"),
             cert: PathBuf::from("/etc/outpost/tls/agent.pem"),
@@ -217,12 +228,19 @@ impl Default for ShipSection {
 #[derive(Debug, Clone)]
 pub struct Validated {
     pub config: AgentConfig,
-    pub endpoint: QuicEndpoint,
-    pub server_name: String,
+    /// The aggregator endpoints, in the order to try them, each with the name to verify on its
+    /// certificate; at least one.
+    pub targets: Vec<Target>,
     pub path: PathBuf,
 }
 
 impl Validated {
+    /// The aggregator endpoints, as a log line names them: `quic://a:4433, quic://b:4433`.
+    pub fn aggregators(&self) -> String {
+        let uris: Vec<String> = self.targets.iter().map(ToString::to_string).collect();
+        uris.join(", ")
+    }
+
     /// The spool database's path.
     pub fn spool_path(&self) -> PathBuf {
         self.config.data_dir.join("spool.db")
@@ -279,34 +297,10 @@ fn validate(
     let invalid = |m: String| ConfigError::invalid(path, m);
     outpost_common::wire::check_labels(&config.label_pairs())
         .map_err(|m| invalid(format!("labels: {m}")))?;
-    let Some(endpoint) = &config.aggregator.endpoint else {
-        return Err(invalid(
-            "no aggregator configured: set `endpoint = \"quic://HOST:4433\"` in [aggregator] \
-             (and ca, cert, key); the agent does not start without one"
-                .to_owned(),
-        ));
-    };
     let text = text
         .map(str::to_owned)
         .or_else(|| std::fs::read_to_string(path).ok());
-    let parsed = parse_quic_uri(endpoint.get_ref()).map_err(|m| {
-        located(
-            path,
-            text.as_deref(),
-            endpoint.span(),
-            format!("aggregator.endpoint: {m}"),
-        )
-    })?;
-    let server_name = config
-        .aggregator
-        .server_name
-        .clone()
-        .unwrap_or_else(|| parsed.host.clone());
-    if rustls_pki_types::ServerName::try_from(server_name.as_str()).is_err() {
-        return Err(invalid(format!(
-            "aggregator.server_name `{server_name}` is not a valid DNS name or IP address"
-        )));
-    }
+    let targets = targets(path, text.as_deref(), &config.aggregator)?;
     let a = &config.aggregator;
     if a.keep_alive.is_zero() || a.keep_alive >= a.idle_timeout {
         return Err(invalid(format!(
@@ -374,11 +368,86 @@ fn validate(
     Journal::new(config.journal.clone()).map_err(source)?;
     Fim::new(crate::sources::fim_config(&config)).map_err(source)?;
     Ok(Validated {
-        endpoint: parsed,
-        server_name,
+        targets,
         path: path.to_owned(),
         config,
     })
+}
+
+/// The endpoints `[aggregator]` of `path` names (`endpoint`, or the list `endpoints`), each
+/// validated, with the name to verify on its certificate; `text` is the file's content, to
+/// locate errors.
+fn targets(
+    path: &Path,
+    text: Option<&str>,
+    a: &AggregatorSection,
+) -> Result<Vec<Target>, ConfigError> {
+    let at = |span, message| located(path, text, span, message);
+    let uris: Vec<(String, &Spanned<String>)> = match (&a.endpoint, &a.endpoints) {
+        (None, None) => {
+            return Err(ConfigError::invalid(
+                path,
+                "no aggregator configured: set `endpoint = \"quic://HOST:4433\"` in [aggregator] \
+                 (or `endpoints = [\"quic://HOST1:4433\", \"quic://HOST2:4433\"]` to fail over \
+                 between several), and ca, cert, key; the agent does not start without one",
+            ));
+        }
+        (Some(_), Some(list)) => {
+            return Err(at(
+                list.span(),
+                "aggregator.endpoints: set either `endpoint` or `endpoints`, not both".to_owned(),
+            ));
+        }
+        (Some(one), None) => vec![("aggregator.endpoint".to_owned(), one)],
+        (None, Some(list)) if list.get_ref().is_empty() => {
+            return Err(at(
+                list.span(),
+                "aggregator.endpoints: the list is empty; name at least one quic://HOST:PORT"
+                    .to_owned(),
+            ));
+        }
+        (None, Some(list)) => list
+            .get_ref()
+            .iter()
+            .enumerate()
+            .map(|(i, uri)| (format!("aggregator.endpoints[{i}]"), uri))
+            .collect(),
+    };
+    let mut parsed: Vec<(String, QuicEndpoint)> = Vec::with_capacity(uris.len());
+    for (key, uri) in uris {
+        let endpoint =
+            parse_quic_uri(uri.get_ref()).map_err(|m| at(uri.span(), format!("{key}: {m}")))?;
+        let same = |(_, e): &&(String, QuicEndpoint)| {
+            e.port == endpoint.port && e.host.eq_ignore_ascii_case(&endpoint.host)
+        };
+        if let Some((first, _)) = parsed.iter().find(same) {
+            return Err(at(
+                uri.span(),
+                format!("{key}: {endpoint} is listed already, as {first}; list each endpoint once"),
+            ));
+        }
+        parsed.push((key, endpoint));
+    }
+    let mut targets = Vec::with_capacity(parsed.len());
+    for (_, endpoint) in parsed {
+        let server_name = a
+            .server_name
+            .clone()
+            .unwrap_or_else(|| endpoint.host.clone());
+        if rustls_pki_types::ServerName::try_from(server_name.as_str()).is_err() {
+            return Err(ConfigError::invalid(
+                path,
+                format!(
+                    "aggregator.server_name `{server_name}` is not a valid DNS name or IP address"
+                ),
+            ));
+        }
+        targets.push(Target {
+            endpoint,
+            server_name,
+        });
+    }
+    Ok(targets)
 }
 
 /// Checks that the TLS files the configuration names can be read and used.
@@ -411,7 +480,8 @@ mod tests {
     fn minimal_config_gets_defaults() {
         let f = write("[aggregator]\nendpoint = \"quic://agg.example:4433\"\n");
         let v = load(f.path()).unwrap();
-        assert_eq!(v.server_name, "agg.example");
+        assert_eq!(v.targets.len(), 1);
+        assert_eq!(v.targets[0].server_name, "agg.example");
         assert_eq!(v.config.ship.max_in_flight, 32);
         assert_eq!(v.config.spool.max_bytes, ByteSize::gib(1));
     }
@@ -471,6 +541,114 @@ mod tests {
     }
 
     #[test]
+    fn endpoints_are_tried_in_order_and_each_verifies_its_own_host() {
+        let f = write(
+            "[aggregator]\nendpoints = [\"quic://a.example:4433\", \"quic://b.example\", \
+             \"quic://[::1]:5000\"]\n",
+        );
+        let v = load(f.path()).unwrap();
+        let names: Vec<(String, &str)> = v
+            .targets
+            .iter()
+            .map(|t| (t.to_string(), t.server_name.as_str()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("quic://a.example:4433".to_owned(), "a.example"),
+                ("quic://b.example:4433".to_owned(), "b.example"),
+                ("quic://[::1]:5000".to_owned(), "::1"),
+            ]
+        );
+        assert_eq!(
+            v.aggregators(),
+            "quic://a.example:4433, quic://b.example:4433, quic://[::1]:5000"
+        );
+        // One host on several ports: that host, the first endpoint's.
+        let f = write(
+            "[aggregator]\nendpoints = [\"quic://agg.example:4433\", \"quic://agg.example:4434\"]\n",
+        );
+        let v = load(f.path()).unwrap();
+        assert!(v.targets.iter().all(|t| t.server_name == "agg.example"));
+        // A server_name applies to every endpoint.
+        let f = write(
+            "[aggregator]\nendpoints = [\"quic://10.0.0.1\", \"quic://10.0.0.2\"]\n\
+             server_name = \"agg.example\"\n",
+        );
+        let v = load(f.path()).unwrap();
+        assert!(v.targets.iter().all(|t| t.server_name == "agg.example"));
+        assert_eq!(v.targets[1].endpoint.port, 4433);
+        // One endpoint is a list of one.
+        let f = write("[aggregator]\nendpoints = [\"quic://agg.example:4433\"]\n");
+        let v = load(f.path()).unwrap();
+        assert_eq!(v.aggregators(), "quic://agg.example:4433");
+        assert_eq!(v.targets[0].server_name, "agg.example");
+    }
+
+    #[test]
+    fn endpoint_and_endpoints_together_are_refused_at_the_list() {
+        let f = write("[aggregator]\nendpoint = \"quic://a:1\"\nendpoints = [\"quic://b:1\"]\n");
+        let e = load(f.path()).unwrap_err().to_string();
+        assert!(
+            e.contains(":3:13: aggregator.endpoints: set either `endpoint` or `endpoints`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_empty_list_of_endpoints_is_refused() {
+        let f = write("[aggregator]\nendpoints = []\n");
+        let e = load(f.path()).unwrap_err().to_string();
+        assert!(
+            e.contains(":2:13: aggregator.endpoints: the list is empty"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_bad_entry_of_endpoints_is_located_and_named() {
+        let f =
+            write("[aggregator]\nendpoints = [\n  \"quic://a:4433\",\n  \"http://b:4433\",\n]\n");
+        let e = load(f.path()).unwrap_err().to_string();
+        assert!(e.contains(":4:3: aggregator.endpoints[1]: "), "{e}");
+        assert!(e.contains("expected quic://host:port"), "{e}");
+        let f = write("[aggregator]\nendpoints = \"quic://a:4433\"\n");
+        let e = load(f.path()).unwrap_err().to_string();
+        assert!(e.contains(":2:13"), "{e}");
+    }
+
+    #[test]
+    fn an_endpoint_listed_twice_is_refused() {
+        // The port defaults to 4433 and host names are not case-sensitive.
+        let f = write(
+            "[aggregator]\nendpoints = [\"quic://agg.example\", \"quic://b:4433\", \
+             \"quic://AGG.example:4433\"]\n",
+        );
+        let e = load(f.path()).unwrap_err().to_string();
+        assert!(
+            e.contains(
+                ":2:53: aggregator.endpoints[2]: quic://AGG.example:4433 is listed already, \
+                 as aggregator.endpoints[0]"
+            ),
+            "{e}"
+        );
+        // The same host on another port is another endpoint.
+        let f = write(
+            "[aggregator]\nendpoints = [\"quic://agg.example\", \"quic://agg.example:4434\"]\n",
+        );
+        assert_eq!(load(f.path()).unwrap().targets.len(), 2);
+    }
+
+    #[test]
+    fn a_bad_server_name_is_refused_for_a_list_too() {
+        let f = write(
+            "[aggregator]\nendpoints = [\"quic://a:1\", \"quic://b:1\"]\nserver_name = \"a b\"\n",
+        );
+        let e = load(f.path()).unwrap_err().to_string();
+        assert!(e.contains("aggregator.server_name `a b`"), "{e}");
+    }
+
+    #[test]
     fn unknown_and_mistyped_fields_are_located() {
         let f = write("[aggregator]\nendpoint = \"quic://a:1\"\n[ship]\nmax_inflight = 3\n");
         let e = load(f.path()).unwrap_err().to_string();
@@ -509,6 +687,9 @@ mod tests {
                 .to_string()
                 .contains("no aggregator configured")
         );
+        // The commented list of endpoints is valid on its own.
+        let f = write(&text.replace("#endpoints = ", "endpoints = "));
+        assert_eq!(load(f.path()).unwrap().targets.len(), 2);
         let f = write(&text.replace("#endpoint = ", "endpoint = "));
         let v = load(f.path()).unwrap();
         let d = AgentConfig::default();

@@ -17,6 +17,7 @@ pub use outpost_common::telemetry::InternalEvent;
 /// A connection to the aggregator is established: its Welcome arrived.
 #[derive(Debug)]
 pub struct Connected<'a> {
+    /// The endpoint connected to, with its address when the endpoint is a name.
     pub aggregator: &'a str,
     pub server_version: &'a str,
     pub max_in_flight: u32,
@@ -30,6 +31,7 @@ impl InternalEvent<Telemetry> for Connected<'_> {
 
     fn emit(self, t: &Telemetry) {
         t.add(Counter::Connects, 1);
+        t.record_aggregator(Some(self.aggregator));
         info!(
             aggregator = self.aggregator,
             server_version = self.server_version,
@@ -45,6 +47,8 @@ impl InternalEvent<Telemetry> for Connected<'_> {
 /// An established connection ended (for a reason other than the agent shutting down).
 #[derive(Debug)]
 pub struct Disconnected<'a> {
+    /// The endpoint it was connected to.
+    pub aggregator: &'a str,
     pub reason: &'a str,
 }
 
@@ -53,22 +57,85 @@ impl InternalEvent<Telemetry> for Disconnected<'_> {
 
     fn emit(self, t: &Telemetry) {
         t.add(Counter::Disconnects, 1);
-        info!(reason = self.reason, "disconnected from the aggregator");
+        t.record_aggregator(None);
+        info!(
+            aggregator = self.aggregator,
+            reason = self.reason,
+            "disconnected from the aggregator"
+        );
     }
 }
 
-/// No connection now; the next attempt is in `retry_in`.
+/// No connection now: the attempt at `aggregator` failed, or its connection was lost. The
+/// next attempt is at `next` at once, or after `retry_in`.
 #[derive(Debug)]
 pub struct NotConnected<'a> {
+    /// The endpoint that failed; every endpoint when none resolved.
+    pub aggregator: &'a str,
     pub error: &'a str,
     pub retry_in: Duration,
+    /// The endpoint tried next, at once; `None` when the next attempt waits `retry_in`.
+    pub next: Option<&'a str>,
 }
 
 impl InternalEvent<Telemetry> for NotConnected<'_> {
     const NAME: &'static str = "not_connected";
 
     fn emit(self, _: &Telemetry) {
-        warn!(error = self.error, retry_in = ?self.retry_in, "not connected to the aggregator");
+        match self.next {
+            Some(next) => warn!(
+                aggregator = self.aggregator,
+                error = self.error,
+                next,
+                "not connected to the aggregator; trying the next endpoint"
+            ),
+            None => warn!(
+                aggregator = self.aggregator,
+                error = self.error,
+                retry_in = ?self.retry_in,
+                "not connected to the aggregator"
+            ),
+        }
+    }
+}
+
+/// The agent is connected to another aggregator endpoint than the one it was connected to
+/// before (or, before its first connection, than the first one it tried). Unacknowledged
+/// batches are sent again to the new one.
+#[derive(Debug)]
+pub struct FailedOver<'a> {
+    pub from: &'a str,
+    pub to: &'a str,
+}
+
+impl InternalEvent<Telemetry> for FailedOver<'_> {
+    const NAME: &'static str = "failed_over";
+
+    fn emit(self, t: &Telemetry) {
+        t.add(Counter::Failovers, 1);
+        warn!(
+            from = self.from,
+            to = self.to,
+            "failed over to another aggregator"
+        );
+    }
+}
+
+/// One of several aggregator endpoints did not resolve; the others are tried. (When none
+/// resolves, [`NotConnected`] says so.)
+#[derive(Debug)]
+pub struct EndpointUnresolved<'a> {
+    pub error: &'a str,
+}
+
+impl InternalEvent<Telemetry> for EndpointUnresolved<'_> {
+    const NAME: &'static str = "endpoint_unresolved";
+
+    fn emit(self, _: &Telemetry) {
+        warn!(
+            error = self.error,
+            "an aggregator endpoint does not resolve; trying the others"
+        );
     }
 }
 

@@ -57,7 +57,8 @@ The key is made on this host and never leaves it. The key, the certificate and t
 written where [aggregator] key, cert and ca name them (by default /etc/outpost/tls/agent.key,
 mode 0640 and group outpost when that group exists, else 0600; agent.pem and ca.pem, 0644).
 The configuration file then names the aggregator that answered ([aggregator] endpoint and
-server_name), those paths, and the token's labels in [labels]; its comments are kept.
+server_name; a file that lists [aggregator] endpoints keeps them), those paths, and the token's
+labels in [labels]; its comments are kept.
 
 Exit status:
   0   enrolled

@@ -78,7 +78,7 @@ pub fn run(v: Validated) -> anyhow::Result<()> {
                 version = outpost_common::LONG_VERSION,
                 spool = %v.spool_path().display(),
                 backlog_batches = spool.stats().batches,
-                aggregator = %v.endpoint,
+                aggregator = %v.aggregators(),
                 "outpost-agent starting"
             );
             crate::spool::writer::spawn(spool)
@@ -91,7 +91,7 @@ pub fn run(v: Validated) -> anyhow::Result<()> {
                 agent_id = %identity.agent_id,
                 version = outpost_common::LONG_VERSION,
                 spool = %v.spool_path().display(),
-                aggregator = %v.endpoint,
+                aggregator = %v.aggregators(),
                 "outpost-agent starting without its spool, which it keeps trying to open"
             );
             spawn_reopening(Reopen {
@@ -122,8 +122,7 @@ pub fn run(v: Validated) -> anyhow::Result<()> {
         running.apply(sources::plan(c)?).await;
         let shipper = Shipper::new(
             ShipConfig {
-                endpoint: v.endpoint.clone(),
-                server_name: v.server_name.clone(),
+                targets: v.targets.clone(),
                 client,
                 max_in_flight: c.ship.max_in_flight,
                 heartbeat_interval: c.ship.heartbeat_interval,
@@ -165,6 +164,7 @@ pub fn run(v: Validated) -> anyhow::Result<()> {
         batches_sent = counters.batches_sent,
         batches_acked = counters.batches_acked,
         events_acked = counters.events_acked,
+        failovers = counters.failovers,
         ack_latency_p50_us = latency.map_or(0, |l| l.p50_us),
         ack_latency_p99_us = latency.map_or(0, |l| l.p99_us),
         ack_latency_max_us = latency.map_or(0, |l| l.max_us),

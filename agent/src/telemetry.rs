@@ -32,6 +32,8 @@ pub struct Telemetry {
     ack_latency_us: Mutex<Option<hdrhistogram::Histogram<u64>>>,
     /// The certificate in use and the last renewal error.
     certificate: Mutex<CertificateStatus>,
+    /// The aggregator endpoint connected to now.
+    aggregator: Mutex<Option<String>>,
     recorder: Recorder,
 }
 
@@ -57,6 +59,8 @@ outpost_common::counters! {
         connects => Connects,
         /// Established connections that ended.
         disconnects => Disconnects,
+        /// Connections established to another aggregator endpoint than the one before.
+        failovers => Failovers,
         /// Lines of journalctl's output that were not journal entries, skipped.
         journal_entries_malformed => JournalEntriesMalformed,
         /// Journal entries longer than `journal.max_entry_bytes`, skipped.
@@ -223,6 +227,24 @@ impl Telemetry {
         self.certificate
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Records the aggregator endpoint connected to now; `None` when disconnected.
+    pub(crate) fn record_aggregator(&self, aggregator: Option<&str>) {
+        *self
+            .aggregator
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = aggregator.map(str::to_owned);
+    }
+
+    /// The aggregator endpoint the agent is connected to now (with its address when the
+    /// endpoint is a name), if any.
+    pub fn aggregator(&self) -> Option<String> {
+        // A panic while holding this lock cannot leave an Option inconsistent: recover it.
+        self.aggregator
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// The collectors failing now.
@@ -465,6 +487,40 @@ mod tests {
             ..stats
         };
         assert!(t.status(&healthy).collector_errors.is_empty());
+    }
+
+    #[test]
+    fn the_connection_names_its_aggregator_and_failovers_are_counted() {
+        use crate::internal_events::{Connected, Disconnected, FailedOver};
+        let t = Telemetry::recording();
+        assert_eq!(t.aggregator(), None);
+        let connected = |aggregator| Connected {
+            aggregator,
+            server_version: "test",
+            max_in_flight: 32,
+            max_batch_events: 1000,
+            max_frame_bytes: 1 << 20,
+            backlog_batches: 0,
+        };
+        t.emit(connected("quic://a:4433"));
+        assert_eq!(t.aggregator().as_deref(), Some("quic://a:4433"));
+        t.emit(Disconnected {
+            aggregator: "quic://a:4433",
+            reason: "connection lost",
+        });
+        assert_eq!(t.aggregator(), None);
+        t.emit(FailedOver {
+            from: "quic://a:4433",
+            to: "quic://b:4433",
+        });
+        t.emit(connected("quic://b:4433"));
+        assert_eq!(t.aggregator().as_deref(), Some("quic://b:4433"));
+        let c = t.counters();
+        assert_eq!((c.connects, c.disconnects, c.failovers), (2, 1, 1));
+        assert_eq!(
+            t.recorded(),
+            ["connected", "disconnected", "failed_over", "connected"]
+        );
     }
 
     #[test]

@@ -212,10 +212,25 @@ fn write_config(
 }
 
 impl Agent {
-    pub(crate) fn start(env: &Env, cert: &AgentCert, port: u16, options: AgentOptions) -> Agent {
+    /// Starts an agent shipping to the aggregators on loopback `ports`: `endpoint` for one,
+    /// `endpoints` for several.
+    pub(crate) fn start(
+        env: &Env,
+        cert: &AgentCert,
+        ports: &[u16],
+        options: AgentOptions,
+    ) -> Agent {
         let id = &cert.agent_id;
+        let uris: Vec<String> = ports
+            .iter()
+            .map(|port| format!("\"quic://127.0.0.1:{port}\""))
+            .collect();
+        let endpoints = match uris.as_slice() {
+            [one] => format!("endpoint = {one}"),
+            all => format!("endpoints = [{}]", all.join(", ")),
+        };
         let aggregator = format!(
-            "endpoint = \"quic://127.0.0.1:{port}\"\nserver_name = \"localhost\"\n\
+            "{endpoints}\nserver_name = \"localhost\"\n\
              ca = {ca}\ncert = {cert}\nkey = {key}\n",
             ca = toml_string(&cert.ca),
             cert = toml_string(&cert.cert),

@@ -13,6 +13,10 @@ use crate::{Store, toml_string};
 /// What the test wants different from the test defaults.
 #[derive(Debug, Clone)]
 pub struct AggregatorOptions {
+    /// The name of its process and files in the test's directory (`<name>/` for its data,
+    /// `<name>.toml`, `<name>-logs/`, `<name>.log`): distinct for each aggregator of a test.
+    /// All of a test's aggregators share its PKI, so they present the same server certificate.
+    pub name: String,
     /// `fleet.offline_after`.
     pub offline_after: Duration,
     /// `tls.reload_interval`.
@@ -25,9 +29,20 @@ pub struct AggregatorOptions {
     pub extra: String,
 }
 
+impl AggregatorOptions {
+    /// The test defaults for an aggregator named `name` (see [`AggregatorOptions::name`]).
+    pub fn named(name: &str) -> Self {
+        AggregatorOptions {
+            name: name.to_owned(),
+            ..AggregatorOptions::default()
+        }
+    }
+}
+
 impl Default for AggregatorOptions {
     fn default() -> Self {
         AggregatorOptions {
+            name: "aggregator".to_owned(),
             offline_after: Duration::from_secs(5),
             reload_interval: Duration::from_millis(200),
             heartbeat_interval: Duration::from_secs(1),
@@ -53,8 +68,9 @@ impl Aggregator {
     /// Writes a configuration listening on a free loopback port, starts the aggregator and waits
     /// for its `listen.addr`; the configuration is then pinned to that port for restarts.
     pub(crate) fn start(env: &Env, options: AggregatorOptions) -> Aggregator {
-        let data_dir = env.path().join("aggregator");
-        let config = env.path().join("aggregator.toml");
+        let name = &options.name;
+        let data_dir = env.path().join(name);
+        let config = env.path().join(format!("{name}.toml"));
         let write_config = |listen: &str| {
             let text = format!(
                 "data_dir = {data}\nlisten = \"{listen}\"\n\n\
@@ -71,7 +87,7 @@ impl Aggregator {
                 reload = options.reload_interval.as_millis(),
                 heartbeat = options.heartbeat_interval.as_millis(),
                 offline = options.offline_after.as_millis(),
-                logs = toml_string(&env.path().join("aggregator-logs")),
+                logs = toml_string(&env.path().join(format!("{name}-logs"))),
                 extra = options.extra,
             );
             write_file(&config, &text);
@@ -88,7 +104,7 @@ impl Aggregator {
                 .collect();
             program = PathBuf::from(wrapper);
         }
-        let process = env.spawn("aggregator", &program, &args);
+        let process = env.spawn(name, &program, &args);
         let addr = wait_listening(env, &process, &data_dir);
         write_config(&addr.to_string());
         Aggregator {

@@ -215,7 +215,19 @@ impl Env {
         aggregator: &Aggregator,
         options: AgentOptions,
     ) -> Agent {
-        Agent::start(self, cert, aggregator.addr().port(), options)
+        Agent::start(self, cert, &[aggregator.addr().port()], options)
+    }
+
+    /// Starts an agent with `cert` configured with every aggregator of `aggregators`, in that
+    /// order (`[aggregator] endpoints`), to fail over between them.
+    pub fn start_agent_with_all(
+        &self,
+        cert: &AgentCert,
+        aggregators: &[&Aggregator],
+        options: AgentOptions,
+    ) -> Agent {
+        let ports: Vec<u16> = aggregators.iter().map(|a| a.addr().port()).collect();
+        Agent::start(self, cert, &ports, options)
     }
 
     /// Writes the configuration of an agent host that is not enrolled yet (see

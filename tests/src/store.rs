@@ -129,6 +129,25 @@ impl Store {
         Ok(SeqReport::new(&seqs, total, mismatched))
     }
 
+    /// What `stores` hold together of `agent_id`'s synthetic events, against the expected
+    /// `0..total`: an event stored in two of them counts as a repeat.
+    pub fn union_seq_report(
+        stores: &[&Store],
+        agent_id: &str,
+        kind: Kind,
+        total: u64,
+    ) -> Result<SeqReport, String> {
+        let mut all = Vec::new();
+        let mut all_mismatched = Vec::new();
+        for store in stores {
+            let (seqs, mismatched) = store.seqs(agent_id, kind)?;
+            all.extend(seqs);
+            all_mismatched.extend(mismatched);
+        }
+        all.sort_unstable();
+        Ok(SeqReport::new(&all, total, all_mismatched))
+    }
+
     /// How many synthetic events of `agent_id` are stored (repeats included).
     pub fn synthetic_count(&self, agent_id: &str, kind: Kind) -> Result<u64, String> {
         match kind {

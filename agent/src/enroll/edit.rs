@@ -20,14 +20,18 @@ pub struct Update {
     pub labels: Vec<(String, String)>,
 }
 
-/// `text` (a configuration file, possibly empty) with `update` applied.
+/// `text` (a configuration file, possibly empty) with `update` applied. A file that lists
+/// several aggregators (`[aggregator] endpoints`) keeps them, and its `server_name`: the one
+/// that answered is among them, behind the same service.
 pub fn apply(text: &str, update: &Update) -> Result<String, String> {
     let mut doc: DocumentMut = text
         .parse()
         .map_err(|e: toml_edit::TomlError| e.to_string())?;
     let aggregator = table(&mut doc, "aggregator")?;
-    set(aggregator, "endpoint", &update.endpoint);
-    set(aggregator, "server_name", &update.server_name);
+    if !aggregator.contains_key("endpoints") {
+        set(aggregator, "endpoint", &update.endpoint);
+        set(aggregator, "server_name", &update.server_name);
+    }
     set(aggregator, "ca", &update.ca);
     set(aggregator, "cert", &update.cert);
     set(aggregator, "key", &update.key);
@@ -139,6 +143,22 @@ team = \"ops\"
             "{out}"
         );
         assert!(out.starts_with("# top\n[aggregator]\n"), "{out}");
+    }
+
+    #[test]
+    fn a_list_of_endpoints_and_its_server_name_are_kept() {
+        let text = "\
+[aggregator]
+endpoints = [\"quic://a.example:4433\", \"quic://b.example:4433\"]
+";
+        let out = apply(text, &update()).unwrap();
+        let v: crate::config::AgentConfig = toml::from_str(&out).unwrap();
+        let a = &v.aggregator;
+        assert!(a.endpoint.is_none(), "{out}");
+        assert!(a.server_name.is_none(), "{out}");
+        assert_eq!(a.endpoints.as_ref().unwrap().get_ref().len(), 2);
+        assert_eq!(a.cert, Path::new("/etc/outpost/tls/agent.pem"));
+        assert_eq!(v.labels["env"], "prod");
     }
 
     #[test]

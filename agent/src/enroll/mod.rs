@@ -444,7 +444,7 @@ pub enum TokenSource {
 /// written), from the environment, else from `[aggregator] enroll_token` if that file exists.
 pub fn first_start_token(config: &AgentConfig, env: Option<String>) -> Option<TokenSource> {
     let a = &config.aggregator;
-    if a.cert.exists() && a.endpoint.is_some() {
+    if a.cert.exists() && (a.endpoint.is_some() || a.endpoints.is_some()) {
         return None;
     }
     match env.filter(|t| !t.trim().is_empty()) {

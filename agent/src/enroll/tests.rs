@@ -220,10 +220,10 @@ async fn enrollment_writes_the_identity_and_points_the_configuration_at_the_aggr
     );
     let v = crate::config::load(&path).unwrap();
     assert_eq!(
-        v.endpoint.to_string(),
+        v.aggregators(),
         endpoints[1].replace("localhost", "quic://localhost")
     );
-    assert_eq!(v.server_name, "localhost");
+    assert_eq!(v.targets[0].server_name, "localhost");
     assert_eq!(v.config.labels["env"], "prod");
     crate::config::check_tls_files(&v).unwrap();
 

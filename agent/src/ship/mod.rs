@@ -13,13 +13,15 @@
 //! so both configurations being valid never costs data.
 //!
 //! What to send, acknowledge, split or drop, and when, is decided by the pure [`Session`]
-//! (`session.rs`), which never awaits; [`Shipper::run`] connects, backs off, and runs each
-//! session's loop: feed it the network's and the spool's results, execute its actions, and sleep
-//! until its next timeout.
+//! (`session.rs`), which never awaits; which aggregator endpoint to connect to, when to fail over
+//! to the next and when to back off, by the pure [`Failover`] ([`failover`]). [`Shipper::run`]
+//! resolves, connects and waits as the failover says, and runs each session's loop: feed it the
+//! network's and the spool's results, execute its actions, and sleep until its next timeout.
 //!
 //! Past two thirds of its certificate's lifetime the agent asks for a new one on the established
 //! connection ([`renew`]), installs it with its new key, and reconnects with it.
 
+pub mod failover;
 pub mod renew;
 mod session;
 #[cfg(test)]
@@ -29,8 +31,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use backon::{BackoffBuilder, ExponentialBuilder};
-use outpost_common::config::QuicEndpoint;
 use outpost_common::event::{DropReason, HostFacts};
 use outpost_common::wire::{self, Heartbeat, Hello, Message, RejectCode, Welcome, close_code};
 use thiserror::Error;
@@ -39,11 +39,13 @@ use tokio::task::JoinSet;
 
 use crate::internal_events::{
     BatchAcked, BatchRejected, BatchSent, BatchSplit, CertificateRenewalFailed, CertificateRenewed,
-    Connected, Disconnected, DrainStarted, GraceExpired, NotConnected,
+    Connected, Disconnected, DrainStarted, EndpointUnresolved, FailedOver, GraceExpired,
+    NotConnected,
 };
 use crate::spool::{SpoolError, SpoolHandle, SpoolStats, StoredBatch};
 use crate::telemetry::Telemetry;
 
+pub use failover::{Backoff, Candidate, Ending, Failover, FailoverEvent, Step, Target};
 pub use renew::{Renewal, RenewalConfig};
 pub use session::{
     Action, BATCH_FRAME_OVERHEAD_BYTES, Pacer, ReceiverLimits, Session, SessionConfig, SessionEvent,
@@ -175,8 +177,8 @@ impl Backlog for SpoolHandle {
 /// What the shipper needs to know.
 #[derive(Debug, Clone)]
 pub struct ShipConfig {
-    pub endpoint: QuicEndpoint,
-    pub server_name: String,
+    /// The aggregators to ship to, in the order to try them; at least one.
+    pub targets: Vec<Target>,
     pub client: quinn::ClientConfig,
     pub max_in_flight: u32,
     pub heartbeat_interval: Duration,
@@ -272,11 +274,11 @@ impl<B: Backlog> Shipper<B> {
         }
     }
 
-    /// Connects, ships, and reconnects with capped exponential backoff and jitter, until
-    /// `shutdown` turns true. Then drains what is in flight (within the grace period) and closes
-    /// the connection cleanly.
+    /// Connects, ships, and reconnects (failing over between the endpoints, with capped
+    /// exponential backoff and jitter between rounds), until `shutdown` turns true. Then drains
+    /// what is in flight (within the grace period) and closes the connection cleanly.
     pub async fn run(self, shutdown: watch::Receiver<bool>) {
-        let endpoint = match bind_endpoint(&self.config.endpoint) {
+        let endpoint = match bind_endpoint(&self.config.targets) {
             Ok(e) => e,
             Err(e) => {
                 tracing::error!(error = %e, "cannot open a UDP socket for QUIC; nothing will be shipped");
@@ -288,35 +290,93 @@ impl<B: Backlog> Shipper<B> {
 
     /// [`Shipper::run`] from a client endpoint the caller made, which several shippers may share
     /// (the fleet simulator runs thousands of agents over a few sockets).
+    ///
+    /// Which endpoint to connect to, and when, is decided by the pure [`Failover`]; this loop
+    /// resolves names, connects and runs sessions as it says.
     pub async fn run_on(self, endpoint: quinn::Endpoint, mut shutdown: watch::Receiver<bool>) {
-        let backoff_builder = ExponentialBuilder::new()
-            .with_min_delay(self.config.reconnect_min)
-            .with_max_delay(self.config.reconnect_max)
-            .with_factor(2.0)
-            .with_jitter()
-            .without_max_times();
-        let mut backoff = backoff_builder.build();
+        let mut failover = Failover::new(
+            self.config.targets.clone(),
+            Backoff {
+                min: self.config.reconnect_min,
+                max: self.config.reconnect_max,
+                jitter: true,
+            },
+        );
+        // Why the agent is not connected, reported once the next step is known.
+        let mut failure: Option<(String, String)> = None;
         while !*shutdown.borrow() {
-            let result = self.session(&endpoint, &mut shutdown).await;
-            match result {
-                Ok(()) => break,
-                Err(SessionError::Renewed) => backoff = backoff_builder.build(),
-                Err(e) => {
-                    let established =
-                        matches!(e, SessionError::Lost(_) | SessionError::Unavailable(_));
-                    if established {
-                        // The connection worked; start the next wait from the bottom.
-                        backoff = backoff_builder.build();
+            let Some(step) = failover.poll_action(now()) else {
+                // Cannot happen: every attempt's end is reported before the next poll. Were it
+                // to, counting the attempt as failed keeps the agent trying.
+                failover.handle_ended(now(), Ending::Failed);
+                continue;
+            };
+            match step {
+                Step::Resolve => {
+                    let resolved = tokio::select! {
+                        r = resolve(failover.targets(), &endpoint) => r,
+                        _ = shutdown.wait_for(|s| *s) => break,
+                    };
+                    let mut errors = Vec::new();
+                    for (target, result) in failover.targets().iter().zip(&resolved) {
+                        if let Err(e) = result {
+                            let e = SessionError::Resolve {
+                                endpoint: target.to_string(),
+                                reason: e.clone(),
+                            };
+                            errors.push(e.to_string());
+                        }
                     }
-                    let delay = backoff.next().unwrap_or(self.config.reconnect_max);
-                    self.telemetry.emit(NotConnected {
-                        error: &e.to_string(),
-                        retry_in: delay,
-                    });
+                    failover.handle_resolved(now(), resolved);
+                    if failover.candidates().is_empty() {
+                        let all: Vec<String> =
+                            failover.targets().iter().map(ToString::to_string).collect();
+                        failure = Some((all.join(", "), errors.join("; ")));
+                    } else {
+                        for error in &errors {
+                            self.telemetry.emit(EndpointUnresolved { error });
+                        }
+                    }
+                }
+                Step::Wait(until) => {
+                    if let Some((aggregator, error)) = failure.take() {
+                        self.telemetry.emit(NotConnected {
+                            aggregator: &aggregator,
+                            error: &error,
+                            retry_in: until.saturating_duration_since(now()),
+                            next: None,
+                        });
+                    }
                     tokio::select! {
-                        () = tokio::time::sleep(delay) => {}
+                        () = tokio::time::sleep_until(until.into()) => {}
                         _ = shutdown.wait_for(|s| *s) => break,
                     }
+                }
+                Step::Connect(candidate) => {
+                    if let Some((aggregator, error)) = failure.take() {
+                        self.telemetry.emit(NotConnected {
+                            aggregator: &aggregator,
+                            error: &error,
+                            retry_in: Duration::ZERO,
+                            next: Some(&candidate.to_string()),
+                        });
+                    }
+                    let result = self
+                        .session(&endpoint, &candidate, &mut failover, &mut shutdown)
+                        .await;
+                    let ending = match result {
+                        Ok(()) => break,
+                        Err(SessionError::Renewed) => Ending::Renewed,
+                        Err(SessionError::Spool(e)) => {
+                            failure = Some((candidate.to_string(), e.to_string()));
+                            Ending::Local
+                        }
+                        Err(e) => {
+                            failure = Some((candidate.to_string(), e.to_string()));
+                            Ending::Failed
+                        }
+                    };
+                    failover.handle_ended(now(), ending);
                 }
             }
         }
@@ -324,30 +384,14 @@ impl<B: Backlog> Shipper<B> {
         let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
     }
 
-    async fn connect(&self, endpoint: &quinn::Endpoint) -> Result<quinn::Connection, SessionError> {
-        let target = self.config.endpoint.clone();
-        let addrs = tokio::task::spawn_blocking(move || target.resolve())
-            .await
-            .map_err(|e| SessionError::Resolve {
-                endpoint: self.config.endpoint.to_string(),
-                reason: e.to_string(),
-            })?
-            .map_err(|e| SessionError::Resolve {
-                endpoint: self.config.endpoint.to_string(),
-                reason: e.to_string(),
-            })?;
-        let local_v6 = endpoint.local_addr().map(|a| a.is_ipv6()).unwrap_or(false);
-        let addr = addrs
-            .iter()
-            .find(|a| a.is_ipv6() == local_v6)
-            .or(addrs.first())
-            .copied()
-            .ok_or_else(|| SessionError::Resolve {
-                endpoint: self.config.endpoint.to_string(),
-                reason: "no addresses".to_owned(),
-            })?;
+    async fn connect(
+        &self,
+        endpoint: &quinn::Endpoint,
+        target: &Candidate,
+    ) -> Result<quinn::Connection, SessionError> {
+        let addr = target.addr;
         let connecting = endpoint
-            .connect_with(self.client(), addr, &self.config.server_name)
+            .connect_with(self.client(), addr, &target.server_name)
             .map_err(|e| SessionError::Connect {
                 addr,
                 reason: e.to_string(),
@@ -366,6 +410,8 @@ impl<B: Backlog> Shipper<B> {
     async fn session(
         &self,
         endpoint: &quinn::Endpoint,
+        target: &Candidate,
+        failover: &mut Failover,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), SessionError> {
         // A spool that could not be opened has no spool id yet: say nothing until it has one.
@@ -374,7 +420,7 @@ impl<B: Backlog> Shipper<B> {
             _ = shutdown.wait_for(|s| *s) => return Ok(()),
         }
         let conn = tokio::select! {
-            r = self.connect(endpoint) => r?,
+            r = self.connect(endpoint, target) => r?,
             _ = shutdown.wait_for(|s| *s) => return Ok(()),
         };
         let (mut control_tx, mut control_rx) = conn
@@ -423,8 +469,18 @@ impl<B: Backlog> Shipper<B> {
                 )));
             }
         };
+        failover.handle_established(now());
+        while let Some(event) = failover.poll_event() {
+            match event {
+                FailoverEvent::FailedOver { from, to } => self.telemetry.emit(FailedOver {
+                    from: &from.to_string(),
+                    to: &to.to_string(),
+                }),
+            }
+        }
+        let aggregator = target.to_string();
         self.telemetry.emit(Connected {
-            aggregator: &self.config.endpoint.to_string(),
+            aggregator: &aggregator,
             server_version: &welcome.server_version,
             max_in_flight: welcome.max_in_flight,
             max_batch_events: welcome.max_batch_events,
@@ -436,6 +492,7 @@ impl<B: Backlog> Shipper<B> {
             .await;
         if let Err(e) = &result {
             self.telemetry.emit(Disconnected {
+                aggregator: &aggregator,
                 reason: &e.to_string(),
             });
         }
@@ -677,14 +734,41 @@ async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|s| *s).await;
 }
 
-fn bind_endpoint(target: &QuicEndpoint) -> std::io::Result<quinn::Endpoint> {
-    let v6 = target.host.contains(':');
+/// A client socket: IPv4, or dual-stack IPv6 when an endpoint is an IPv6 address.
+fn bind_endpoint(targets: &[Target]) -> std::io::Result<quinn::Endpoint> {
+    let v6 = targets.iter().any(|t| t.endpoint.host.contains(':'));
     let local: SocketAddr = if v6 {
         SocketAddr::from(([0u16; 8], 0))
     } else {
         SocketAddr::from(([0u8; 4], 0))
     };
     quinn::Endpoint::client(local)
+}
+
+/// The addresses of each target the socket of `endpoint` can reach, in order. An address
+/// literal is taken as it is; names are resolved off the runtime, since that may block.
+async fn resolve(
+    targets: &[Target],
+    endpoint: &quinn::Endpoint,
+) -> Vec<Result<Vec<SocketAddr>, String>> {
+    let local_v6 = endpoint.local_addr().map(|a| a.is_ipv6()).unwrap_or(false);
+    let mut resolved = Vec::with_capacity(targets.len());
+    for target in targets {
+        let e = &target.endpoint;
+        let addrs = match e.host.parse::<std::net::IpAddr>() {
+            Ok(ip) => Ok(vec![SocketAddr::new(ip, e.port)]),
+            Err(_) => {
+                let e = e.clone();
+                match tokio::task::spawn_blocking(move || e.resolve()).await {
+                    Ok(Ok(addrs)) => Ok(addrs),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+        };
+        resolved.push(addrs.and_then(|a| failover::reachable(a, local_v6)));
+    }
+    resolved
 }
 
 /// Sends one batch on its own stream and waits for the answer.

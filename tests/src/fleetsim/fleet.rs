@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use outpost_agent::config::{AggregatorSection, ShipSection};
-use outpost_agent::ship::{ShipConfig, Shipper};
+use outpost_agent::ship::{ShipConfig, Shipper, Target};
 use outpost_agent::spool::DEFAULT_MAX_BATCH_EVENTS;
 use outpost_agent::telemetry::Telemetry;
 use outpost_common::config::QuicEndpoint;
@@ -188,12 +188,14 @@ impl Fleet {
         let ship = ShipSection::default();
         let a = AggregatorSection::default();
         let config = ShipConfig {
-            endpoint: QuicEndpoint {
-                host: self.target.ip().to_string(),
-                port: self.target.port(),
-                host_is_ip: true,
-            },
-            server_name: "localhost".to_owned(),
+            targets: vec![Target {
+                endpoint: QuicEndpoint {
+                    host: self.target.ip().to_string(),
+                    port: self.target.port(),
+                    host_is_ip: true,
+                },
+                server_name: "localhost".to_owned(),
+            }],
             client: agent.client.clone(),
             max_in_flight: ship.max_in_flight,
             heartbeat_interval: ship.heartbeat_interval,

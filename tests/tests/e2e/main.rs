@@ -16,6 +16,7 @@ mod console;
 mod delivery;
 mod disk_full;
 mod enroll;
+mod failover;
 mod fim;
 mod fim_trail;
 mod fleetsim;

@@ -92,6 +92,8 @@ fn telemetry(p: &mut Points, t: &Telemetry) {
     p.counter("outpost.agent.batches.sent", "{batch}", sent, &[]);
     let acked = counters.batches_acked as f64;
     p.counter("outpost.agent.batches.acked", "{batch}", acked, &[]);
+    let failovers = counters.failovers as f64;
+    p.counter("outpost.agent.failovers", "{failover}", failovers, &[]);
     let skipped = "outpost.agent.journal.skipped";
     let malformed = counters.journal_entries_malformed as f64;
     p.counter(skipped, "{entry}", malformed, &[("reason", "malformed")]);

@@ -607,6 +607,7 @@ fn every_metric_has_its_name_unit_kind_and_attributes() {
         ("outpost.agent.spool.events", "{event}", Gauge, &[&[]]),
         ("outpost.agent.batches.sent", "{batch}", Counter, &[&[]]),
         ("outpost.agent.batches.acked", "{batch}", Counter, &[&[]]),
+        ("outpost.agent.failovers", "{failover}", Counter, &[&[]]),
         ("outpost.agent.send.latency", "s", Gauge, &[&["quantile"]]),
         ("outpost.agent.drops", "{event}", Counter, &[&["reason"]]),
         (

@@ -287,8 +287,8 @@ mod tests {
         world.write_agent_configs(4567).unwrap();
         assert_eq!(world.events(), 10);
         let agent = outpost_agent::config::load(&world.agents[1].config()).unwrap();
-        assert_eq!(agent.endpoint.to_string(), "quic://127.0.0.1:4567");
-        assert_eq!(agent.server_name, SERVER_NAME);
+        assert_eq!(agent.aggregators(), "quic://127.0.0.1:4567");
+        assert_eq!(agent.targets[0].server_name, SERVER_NAME);
         assert_eq!(agent.config.ship.catchup_events_per_sec, 0);
         assert!(!agent.config.synthetic.enabled);
         assert_eq!(
