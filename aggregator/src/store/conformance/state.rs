@@ -5,6 +5,10 @@
 //! traits only: the agent registry and its marks, the registry generation, API tokens and the
 //! audit log, enrollment tokens and enrolled keys, and the alerting engine's state and outbox.
 
+// Test code, built into the library for the end-to-end tests: as in `#[cfg(test)]` code, a panic
+// is how a case reports its failure.
+#![allow(clippy::unwrap_used)]
+
 use std::collections::BTreeMap;
 
 use outpost_common::event::{AgentStatus, CollectorError, DropReason, HostFacts};
