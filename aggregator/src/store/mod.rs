@@ -45,6 +45,7 @@ pub mod dedup;
 pub mod feed;
 pub mod fim_trail;
 pub mod marks;
+pub mod postgres;
 pub mod retention;
 pub mod series;
 pub mod sqlite;
