@@ -1,7 +1,8 @@
 //! The PostgreSQL state store against a real server: the state-store conformance suite, and
 //! what only a database shared by several aggregators shows: enrollments racing between two
 //! aggregators, migrations racing at start, a schema from a newer build, a failed write that
-//! leaves nothing behind, the password file, and an outage the store rides out.
+//! leaves nothing behind, the password file, an outage the store rides out, and the store used
+//! from async tasks (which block on their own runtime inside the `postgres` client).
 //!
 //! Each test starts its own server (the outage test stops its own), on a port the OS chose.
 
@@ -492,4 +493,43 @@ fn the_store_rides_out_a_server_restart() {
     store.record(&seen("web-1", T0 + 2)).unwrap();
     store.ping().unwrap();
     assert!(store.registry_generation().is_some());
+}
+
+#[test]
+fn the_store_can_be_asked_its_generation_and_dropped_on_async_tasks() {
+    let server = PostgresServer::start();
+    let url = server.fresh_database();
+    let store = Arc::new(open(&url));
+    store.record(&hello("web-1", "1.0.0", T0)).unwrap();
+    let expected = store.registry_generation();
+    assert!(expected.is_some());
+
+    // The API's fleet view asks from an async task: a worker of the multi-threaded runtime
+    // blocks in place for it.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let on_task = Arc::clone(&store);
+    let generation = runtime
+        .block_on(runtime.spawn(async move { on_task.registry_generation() }))
+        .expect("the task ran");
+    assert_eq!(generation, expected);
+
+    // A single-threaded runtime cannot block: the store cannot tell, and says so.
+    let single = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let on_task = Arc::clone(&store);
+    assert_eq!(
+        single.block_on(async move { on_task.registry_generation() }),
+        None
+    );
+
+    // The last reference dropped on a worker: its connections close without blocking it.
+    runtime
+        .block_on(runtime.spawn(async move { drop(store) }))
+        .expect("dropping the store on a task does not panic");
 }
