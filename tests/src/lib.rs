@@ -31,6 +31,7 @@ mod env;
 pub mod fleetsim;
 pub mod hostsim;
 pub mod impair;
+pub mod postgres_server;
 mod process;
 pub mod raw;
 mod seqs;

@@ -179,12 +179,19 @@ impl Process {
     /// SIGTERM, then wait for the exit and return its status; fails the test if the process does
     /// not stop in time.
     pub fn terminate_status(&mut self) -> ExitStatus {
+        self.stop_with(Signal::SIGTERM)
+    }
+
+    /// Sends `signal`, then waits for the exit and returns its status; fails the test if the
+    /// process does not stop in time. For programs that stop on another signal than SIGTERM
+    /// (PostgreSQL shuts down at once on SIGINT, and waits for its clients on SIGTERM).
+    pub fn stop_with(&mut self, signal: Signal) -> ExitStatus {
         let Some(mut c) = self.shared.child().take() else {
-            panic!("{}: terminate() while not running", self.shared.name);
+            panic!("{}: stopped while not running", self.shared.name);
         };
         let pid = i32::try_from(c.id()).unwrap_or_else(|e| panic!("pid out of range: {e}"));
-        if let Err(e) = kill(Pid::from_raw(pid), Signal::SIGTERM) {
-            panic!("{}: cannot send SIGTERM to {pid}: {e}", self.shared.name);
+        if let Err(e) = kill(Pid::from_raw(pid), signal) {
+            panic!("{}: cannot send {signal} to {pid}: {e}", self.shared.name);
         }
         let start = Instant::now();
         loop {
@@ -197,7 +204,7 @@ impl Process {
                     let _ = c.kill();
                     let _ = c.wait();
                     panic!(
-                        "{} did not stop within {STOP_DEADLINE:?} of SIGTERM; its log ends:\n{}",
+                        "{} did not stop within {STOP_DEADLINE:?} of {signal}; its log ends:\n{}",
                         self.shared.name,
                         self.shared.tail(30)
                     );

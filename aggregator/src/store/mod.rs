@@ -45,6 +45,7 @@ pub mod dedup;
 pub mod feed;
 pub mod fim_trail;
 pub mod marks;
+pub mod postgres;
 pub mod retention;
 pub mod series;
 pub mod split;
@@ -320,6 +321,14 @@ pub enum StoreError {
         #[source]
         source: BackendError,
     },
+    /// A store on a database server could not be reached, or its schema set up.
+    #[error("opening the store in {database}: {source}")]
+    OpenDatabase {
+        /// Which database on which server, as user who (never the password).
+        database: String,
+        #[source]
+        source: BackendError,
+    },
     /// The database refused an operation.
     #[error("{context}: {source}")]
     Backend {
@@ -328,13 +337,14 @@ pub enum StoreError {
         #[source]
         source: BackendError,
     },
-    /// The store's files were written by a newer Outpost.
+    /// The store's files, or its database, were written by a newer Outpost.
     #[error(
-        "the store at {path} has schema version {found}, newer than the {supported} this build \
-         understands; upgrade outpost-aggregator"
+        "the store at {location} has schema version {found}, newer than the {supported} this \
+         build understands; upgrade outpost-aggregator"
     )]
     SchemaTooNew {
-        path: std::path::PathBuf,
+        /// The store's file, or its database on its server.
+        location: String,
         found: i64,
         supported: i64,
     },

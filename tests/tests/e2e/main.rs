@@ -30,6 +30,7 @@ mod reload;
 mod service;
 mod spool_cap;
 mod status;
+mod store_postgres;
 
 use rand::SeedableRng;
 use rand::rngs::StdRng;

@@ -58,7 +58,7 @@ impl SqliteReader {
         let current = schema::current_version();
         if found > current {
             return Err(StoreError::SchemaTooNew {
-                path: path.to_owned(),
+                location: path.display().to_string(),
                 found,
                 supported: current,
             });

@@ -404,7 +404,7 @@ pub(super) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreErr
     let supported = MIGRATIONS.len() as i64;
     if found > supported {
         return Err(StoreError::SchemaTooNew {
-            path: path.to_owned(),
+            location: path.display().to_string(),
             found,
             supported,
         });
