@@ -39,6 +39,7 @@ use outpost_common::wire::Hello;
 use serde::Serialize;
 
 pub mod alerting;
+pub mod clickhouse;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 pub mod dedup;
@@ -316,6 +317,15 @@ pub enum StoreError {
     #[error("opening the store at {path}: {source}")]
     Open {
         path: std::path::PathBuf,
+        #[source]
+        source: BackendError,
+    },
+    /// A database server could not be reached, or the store's schema set up in it.
+    #[error("opening the store in database {database} at {server}: {source}")]
+    Server {
+        /// The server's address, without credentials.
+        server: String,
+        database: String,
         #[source]
         source: BackendError,
     },
