@@ -29,6 +29,7 @@ mod reload;
 mod service;
 mod spool_cap;
 mod status;
+mod store_clickhouse;
 
 use rand::SeedableRng;
 use rand::rngs::StdRng;
