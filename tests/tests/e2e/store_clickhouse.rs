@@ -825,4 +825,72 @@ fn store_clickhouse_commit_throughput() {
         "read back in pages of 10,000: {:.0} events/s",
         n as f64 / started.elapsed().as_secs_f64()
     );
+    // Tailing: a page of the latest 100 still reads the table under FINAL.
+    let started = std::time::Instant::now();
+    let tail = store
+        .events(&EventQuery {
+            from: read[n - 100].cursor,
+            limit: 100,
+            ..EventQuery::default()
+        })
+        .unwrap();
+    assert_eq!(tail.events.len(), 100);
+    println!(
+        "a page of the latest 100 of {n}: {:.0} ms",
+        started.elapsed().as_secs_f64() * 1000.0
+    );
+}
+
+#[test]
+fn store_clickhouse_a_failed_commits_rows_collapse_with_the_resent_batch() {
+    let server = ClickHouseServer::start();
+    let database = server.fresh_database();
+    let store = open(&server, &database, 0);
+    let t = now_ns();
+    let fim = trail(2, t);
+    store
+        .commit_batches(&[batch("web-1", 1, vec![Event::Fim(fim[0].clone())])])
+        .unwrap();
+    // The last writes of the commit fail: its event rows and trail are written, its batch row
+    // is not (the table lost a column the insert names; reads do not need it).
+    sql(
+        &server,
+        &format!("ALTER TABLE {database}.batches DROP COLUMN events"),
+    );
+    let failing = batch(
+        "web-1",
+        2,
+        vec![log(t, "first try"), Event::Fim(fim[1].clone())],
+    );
+    let err = store
+        .commit_batches(std::slice::from_ref(&failing))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("committing 1 batches"), "{err}");
+    sql(
+        &server,
+        &format!("ALTER TABLE {database}.batches ADD COLUMN events UInt32"),
+    );
+    // Unlike a transaction, the rows written are visible until the batch comes again.
+    let seen = every(&store, EventQuery::default());
+    assert_eq!(seen.len(), 3, "{seen:?}");
+
+    // Sent again: stored, its rows collapse with the first try's, and the trail goes on from
+    // where the last successful commit left it (no replay reported).
+    let answers = store
+        .commit_batches(std::slice::from_ref(&failing))
+        .unwrap();
+    let BatchCommit::Stored { start, notices } = &answers[0] else {
+        panic!("{answers:?}")
+    };
+    assert!(notices.is_empty(), "{notices:?}");
+    let seen = every(&store, EventQuery::default());
+    let mut expected = vec![Event::Fim(fim[0].clone())];
+    expected.extend(failing.events.clone());
+    assert_eq!(events_of(&seen), expected);
+    assert_eq!(seen[1].cursor, *start, "read at the resent batch's cursors");
+    assert_eq!(
+        outcomes(&store.commit_batches(&[failing]).unwrap()),
+        ["duplicate"]
+    );
 }
