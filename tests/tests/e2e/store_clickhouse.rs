@@ -525,6 +525,13 @@ fn store_clickhouse_one_batch_through_two_aggregators_is_seen_once() {
             one.events,
             "seen once through each aggregator"
         );
+        for limit in [1, 2] {
+            let query = EventQuery {
+                limit,
+                ..EventQuery::default()
+            };
+            assert_eq!(every(store, query), seen, "pages of {limit}");
+        }
         assert_eq!(
             store.host_summaries().unwrap()["web-1"].cpu_busy,
             Some((0.5, t))
@@ -889,6 +896,18 @@ fn store_clickhouse_a_failed_commits_rows_collapse_with_the_resent_batch() {
     expected.extend(failing.events.clone());
     assert_eq!(events_of(&seen), expected);
     assert_eq!(seen[1].cursor, *start, "read at the resent batch's cursors");
+    // Pages whose window holds the first try's copies come out short, but none is missed or
+    // read twice.
+    for limit in [1, 2, 3] {
+        let paged = every(
+            &store,
+            EventQuery {
+                limit,
+                ..EventQuery::default()
+            },
+        );
+        assert_eq!(paged, seen, "pages of {limit}");
+    }
     assert_eq!(
         outcomes(&store.commit_batches(&[failing]).unwrap()),
         ["duplicate"]

@@ -25,73 +25,120 @@ use crate::store::{Cursor, EventPage, EventQuery, HostSummary, StoreError};
 impl ClickHouseStore {
     /// One page of events matching `query`, stopping before `horizon` (see
     /// [`ClickHouseStore::horizon`]).
+    ///
+    /// Two steps, so that a page reads the rows it shows rather than a whole table under
+    /// `FINAL`: the window, the first `limit` rows from `from` on (copies of one event counted
+    /// each), read from the cursor column alone; then, under `FINAL`, the batches with a row in
+    /// the window (in the tables of the kinds found there), of which the events whose surviving
+    /// copy lies in the window make the page.
+    /// Every event seen in the window is its own row there, so none is missed; a page holds
+    /// fewer than `limit` events only when the window held stale copies, and `next` then still
+    /// follows the window.
     pub(super) async fn read_events(
         &self,
         query: &EventQuery,
         horizon: Cursor,
     ) -> Result<EventPage, Failure> {
+        let empty = EventPage {
+            events: Vec::new(),
+            next: None,
+        };
         let limit = query.limit.max(1);
         let until = query.until.map_or(horizon, |u| u.min(horizon));
         if until <= query.from {
-            return Ok(EventPage {
-                events: Vec::new(),
-                next: None,
-            });
+            return Ok(empty);
         }
         let kinds = match query.kind {
             Some(kind) => vec![kind],
             None => EventKind::ALL.to_vec(),
         };
-        let agent = if query.agent_id.is_some() {
-            " AND agent_id = ?"
-        } else {
-            ""
-        };
-        let time = if query.time_ns.is_some() {
-            " AND time_ns >= ? AND time_ns < ?"
-        } else {
-            ""
-        };
-        let arms: Vec<String> = kinds
-            .iter()
-            .map(|&kind| {
-                format!(
-                    "SELECT * FROM (
-                         SELECT cursor, agent_id, received_ns, time_ns, {columns}
-                         FROM (SELECT * FROM {table} FINAL WHERE cursor >= ?{agent}{time})
-                         WHERE cursor < ? ORDER BY cursor LIMIT ?)",
-                    columns = rows::select_columns(kind),
-                    table = rows::table(kind),
-                )
-            })
-            .collect();
-        let sql = format!(
-            "SELECT * FROM ({}) ORDER BY cursor LIMIT ?",
-            arms.join(" UNION ALL ")
-        );
-        let mut q = self.client().query(&sql);
-        for _ in &kinds {
-            q = q.bind(query.from.position());
+        let mut filters = String::new();
+        if query.agent_id.is_some() {
+            filters.push_str(" AND agent_id = ?");
+        }
+        if query.time_ns.is_some() {
+            filters.push_str(" AND time_ns >= ? AND time_ns < ?");
+        }
+        let bind_filters = |mut q: clickhouse::query::Query| {
             if let Some(agent_id) = &query.agent_id {
                 q = q.bind(agent_id.as_str());
             }
             if let Some(range) = &query.time_ns {
                 q = q.bind(range.start).bind(range.end);
             }
-            q = q.bind(until.position()).bind(limit as u64);
+            q
+        };
+
+        // The window, and the kinds with rows in it.
+        let arms: Vec<String> = kinds
+            .iter()
+            .map(|&kind| {
+                format!(
+                    "SELECT cursor, toUInt8({code}) AS event_kind FROM (
+                         SELECT cursor FROM {table}
+                         WHERE cursor >= ? AND cursor < ?{filters} ORDER BY cursor LIMIT ?)",
+                    code = rows::kind_code(kind),
+                    table = rows::table(kind),
+                )
+            })
+            .collect();
+        let sql = format!(
+            "SELECT cursor, event_kind FROM ({}) ORDER BY cursor LIMIT ?",
+            arms.join(" UNION ALL ")
+        );
+        let mut q = self.client().query(&sql);
+        for _ in &kinds {
+            q = q.bind(query.from.position()).bind(until.position());
+            q = bind_filters(q).bind(limit as u64);
         }
-        q = q.bind(limit as u64);
+        let window: Vec<(u64, u8)> = self.timed(q.bind(limit as u64).fetch_all()).await?;
+        let (window_end, more) = match window.get(limit - 1) {
+            Some(&(last, _)) => (Cursor::from_position(last).advance(1), true),
+            None if window.is_empty() => return Ok(empty),
+            None => (until, false),
+        };
+        let kinds: Vec<EventKind> = kinds
+            .into_iter()
+            .filter(|&kind| window.iter().any(|&(_, k)| k == rows::kind_code(kind)))
+            .collect();
+
+        // The events visible in it.
+        let arms: Vec<String> = kinds
+            .iter()
+            .map(|&kind| {
+                format!(
+                    "SELECT * FROM (
+                         SELECT cursor, agent_id, received_ns, time_ns, {columns}
+                         FROM (SELECT * FROM {table} FINAL
+                               WHERE ({key}) IN (SELECT {key} FROM {table}
+                                                 WHERE cursor >= ? AND cursor < ?{filters})
+                                 {filters})
+                         WHERE cursor >= ? AND cursor < ?)",
+                    columns = rows::select_columns(kind),
+                    table = rows::table(kind),
+                    key = rows::batch_key(kind),
+                )
+            })
+            .collect();
+        let sql = format!(
+            "SELECT * FROM ({}) ORDER BY cursor",
+            arms.join(" UNION ALL ")
+        );
+        let mut q = self.client().query(&sql);
+        for _ in &kinds {
+            q = q.bind(query.from.position()).bind(window_end.position());
+            q = bind_filters(bind_filters(q));
+            q = q.bind(query.from.position()).bind(window_end.position());
+        }
         let found: Vec<ReadRow> = self.timed(q.fetch_all()).await?;
-        let full = found.len() >= limit;
         let events = found
             .into_iter()
             .map(rows::stored_event)
             .collect::<Result<Vec<_>, _>>()?;
-        let next = match events.last() {
-            Some(last) if full => Some(last.cursor.advance(1)),
-            _ => None,
-        };
-        Ok(EventPage { events, next })
+        Ok(EventPage {
+            events,
+            next: more.then_some(window_end),
+        })
     }
 
     /// Every agent's host summary, folded from its rows the way

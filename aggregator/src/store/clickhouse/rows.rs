@@ -90,7 +90,17 @@ pub(super) fn table(kind: EventKind) -> &'static str {
     }
 }
 
-fn kind_code(kind: EventKind) -> u8 {
+/// The columns naming the batch of a row of `kind`'s table: a prefix of its sort key, so that a
+/// search by batch reads only the batch's rows.
+pub(super) fn batch_key(kind: EventKind) -> &'static str {
+    match kind {
+        EventKind::Metric => "agent_id, name, spool_id, seq",
+        EventKind::Log | EventKind::Fim | EventKind::Status => "agent_id, spool_id, seq",
+    }
+}
+
+/// The number [`ReadRow::event_kind`] gives a kind.
+pub(super) fn kind_code(kind: EventKind) -> u8 {
     match kind {
         EventKind::Metric => 1,
         EventKind::Log => 2,
