@@ -26,6 +26,7 @@ pub struct AggregatorConfig {
     pub fleet: FleetSection,
     pub retention: RetentionSection,
     pub store: StoreSection,
+    pub state: StateSection,
     pub api: ApiSection,
     pub alerting: crate::alerts::AlertingSection,
     pub enroll: EnrollSection,
@@ -54,10 +55,16 @@ impl Default for EnrollSection {
     }
 }
 
-/// `[store]`: how the embedded store keeps what it stores.
+/// `[store]`: where events are stored, and how the embedded store keeps them.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreSection {
+    /// `sqlite` (the default: the embedded store under `data_dir`, zero setup, one aggregator)
+    /// or `clickhouse` (`[store.clickhouse]`: a ClickHouse server that several aggregators
+    /// share).
+    pub backend: EventBackend,
+    /// `[store.clickhouse]`, read when `backend = "clickhouse"`.
+    pub clickhouse: crate::store::clickhouse::ClickHouseConfig,
     /// Index the log records stored as rows by agent and time, so that a search of one host
     /// over a time range seeks instead of scanning. Records kept in blocks (those of agents that
     /// compress their batches, the default) have an index of their own, always. For rows it
@@ -68,8 +75,51 @@ pub struct StoreSection {
 
 impl Default for StoreSection {
     fn default() -> Self {
-        StoreSection { log_index: true }
+        StoreSection {
+            backend: EventBackend::Sqlite,
+            clickhouse: crate::store::clickhouse::ClickHouseConfig::default(),
+            log_index: true,
+        }
     }
+}
+
+/// Where events are stored (`[store] backend`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventBackend {
+    Sqlite,
+    Clickhouse,
+}
+
+impl EventBackend {
+    /// As the configuration spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventBackend::Sqlite => "sqlite",
+            EventBackend::Clickhouse => "clickhouse",
+        }
+    }
+}
+
+/// `[state]`: where the aggregator keeps what it knows and decides (the agent registry, alert
+/// state, silences, the notification outbox, API and enrollment tokens, the audit log).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateSection {
+    /// `sqlite` (the default: the embedded store under `data_dir`) or `postgres`
+    /// (`[state.postgres]`: a PostgreSQL database that several aggregators share).
+    pub backend: StateBackendKind,
+    /// `[state.postgres]`, required when `backend = "postgres"`.
+    pub postgres: Option<crate::store::postgres::PostgresConfig>,
+}
+
+/// Where state is kept (`[state] backend`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StateBackendKind {
+    #[default]
+    Sqlite,
+    Postgres,
 }
 
 impl Default for AggregatorConfig {
@@ -82,6 +132,7 @@ impl Default for AggregatorConfig {
             fleet: FleetSection::default(),
             retention: RetentionSection::default(),
             store: StoreSection::default(),
+            state: StateSection::default(),
             api: ApiSection::default(),
             alerting: crate::alerts::AlertingSection::default(),
             enroll: EnrollSection::default(),
@@ -398,6 +449,7 @@ pub fn load(path: &Path) -> Result<Validated, ConfigError> {
                 .into(),
         ));
     }
+    check_backends(&config).map_err(invalid)?;
     config.log.validate().map_err(invalid)?;
     let alerting = config.alerting.setup().map_err(invalid)?;
     crate::notify::Receivers::from_config(&config.alerting.receivers)
@@ -409,6 +461,47 @@ pub fn load(path: &Path) -> Result<Validated, ConfigError> {
         path: path.to_owned(),
         config,
     })
+}
+
+/// Checks the `[store]` and `[state]` backends' settings (what can be checked without the
+/// servers).
+fn check_backends(config: &AggregatorConfig) -> Result<(), String> {
+    use crate::store::clickhouse::{MAX_BATCH_EVENTS, MAX_NODE};
+    if config.store.backend == EventBackend::Clickhouse {
+        let ch = &config.store.clickhouse;
+        if ch.node > MAX_NODE {
+            return Err(format!(
+                "store.clickhouse.node must be between 0 and {MAX_NODE} (found {})",
+                ch.node
+            ));
+        }
+        if config.ingest.max_batch_events as usize > MAX_BATCH_EVENTS {
+            return Err(format!(
+                "ingest.max_batch_events ({}) is above the {MAX_BATCH_EVENTS} events a batch \
+                 may have in the ClickHouse store",
+                config.ingest.max_batch_events
+            ));
+        }
+    }
+    match (config.state.backend, &config.state.postgres) {
+        (StateBackendKind::Postgres, None) => Err(
+            "state.backend = \"postgres\" needs [state.postgres] with its url \
+             (url = \"postgresql://outpost@db.example:5432/outpost\")"
+                .to_owned(),
+        ),
+        // Each aggregator's engine sees the events of its own agents only, and several engines
+        // writing one alert state would notify twice: until alerts are shared out between
+        // aggregators, alerting runs with the embedded state store only.
+        (StateBackendKind::Postgres, Some(_)) if config.alerting.enabled => Err(
+            "state.backend = \"postgres\" does not run alerting yet: set [alerting] \
+             enabled = false (alert evaluation shared between aggregators is not available)"
+                .to_owned(),
+        ),
+        (StateBackendKind::Postgres, Some(pg)) => {
+            pg.validate().map_err(|e| format!("state.postgres: {e}"))
+        }
+        (StateBackendKind::Sqlite, _) => Ok(()),
+    }
 }
 
 /// Checks that the TLS files exist and build a server configuration.
@@ -548,5 +641,46 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("log_indexes"), "{e}");
+    }
+
+    #[test]
+    fn backends_are_embedded_by_default_and_the_others_are_checked() {
+        let v = load(write("").path()).unwrap();
+        assert_eq!(v.config.store.backend, EventBackend::Sqlite);
+        assert_eq!(v.config.state.backend, StateBackendKind::Sqlite);
+        let err = |text: &str| load(write(text).path()).unwrap_err().to_string();
+        let e = err("[state]\nbackend = \"postgres\"\n");
+        assert!(e.contains("needs [state.postgres]"), "{e}");
+        let e = err("[store]\nbackend = \"cassandra\"\n");
+        assert!(e.contains("cassandra") && e.contains("clickhouse"), "{e}");
+        let e = err("[store]\nbackend = \"clickhouse\"\n[store.clickhouse]\nnode = 64\n");
+        assert!(e.contains("store.clickhouse.node"), "{e}");
+        let e = err("[store]\nbackend = \"clickhouse\"\n[ingest]\nmax_batch_events = 1000000\n");
+        assert!(e.contains("ingest.max_batch_events"), "{e}");
+        let e = err(
+            "[state]\nbackend = \"postgres\"\n[state.postgres]\nurl = \"postgresql://a@b:c/d\"\n[alerting]\nenabled = false\n",
+        );
+        assert!(e.contains("state.postgres"), "{e}");
+        let e = err(
+            "[state]\nbackend = \"postgres\"\n[state.postgres]\nurl = \"postgresql://a@b/d\"\n",
+        );
+        assert!(
+            e.contains("[alerting]") && e.contains("enabled = false"),
+            "{e}"
+        );
+        let v = load(
+            write(
+                "[store]\nbackend = \"clickhouse\"\n[store.clickhouse]\nurl = \"http://ch:8123\"\nnode = 3\n\
+                 [state]\nbackend = \"postgres\"\n[state.postgres]\nurl = \"postgresql://outpost@db:5432/outpost\"\n\
+                 [alerting]\nenabled = false\n",
+            )
+            .path(),
+        )
+        .unwrap();
+        assert_eq!(v.config.store.backend, EventBackend::Clickhouse);
+        assert_eq!(v.config.store.clickhouse.node, 3);
+        assert_eq!(v.config.store.clickhouse.url, "http://ch:8123");
+        assert_eq!(v.config.state.backend, StateBackendKind::Postgres);
+        assert!(v.config.state.postgres.is_some());
     }
 }

@@ -145,6 +145,12 @@ pub fn run(
     out: &mut dyn Write,
     now_ns: i64,
 ) -> anyhow::Result<bool> {
+    anyhow::ensure!(
+        v.config.store.backend == crate::config::EventBackend::Sqlite,
+        "`outpost-aggregator fim` reads the embedded store, and [store] backend is `{}`: \
+         list changes through the API (GET /api/v1/fim) instead",
+        v.config.store.backend.as_str()
+    );
     let path = v.store_path();
     let reader = SqliteReader::open(&path)
         .with_context(|| format!("{}: cannot read the store", path.display()))?;

@@ -9,7 +9,10 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::config::Validated;
+use crate::config::{EventBackend, StateBackendKind};
 use crate::ingest::{Ingest, IngestConfig, TlsFiles};
+use crate::store::clickhouse::ClickHouseStore;
+use crate::store::postgres::PostgresStore;
 use crate::store::retention::spawn_retention;
 use crate::store::split::SplitStore;
 use crate::store::sqlite::SqliteStore;
@@ -44,9 +47,38 @@ pub fn open_stores(v: &Validated) -> anyhow::Result<Stores> {
             .with_context(|| format!("{}: store.log_index", v.store_path().display()))?;
         Ok(Arc::new(store))
     };
-    let embedded = sqlite()?;
-    let events: Arc<dyn EventStore> = embedded.clone();
-    let state: Arc<dyn StateBackend> = embedded;
+    let c = &v.config;
+    // Opened only if a backend is the embedded one.
+    let mut embedded: Option<Arc<SqliteStore>> = None;
+    let mut embedded = || -> anyhow::Result<Arc<SqliteStore>> {
+        if let Some(store) = &embedded {
+            return Ok(store.clone());
+        }
+        let store = sqlite()?;
+        embedded = Some(store.clone());
+        Ok(store)
+    };
+    let events: Arc<dyn EventStore> = match c.store.backend {
+        EventBackend::Sqlite => embedded()?,
+        EventBackend::Clickhouse => {
+            let ch = &c.store.clickhouse;
+            Arc::new(ClickHouseStore::open(ch).with_context(|| {
+                format!(
+                    "[store.clickhouse] {} database {}: cannot open the event store",
+                    ch.url, ch.database
+                )
+            })?)
+        }
+    };
+    let state: Arc<dyn StateBackend> = match (c.state.backend, &c.state.postgres) {
+        (StateBackendKind::Postgres, Some(pg)) => Arc::new(
+            PostgresStore::open(pg).context("[state.postgres]: cannot open the state store")?,
+        ),
+        (StateBackendKind::Postgres, None) => {
+            anyhow::bail!("state.backend = \"postgres\" needs [state.postgres]")
+        }
+        (StateBackendKind::Sqlite, _) => embedded()?,
+    };
     Ok(Stores {
         both: Arc::new(SplitStore::new(events.clone(), state.clone())),
         events,
@@ -154,7 +186,7 @@ pub fn run(v: Validated) -> anyhow::Result<()> {
         )?;
         let addr = ingest.local_addr().context("cannot read the bound address")?;
         write_listen_file(&v.listen_file(), addr)?;
-        info!(%addr, store = %v.store_path().display(), version = outpost_common::LONG_VERSION, "outpost-aggregator listening");
+        info!(%addr, events = stores.events.backend_name(), state = stores.state.backend_name(), store = %v.store_path().display(), version = outpost_common::LONG_VERSION, "outpost-aggregator listening");
         let api = if c.api.enabled {
             let (api, server) = start_api(
                 &v,

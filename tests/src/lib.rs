@@ -27,6 +27,7 @@
 mod agent;
 mod aggregator;
 mod browser;
+pub mod clickhouse_server;
 mod env;
 pub mod fleetsim;
 pub mod hostsim;

@@ -20,7 +20,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use outpost_common::event::{CHAIN_GENESIS, FimEvent, chain_hash};
+use outpost_common::event::{CHAIN_GENESIS, Event, FimEvent, LogRecord, Severity, chain_hash};
 
 /// The `source` of the log record the store adds for every break, so log rules can alert on it.
 pub const NOTICE_SOURCE: &str = "outpost.fim.trail";
@@ -239,6 +239,41 @@ impl Trail {
         }
         found
     }
+}
+
+/// The critical log record a store adds after a batch's events for a break found in it, so log
+/// rules and queries see the break as they see the agent's logs.
+pub fn notice(agent_id: &str, b: &Break, path: &str, received_ns: i64) -> Event {
+    Event::Log(LogRecord {
+        time_ns: received_ns,
+        source: NOTICE_SOURCE.to_owned(),
+        severity: Some(Severity::Critical),
+        body: format!(
+            "file-integrity trail of agent {agent_id} broken at event {} ({path}): {}: {}",
+            b.seq, b.kind, b.detail
+        ),
+        attributes: vec![
+            ("kind".to_owned(), b.kind.as_str().to_owned()),
+            ("seq".to_owned(), b.seq.to_string()),
+            ("expected_seq".to_owned(), b.expected_seq.to_string()),
+            ("path".to_owned(), path.to_owned()),
+        ],
+    })
+}
+
+/// Logs a break once the commit that stored its event holds (so a failed commit retried does
+/// not log it twice).
+pub fn log_break(agent_id: &str, found: &Found) {
+    let b = &found.brk;
+    tracing::warn!(
+        agent_id,
+        seq = b.seq,
+        expected_seq = b.expected_seq,
+        kind = %b.kind,
+        path = found.path.as_str(),
+        detail = %b.detail,
+        "An agent's file-integrity trail is broken; the event is stored and the break recorded."
+    );
 }
 
 /// How a trail broke.

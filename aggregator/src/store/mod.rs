@@ -39,6 +39,7 @@ use outpost_common::wire::Hello;
 use serde::Serialize;
 
 pub mod alerting;
+pub mod clickhouse;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 pub mod dedup;
@@ -531,11 +532,16 @@ pub trait EventStore: Send + Sync + 'static {
     /// notice after the batch's events ([`BatchCommit::Stored`]). The event is stored either way.
     fn commit_batches(&self, batches: &[IncomingBatch]) -> Result<Vec<BatchCommit>, StoreError>;
 
-    /// The cursor the next stored event will get: a query from it sees only what is committed
-    /// afterwards.
+    /// Where the events committed from now on start: a query from it sees only what is
+    /// committed afterwards, and every new event gets a cursor at or after it. (The embedded
+    /// store answers exactly the next event's cursor; a store whose cursors come from a clock
+    /// answers a lower bound.)
     fn end(&self) -> Result<Cursor, StoreError>;
 
     /// One page of stored events matching `query`, in cursor order.
+    ///
+    /// Metric points the store has packed into per-series chunks (the embedded store, once
+    /// `metric_chunk` has passed) are reached through [`EventStore::metric_query`] only.
     fn events(&self, query: &EventQuery) -> Result<EventPage, StoreError>;
 
     /// The latest CPU, memory and fullest filesystem of every agent that sent any of them, by
@@ -551,7 +557,12 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// Deletes events received longer ago than their kind's period, in small steps so that
     /// commits are never held up for long, and forgets deduplication entries below each spool's
-    /// low-water mark (and those of spools replaced longer ago than the longest period).
+    /// low-water mark (and those of spools replaced longer ago than the longest period; a spool
+    /// is replaced when its agent's latest Hello named another).
+    ///
+    /// A store may delete in coarser units than events: the ClickHouse store drops whole days,
+    /// by the events' own time, once the whole day is past the period. Either way nothing
+    /// younger than its period is deleted, and the report counts what was deleted (whole units).
     fn enforce_retention(
         &self,
         retention: &Retention,

@@ -12,6 +12,7 @@ mod api;
 mod auth;
 mod browser_harness;
 mod check_config;
+mod cluster;
 mod console;
 mod delivery;
 mod disk_full;
@@ -30,6 +31,7 @@ mod reload;
 mod service;
 mod spool_cap;
 mod status;
+mod store_clickhouse;
 mod store_postgres;
 
 use rand::SeedableRng;

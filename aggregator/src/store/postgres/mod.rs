@@ -337,6 +337,14 @@ impl Drop for PostgresStore {
 }
 
 impl StateStore for PostgresStore {
+    fn backend_name(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn ping(&self) -> Result<(), StoreError> {
+        PostgresStore::ping(self)
+    }
+
     fn record_all(&self, updates: &[RegistryUpdate]) -> Result<(), StoreError> {
         let Some(first) = updates.first() else {
             return Ok(());

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 
-use outpost_common::event::{Event, EventKind, FimEvent, LogRecord, MetricPoint, Severity};
+use outpost_common::event::{Event, EventKind, FimEvent, MetricPoint};
 use rusqlite::{CachedStatement, OptionalExtension, Row, Transaction, TransactionBehavior, params};
 
 use super::codec::{
@@ -136,7 +136,7 @@ impl WriteState {
                 let mut notices = Vec::with_capacity(found.len());
                 for f in found {
                     record_break(&tx, key, f.row, &f.brk, received)?;
-                    let notice = notice(&batch.agent_id, &f.brk, &f.path, received);
+                    let notice = fim_trail::notice(&batch.agent_id, &f.brk, &f.path, received);
                     rows.insert(id, key, received, &notice)?;
                     id += 1;
                     notices.push(notice);
@@ -153,16 +153,8 @@ impl WriteState {
         write_summaries(&tx, summaries, &mut pending.summaries)?;
         write_trails(&tx, &pending.trails)?;
         tx.commit()?;
-        for (agent_id, Found { path, brk: b, .. }) in breaks {
-            tracing::warn!(
-                agent_id,
-                seq = b.seq,
-                expected_seq = b.expected_seq,
-                kind = %b.kind,
-                path,
-                detail = %b.detail,
-                "An agent's file-integrity trail is broken; the event is stored and the break recorded."
-            );
+        for (agent_id, found) in &breaks {
+            fim_trail::log_break(agent_id, found);
         }
         agent_keys.extend(pending.agent_keys);
         low_water.extend(pending.low_water);
@@ -332,25 +324,6 @@ fn record_break(
         received_ns,
     ])?;
     Ok(())
-}
-
-/// The critical log record that makes a break visible to log rules and queries.
-fn notice(agent_id: &str, b: &Break, path: &str, received_ns: i64) -> Event {
-    Event::Log(LogRecord {
-        time_ns: received_ns,
-        source: fim_trail::NOTICE_SOURCE.to_owned(),
-        severity: Some(Severity::Critical),
-        body: format!(
-            "file-integrity trail of agent {agent_id} broken at event {} ({path}): {}: {}",
-            b.seq, b.kind, b.detail
-        ),
-        attributes: vec![
-            ("kind".to_owned(), b.kind.as_str().to_owned()),
-            ("seq".to_owned(), b.seq.to_string()),
-            ("expected_seq".to_owned(), b.expected_seq.to_string()),
-            ("path".to_owned(), path.to_owned()),
-        ],
-    })
 }
 
 /// Merges the summaries of this transaction's metric points into the stored ones, with one
@@ -642,7 +615,9 @@ mod tests {
     use std::process::{Command, Stdio};
     use std::time::{Duration, Instant};
 
-    use outpost_common::event::{AgentStatus, DropCounters, EventKind, MetricKind, MetricPoint};
+    use outpost_common::event::{
+        AgentStatus, DropCounters, EventKind, LogRecord, MetricKind, MetricPoint, Severity,
+    };
     use proptest::prelude::*;
     use rusqlite::Connection;
 
