@@ -112,8 +112,8 @@ pub(super) const MEMORY: i8 = 2;
 pub(super) const FILESYSTEM: i8 = 3;
 
 impl ClickHouseStore {
-    /// One commit ([`crate::store::EventStore::commit_batches`]). The caller clears the
-    /// commit's place on the clock afterwards.
+    /// One commit ([`crate::store::EventStore::commit_batches`]). It marks its first cursor on
+    /// the clock as in progress; the caller clears the mark afterwards.
     pub(super) async fn commit(
         &self,
         state: &mut WriteState,
@@ -177,6 +177,8 @@ impl ClickHouseStore {
                 match event {
                     Event::Fim(f) => {
                         let trail = trail_mut(&state.trails, &mut trails, agent);
+                        // Rows have no id of their own here: an event's place in its batch,
+                        // with the spool and batch, names its row.
                         let arrival = Arrival {
                             row: idx as i64,
                             spool_id: batch.spool_id,

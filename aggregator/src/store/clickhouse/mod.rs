@@ -413,8 +413,11 @@ impl EventStore for ClickHouseStore {
             return Ok(Vec::new());
         };
         let mut state = lock(&self.write);
-        let result = self.block_on(self.commit(&mut state, batches));
-        lock(&self.clock).in_flight = None;
+        let result = {
+            // Reads stop before the commit's cursors until it ends, however it ends.
+            let _in_flight = InFlight(&self.clock);
+            self.block_on(self.commit(&mut state, batches))
+        };
         result.map_err(|e| {
             StoreError::backend(
                 format!(
@@ -464,6 +467,15 @@ impl EventStore for ClickHouseStore {
             || "enforcing retention".to_owned(),
             self.enforce(retention, now_ns),
         )
+    }
+}
+
+/// Clears the commit in progress from the clock when dropped.
+struct InFlight<'a>(&'a Mutex<ClockState>);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        lock(self.0).in_flight = None;
     }
 }
 
