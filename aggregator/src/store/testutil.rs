@@ -1,9 +1,5 @@
 //! Builders shared by the store's tests.
 
-// The end-to-end tests build this with the `conformance` feature alone, where the builders no
-// conformance case uses yet (those of batches and events) are unused.
-#![cfg_attr(not(test), allow(dead_code))]
-
 use outpost_common::event::{
     AgentStatus, CHAIN_GENESIS, Event, FileKind, FileState, FimChange, FimDetection, FimEvent,
     HostFacts, LogRecord, MetricKind, MetricPoint, Severity, chain_hash,

@@ -224,6 +224,10 @@ fn two_aggregators_share_one_store_and_a_killed_ones_agents_lose_nothing_and_rep
     assert_eq!(status, 200, "{ready}");
 }
 
+/// The outage test's agent produces for a minute: through both outages.
+const OUTAGE_TOTAL: u64 = 30_000;
+const OUTAGE_RATE: u32 = 500;
+
 #[test]
 fn outages_of_clickhouse_and_of_postgres_lose_nothing_and_ingest_resumes_by_itself() {
     let env = Env::new("cluster-outage");
@@ -235,10 +239,10 @@ fn outages_of_clickhouse_and_of_postgres_lose_nothing_and_ingest_resumes_by_itse
     let agent = env.start_agent(
         &cert,
         &aggregator,
-        AgentOptions::synthetic(Synthetic::logs(TOTAL).rate(RATE)),
+        AgentOptions::synthetic(Synthetic::logs(OUTAGE_TOTAL).rate(OUTAGE_RATE)),
     );
     env.wait_for("the first events stored", || {
-        let report = api.seq_report("outage-1", TOTAL)?;
+        let report = api.seq_report("outage-1", OUTAGE_TOTAL)?;
         (report.distinct >= 1_000)
             .then_some(())
             .ok_or_else(|| report.to_string())
@@ -253,12 +257,18 @@ fn outages_of_clickhouse_and_of_postgres_lose_nothing_and_ingest_resumes_by_itse
             .then_some(())
             .ok_or(format!("{status} {message}"))
     });
-    env.wait_for("the agent to hold batches the store refused", || {
+    let held = env.wait_for("the agent to hold batches the store refused", || {
         let spool = agent.spool()?;
-        (spool.batches > 0)
-            .then_some(())
-            .ok_or_else(|| format!("{spool:?}"))
+        if spool.batches > 0 {
+            Ok(spool)
+        } else {
+            Err(format!("{spool:?}"))
+        }
     });
+    assert!(
+        held.produced < OUTAGE_TOTAL,
+        "the source finished during the outage: {held:?}"
+    );
     backends.clickhouse.restart();
     env.wait_for("/readyz to answer again", || {
         let (status, body) = api.get("/readyz")?;
@@ -280,7 +290,7 @@ fn outages_of_clickhouse_and_of_postgres_lose_nothing_and_ingest_resumes_by_itse
             .ok_or(format!("{status} {text}"))
     });
     backends.postgres.restart();
-    wait_exactly_once(&env, &api, &agent, "outage-1", TOTAL);
+    wait_exactly_once(&env, &api, &agent, "outage-1", OUTAGE_TOTAL);
     // The batches of the ClickHouse outage were refused, counted against the backend, and
     // stored when they came again; the aggregator never stopped.
     let metrics = reqwest::blocking::get(format!("{}/metrics", api.base))

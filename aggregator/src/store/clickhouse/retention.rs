@@ -25,21 +25,26 @@ impl ClickHouseStore {
         for kind in EventKind::ALL {
             let cutoff = now_ns.saturating_sub(duration_ns(retention.for_kind(kind)));
             let dropped = self
-                .drop_days(rows::table(kind), cutoff, &mut report)
+                .drop_days(rows::table(kind), cutoff, None, &mut report)
                 .await?;
             report.add_deleted(kind, dropped);
         }
         let stale = now_ns.saturating_sub(duration_ns(retention.longest()));
-        report.dedup_entries += self.drop_days("batches", stale, &mut report).await?;
+        report.dedup_entries += self
+            .drop_days("batches", stale, Some(now_ns), &mut report)
+            .await?;
         Ok(report)
     }
 
     /// Drops the partitions of `table` whose whole day lies before `cutoff_ns`; answers the rows
-    /// they held (copies of one event not merged yet count each).
+    /// they held (copies of one event not merged yet count each). With `carry_to_ns` (the
+    /// `batches` table), the entries still needed move to that day's partition first
+    /// ([`ClickHouseStore::carry_live_batches`]) and are not counted.
     async fn drop_days(
         &self,
         table: &str,
         cutoff_ns: i64,
+        carry_to_ns: Option<i64>,
         report: &mut RetentionReport,
     ) -> Result<u64, Failure> {
         let query = self
@@ -65,6 +70,10 @@ impl ClickHouseStore {
             if start.saturating_add(DAY_NS) > cutoff_ns {
                 continue;
             }
+            let carried = match carry_to_ns {
+                Some(now_ns) => self.carry_live_batches(start, now_ns).await?,
+                None => 0,
+            };
             // A day number checked to be eight digits: safe to write into the statement.
             self.timed(
                 self.client()
@@ -72,10 +81,47 @@ impl ClickHouseStore {
                     .execute(),
             )
             .await?;
-            dropped += rows;
+            dropped += rows.saturating_sub(carried);
             report.chunks += 1;
         }
         Ok(dropped)
+    }
+}
+
+impl ClickHouseStore {
+    /// Before the `batches` partition of the day from `day_start_ns` goes: copies into the
+    /// partition of `now_ns`'s day the entries the deduplication rule still needs, those at or
+    /// above their spool's low-water mark (a batch the agent may still send again), so that
+    /// only entries below a mark are forgotten, as the trait promises. They are few: an agent's
+    /// batches in flight when its spool last moved.
+    async fn carry_live_batches(&self, day_start_ns: i64, now_ns: i64) -> Result<u64, Failure> {
+        let day_end_ns = day_start_ns.saturating_add(DAY_NS);
+        // Inserted by position: the receive time is `now_ns`, the rest as it was.
+        let carry = format!(
+            "INSERT INTO batches
+             SELECT agent_id, spool_id, seq, toInt64({now_ns}), start, events
+             FROM batches
+             ANY LEFT JOIN (
+                 SELECT agent_id, spool_id, max(low_water) AS mark FROM spools
+                 GROUP BY agent_id, spool_id
+             ) USING (agent_id, spool_id)
+             WHERE received_ns >= {day_start_ns} AND received_ns < {day_end_ns} AND seq >= mark"
+        );
+        let count = format!(
+            "SELECT count() FROM batches
+             ANY LEFT JOIN (
+                 SELECT agent_id, spool_id, max(low_water) AS mark FROM spools
+                 GROUP BY agent_id, spool_id
+             ) USING (agent_id, spool_id)
+             WHERE received_ns >= {day_start_ns} AND received_ns < {day_end_ns} AND seq >= mark"
+        );
+        let carried: u64 = self
+            .timed(self.client().query(&count).fetch_one::<u64>())
+            .await?;
+        if carried > 0 {
+            self.timed(self.client().query(&carry).execute()).await?;
+        }
+        Ok(carried)
     }
 }
 
