@@ -93,6 +93,10 @@ struct Cli {
     /// Run the aggregator without the default rule pack.
     #[arg(long)]
     no_rules: bool,
+    /// The aggregator's event store: `sqlite` (the embedded default) or `clickhouse` (a
+    /// ClickHouse server the simulator starts on loopback, as the tests do).
+    #[arg(long, default_value = "sqlite", value_parser = ["sqlite", "clickhouse"])]
+    store: String,
     /// How long connecting every agent, and draining every spool, may take.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "10m")]
     deadline: Duration,
@@ -136,6 +140,7 @@ fn config(cli: &Cli, scenario: Scenario) -> Result<SimConfig, String> {
     c.revoke_fraction = cli.revoke;
     c.deadline = cli.deadline;
     c.rules = !cli.no_rules;
+    c.clickhouse = cli.store == "clickhouse";
     Ok(c)
 }
 

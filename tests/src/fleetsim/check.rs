@@ -20,7 +20,8 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 
 use anyhow::Context;
-use outpost_aggregator::store::SqliteReader;
+use outpost_aggregator::store::fim_trail::NOTICE_SOURCE;
+use outpost_aggregator::store::{EventQuery, EventStore, SqliteReader};
 use outpost_common::event::Event;
 use rusqlite::{Connection, OpenFlags};
 
@@ -96,17 +97,83 @@ impl fmt::Display for LossCheck {
     }
 }
 
+/// What one agent has in the store, read through the event-store trait.
+#[derive(Debug, Default)]
+struct AgentEvents {
+    log_seqs: Vec<u64>,
+    /// Metric points, and how many repeat a (series, time) pair.
+    metric_points: u64,
+    metric_repeats: u64,
+    metric_seen: HashSet<(String, Vec<(String, String)>, i64)>,
+    /// File-integrity changes, and their distinct paths.
+    fim: u64,
+    fim_paths: HashSet<String>,
+}
+
+/// Checks any event store (the ClickHouse one) against every agent of `fleet`, reading every
+/// stored event once through [`EventStore::events`]: what [`check`] does with the embedded
+/// store's own reader. Trail breaks are the notices the store added.
+pub fn check_events(store: &dyn EventStore, fleet: &Fleet) -> anyhow::Result<LossCheck> {
+    let mut by_agent: HashMap<String, AgentEvents> = HashMap::new();
+    let mut trail_breaks = 0;
+    let mut query = EventQuery {
+        limit: 10_000,
+        ..EventQuery::default()
+    };
+    loop {
+        let page = store.events(&query).context("reading the stored events")?;
+        for stored in page.events {
+            let agent = by_agent.entry(stored.agent_id).or_default();
+            match stored.event {
+                Event::Log(l) if l.source == NOTICE_SOURCE => trail_breaks += 1,
+                Event::Log(l) if l.source == LOG_SOURCE => {
+                    if let Some(seq) = l
+                        .attributes
+                        .iter()
+                        .find(|(k, _)| k == "sim.seq")
+                        .and_then(|(_, v)| v.parse().ok())
+                    {
+                        agent.log_seqs.push(seq);
+                    }
+                }
+                Event::Metric(m) => {
+                    agent.metric_points += 1;
+                    if !agent.metric_seen.insert((m.name, m.attributes, m.time_ns)) {
+                        agent.metric_repeats += 1;
+                    }
+                }
+                Event::Fim(f) => {
+                    agent.fim += 1;
+                    agent.fim_paths.insert(f.path);
+                }
+                Event::Log(_) | Event::Status(_) => {}
+            }
+        }
+        match page.next {
+            Some(next) => query.from = next,
+            None => break,
+        }
+    }
+    let mut logs = HashMap::new();
+    let mut metrics = HashMap::new();
+    let mut fim = BTreeMap::new();
+    for (id, mut agent) in by_agent {
+        agent.log_seqs.sort_unstable();
+        logs.insert(id.clone(), agent.log_seqs);
+        metrics.insert(id.clone(), (agent.metric_points, agent.metric_repeats));
+        fim.insert(id, (agent.fim, agent.fim_paths.len() as u64));
+    }
+    compare(fleet, &metrics, &fim, trail_breaks, |id| {
+        Ok(logs.remove(id).unwrap_or_default())
+    })
+}
+
 /// Checks the store at `db` against every agent of `fleet`. Call it once the spools of the
 /// agents not revoked are empty.
 pub fn check(db: &Path, fleet: &Fleet, metric_names: &[String]) -> anyhow::Result<LossCheck> {
     let reader = SqliteReader::open(db).with_context(|| format!("opening {}", db.display()))?;
     let conn = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY)
         .with_context(|| format!("opening {}", db.display()))?;
-    let mut out = LossCheck {
-        agents: fleet.agents.len(),
-        ..LossCheck::default()
-    };
-
     // Metric points per agent: how many, and how many repeat a (series, time) pair. One pass per
     // metric over every agent's series.
     let mut metric_points: HashMap<String, (u64, u64)> = HashMap::new();
@@ -125,13 +192,47 @@ pub fn check(db: &Path, fleet: &Fleet, metric_names: &[String]) -> anyhow::Resul
             .with_context(|| format!("reading the points of {name}"))?;
     }
     let fim = fim_counts(&conn)?;
-    out.trail_breaks = conn
+    let trail_breaks = conn
         .query_row("SELECT count(*) FROM fim_trail_breaks", [], |r| {
             r.get::<_, i64>(0)
         })
         .context("counting trail breaks")?
         .unsigned_abs();
+    compare(fleet, &metric_points, &fim, trail_breaks, |id| {
+        let stored = reader
+            .logs(id, LOG_SOURCE)
+            .with_context(|| format!("reading the log lines of {id}"))?;
+        let mut seqs: Vec<u64> = stored
+            .iter()
+            .filter_map(|e| match &e.event {
+                Event::Log(l) => l
+                    .attributes
+                    .iter()
+                    .find(|(k, _)| k == "sim.seq")
+                    .and_then(|(_, v)| v.parse().ok()),
+                _ => None,
+            })
+            .collect();
+        seqs.sort_unstable();
+        Ok(seqs)
+    })
+}
 
+/// Compares what the store holds with every agent's own tally: metric points and repeats,
+/// file-integrity changes and distinct paths, per agent; each agent's log numbers from
+/// `log_seqs` (sorted).
+fn compare(
+    fleet: &Fleet,
+    metric_points: &HashMap<String, (u64, u64)>,
+    fim: &BTreeMap<String, (u64, u64)>,
+    trail_breaks: u64,
+    mut log_seqs: impl FnMut(&str) -> anyhow::Result<Vec<u64>>,
+) -> anyhow::Result<LossCheck> {
+    let mut out = LossCheck {
+        agents: fleet.agents.len(),
+        trail_breaks,
+        ..LossCheck::default()
+    };
     for agent in &fleet.agents {
         let tally = agent.backlog.tally();
         let revoked = agent.revoked.load(Ordering::Relaxed);
@@ -152,21 +253,7 @@ pub fn check(db: &Path, fleet: &Fleet, metric_names: &[String]) -> anyhow::Resul
         let range = |acked: u64, held: u64| (acked, if revoked { acked + held } else { acked });
 
         // Log lines.
-        let stored = reader
-            .logs(&agent.id, LOG_SOURCE)
-            .with_context(|| format!("reading the log lines of {}", agent.id))?;
-        let mut seqs: Vec<u64> = stored
-            .iter()
-            .filter_map(|e| match &e.event {
-                Event::Log(l) => l
-                    .attributes
-                    .iter()
-                    .find(|(k, _)| k == "sim.seq")
-                    .and_then(|(_, v)| v.parse().ok()),
-                _ => None,
-            })
-            .collect();
-        seqs.sort_unstable();
+        let seqs = log_seqs(&agent.id)?;
         let report = SeqReport::new(&seqs, tally.accepted.logs, Vec::new());
         out.stored.logs += report.count;
         out.duplicates += report.count - report.distinct;

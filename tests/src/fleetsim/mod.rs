@@ -142,6 +142,9 @@ pub struct SimConfig {
     pub deadline: Duration,
     /// Whether the aggregator evaluates the default rule pack (to measure without it).
     pub rules: bool,
+    /// Events go to a ClickHouse server started for the run (`[store] backend = "clickhouse"`),
+    /// state stays embedded; otherwise the embedded store holds both.
+    pub clickhouse: bool,
 }
 
 impl SimConfig {
@@ -172,6 +175,7 @@ impl SimConfig {
             revoke_fraction: 0.1,
             deadline: Duration::from_secs(600),
             rules: true,
+            clickhouse: false,
         }
     }
 }
@@ -567,6 +571,22 @@ async fn run_async(env: &Env, config: &SimConfig) -> anyhow::Result<SimReport> {
         .map(OsString::from)
         .collect();
     }
+    // The ClickHouse server lives as long as the run.
+    let clickhouse = if config.clickhouse {
+        let server = tokio::task::block_in_place(crate::clickhouse_server::ClickHouseServer::start);
+        let store = outpost_aggregator::store::clickhouse::ClickHouseConfig {
+            url: server.url(),
+            database: server.fresh_database(),
+            ..Default::default()
+        };
+        options.extra = format!(
+            "[store]\nbackend = \"clickhouse\"\n\n[store.clickhouse]\nurl = \"{}\"\ndatabase = \"{}\"\n",
+            store.url, store.database
+        );
+        Some((server, store))
+    } else {
+        None
+    };
     let mut aggregator = tokio::task::block_in_place(|| env.start_aggregator_with(options));
     let mut api = tokio::task::block_in_place(|| aggregator.api_url());
     let http = reqwest::Client::new();
@@ -717,7 +737,14 @@ async fn run_async(env: &Env, config: &SimConfig) -> anyhow::Result<SimReport> {
     let db = aggregator.data_dir().join("aggregator.db");
     let loss = {
         let f = fleet.read().await;
-        tokio::task::block_in_place(|| check::check(&db, &f, &metric_names))?
+        tokio::task::block_in_place(|| match &clickhouse {
+            Some((_, store)) => {
+                let store = outpost_aggregator::store::clickhouse::ClickHouseStore::open(store)
+                    .context("opening the ClickHouse store for the loss check")?;
+                check::check_events(&store, &f)
+            }
+            None => check::check(&db, &f, &metric_names),
+        })?
     };
     let commits = count(&after, "outpost_store_commit_duration_seconds_count").saturating_sub(
         count(&before, "outpost_store_commit_duration_seconds_count"),

@@ -13,8 +13,14 @@ const AGENTS: usize = 20;
 
 /// A short run of `scenario` at rates raised so that every kind of event occurs in seconds.
 fn run(scenario: Scenario) -> SimReport {
+    run_on(scenario, false)
+}
+
+/// [`run`], with events in a ClickHouse server when `clickhouse`.
+fn run_on(scenario: Scenario, clickhouse: bool) -> SimReport {
     let env = Env::new(&format!("fleetsim-{scenario}"));
     let mut config = SimConfig::new(scenario, AGENTS);
+    config.clickhouse = clickhouse;
     config.fleet.rates.metrics_interval = Duration::from_secs(2);
     config.fleet.rates.log_lines_per_sec = 3.0;
     config.fleet.rates.fim_per_hour = 1800.0;
@@ -51,6 +57,15 @@ fn steady_state_loses_nothing() {
         r.aggregator_threads.contains_key("store-writer"),
         "the aggregator's threads are listed by name: {r}"
     );
+}
+
+#[test]
+fn steady_state_into_clickhouse_loses_nothing() {
+    // The loss check reads every event back through the ClickHouse store.
+    let r = run_on(Scenario::Steady, true);
+    assert_eq!(r.loss.dropped.total(), 0, "{r}");
+    assert_eq!(r.loss.duplicates, 0, "{r}");
+    assert_eq!(r.sessions, AGENTS as u64, "one session per agent: {r}");
 }
 
 #[test]
