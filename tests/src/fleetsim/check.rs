@@ -97,6 +97,9 @@ impl fmt::Display for LossCheck {
     }
 }
 
+/// A metric point's series (name, attributes) and time.
+type PointKey = (String, Vec<(String, String)>, i64);
+
 /// What one agent has in the store, read through the event-store trait.
 #[derive(Debug, Default)]
 struct AgentEvents {
@@ -104,7 +107,7 @@ struct AgentEvents {
     /// Metric points, and how many repeat a (series, time) pair.
     metric_points: u64,
     metric_repeats: u64,
-    metric_seen: HashSet<(String, Vec<(String, String)>, i64)>,
+    metric_seen: HashSet<PointKey>,
     /// File-integrity changes, and their distinct paths.
     fim: u64,
     fim_paths: HashSet<String>,
