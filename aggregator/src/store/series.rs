@@ -455,6 +455,33 @@ pub fn combine(series: &[Vec<(i64, f64)>], how: Combine) -> Vec<(i64, f64)> {
         .collect()
 }
 
+/// The answer to `query` from its selected series, each with its points bucketed
+/// ([`bucket`]): the series one by one, or combined into one ([`MetricQuery::combine`]).
+pub fn answer(query: &MetricQuery, answered: Vec<(SeriesInfo, Vec<(i64, f64)>)>) -> MetricAnswer {
+    let selected = answered.len();
+    let series = match query.combine {
+        None => answered
+            .into_iter()
+            .map(|(info, points)| QueriedSeries {
+                series: Some(info),
+                points,
+            })
+            .collect(),
+        Some(how) => {
+            let all: Vec<_> = answered.into_iter().map(|(_, p)| p).collect();
+            vec![QueriedSeries {
+                series: None,
+                points: combine(&all, how),
+            }]
+        }
+    };
+    MetricAnswer {
+        step_ns: query.step_ns,
+        selected,
+        series,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

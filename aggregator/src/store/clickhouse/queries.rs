@@ -17,8 +17,7 @@ use super::commit::{CPU, FILESYSTEM, MEMORY};
 use super::rows::{self, ReadRow};
 use super::{ClickHouseStore, Failure};
 use crate::store::series::{
-    self, MAX_SERIES, MetricAnswer, MetricQuery, MetricQueryError, QueriedSeries, QueryError,
-    SeriesInfo,
+    self, MAX_SERIES, MetricAnswer, MetricQuery, MetricQueryError, QueryError, SeriesInfo,
 };
 use crate::store::{Cursor, EventPage, EventQuery, HostSummary, StoreError};
 
@@ -211,28 +210,7 @@ impl ClickHouseStore {
             .zip(points)
             .map(|(info, points)| (info, series::bucket(&points, query)))
             .collect();
-        let count = answered.len();
-        let series = match query.combine {
-            None => answered
-                .into_iter()
-                .map(|(info, points)| QueriedSeries {
-                    series: Some(info),
-                    points,
-                })
-                .collect(),
-            Some(how) => {
-                let all: Vec<_> = answered.into_iter().map(|(_, p)| p).collect();
-                vec![QueriedSeries {
-                    series: None,
-                    points: series::combine(&all, how),
-                }]
-            }
-        };
-        Ok(MetricAnswer {
-            step_ns: query.step_ns,
-            selected: count,
-            series,
-        })
+        Ok(series::answer(query, answered))
     }
 
     /// Every series of the query's metric (and agent) with a point stored, by agent and then

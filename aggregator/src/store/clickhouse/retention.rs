@@ -96,24 +96,20 @@ impl ClickHouseStore {
     /// batches in flight when its spool last moved.
     async fn carry_live_batches(&self, day_start_ns: i64, now_ns: i64) -> Result<u64, Failure> {
         let day_end_ns = day_start_ns.saturating_add(DAY_NS);
-        // Inserted by position: the receive time is `now_ns`, the rest as it was.
-        let carry = format!(
-            "INSERT INTO batches
-             SELECT agent_id, spool_id, seq, toInt64({now_ns}), start, events
-             FROM batches
+        // The entries still needed: at or above their spool's mark.
+        let live = format!(
+            "FROM batches
              ANY LEFT JOIN (
                  SELECT agent_id, spool_id, max(low_water) AS mark FROM spools
                  GROUP BY agent_id, spool_id
              ) USING (agent_id, spool_id)
              WHERE received_ns >= {day_start_ns} AND received_ns < {day_end_ns} AND seq >= mark"
         );
-        let count = format!(
-            "SELECT count() FROM batches
-             ANY LEFT JOIN (
-                 SELECT agent_id, spool_id, max(low_water) AS mark FROM spools
-                 GROUP BY agent_id, spool_id
-             ) USING (agent_id, spool_id)
-             WHERE received_ns >= {day_start_ns} AND received_ns < {day_end_ns} AND seq >= mark"
+        let count = format!("SELECT count() {live}");
+        // Inserted by position: the receive time is `now_ns`, the rest as it was.
+        let carry = format!(
+            "INSERT INTO batches
+             SELECT agent_id, spool_id, seq, toInt64({now_ns}), start, events {live}"
         );
         let carried: u64 = self
             .timed(self.client().query(&count).fetch_one::<u64>())

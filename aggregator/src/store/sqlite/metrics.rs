@@ -20,8 +20,8 @@ use super::codec::{attributes_column, metric_kind_from_name, parse_column};
 use super::retention::last_id_received_before;
 use super::{SqliteStore, lock};
 use crate::store::series::{
-    self, MAX_SERIES, MetricAnswer, MetricQuery, MetricQueryError, QueriedSeries, QueryError,
-    SeriesInfo, SeriesPoints,
+    self, MAX_SERIES, MetricAnswer, MetricQuery, MetricQueryError, QueryError, SeriesInfo,
+    SeriesPoints,
 };
 use crate::store::{RetentionReport, StoreError};
 
@@ -433,28 +433,7 @@ pub(super) fn metric_query(
         let points = series_points(conn, id, &read_range, &head)?;
         answered.push((info, series::bucket(&points, query)));
     }
-    let count = answered.len();
-    let series = match query.combine {
-        None => answered
-            .into_iter()
-            .map(|(info, points)| QueriedSeries {
-                series: Some(info),
-                points,
-            })
-            .collect(),
-        Some(how) => {
-            let all: Vec<_> = answered.into_iter().map(|(_, p)| p).collect();
-            vec![QueriedSeries {
-                series: None,
-                points: series::combine(&all, how),
-            }]
-        }
-    };
-    Ok(MetricAnswer {
-        step_ns: query.step_ns,
-        selected: count,
-        series,
-    })
+    Ok(series::answer(query, answered))
 }
 
 /// Every stored point of the series of `name` (of one agent or all), head and chunks, with each
