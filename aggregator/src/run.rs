@@ -48,26 +48,23 @@ pub fn open_stores(v: &Validated) -> anyhow::Result<Stores> {
         Ok(Arc::new(store))
     };
     let c = &v.config;
-    // Opened only if a backend is the embedded one.
-    let mut embedded: Option<Arc<SqliteStore>> = None;
-    let mut embedded = || -> anyhow::Result<Arc<SqliteStore>> {
-        if let Some(store) = &embedded {
-            return Ok(store.clone());
+    // Opened once, and only if a backend is the embedded one.
+    let opened = std::cell::OnceCell::new();
+    let embedded = || -> anyhow::Result<Arc<SqliteStore>> {
+        if let Some(store) = opened.get() {
+            return Ok(Arc::clone(store));
         }
         let store = sqlite()?;
-        embedded = Some(store.clone());
-        Ok(store)
+        Ok(Arc::clone(opened.get_or_init(|| store)))
     };
     let events: Arc<dyn EventStore> = match c.store.backend {
         EventBackend::Sqlite => embedded()?,
         EventBackend::Clickhouse => {
-            let ch = &c.store.clickhouse;
-            Arc::new(ClickHouseStore::open(ch).with_context(|| {
-                format!(
-                    "[store.clickhouse] {} database {}: cannot open the event store",
-                    ch.url, ch.database
-                )
-            })?)
+            // The store's error names the server without credentials, and the database.
+            Arc::new(
+                ClickHouseStore::open(&c.store.clickhouse)
+                    .context("[store.clickhouse]: cannot open the event store")?,
+            )
         }
     };
     let state: Arc<dyn StateBackend> = match (c.state.backend, &c.state.postgres) {
