@@ -461,7 +461,7 @@ impl<S: AlertingStore + StateStore> EngineTask<S> {
             tokio::select! {
                 biased;
                 _ = stop.changed() => break,
-                Some(command) = commands.recv() => self.command(command),
+                Some(command) = commands.recv() => self.command(command).await,
                 // Registry updates first: each is small, there are at most a few per agent a
                 // minute, and behind a busy feed they would be dropped for this subscriber.
                 update = registry.recv(), if registry_open => match update {
@@ -532,7 +532,10 @@ impl<S: AlertingStore + StateStore> EngineTask<S> {
         self.save().await;
     }
 
-    fn command(&mut self, command: Command) {
+    /// Applies an operator's request. An acknowledgement or a silence is saved before the
+    /// answer goes back, so that what reads the store next (the console's page after the
+    /// redirect, the API) sees it.
+    async fn command(&mut self, command: Command) {
         let now = now_ns();
         match command {
             Command::Ack {
@@ -541,16 +544,20 @@ impl<S: AlertingStore + StateStore> EngineTask<S> {
                 comment,
                 reply,
             } => {
-                let _ = reply.send(self.engine.acknowledge(&fingerprint, &by, &comment, now));
+                let result = self.engine.acknowledge(&fingerprint, &by, &comment, now);
+                self.save().await;
+                let _ = reply.send(result);
             }
             Command::AddSilence { silence, reply } => {
                 let result = self.engine.add_silence(silence, now);
                 self.silences_changed |= result.is_ok();
+                self.save().await;
                 let _ = reply.send(result);
             }
             Command::ExpireSilence { id, reply } => {
                 let result = self.engine.expire_silence(&id, now);
                 self.silences_changed |= result.is_ok();
+                self.save().await;
                 let _ = reply.send(result);
             }
             Command::Reload { reply } => {
