@@ -145,9 +145,67 @@ pub struct LoadedAlerting {
     pub cursor: Option<Cursor>,
 }
 
+/// The alerting lease as [`AlertingStore::claim_alerting`] answers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// The claimer holds the lease for `remaining` from now (by the store's clock).
+    Held {
+        /// Grows each time the lease changes hands. Writes carry it
+        /// ([`AlertingStore::save_alerting_fenced`]) and the store refuses those of an earlier
+        /// holder: a fencing token.
+        epoch: i64,
+        remaining: std::time::Duration,
+    },
+    /// Another aggregator holds it for `remaining` from now, unless it renews.
+    Taken {
+        holder: String,
+        remaining: std::time::Duration,
+    },
+}
+
 /// The alerting part of the state store. Implementations are shared between threads; every
 /// method may block on I/O.
+///
+/// # One engine at a time
+///
+/// When several aggregators share a state store, one of them runs alerting: the one holding
+/// the alerting lease ([`claim_alerting`](Self::claim_alerting)). It writes with the lease's
+/// epoch ([`save_alerting_fenced`](Self::save_alerting_fenced)), so that an aggregator that lost
+/// the lease without knowing it (paused, cut off) cannot write over its successor. A store only
+/// one aggregator opens (the embedded one) grants the lease always, with epoch 0.
 pub trait AlertingStore: Send + Sync + 'static {
+    /// Takes the alerting lease for `holder` for `ttl`, or renews it when `holder` has it;
+    /// answers who holds it now. A lease not renewed within `ttl` may be taken by another
+    /// holder, which gets the next epoch.
+    fn claim_alerting(&self, holder: &str, ttl: std::time::Duration) -> Result<Claim, StoreError> {
+        let _ = holder;
+        Ok(Claim::Held {
+            epoch: 0,
+            remaining: ttl,
+        })
+    }
+
+    /// Gives the lease up if `holder` has it, so that another aggregator takes over at once
+    /// (at shutdown).
+    fn release_alerting(&self, holder: &str) -> Result<(), StoreError> {
+        let _ = holder;
+        Ok(())
+    }
+
+    /// [`save_alerting`](Self::save_alerting), only while the lease is at `epoch`: when it has
+    /// passed to another holder, nothing is written and the answer is
+    /// [`StoreError::LeaseLost`].
+    fn save_alerting_fenced(
+        &self,
+        epoch: i64,
+        outcome: &Outcome,
+        silences: Option<&[Silence]>,
+        cursor: Option<Cursor>,
+    ) -> Result<(), StoreError> {
+        let _ = epoch;
+        self.save_alerting(outcome, silences, cursor)
+    }
+
     /// What [`save_alerting`](Self::save_alerting) wrote so far.
     fn load_alerting(&self) -> Result<LoadedAlerting, StoreError>;
 

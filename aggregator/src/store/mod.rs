@@ -296,6 +296,17 @@ pub struct EventPage {
     pub next: Option<Cursor>,
 }
 
+/// What [`EventStore::follow`] answers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FollowPage {
+    pub events: Vec<StoredEvent>,
+    /// Where the next call starts.
+    pub next: Cursor,
+    /// Batches whose commit began but never completed (their resends were stored with other
+    /// cursors), passed over.
+    pub passed_over: u64,
+}
+
 /// An event as stored, with where and when it came from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredEvent {
@@ -358,6 +369,13 @@ pub enum StoreError {
     /// The write would break a rule of the data (a name already taken).
     #[error("{0}")]
     Conflict(String),
+    /// The alerting lease passed to another aggregator; nothing was written
+    /// ([`alerting::AlertingStore::save_alerting_fenced`]).
+    #[error(
+        "the alerting lease passed to another aggregator (this one held epoch {epoch}); \
+         nothing was written"
+    )]
+    LeaseLost { epoch: i64 },
 }
 
 impl StoreError {
@@ -548,6 +566,33 @@ pub trait EventStore: Send + Sync + 'static {
     /// agent id (what fleet status shows). Points are taken in agent time, so batches resent or
     /// delivered late never roll a summary back ([`HostSummary::observe`]).
     fn host_summaries(&self) -> Result<BTreeMap<String, HostSummary>, StoreError>;
+
+    /// Committed events from `from` on, in cursor order, at most about `limit` (whole batches),
+    /// for the one reader that follows every commit of every aggregator sharing the store
+    /// (alerting, in a cluster). [`FollowPage::next`] is where to continue: it never passes a
+    /// commit that may still complete, so a reader calling again from it sees every committed
+    /// event once. A store shared by several aggregators answers only up to a few seconds
+    /// behind its clock, so that commits of aggregators whose clocks lag a little are not
+    /// passed over.
+    ///
+    /// The embedded store has one writer whose commits are atomic: every event it shows is
+    /// committed, and `next` follows the last one.
+    fn follow(&self, from: Cursor, limit: usize) -> Result<FollowPage, StoreError> {
+        let page = self.events(&EventQuery {
+            from,
+            limit,
+            ..EventQuery::default()
+        })?;
+        let next = page
+            .next
+            .or_else(|| page.events.last().map(|e| e.cursor.advance(1)))
+            .unwrap_or(from);
+        Ok(FollowPage {
+            events: page.events,
+            next,
+            passed_over: 0,
+        })
+    }
 
     /// Answers a metric query ([`series`]): the selected series' values per step.
     fn metric_query(

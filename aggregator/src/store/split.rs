@@ -57,6 +57,10 @@ impl EventStore for SplitStore {
         self.events.events(query)
     }
 
+    fn follow(&self, from: Cursor, limit: usize) -> Result<crate::store::FollowPage, StoreError> {
+        self.events.follow(from, limit)
+    }
+
     fn host_summaries(&self) -> Result<BTreeMap<String, HostSummary>, StoreError> {
         self.events.host_summaries()
     }
@@ -192,6 +196,29 @@ impl AlertingStore for SplitStore {
         cursor: Option<Cursor>,
     ) -> Result<(), StoreError> {
         self.state.save_alerting(outcome, silences, cursor)
+    }
+
+    fn claim_alerting(
+        &self,
+        holder: &str,
+        ttl: std::time::Duration,
+    ) -> Result<crate::store::alerting::Claim, StoreError> {
+        self.state.claim_alerting(holder, ttl)
+    }
+
+    fn release_alerting(&self, holder: &str) -> Result<(), StoreError> {
+        self.state.release_alerting(holder)
+    }
+
+    fn save_alerting_fenced(
+        &self,
+        epoch: i64,
+        outcome: &Outcome,
+        silences: Option<&[Silence]>,
+        cursor: Option<Cursor>,
+    ) -> Result<(), StoreError> {
+        self.state
+            .save_alerting_fenced(epoch, outcome, silences, cursor)
     }
 
     fn due_notifications(&self, now_ns: i64, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {

@@ -913,3 +913,94 @@ fn store_clickhouse_a_failed_commits_rows_collapse_with_the_resent_batch() {
         ["duplicate"]
     );
 }
+
+/// A cursor's position, from its token (`c` and hex digits).
+fn position(cursor: Cursor) -> u64 {
+    let token = cursor.to_string();
+    u64::from_str_radix(token.trim_start_matches('c'), 16)
+        .expect("a cursor token is c and hex digits")
+}
+
+/// The aggregator that runs alerting follows every aggregator's commits through the feed: each
+/// committed event once, in cursor order, a repeat of a batch not at all, and a commit that
+/// died after writing its feed row (no `batches` row) waited for, then passed over.
+#[test]
+fn store_clickhouse_a_follower_sees_every_commit_of_every_aggregator_once() {
+    let server = ClickHouseServer::start();
+    let database = server.fresh_database();
+    let a = open(&server, &database, 1);
+    let b = open(&server, &database, 2);
+    let follower = ClickHouseStore::open(&ClickHouseConfig {
+        request_timeout: Duration::from_secs(2),
+        ..config(&server, &database, 3)
+    })
+    .unwrap();
+    let from = follower.end().unwrap();
+    let t = now_ns();
+    let mut expected = BTreeSet::new();
+    for seq in 1..=10u64 {
+        for (store, agent) in [(&a, "web-a"), (&b, "web-b")] {
+            let bodies: Vec<String> = (0..3).map(|i| format!("{agent} {seq} {i}")).collect();
+            expected.extend(bodies.iter().cloned());
+            let one = batch(agent, seq, bodies.iter().map(|body| log(t, body)).collect());
+            assert_eq!(
+                outcomes(&store.commit_batches(std::slice::from_ref(&one)).unwrap()),
+                ["stored"]
+            );
+            // Sent again, to the other aggregator: stored once, followed once.
+            let other = if std::ptr::eq(store, &a) { &b } else { &a };
+            assert_eq!(
+                outcomes(&other.commit_batches(std::slice::from_ref(&one)).unwrap()),
+                ["duplicate"]
+            );
+        }
+    }
+    // A commit that wrote its feed row and died before its `batches` row.
+    let ghost = position(a.end().unwrap());
+    sql(
+        &server,
+        &format!(
+            "INSERT INTO {database}.feed (start, agent_id, spool_id, seq, received_ns, events, \
+             codec, raw_bytes, data) VALUES ({ghost}, 'ghost', 1, 1, 0, 1, 0, 0, '')"
+        ),
+    );
+    let after = log(t, "after the ghost");
+    expected.insert("after the ghost".to_owned());
+    a.commit_batches(&[batch("web-a", 11, vec![after])])
+        .unwrap();
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let (mut next, mut seen, mut passed_over) = (from, Vec::new(), 0);
+    while (seen.len() < expected.len() || passed_over == 0) && std::time::Instant::now() < deadline
+    {
+        // Small pages: a page stops at whole batches.
+        let page = follower.follow(next, 4).unwrap();
+        assert!(page.next >= next, "the follower never goes back");
+        passed_over += page.passed_over;
+        let idle = page.events.is_empty();
+        seen.extend(page.events);
+        next = page.next;
+        if idle {
+            // The follower reads seconds behind the clocks: poll until it has caught up.
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    let bodies: Vec<String> = seen
+        .iter()
+        .map(|e| match &e.event {
+            Event::Log(l) => l.body.clone(),
+            other => panic!("not a log record: {other:?}"),
+        })
+        .collect();
+    assert_eq!(bodies.len(), expected.len(), "each event once: {bodies:?}");
+    assert_eq!(bodies.iter().cloned().collect::<BTreeSet<_>>(), expected);
+    assert!(
+        seen.windows(2).all(|w| w[0].cursor < w[1].cursor),
+        "in cursor order"
+    );
+    assert_eq!(
+        passed_over, 1,
+        "the commit that never completed is passed over once"
+    );
+    assert!(seen.iter().all(|e| e.agent_id != "ghost"));
+}

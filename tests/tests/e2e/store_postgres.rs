@@ -533,3 +533,97 @@ fn the_store_can_be_asked_its_generation_and_dropped_on_async_tasks() {
         .block_on(runtime.spawn(async move { drop(store) }))
         .expect("dropping the store on a task does not panic");
 }
+
+/// The alerting lease: one holder at a time, renewed by its holder, taken by another only once
+/// it expires (with the next epoch), given up at once on release; a write at an epoch that
+/// passed writes nothing, and its answer says so.
+#[test]
+fn one_aggregator_at_a_time_holds_the_alerting_lease_and_writes_fenced_by_it() {
+    use outpost_aggregator::store::alerting::Claim;
+    let server = PostgresServer::start();
+    let url = server.fresh_database();
+    let (a, b) = (open(&url), open(&url));
+    let long = Duration::from_secs(60);
+    let Claim::Held { epoch: first, .. } = a.claim_alerting("a", long).unwrap() else {
+        panic!("a free lease is taken");
+    };
+    match b.claim_alerting("b", long).unwrap() {
+        Claim::Taken { holder, remaining } => {
+            assert_eq!(holder, "a");
+            assert!(remaining > Duration::from_secs(50), "{remaining:?}");
+        }
+        held => panic!("b took a held lease: {held:?}"),
+    }
+    assert!(
+        matches!(a.claim_alerting("a", long).unwrap(), Claim::Held { epoch, .. } if epoch == first),
+        "renewing keeps the epoch"
+    );
+    let outcome = |fingerprint: &str| Outcome {
+        alerts: vec![alert_record(fingerprint)],
+        messages: vec![Message {
+            group_key: fingerprint.to_owned(),
+            ..notification(fingerprint)
+        }],
+        ..Outcome::default()
+    };
+    a.save_alerting_fenced(first, &outcome("by-a"), None, None)
+        .unwrap();
+
+    // a stops renewing: a short lease runs out, and b takes it with the next epoch.
+    a.claim_alerting("a", Duration::from_millis(300)).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let second = loop {
+        match b.claim_alerting("b", long).unwrap() {
+            Claim::Held { epoch, .. } => break epoch,
+            Claim::Taken { .. } => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the lease never expired"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    };
+    assert!(second > first);
+    // a, which still believes it holds the lease, writes nothing.
+    let e = a
+        .save_alerting_fenced(first, &outcome("late-a"), None, None)
+        .unwrap_err();
+    assert!(
+        matches!(e, StoreError::LeaseLost { epoch } if epoch == first),
+        "{e}"
+    );
+    assert!(
+        e.to_string().contains("passed to another aggregator"),
+        "{e}"
+    );
+    b.save_alerting_fenced(second, &outcome("by-b"), None, None)
+        .unwrap();
+    let records: Vec<String> = b
+        .alert_records()
+        .unwrap()
+        .into_iter()
+        .map(|r| r.fingerprint)
+        .collect();
+    assert_eq!(records, ["by-a", "by-b"]);
+    let queued = b.due_notifications(i64::MAX, 10).unwrap();
+    assert_eq!(
+        queued.len(),
+        2,
+        "one notification each, none from the late write"
+    );
+    assert!(
+        matches!(a.claim_alerting("a", long).unwrap(), Claim::Taken { holder, .. } if holder == "b")
+    );
+
+    // Released: a takes it at once, with a newer epoch than b's.
+    b.release_alerting("b").unwrap();
+    match a.claim_alerting("a", long).unwrap() {
+        Claim::Held { epoch, .. } => assert!(epoch > second),
+        taken => panic!("a released lease is free: {taken:?}"),
+    }
+    assert!(matches!(
+        b.save_alerting_fenced(second, &outcome("after-release"), None, None),
+        Err(StoreError::LeaseLost { .. })
+    ));
+}

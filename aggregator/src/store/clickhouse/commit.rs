@@ -6,8 +6,8 @@
 //! 3. Run each new batch's file-integrity events through its agent's trail, in commit order, and
 //!    make a notice of every break.
 //! 4. Take each new batch's cursors (events, then notices) from the clock.
-//! 5. Write the event rows and notices, and the hosts' summaries; then the trails; then the
-//!    `batches` and `spools` rows. Only then do the caches change and the breaks get logged.
+//! 5. Write the feed rows ([`super::follow`]); then the event rows and notices, and the hosts'
+//!    summaries; then the trails; then the `batches` and `spools` rows. Only then do the caches change and the breaks get logged.
 
 use std::collections::{HashMap, HashSet};
 
@@ -240,6 +240,20 @@ impl ClickHouseStore {
                 clock.clock.take(now, 1).map_or(0, Cursor::position)
             }
         };
+
+        // The feed first, within its deadline of the cursors: a follower reading behind its
+        // clock must find the row before it passes the cursors, and then waits for the batches
+        // to be stored (or their commit to fail).
+        let feed_rows = new
+            .iter()
+            .map(|nb| super::follow::feed_row(nb.batch, &nb.notices, nb.start, nb.received_ns))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.insert_rows::<super::follow::FeedRow<'static>>("feed", &feed_rows)
+            .await?;
+        drop(feed_rows);
+        if let Some(first) = new.iter().map(|nb| nb.start).min() {
+            super::follow::check_deadline(first, now_ms())?;
+        }
 
         // The events and notices, and the hosts' summaries.
         let mut rows = Rows::default();

@@ -56,6 +56,7 @@ use super::{
 
 mod commit;
 mod cursor;
+mod follow;
 mod queries;
 mod retention;
 mod rows;
@@ -126,6 +127,13 @@ pub(super) enum Failure {
     },
     #[error("{0}")]
     Config(String),
+    #[error(
+        "the commit reached its feed row {elapsed_ms} ms after taking its cursors, over the {} ms \
+         an aggregator following every commit allows; refused, so that the agent sends the \
+         batches again",
+        follow::FEED_DEADLINE_MS
+    )]
+    Slow { elapsed_ms: u64 },
 }
 
 /// The ClickHouse event store.
@@ -134,8 +142,9 @@ pub(super) enum Failure {
 ///
 /// ClickHouse has no transactions, so [`EventStore::commit_batches`] orders its writes instead:
 /// it decides each batch from the `batches` and `spools` tables (and repeats within the call),
-/// then writes the new batches' event rows and notices, then the file-integrity trails, then the
-/// `batches` and `spools` rows last. A batch is stored once its `batches` row is. An event is
+/// then writes the new batches' feed rows (for [`EventStore::follow`], see [`follow`]), their
+/// event rows and notices, then the file-integrity trails, then the `batches` and `spools` rows
+/// last. A batch is stored once its `batches` row is. An event is
 /// identified by its batch and its place in it, which is the `ReplacingMergeTree` key of every
 /// event table, and every read is `FINAL`, so copies of one event are read once (the copy with
 /// the highest cursor). Hence:
@@ -145,7 +154,8 @@ pub(super) enum Failure {
 ///   stored) until the agent sends the batch again, whose rows then collapse with them (same
 ///   key, and the resend's cursors). Notices are the exception: a resend may find other breaks,
 ///   and a notice of the failed commit that the resend does not write again stays. A reader
-///   that followed cursors past the failed commit's rows sees the resent ones again.
+///   that followed cursors past the failed commit's rows sees the resent ones again;
+///   [`EventStore::follow`] does not, as it takes only batches whose `batches` row is written.
 /// - Two aggregators that store the same batch at once both answer `Stored`; queries see its
 ///   events once.
 /// - The trail state written by a failed commit is ignored by the store that wrote it (its
@@ -297,14 +307,17 @@ impl ClickHouseStore {
         if found > schema::SCHEMA_VERSION {
             return Err(OpenError::TooNew(found));
         }
-        if found < 1 {
-            for statement in schema::version_1(db) {
+        for (version, statements) in schema::MIGRATIONS {
+            if found >= version {
+                continue;
+            }
+            for statement in statements(db) {
                 self.execute(&statement).await?;
             }
             self.timed(
                 client
                     .query("INSERT INTO schema_versions (version, applied_ns) VALUES (?, ?)")
-                    .bind(1u32)
+                    .bind(version)
                     .bind(outpost_common::time::now_ns())
                     .execute(),
             )
@@ -442,6 +455,13 @@ impl EventStore for ClickHouseStore {
         self.run(
             || format!("reading events ({query:?})"),
             self.read_events(query, until),
+        )
+    }
+
+    fn follow(&self, from: Cursor, limit: usize) -> Result<super::FollowPage, StoreError> {
+        self.run(
+            || format!("following the commits from {from}"),
+            self.follow_feed(from, limit),
         )
     }
 

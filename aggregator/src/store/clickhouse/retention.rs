@@ -13,6 +13,8 @@ use super::{ClickHouseStore, Failure};
 use crate::store::{Retention, RetentionReport};
 
 const DAY_NS: i64 = 86_400_000_000_000;
+/// How long the feed is kept ([`super::follow`]).
+const FEED_KEEP_NS: i64 = 2 * DAY_NS;
 
 impl ClickHouseStore {
     /// One retention pass ([`crate::store::EventStore::enforce_retention`]).
@@ -33,6 +35,15 @@ impl ClickHouseStore {
         report.dedup_entries += self
             .drop_days("batches", stale, Some(now_ns), &mut report)
             .await?;
+        // The feed serves a follower a few seconds behind; two days cover any outage it
+        // may catch up from. Its rows are copies, not counted.
+        self.drop_days(
+            "feed",
+            now_ns.saturating_sub(FEED_KEEP_NS),
+            None,
+            &mut report,
+        )
+        .await?;
         Ok(report)
     }
 

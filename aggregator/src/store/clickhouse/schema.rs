@@ -16,6 +16,9 @@
 //! - `fim_trails`: each agent's file-integrity trail (the highest version wins).
 //! - `host_summaries`: each host's latest CPU, memory and filesystem fill, one row per agent, gauge
 //!   and mountpoint (the latest in agent time wins).
+//! - `feed` (version 2): a row per stored batch, its events and notices compressed, `ORDER BY
+//!   start` (the batch's first cursor) and partitioned by the UTC day of that cursor, for the
+//!   aggregator that follows every commit ([`super::follow`]); kept two days.
 //! - `schema_versions`: the versions applied.
 //!
 //! Days are UTC (`toYYYYMMDD(…, 'UTC')`) whatever the server's time zone, so retention can tell
@@ -24,7 +27,7 @@
 use super::rows::{FIM_CHANGES, FIM_DETECTIONS, METRIC_KINDS, enum8};
 
 /// The schema version this build writes.
-pub(super) const SCHEMA_VERSION: u32 = 1;
+pub(super) const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
 
 /// The partition key of a table by the UTC day of the nanosecond time in `column`.
 fn day_of(column: &str) -> String {
@@ -108,6 +111,27 @@ pub(super) fn version_1(db: &str) -> Vec<String> {
     ]
 }
 
+/// The partition key of `feed`: the UTC day of the milliseconds a cursor carries.
+pub(super) const FEED_DAY: &str = "toYYYYMMDD(toDateTime(intDiv(start, 4194304000)), 'UTC')";
+
+/// The statements that make schema 2 of schema 1: the feed.
+pub(super) fn version_2(db: &str) -> Vec<String> {
+    vec![format!(
+        "CREATE TABLE IF NOT EXISTS `{db}`.feed (start UInt64, agent_id String, spool_id UInt64,
+             seq UInt64, received_ns Int64, events UInt32, codec UInt8, raw_bytes UInt32,
+             data String)
+         ENGINE = MergeTree()
+         PARTITION BY {FEED_DAY}
+         ORDER BY start"
+    )]
+}
+
+/// The statements of one migration, for a database name.
+type Statements = fn(&str) -> Vec<String>;
+
+/// Each schema version and what makes it of the one before.
+pub(super) const MIGRATIONS: [(u32, Statements); 2] = [(1, version_1), (2, version_2)];
+
 /// The statement that creates the version table.
 pub(super) fn versions_table(db: &str) -> String {
     format!(
@@ -145,6 +169,13 @@ mod tests {
         for bad in ["", "2x", "out-post", "a`b", "a.b", "é", &"x".repeat(65)] {
             assert!(!valid_database_name(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_feed_partition_is_the_day_of_a_cursor() {
+        // A cursor's milliseconds sit above 22 bits: 2^22 * 1000 per second.
+        assert!(FEED_DAY.contains(&(1u64 << 22).saturating_mul(1000).to_string()));
+        assert!(version_2("outpost")[0].contains("ORDER BY start"));
     }
 
     #[test]

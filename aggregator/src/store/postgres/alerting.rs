@@ -3,18 +3,45 @@
 //! [`AlertingStore::save_alerting`] is one transaction; [`AlertingStore::load_alerting`] reads
 //! in one read-only snapshot, so records, groups, silences and the cursor are of one moment.
 
+use std::time::Duration;
+
 use postgres::{GenericClient, Row, Transaction};
 
 use super::{BadValue, Fail, PostgresStore, as_bigint, from_json, pg_text, to_json};
 use crate::rules::engine::{AlertRecord, HistoryEntry, Outcome};
 use crate::rules::matcher::Silence;
 use crate::store::alerting::{
-    AlertingStore, Attempt, HistoryRow, LoadedAlerting, LogQuery, OutboxEntry, OutboxState,
+    AlertingStore, Attempt, Claim, HistoryRow, LoadedAlerting, LogQuery, OutboxEntry, OutboxState,
     StoredSilence,
 };
 use crate::store::{Cursor, StoreError};
 
 /// The name of the cursor's row in `alerting_meta`.
+/// Takes the lease when it is free, expired or the claimer's own; the epoch grows when it
+/// changes hands. Answers the epoch and the seconds left, or nothing when another holds it.
+const CLAIM_LEASE: &str = "
+    INSERT INTO alerting_lease (holder, epoch, expires)
+    VALUES ($1, 1, clock_timestamp() + make_interval(secs => $2))
+    ON CONFLICT (singleton) DO UPDATE
+       SET epoch = CASE WHEN alerting_lease.holder = EXCLUDED.holder
+                        THEN alerting_lease.epoch ELSE alerting_lease.epoch + 1 END,
+           holder = EXCLUDED.holder,
+           expires = EXCLUDED.expires
+     WHERE alerting_lease.holder = EXCLUDED.holder
+        OR alerting_lease.expires <= clock_timestamp()
+    RETURNING epoch, EXTRACT(EPOCH FROM expires - clock_timestamp())::float8";
+const LEASE_HOLDER: &str = "
+    SELECT holder, EXTRACT(EPOCH FROM expires - clock_timestamp())::float8 FROM alerting_lease";
+/// Expires the lease now; its next holder gets the next epoch.
+const RELEASE_LEASE: &str =
+    "UPDATE alerting_lease SET expires = clock_timestamp(), epoch = epoch + 1 WHERE holder = $1";
+const LEASE_EPOCH: &str = "SELECT epoch FROM alerting_lease FOR SHARE";
+
+/// A duration of `secs` seconds; none when negative.
+fn seconds(secs: f64) -> Duration {
+    Duration::try_from_secs_f64(secs).unwrap_or(Duration::ZERO)
+}
+
 const CURSOR: &str = "cursor";
 
 const PUT_ALERT: &str = "
@@ -229,6 +256,68 @@ impl AlertingStore for PostgresStore {
             )
         };
         self.write(context, |tx| save(tx, outcome, silences, cursor))
+    }
+
+    fn claim_alerting(&self, holder: &str, ttl: Duration) -> Result<Claim, StoreError> {
+        let holder = pg_text(holder);
+        self.write(
+            || format!("claiming the alerting lease for {holder}"),
+            |tx| {
+                let claimed = tx.query_opt(CLAIM_LEASE, &[&holder.as_ref(), &ttl.as_secs_f64()])?;
+                if let Some(row) = claimed {
+                    return Ok(Claim::Held {
+                        epoch: row.try_get(0)?,
+                        remaining: seconds(row.try_get(1)?),
+                    });
+                }
+                let row = tx.query_one(LEASE_HOLDER, &[])?;
+                Ok(Claim::Taken {
+                    holder: row.try_get(0)?,
+                    remaining: seconds(row.try_get(1)?),
+                })
+            },
+        )
+    }
+
+    fn release_alerting(&self, holder: &str) -> Result<(), StoreError> {
+        let holder = pg_text(holder);
+        self.write(
+            || format!("releasing the alerting lease of {holder}"),
+            |tx| {
+                tx.execute(RELEASE_LEASE, &[&holder.as_ref()])?;
+                Ok(())
+            },
+        )
+    }
+
+    fn save_alerting_fenced(
+        &self,
+        epoch: i64,
+        outcome: &Outcome,
+        silences: Option<&[Silence]>,
+        cursor: Option<Cursor>,
+    ) -> Result<(), StoreError> {
+        let context = || {
+            format!(
+                "saving alert state at lease epoch {epoch} ({} records, {} removed, {} \
+                 notifications)",
+                outcome.alerts.len(),
+                outcome.removed.len(),
+                outcome.messages.len()
+            )
+        };
+        self.write(context, |tx| {
+            // Shared: a claim waits for this transaction, and its holder then reads what it
+            // wrote.
+            let current: Option<i64> = tx
+                .query_opt(LEASE_EPOCH, &[])?
+                .map(|row| row.try_get(0))
+                .transpose()?;
+            if current != Some(epoch) {
+                return Err(Fail::LeaseLost(epoch));
+            }
+            save(tx, outcome, silences, cursor)
+        })
     }
 
     fn due_notifications(&self, now_ns: i64, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {

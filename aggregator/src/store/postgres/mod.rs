@@ -513,6 +513,8 @@ enum Fail {
     Value(BadValue),
     /// The write would break a rule of the data; the transaction is rolled back.
     Conflict(String),
+    /// The alerting lease is no longer at this epoch; the transaction is rolled back.
+    LeaseLost(i64),
 }
 
 impl Fail {
@@ -522,6 +524,7 @@ impl Fail {
             Fail::Pool(e) => StoreError::backend(context, e),
             Fail::Value(e) => StoreError::backend(context, e),
             Fail::Conflict(message) => StoreError::Conflict(message),
+            Fail::LeaseLost(epoch) => StoreError::LeaseLost { epoch },
         }
     }
 }

@@ -14,7 +14,7 @@ use super::PgError;
 use crate::store::StoreError;
 
 /// Schema migrations, in order; the `n`-th is version `n`.
-const MIGRATIONS: &[&str] = &[SCHEMA_V1];
+const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2];
 
 /// The schema version this build writes and reads.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -147,6 +147,17 @@ CREATE INDEX outbox_fingerprints ON outbox USING GIN (fingerprints);
 CREATE TABLE alerting_meta (
     name  TEXT PRIMARY KEY,
     value BIGINT NOT NULL
+);
+"#;
+
+/// The alerting lease: which aggregator runs alerting, until when (by the server's clock), and
+/// the epoch its writes carry.
+const SCHEMA_V2: &str = r#"
+CREATE TABLE alerting_lease (
+    singleton BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (singleton),
+    holder    TEXT NOT NULL,
+    epoch     BIGINT NOT NULL,
+    expires   TIMESTAMPTZ NOT NULL
 );
 "#;
 
