@@ -489,14 +489,27 @@ fn check_backends(config: &AggregatorConfig) -> Result<(), String> {
              (url = \"postgresql://outpost@db.example:5432/outpost\")"
                 .to_owned(),
         ),
-        // Each aggregator's engine sees the events of its own agents only, and several engines
-        // writing one alert state would notify twice: until alerts are shared out between
-        // aggregators, alerting runs with the embedded state store only.
-        (StateBackendKind::Postgres, Some(_)) if config.alerting.enabled => Err(
-            "state.backend = \"postgres\" does not run alerting yet: set [alerting] \
-             enabled = false (alert evaluation shared between aggregators is not available)"
-                .to_owned(),
-        ),
+        // The aggregator running alerting follows every aggregator's commits, which only a
+        // shared event store holds.
+        (StateBackendKind::Postgres, Some(_))
+            if config.alerting.enabled && config.store.backend == EventBackend::Sqlite =>
+        {
+            Err(
+                "alerting with state.backend = \"postgres\" needs store.backend = \
+                 \"clickhouse\": the aggregator that runs alerting evaluates every \
+                 aggregator's events, which only a shared event store holds (or set \
+                 [alerting] enabled = false)"
+                    .to_owned(),
+            )
+        }
+        (StateBackendKind::Postgres, Some(_))
+            if config.alerting.enabled && config.alerting.lease_ttl < Duration::from_secs(3) =>
+        {
+            Err(format!(
+                "alerting.lease_ttl must be at least 3s (found {})",
+                humantime::format_duration(config.alerting.lease_ttl)
+            ))
+        }
         (StateBackendKind::Postgres, Some(pg)) => {
             pg.validate().map_err(|e| format!("state.postgres: {e}"))
         }
@@ -665,18 +678,16 @@ mod tests {
             "[state]\nbackend = \"postgres\"\n[state.postgres]\nurl = \"postgresql://a@b/d\"\n",
         );
         assert!(
-            e.contains("[alerting]") && e.contains("enabled = false"),
+            e.contains("store.backend = \"clickhouse\"") && e.contains("enabled = false"),
             "{e}"
         );
-        let v = load(
-            write(
-                "[store]\nbackend = \"clickhouse\"\n[store.clickhouse]\nurl = \"http://ch:8123\"\nnode = 3\n\
-                 [state]\nbackend = \"postgres\"\n[state.postgres]\nurl = \"postgresql://outpost@db:5432/outpost\"\n\
-                 [alerting]\nenabled = false\n",
-            )
-            .path(),
-        )
-        .unwrap();
+        let cluster = "[store]\nbackend = \"clickhouse\"\n[store.clickhouse]\nurl = \"http://ch:8123\"\nnode = 3\n\
+                       [state]\nbackend = \"postgres\"\n[state.postgres]\nurl = \"postgresql://outpost@db:5432/outpost\"\n";
+        let e = err(&format!("{cluster}[alerting]\nlease_ttl = \"1s\"\n"));
+        assert!(e.contains("alerting.lease_ttl must be at least 3s"), "{e}");
+        let v = load(write(cluster).path()).unwrap();
+        assert!(v.config.alerting.enabled);
+        assert_eq!(v.config.alerting.lease_ttl, Duration::from_secs(15));
         assert_eq!(v.config.store.backend, EventBackend::Clickhouse);
         assert_eq!(v.config.store.clickhouse.node, 3);
         assert_eq!(v.config.store.clickhouse.url, "http://ch:8123");

@@ -140,6 +140,13 @@ pub fn run(v: Validated) -> anyhow::Result<()> {
                     receivers,
                     store.clone(),
                     &feed,
+                    (c.state.backend == crate::config::StateBackendKind::Postgres).then(|| {
+                        crate::alerts::ClusterOptions {
+                            events: stores.events.clone(),
+                            holder: crate::alerts::cluster::holder_name(),
+                            lease_ttl: c.alerting.lease_ttl,
+                        }
+                    }),
                     stop.clone(),
                 )
                 .await?,

@@ -66,6 +66,11 @@ pub struct AlertingSection {
     /// How long alert history, finished notifications and ended silences are kept.
     #[serde(with = "humantime_serde")]
     pub history_retention: Duration,
+    /// With several aggregators sharing a PostgreSQL state store, one runs alerting: the holder
+    /// of the alerting lease, which it renews every third of this. When it stops renewing (it
+    /// died, or lost the database), another aggregator takes over after this long.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
     /// No route: alerts are evaluated and recorded, and notified nowhere.
     pub route: Option<RouteConfig>,
     pub receivers: Vec<ReceiverConfig>,
@@ -84,6 +89,7 @@ impl Default for AlertingSection {
             give_up_after: Duration::from_secs(24 * 3600),
             max_concurrent_sends: 8,
             history_retention: Duration::from_secs(30 * 24 * 3600),
+            lease_ttl: Duration::from_secs(15),
             route: None,
             receivers: Vec::new(),
             inhibit: Vec::new(),

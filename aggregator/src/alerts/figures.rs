@@ -33,6 +33,9 @@ pub struct AlertingFigures {
     sent: AtomicU64,
     retried: AtomicU64,
     failed: AtomicU64,
+    lease_terms: AtomicU64,
+    passed_over: AtomicU64,
+    leading: AtomicU64,
     /// When the engine last evaluated an event of each kind (by [`EventKind`]), and a
     /// heartbeat; zero: never.
     last_input_ns: [AtomicI64; 4],
@@ -69,6 +72,14 @@ pub struct AlertingSnapshot {
     pub sent: u64,
     pub retried: u64,
     pub failed: u64,
+    /// Times this aggregator took the alerting lease (with several aggregators; one always
+    /// holds it otherwise).
+    pub lease_terms: u64,
+    /// Batches whose commit never completed, passed over by the engine following every
+    /// aggregator's commits.
+    pub passed_over: u64,
+    /// 1 while this aggregator runs alerting (holds the lease), 0 while another does.
+    pub leading: u64,
 }
 
 impl AlertingFigures {
@@ -98,6 +109,21 @@ impl AlertingFigures {
     /// The engine evaluated a heartbeat at `now_ns`.
     pub fn evaluated_heartbeat(&self, now_ns: i64) {
         self.last_heartbeat_ns.store(now_ns, Ordering::Relaxed);
+    }
+
+    /// Whether this aggregator runs alerting now.
+    pub fn set_leading(&self, leading: bool) {
+        self.leading.store(u64::from(leading), Ordering::Relaxed);
+    }
+
+    /// This aggregator took the alerting lease.
+    pub fn took_lease(&self) {
+        self.lease_terms.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The engine passed over `batches` whose commit never completed.
+    pub fn passed_over(&self, batches: u64) {
+        self.passed_over.fetch_add(batches, Ordering::Relaxed);
     }
 
     /// The engine stepped at `now_ns`.
@@ -172,6 +198,9 @@ impl AlertingFigures {
             sent: get(&self.sent),
             retried: get(&self.retried),
             failed: get(&self.failed),
+            lease_terms: get(&self.lease_terms),
+            passed_over: get(&self.passed_over),
+            leading: get(&self.leading),
         }
     }
 }
@@ -199,6 +228,9 @@ mod tests {
             error: "400".to_owned(),
         });
         f.attempted(&Attempt::Sent { at_ns: 3 });
+        f.took_lease();
+        f.set_leading(true);
+        f.passed_over(2);
         let s = f.snapshot();
         assert_eq!(
             s,
@@ -214,6 +246,9 @@ mod tests {
                 sent: 2,
                 retried: 1,
                 failed: 1,
+                lease_terms: 1,
+                passed_over: 2,
+                leading: 1,
             }
         );
     }

@@ -16,6 +16,7 @@
 //!   `give_up_after`. A restart resumes pending sends; a notification whose sending was cut off
 //!   before its receiver confirmed it is sent again, which is the only way one is sent twice.
 
+pub mod cluster;
 pub mod config;
 pub mod figures;
 
@@ -38,11 +39,12 @@ use crate::rules::matcher::Silence;
 use crate::store::alerting::{AlertingStore, Attempt, StoredSilence};
 use crate::store::{Cursor, Feed, FeedItem, RegistryUpdate, StateStore};
 
+pub use cluster::{ClusterOptions, Leadership};
 pub use config::AlertingSection;
 pub use figures::{AlertingFigures, AlertingSnapshot, LastEvaluated};
 
 /// The longest the engine goes without a tick.
-const MAX_TICK: Duration = Duration::from_secs(1);
+pub(crate) const MAX_TICK: Duration = Duration::from_secs(1);
 /// The cursor alone (no other change) is saved at most this often.
 const CURSOR_EVERY: Duration = Duration::from_secs(1);
 /// Notifications read from the outbox per round.
@@ -120,6 +122,18 @@ pub enum AlertingError {
     BadRequest(String),
     #[error("the alerting engine has stopped")]
     Stopped,
+    /// Several aggregators share the state store and another one runs alerting.
+    #[error(
+        "alerting runs on another aggregator ({0}), the holder of the alerting lease; send the \
+         request to it"
+    )]
+    Elsewhere(String),
+    /// Several aggregators share the state store and none is known to run alerting now.
+    #[error(
+        "no aggregator is known to run alerting right now (the alerting lease is changing \
+         hands, or the state store does not answer); try again shortly"
+    )]
+    NoLeader,
 }
 
 /// A silence as an operator asks for it.
@@ -156,6 +170,7 @@ enum Command {
 #[derive(Clone)]
 pub struct AlertingHandle {
     commands: mpsc::Sender<Command>,
+    leadership: Arc<RwLock<Leadership>>,
     store: Arc<dyn AlertingStore>,
     rules: Arc<RwLock<RulesStatus>>,
     figures: Arc<AlertingFigures>,
@@ -172,12 +187,32 @@ impl AlertingHandle {
         &self,
         make: impl FnOnce(oneshot::Sender<T>) -> Command,
     ) -> Result<T, AlertingError> {
+        self.leader()?;
         let (reply, answer) = oneshot::channel();
         self.commands
             .send(make(reply))
             .await
             .map_err(|_| AlertingError::Stopped)?;
-        answer.await.map_err(|_| AlertingError::Stopped)
+        // Not answered: the engine stopped, or the lease changed hands meanwhile.
+        answer
+            .await
+            .map_err(|_| self.leader().err().unwrap_or(AlertingError::Stopped))
+    }
+
+    /// Whether this aggregator runs alerting; when not, who does.
+    pub fn leadership(&self) -> Leadership {
+        self.leadership
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn leader(&self) -> Result<(), AlertingError> {
+        match self.leadership() {
+            Leadership::Leading => Ok(()),
+            Leadership::Following(holder) => Err(AlertingError::Elsewhere(holder)),
+            Leadership::Unknown => Err(AlertingError::NoLeader),
+        }
     }
 
     /// Acknowledges a firing alert: its escalation stops.
@@ -306,12 +341,17 @@ impl Alerting {
 
 /// Starts alerting over `store` and `feed`. Refuses to start when the rules do not load: the
 /// error names each file, line and column.
+///
+/// With `cluster` (several aggregators sharing the state store), the engine runs while this
+/// aggregator holds the alerting lease, on every aggregator's commits ([`cluster`]); `feed` is
+/// not used.
 pub async fn start<S>(
     section: &AlertingSection,
     setup: Setup,
     receivers: Receivers,
     store: Arc<S>,
     feed: &Feed,
+    cluster: Option<ClusterOptions>,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<Alerting>
 where
@@ -332,6 +372,66 @@ where
         last_error: None,
         last_error_ns: None,
     };
+    let (commands, command_rx) = mpsc::channel(64);
+    let figures = Arc::new(AlertingFigures::default());
+    figures.rules_loaded(status.rules.len());
+    let rules_status = Arc::new(RwLock::new(status));
+    let outbox_wake = Arc::new(Notify::new());
+    let mut tasks = JoinSet::new();
+    let history_retention_ns =
+        i64::try_from(section.history_retention.as_nanos()).unwrap_or(i64::MAX);
+    let (leading_tx, leading) = watch::channel(cluster.is_none());
+    let leadership = Arc::new(RwLock::new(if cluster.is_none() {
+        Leadership::Leading
+    } else {
+        Leadership::Unknown
+    }));
+    let sender = Outbox {
+        store: store.clone(),
+        receivers: Arc::new(receivers),
+        give_up_after_ns: i64::try_from(section.give_up_after.as_nanos()).unwrap_or(i64::MAX),
+        concurrency: section.max_concurrent_sends.max(1),
+        wake: outbox_wake.clone(),
+        figures: figures.clone(),
+    };
+    let handle = AlertingHandle {
+        commands,
+        leadership: leadership.clone(),
+        store: store.clone(),
+        rules: rules_status.clone(),
+        figures: figures.clone(),
+    };
+    if let Some(options) = cluster {
+        info!(
+            rules = rules_status.read().map_or(0, |r| r.rules.len()),
+            holder = %options.holder,
+            lease_ttl = ?options.lease_ttl,
+            dir = %section.rules_dir.display(),
+            "alerting started; it runs on the aggregator holding the alerting lease"
+        );
+        let task = cluster::ClusterTask {
+            options,
+            store: store.clone(),
+            setup,
+            rules_now: rules,
+            dir: section.rules_dir.clone(),
+            reload_interval: section.reload_interval,
+            rules: rules_status.clone(),
+            outbox_wake,
+            figures: figures.clone(),
+            history_retention_ns,
+            leadership,
+            leading: leading_tx,
+        };
+        tasks.spawn(task.run(command_rx, stop.clone()));
+        tasks.spawn(sender.run(leading, stop));
+        return Ok(Alerting {
+            handle,
+            figures,
+            tasks,
+        });
+    }
+    figures.set_leading(true);
     let mut engine = Engine::new(rules, setup);
     let (loaded, agents) = {
         let store = store.clone();
@@ -349,17 +449,11 @@ where
         None => feed.subscribe(),
     };
     info!(
-        rules = status.rules.len(),
+        rules = rules_status.read().map_or(0, |r| r.rules.len()),
         restored,
         dir = %section.rules_dir.display(),
         "alerting started"
     );
-    let (commands, command_rx) = mpsc::channel(64);
-    let figures = Arc::new(AlertingFigures::default());
-    figures.rules_loaded(status.rules.len());
-    let rules_status = Arc::new(RwLock::new(status));
-    let outbox_wake = Arc::new(Notify::new());
-    let mut tasks = JoinSet::new();
     let engine_task = EngineTask {
         engine,
         store: store.clone(),
@@ -373,8 +467,9 @@ where
         silences_changed: false,
         outbox_wake: outbox_wake.clone(),
         figures: figures.clone(),
-        history_retention_ns: i64::try_from(section.history_retention.as_nanos())
-            .unwrap_or(i64::MAX),
+        history_retention_ns,
+        epoch: None,
+        lease_lost: false,
     };
     tasks.spawn(engine_task.run(
         subscriber,
@@ -382,22 +477,9 @@ where
         command_rx,
         stop.clone(),
     ));
-    let sender = Outbox {
-        store: store.clone(),
-        receivers: Arc::new(receivers),
-        give_up_after_ns: i64::try_from(section.give_up_after.as_nanos()).unwrap_or(i64::MAX),
-        concurrency: section.max_concurrent_sends.max(1),
-        wake: outbox_wake,
-        figures: figures.clone(),
-    };
-    tasks.spawn(sender.run(stop));
+    tasks.spawn(sender.run(leading, stop));
     Ok(Alerting {
-        handle: AlertingHandle {
-            commands,
-            store,
-            rules: rules_status,
-            figures: figures.clone(),
-        },
+        handle,
         figures,
         tasks,
     })
@@ -413,6 +495,51 @@ fn kinds<'a>(events: impl Iterator<Item = &'a Event>) -> Vec<EventKind> {
         }
     }
     kinds
+}
+
+/// What the engine does besides evaluating: reloading the rules on SIGHUP and when `rules_dir`
+/// changes, and deleting old history.
+struct Chores {
+    hup: Option<tokio::signal::unix::Signal>,
+    stamp: Vec<(PathBuf, u64, Option<SystemTime>)>,
+    check_dir: tokio::time::Interval,
+    expire: tokio::time::Interval,
+}
+
+enum Chore {
+    Hup,
+    CheckDir,
+    Expire,
+}
+
+impl Chores {
+    fn new(dir: &Path, reload_interval: Duration) -> Chores {
+        let mut check_dir = tokio::time::interval(reload_interval);
+        check_dir.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut expire = tokio::time::interval(EXPIRE_EVERY);
+        expire.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Chores {
+            hup: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok(),
+            stamp: dir_stamp(dir),
+            check_dir,
+            expire,
+        }
+    }
+
+    /// Waits until a chore is due.
+    async fn next(&mut self) -> Chore {
+        let hup = async {
+            match self.hup.as_mut() {
+                Some(h) => h.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            Some(()) = hup => Chore::Hup,
+            _ = self.check_dir.tick() => Chore::CheckDir,
+            _ = self.expire.tick() => Chore::Expire,
+        }
+    }
 }
 
 struct EngineTask<S> {
@@ -431,6 +558,10 @@ struct EngineTask<S> {
     outbox_wake: Arc<Notify>,
     figures: Arc<AlertingFigures>,
     history_retention_ns: i64,
+    /// The alerting lease's epoch the engine writes at, with several aggregators.
+    epoch: Option<i64>,
+    /// A write found the lease at another epoch: the engine must stop.
+    lease_lost: bool,
 }
 
 impl<S: AlertingStore + StateStore> EngineTask<S> {
@@ -441,12 +572,7 @@ impl<S: AlertingStore + StateStore> EngineTask<S> {
         mut commands: mpsc::Receiver<Command>,
         mut stop: watch::Receiver<bool>,
     ) {
-        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-        let mut stamp = dir_stamp(&self.dir);
-        let mut check_dir = tokio::time::interval(self.reload_interval);
-        check_dir.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut expire = tokio::time::interval(EXPIRE_EVERY);
-        expire.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut chores = Chores::new(&self.dir, self.reload_interval);
         let mut feed_open = true;
         let mut registry_open = true;
         loop {
@@ -508,19 +634,7 @@ impl<S: AlertingStore + StateStore> EngineTask<S> {
                         tokio::time::sleep(MAX_TICK).await;
                     }
                 },
-                Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
-                    info!("SIGHUP: reloading the rules");
-                    let _ = self.reload();
-                }
-                _ = check_dir.tick() => {
-                    let now_stamp = dir_stamp(&self.dir);
-                    if now_stamp != stamp {
-                        stamp = now_stamp;
-                        info!(dir = %self.dir.display(), "the rules changed; reloading");
-                        let _ = self.reload();
-                    }
-                }
-                _ = expire.tick() => self.expire(),
+                chore = chores.next() => self.chore(chore, &mut chores),
                 () = tokio::time::sleep(wake_in) => {}
             }
             let now = now_ns();
@@ -563,6 +677,25 @@ impl<S: AlertingStore + StateStore> EngineTask<S> {
             Command::Reload { reply } => {
                 let _ = reply.send(self.reload());
             }
+        }
+    }
+
+    /// Does what [`Chores::next`] says is due.
+    fn chore(&mut self, chore: Chore, chores: &mut Chores) {
+        match chore {
+            Chore::Hup => {
+                info!("SIGHUP: reloading the rules");
+                let _ = self.reload();
+            }
+            Chore::CheckDir => {
+                let now_stamp = dir_stamp(&self.dir);
+                if now_stamp != chores.stamp {
+                    chores.stamp = now_stamp;
+                    info!(dir = %self.dir.display(), "the rules changed; reloading");
+                    let _ = self.reload();
+                }
+            }
+            Chore::Expire => self.expire(),
         }
     }
 
@@ -629,8 +762,14 @@ impl<S: AlertingStore + StateStore> EngineTask<S> {
         let store = self.store.clone();
         let cursor = self.cursor;
         let notify = !outcome.messages.is_empty();
+        let epoch = self.epoch;
         let result = tokio::task::spawn_blocking(move || {
-            let r = store.save_alerting(&outcome, silences.as_deref(), Some(cursor));
+            let r = match epoch {
+                Some(epoch) => {
+                    store.save_alerting_fenced(epoch, &outcome, silences.as_deref(), Some(cursor))
+                }
+                None => store.save_alerting(&outcome, silences.as_deref(), Some(cursor)),
+            };
             (r, outcome)
         })
         .await;
@@ -643,6 +782,9 @@ impl<S: AlertingStore + StateStore> EngineTask<S> {
                     self.outbox_wake.notify_one();
                 }
             }
+            // Another aggregator runs alerting now, from the state last saved: this outcome is
+            // its to reach again.
+            Ok((Err(crate::store::StoreError::LeaseLost { .. }), _)) => self.lease_lost = true,
             Ok((Err(e), outcome)) => {
                 warn!(error = %e, "could not save the alert state; keeping it to try again");
                 self.unsaved = Some(outcome);
@@ -663,10 +805,17 @@ struct Outbox<S> {
 }
 
 impl<S: AlertingStore> Outbox<S> {
-    async fn run(self, mut stop: watch::Receiver<bool>) {
+    /// Sends while `leading` (always, with one aggregator).
+    async fn run(self, mut leading: watch::Receiver<bool>, mut stop: watch::Receiver<bool>) {
         loop {
             if *stop.borrow() {
                 break;
+            }
+            if !*leading.borrow_and_update() {
+                tokio::select! {
+                    _ = stop.changed() => break,
+                    _ = leading.changed() => continue,
+                }
             }
             let store = self.store.clone();
             let now = now_ns();

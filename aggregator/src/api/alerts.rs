@@ -76,7 +76,9 @@ pub(crate) fn refused(e: AlertingError) -> ApiError {
             &errors,
         ),
         AlertingError::BadRequest(why) => ApiError::bad_parameter("matchers", why),
-        AlertingError::Stopped => ApiError::unavailable(message),
+        AlertingError::Stopped | AlertingError::Elsewhere(_) | AlertingError::NoLeader => {
+            ApiError::unavailable(message)
+        }
     }
 }
 

@@ -94,6 +94,7 @@ impl Fixture {
             crate::notify::Receivers::from_config(&[]).unwrap(),
             store.clone(),
             &writer.feed(),
+            None,
             stopped,
         )
         .await

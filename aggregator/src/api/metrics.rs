@@ -493,6 +493,26 @@ fn alerting_figures(a: &crate::alerts::AlertingSnapshot) -> Vec<Figure> {
             None,
             a.read_back,
         ),
+        gauge(
+            "outpost_alerting_leader",
+            "1 while this aggregator runs alerting (with several aggregators sharing a state \
+             store, the one holding the alerting lease), 0 while another one does.",
+            None,
+            a.leading,
+        ),
+        counter(
+            "outpost_alerting_lease_terms_total",
+            "Times this aggregator took the alerting lease.",
+            None,
+            a.lease_terms,
+        ),
+        counter(
+            "outpost_rule_commits_passed_over_total",
+            "Batches whose commit began but never completed, passed over by the alerting engine \
+             following every aggregator's commits (their resends were evaluated).",
+            None,
+            a.passed_over,
+        ),
         alerts("pending", a.pending),
         alerts("firing", a.firing),
         attempts("sent", a.sent),

@@ -26,14 +26,14 @@ struct Received {
 
 /// A webhook receiver on loopback: records every request and answers with `status`.
 #[derive(Clone)]
-struct Receiver {
+pub(crate) struct Receiver {
     got: Arc<Mutex<Vec<Received>>>,
     status: Arc<AtomicU16>,
-    addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
 }
 
 impl Receiver {
-    fn start(runtime: &tokio::runtime::Runtime) -> Receiver {
+    pub(crate) fn start(runtime: &tokio::runtime::Runtime) -> Receiver {
         let got = Arc::new(Mutex::new(Vec::new()));
         let status = Arc::new(AtomicU16::new(200));
         let listener = runtime
@@ -48,7 +48,7 @@ impl Receiver {
         Receiver { got, status, addr }
     }
 
-    fn delivered(&self) -> Vec<Value> {
+    pub(crate) fn delivered(&self) -> Vec<Value> {
         self.got
             .lock()
             .expect("a step of the test")
@@ -96,7 +96,7 @@ fn alerts_of(delivered: &[Value]) -> Vec<(String, String)> {
         .collect()
 }
 
-fn count(delivered: &[Value], alertname: &str, status: &str) -> usize {
+pub(crate) fn count(delivered: &[Value], alertname: &str, status: &str) -> usize {
     alerts_of(delivered)
         .iter()
         .filter(|(n, s)| n == alertname && s == status)

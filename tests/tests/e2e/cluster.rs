@@ -37,15 +37,20 @@ impl Backends {
         }
     }
 
-    /// An aggregator over both, as node `node` of the ClickHouse store.
+    /// An aggregator over both, as node `node` of the ClickHouse store, with alerting off.
     fn aggregator(&self, env: &Env, name: &str, node: u8) -> Aggregator {
+        self.aggregator_alerting(env, name, node, "[alerting]\nenabled = false\n")
+    }
+
+    /// An aggregator over both, with `alerting` (its `[alerting]` section).
+    fn aggregator_alerting(&self, env: &Env, name: &str, node: u8, alerting: &str) -> Aggregator {
         let extra = format!(
             "[store]\nbackend = \"clickhouse\"\n\n\
              [store.clickhouse]\nurl = \"{url}\"\ndatabase = \"{database}\"\nnode = {node}\n\
              request_timeout = \"5s\"\n\n\
              [state]\nbackend = \"postgres\"\n\n\
              [state.postgres]\nurl = \"{postgres}\"\nconnect_timeout = \"2s\"\n\n\
-             [alerting]\nenabled = false\n",
+             {alerting}",
             url = self.clickhouse.url(),
             database = self.database,
             postgres = self.postgres_url,
@@ -306,4 +311,150 @@ fn outages_of_clickhouse_and_of_postgres_lose_nothing_and_ingest_resumes_by_itse
     assert!(failed >= 1.0, "{metrics}");
     assert!(aggregator.is_running(), "{}", aggregator.log());
     assert_eq!(agent.starts(), 1);
+}
+
+/// A rule that holds from an agent's first memory point, and fires after holding 40 s: long
+/// enough to be pending when its aggregator dies.
+const PENDING_RULE: &str = r#"
+[[rule]]
+name = "memory-in-use"
+kind = "threshold"
+severity = "info"
+metric = "system.memory.usage"
+match = { state = "used" }
+op = ">"
+value = 0
+for = "40s"
+"#;
+
+/// `/metrics` of `aggregator`, as text.
+fn metrics(aggregator: &Aggregator) -> Result<String, String> {
+    reqwest::blocking::get(format!("{}/metrics", aggregator.api_url()))
+        .and_then(reqwest::blocking::Response::text)
+        .map_err(|e| format!("/metrics: {e}"))
+}
+
+/// Whether `aggregator` says it runs alerting.
+fn leads(aggregator: &Aggregator) -> Result<bool, String> {
+    let text = metrics(aggregator)?;
+    Ok(text.lines().any(|l| l == "outpost_alerting_leader 1"))
+}
+
+/// The memory alert as the API lists it (from the shared state store), if there is one.
+fn memory_alert(api: &Api) -> Result<Option<Value>, String> {
+    let (status, page) = api.get("/api/v1/alerts")?;
+    if status != 200 {
+        return Err(format!("/api/v1/alerts: {status} {page}"));
+    }
+    Ok(page["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|a| a["rule"] == "memory-in-use")
+        .cloned())
+}
+
+#[test]
+fn a_threshold_alert_pending_on_a_killed_aggregator_fires_once_from_the_other() {
+    let env = Env::new("cluster-alerting");
+    let backends = Backends::start();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("a runtime for the webhook receiver");
+    let receiver = crate::alerting::Receiver::start(&runtime);
+    let rules_dir = env.path().join("cluster-rules.d");
+    std::fs::create_dir_all(&rules_dir).expect("the rules directory");
+    std::fs::write(rules_dir.join("memory.toml"), PENDING_RULE).expect("the rule file");
+    let alerting = format!(
+        "[alerting]\nrules_dir = {rules}\nlease_ttl = \"6s\"\nrestore_grace = \"60s\"\n\
+         route = {{ receiver = \"hook\", group_by = [\"alertname\"], group_wait = \"0s\", \
+         group_interval = \"1s\", repeat_interval = \"1h\" }}\n\
+         receivers = [{{ name = \"hook\", webhook = {{ url = \"http://{addr}/hook\", timeout = \"5s\" }} }}]\n",
+        rules = outpost_tests::toml_string(&rules_dir),
+        addr = receiver.addr,
+    );
+    let mut a = backends.aggregator_alerting(&env, "aggregator-a", 1, &alerting);
+    env.wait_for("aggregator a to run alerting", || {
+        leads(&a)?.then_some(()).ok_or_else(|| "not yet".to_owned())
+    });
+    let b = backends.aggregator_alerting(&env, "aggregator-b", 2, &alerting);
+    let token = viewer_token(&b);
+    let api_b = Api::new(&b, &token);
+    assert!(
+        !leads(&b).unwrap_or_else(|e| panic!("{e}")),
+        "one holder at a time"
+    );
+
+    let cert = env.issue_agent("web-1");
+    let _agent = env.start_agent_with_all(
+        &cert,
+        &[&a, &b],
+        AgentOptions {
+            host_metrics_every_secs: Some(1),
+            ..AgentOptions::default()
+        },
+    );
+    // Pending on a, as b reads it from the shared state store.
+    let pending = env.wait_for(
+        "the memory alert pending on aggregator a",
+        || match memory_alert(&api_b)? {
+            Some(alert) if alert["state"] == "pending" => Ok(alert),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    assert_eq!(pending["labels"]["host"], "web-1");
+    let since_ns = pending["since_ns"].as_i64().expect("since_ns");
+    assert_eq!(
+        crate::alerting::count(&receiver.delivered(), "memory-in-use", "firing"),
+        0,
+        "40 s have not passed"
+    );
+    a.kill9();
+
+    // b takes the lease over, restores the pending alert with the time it began, follows the
+    // agent (now on b) and fires it once.
+    env.wait_for("aggregator b to take alerting over", || {
+        leads(&b)?.then_some(()).ok_or_else(|| "not yet".to_owned())
+    });
+    let fired = env.wait_for(
+        "the memory alert to fire from aggregator b",
+        || match memory_alert(&api_b)? {
+            Some(alert) if alert["state"] == "firing" => Ok(alert),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    assert_eq!(
+        fired["since_ns"].as_i64(),
+        Some(since_ns),
+        "the alert kept the time it became pending on a: {fired}"
+    );
+    // Its one notification is sent, and none waits: nothing more can come of it.
+    env.wait_for("the firing notification to be sent", || {
+        let (status, page) = api_b.get("/api/v1/notifications")?;
+        if status != 200 {
+            return Err(format!("/api/v1/notifications: {status} {page}"));
+        }
+        let items = page["items"].as_array().cloned().unwrap_or_default();
+        let sent = items.iter().filter(|n| n["state"] == "sent").count();
+        let waiting = items.iter().filter(|n| n["state"] == "pending").count();
+        if sent >= 1 && waiting == 0 {
+            Ok(())
+        } else {
+            Err(format!("{page}"))
+        }
+    });
+    let delivered = receiver.delivered();
+    assert_eq!(
+        crate::alerting::count(&delivered, "memory-in-use", "firing"),
+        1,
+        "fired exactly once: {delivered:?}"
+    );
+    let text = metrics(&b).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        text.lines()
+            .any(|l| l == "outpost_alerting_lease_terms_total 1"),
+        "b took the lease once:\n{text}"
+    );
 }
