@@ -599,7 +599,7 @@ async fn run_async(env: &Env, config: &SimConfig) -> anyhow::Result<SimReport> {
     let target = proxy
         .as_ref()
         .map_or_else(|| aggregator.addr(), ImpairProxy::local_addr);
-    let fleet = Fleet::new(&config.fleet, &pki, template, target)?;
+    let fleet = Fleet::new(&config.fleet, &pki, template, vec![target])?;
 
     // Connect the fleet.
     let started = Instant::now();
