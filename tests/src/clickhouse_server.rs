@@ -114,6 +114,11 @@ impl ClickHouseServer {
         format!("http://127.0.0.1:{}", self.http_port)
     }
 
+    /// The server's process id while it runs (to measure its CPU).
+    pub fn pid(&self) -> Option<u32> {
+        self.process.pid()
+    }
+
     /// A database name no earlier call on this server answered (the database itself is created
     /// by whoever uses it).
     pub fn fresh_database(&self) -> String {

@@ -139,6 +139,11 @@ impl PostgresServer {
         self.port
     }
 
+    /// The postmaster's process id while it runs; each connection is served by a child of it.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.pid()
+    }
+
     /// Creates a database no one used, and answers its URL (with the password).
     pub fn fresh_database(&self) -> String {
         let n = self.databases.fetch_add(1, Ordering::Relaxed);

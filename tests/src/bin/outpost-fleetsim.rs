@@ -1,11 +1,12 @@
-//! `outpost-fleetsim`: many simulated agents against one real aggregator, in a scenario, with a
-//! loss check at the end (see `outpost_tests::fleetsim`).
+//! `outpost-fleetsim`: many simulated agents against one real aggregator (or two), in a
+//! scenario, with a loss check at the end (see `outpost_tests::fleetsim`).
 //!
 //! Build first, then run (see BENCHMARKS.md):
 //!
 //! ```text
 //! cargo build --release --workspace --bins
 //! TMPDIR=/var/tmp target/release/outpost-fleetsim --agents 1000 --scenario steady
+//! TMPDIR=/var/tmp target/release/outpost-fleetsim --agents 1000 --store clickhouse --aggregators 2
 //! ```
 //!
 //! The aggregator is the `outpost-aggregator` next to this program. Each run gets a fresh
@@ -97,6 +98,11 @@ struct Cli {
     /// ClickHouse server the simulator starts on loopback, as the tests do).
     #[arg(long, default_value = "sqlite", value_parser = ["sqlite", "clickhouse"])]
     store: String,
+    /// Aggregators the agents are spread over: 1, or 2 sharing the ClickHouse store (needs
+    /// `--store clickhouse`) and a PostgreSQL server for their state, with alerting off (so no
+    /// rule pack); steady and churn only.
+    #[arg(long, default_value_t = 1)]
+    aggregators: usize,
     /// How long connecting every agent, and draining every spool, may take.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "10m")]
     deadline: Duration,
@@ -141,6 +147,8 @@ fn config(cli: &Cli, scenario: Scenario) -> Result<SimConfig, String> {
     c.deadline = cli.deadline;
     c.rules = !cli.no_rules;
     c.clickhouse = cli.store == "clickhouse";
+    c.aggregators = cli.aggregators;
+    c.validate()?;
     Ok(c)
 }
 
@@ -202,8 +210,8 @@ fn median(mut values: Vec<f64>) -> f64 {
 /// One Markdown row per scenario and agent count: medians over its runs.
 fn table(reports: &[SimReport]) -> String {
     let mut out = String::from(
-        "| scenario | agents | runs | events/s committed | batches/s | ack p50 ms | ack p99 ms | ack max ms | aggregator CPU % | aggregator peak RSS MiB | simulator CPU % | sessions | refused | storm drained s | final drain s | loss check |\n\
-         |---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|\n",
+        "| scenario | agents | aggregators | runs | events/s committed | batches/s | ack p50 ms | ack p99 ms | ack max ms | aggregator CPU % | each aggregator's CPU % | aggregator peak RSS MiB | ClickHouse CPU % | PostgreSQL CPU % | simulator CPU % | sessions | refused | storm drained s | final drain s | loss check |\n\
+         |---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|---|\n",
     );
     let mut keys: Vec<(Scenario, usize)> = reports.iter().map(|r| (r.scenario, r.agents)).collect();
     keys.dedup();
@@ -216,8 +224,23 @@ fn table(reports: &[SimReport]) -> String {
             .collect();
         let m = |f: &dyn Fn(&SimReport) -> f64| median(rs.iter().map(|r| f(r)).collect());
         let storm = m(&|r| r.storm.map_or(f64::NAN, |s| s.drained.as_secs_f64()));
+        let optional = |v: f64| {
+            if v.is_nan() {
+                "-".to_owned()
+            } else {
+                format!("{v:.0}")
+            }
+        };
+        let aggregators = rs.first().map_or(1, |r| r.per_aggregator.len());
+        let each: Vec<String> = (0..aggregators)
+            .map(|i| {
+                optional(m(&|r| {
+                    r.per_aggregator.get(i).map_or(f64::NAN, |a| a.cpu_pct)
+                }))
+            })
+            .collect();
         out.push_str(&format!(
-            "| {scenario} | {agents} | {} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {:.1} | {} |\n",
+            "| {scenario} | {agents} | {aggregators} | {} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} | {:.0} | {} | {:.0} | {} | {} | {:.0} | {:.0} | {:.0} | {} | {:.1} | {} |\n",
             rs.len(),
             m(&|r| r.events_per_sec()),
             m(&|r| r.batches_per_sec()),
@@ -225,7 +248,10 @@ fn table(reports: &[SimReport]) -> String {
             m(&|r| r.ack.p99_us as f64 / 1000.0),
             m(&|r| r.ack.max_us as f64 / 1000.0),
             m(&|r| r.aggregator_cpu_pct),
+            each.join(" + "),
             m(&|r| r.aggregator_peak_rss as f64 / 1048576.0),
+            optional(m(&|r| r.clickhouse_cpu_pct.unwrap_or(f64::NAN))),
+            optional(m(&|r| r.postgres_cpu_pct.unwrap_or(f64::NAN))),
             m(&|r| r.simulator_cpu_pct),
             m(&|r| r.sessions as f64),
             m(&|r| r.refused_total() as f64),

@@ -61,12 +61,14 @@ pub struct SimAgent {
     pub revoked: AtomicBool,
 }
 
-/// The fleet: every agent, the address they ship to, and their generators' switch.
+/// The fleet: every agent, the addresses they ship to, and their generators' switch.
 #[derive(Debug)]
 pub struct Fleet {
     pub agents: Vec<Arc<SimAgent>>,
     pub latency: Arc<AckLatency>,
-    target: SocketAddr,
+    /// The aggregators' addresses: agent `i` prefers `targets[i % len]` and lists the others
+    /// after it, in order, as an agent configured with several endpoints does.
+    targets: Vec<SocketAddr>,
     generators: Vec<JoinHandle<()>>,
     stop_generators: watch::Sender<bool>,
 }
@@ -112,14 +114,19 @@ fn client_config(
 }
 
 impl Fleet {
-    /// Makes the agents (certificates already issued in `pki`) shipping to `target`; none runs
-    /// yet. Must be called inside the runtime the fleet runs on.
+    /// Makes the agents (certificates already issued in `pki`) shipping to `targets` (at least
+    /// one), spread evenly: agent `i` prefers `targets[i % targets.len()]`. None runs yet. Must
+    /// be called inside the runtime the fleet runs on.
     pub fn new(
         config: &FleetConfig,
         pki: &Path,
         template: Arc<Vec<Family>>,
-        target: SocketAddr,
+        targets: Vec<SocketAddr>,
     ) -> anyhow::Result<Fleet> {
+        anyhow::ensure!(
+            !targets.is_empty(),
+            "a fleet needs an aggregator to ship to"
+        );
         let ca = tls::load_certs(&pki.join("ca.pem"))?;
         let latency = AckLatency::new();
         let mut endpoints = Vec::new();
@@ -172,7 +179,7 @@ impl Fleet {
         Ok(Fleet {
             agents,
             latency,
-            target,
+            targets,
             generators,
             stop_generators,
         })
@@ -188,14 +195,7 @@ impl Fleet {
         let ship = ShipSection::default();
         let a = AggregatorSection::default();
         let config = ShipConfig {
-            targets: vec![Target {
-                endpoint: QuicEndpoint {
-                    host: self.target.ip().to_string(),
-                    port: self.target.port(),
-                    host_is_ip: true,
-                },
-                server_name: "localhost".to_owned(),
-            }],
+            targets: self.targets_of(i),
             client: agent.client.clone(),
             max_in_flight: ship.max_in_flight,
             heartbeat_interval: ship.heartbeat_interval,
@@ -288,6 +288,23 @@ impl Fleet {
     /// The PKI file of agent `i`'s certificate.
     pub fn certificate_path(pki: &Path, i: usize) -> PathBuf {
         pki.join("agents").join(format!("{}.pem", agent_id(i)))
+    }
+
+    /// Agent `i`'s endpoints: its preferred aggregator first, then the others in order.
+    fn targets_of(&self, i: usize) -> Vec<Target> {
+        let first = i % self.targets.len();
+        self.targets[first..]
+            .iter()
+            .chain(&self.targets[..first])
+            .map(|addr| Target {
+                endpoint: QuicEndpoint {
+                    host: addr.ip().to_string(),
+                    port: addr.port(),
+                    host_is_ip: true,
+                },
+                server_name: "localhost".to_owned(),
+            })
+            .collect()
     }
 }
 

@@ -1,4 +1,4 @@
-//! The fleet simulator: many agents in one process against one real aggregator, in the
+//! The fleet simulator: many agents in one process against one real aggregator (or two), in the
 //! scenarios operators size a deployment by, with a loss check at the end of each.
 //!
 //! Each simulated agent has its own certificate (issued by the aggregator's PKI code), its own
@@ -11,6 +11,11 @@
 //! scenario changes, with the default rule pack of its package evaluating every event), connect the agents over `ramp`, wait until every one is connected, let it
 //! settle, then measure a window of `measure` during which the scenario does its thing; then
 //! stop generating, wait until every spool is empty and check the store ([`check`]).
+//!
+//! Events can go to a ClickHouse server started for the run instead of the embedded store, and
+//! the fleet can be spread over two aggregators sharing that ClickHouse database and a
+//! PostgreSQL database for their state, as a cluster runs ([`SimConfig::aggregators`]); the
+//! loss check then reads the one store both wrote.
 //!
 //! | scenario | what happens |
 //! |---|---|
@@ -26,7 +31,7 @@ pub mod check;
 pub mod fleet;
 pub mod host;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
 use std::fmt;
 use std::str::FromStr;
@@ -36,9 +41,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use hdrhistogram::Histogram;
+use outpost_aggregator::store::clickhouse::{ClickHouseConfig, ClickHouseStore};
 use rand::{Rng, SeedableRng};
 
+use crate::clickhouse_server::ClickHouseServer;
 use crate::impair::{ImpairProxy, Impairment, ProxyStats};
+use crate::postgres_server::PostgresServer;
 use crate::{Aggregator, AggregatorOptions, Env};
 pub use check::LossCheck;
 pub use fleet::{Fleet, FleetConfig, agent_id};
@@ -145,6 +153,13 @@ pub struct SimConfig {
     /// Events go to a ClickHouse server started for the run (`[store] backend = "clickhouse"`),
     /// state stays embedded; otherwise the embedded store holds both.
     pub clickhouse: bool,
+    /// Aggregators the fleet is spread over: 1, or 2 as a cluster. A cluster's aggregators share
+    /// one ClickHouse database (`clickhouse` must be set), as its nodes 1 and 2, and keep their
+    /// state in one PostgreSQL database on a server started for the run; they present the same
+    /// server certificate. Agent `i` prefers aggregator `i % 2` and lists the other second.
+    /// Alerting is off in a cluster (the aggregator does not run it with state in PostgreSQL
+    /// yet), so the rule pack is not evaluated there.
+    pub aggregators: usize,
 }
 
 impl SimConfig {
@@ -176,6 +191,27 @@ impl SimConfig {
             deadline: Duration::from_secs(600),
             rules: true,
             clickhouse: false,
+            aggregators: 1,
+        }
+    }
+
+    /// Checks the settings that only go together: a cluster needs the ClickHouse store, and
+    /// runs the scenarios that do nothing to an aggregator.
+    pub fn validate(&self) -> Result<(), String> {
+        match self.aggregators {
+            1 => Ok(()),
+            2 if !self.clickhouse => Err(
+                "two aggregators need the ClickHouse store (--store clickhouse): they share it, \
+                 and their state goes to a PostgreSQL server the simulator starts; the embedded \
+                 store belongs to one aggregator"
+                    .to_owned(),
+            ),
+            2 if !matches!(self.scenario, Scenario::Steady | Scenario::Churn) => Err(format!(
+                "the {} scenario acts on one aggregator; two aggregators run steady and churn",
+                self.scenario
+            )),
+            2 => Ok(()),
+            n => Err(format!("1 or 2 aggregators, not {n}")),
         }
     }
 }
@@ -214,7 +250,39 @@ pub struct StormFigures {
     pub cpu_pct: f64,
 }
 
-/// One run's figures.
+/// One aggregator's own figures: from its counters over the window, and its process.
+#[derive(Debug, Clone, Default)]
+pub struct AggregatorFigures {
+    /// Its name in the run's directory (`aggregator`, or `aggregator-1`, `aggregator-2`).
+    pub name: String,
+    /// Events and batches it committed in the window.
+    pub events_committed: u64,
+    pub batches_committed: u64,
+    /// Its CPU in the window, percent of one core.
+    pub cpu_pct: f64,
+    /// Its peak resident set over the run.
+    pub peak_rss: u64,
+    /// Store commits in the window, and the seconds they took together.
+    pub commits: u64,
+    pub commit_secs: f64,
+    /// Agent sessions it established over the run.
+    pub sessions: u64,
+}
+
+impl AggregatorFigures {
+    pub fn events_per_sec(&self, window: Duration) -> f64 {
+        self.events_committed as f64 / window.as_secs_f64().max(1e-9)
+    }
+
+    /// Mean time of one of its store commits in the window.
+    pub fn commit_mean(&self) -> Option<Duration> {
+        (self.commits > 0).then(|| Duration::from_secs_f64(self.commit_secs / self.commits as f64))
+    }
+}
+
+/// One run's figures. Where there are two aggregators, the aggregator figures are their sums
+/// (peak RSS too; the mean commit is over all their commits), and [`SimReport::per_aggregator`]
+/// has each one's.
 #[derive(Debug, Clone)]
 pub struct SimReport {
     pub scenario: Scenario,
@@ -248,6 +316,13 @@ pub struct SimReport {
     /// The aggregator's threads at the end of the window, by name (tokio's worker and blocking
     /// threads, the store writer, ...).
     pub aggregator_threads: BTreeMap<String, u64>,
+    /// Each aggregator's figures, in the order of [`SimConfig::aggregators`].
+    pub per_aggregator: Vec<AggregatorFigures>,
+    /// The ClickHouse server's CPU in the window, percent of one core, when it ran.
+    pub clickhouse_cpu_pct: Option<f64>,
+    /// The PostgreSQL server's CPU in the window (the postmaster and every backend), percent
+    /// of one core, when it ran.
+    pub postgres_cpu_pct: Option<f64>,
     pub storm: Option<StormFigures>,
     pub network: Option<ProxyStats>,
     /// Agents whose certificate was revoked.
@@ -276,9 +351,13 @@ impl fmt::Display for SimReport {
         let ms = |us: u64| us as f64 / 1000.0;
         writeln!(
             f,
-            "{} with {} agents: connected in {:.1} s; window {:.0} s",
+            "{} with {} agents{}: connected in {:.1} s; window {:.0} s",
             self.scenario,
             self.agents,
+            match self.per_aggregator.len() {
+                0 | 1 => String::new(),
+                k => format!(" over {k} aggregators"),
+            },
             self.connected_in.as_secs_f64(),
             self.window.as_secs_f64()
         )?;
@@ -292,17 +371,49 @@ impl fmt::Display for SimReport {
             ms(self.ack.max_us),
             self.ack.count
         )?;
+        let commit = |d: Option<Duration>| {
+            d.map_or_else(
+                || "-".to_owned(),
+                |d| format!("{:.1} ms", d.as_secs_f64() * 1e3),
+            )
+        };
         writeln!(
             f,
-            "  aggregator {:.0} % CPU, peak RSS {:.0} MiB; simulator {:.0} % CPU; mean commit {}",
+            "  {} {:.0} % CPU, peak RSS {:.0} MiB; simulator {:.0} % CPU; mean commit {}",
+            if self.per_aggregator.len() > 1 {
+                "aggregators together"
+            } else {
+                "aggregator"
+            },
             self.aggregator_cpu_pct,
             self.aggregator_peak_rss as f64 / 1048576.0,
             self.simulator_cpu_pct,
-            self.commit_mean.map_or_else(
-                || "-".to_owned(),
-                |d| format!("{:.1} ms", d.as_secs_f64() * 1e3)
-            )
+            commit(self.commit_mean)
         )?;
+        if self.per_aggregator.len() > 1 {
+            for a in &self.per_aggregator {
+                writeln!(
+                    f,
+                    "    {}: committed {:.0} events/s, {:.0} % CPU, peak RSS {:.0} MiB, mean commit {}, {} sessions",
+                    a.name,
+                    a.events_per_sec(self.window),
+                    a.cpu_pct,
+                    a.peak_rss as f64 / 1048576.0,
+                    commit(a.commit_mean()),
+                    a.sessions
+                )?;
+            }
+        }
+        let servers: Vec<String> = [
+            ("ClickHouse", self.clickhouse_cpu_pct),
+            ("PostgreSQL", self.postgres_cpu_pct),
+        ]
+        .into_iter()
+        .filter_map(|(name, cpu)| Some(format!("{name} server {:.0} % CPU", cpu?)))
+        .collect();
+        if !servers.is_empty() {
+            writeln!(f, "  {}", servers.join("; "))?;
+        }
         writeln!(
             f,
             "  sessions {}, refused {} {:?}; revoked {}",
@@ -362,6 +473,15 @@ impl fmt::Display for SimReport {
 struct Scrape(BTreeMap<String, f64>);
 
 impl Scrape {
+    /// Both scrapes' series, the values of those in both added.
+    fn plus(&self, other: &Scrape) -> Scrape {
+        let mut sum = self.0.clone();
+        for (k, v) in &other.0 {
+            *sum.entry(k.clone()).or_default() += v;
+        }
+        Scrape(sum)
+    }
+
     /// The sum of every series of `name` (all label sets).
     fn sum(&self, name: &str) -> f64 {
         self.0
@@ -393,6 +513,15 @@ async fn scrape_or_note(http: &reqwest::Client, api: &str, unanswered: &mut u32)
         *unanswered += 1;
         Scrape::default()
     })
+}
+
+/// [`scrape_or_note`] of every aggregator, in order.
+async fn scrape_all(http: &reqwest::Client, apis: &[String], unanswered: &mut u32) -> Vec<Scrape> {
+    let mut all = Vec::with_capacity(apis.len());
+    for api in apis {
+        all.push(scrape_or_note(http, api, unanswered).await);
+    }
+    all
 }
 
 /// The aggregator's `/metrics`, asked up to five times a second apart: a loaded aggregator may
@@ -454,6 +583,35 @@ fn ticks(pid: i32) -> anyhow::Result<u64> {
     Ok(stat.utime + stat.stime)
 }
 
+fn all_ticks(pids: &[i32]) -> anyhow::Result<Vec<u64>> {
+    pids.iter().map(|&pid| ticks(pid)).collect()
+}
+
+/// CPU clock ticks of process `root` and every process under it, with those of the children
+/// already reaped (which the kernel adds to their parent's): a server's whole CPU, however
+/// many processes it starts and ends (PostgreSQL's backends).
+fn tree_ticks(root: i32) -> anyhow::Result<u64> {
+    let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
+    let mut own: HashMap<i32, u64> = HashMap::new();
+    for process in procfs::process::all_processes()? {
+        // Processes come and go while the list is read.
+        let Ok(stat) = process.and_then(|p| p.stat()) else {
+            continue;
+        };
+        let reaped = u64::try_from(stat.cutime + stat.cstime).unwrap_or(0);
+        own.insert(stat.pid, stat.utime + stat.stime + reaped);
+        children.entry(stat.ppid).or_default().push(stat.pid);
+    }
+    anyhow::ensure!(own.contains_key(&root), "process {root} is not running");
+    let mut total = 0;
+    let mut todo = vec![root];
+    while let Some(pid) = todo.pop() {
+        total += own.get(&pid).copied().unwrap_or(0);
+        todo.extend(children.get(&pid).into_iter().flatten());
+    }
+    Ok(total)
+}
+
 fn own_ticks() -> anyhow::Result<u64> {
     let stat = procfs::process::Process::myself()?.stat()?;
     Ok(stat.utime + stat.stime)
@@ -504,12 +662,17 @@ where
     }
 }
 
-/// Whether the aggregator has at least `n` agents connected.
-async fn connected(http: &reqwest::Client, api: &str, n: usize) -> anyhow::Result<bool> {
-    // Polled until a deadline: a scrape that fails is asked again.
-    Ok(scrape_once(http, api)
-        .await
-        .is_ok_and(|s| s.sum("outpost_agents_connected") >= n as f64))
+/// Whether the aggregators have at least `n` agents connected together.
+async fn connected(http: &reqwest::Client, apis: &[String], n: usize) -> anyhow::Result<bool> {
+    let mut total = 0.0;
+    for api in apis {
+        // Polled until a deadline: a scrape that fails is asked again.
+        match scrape_once(http, api).await {
+            Ok(s) => total += s.sum("outpost_agents_connected"),
+            Err(_) => return Ok(false),
+        }
+    }
+    Ok(total >= n as f64)
 }
 
 /// Runs `config` in `env` (whose PKI the aggregator uses) and reports; blocking.
@@ -527,6 +690,8 @@ async fn run_async(env: &Env, config: &SimConfig) -> anyhow::Result<SimReport> {
     if n == 0 {
         bail!("a fleet needs at least one agent");
     }
+    config.validate().map_err(anyhow::Error::msg)?;
+    let cluster = config.aggregators > 1;
     let template = Arc::new(tokio::task::block_in_place(crate::hostsim::host_template)?);
     let mut metric_names: Vec<String> = template
         .iter()
@@ -537,10 +702,11 @@ async fn run_async(env: &Env, config: &SimConfig) -> anyhow::Result<SimReport> {
     let pki = env.pki_dir();
     tokio::task::block_in_place(|| fleet::issue_certificates(&pki, n))?;
 
-    // The rule pack the aggregator's package installs, evaluated over every event.
+    // The rule pack the aggregator's package installs, evaluated over every event (alerting is
+    // off in a cluster: see `SimConfig::aggregators`).
     let rules = env.path().join("rules.d");
     std::fs::create_dir_all(&rules).with_context(|| format!("creating {}", rules.display()))?;
-    for (name, text) in RULE_PACK.iter().filter(|_| config.rules) {
+    for (name, text) in RULE_PACK.iter().filter(|_| config.rules && !cluster) {
         std::fs::write(rules.join(name), text)
             .with_context(|| format!("writing {}", rules.join(name).display()))?;
     }
@@ -571,35 +737,59 @@ async fn run_async(env: &Env, config: &SimConfig) -> anyhow::Result<SimReport> {
         .map(OsString::from)
         .collect();
     }
-    // The ClickHouse server lives as long as the run.
+    // The servers live as long as the run.
     let clickhouse = if config.clickhouse {
-        let server = tokio::task::block_in_place(crate::clickhouse_server::ClickHouseServer::start);
-        let store = outpost_aggregator::store::clickhouse::ClickHouseConfig {
+        let server = tokio::task::block_in_place(ClickHouseServer::start);
+        let store = ClickHouseConfig {
             url: server.url(),
             database: server.fresh_database(),
             ..Default::default()
         };
-        options.extra = format!(
-            "[store]\nbackend = \"clickhouse\"\n\n[store.clickhouse]\nurl = \"{}\"\ndatabase = \"{}\"\n",
-            store.url, store.database
-        );
         Some((server, store))
     } else {
         None
     };
-    let mut aggregator = tokio::task::block_in_place(|| env.start_aggregator_with(options));
-    let mut api = tokio::task::block_in_place(|| aggregator.api_url());
-    let http = reqwest::Client::new();
-
-    let proxy = if config.scenario == Scenario::BadNetwork {
-        Some(ImpairProxy::start(aggregator.addr(), config.impairment, 0x0de1_a7ed).await?)
+    let postgres = if cluster {
+        let server = tokio::task::block_in_place(PostgresServer::start);
+        let url = tokio::task::block_in_place(|| server.fresh_database());
+        Some((server, url))
     } else {
         None
     };
-    let target = proxy
-        .as_ref()
-        .map_or_else(|| aggregator.addr(), ImpairProxy::local_addr);
-    let fleet = Fleet::new(&config.fleet, &pki, template, target)?;
+    // One after the other: the first makes the schemas in the shared databases.
+    let mut aggregators = Vec::with_capacity(config.aggregators);
+    for i in 0..config.aggregators {
+        let mut o = options.clone();
+        // A cluster's aggregators are ClickHouse nodes 1, 2, ...; the loss check reads as 0.
+        let node = if cluster {
+            o.name = format!("aggregator-{}", i + 1);
+            u8::try_from(i + 1)?
+        } else {
+            0
+        };
+        o.extra = stores_toml(
+            clickhouse.as_ref().map(|(_, store)| store),
+            postgres.as_ref().map(|(_, url)| url.as_str()),
+            node,
+        );
+        aggregators.push(tokio::task::block_in_place(|| env.start_aggregator_with(o)));
+    }
+    let mut apis: Vec<String> = aggregators
+        .iter()
+        .map(|a| tokio::task::block_in_place(|| a.api_url()))
+        .collect();
+    let http = reqwest::Client::new();
+
+    let proxy = if config.scenario == Scenario::BadNetwork {
+        Some(ImpairProxy::start(aggregators[0].addr(), config.impairment, 0x0de1_a7ed).await?)
+    } else {
+        None
+    };
+    let targets = proxy.as_ref().map_or_else(
+        || aggregators.iter().map(Aggregator::addr).collect(),
+        |p| vec![p.local_addr()],
+    );
+    let fleet = Fleet::new(&config.fleet, &pki, template, targets)?;
 
     // Connect the fleet.
     let started = Instant::now();
@@ -609,7 +799,7 @@ async fn run_async(env: &Env, config: &SimConfig) -> anyhow::Result<SimReport> {
         tokio::time::sleep_until((started + step * u32::try_from(i).unwrap_or(0)).into()).await;
     }
     wait_until("every agent connected", config.deadline, || {
-        connected(&http, &api, n)
+        connected(&http, &apis, n)
     })
     .await?;
     let connected_in = started.elapsed();
@@ -617,9 +807,19 @@ async fn run_async(env: &Env, config: &SimConfig) -> anyhow::Result<SimReport> {
 
     // The window.
     let mut unanswered = 0;
-    let mut pid = aggregator_pid(&aggregator)?;
-    let before = scrape_or_note(&http, &api, &mut unanswered).await;
-    let (agg0, own0) = (ticks(pid)?, own_ticks()?);
+    let mut pids = aggregators
+        .iter()
+        .map(aggregator_pid)
+        .collect::<anyhow::Result<Vec<i32>>>()?;
+    let servers = [
+        clickhouse.as_ref().and_then(|(s, _)| s.pid()),
+        postgres.as_ref().and_then(|(s, _)| s.pid()),
+    ]
+    .map(|pid| pid.and_then(|p| i32::try_from(p).ok()));
+    let before = scrape_all(&http, &apis, &mut unanswered).await;
+    let agg0 = all_ticks(&pids)?;
+    let own0 = own_ticks()?;
+    let servers0 = servers.map(|pid| pid.map(tree_ticks).transpose());
     let _ = fleet.latency.take();
     let window_start = Instant::now();
     let fleet = Arc::new(tokio::sync::RwLock::new(fleet));
@@ -649,22 +849,33 @@ async fn run_async(env: &Env, config: &SimConfig) -> anyhow::Result<SimReport> {
             revoked += 1;
         }
         drop(f);
-        aggregator.hangup();
+        for a in &aggregators {
+            a.hangup();
+        }
     }
     tokio::time::sleep_until((window_start + config.measure).into()).await;
     let _ = action.await;
     let window = window_start.elapsed();
-    let after = scrape_or_note(&http, &api, &mut unanswered).await;
-    let (agg1, own1) = (ticks(pid)?, own_ticks()?);
-    let aggregator_threads = threads_by_name(pid);
+    let after = scrape_all(&http, &apis, &mut unanswered).await;
+    let agg1 = all_ticks(&pids)?;
+    let own1 = own_ticks()?;
+    let servers1 = servers.map(|pid| pid.map(tree_ticks).transpose());
+    let mut aggregator_threads = BTreeMap::new();
+    for &pid in &pids {
+        for (name, count) in threads_by_name(pid) {
+            *aggregator_threads.entry(name).or_default() += count;
+        }
+    }
     let ack = Latency::of(&fleet.read().await.latency.take());
-    let mut peak = peak_rss(pid)?;
+    let mut peaks = pids
+        .iter()
+        .map(|&pid| peak_rss(pid))
+        .collect::<anyhow::Result<Vec<u64>>>()?;
     let count = |s: &Scrape, name| s.sum(name) as u64;
-    let mut sessions = count(&after, "outpost_agent_sessions_total");
-    let mut refused = after.by_label("outpost_ingest_refused_total");
 
-    // The storm.
+    // The storm (one aggregator: see `SimConfig::validate`).
     let storm = if config.scenario == Scenario::Storm {
+        let aggregator = &mut aggregators[0];
         aggregator.kill9();
         let down = Instant::now();
         tokio::time::sleep(config.outage).await;
@@ -674,16 +885,16 @@ async fn run_async(env: &Env, config: &SimConfig) -> anyhow::Result<SimReport> {
         };
         tokio::task::block_in_place(|| aggregator.restart());
         // The API listens on a port of the system's choosing, new at each start.
-        api = tokio::task::block_in_place(|| aggregator.api_url());
+        apis[0] = tokio::task::block_in_place(|| aggregator.api_url());
         let restart_ns = outpost_common::time::now_ns();
         let restarted = Instant::now();
         let outage = restarted - down;
-        pid = aggregator_pid(&aggregator)?;
-        let t0 = ticks(pid)?;
+        pids[0] = aggregator_pid(aggregator)?;
+        let t0 = ticks(pids[0])?;
         let reconnected = wait_until(
             "every agent connected after the restart",
             config.deadline,
-            || connected(&http, &api, n),
+            || connected(&http, &apis, n),
         )
         .await?;
         let f = fleet.clone();
@@ -697,7 +908,7 @@ async fn run_async(env: &Env, config: &SimConfig) -> anyhow::Result<SimReport> {
             }
         })
         .await?;
-        let cpu = cpu_pct(ticks(pid)? - t0, restarted.elapsed());
+        let cpu = cpu_pct(ticks(pids[0])? - t0, restarted.elapsed());
         Some(StormFigures {
             outage,
             backlog_events,
@@ -718,66 +929,112 @@ async fn run_async(env: &Env, config: &SimConfig) -> anyhow::Result<SimReport> {
     })
     .await?;
     fleet.read().await.stop_all().await;
-    let end = scrape_or_note(&http, &api, &mut unanswered).await;
-    let mut rules_fell_behind = count(&end, "outpost_rule_feed_fell_behind_total");
-    let mut feed_dropped_batches = count(&end, "outpost_feed_dropped_batches_total");
-    if storm.is_some() {
-        // Add the counters of the aggregator's first life; its second started from zero.
-        rules_fell_behind += count(&after, "outpost_rule_feed_fell_behind_total");
-        feed_dropped_batches += count(&after, "outpost_feed_dropped_batches_total");
-        sessions += count(&end, "outpost_agent_sessions_total");
-        for (reason, v) in end.by_label("outpost_ingest_refused_total") {
-            *refused.entry(reason).or_default() += v;
-        }
+    let end = scrape_all(&http, &apis, &mut unanswered).await;
+    // The counters over the run: in a storm, the aggregator's first life (up to `after`) and
+    // its second, which started from zero.
+    let over_run: Vec<Scrape> = if storm.is_some() {
+        after.iter().zip(&end).map(|(a, e)| a.plus(e)).collect()
     } else {
-        sessions = count(&end, "outpost_agent_sessions_total");
-        refused = end.by_label("outpost_ingest_refused_total");
+        end.clone()
+    };
+    let total = |name| over_run.iter().map(|s| count(s, name)).sum::<u64>();
+    let rules_fell_behind = total("outpost_rule_feed_fell_behind_total");
+    let feed_dropped_batches = total("outpost_feed_dropped_batches_total");
+    let sessions = total("outpost_agent_sessions_total");
+    let mut refused = BTreeMap::<String, u64>::new();
+    for s in &over_run {
+        for (reason, v) in s.by_label("outpost_ingest_refused_total") {
+            *refused.entry(reason).or_default() += v as u64;
+        }
     }
-    peak = peak.max(peak_rss(pid)?);
-    let db = aggregator.data_dir().join("aggregator.db");
+    for (peak, &pid) in peaks.iter_mut().zip(&pids) {
+        *peak = (*peak).max(peak_rss(pid)?);
+    }
+    let db = aggregators[0].data_dir().join("aggregator.db");
     let loss = {
         let f = fleet.read().await;
         tokio::task::block_in_place(|| match &clickhouse {
             Some((_, store)) => {
-                let store = outpost_aggregator::store::clickhouse::ClickHouseStore::open(store)
+                let store = ClickHouseStore::open(store)
                     .context("opening the ClickHouse store for the loss check")?;
                 check::check_events(&store, &f)
             }
             None => check::check(&db, &f, &metric_names),
         })?
     };
-    let commits = count(&after, "outpost_store_commit_duration_seconds_count").saturating_sub(
-        count(&before, "outpost_store_commit_duration_seconds_count"),
-    );
-    let commit_secs = after.sum("outpost_store_commit_duration_seconds_sum")
-        - before.sum("outpost_store_commit_duration_seconds_sum");
+    let per_aggregator: Vec<AggregatorFigures> = aggregators
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let delta = |name| count(&after[i], name).saturating_sub(count(&before[i], name));
+            let sum_delta = |name| after[i].sum(name) - before[i].sum(name);
+            AggregatorFigures {
+                name: a.name().to_owned(),
+                events_committed: delta("outpost_events_stored_total"),
+                batches_committed: delta("outpost_batches_stored_total"),
+                cpu_pct: cpu_pct(agg1[i].saturating_sub(agg0[i]), window),
+                peak_rss: peaks[i],
+                commits: delta("outpost_store_commit_duration_seconds_count"),
+                commit_secs: sum_delta("outpost_store_commit_duration_seconds_sum").max(0.0),
+                sessions: count(&over_run[i], "outpost_agent_sessions_total"),
+            }
+        })
+        .collect();
+    let [clickhouse_cpu_pct, postgres_cpu_pct] =
+        [0, 1].map(|i| match (&servers0[i], &servers1[i]) {
+            (Ok(Some(t0)), Ok(Some(t1))) => Some(cpu_pct(t1.saturating_sub(*t0), window)),
+            _ => None,
+        });
+    let commits: u64 = per_aggregator.iter().map(|a| a.commits).sum();
+    let commit_secs: f64 = per_aggregator.iter().map(|a| a.commit_secs).sum();
     Ok(SimReport {
         scenario: config.scenario,
         agents: n,
         connected_in,
         window,
-        events_committed: count(&after, "outpost_events_stored_total")
-            .saturating_sub(count(&before, "outpost_events_stored_total")),
-        batches_committed: count(&after, "outpost_batches_stored_total")
-            .saturating_sub(count(&before, "outpost_batches_stored_total")),
+        events_committed: per_aggregator.iter().map(|a| a.events_committed).sum(),
+        batches_committed: per_aggregator.iter().map(|a| a.batches_committed).sum(),
         ack,
-        aggregator_cpu_pct: cpu_pct(agg1 - agg0, window),
-        aggregator_peak_rss: peak,
+        aggregator_cpu_pct: per_aggregator.iter().map(|a| a.cpu_pct).sum(),
+        aggregator_peak_rss: per_aggregator.iter().map(|a| a.peak_rss).sum(),
         simulator_cpu_pct: cpu_pct(own1 - own0, window),
         sessions,
-        refused: refused.into_iter().map(|(k, v)| (k, v as u64)).collect(),
-        commit_mean: (commits > 0)
-            .then(|| Duration::from_secs_f64(commit_secs.max(0.0) / commits as f64)),
+        refused,
+        commit_mean: (commits > 0).then(|| Duration::from_secs_f64(commit_secs / commits as f64)),
         unanswered_scrapes: unanswered,
         rules_fell_behind,
         feed_dropped_batches,
         aggregator_threads,
+        per_aggregator,
+        clickhouse_cpu_pct,
+        postgres_cpu_pct,
         storm,
         network: proxy.as_ref().map(ImpairProxy::stats),
         revoked,
         final_drain,
         loss,
     })
+}
+
+/// The `[store]`, `[state]` and `[alerting]` sections of an aggregator over `clickhouse` (as
+/// its node `node`) and `postgres`; empty for the embedded store.
+fn stores_toml(clickhouse: Option<&ClickHouseConfig>, postgres: Option<&str>, node: u8) -> String {
+    let mut toml = String::new();
+    if let Some(store) = clickhouse {
+        toml += &format!(
+            "[store]\nbackend = \"clickhouse\"\n\n[store.clickhouse]\nurl = \"{}\"\n\
+             database = \"{}\"\nnode = {node}\n\n",
+            store.url, store.database
+        );
+    }
+    if let Some(url) = postgres {
+        // Alerting does not run with state in PostgreSQL yet: the aggregator refuses it.
+        toml += &format!(
+            "[state]\nbackend = \"postgres\"\n\n[state.postgres]\nurl = \"{url}\"\n\n\
+             [alerting]\nenabled = false\n"
+        );
+    }
+    toml
 }
 
 /// Restarts a share of the agents over and over until `until`: stop as on SIGTERM, stay away

@@ -1,7 +1,8 @@
 //! The fleet simulator in every scenario, small: twenty agents with the agent's own shipper and
 //! their own certificates against the real aggregator. Each run ends with the loss check: every
 //! event the simulated spools accepted is in the store exactly once (or counted as dropped, or
-//! still held by an agent whose certificate was revoked).
+//! still held by an agent whose certificate was revoked). The ClickHouse runs check the store
+//! through ClickHouse, with one aggregator and with two sharing it.
 
 use std::time::Duration;
 
@@ -13,14 +14,15 @@ const AGENTS: usize = 20;
 
 /// A short run of `scenario` at rates raised so that every kind of event occurs in seconds.
 fn run(scenario: Scenario) -> SimReport {
-    run_on(scenario, false)
+    run_on(scenario, false, 1)
 }
 
-/// [`run`], with events in a ClickHouse server when `clickhouse`.
-fn run_on(scenario: Scenario, clickhouse: bool) -> SimReport {
+/// [`run`], with events in a ClickHouse server when `clickhouse`, over `aggregators`.
+fn run_on(scenario: Scenario, clickhouse: bool, aggregators: usize) -> SimReport {
     let env = Env::new(&format!("fleetsim-{scenario}"));
     let mut config = SimConfig::new(scenario, AGENTS);
     config.clickhouse = clickhouse;
+    config.aggregators = aggregators;
     config.fleet.rates.metrics_interval = Duration::from_secs(2);
     config.fleet.rates.log_lines_per_sec = 3.0;
     config.fleet.rates.fim_per_hour = 1800.0;
@@ -62,10 +64,53 @@ fn steady_state_loses_nothing() {
 #[test]
 fn steady_state_into_clickhouse_loses_nothing() {
     // The loss check reads every event back through the ClickHouse store.
-    let r = run_on(Scenario::Steady, true);
+    let r = run_on(Scenario::Steady, true, 1);
     assert_eq!(r.loss.dropped.total(), 0, "{r}");
     assert_eq!(r.loss.duplicates, 0, "{r}");
     assert_eq!(r.sessions, AGENTS as u64, "one session per agent: {r}");
+}
+
+#[test]
+fn steady_state_over_two_aggregators_into_one_clickhouse_loses_nothing() {
+    // One loss check over the store both aggregators wrote.
+    let r = run_on(Scenario::Steady, true, 2);
+    assert_eq!(r.loss.dropped.total(), 0, "{r}");
+    assert_eq!(r.loss.duplicates, 0, "{r}");
+    assert_eq!(r.per_aggregator.len(), 2, "{r}");
+    for a in &r.per_aggregator {
+        assert_eq!(
+            a.sessions,
+            AGENTS as u64 / 2,
+            "half the agents on {}: {r}",
+            a.name
+        );
+        assert!(a.events_committed > 0, "{} stored events: {r}", a.name);
+    }
+    assert_eq!(
+        r.events_committed,
+        r.per_aggregator
+            .iter()
+            .map(|a| a.events_committed)
+            .sum::<u64>(),
+        "{r}"
+    );
+    assert!(
+        r.clickhouse_cpu_pct.is_some() && r.postgres_cpu_pct.is_some(),
+        "both servers' CPU is measured: {r}"
+    );
+}
+
+#[test]
+fn two_aggregators_need_the_clickhouse_store() {
+    let mut config = SimConfig::new(Scenario::Steady, AGENTS);
+    config.aggregators = 2;
+    let refused = config.validate().expect_err("two aggregators on SQLite");
+    assert!(refused.contains("--store clickhouse"), "{refused}");
+    config.clickhouse = true;
+    assert_eq!(config.validate(), Ok(()));
+    config.scenario = Scenario::Storm;
+    let refused = config.validate().expect_err("a storm over two aggregators");
+    assert!(refused.contains("storm"), "{refused}");
 }
 
 #[test]
