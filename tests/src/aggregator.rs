@@ -27,6 +27,9 @@ pub struct AggregatorOptions {
     pub wrapper: Vec<OsString>,
     /// Extra TOML appended to the file (whole sections).
     pub extra: String,
+    /// Its `data_dir`, when not `<name>/` in the test's directory: a store prepared
+    /// beforehand (a benchmark's). Left in place when the test's directory goes.
+    pub data_dir: Option<PathBuf>,
 }
 
 impl AggregatorOptions {
@@ -48,6 +51,7 @@ impl Default for AggregatorOptions {
             heartbeat_interval: Duration::from_secs(1),
             wrapper: Vec::new(),
             extra: String::new(),
+            data_dir: None,
         }
     }
 }
@@ -69,7 +73,10 @@ impl Aggregator {
     /// for its `listen.addr`; the configuration is then pinned to that port for restarts.
     pub(crate) fn start(env: &Env, options: AggregatorOptions) -> Aggregator {
         let name = &options.name;
-        let data_dir = env.path().join(name);
+        let data_dir = options
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| env.path().join(name));
         let config = env.path().join(format!("{name}.toml"));
         let write_config = |listen: &str| {
             let text = format!(
@@ -93,6 +100,10 @@ impl Aggregator {
             write_file(&config, &text);
         };
         write_config("127.0.0.1:0");
+        // A data directory used before holds the addresses of the last run.
+        for stale in ["listen.addr", "api.addr"] {
+            let _ = std::fs::remove_file(data_dir.join(stale));
+        }
         let mut args: Vec<OsString> = vec!["--config".into(), config.clone().into(), "run".into()];
         let mut program = binary("outpost-aggregator");
         if let Some((wrapper, wrapper_args)) = options.wrapper.split_first() {

@@ -59,16 +59,31 @@ struct Ports {
 impl ClickHouseServer {
     /// Starts a server in a new temporary directory and waits until it answers `/ping`.
     pub fn start() -> ClickHouseServer {
-        assert!(
-            Path::new(SERVER).is_file(),
-            "{SERVER} is missing: install clickhouse-server (the Debian package) to run the \
-             ClickHouse tests"
-        );
         let dir = tempfile::Builder::new()
             .prefix("outpost-clickhouse-")
             .tempdir()
             .unwrap_or_else(|e| panic!("cannot create a temporary directory: {e}"));
         let path = dir.path().to_owned();
+        Self::start_at(Some(dir), path)
+    }
+
+    /// Starts a server whose configuration, data and logs live in `dir` (created if missing),
+    /// and waits until it answers `/ping`. The directory stays when the server goes, so a later
+    /// server started in it finds the same databases (on other ports); on drop the server is
+    /// asked to stop rather than killed.
+    pub fn start_in(dir: &Path) -> ClickHouseServer {
+        std::fs::create_dir_all(dir)
+            .unwrap_or_else(|e| panic!("{}: cannot create: {e}", dir.display()));
+        Self::start_at(None, dir.to_owned())
+    }
+
+    /// Starts a server in `path`; `dir` is the temporary directory it is, if it is one.
+    fn start_at(dir: Option<tempfile::TempDir>, path: PathBuf) -> ClickHouseServer {
+        assert!(
+            Path::new(SERVER).is_file(),
+            "{SERVER} is missing: install clickhouse-server (the Debian package) to run the \
+             ClickHouse tests"
+        );
         for attempt in 1..=PORT_ATTEMPTS {
             let ports = free_ports();
             write_config(&path, ports);
@@ -83,7 +98,7 @@ impl ClickHouseServer {
             match wait_ready(&process, ports.http) {
                 Ok(()) => {
                     return ClickHouseServer {
-                        dir: Some(dir),
+                        dir,
                         path,
                         process,
                         http_port: ports.http,
@@ -102,11 +117,17 @@ impl ClickHouseServer {
                 }
                 Err(why) => {
                     process.kill9();
-                    fail(&dir.keep(), &why);
+                    let kept = dir.map_or_else(|| path.clone(), tempfile::TempDir::keep);
+                    fail(&kept, &why);
                 }
             }
         }
         unreachable!("the last attempt returns or fails")
+    }
+
+    /// Where its configuration, data (`data/`) and logs (`log/`) are.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// The HTTP interface: `http://127.0.0.1:<port>`.
@@ -203,6 +224,13 @@ fn wait_ready(process: &Process, http_port: u16) -> Result<(), String> {
 
 impl Drop for ClickHouseServer {
     fn drop(&mut self) {
+        if self.dir.is_none() {
+            // A directory that outlives the server: let it finish its writes.
+            if self.running {
+                self.process.terminate_status();
+            }
+            return;
+        }
         self.process.kill9();
         let keep = std::thread::panicking() || std::env::var_os("OUTPOST_E2E_KEEP").is_some();
         if let (true, Some(dir)) = (keep, self.dir.take()) {

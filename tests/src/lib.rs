@@ -34,6 +34,7 @@ pub mod hostsim;
 pub mod impair;
 pub mod postgres_server;
 mod process;
+pub mod querybench;
 pub mod raw;
 mod seqs;
 mod store;

@@ -93,6 +93,7 @@ pub(crate) mod tests_support {
 mod tokens_api;
 
 pub use error::ApiError;
+pub use events::SCAN_PER_PAGE;
 pub use tokens_api::expiry;
 
 /// A store that holds both events and state: what the API reads.

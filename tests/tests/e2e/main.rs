@@ -26,6 +26,7 @@ mod host_metrics;
 mod journal;
 mod limits;
 mod logs;
+mod querybench;
 mod quickstart;
 mod reload;
 mod service;
