@@ -353,14 +353,10 @@ fn query(cli: &Cli, shape: &Shape, loads: &[(String, Loaded)]) -> anyhow::Result
             }
         };
         let aggregator = env.start_aggregator_with(options);
+        // A store kept between runs keeps the tokens of earlier ones: a new name each run.
+        let name = format!("querybench-{}", outpost_common::time::now_ns());
         let made: serde_json::Value = serde_json::from_str(&aggregator.cli_ok(&[
-            "token",
-            "create",
-            "--name",
-            "querybench",
-            "--role",
-            "viewer",
-            "--json",
+            "token", "create", "--name", &name, "--role", "viewer", "--json",
         ]))?;
         let token = made["token"]
             .as_str()
