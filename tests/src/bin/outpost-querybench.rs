@@ -256,13 +256,20 @@ fn load_clickhouse(
     };
     Ok(Loaded {
         report,
-        bytes: clickhouse_bytes(&server),
+        bytes: clickhouse_bytes(&server)?,
     })
 }
 
-/// The bytes of the benchmark's database in the server's data directory.
-fn clickhouse_bytes(server: &ClickHouseServer) -> u64 {
-    dir_bytes(&server.path().join("data/data").join(DATABASE))
+/// The bytes of the benchmark's database: its active parts. (Parts replaced by a merge stay on
+/// disk for minutes, so the directory's size overstates it for a while after a load.)
+fn clickhouse_bytes(server: &ClickHouseServer) -> anyhow::Result<u64> {
+    clickhouse_sql(
+        server,
+        &format!("SELECT sum(bytes) FROM system.parts WHERE database = '{DATABASE}' AND active"),
+    )?
+    .trim()
+    .parse()
+    .context("reading the size of the parts")
 }
 
 /// Runs one statement on the server; its output.
@@ -337,8 +344,8 @@ fn query(cli: &Cli, shape: &Shape, loads: &[(String, Loaded)]) -> anyhow::Result
                 let s = ClickHouseServer::start_in(&cli.data_dir.join("clickhouse"));
                 wait_for_merges(&s)?;
                 println!(
-                    "clickhouse: {:.2} GB on disk now that merges are done",
-                    clickhouse_bytes(&s) as f64 / 1e9
+                    "clickhouse: {:.2} GB in active parts now that merges are done",
+                    clickhouse_bytes(&s)? as f64 / 1e9
                 );
                 let extra = format!(
                     "{api}[store]\nbackend = \"clickhouse\"\n\n[store.clickhouse]\nurl = {}\n\
@@ -353,14 +360,10 @@ fn query(cli: &Cli, shape: &Shape, loads: &[(String, Loaded)]) -> anyhow::Result
             }
         };
         let aggregator = env.start_aggregator_with(options);
+        // A store kept between runs keeps the tokens of earlier ones: a new name each run.
+        let name = format!("querybench-{}", outpost_common::time::now_ns());
         let made: serde_json::Value = serde_json::from_str(&aggregator.cli_ok(&[
-            "token",
-            "create",
-            "--name",
-            "querybench",
-            "--role",
-            "viewer",
-            "--json",
+            "token", "create", "--name", &name, "--role", "viewer", "--json",
         ]))?;
         let token = made["token"]
             .as_str()
