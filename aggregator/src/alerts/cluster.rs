@@ -83,6 +83,8 @@ pub fn holder_name() -> String {
 enum Ended {
     Stopped,
     LeaseLost,
+    /// The alert state could not be read to begin the term; tried again at the next claim.
+    NotBegun,
 }
 
 /// The parts of the engine task that outlive one term as holder.
@@ -159,7 +161,10 @@ impl<S: AlertingStore + StateStore> ClusterTask<S> {
                             );
                             self.lead_as(Leadership::Unknown);
                             last = None;
-                            continue;
+                        }
+                        Ended::NotBegun => {
+                            self.lead_as(Leadership::Unknown);
+                            last = None;
                         }
                     }
                 }
@@ -228,11 +233,11 @@ impl<S: AlertingStore + StateStore> ClusterTask<S> {
                 Ok(Ok(read)) => read,
                 Ok(Err(e)) => {
                     warn!(error = %e, "Could not read the alert state to take over alerting; trying again.");
-                    return Ended::LeaseLost;
+                    return Ended::NotBegun;
                 }
                 Err(e) => {
                     warn!(error = %e, "Could not read the alert state to take over alerting; trying again.");
-                    return Ended::LeaseLost;
+                    return Ended::NotBegun;
                 }
             }
         };
