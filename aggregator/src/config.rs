@@ -687,7 +687,7 @@ mod tests {
         assert!(e.contains("alerting.lease_ttl must be at least 3s"), "{e}");
         let v = load(write(cluster).path()).unwrap();
         assert!(v.config.alerting.enabled);
-        assert_eq!(v.config.alerting.lease_ttl, Duration::from_secs(15));
+        assert_eq!(v.config.alerting.lease_ttl, Duration::from_secs(10));
         assert_eq!(v.config.store.backend, EventBackend::Clickhouse);
         assert_eq!(v.config.store.clickhouse.node, 3);
         assert_eq!(v.config.store.clickhouse.url, "http://ch:8123");

@@ -89,7 +89,7 @@ impl Default for AlertingSection {
             give_up_after: Duration::from_secs(24 * 3600),
             max_concurrent_sends: 8,
             history_retention: Duration::from_secs(30 * 24 * 3600),
-            lease_ttl: Duration::from_secs(15),
+            lease_ttl: Duration::from_secs(10),
             route: None,
             receivers: Vec::new(),
             inhibit: Vec::new(),
