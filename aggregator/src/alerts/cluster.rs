@@ -28,7 +28,7 @@ use tokio::sync::{Notify, mpsc, watch};
 use tracing::{info, warn};
 
 use super::figures::AlertingFigures;
-use super::{Chores, Command, EngineTask, MAX_TICK, RulesStatus, kinds, load_rules, now_ns};
+use super::{Chores, Command, EngineTask, RulesStatus, kinds, load_rules, now_ns};
 use crate::rules::engine::{Engine, Setup};
 use crate::rules::file::Rule;
 use crate::store::alerting::{AlertingStore, Claim};
@@ -292,14 +292,7 @@ impl<S: AlertingStore + StateStore> EngineTask<S> {
         let mut heard: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
         let mut follow_in = Duration::ZERO;
         loop {
-            let now = now_ns();
-            let wake_in = self
-                .engine
-                .next_wake_ns()
-                .map_or(MAX_TICK, |at| {
-                    Duration::from_nanos(u64::try_from(at.saturating_sub(now)).unwrap_or(0))
-                })
-                .min(MAX_TICK);
+            let wake_in = self.wake_in();
             tokio::select! {
                 biased;
                 _ = stop.changed() => {

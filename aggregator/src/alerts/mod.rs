@@ -576,14 +576,7 @@ impl<S: AlertingStore + StateStore> EngineTask<S> {
         let mut feed_open = true;
         let mut registry_open = true;
         loop {
-            let now = now_ns();
-            let wake_in = self
-                .engine
-                .next_wake_ns()
-                .map_or(MAX_TICK, |at| {
-                    Duration::from_nanos(u64::try_from(at.saturating_sub(now)).unwrap_or(0))
-                })
-                .min(MAX_TICK);
+            let wake_in = self.wake_in();
             tokio::select! {
                 biased;
                 _ = stop.changed() => break,
@@ -644,6 +637,17 @@ impl<S: AlertingStore + StateStore> EngineTask<S> {
         }
         self.engine.tick(now_ns());
         self.save().await;
+    }
+
+    /// How long until the engine must step again: when it says, at most [`MAX_TICK`].
+    fn wake_in(&self) -> Duration {
+        let now = now_ns();
+        self.engine
+            .next_wake_ns()
+            .map_or(MAX_TICK, |at| {
+                Duration::from_nanos(u64::try_from(at.saturating_sub(now)).unwrap_or(0))
+            })
+            .min(MAX_TICK)
     }
 
     /// Applies an operator's request. An acknowledgement or a silence is saved before the
